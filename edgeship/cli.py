@@ -1,0 +1,173 @@
+"""The ``edgeship`` command: a thin shell over the library. Heavy frameworks are imported only inside the
+command that needs them, so ``edgeship --help`` is instant.
+
+Exit codes: 0 success; 1 a release gate failed; 2 bad input or usage (one line, no traceback). A bug in
+edgeship itself keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from edgeship import __version__
+from edgeship.errors import UserError
+
+DEFAULT_OUT = "edgeship-out"
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", metavar="NAME|PATH",
+                   help="a variant name from 'edgeship models', or a .keras / .h5 / SavedModel path "
+                        "(default: the embedded demo model)")
+    g.add_argument("--trust-model", action="store_true",
+                   help="allow loading a model that holds Lambda layers or custom code (runs code from the file)")
+    g.add_argument("--labels", metavar="FILE", help="class labels, one per line (default: labels.txt beside the model)")
+    g.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean in 0-255 pixel units (V1/V2 default 127.5)")
+    g.add_argument("--std", metavar="S[,S,S]", help="per-channel std in 0-255 pixel units (V1/V2 default 127.5)")
+    g.add_argument("--bgr", action="store_true", help="the model expects BGR channel order")
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from edgeship.models.loading import load_model
+    from edgeship.models.spec import parse_triplet
+
+    loaded = load_model(args.model, trust_model=args.trust_model, labels=args.labels)
+    pre = loaded.spec.preprocessing
+    changes: dict[str, Any] = {}
+    if args.mean:
+        changes["mean"] = parse_triplet(args.mean, "--mean")
+    if args.std:
+        changes["std"] = parse_triplet(args.std, "--std")
+    if args.bgr:
+        changes["color"] = "bgr"
+    if changes:
+        from dataclasses import replace
+
+        loaded.spec = loaded.spec.replace(preprocessing=replace(pre, **changes))
+    return loaded
+
+
+# ----------------------------------------------------------------------------------------------- models
+def _cmd_models(args: argparse.Namespace) -> int:
+    from edgeship.models.catalog import describe_models
+
+    rows = describe_models(args.names, trust_model=args.trust_model, layers=args.layers, progress=not args.json)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from edgeship.models.catalog import format_table
+
+    print(format_table(rows, layers=args.layers))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- export
+def _cmd_export(args: argparse.Namespace) -> int:
+    from edgeship.export import ModelInfo, export
+    from edgeship.types import Format, Precision
+
+    formats = Format.parse_list(args.formats, "format")
+    precisions = Precision.parse_list(args.precision, "precision") if args.precision else None
+    loaded = _load(args)
+    info = ModelInfo(
+        name=args.name or loaded.spec.name,
+        description=args.description or ModelInfo.default_for(loaded.spec.name, loaded.spec.num_classes).description,
+        version=args.version, author=args.author, license=args.license,
+    )
+    result = export(formats=formats, out=args.out, precisions=precisions, onnx_layout=args.onnx_layout,
+                    opset=args.opset, deployment_target=args.deployment_target, info=info, loaded=loaded)
+    _print_artifacts(result)
+    return 0
+
+
+def _print_artifacts(result: Any) -> None:
+    for rec in result.manifest.artifacts:
+        if result.out_dir / rec.path in result.paths:
+            print(f"{rec.format:<7} {rec.precision:<5} {rec.size_bytes / 1e6:7.2f} MB  {result.out_dir / rec.path}")
+    print(f"manifest          {result.manifest_path}")
+
+
+# ----------------------------------------------------------------------------------------------- run
+def _cmd_run(args: argparse.Namespace) -> int:
+    """The whole pipeline on the embedded demo. Until the validator lands it exports all three formats."""
+    from edgeship.export import export
+
+    result = export(out=args.out)
+    _print_artifacts(result)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeship",
+        description="Ship trained MobileNets to phones: .tflite, .onnx and .mlpackage, checked against the float model.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgeship {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list MobileNet variants with parameters and multiply-adds",
+                       description="List the MobileNet variants (or the given models) with parameters and "
+                                   "multiply-adds, counted as the MobileNet papers count them.")
+    p.add_argument("names", nargs="*", metavar="NAME|PATH", help="variants or model files (default: every variant)")
+    p.add_argument("--json", action="store_true", help="print JSON (a list of objects)")
+    p.add_argument("--layers", action="store_true", help="per-layer breakdown")
+    p.add_argument("--trust-model", action="store_true", help="allow models with Lambda layers or custom code")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("export", help="export a model to TFLite, ONNX and Core ML (float)",
+                       description="Export a trained model to float TFLite, ONNX and Core ML, with each "
+                                   "ecosystem's metadata, and record them in DIR/manifest.json.")
+    _model_args(p)
+    g = p.add_argument_group("export")
+    g.add_argument("--formats", default="tflite,onnx,coreml", help="comma-separated: tflite,onnx,coreml (default: all)")
+    g.add_argument("--precision", help="comma-separated float precisions: fp32, fp16 (default: TFLite and ONNX "
+                                       "fp32, Core ML fp16)")
+    g.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output directory (default: {DEFAULT_OUT})")
+    g.add_argument("--onnx-layout", default="nhwc", choices=["nhwc", "nchw"], help="ONNX input layout (default nhwc)")
+    g.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17, at most 18)")
+    g.add_argument("--deployment-target", default="iOS16", help="Core ML minimum deployment target (default iOS16)")
+    g = p.add_argument_group("model card")
+    g.add_argument("--name", help="model name in the metadata (default: the model's)")
+    g.add_argument("--description", help="short description")
+    g.add_argument("--version", default="1.0", help="model version (default 1.0)")
+    g.add_argument("--author", default="", help="author")
+    g.add_argument("--license", default="", help="license")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("run", help="the whole pipeline on the embedded demo model",
+                       description="Run the pipeline on the embedded demo model: export to all three formats.")
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output directory (default: {DEFAULT_OUT})")
+    p.set_defaults(func=_cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except UserError as e:
+        print(f"edgeship: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("edgeship: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug in edgeship: show what the converters printed, then the traceback
+        for exc in (e, e.__cause__, e.__context__):
+            if exc is not None and getattr(exc, "captured_output", None):
+                sys.stderr.write(exc.captured_output)
+                break
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

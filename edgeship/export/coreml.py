@@ -1,0 +1,84 @@
+"""Core ML export: an ML Program ``.mlpackage`` with an image input, a classifier output and the model card.
+
+The image input's ``ImageType(scale, bias, color_layout)`` is derived from the spec's :class:`Preprocessing`;
+Core ML's scale is one number for all channels, so when the stds differ per channel the normalisation goes into
+the graph instead (scale 1, bias 0, and ``(x - mean) / std`` as the first ops).
+
+coremltools looks for the input by its TF placeholder name, and Keras 3 names it ``keras_tensor``: converting a
+concrete function whose argument is named ``image`` gives the input the name clients use.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from edgeship import __version__
+from edgeship.errors import UserError
+from edgeship.export.common import ModelInfo, conversion_error
+from edgeship.models.loading import LoadedModel
+from edgeship.types import ColorOrder, Format, Precision
+
+DEFAULT_TARGET = "iOS16"
+TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18")
+
+
+def export_coreml(loaded: LoadedModel, precision: Precision, info: ModelInfo, path: Path,
+                  deployment_target: str = DEFAULT_TARGET) -> None:
+    """Convert and save the ``.mlpackage`` directory at ``path`` (the caller makes ``path`` temporary)."""
+    from edgeship._tf import import_quietly, silenced, tf
+
+    if deployment_target not in TARGETS:
+        raise UserError(f"unknown Core ML deployment target '{deployment_target}': choose from {', '.join(TARGETS)}")
+    t = tf()
+    ct = import_quietly("coremltools")
+    model, spec = loaded.keras_model, loaded.spec
+    pre = spec.preprocessing
+    h, w, c = spec.input_shape
+    scale_bias = pre.scale_bias()
+    if scale_bias is None:
+        mean = t.constant(pre.mean, t.float32)
+        std = t.constant(pre.std, t.float32)
+        scale, bias = 1.0, [0.0, 0.0, 0.0]
+        body = lambda image: model((image - mean) / std, training=False)  # noqa: E731
+    else:
+        scale, bias = scale_bias[0], list(scale_bias[1])
+        body = lambda image: model(image, training=False)  # noqa: E731
+    fn = t.function(body, input_signature=[t.TensorSpec((1, h, w, c), t.float32, name=spec.input_name)])
+    image = ct.ImageType(
+        name=spec.input_name, shape=(1, h, w, c), scale=scale, bias=bias, channel_first=False,
+        color_layout=ct.colorlayout.BGR if pre.color is ColorOrder.BGR else ct.colorlayout.RGB,
+    )
+    try:
+        with silenced():
+            mlmodel = ct.convert(
+                [fn.get_concrete_function()], source="tensorflow", convert_to="mlprogram", inputs=[image],
+                classifier_config=ct.ClassifierConfig(list(spec.labels)),
+                compute_precision=ct.precision.FLOAT16 if precision is Precision.FP16 else ct.precision.FLOAT32,
+                minimum_deployment_target=getattr(ct.target, deployment_target),
+            )
+    except Exception as e:  # coremltools raises NotImplementedError, ValueError... per unsupported op
+        raise conversion_error(model, Format.COREML, e) from e
+    describe(mlmodel, loaded, info)
+    with silenced():
+        mlmodel.save(str(path))
+
+
+def describe(mlmodel: Any, loaded: LoadedModel, info: ModelInfo) -> None:
+    """The fields Xcode shows, plus edgeship's own in user_defined_metadata (read back by the validator)."""
+    spec = loaded.spec
+    mlmodel.short_description = info.description
+    mlmodel.author = info.author
+    mlmodel.license = info.license
+    mlmodel.version = info.version
+    pre = spec.preprocessing
+    mlmodel.input_description[spec.input_name] = (
+        f"{spec.input_shape[1]}x{spec.input_shape[0]} {pre.color.value.upper()} image; "
+        f"normalised in the model as (pixel - {list(pre.mean)}) / {list(pre.std)}"
+    )
+    meta = mlmodel.user_defined_metadata
+    meta["edgeship.version"] = __version__
+    meta["edgeship.name"] = info.name
+    meta["edgeship.preprocessing"] = json.dumps(pre.to_dict())
+    meta["edgeship.labels"] = json.dumps(list(spec.labels))

@@ -1,0 +1,51 @@
+"""Float TFLite export (fp32, fp16) with the metadata MediaPipe Tasks' ImageClassifier needs.
+
+``TFLiteConverter.from_keras_model`` works for Keras 3 MobileNets; issue trackers report it breaking on some
+Keras 3 models (it goes through ``model.export``), so a concrete-function conversion is the fallback
+(e.g. tensorflow/tensorflow#63987, #69237; keras-team/keras#19108).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from edgeship.export.common import ModelInfo, conversion_error
+from edgeship.models.loading import LoadedModel
+from edgeship.types import Format, Precision
+
+
+def convert(loaded: LoadedModel, precision: Precision, configure: Callable[[Any], None] | None = None) -> bytes:
+    """The .tflite flatbuffer, without metadata. ``configure`` may set further converter options (the quantise
+    stage uses it for int8)."""
+    from edgeship._tf import silenced, tf
+
+    t = tf()
+    model = loaded.keras_model
+
+    def setup(converter: Any) -> Any:
+        if precision is Precision.FP16:
+            converter.optimizations = [t.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [t.float16]
+        if configure is not None:
+            configure(converter)
+        return converter
+
+    h, w, c = loaded.spec.input_shape
+    try:
+        with silenced():
+            return setup(t.lite.TFLiteConverter.from_keras_model(model)).convert()
+    except Exception as first:  # the converter raises ConverterError, ValueError, RuntimeError...
+        try:
+            fn = t.function(lambda image: model(image, training=False),
+                            input_signature=[t.TensorSpec((1, h, w, c), t.float32, name="image")])
+            with silenced():
+                return setup(t.lite.TFLiteConverter.from_concrete_functions(
+                    [fn.get_concrete_function()], model)).convert()
+        except Exception:
+            raise conversion_error(model, Format.TFLITE, first) from first
+
+
+def export_tflite(loaded: LoadedModel, precision: Precision, info: ModelInfo) -> bytes:
+    from edgeship.export.tflite_metadata import add_metadata
+
+    return add_metadata(convert(loaded, precision), loaded.spec, info)

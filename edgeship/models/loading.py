@@ -1,0 +1,236 @@
+"""Resolve ``--model NAME|PATH`` to a Keras model plus its :class:`ModelSpec`.
+
+Safe by default: a ``.keras`` or ``.h5`` file's config is read as JSON *before* Keras deserialises anything, and a
+model holding Lambda layers (marshalled Python bytecode) or custom classes (code that must be imported) is
+refused unless the user passes ``--trust-model``.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from edgeship.errors import UserError
+from edgeship.models.registry import get_variant, looks_like_variant_name
+from edgeship.models.spec import ModelSpec, Preprocessing, read_labels
+
+DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
+DEMO_MODEL = DEMO_DIR / "model.keras"
+DEMO_LABELS = DEMO_DIR / "labels.txt"
+DEMO_NAME = "edgeship_demo"
+
+_KERAS_MODULES = ("keras", "tf_keras", "tensorflow")
+_UNSAFE_CLASSES = ("Lambda", "TFOpLambda", "SlicingOpLambda")
+
+
+@dataclass
+class LoadedModel:
+    keras_model: Any
+    spec: ModelSpec
+    source_path: str  # a file path, or "registry:<name>"
+    source_sha256: str | None
+
+    def source_dict(self) -> dict[str, Any]:
+        return {"path": self.source_path, "sha256": self.source_sha256}
+
+
+def load_model(
+    model: str | Path | Any | None = None,
+    *,
+    trust_model: bool = False,
+    labels: str | Path | None = None,
+    preprocessing: Preprocessing | None = None,
+) -> LoadedModel:
+    """``model``: None (the embedded demo), a registry name, a path (.keras, .h5, SavedModel dir), or an already
+    built ``keras.Model``. ``labels``/``preprocessing`` override what is derived from the model."""
+    from edgeship.fileio import sha256_path
+
+    demo = model is None
+    if demo:
+        model = DEMO_MODEL
+    if not isinstance(model, (str, Path)):
+        km, src, sha, family = model, f"python:{getattr(model, 'name', 'model')}", None, "custom"
+        spec = derive_spec(km, name=getattr(km, "name", "model"))
+    elif isinstance(model, str) and not Path(model).exists() and looks_like_variant_name(model):
+        variant = get_variant(model)
+        km, src, sha = variant.build(), f"registry:{variant.name}", None
+        spec = variant.spec()
+    else:
+        path = Path(model)
+        km = _load_path(path, trust_model)
+        src, sha = str(path), sha256_path(path)
+        spec = derive_spec(km, name=path.stem if path.is_file() else path.name)
+        beside = path.parent / "labels.txt" if path.is_file() else path / "labels.txt"
+        if labels is None and beside.is_file():
+            labels = beside
+    if demo:
+        spec = spec.replace(name=DEMO_NAME)
+    if labels is not None:
+        spec = spec.replace(labels=read_labels(labels))
+    if preprocessing is not None:
+        spec = spec.replace(preprocessing=preprocessing)
+    return LoadedModel(km, spec, src, sha)
+
+
+def derive_spec(km: Any, name: str) -> ModelSpec:
+    """What the model itself says: input size, class count, whether it rescales inside, softmax or logits."""
+    in_shape = tuple(km.input_shape[1:]) if not isinstance(km.input_shape, list) else None
+    if in_shape is None or len(in_shape) != 3 or in_shape[-1] != 3 or None in in_shape:
+        raise UserError(
+            f"model '{name}' has input shape {km.input_shape}: edgeship needs one image input of fixed size "
+            "(batch, height, width, 3); re-save the model with a fixed input size"
+        )
+    out_shape = km.output_shape
+    if isinstance(out_shape, list) or len(out_shape) != 2 or out_shape[-1] is None:
+        raise UserError(f"model '{name}' has output shape {out_shape}: edgeship needs one (batch, classes) output")
+    layers = list(_walk_layers(km))
+    rescales_inside = any(type(l).__name__ == "Rescaling" for l in layers[:4])
+    return ModelSpec(
+        name=name,
+        input_shape=in_shape,  # type: ignore[arg-type]
+        num_classes=int(out_shape[-1]),
+        preprocessing=Preprocessing.identity() if rescales_inside else Preprocessing(),
+        outputs_probabilities=_ends_in_softmax(layers[-1]) if layers else False,
+    )
+
+
+def _walk_layers(km: Any) -> Iterator[Any]:
+    for layer in getattr(km, "layers", []):
+        if hasattr(layer, "layers"):
+            yield from _walk_layers(layer)
+        else:
+            yield layer
+
+
+def _ends_in_softmax(layer: Any) -> bool:
+    if type(layer).__name__ == "Softmax":
+        return True
+    act = getattr(layer, "activation", None)
+    return getattr(act, "__name__", "") == "softmax"
+
+
+def _load_path(path: Path, trust_model: bool) -> Any:
+    if not path.exists():
+        if looks_like_variant_name(str(path)):
+            get_variant(str(path))  # raises the 'unknown variant' error with suggestions
+        raise UserError(f"model not found: {path} (give a .keras, .h5 or SavedModel directory, or a variant name)")
+    if path.is_dir():
+        if not (path / "saved_model.pb").is_file():
+            raise UserError(f"{path} is a directory without saved_model.pb: not a SavedModel")
+        return _load_saved_model(path)
+    suffix = path.suffix.lower()
+    if suffix == ".keras":
+        config = _read_keras_config(path)
+    elif suffix in (".h5", ".hdf5"):
+        config = _read_h5_config(path)
+    else:
+        raise UserError(f"{path} is not a model edgeship can load: give a .keras, .h5 or SavedModel directory")
+    unsafe = sorted(set(find_unsafe_objects(config)))
+    if unsafe and not trust_model:
+        raise UserError(
+            f"{path.name} holds code that loading would execute ({', '.join(unsafe)}); "
+            "refusing to load it. Pass --trust-model if you trust where this file comes from"
+        )
+    from edgeship._tf import keras, silenced
+
+    k = keras()
+    try:
+        with silenced():
+            return k.saving.load_model(path, compile=False, safe_mode=not trust_model)
+    except Exception as e:  # Keras raises ValueError/TypeError/OSError variously for a file it cannot read
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load {path.name} as a Keras model: {first[:300]}") from None
+
+
+def _read_keras_config(path: Path) -> dict[str, Any]:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return json.loads(zf.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError):
+        raise UserError(f"{path} is not a Keras model file (.keras archive with config.json)") from None
+
+
+def _read_h5_config(path: Path) -> dict[str, Any]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("model_config")
+    except OSError:
+        raise UserError(f"{path} is not an HDF5 model file") from None
+    if raw is None:
+        raise UserError(f"{path} holds weights only (no model_config): save the whole model, not just its weights")
+    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+
+
+def find_unsafe_objects(config: Any) -> Iterator[str]:
+    """Names of objects in a Keras config whose loading runs user code: Lambda layers and any class that does
+    not come from Keras itself (registered custom layers, activations, initialisers...)."""
+    if isinstance(config, list):
+        for item in config:
+            yield from find_unsafe_objects(item)
+        return
+    if not isinstance(config, dict):
+        return
+    cls = config.get("class_name")
+    if isinstance(cls, str):
+        inner = config.get("config")
+        name = config.get("name") or (inner.get("name") if isinstance(inner, dict) else None)
+        label = f"{cls} '{name}'" if name else cls
+        if cls in _UNSAFE_CLASSES:
+            yield label
+        elif cls.startswith("__") and cls.endswith("__"):
+            pass  # Keras' own serialisation markers (__keras_tensor__, __tuple__, __numpy__ ...)
+        elif "module" in config:
+            module = config.get("module")
+            if cls != "function" and (module is None or str(module).split(".")[0] not in _KERAS_MODULES):
+                yield label
+            elif cls == "function" and str(module).split(".")[0] not in _KERAS_MODULES:
+                yield f"function '{config.get('config')}'"
+        elif not _is_keras_class(cls):
+            yield label
+    for value in config.values():
+        yield from find_unsafe_objects(value)
+
+
+def _is_keras_class(name: str) -> bool:
+    """For legacy .h5 configs, which carry no module: is ``name`` one of Keras' own classes?"""
+    from edgeship._tf import keras
+
+    k = keras()
+    if name in ("Functional", "Sequential", "Model", "DTypePolicy", "Policy", "__tuple__"):
+        return True
+    spaces = (k.layers, k.initializers, k.regularizers, k.constraints, k.activations, k.optimizers, k.losses,
+              k.metrics, k.dtype_policies)
+    return any(hasattr(space, name) for space in spaces)
+
+
+def _load_saved_model(path: Path) -> Any:
+    """Wrap a SavedModel's serving signature as a Keras model. It runs TF graph ops, never Python code."""
+    from edgeship._tf import keras, silenced, tf
+
+    t, k = tf(), keras()
+    try:
+        with silenced():
+            loaded = t.saved_model.load(str(path))
+            sig = loaded.signatures.get("serving_default")
+            if sig is None:
+                raise UserError(f"SavedModel {path} has no 'serving_default' signature")
+            specs = list(sig.structured_input_signature[1].values())
+            if len(specs) != 1:
+                raise UserError(f"SavedModel {path} has {len(specs)} inputs; edgeship needs one image input")
+            shape = tuple(specs[0].shape[1:])
+            inp = k.Input(shape=shape, name="image")
+            out = k.layers.TFSMLayer(str(path), call_endpoint="serving_default")(inp)
+            if isinstance(out, dict):
+                if len(out) != 1:
+                    raise UserError(f"SavedModel {path} has {len(out)} outputs; edgeship needs one (batch, classes)")
+                out = next(iter(out.values()))
+            return k.Model(inp, out, name=path.name)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"cannot load SavedModel {path}: {str(e).splitlines()[0][:300]}") from None

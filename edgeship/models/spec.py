@@ -1,0 +1,162 @@
+"""The model spec: everything the exporters and validators need to know about a model, as data.
+
+One :class:`Preprocessing` object describes how a client turns an image into the model's input. The TFLite
+metadata, the ONNX ``metadata_props``, the Core ML ``ImageType`` and the validators' feeds are all derived from
+it, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+import os
+from typing import Any
+
+import numpy as np
+
+from edgeship.errors import UserError
+from edgeship.types import ColorOrder, Layout
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """``input = (pixel - mean) / std`` per channel, pixels in 0-255 in the model's channel order.
+
+    ``mean`` and ``std`` are in 0-255 pixel units and in the model's channel order (``color``). ``layout`` is the
+    layout of the model's own input tensor (Keras models are NHWC).
+    """
+
+    mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    std: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    color: ColorOrder = ColorOrder.RGB
+    layout: Layout = Layout.NHWC
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise UserError("preprocessing needs three mean and three std values (one per colour channel)")
+        if any(s <= 0 for s in self.std):
+            raise UserError(f"preprocessing std must be positive, got {list(self.std)}")
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        object.__setattr__(self, "color", ColorOrder(self.color))
+        object.__setattr__(self, "layout", Layout(self.layout))
+
+    @classmethod
+    def identity(cls) -> "Preprocessing":
+        """Raw 0-255 pixels: for models that rescale inside (MobileNetV3's ``include_preprocessing``)."""
+        return cls(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """The range of the normalised input, over all channels, for pixels in [0, 255]."""
+        lows = [(0.0 - m) / s for m, s in zip(self.mean, self.std)]
+        highs = [(255.0 - m) / s for m, s in zip(self.mean, self.std)]
+        return (min(lows), max(highs))
+
+    def apply(self, rgb: np.ndarray) -> np.ndarray:
+        """Normalise a batch of RGB images (N, H, W, 3), 0-255, into the model's float input."""
+        x = np.asarray(rgb, dtype=np.float32)
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise UserError(f"expected RGB images of shape (N, H, W, 3), got {x.shape}")
+        if self.color is ColorOrder.BGR:
+            x = x[..., ::-1]
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        if self.layout is Layout.NCHW:
+            x = np.transpose(x, (0, 3, 1, 2))
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def scale_bias(self) -> tuple[float, tuple[float, float, float]] | None:
+        """Core ML's ``ImageType`` form ``y = scale * x + bias``; None when the stds differ per channel."""
+        if max(self.std) - min(self.std) > 1e-9 * max(self.std):
+            return None
+        scale = 1.0 / self.std[0]
+        return scale, tuple(-m / s for m, s in zip(self.mean, self.std))  # type: ignore[return-value]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": list(self.mean), "std": list(self.std), "color": str(self.color), "layout": str(self.layout)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
+        try:
+            return cls(mean=tuple(d["mean"]), std=tuple(d["std"]), color=ColorOrder(d.get("color", "rgb")),
+                       layout=Layout(d.get("layout", "nhwc")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"invalid preprocessing {d!r}: needs mean, std (3 values each), color, layout") from e
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What edgeship knows about one model, derived from it and overridable with :meth:`replace`."""
+
+    name: str
+    input_shape: tuple[int, int, int]  # (H, W, C), the Keras model's own NHWC input
+    num_classes: int
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    labels: tuple[str, ...] = field(default=(), repr=False)
+    family: str = "custom"
+    alpha: float | None = None
+    input_name: str = "image"
+    output_name: str = "logits"
+    # True when the model's last layer is a softmax: the outputs are probabilities, not logits.
+    outputs_probabilities: bool = False
+
+    def __post_init__(self) -> None:
+        labels = tuple(self.labels) or tuple(str(i) for i in range(self.num_classes))
+        if len(labels) != self.num_classes:
+            raise UserError(
+                f"{len(labels)} labels given for a model with {self.num_classes} classes: "
+                "give one label per class, one per line, in class-index order"
+            )
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
+
+    @property
+    def resolution(self) -> int:
+        return int(self.input_shape[0])
+
+    def replace(self, **changes: Any) -> "ModelSpec":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The model's description (preprocessing and labels are recorded beside it, at the manifest's top)."""
+        return {
+            "name": self.name,
+            "family": self.family,
+            "alpha": self.alpha,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "outputs_probabilities": self.outputs_probabilities,
+        }
+
+
+def read_labels(path: "str | os.PathLike[str]") -> tuple[str, ...]:
+    """One label per line, in class-index order; blank trailing lines ignored."""
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UserError(f"label file not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read label file {p}: {e}") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise UserError(f"label file {p} is empty: write one label per line")
+    return tuple(line.strip() for line in lines)
+
+
+def parse_triplet(text: str, what: str) -> tuple[float, float, float]:
+    """'127.5' or '123.7,116.3,103.5' -> three floats (one value means the same for every channel)."""
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"{what} must be one number or three comma-separated numbers, got '{text}'") from None
+    if len(vals) == 1:
+        vals *= 3
+    if len(vals) != 3:
+        raise UserError(f"{what} must be one number or three comma-separated numbers, got '{text}'")
+    return (vals[0], vals[1], vals[2])
+
+

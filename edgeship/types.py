@@ -1,0 +1,51 @@
+"""Shared enums. Formats, precisions and layouts are ``str`` enums so they serialise as plain strings."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from edgeship.errors import UserError
+
+
+class _StrEnum(str, Enum):
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, text: str, what: str):
+        try:
+            return cls(text.strip().lower())
+        except ValueError:
+            choices = ", ".join(m.value for m in cls)
+            raise UserError(f"unknown {what} '{text}': choose from {choices}") from None
+
+    @classmethod
+    def parse_list(cls, text: str, what: str) -> list:
+        items = [t for t in (p.strip() for p in text.split(",")) if t]
+        if not items:
+            raise UserError(f"no {what} given: choose from {', '.join(m.value for m in cls)}")
+        return list(dict.fromkeys(cls.parse(t, what) for t in items))
+
+
+class Format(_StrEnum):
+    TFLITE = "tflite"
+    ONNX = "onnx"
+    COREML = "coreml"
+
+
+class Precision(_StrEnum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+    W8 = "w8"
+    W8A8 = "w8a8"
+
+
+class Layout(_StrEnum):
+    NHWC = "nhwc"
+    NCHW = "nchw"
+
+
+class ColorOrder(_StrEnum):
+    RGB = "rgb"
+    BGR = "bgr"

@@ -1,0 +1,62 @@
+"""Shared fixtures. Exports are made once per session (conversion is the slow part) into a tmp directory."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeship._tf import quiet_environment
+
+quiet_environment()
+
+from edgeship.models.loading import DEMO_DIR  # noqa: E402
+
+HELDOUT = DEMO_DIR / "heldout"
+
+
+@pytest.fixture(scope="session")
+def demo_heldout():
+    """The demo model's held-out images (real handwritten digits), 5 per class."""
+    from edgeship.data import load_image_folder
+    from edgeship.models.spec import read_labels
+
+    labels = read_labels(DEMO_DIR / "labels.txt")
+    full = load_image_folder(HELDOUT, (96, 96), class_names=labels)
+    keep = np.concatenate([np.flatnonzero(full.labels == c)[:5] for c in range(len(labels))])
+    return full.images[keep], full.labels[keep], labels
+
+
+def make_input_sensitive(model, images: np.ndarray, preprocessing) -> None:
+    """Random-init MobileNets answer the same for every input (their BN statistics are the init's 0/1), so a
+    wrong channel order or a corrupted weight would change nothing visible. Re-estimating every BatchNorm's
+    moving statistics from real images (momentum 0 for one pass in training mode) makes each layer's output
+    depend on the input again, without training."""
+    from edgeship._tf import keras
+
+    k = keras()
+    bns = [l for l in _layers(model) if isinstance(l, k.layers.BatchNormalization)]
+    saved = [b.momentum for b in bns]
+    for b in bns:
+        b.momentum = 0.0
+    model(preprocessing.apply(images), training=True)
+    for b, m in zip(bns, saved):
+        b.momentum = m
+
+
+def _layers(model):
+    for l in model.layers:
+        yield from (_layers(l) if hasattr(l, "layers") else [l])
+
+
+def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    if images.shape[1] == size:
+        return images
+    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BILINEAR)) for im in images])
+
+
+macos_only = pytest.mark.skipif(sys.platform != "darwin", reason="Core ML prediction needs macOS")
