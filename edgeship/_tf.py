@@ -8,6 +8,7 @@ through :func:`tf` / :func:`keras`.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import sys
@@ -40,13 +41,13 @@ def quiet_environment() -> None:
 
 @contextlib.contextmanager
 def silenced(fds: tuple[int, ...] = (1, 2)) -> Iterator[None]:
-    """Point the process's stdout/stderr file descriptors at a temp file for the duration.
+    """Hide what TF and the converters print, at both levels: the process's file descriptors (C++ notices,
+    printed before absl logging starts) and Python's ``sys.stdout``/``sys.stderr`` (Keras' ``export``, called
+    inside the TFLite converter, prints every captured resource; when those objects are replaced, as under pytest
+    or in a notebook, the fd redirect alone misses them). No environment variable reaches either.
 
-    TF's C++ notices are printed before absl logging starts, and Keras' ``export`` (called inside the TFLite
-    converter) prints every captured resource to stdout: no environment variable reaches either. On an exception
-    the captured text travels with the exception (``captured_output``) and the CLI prints it for a crash, so
-    nothing that explains a failure is lost.
-    Set ``EDGESHIP_VERBOSE=1`` to see everything.
+    On an exception the captured text travels with the exception (``captured_output``) and the CLI prints it for
+    a crash, so nothing that explains a failure is lost. ``EDGESHIP_VERBOSE=1`` shows everything.
     """
     if os.environ.get("EDGESHIP_VERBOSE"):
         yield
@@ -54,7 +55,12 @@ def silenced(fds: tuple[int, ...] = (1, 2)) -> Iterator[None]:
     sys.stdout.flush()
     sys.stderr.flush()
     saved = {fd: os.dup(fd) for fd in fds}
-    with tempfile.TemporaryFile(mode="w+b") as captured:
+    python_level = io.StringIO()
+    with tempfile.TemporaryFile(mode="w+b") as captured, contextlib.ExitStack() as stack:
+        if 1 in fds:
+            stack.enter_context(contextlib.redirect_stdout(python_level))
+        if 2 in fds:
+            stack.enter_context(contextlib.redirect_stderr(python_level))
         for fd in fds:
             os.dup2(captured.fileno(), fd)
         try:
@@ -65,7 +71,7 @@ def silenced(fds: tuple[int, ...] = (1, 2)) -> Iterator[None]:
             sys.stdout.flush()
             sys.stderr.flush()
             captured.seek(0)
-            text = captured.read().decode(errors="replace")
+            text = captured.read().decode(errors="replace") + python_level.getvalue()
             if text.strip():
                 try:
                     e.captured_output = getattr(e, "captured_output", "") + text[-20000:]  # type: ignore[attr-defined]

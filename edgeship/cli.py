@@ -95,10 +95,19 @@ def _print_artifacts(result: Any) -> None:
 # ----------------------------------------------------------------------------------------------- run
 def _cmd_run(args: argparse.Namespace) -> int:
     """The whole pipeline on the embedded demo. Until the validator lands it exports all three formats."""
-    from edgeship.export import export
+    import time
 
-    result = export(out=args.out)
+    from edgeship.export import export
+    from edgeship.models.loading import DEMO_MODEL, load_model
+
+    start = time.perf_counter()
+    loaded = load_model()
+    spec = loaded.spec
+    print(f"edgeship run: the demo model {DEMO_MODEL} ({spec.input_shape[0]}x{spec.input_shape[1]}, "
+          f"{spec.num_classes} classes) -> {args.out}")
+    result = export(loaded=loaded, out=args.out)
     _print_artifacts(result)
+    print(f"done in {time.perf_counter() - start:.1f} s")
     return 0
 
 

@@ -42,11 +42,11 @@ def _variant_row(v: Variant) -> dict[str, Any]:
 
 
 def _count_row(target: str, variant: Variant | None, *, trust_model: bool, layers: bool) -> dict[str, Any]:
-    from edgeship.models.counting import count_keras_model
+    from edgeship.models.counting import count_model
     from edgeship.models.loading import load_model
 
     loaded = load_model(target, trust_model=trust_model)
-    counts = count_keras_model(loaded.keras_model)
+    counts = count_model(loaded.keras_model)
     spec = loaded.spec
     head = _variant_row(variant) if variant else {"name": spec.name, "family": spec.family, "alpha": spec.alpha,
                                                   "resolution": spec.resolution, "path": target}

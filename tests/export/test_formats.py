@@ -143,16 +143,13 @@ def _named_consts(spec) -> dict:
 
 
 def _classifier_labels(spec):
-
-    # ML programs keep the labels in the 'classify' op's const input.
+    """ML programs keep the labels as an inline list value of the 'classify' op's 'classes' input."""
     for fn in spec.mlProgram.functions.values():
         for block in fn.block_specializations.values():
             for op in block.operations:
                 if op.type == "classify":
-                    name = op.inputs["classes"].arguments[0].name
-                    for c in block.operations:
-                        if c.type == "const" and c.outputs[0].name == name:
-                            return list(c.attributes["val"].immediateValue.tensor.strings.values)
+                    value = op.inputs["classes"].arguments[0].value.immediateValue.list
+                    return [v.immediateValue.tensor.strings.values[0] for v in value.values]
     return []
 
 
