@@ -92,23 +92,41 @@ def _print_artifacts(result: Any) -> None:
     print(f"manifest          {result.manifest_path}")
 
 
+# ----------------------------------------------------------------------------------------------- validate
+def _validate_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("validation")
+    g.add_argument("--data", metavar="DATA", help="a folder of images (class subfolders give labels) or an "
+                                                  ".npy/.npz array (default: the demo held-out set)")
+    g.add_argument("--policy", metavar="FILE", help="TOML release gates merged over the defaults")
+    g.add_argument("--require", default="", metavar="FORMATS",
+                   help="comma-separated formats that must run here: skipped ones then fail the run")
+    g.add_argument("--threads", type=int, default=1, help="threads per runtime (default 1)")
+    g.add_argument("--iterations", type=int, default=50, help="timed inferences per artifact (default 50)")
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from edgeship.types import Format
+    from edgeship.validate.pipeline import validate
+    from edgeship.validate.reports import summary_table
+
+    report = validate(args.artifacts, reference=args.reference, data=args.data, policy=args.policy,
+                      report_dir=args.report, require=Format.parse_list(args.require, "format") if args.require else (),
+                      threads=args.threads, iterations=args.iterations, trust_model=args.trust_model)
+    print(summary_table(report))
+    if args.report:
+        print(f"reports in {args.report}: report.json report.md report.html junit.xml")
+    return report.exit_code
+
+
 # ----------------------------------------------------------------------------------------------- run
 def _cmd_run(args: argparse.Namespace) -> int:
-    """The whole pipeline on the embedded demo. Until the validator lands it exports all three formats."""
-    import time
+    """The whole pipeline (export, validate) from an edgeship.toml, or on the embedded demo."""
+    from edgeship.pipeline import load_config, run
 
-    from edgeship.export import export
-    from edgeship.models.loading import DEMO_MODEL, load_model
-
-    start = time.perf_counter()
-    loaded = load_model()
-    spec = loaded.spec
-    print(f"edgeship run: the demo model {DEMO_MODEL} ({spec.input_shape[0]}x{spec.input_shape[1]}, "
-          f"{spec.num_classes} classes) -> {args.out}")
-    result = export(loaded=loaded, out=args.out)
-    _print_artifacts(result)
-    print(f"done in {time.perf_counter() - start:.1f} s")
-    return 0
+    config = load_config(args.config)
+    if args.out:
+        config.out = Path(args.out)
+    return run(config, echo=print).exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,9 +166,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--license", default="", help="license")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("run", help="the whole pipeline on the embedded demo model",
-                       description="Run the pipeline on the embedded demo model: export to all three formats.")
-    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output directory (default: {DEFAULT_OUT})")
+    p = sub.add_parser("validate", help="run every artifact against the float model and gate the release",
+                       description="Run each artifact in its own runtime on real inputs, compare it with the "
+                                   "float reference, apply the release gates and write reports. Exit 0 when every "
+                                   "gate passes, 1 when one fails, 2 for bad input.")
+    p.add_argument("--artifacts", nargs="+", required=True, metavar="PATH",
+                   help="artifact files, or directories holding a manifest.json")
+    p.add_argument("--reference", metavar="PATH|NAME", help="the float model (default: the manifest's source, or "
+                                                            "the demo model)")
+    p.add_argument("--trust-model", action="store_true", help="allow a reference with Lambda layers or custom code")
+    p.add_argument("--report", metavar="DIR", help="write report.json, report.md, report.html, junit.xml here")
+    _validate_args(p)
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("run", help="the whole pipeline: export, validate, report",
+                       description="Run the whole pipeline from an edgeship.toml; without one, on the embedded "
+                                   "demo model and its held-out images. Exits like 'validate'.")
+    p.add_argument("config", nargs="?", metavar="CONFIG", help="an edgeship.toml (default: the demo)")
+    p.add_argument("--out", metavar="DIR", help=f"output directory (default: the config's, or {DEFAULT_OUT})")
     p.set_defaults(func=_cmd_run)
     return parser
 

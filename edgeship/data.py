@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -49,19 +49,121 @@ def read_image(path: Path, size: tuple[int, int]) -> np.ndarray:
         raise UserError(f"cannot decode image {path}: {e}") from None
 
 
-def load_image_folder(root: Path, size: tuple[int, int], class_names: Sequence[str] | None = None,
-                      limit: int | None = None) -> ImageSet:
-    """All images under ``root``; ``root/<class>/<image>`` gives labels, matched to ``class_names`` when given."""
-    root = Path(root)
-    files = image_files(root)[: limit or None]
-    parents = {f.parent for f in files}
-    labels = None
-    if all(p.parent == root for p in parents):
-        names = list(class_names) if class_names else sorted(p.name for p in parents)
-        index = {n: i for i, n in enumerate(names)}
-        unknown = sorted({f.parent.name for f in files} - index.keys())
-        if unknown:
-            raise UserError(f"class folders {unknown[:5]} in {root} are not among the model's labels")
-        labels = np.array([index[f.parent.name] for f in files], dtype=np.int64)
-    images = np.stack([read_image(f, size) for f in files])
-    return ImageSet(images=images, labels=labels, paths=files)
+def load_image_folder(root: Path, size: tuple[int, int], class_names: Sequence[str] | None = None) -> ImageSet:
+    """All images under ``root`` in memory; ``root/<class>/<image>`` gives labels (see :class:`FolderSource`)."""
+    source = FolderSource(root, size, class_names)
+    batches = list(source.batches(256))
+    labels = None if source.labels is None else np.concatenate([b.labels for b in batches])  # type: ignore[misc]
+    return ImageSet(images=np.concatenate([b.images for b in batches]), labels=labels, paths=list(source.files))
+
+
+@dataclass
+class Batch:
+    images: np.ndarray  # (n, H, W, 3) uint8 RGB
+    labels: np.ndarray | None  # (n,) class indices
+    sources: list[str]  # where each sample came from, for reports
+    offset: int  # index of the first sample in the whole set
+
+
+class DataSource:
+    """Samples streamed in batches, so 50,000 images never need 50,000 images of memory at once."""
+
+    def __init__(self, source: str, count: int, labeled: bool) -> None:
+        self.source, self.count, self.labeled = source, count, labeled
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, object]:
+        return {"source": self.source, "count": self.count, "labeled": self.labeled}
+
+
+class FolderSource(DataSource):
+    def __init__(self, root: Path, size: tuple[int, int], class_names: Sequence[str] | None) -> None:
+        self.root, self.size = Path(root), size
+        self.files = image_files(self.root)
+        labeled = all(f.parent.parent == self.root for f in self.files)
+        self.labels = None
+        if labeled:
+            class_names = class_names or sorted({f.parent.name for f in self.files})
+            index = {n: i for i, n in enumerate(class_names)}
+            unknown = sorted({f.parent.name for f in self.files} - index.keys())
+            if unknown:
+                raise UserError(
+                    f"class folders {unknown[:5]} in {self.root} are not among the model's {len(class_names)} labels "
+                    f"({', '.join(list(class_names)[:5])}...): name class folders after the labels"
+                )
+            self.labels = np.array([index[f.parent.name] for f in self.files], dtype=np.int64)
+        super().__init__(str(self.root), len(self.files), labeled)
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        for start in range(0, len(self.files), batch_size):
+            files = self.files[start : start + batch_size]
+            images = np.stack([read_image(f, self.size) for f in files])
+            labels = None if self.labels is None else self.labels[start : start + len(files)]
+            yield Batch(images, labels, [f.relative_to(self.root).as_posix() for f in files], start)
+
+
+class ArraySource(DataSource):
+    """``.npy`` (images) or ``.npz`` (``images`` or ``x``, optional ``labels`` or ``y``): RGB pixels in 0-255,
+    (N, H, W, 3) at the model's input size. ``.npy`` files are memory-mapped."""
+
+    def __init__(self, path: Path, size: tuple[int, int], num_classes: int) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"data file not found: {path}")
+        try:
+            if path.suffix == ".npy":
+                images, labels = np.load(path, mmap_mode="r", allow_pickle=False), None
+            else:
+                with np.load(path, allow_pickle=False) as z:
+                    key = next((k for k in ("images", "x") if k in z), None)
+                    if key is None:
+                        raise UserError(f"{path} has arrays {sorted(z.files)}; name the images 'images' (or 'x')")
+                    images = z[key]
+                    lkey = next((k for k in ("labels", "y") if k in z), None)
+                    labels = z[lkey] if lkey else None
+        except (ValueError, OSError) as e:
+            raise UserError(f"cannot read {path} as a NumPy array: {e}") from None
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise UserError(f"{path}: images have shape {images.shape}; expected (N, height, width, 3) RGB")
+        if tuple(images.shape[1:3]) != tuple(size):
+            raise UserError(f"{path}: images are {images.shape[1]}x{images.shape[2]}, the model takes "
+                            f"{size[0]}x{size[1]}; resize them first")
+        if len(images) == 0:
+            raise UserError(f"{path} holds no images")
+        if np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all():
+            raise UserError(f"{path}: images contain NaN or Inf")
+        if labels is not None:
+            labels = np.asarray(labels).astype(np.int64).reshape(-1)
+            if len(labels) != len(images):
+                raise UserError(f"{path}: {len(labels)} labels for {len(images)} images")
+            if labels.min() < 0 or labels.max() >= num_classes:
+                raise UserError(f"{path}: labels range {labels.min()}..{labels.max()}, the model has {num_classes} "
+                                "classes")
+        self.images, self.labels = images, labels
+        super().__init__(str(path), len(images), labels is not None)
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        for start in range(0, len(self.images), batch_size):
+            chunk = np.asarray(self.images[start : start + batch_size])
+            images = np.clip(np.round(chunk), 0, 255).astype(np.uint8) if chunk.dtype != np.uint8 else chunk
+            labels = None if self.labels is None else self.labels[start : start + len(chunk)]
+            yield Batch(images, labels, [f"array[{i}]" for i in range(start, start + len(chunk))], start)
+
+
+def open_data(path: str | Path | None, size: tuple[int, int], class_names: Sequence[str],
+              default: Path | None = None) -> DataSource:
+    """A folder of images (class subfolders give labels), an .npy/.npz array, or ``default`` when None."""
+    if path is None:
+        if default is None:
+            raise UserError("no data given: pass --data (a folder of images or an .npy/.npz file)")
+        path = default
+    p = Path(path)
+    if p.is_dir():
+        return FolderSource(p, size, class_names)
+    if p.suffix.lower() in (".npy", ".npz"):
+        return ArraySource(p, size, len(class_names))
+    if not p.exists():
+        raise UserError(f"data not found: {p}")
+    raise UserError(f"{p} is neither a folder of images nor an .npy/.npz file")

@@ -55,10 +55,10 @@ def _count_row(target: str, variant: Variant | None, *, trust_model: bool, layer
 
 
 def format_table(rows: list[dict[str, Any]], layers: bool = False) -> str:
-    lines = [f"{'name':<42} {'family':<30} {'alpha':>5} {'res':>4} {'params':>10} {'MACs':>10}"]
+    lines = [f"{'name':<42} {'family':<32} {'alpha':>5} {'res':>4} {'params':>10} {'MACs':>10}"]
     for r in rows:
-        alpha = f"{r['alpha']:g}" if r.get("alpha") is not None else "-"
-        lines.append(f"{r['name']:<42} {r['family']:<30} {alpha:>5} {r['resolution']:>4} "
+        alpha = "-" if r.get("alpha") is None else f"{r['alpha']:g}" + ("" if r["alpha"] % 1 else ".0")
+        lines.append(f"{r['name']:<42} {r['family']:<32} {alpha:>5} {r['resolution']:>4} "
                      f"{r['params'] / 1e6:>9.2f}M {r['macs'] / 1e6:>9.1f}M")
         if layers:
             lines.append(f"    {'layer':<44} {'kind':<10} {'output':<16} {'params':>10} {'MACs':>12}")

@@ -1,9 +1,20 @@
 """The validate stage: run every artifact in its own runtime against the float reference and gate the release.
 
-This package holds the interface every runtime implements (:mod:`edgeship.validate.runner`); the comparison
-loop, the policy gates and the reports build on it.
+Python API::
+
+    from edgeship.validate import validate
+    report = validate(["edgeship-out"], report_dir="edgeship-out/report")
+    print(report.passed)
 """
 
 from edgeship.validate.runner import InputInfo, Runner
 
-__all__ = ["InputInfo", "Runner"]
+__all__ = ["InputInfo", "Runner", "validate"]
+
+
+def __getattr__(name: str):  # lazy: keep `import edgeship.validate` light
+    if name == "validate":
+        from edgeship.validate.pipeline import validate
+
+        return validate
+    raise AttributeError(name)

@@ -1,8 +1,10 @@
 """One interface for every runtime (Keras, LiteRT, ONNX Runtime, Core ML).
 
-A runner opens an artifact, describes its inputs, and answers ``infer(feed) -> outputs``, timing only the
-inference call. The base class checks the feed's names, dtypes and shapes once, so every runtime gives the same
-well-worded input error; a subclass implements only the backend calls.
+A runner opens an artifact, describes its inputs, and answers ``infer(feed) -> outputs``, timing only the backend's
+own inference call (``_run``), never the feed's preparation. The base class checks the feed's names, dtypes and
+shapes, so every runtime gives the same well-worded input error, and it feeds the artifact the way a client would
+(:meth:`predict`): the artifact's preprocessing and layout, and for uint8/int8 inputs the artifact's own scale and
+zero point; quantised outputs are dequantised. A subclass implements only the backend calls.
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from edgeship.errors import UserError
+from edgeship.models.spec import Preprocessing
+from edgeship.types import Layout
 
 
 @dataclass(frozen=True)
@@ -25,18 +30,32 @@ class InputInfo:
     zero_point: int | None = None
 
 
+@dataclass(frozen=True)
+class Quantization:
+    scale: float
+    zero_point: int
+
+
 class Runner(ABC):
-    """Subclasses set ``name`` and implement :meth:`_open`, :meth:`inputs` and :meth:`_infer`."""
+    """Subclasses set ``runtime`` and implement ``_open``, ``inputs``, ``_bind``, ``_run`` and ``_fetch``.
 
-    name: str = "runner"
+    After ``open()``: ``preprocessing`` (what a client of this artifact applies, from the artifact's own metadata
+    where it has some), ``labels`` (the artifact's own label list, or None), ``layout`` and ``output_quant``.
+    """
 
-    def __init__(self) -> None:
-        self.last_inference_s: float | None = None
+    runtime: str = "runner"
 
-    def open(self) -> "Runner":
-        self._open()
-        return self
+    def __init__(self, path: Path | str, preprocessing: Preprocessing, threads: int = 1) -> None:
+        self.path = Path(path)
+        self.preprocessing = preprocessing
+        self.threads = threads
+        self.labels: list[str] | None = None
+        self.layout = Layout.NHWC
+        self.output_quant: Quantization | None = None
+        self.load_ms: float | None = None
+        self.last_run_s: float | None = None
 
+    # -- backend hooks ------------------------------------------------------------------------------------------
     @abstractmethod
     def _open(self) -> None: ...
 
@@ -44,25 +63,76 @@ class Runner(ABC):
     def inputs(self) -> list[InputInfo]: ...
 
     @abstractmethod
-    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def _bind(self, feed: dict[str, np.ndarray]) -> None: ...
 
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.check_feed(feed)
+    @abstractmethod
+    def _run(self) -> None: ...
+
+    @abstractmethod
+    def _fetch(self) -> np.ndarray: ...
+
+    # -- the interface --------------------------------------------------------------------------------------------
+    def open(self) -> "Runner":
         start = time.perf_counter()
-        out = self._infer(feed)
-        self.last_inference_s = time.perf_counter() - start
-        return out
+        self._open()
+        self.load_ms = (time.perf_counter() - start) * 1e3
+        return self
+
+    def infer(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """Run one feed; only the backend's inference call is timed (``last_run_s``)."""
+        self.check_feed(feed)
+        self._bind(feed)
+        start = time.perf_counter()
+        self._run()
+        self.last_run_s = time.perf_counter() - start
+        return self._fetch()
+
+    @property
+    def batch_size(self) -> int | None:
+        """The fixed batch size of the artifact's input, or None when the batch is dynamic."""
+        return self.inputs()[0].shape[0]
+
+    def feed(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """RGB uint8 images (N, H, W, 3) -> the feed a client of this artifact would build."""
+        (info,) = self.inputs()
+        x = self.preprocessing.apply(images)
+        if self.layout is Layout.NCHW and self.preprocessing.layout is Layout.NHWC:
+            x = np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2)))
+        if info.dtype in (np.uint8, np.int8):
+            if info.scale is None or info.zero_point is None:
+                raise UserError(f"{self.path.name}: quantised input '{info.name}' has no scale/zero point")
+            bounds = np.iinfo(info.dtype)
+            x = np.clip(np.round(x / info.scale + info.zero_point), bounds.min, bounds.max).astype(info.dtype)
+        return {info.name: x.astype(info.dtype, copy=False)}
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Float outputs (N, classes) for RGB uint8 images, batch by batch as the artifact allows."""
+        step = self.batch_size or len(images)
+        outs = [self.infer(self.feed(images[i : i + step])) for i in range(0, len(images), step)]
+        out = np.concatenate(outs).astype(np.float32)
+        if self.output_quant is not None:
+            out = (out - self.output_quant.zero_point) * self.output_quant.scale
+        return out.reshape(len(images), -1)
 
     def check_feed(self, feed: dict[str, np.ndarray]) -> None:
         expected = {i.name: i for i in self.inputs()}
         if set(feed) != set(expected):
-            raise UserError(f"{self.name}: feed has inputs {sorted(feed)}, the artifact expects {sorted(expected)}")
+            raise UserError(f"{self.path.name}: feed has inputs {sorted(feed)}, the artifact expects {sorted(expected)}")
         for name, arr in feed.items():
             info = expected[name]
             if arr.dtype != info.dtype:
-                raise UserError(f"{self.name}: input '{name}' is {arr.dtype}, the artifact expects {info.dtype}")
+                raise UserError(f"{self.path.name}: input '{name}' is {arr.dtype}, the artifact expects {info.dtype}")
             if len(arr.shape) != len(info.shape) or any(
-                want is not None and got != want for got, want in zip(arr.shape, info.shape)
+                want is not None and got != want for got, want in zip(arr.shape[1:], info.shape[1:])
             ):
                 shape = tuple("?" if d is None else d for d in info.shape)
-                raise UserError(f"{self.name}: input '{name}' has shape {arr.shape}, the artifact expects {shape}")
+                raise UserError(
+                    f"{self.path.name}: input '{name}' has shape {tuple(arr.shape)}, the artifact expects {shape}"
+                )
+
+    def close(self) -> None:
+        """Release the backend (interpreter, session). Subclasses with resources override."""
+
+
+class Unavailable(Exception):
+    """This runtime cannot run here (e.g. Core ML prediction off macOS): the artifact is reported as skipped."""

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from edgeship.export import export
+from edgeship.export.coreml import classifier_labels
 from edgeship.fileio import sha256_path
 from edgeship.manifest import Manifest
 from edgeship.models.loading import load_model
@@ -101,7 +102,7 @@ def test_coreml_spec_has_image_input_labels_and_card(exported):
     h, w, _ = loaded.spec.input_shape
     assert (inp.type.imageType.height, inp.type.imageType.width) == (h, w)
     assert inp.type.imageType.colorSpace == ct.proto.FeatureTypes_pb2.ImageFeatureType.RGB
-    labels = _classifier_labels(spec)
+    labels = classifier_labels(spec)
     assert labels == list(loaded.spec.labels)
     assert spec.description.predictedFeatureName == "classLabel"
     meta = spec.description.metadata
@@ -140,17 +141,6 @@ def _named_consts(spec) -> dict:
                     if len(floats):
                         out[op.outputs[0].name] = np.asarray(floats, dtype=np.float64)
     return out
-
-
-def _classifier_labels(spec):
-    """ML programs keep the labels as an inline list value of the 'classify' op's 'classes' input."""
-    for fn in spec.mlProgram.functions.values():
-        for block in fn.block_specializations.values():
-            for op in block.operations:
-                if op.type == "classify":
-                    value = op.inputs["classes"].arguments[0].value.immediateValue.list
-                    return [v.immediateValue.tensor.strings.values[0] for v in value.values]
-    return []
 
 
 def test_manifest_records_every_artifact(exported):

@@ -1,0 +1,124 @@
+"""``edgeship run``: the whole pipeline — export, then validate and report — from one ``edgeship.toml``.
+
+Example ``edgeship.toml`` (every key optional; relative paths are relative to the file)::
+
+    [model]
+    path = "models/classifier.keras"     # or a variant name; default: the embedded demo
+    labels = "models/labels.txt"
+    trust = false
+
+    [export]
+    formats = ["tflite", "onnx", "coreml"]
+    precisions = ["fp32", "fp16"]        # default: each format's own (TFLite/ONNX fp32, Core ML fp16)
+    onnx_layout = "nhwc"
+
+    [validate]
+    data = "data/heldout"                # default: the demo held-out set
+    policy = "release-policy.toml"
+    require = ["tflite", "onnx"]
+    threads = 1
+    iterations = 50
+
+    [output]
+    dir = "edgeship-out"
+"""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from edgeship.errors import UserError
+from edgeship.models.registry import looks_like_variant_name
+from edgeship.types import Format
+from edgeship.validate.results import Report
+
+_KNOWN = {
+    "model": {"path", "labels", "trust"},
+    "export": {"formats", "precisions", "onnx_layout"},
+    "validate": {"data", "policy", "require", "threads", "iterations"},
+    "output": {"dir"},
+}
+
+
+@dataclass
+class RunConfig:
+    model: str | None = None
+    labels: str | None = None
+    trust_model: bool = False
+    formats: list[str] = field(default_factory=lambda: [f.value for f in Format])
+    precisions: list[str] | None = None
+    onnx_layout: str = "nhwc"
+    data: str | None = None
+    policy: str | None = None
+    require: list[str] = field(default_factory=list)
+    threads: int = 1
+    iterations: int = 50
+    out: Path = Path("edgeship-out")
+
+
+def load_config(path: str | Path | None) -> RunConfig:
+    if path is None:
+        return RunConfig()
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"config not found: {p}") from None
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise UserError(f"cannot read config {p}: {e}") from None
+    for table, keys in data.items():
+        if table not in _KNOWN or not isinstance(keys, dict):
+            raise UserError(f"{p}: unknown table [{table}]; use {', '.join(f'[{t}]' for t in _KNOWN)}")
+        unknown = set(keys) - _KNOWN[table]
+        if unknown:
+            raise UserError(f"{p}: [{table}] has unknown keys {sorted(unknown)}; known: {sorted(_KNOWN[table])}")
+    base = p.parent
+
+    def rel(value: Any) -> str | None:
+        """Paths are relative to the config file; a variant name stays a name."""
+        if value is None:
+            return None
+        text = str(value)
+        if Path(text).is_absolute() or (looks_like_variant_name(text) and not (base / text).exists()):
+            return text
+        return str(base / text)
+
+    m, e, v, o = (data.get(t, {}) for t in ("model", "export", "validate", "output"))
+    cfg = RunConfig(
+        model=rel(m.get("path")), labels=rel(m.get("labels")), trust_model=bool(m.get("trust", False)),
+        formats=list(e.get("formats", RunConfig().formats)), precisions=e.get("precisions"),
+        onnx_layout=str(e.get("onnx_layout", "nhwc")), data=rel(v.get("data")), policy=rel(v.get("policy")),
+        require=list(v.get("require", [])), threads=int(v.get("threads", 1)), iterations=int(v.get("iterations", 50)),
+        out=Path(rel(o.get("dir")) or "edgeship-out"),
+    )
+    return cfg
+
+
+def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
+    from edgeship.export import export
+    from edgeship.models.loading import load_model
+    from edgeship.validate.pipeline import validate
+    from edgeship.validate.reports import summary_table
+
+    start = time.perf_counter()
+    loaded = load_model(config.model, trust_model=config.trust_model, labels=config.labels)
+    spec = loaded.spec
+    echo(f"edgeship run: {spec.name} ({loaded.source_path}; {spec.input_shape[0]}x{spec.input_shape[1]}, "
+         f"{spec.num_classes} classes) -> {config.out}")
+    t0 = time.perf_counter()
+    result = export(loaded=loaded, formats=config.formats, out=config.out, precisions=config.precisions,
+                    onnx_layout=config.onnx_layout)
+    echo(f"exported {len(result.paths)} artifacts in {time.perf_counter() - t0:.1f} s")
+    t0 = time.perf_counter()
+    report_dir = config.out / "report"
+    report = validate([config.out], reference=loaded, data=config.data, policy=config.policy, report_dir=report_dir,
+                      require=config.require, threads=config.threads, iterations=config.iterations)
+    echo(f"validated on {report.data['count']} images in {time.perf_counter() - t0:.1f} s")
+    echo(summary_table(report))
+    echo(f"reports: {report_dir}/report.md  report.html  report.json  junit.xml")
+    echo(f"{'PASSED' if report.passed else 'FAILED'} in {time.perf_counter() - start:.1f} s")
+    return report

@@ -1,0 +1,119 @@
+"""The one comparison loop: every artifact against the reference, batch by batch, whatever its runtime.
+
+The comparator never knows which runtime produced an output. Outputs are first aligned to the reference's label
+order through the artifact's *own* label list (what a client would show), so a label file in the wrong order
+shows up as disagreement, not as a silent pass. Only per-sample summaries are kept, so memory does not grow with
+the number of classes times the number of samples.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgeship.errors import UserError
+from edgeship.validate import metrics as m
+from edgeship.validate.results import Flip, Metrics
+
+MAX_FLIPS = 1000
+MAX_THUMBNAILS = 24
+MAX_SAMPLE_ERRORS = 2000
+
+
+def label_permutation(reference: list[str], artifact: list[str] | None) -> np.ndarray | None:
+    """Column order that maps the artifact's outputs onto the reference's labels (None: same order)."""
+    if artifact is None or list(artifact) == list(reference):
+        return None
+    if len(artifact) != len(reference) or sorted(artifact) != sorted(reference) or len(set(artifact)) != len(artifact):
+        extra = sorted(set(artifact) - set(reference))[:3]
+        raise UserError(f"the artifact's {len(artifact)} labels differ from the reference's {len(reference)}"
+                        + (f" (e.g. {extra})" if extra else ""))
+    where = {label: i for i, label in enumerate(artifact)}
+    return np.array([where[label] for label in reference])
+
+
+@dataclass
+class Comparison:
+    """Accumulates one artifact's agreement with the reference over the batches."""
+
+    labels: list[str]
+    permutation: np.ndarray | None = None
+    _max_abs: list[np.ndarray] = field(default_factory=list)
+    _sum_abs: float = 0.0
+    _values: int = 0
+    _signal: float = 0.0
+    _noise: float = 0.0
+    _cos: list[np.ndarray] = field(default_factory=list)
+    _top5: list[np.ndarray] = field(default_factory=list)
+    _agree: list[np.ndarray] = field(default_factory=list)
+    _out_correct: list[np.ndarray] = field(default_factory=list)
+    _out_correct5: list[np.ndarray] = field(default_factory=list)
+    _ref_correct: list[np.ndarray] = field(default_factory=list)
+    flips: list[Flip] = field(default_factory=list)
+
+    def update(self, ref: np.ndarray, out: np.ndarray, images: np.ndarray, truth: np.ndarray | None,
+               sources: list[str], offset: int) -> None:
+        if self.permutation is not None:
+            out = out[:, self.permutation]
+        if out.shape != ref.shape:
+            raise UserError(f"the artifact answers with shape {out.shape[1:]}, the reference with {ref.shape[1:]}")
+        err = np.abs(out.astype(np.float64) - ref)
+        self._max_abs.append(err.max(axis=1))
+        self._sum_abs += float(err.sum())
+        self._values += err.size
+        self._signal += float(np.sum(ref.astype(np.float64) ** 2))
+        self._noise += float(np.sum(err**2))
+        self._cos.append(m.per_sample_cosine(ref, out))
+        self._top5.append(m.per_sample_top5_overlap(ref, out))
+        r1, o1 = ref.argmax(1), out.argmax(1)
+        self._agree.append(r1 == o1)
+        if truth is not None:
+            self._ref_correct.append(r1 == truth)
+            self._out_correct.append(o1 == truth)
+            k = min(5, out.shape[1])
+            self._out_correct5.append((np.argsort(-out, axis=1, kind="stable")[:, :k] == truth[:, None]).any(axis=1))
+        for i in np.flatnonzero(r1 != o1):
+            if len(self.flips) >= MAX_FLIPS:
+                break
+            self.flips.append(Flip(
+                index=offset + int(i), source=sources[i], reference=self.labels[r1[i]], artifact=self.labels[o1[i]],
+                truth=None if truth is None else self.labels[int(truth[i])],
+                thumbnail_png=_png(images[i]) if len(self.flips) < MAX_THUMBNAILS else None,
+            ))
+
+    def metrics(self) -> Metrics:
+        if not self._agree:
+            return Metrics()
+        mean = lambda parts: float(np.mean(np.concatenate(parts)))  # noqa: E731
+        result = Metrics(
+            max_abs_error=float(np.max(np.concatenate(self._max_abs))),
+            mean_abs_error=self._sum_abs / self._values,
+            cosine=mean(self._cos),
+            sqnr_db=m.sqnr_from_powers(self._signal, self._noise),
+            top1_agreement=mean(self._agree),
+            top5_overlap=mean(self._top5),
+        )
+        if self._out_correct:
+            result.accuracy_top1 = mean(self._out_correct)
+            result.accuracy_top5 = mean(self._out_correct5)
+            result.accuracy_top1_drop = mean(self._ref_correct) - result.accuracy_top1
+        return result
+
+    def sample_errors(self) -> list[float]:
+        """Per-sample max abs error, evenly thinned to at most MAX_SAMPLE_ERRORS, for the distribution plot."""
+        if not self._max_abs:
+            return []
+        errs = np.concatenate(self._max_abs)
+        if len(errs) > MAX_SAMPLE_ERRORS:
+            errs = errs[np.linspace(0, len(errs) - 1, MAX_SAMPLE_ERRORS).astype(int)]
+        return [float(e) for e in errs]
+
+
+def _png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()

@@ -1,0 +1,54 @@
+"""Latency and memory of one runner: the runtime's own speed, not the harness's.
+
+Only the backend's inference call is timed (:meth:`Runner.infer` times ``_run``), the feed is built once, and
+warm-up runs are excluded. Peak memory is the process's resident high-water mark, reset before the artifact is
+opened where Linux allows it (``/proc/self/clear_refs``), so each artifact's figure is its own.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from edgeship.validate.results import Latency
+from edgeship.validate.runner import Runner
+
+
+def measure(runner: Runner, feed: dict[str, np.ndarray], warmup: int = 10, iterations: int = 100) -> tuple[Latency, list[float]]:
+    for _ in range(warmup):
+        runner.infer(feed)
+    times = []
+    for _ in range(iterations):
+        runner.infer(feed)
+        times.append((runner.last_run_s or 0.0) * 1e3)
+    return summarise(times), times
+
+
+def summarise(times_ms: list[float]) -> Latency:
+    if not times_ms:
+        return Latency()
+    t = np.asarray(times_ms, dtype=np.float64)
+    p50, p90, p99 = np.percentile(t, [50, 90, 99])
+    return Latency(p50=float(p50), p90=float(p90), p99=float(p99), mean=float(t.mean()), std=float(t.std()))
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's resident-set high-water mark (Linux >= 4.0); elsewhere the peak stays process-wide."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_bytes() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)

@@ -1,0 +1,112 @@
+"""Comparison metrics: an enum of names plus one pure function each.
+
+Every function takes the reference outputs and the artifact's outputs, both (N, classes) float arrays in the
+reference's label order, and returns a float, or None when there is nothing to measure (no samples). Division by
+zero is handled explicitly: identical outputs have infinite SQNR; two all-zero vectors have cosine 1.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import numpy as np
+
+
+class Metric(str, Enum):
+    MAX_ABS_ERROR = "max_abs_error"
+    MEAN_ABS_ERROR = "mean_abs_error"
+    COSINE = "cosine"
+    SQNR_DB = "sqnr_db"
+    TOP1_AGREEMENT = "top1_agreement"
+    TOP5_OVERLAP = "top5_overlap"
+    ACCURACY_TOP1 = "accuracy_top1"
+    ACCURACY_TOP5 = "accuracy_top5"
+    ACCURACY_TOP1_DROP = "accuracy_top1_drop"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: Which way each metric must go to pass a gate (policy files give only the limit).
+HIGHER_IS_BETTER: dict[Metric, bool] = {
+    Metric.MAX_ABS_ERROR: False,
+    Metric.MEAN_ABS_ERROR: False,
+    Metric.COSINE: True,
+    Metric.SQNR_DB: True,
+    Metric.TOP1_AGREEMENT: True,
+    Metric.TOP5_OVERLAP: True,
+    Metric.ACCURACY_TOP1: True,
+    Metric.ACCURACY_TOP5: True,
+    Metric.ACCURACY_TOP1_DROP: False,
+}
+
+
+def max_abs_error(ref: np.ndarray, out: np.ndarray) -> float | None:
+    return float(np.max(np.abs(out - ref))) if ref.size else None
+
+
+def mean_abs_error(ref: np.ndarray, out: np.ndarray) -> float | None:
+    return float(np.mean(np.abs(out - ref))) if ref.size else None
+
+
+def cosine(ref: np.ndarray, out: np.ndarray) -> float | None:
+    """Mean over samples of the cosine similarity of the two output vectors."""
+    if not len(ref):
+        return None
+    return float(np.mean(per_sample_cosine(ref, out)))
+
+
+def per_sample_cosine(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
+    r, o = ref.astype(np.float64), out.astype(np.float64)
+    nr, no = np.linalg.norm(r, axis=1), np.linalg.norm(o, axis=1)
+    dot = np.sum(r * o, axis=1)
+    both_zero = (nr == 0) & (no == 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.where(both_zero, 1.0, np.where((nr == 0) | (no == 0), 0.0, dot / (nr * no)))
+    return cos
+
+
+def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float | None:
+    """10·log10(signal power / noise power) over all values; inf when the outputs are identical."""
+    if not ref.size:
+        return None
+    return sqnr_from_powers(float(np.sum(ref.astype(np.float64) ** 2)),
+                            float(np.sum((out.astype(np.float64) - ref) ** 2)))
+
+
+def sqnr_from_powers(signal: float, noise: float) -> float:
+    if noise == 0.0:
+        return float("inf")
+    if signal == 0.0:
+        return float("-inf")
+    return float(10.0 * np.log10(signal / noise))
+
+
+def top1_agreement(ref: np.ndarray, out: np.ndarray) -> float | None:
+    return float(np.mean(ref.argmax(1) == out.argmax(1))) if len(ref) else None
+
+
+def top5_overlap(ref: np.ndarray, out: np.ndarray) -> float | None:
+    """Mean fraction of the reference's top-5 classes that are also in the artifact's top-5."""
+    if not len(ref):
+        return None
+    return float(np.mean(per_sample_top5_overlap(ref, out)))
+
+
+def per_sample_top5_overlap(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
+    k = min(5, ref.shape[1])
+    a = np.argsort(-ref, axis=1, kind="stable")[:, :k]
+    b = np.argsort(-out, axis=1, kind="stable")[:, :k]
+    return np.array([len(set(x) & set(y)) / k for x, y in zip(a.tolist(), b.tolist())])
+
+
+def accuracy_top1(out: np.ndarray, labels: np.ndarray) -> float | None:
+    return float(np.mean(out.argmax(1) == labels)) if len(out) else None
+
+
+def accuracy_top5(out: np.ndarray, labels: np.ndarray) -> float | None:
+    if not len(out):
+        return None
+    k = min(5, out.shape[1])
+    top = np.argsort(-out, axis=1, kind="stable")[:, :k]
+    return float(np.mean((top == labels[:, None]).any(axis=1)))

@@ -1,0 +1,168 @@
+"""What a validation produces: typed results that serialise to the versioned ``report.json`` schema.
+
+Schema ``schema_version`` 1 (stable keys; new keys may be added, none removed or renamed without a bump)::
+
+    {
+      "schema_version": 1,
+      "edgeship_version": "0.1.0",
+      "created": "2026-11-22T12:00:00+00:00",
+      "reference": {"path": "...", "sha256": "..."},
+      "data": {"source": "...", "count": 360, "labeled": true},
+      "preprocessing": {"mean": [..], "std": [..], "color": "rgb", "layout": "nhwc"},
+      "labels": ["zero", ...],
+      "artifacts": [
+        {"path": "...", "format": "tflite", "precision": "fp32", "runtime": "litert",
+         "status": "passed" | "failed" | "skipped", "reason": "..." | null,
+         "metrics": {"max_abs_error", "mean_abs_error", "cosine", "sqnr_db", "top1_agreement", "top5_overlap",
+                     "accuracy_top1", "accuracy_top5", "accuracy_top1_drop"},       (null where not measured)
+         "latency_ms": {"load", "first", "p50", "p90", "p99", "mean", "std"},         (null where not measured)
+         "iterations": 100, "threads": 1, "peak_rss_bytes": 123, "size_bytes": 123,
+         "gates": [{"name": "top1_agreement", "value": 1.0, "limit": 0.99, "op": ">=", "passed": true}],
+         "flips": [{"index": 3, "source": "heldout/three/0042.png", "reference": "three", "artifact": "eight",
+                    "truth": "three"}],
+         "sample_errors": [..]    (per-sample max abs error, for the error-distribution plot; at most 2,000)
+         "layer_sqnr": {"layer": dB, ...} | null   (from the quantise stage's per-layer report, when present)
+        }
+      ],
+      "required_formats": ["tflite"],
+      "passed": true
+    }
+
+``passed`` is true only when no artifact failed and no required format was skipped: ``skipped`` never counts as
+passed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+class Status(str, Enum):
+    PASSED = "passed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class GateResult:
+    name: str  # the metric or latency figure gated, e.g. "top1_agreement", "latency_p50_ms"
+    value: float | None
+    limit: float
+    op: str  # "<=" or ">="
+    passed: bool
+
+    def describe(self) -> str:
+        value = "n/a" if self.value is None else f"{self.value:.6g}"
+        return f"{self.name} {value} {'meets' if self.passed else 'misses'} {self.op} {self.limit:g}"
+
+
+@dataclass
+class Metrics:
+    max_abs_error: float | None = None
+    mean_abs_error: float | None = None
+    cosine: float | None = None
+    sqnr_db: float | None = None
+    top1_agreement: float | None = None
+    top5_overlap: float | None = None
+    accuracy_top1: float | None = None
+    accuracy_top5: float | None = None
+    accuracy_top1_drop: float | None = None  # reference accuracy minus this artifact's, in [0, 1] units
+
+
+@dataclass
+class Latency:
+    load: float | None = None  # ms to open the artifact (create the session / interpreter)
+    first: float | None = None  # ms of the first inference (includes lazy initialisation)
+    p50: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+    mean: float | None = None
+    std: float | None = None
+
+
+@dataclass
+class Flip:
+    """A sample whose top-1 label differs between the reference and the artifact."""
+
+    index: int
+    source: str  # image path relative to the data root, or "array[i]"
+    reference: str
+    artifact: str
+    truth: str | None = None
+    thumbnail_png: bytes | None = field(default=None, repr=False)  # for the HTML report; not in JSON
+
+
+@dataclass
+class ArtifactResult:
+    path: str
+    format: str
+    precision: str
+    runtime: str
+    status: Status
+    reason: str | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    latency_ms: Latency = field(default_factory=Latency)
+    iterations: int = 0
+    threads: int | None = None
+    peak_rss_bytes: int | None = None
+    size_bytes: int | None = None
+    gates: list[GateResult] = field(default_factory=list)
+    flips: list[Flip] = field(default_factory=list)
+    sample_errors: list[float] = field(default_factory=list)
+    layer_sqnr: dict[str, float] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.format} {self.precision} ({self.runtime})"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["status"] = str(self.status)
+        d["flips"] = [{k: v for k, v in f.items() if k != "thumbnail_png"} for f in d["flips"]]
+        return d
+
+
+@dataclass
+class Report:
+    reference: dict[str, Any]
+    data: dict[str, Any]
+    preprocessing: dict[str, Any]
+    labels: list[str]
+    artifacts: list[ArtifactResult]
+    required_formats: list[str] = field(default_factory=list)
+    created: str = ""
+    edgeship_version: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        if any(a.status is Status.FAILED for a in self.artifacts):
+            return False
+        required = set(self.required_formats)
+        return not any(a.status is Status.SKIPPED and a.format in required for a in self.artifacts)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "edgeship_version": self.edgeship_version,
+            "created": self.created,
+            "reference": self.reference,
+            "data": self.data,
+            "preprocessing": self.preprocessing,
+            "labels": list(self.labels),
+            "artifacts": [a.to_dict() for a in self.artifacts],
+            "required_formats": list(self.required_formats),
+            "versions": self.versions,
+            "passed": self.passed,
+        }

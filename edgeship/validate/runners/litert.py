@@ -1,0 +1,81 @@
+"""LiteRT (``ai_edge_litert``), the maintained TFLite runtime; XNNPACK by default, reference kernels on request.
+
+The client's view comes from the file itself: normalisation, colour space and labels from its TFLite metadata
+(what MediaPipe reads), input/output scale and zero point from the tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from edgeship.errors import UserError
+from edgeship.types import ColorOrder
+from edgeship.validate.runner import InputInfo, Quantization, Runner
+
+
+class LiteRTRunner(Runner):
+    runtime = "litert"
+    reference_kernels = False
+
+    def _open(self) -> None:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        data = self.path.read_bytes()
+        kwargs: dict[str, Any] = {"num_threads": self.threads}
+        if self.reference_kernels:
+            kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_REF
+        from edgeship._tf import silenced
+
+        try:
+            with silenced((2,)):  # "INFO: Created TensorFlow Lite XNNPACK delegate" on every interpreter
+                self._interp = Interpreter(model_content=data, **kwargs)
+                self._interp.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise UserError(f"LiteRT cannot open {self.path.name}: {str(e).splitlines()[0][:200]}") from None
+        self._in = self._interp.get_input_details()
+        self._out = self._interp.get_output_details()
+        if len(self._in) != 1 or len(self._out) != 1:
+            raise UserError(f"{self.path.name} has {len(self._in)} inputs and {len(self._out)} outputs; edgeship "
+                            "validates one image input and one class output")
+        scale, zp = self._out[0]["quantization"]
+        if self._out[0]["dtype"] in (np.int8, np.uint8) and scale:
+            self.output_quant = Quantization(float(scale), int(zp))
+        self._use_metadata(data)
+
+    def _use_metadata(self, data: bytes) -> None:
+        from edgeship.export.tflite_metadata import read_metadata
+
+        try:
+            meta = read_metadata(data)
+        except UserError:
+            return  # a .tflite without metadata: the manifest's preprocessing is all a client would have
+        norm = meta["input"].get("normalization")
+        pre = self.preprocessing
+        if norm:
+            pre = replace(pre, mean=tuple(norm["mean"]), std=tuple(norm["std"]))
+        if meta["input"].get("color_space") == "RGB":
+            pre = replace(pre, color=ColorOrder.RGB)
+        self.preprocessing = pre
+        self.labels = list(meta.get("labels") or []) or None
+
+    def inputs(self) -> list[InputInfo]:
+        d = self._in[0]
+        scale, zp = d["quantization"]
+        shape = tuple(int(s) for s in d["shape"])
+        return [InputInfo(d["name"], shape, np.dtype(d["dtype"]), float(scale) if scale else None,
+                          int(zp) if scale else None)]
+
+    def _bind(self, feed: dict[str, np.ndarray]) -> None:
+        self._interp.set_tensor(self._in[0]["index"], next(iter(feed.values())))
+
+    def _run(self) -> None:
+        self._interp.invoke()
+
+    def _fetch(self) -> np.ndarray:
+        return self._interp.get_tensor(self._out[0]["index"]).copy()
+
+    def close(self) -> None:
+        self._interp = None

@@ -1,0 +1,74 @@
+"""ONNX Runtime on the CPU. The client's view comes from the file: ``metadata_props`` (preprocessing, labels,
+input layout) and, for a QDQ model with a quantised input, the input's QuantizeLinear parameters."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from edgeship.errors import UserError
+from edgeship.models.spec import Preprocessing
+from edgeship.types import Layout
+from edgeship.validate.runner import InputInfo, Runner
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
+              "tensor(float16)": np.float16}
+
+
+class OnnxRuntimeRunner(Runner):
+    runtime = "onnxruntime"
+    optimization_level = "all"  # "disable" | "basic" | "extended" | "all"
+
+    def _open(self) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.optimization_level]
+        try:
+            self._sess = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph/InvalidProtobuf types
+            raise UserError(f"ONNX Runtime cannot open {self.path.name}: {str(e).splitlines()[0][:200]}") from None
+        ins, outs = self._sess.get_inputs(), self._sess.get_outputs()
+        if len(ins) != 1 or len(outs) != 1:
+            raise UserError(f"{self.path.name} has {len(ins)} inputs and {len(outs)} outputs; edgeship validates "
+                            "one image input and one class output")
+        self._input, self._output = ins[0], outs[0].name
+        props = self._sess.get_modelmeta().custom_metadata_map
+        if "preprocessing" in props:
+            self.preprocessing = Preprocessing.from_dict(json.loads(props["preprocessing"]))
+        if "labels" in props:
+            self.labels = list(json.loads(props["labels"]))
+        shape = self._input.shape
+        nchw = props.get("input_layout") == "nchw" or (len(shape) == 4 and shape[1] == 3 and shape[3] != 3)
+        self.layout = Layout.NCHW if nchw else Layout.NHWC
+        if self.preprocessing.layout is Layout.NCHW:  # metadata describes the Keras model, always NHWC
+            self.preprocessing = Preprocessing(self.preprocessing.mean, self.preprocessing.std,
+                                               self.preprocessing.color, Layout.NHWC)
+
+    def inputs(self) -> list[InputInfo]:
+        dtype = _ORT_TYPES.get(self._input.type)
+        if dtype is None:
+            raise UserError(f"{self.path.name}: input type {self._input.type} is not an image tensor type")
+        shape = tuple(d if isinstance(d, int) else None for d in self._input.shape)
+        return [InputInfo(self._input.name, shape, np.dtype(dtype))]
+
+    def _bind(self, feed: dict[str, np.ndarray]) -> None:
+        self._feed = feed
+
+    def _run(self) -> None:
+        self._result = self._sess.run([self._output], self._feed)[0]
+
+    def _fetch(self) -> np.ndarray:
+        return self._result
+
+    def close(self) -> None:
+        self._sess = None
