@@ -1,0 +1,102 @@
+"""Each runner through the one interface: same input errors everywhere, client-style feeds (metadata
+preprocessing, NCHW, uint8 quantisation), timing of the inference call only, Core ML unavailable off macOS."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from edgeship.errors import UserError
+from edgeship.export import export
+from edgeship.models.loading import load_model
+from edgeship.types import Format, Layout
+from edgeship.validate.runner import Unavailable
+from edgeship.validate.runners import runner_for
+from edgeship.validate.runners.keras import KerasRunner
+from edgeship.validate.runners.litert import LiteRTRunner
+from edgeship.validate.runners.onnxrt import OnnxRuntimeRunner
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, demo_heldout):
+    loaded = load_model()
+    out = tmp_path_factory.mktemp("runners")
+    res = export(loaded=loaded, out=out, formats=list(Format), progress=False)
+    nchw = export(loaded=loaded, out=out / "nchw", formats=["onnx"], onnx_layout="nchw", progress=False)
+    paths = {a.format.value: out / a.path for a in res.manifest.artifacts}
+    paths["onnx_nchw"] = nchw.paths[0]
+    images, _, _ = demo_heldout
+    reference = KerasRunner(loaded).open().predict(images)
+    return loaded, paths, images, reference
+
+
+@pytest.mark.parametrize("key", ["tflite", "onnx", "onnx_nchw"])
+def test_runner_predicts_like_keras(files, key):
+    loaded, paths, images, reference = files
+    fmt = Format.ONNX if key.startswith("onnx") else Format(key)
+    runner = runner_for(fmt, paths[key], loaded.spec.preprocessing).open()
+    assert runner.labels == list(loaded.spec.labels)  # read from the file's own metadata
+    assert runner.load_ms > 0
+    out = runner.predict(images)
+    assert np.max(np.abs(out - reference)) < 1e-4
+    assert runner.last_run_s is not None and runner.last_run_s > 0
+    if key == "onnx_nchw":
+        assert runner.layout is Layout.NCHW and runner.feed(images[:2])["image"].shape == (2, 3, 96, 96)
+
+
+@pytest.mark.parametrize("key", ["tflite", "onnx"])
+def test_every_runner_words_input_errors_the_same(files, key):
+    loaded, paths, images, _ = files
+    runner = runner_for(Format(key), paths[key], loaded.spec.preprocessing).open()
+    name = runner.inputs()[0].name
+    with pytest.raises(UserError, match=rf"input '{name}' is float64, the artifact expects float32"):
+        runner.infer({name: np.zeros((1, 96, 96, 3))})
+    with pytest.raises(UserError, match=r"has shape \(1, 64, 64, 3\), the artifact expects"):
+        runner.infer({name: np.zeros((1, 64, 64, 3), np.float32)})
+    with pytest.raises(UserError, match="feed has inputs"):
+        runner.infer({"nope": np.zeros((1, 96, 96, 3), np.float32)})
+
+
+def test_litert_reference_kernels_and_threads(files):
+    loaded, paths, images, reference = files
+    runner = LiteRTRunner(paths["tflite"], loaded.spec.preprocessing, threads=2)
+    runner.reference_kernels = True
+    out = runner.open().predict(images[:5])
+    assert np.max(np.abs(out - reference[:5])) < 1e-4
+
+
+def test_onnxruntime_without_graph_optimisation(files):
+    loaded, paths, images, reference = files
+    runner = OnnxRuntimeRunner(paths["onnx"], loaded.spec.preprocessing)
+    runner.optimization_level = "disable"
+    out = runner.open().predict(images[:5])
+    assert np.max(np.abs(out - reference[:5])) < 1e-4
+
+
+def test_uint8_input_is_quantised_with_the_artifacts_own_parameters(files):
+    """A fake uint8-input runner: the base class quantises the normalised input with its scale/zero point."""
+    from edgeship.validate.runner import InputInfo, Runner
+
+    class Echo(Runner):
+        def _open(self): ...
+        def inputs(self):
+            return [InputInfo("image", (1, 2, 2, 3), np.dtype(np.uint8), scale=2 / 255, zero_point=128)]
+        def _bind(self, feed): self.fed = feed["image"]
+        def _run(self): ...
+        def _fetch(self): return self.fed.reshape(1, -1)
+
+    loaded, _, _, _ = files
+    r = Echo("x", loaded.spec.preprocessing).open()
+    img = np.array([[[[0, 127, 255]] * 2] * 2], np.uint8)  # normalised: -1, ~0, 1
+    q = r.feed(img)["image"]
+    assert q.dtype == np.uint8
+    assert np.abs(q[0, 0, 0].astype(int) - [0, 128, 255]).max() <= 1  # -1, 0, 1 at scale 2/255 around 128
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="checks the Linux behaviour")
+def test_coreml_is_unavailable_off_macos(files):
+    loaded, paths, _, _ = files
+    with pytest.raises(Unavailable, match="needs macOS"):
+        runner_for(Format.COREML, paths["coreml"], loaded.spec.preprocessing).open()

@@ -1,0 +1,135 @@
+"""``edgeship validate`` and ``edgeship run``: exit codes, reports on disk, skipped never counted as passed, and
+bad input as one line."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+from edgeship.cli import main
+from edgeship.export import export
+from edgeship.models.loading import load_model
+from edgeship.validate.pipeline import validate
+from edgeship.validate.results import Status
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    loaded = load_model()
+    out = tmp_path_factory.mktemp("exp")
+    export(loaded=loaded, out=out, formats=["tflite", "onnx", "coreml"], progress=False)
+    return loaded, out
+
+
+def _run(capsys, *args):
+    code = main(list(args))
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_validate_passes_writes_four_reports_and_skips_coreml(capsys, exported, tmp_path):
+    _, out = exported
+    code, stdout, err = _run(capsys, "validate", "--artifacts", str(out), "--report", str(tmp_path / "r"),
+                             "--iterations", "5")
+    assert code == 0, err
+    assert "skipped" in stdout and "passed" in stdout
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert data["schema_version"] == 1 and data["passed"] is True and data["data"]["count"] == 360
+    statuses = {a["format"]: a["status"] for a in data["artifacts"]}
+    assert statuses == {"tflite": "passed", "onnx": "passed", "coreml": "skipped"}
+    for a in data["artifacts"]:
+        if a["status"] == "passed":
+            assert a["latency_ms"]["p50"] > 0 and a["latency_ms"]["load"] > 0 and a["peak_rss_bytes"] > 0
+            assert a["metrics"]["top1_agreement"] == 1.0 and a["metrics"]["accuracy_top1"] > 0.95
+    suite = ET.parse(tmp_path / "r" / "junit.xml").getroot()
+    assert int(suite.find("testsuite").get("skipped")) >= 1
+    assert "<html" in (tmp_path / "r" / "report.html").read_text().lower()
+    assert "PASS" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_require_turns_a_skip_into_a_failure(capsys, exported):
+    _, out = exported
+    code, stdout, _ = _run(capsys, "validate", "--artifacts", str(out), "--require", "coreml", "--iterations", "2")
+    assert code == 1 and "FAILED" in stdout
+
+
+def test_a_failed_gate_exits_1(capsys, exported, tmp_path):
+    _, out = exported
+    policy = tmp_path / "strict.toml"
+    policy.write_text("[fp32]\nmax_abs_error = 1e-9\n")
+    code, stdout, _ = _run(capsys, "validate", "--artifacts", str(out / "edgeship_demo_fp32.onnx"), "--policy",
+                           str(policy), "--iterations", "2")
+    assert code == 1 and "max_abs_error" in stdout
+
+
+def test_corrupt_artifact_fails_and_the_others_still_run(exported, tmp_path):
+    loaded, out = exported
+    bad = tmp_path / "truncated.tflite"
+    bad.write_bytes((out / "edgeship_demo_fp32.tflite").read_bytes()[:5000])
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not an onnx file")
+    report = validate([bad, garbage, out / "edgeship_demo_fp32.onnx"], reference=loaded, iterations=2, warmup=1,
+                      progress=False)
+    statuses = [a.status for a in report.artifacts]
+    assert statuses == [Status.FAILED, Status.FAILED, Status.PASSED]
+    assert "truncated.tflite" in report.artifacts[0].reason and "garbage.onnx" in report.artifacts[1].reason
+    assert report.exit_code == 1
+
+
+def test_artifact_whose_input_does_not_fit_the_data_fails(exported, tmp_path):
+    loaded, _ = exported
+    from edgeship.models.loading import DEMO_LABELS
+    from edgeship.models.registry import get_variant
+
+    model = get_variant("mobilenet_v2_0.35_128").build(classes=10)  # same classes, 128x128 input
+    other = export(model=model, labels=DEMO_LABELS, formats=["onnx"], out=tmp_path, progress=False)
+    report = validate([other.paths[0]], reference=loaded, iterations=2, warmup=1, progress=False)
+    (a,) = report.artifacts
+    assert a.status is Status.FAILED and "shape" in a.reason
+
+
+def _one_line(code, err, *needles):
+    assert code == 2, err
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("edgeship: error: "), err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_bad_input_is_one_line_exit_2(capsys, exported, tmp_path):
+    _, out = exported
+    art = str(out / "edgeship_demo_fp32.tflite")
+    (tmp_path / "empty").mkdir()
+    _one_line(*_run(capsys, "validate", "--artifacts", art, "--data", str(tmp_path / "empty"))[::2], "no images")
+    np.savez(tmp_path / "labels.npz", images=np.zeros((4, 96, 96, 3), np.uint8), labels=np.array([0, 1, 2, 12]))
+    _one_line(*_run(capsys, "validate", "--artifacts", art, "--data", str(tmp_path / "labels.npz"))[::2],
+              "10 classes")
+    np.save(tmp_path / "gray.npy", np.zeros((4, 96, 96, 1), np.uint8))
+    _one_line(*_run(capsys, "validate", "--artifacts", art, "--data", str(tmp_path / "gray.npy"))[::2], "RGB")
+    _one_line(*_run(capsys, "validate", "--artifacts", art, "--reference", str(tmp_path / "gone.keras"))[::2],
+              "not found")
+    _one_line(*_run(capsys, "validate", "--artifacts", str(tmp_path / "x.pdf"))[::2], "not an artifact")
+    (tmp_path / "bad.toml").write_text("[fp32]\nagreement = 1\n")
+    _one_line(*_run(capsys, "validate", "--artifacts", art, "--policy", str(tmp_path / "bad.toml"))[::2],
+              "unknown metric")
+
+
+def test_run_without_arguments_runs_the_demo(capsys, tmp_path):
+    code, stdout, err = _run(capsys, "run", "--out", str(tmp_path / "o"))
+    assert code == 0, err
+    assert "PASSED" in stdout and (tmp_path / "o" / "report" / "report.html").exists()
+    data = json.loads((tmp_path / "o" / "report" / "report.json").read_text())
+    assert {a["format"] for a in data["artifacts"]} == {"tflite", "onnx", "coreml"}
+
+
+def test_run_config(capsys, tmp_path):
+    (tmp_path / "edgeship.toml").write_text(
+        '[export]\nformats = ["onnx"]\n[validate]\niterations = 3\n[output]\ndir = "build"\n')
+    code, stdout, err = _run(capsys, "run", str(tmp_path / "edgeship.toml"))
+    assert code == 0, err
+    assert (tmp_path / "build" / "edgeship_demo_fp32.onnx").exists()
+    (tmp_path / "bad.toml").write_text("[exprot]\n")
+    _one_line(*_run(capsys, "run", str(tmp_path / "bad.toml"))[::2], "unknown table")
