@@ -1,7 +1,7 @@
 """Latency and memory of one runner: the runtime's own speed, not the harness's.
 
-Only the backend's inference call is timed (:meth:`Runner.infer` times ``_run``), the feed is built once, and
-warm-up runs are excluded. Peak memory is the process's resident high-water mark, reset before the artifact is
+Only the backend's inference call is timed (:meth:`Runner.time_runs`: the feed is built and bound once, then
+``_run`` is timed alone), and warm-up runs are excluded. Peak memory is the process's resident high-water mark, reset before the artifact is
 opened where Linux allows it (``/proc/self/clear_refs``), so each artifact's figure is its own.
 """
 
@@ -17,13 +17,10 @@ from edgeship.validate.results import Latency
 from edgeship.validate.runner import Runner
 
 
-def measure(runner: Runner, feed: dict[str, np.ndarray], warmup: int = 10, iterations: int = 100) -> tuple[Latency, list[float]]:
-    for _ in range(warmup):
-        runner.infer(feed)
-    times = []
-    for _ in range(iterations):
-        runner.infer(feed)
-        times.append((runner.last_run_s or 0.0) * 1e3)
+def measure(runner: Runner, feed: dict[str, np.ndarray], warmup: int = 10,
+            iterations: int = 100) -> tuple[Latency, list[float]]:
+    """Latency summary and the raw per-inference times in ms."""
+    times = [t * 1e3 for t in runner.time_runs(feed, warmup, iterations)]
     return summarise(times), times
 
 

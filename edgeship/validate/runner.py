@@ -87,6 +87,21 @@ class Runner(ABC):
         self.last_run_s = time.perf_counter() - start
         return self._fetch()
 
+    def time_runs(self, feed: dict[str, np.ndarray], warmup: int, iterations: int) -> list[float]:
+        """Seconds per inference, the feed bound once: what the backend itself takes, as a bare
+        ``invoke()``/``run()`` loop would measure it (re-binding an identical feed would time the copy too)."""
+        self.check_feed(feed)
+        self._bind(feed)
+        for _ in range(warmup):
+            self._run()
+        times = []
+        for _ in range(iterations):
+            start = time.perf_counter()
+            self._run()
+            times.append(time.perf_counter() - start)
+        self._fetch()
+        return times
+
     @property
     def batch_size(self) -> int | None:
         """The fixed batch size of the artifact's input, or None when the batch is dynamic."""

@@ -31,7 +31,7 @@ class LiteRTRunner(Runner):
 
         try:
             with silenced((2,)):  # "INFO: Created TensorFlow Lite XNNPACK delegate" on every interpreter
-                self._interp = Interpreter(model_content=data, **kwargs)
+                self._interp = Interpreter(model_path=str(self.path), **kwargs)  # mmapped, as clients load it
                 self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise UserError(f"LiteRT cannot open {self.path.name}: {str(e).splitlines()[0][:200]}") from None
