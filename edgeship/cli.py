@@ -92,6 +92,23 @@ def _print_artifacts(result: Any) -> None:
     print(f"manifest          {result.manifest_path}")
 
 
+# ----------------------------------------------------------------------------------------------- quantize
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from edgeship.quantize import quantize
+    from edgeship.types import Format
+
+    loaded = _load(args)
+    result = quantize(loaded=loaded, calibration=args.calibration, formats=Format.parse_list(args.formats, "format"),
+                      out=args.out, num_samples=args.num_samples, seed=args.seed, relu6_fixed=args.relu6_fixed,
+                      io_dtype=args.io_dtype)
+    if result.fixed_tensors or result.calibrated_tensors:
+        print(f"ranges: {len(result.fixed_tensors)} tensors fixed without calibration (ReLU6 outputs -> [0, 6], "
+              f"the input -> its preprocessing range), {len(result.calibrated_tensors)} calibrated")
+    for path in result.paths:
+        print(f"{path}  (recipe: {path.name}.recipe.json)")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- validate
 def _validate_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("validation")
@@ -165,6 +182,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--author", default="", help="author")
     g.add_argument("--license", default="", help="license")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("quantize", help="int8 TFLite and ONNX, weight-int8 Core ML, from one calibration set",
+                       description="Quantise a model for all formats from one calibration set: full-integer "
+                                   "int8 TFLite (per-channel weights), an int8 ONNX with the TFLite's exact "
+                                   "parameters, and Core ML w8 (weights int8, per channel). ReLU6 outputs get "
+                                   "the fixed range [0, 6].")
+    _model_args(p)
+    g = p.add_argument_group("quantize")
+    g.add_argument("--calibration", metavar="DATA", help="a folder of images or an .npy/.npz array (default: the "
+                                                         "demo calibration set)")
+    g.add_argument("--formats", default="tflite,onnx,coreml", help="comma-separated: tflite,onnx,coreml")
+    g.add_argument("--num-samples", type=int, default=200, help="calibration samples (default 200)")
+    g.add_argument("--seed", type=int, default=0, help="seed for picking the samples (default 0)")
+    g.add_argument("--no-relu6-fixed", dest="relu6_fixed", action="store_false",
+                   help="calibrate ReLU6 outputs too, instead of fixing them to [0, 6]")
+    g.add_argument("--io-dtype", default="uint8", choices=["uint8", "int8", "float32"],
+                   help="TFLite input/output type (default uint8: MediaPipe refuses int8 input)")
+    g.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output directory (default: {DEFAULT_OUT})")
+    p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("validate", help="run every artifact against the float model and gate the release",
                        description="Run each artifact in its own runtime on real inputs, compare it with the "

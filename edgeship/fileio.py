@@ -92,3 +92,22 @@ def _remove(p: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
     elif p.exists() or p.is_symlink():
         p.unlink()
+
+
+def read_structured(path: Path, what: str, missing: str | None = None) -> dict:
+    """A TOML or JSON file (by suffix) as a dict; a missing or malformed file is one clear :class:`UserError`.
+    ``missing`` replaces the 'not found' message."""
+    import json
+    import tomllib
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except FileNotFoundError:
+        raise UserError(missing or f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        raise UserError(f"cannot read {what} {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what} {path} must hold a table/object at the top")
+    return data

@@ -21,7 +21,7 @@ from typing import Any
 
 from edgeship import __version__
 from edgeship.errors import UserError
-from edgeship.fileio import write_bytes_atomic
+from edgeship.fileio import read_structured, write_bytes_atomic
 from edgeship.types import Format, Precision
 
 SCHEMA_VERSION = 1
@@ -81,12 +81,7 @@ class Manifest:
     @classmethod
     def load(cls, directory: Path) -> "Manifest":
         path = Path(directory) / MANIFEST_NAME
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"no {MANIFEST_NAME} in {directory}: export there first") from None
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"cannot read {path}: {e}") from None
+        d = read_structured(path, "manifest", missing=f"no {MANIFEST_NAME} in {directory}: export there first")
         if d.get("schema_version") != SCHEMA_VERSION:
             raise UserError(f"{path} has schema_version {d.get('schema_version')!r}; this edgeship reads {SCHEMA_VERSION}")
         try:

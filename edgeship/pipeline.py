@@ -26,12 +26,12 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
 from __future__ import annotations
 
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from edgeship.errors import UserError
+from edgeship.fileio import read_structured
 from edgeship.models.registry import looks_like_variant_name
 from edgeship.types import Format
 from edgeship.validate.results import Report
@@ -64,12 +64,7 @@ def load_config(path: str | Path | None) -> RunConfig:
     if path is None:
         return RunConfig()
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"config not found: {p}") from None
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise UserError(f"cannot read config {p}: {e}") from None
+    data = read_structured(p, "config")
     for table, keys in data.items():
         if table not in _KNOWN or not isinstance(keys, dict):
             raise UserError(f"{p}: unknown table [{table}]; use {', '.join(f'[{t}]' for t in _KNOWN)}")

@@ -23,7 +23,7 @@ def test_help_does_not_import_tensorflow():
         "import sys\n"
         "from edgeship.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
-        "for sub in ('models', 'export', 'validate', 'run'):\n"
+        "for sub in ('models', 'export', 'quantize', 'validate', 'run'):\n"
         "    try:\n        main([sub, '--help'])\n    except SystemExit:\n        pass\n"
         "heavy = [m for m in ('tensorflow', 'keras', 'onnx', 'coremltools', 'tf2onnx') if m in sys.modules]\n"
         "assert not heavy, heavy\n"

@@ -40,8 +40,8 @@ def export_onnx(loaded: LoadedModel, info: ModelInfo, layout: Layout = Layout.NH
             )
     except Exception as e:  # tf2onnx raises many types for an unsupported op
         raise conversion_error(model, Format.ONNX, e) from e
-    _rename_output(proto, spec.output_name)
-    _set_metadata(proto, loaded, info, layout)
+    rename_output(proto, spec.output_name)
+    set_metadata(proto, loaded, info, layout)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
@@ -49,7 +49,7 @@ def export_onnx(loaded: LoadedModel, info: ModelInfo, layout: Layout = Layout.NH
     return proto.SerializeToString()
 
 
-def _rename_output(proto: Any, new: str) -> None:
+def rename_output(proto: Any, new: str) -> None:
     """tf2onnx names the output after the TF graph ('Identity:0'); clients want a stable name."""
     old = proto.graph.output[0].name
     if old == new:
@@ -60,7 +60,7 @@ def _rename_output(proto: Any, new: str) -> None:
     proto.graph.output[0].name = new
 
 
-def _set_metadata(proto: Any, loaded: LoadedModel, info: ModelInfo, layout: Layout) -> None:
+def set_metadata(proto: Any, loaded: LoadedModel, info: ModelInfo, layout: Layout) -> None:
     spec = loaded.spec
     props = {
         "edgeship_version": __version__,

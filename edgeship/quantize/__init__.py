@@ -1,13 +1,137 @@
-"""The quantise stage: int8 post-training quantisation of TFLite, ONNX and Core ML from one calibration set.
+"""The quantise stage: int8 for TFLite and ONNX and weight-int8 for Core ML, from one calibration set.
 
-Not implemented yet (its issue builds on the export stage). The stage will add its artifacts to the export
-directory's ``manifest.json`` with precision ``int8`` (TFLite, ONNX) or ``w8`` / ``w8a8`` (Core ML), reusing
-:mod:`edgeship.export` for conversion and :class:`edgeship.models.spec.Preprocessing` for calibration inputs.
+Python API::
+
+    from edgeship.quantize import quantize
+    result = quantize(model=None, calibration=None, formats=["tflite", "onnx", "coreml"], out="edgeship-out")
+
+The statistics are computed once (one TFLite calibration) and feed every format: the int8 ONNX is converted from
+the int8 TFLite, so both carry the same scales and zero points. ReLU6 outputs get the fixed range [0, 6]
+(``relu6_fixed=False`` calibrates them like the converter does); the input gets the preprocessing's range.
+Each artifact joins the directory's ``manifest.json`` and gets a ``<file>.recipe.json`` beside it: calibration
+set hash and count, range source per tensor, scales and zero points, options.
 """
 
-from edgeship.types import Precision
+from __future__ import annotations
 
-#: The precisions this stage will produce per format (policy as data, like export.FLOAT_PRECISIONS).
-QUANTIZED_PRECISIONS = {"tflite": (Precision.INT8,), "onnx": (Precision.INT8,), "coreml": (Precision.W8, Precision.W8A8)}
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
 
-__all__ = ["QUANTIZED_PRECISIONS"]
+from edgeship.errors import UserError
+from edgeship.types import Format, Precision
+
+#: The precisions this stage produces per format (policy as data, like export.FLOAT_PRECISIONS).
+QUANTIZED_PRECISIONS: dict[Format, tuple[Precision, ...]] = {
+    Format.TFLITE: (Precision.INT8,),
+    Format.ONNX: (Precision.INT8,),
+    Format.COREML: (Precision.W8,),
+}
+
+__all__ = ["QUANTIZED_PRECISIONS", "quantize", "QuantizeResult"]
+
+
+@dataclass
+class QuantizeResult:
+    out_dir: Path
+    paths: list[Path] = field(default_factory=list)
+    recipes: list[Path] = field(default_factory=list)
+    fixed_tensors: list[str] = field(default_factory=list)
+    calibrated_tensors: list[str] = field(default_factory=list)
+
+
+def quantize(
+    model: str | Path | Any | None = None,
+    calibration: str | Path | None = None,
+    formats: Sequence[Format | str] = (Format.TFLITE, Format.ONNX, Format.COREML),
+    out: str | Path = "edgeship-out",
+    *,
+    num_samples: int = 200,
+    seed: int = 0,
+    relu6_fixed: bool = True,
+    io_dtype: str = "uint8",
+    loaded: Any = None,
+    trust_model: bool = False,
+    labels: str | Path | None = None,
+    progress: bool = True,
+    warn: Any = None,
+) -> QuantizeResult:
+    from tqdm import tqdm
+
+    from edgeship.export import ModelInfo, export, open_manifest
+    from edgeship.export.common import artifact_name
+    from edgeship.export.tflite_metadata import add_metadata
+    from edgeship.fileio import atomic_path, ensure_output_dir, sha256_path, size_on_disk, write_bytes_atomic
+    from edgeship.manifest import ArtifactRecord
+    from edgeship.models.loading import load_model
+    from edgeship.quantize.calibration import load_calibration
+    from edgeship.quantize.tflite import calibrate, quantize_calibrated
+
+    fmts = [Format.parse(f, "format") if isinstance(f, str) else Format(f) for f in formats]
+    out_dir = ensure_output_dir(Path(out))
+    loaded = loaded or load_model(model, trust_model=trust_model, labels=labels)
+    spec = loaded.spec
+    info = ModelInfo.default_for(spec.name, spec.num_classes)
+    warn = warn or (lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr))
+    cal = load_calibration(calibration, spec, num_samples=num_samples, seed=seed, warn=warn)
+    manifest = open_manifest(out_dir, loaded)
+    result = QuantizeResult(out_dir)
+    steps = ["calibrate"] + [str(f) for f in fmts]
+    bar = tqdm(steps, desc="quantize", unit="step", disable=None if progress else True, leave=False)
+    options = {"relu6_fixed": relu6_fixed, "io_dtype": io_dtype, "num_samples": len(cal.images), "seed": seed,
+               "input_range": list(spec.preprocessing.value_range), "weights": "int8 per-channel, symmetric"}
+
+    def record(path: Path, fmt: Format, precision: Precision, opts: dict[str, Any], recipe: dict[str, Any]) -> None:
+        recipe_path = path.with_name(path.name + ".recipe.json")
+        write_bytes_atomic(recipe_path, (json.dumps(recipe, indent=1) + "\n").encode())
+        manifest.add(ArtifactRecord(path=path.name, format=fmt, precision=precision, sha256=sha256_path(path),
+                                    size_bytes=size_on_disk(path), options=opts))
+        manifest.save(out_dir)
+        result.paths.append(path)
+        result.recipes.append(recipe_path)
+
+    int8 = None
+    ranges = dict(relu6_fixed=relu6_fixed, input_range=spec.preprocessing.value_range)
+    for step in bar:
+        bar.set_postfix_str(step)
+        if step == "calibrate":
+            if {Format.TFLITE, Format.ONNX} & set(fmts):
+                int8 = quantize_calibrated(calibrate(loaded, cal.inputs), io_dtype=io_dtype, **ranges)
+                result.fixed_tensors, result.calibrated_tensors = int8.fixed_tensors, int8.calibrated_tensors
+            continue
+        fmt = Format(step)
+        path = out_dir / artifact_name(spec.name, fmt, QUANTIZED_PRECISIONS[fmt][0])
+        recipe = {"calibration": cal.describe(), "options": options}
+        if fmt is Format.TFLITE:
+            assert int8 is not None
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(add_metadata(int8.model, spec, info))
+            recipe["tensors"] = int8.tensor_params
+            record(path, fmt, Precision.INT8, {"input_dtype": io_dtype, "metadata": "tflite", **options}, recipe)
+        elif fmt is Format.ONNX:
+            from edgeship.quantize.onnx import onnx_from_tflite
+
+            assert int8 is not None
+            # Converted from the very int8 TFLite shipped for Android: the same I/O type and parameters.
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(onnx_from_tflite(int8.model, loaded, info))
+            recipe["tensors"] = int8.tensor_params
+            recipe["source"] = "tf2onnx.convert.from_tflite of the int8 TFLite"
+            record(path, fmt, Precision.INT8, {"input_dtype": io_dtype, "layout": "nhwc", **options}, recipe)
+        elif fmt is Format.COREML:
+            from edgeship.quantize.coreml import quantize_coreml_w8
+
+            float_rec = next((a for a in manifest.artifacts if a.format is Format.COREML
+                              and a.precision in (Precision.FP16, Precision.FP32)), None)
+            if float_rec is None or not (out_dir / float_rec.path).exists():
+                export(loaded=loaded, formats=[Format.COREML], out=out_dir, progress=False)
+                manifest = open_manifest(out_dir, loaded)
+                float_rec = next(a for a in manifest.artifacts if a.format is Format.COREML)
+            with atomic_path(path) as tmp:
+                coreml_recipe = quantize_coreml_w8(out_dir / float_rec.path, tmp)
+            recipe.update(coreml_recipe)
+            record(path, fmt, Precision.W8, {"from": float_rec.path, "input_type": "image",
+                                             "output": "classLabel"}, recipe)
+    return result

@@ -3,12 +3,12 @@ any of it with ``--policy FILE``), evaluated against an artifact's metrics and l
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgeship.errors import UserError
+from edgeship.fileio import read_structured
 from edgeship.types import Format, Precision
 from edgeship.validate.metrics import HIGHER_IS_BETTER, Metric
 from edgeship.validate.results import GateResult, Latency, Metrics
@@ -69,12 +69,7 @@ def load_policy(path: str | Path | None = None) -> Policy:
 
 
 def _parse(path: Path) -> Policy:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"policy file not found: {path}") from None
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise UserError(f"cannot read policy {path}: {e}") from None
+    data = read_structured(path, "policy")
     precisions = {p.value for p in Precision}
     formats = {f.value for f in Format}
     metrics = {m.value for m in Metric}

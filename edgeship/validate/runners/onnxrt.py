@@ -10,7 +10,7 @@ import numpy as np
 from edgeship.errors import UserError
 from edgeship.models.spec import Preprocessing
 from edgeship.types import Layout
-from edgeship.validate.runner import InputInfo, Runner
+from edgeship.validate.runner import InputInfo, Quantization, Runner
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
               "tensor(float16)": np.float16}
@@ -53,13 +53,17 @@ class OnnxRuntimeRunner(Runner):
         if self.preprocessing.layout is Layout.NCHW:  # metadata describes the Keras model, always NHWC
             self.preprocessing = Preprocessing(self.preprocessing.mean, self.preprocessing.std,
                                                self.preprocessing.color, Layout.NHWC)
+        self._input_quant: Quantization | None = None
+        if self._input.type in ("tensor(uint8)", "tensor(int8)") or outs[0].type in ("tensor(uint8)", "tensor(int8)"):
+            self._input_quant, self.output_quant = _io_quantization(self.path, self._input.name, self._output)
 
     def inputs(self) -> list[InputInfo]:
         dtype = _ORT_TYPES.get(self._input.type)
         if dtype is None:
             raise UserError(f"{self.path.name}: input type {self._input.type} is not an image tensor type")
         shape = tuple(d if isinstance(d, int) else None for d in self._input.shape)
-        return [InputInfo(self._input.name, shape, np.dtype(dtype))]
+        q = self._input_quant
+        return [InputInfo(self._input.name, shape, np.dtype(dtype), q.scale if q else None, q.zero_point if q else None)]
 
     def _bind(self, feed: dict[str, np.ndarray]) -> None:
         self._feed = feed
@@ -72,3 +76,23 @@ class OnnxRuntimeRunner(Runner):
 
     def close(self) -> None:
         self._sess = None
+
+
+def _io_quantization(path, input_name: str, output_name: str) -> tuple[Quantization | None, Quantization | None]:
+    """An 8-bit QDQ model's I/O parameters, as a client reads them: the scale and zero point of the
+    DequantizeLinear that consumes the input and of the QuantizeLinear that produces the output."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    init = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+
+    def params(node) -> Quantization | None:
+        scale, zp = init.get(node.input[1]), init.get(node.input[2]) if len(node.input) > 2 else 0
+        if scale is None or np.size(scale) != 1:
+            return None
+        return Quantization(float(np.asarray(scale).reshape(())), int(np.asarray(zp).reshape(())))
+
+    inp = next((params(n) for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == input_name), None)
+    out = next((params(n) for n in graph.node if n.op_type == "QuantizeLinear" and n.output[0] == output_name), None)
+    return inp, out
