@@ -104,6 +104,10 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     if result.fixed_tensors or result.calibrated_tensors:
         print(f"ranges: {len(result.fixed_tensors)} tensors fixed without calibration (ReLU6 outputs -> [0, 6], "
               f"the input -> its preprocessing range), {len(result.calibrated_tensors)} calibrated")
+    if result.layer_sqnr:
+        from edgeship.quantize.layers import worst
+
+        print("worst layers (int8 vs float SQNR): " + ", ".join(f"{n} {v:.1f} dB" for n, v in worst(result.layer_sqnr)))
     for path in result.paths:
         print(f"{path}  (recipe: {path.name}.recipe.json)")
     return 0

@@ -32,6 +32,9 @@ QUANTIZED_PRECISIONS: dict[Format, tuple[Precision, ...]] = {
 
 __all__ = ["QUANTIZED_PRECISIONS", "quantize", "QuantizeResult"]
 
+#: Calibration samples the per-layer SQNR is measured on (every intermediate tensor is kept per sample).
+LAYER_SAMPLES = 32
+
 
 @dataclass
 class QuantizeResult:
@@ -40,6 +43,7 @@ class QuantizeResult:
     recipes: list[Path] = field(default_factory=list)
     fixed_tensors: list[str] = field(default_factory=list)
     calibrated_tensors: list[str] = field(default_factory=list)
+    layer_sqnr: dict[str, float] = field(default_factory=dict)  # int8 TFLite/ONNX activations vs float, dB
 
 
 def quantize(
@@ -84,6 +88,10 @@ def quantize(
                "input_range": list(spec.preprocessing.value_range), "weights": "int8 per-channel, symmetric"}
 
     def record(path: Path, fmt: Format, precision: Precision, opts: dict[str, Any], recipe: dict[str, Any]) -> None:
+        if fmt in (Format.TFLITE, Format.ONNX) and result.layer_sqnr:  # the ONNX has the TFLite's parameters
+            from edgeship.quantize.layers import write_layer_report
+
+            write_layer_report(path, result.layer_sqnr, min(LAYER_SAMPLES, len(cal.images)))
         recipe_path = path.with_name(path.name + ".recipe.json")
         write_bytes_atomic(recipe_path, (json.dumps(recipe, indent=1) + "\n").encode())
         manifest.add(ArtifactRecord(path=path.name, format=fmt, precision=precision, sha256=sha256_path(path),
@@ -98,8 +106,12 @@ def quantize(
         bar.set_postfix_str(step)
         if step == "calibrate":
             if {Format.TFLITE, Format.ONNX} & set(fmts):
-                int8 = quantize_calibrated(calibrate(loaded, cal.inputs), io_dtype=io_dtype, **ranges)
+                from edgeship.quantize.layers import layer_sqnr
+
+                calibrated = calibrate(loaded, cal.inputs)  # the statistics, once, for every format
+                int8 = quantize_calibrated(calibrated, io_dtype=io_dtype, **ranges)
                 result.fixed_tensors, result.calibrated_tensors = int8.fixed_tensors, int8.calibrated_tensors
+                result.layer_sqnr = layer_sqnr(calibrated, int8.model, cal.inputs, max_samples=LAYER_SAMPLES)
             continue
         fmt = Format(step)
         path = out_dir / artifact_name(spec.name, fmt, QUANTIZED_PRECISIONS[fmt][0])

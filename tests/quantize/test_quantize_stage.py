@@ -128,3 +128,19 @@ def test_bad_calibration_input(tmp_path):
     (folder / "gray.png").unlink()
     with pytest.raises(UserError, match="no decodable"):
         load_calibration(folder, spec, num_samples=2, warn=warnings.append)
+
+
+def test_per_layer_sqnr_report(quantized):
+    """Every quantised activation against its float twin, beside each int8 file; the validator picks it up."""
+    from edgeship.quantize.layers import worst
+    from edgeship.validate.pipeline import validate
+
+    out, result = quantized
+    data = json.loads((out / (result.paths[0].name + ".layers.json")).read_text())
+    sqnr = data["sqnr_db"]
+    assert data["samples"] == 32 and len(sqnr) >= 60  # 52 convs' outputs, adds, pooling, logits
+    assert all(v is None or -10 < v < 80 for v in sqnr.values())
+    assert sqnr["Conv1_relu"] > 25  # the first layer has only the input's and its own rounding
+    assert worst(result.layer_sqnr, 1)[0][1] < sqnr["Conv1_relu"]  # error accumulates downstream
+    report = validate([result.paths[0]], iterations=1, warmup=0, progress=False)
+    assert report.artifacts[0].layer_sqnr and set(report.artifacts[0].layer_sqnr) == set(sqnr)
