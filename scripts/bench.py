@@ -1,0 +1,715 @@
+"""edgeship benchmark: latency per artifact and runtime beside the peers' default paths, pipeline wall time beside
+the bare converter calls, the validator's latency figure beside a bare loop, peak RSS, and quantisation quality.
+
+    .venv/bin/python scripts/bench.py [--quick] [--json FILE]
+
+Method. Latency: every artifact is opened once per thread count (1 and 2) in its runtime (LiteRT with XNNPACK,
+ONNX Runtime CPU); then, round after round, each one is timed by a bare ``invoke()`` / ``run()`` loop (the
+runtime's own speed; the figure quoted) and, for edgeship's artifacts, by the validator's ``Runner.time_runs``
+too, the two sides alternating which goes first. Each round gives one median per side; the tables give the
+median over rounds with min and max. Pipeline: the ``edgeship run`` equivalent (export all formats, quantise
+tflite+onnx, validate) and the bare converter calls doing the same conversions run in alternating subprocesses
+(``os.wait4`` gives each one's own peak RSS); each reports its stages' wall time after its imports.
+
+Random-init MobileNets (nothing can be downloaded) have their BatchNorm statistics re-estimated on the random
+images first (as ``tests/conftest.py`` does): with the init's 0/1 statistics every activation collapses toward 0,
+and the int8 files become degenerate (see docs/benchmarks.md). The demo model is the trained one.
+
+Progress goes to stderr; the Markdown report to stdout; ``--json`` writes ``results`` and ``targets``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edgeship._tf import quiet_environment  # noqa: E402
+
+quiet_environment()
+
+V2, V1, DEMO = "mobilenet_v2_1.0_224", "mobilenet_v1_1.0_224", "demo"
+THREADS = (1, 2)
+T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - T0:6.1f} s] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# models, data, conversions (shared by the parent and the child processes)
+# ---------------------------------------------------------------------------------------------------------------
+def load(name: str, images: np.ndarray | None):
+    from edgeship.models.loading import load_model
+
+    loaded = load_model(None if name == DEMO else name)
+    if name != DEMO and images is not None:
+        reestimate_bn(loaded, images)
+    return loaded
+
+
+def reestimate_bn(loaded, images: np.ndarray) -> None:
+    """BatchNorm moving statistics from ``images`` (momentum 0, one pass in training mode), as the tests do."""
+    from edgeship._tf import keras
+
+    k = keras()
+
+    def layers(m):
+        for layer in m.layers:
+            yield from (layers(layer) if hasattr(layer, "layers") else [layer])
+
+    bns = [b for b in layers(loaded.keras_model) if isinstance(b, k.layers.BatchNormalization)]
+    saved = [b.momentum for b in bns]
+    for b in bns:
+        b.momentum = 0.0
+    loaded.keras_model(loaded.spec.preprocessing.apply(images[:32]), training=True)
+    for b, m in zip(bns, saved):
+        b.momentum = m
+
+
+def random_images(n: int, side: int = 224, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, side, side, 3), dtype=np.uint8)
+
+
+def calibration_inputs(loaded, data: str | None, n: int) -> np.ndarray:
+    from edgeship.quantize.calibration import load_calibration
+
+    return load_calibration(data, loaded.spec, num_samples=n, warn=lambda m: None).inputs.astype(np.float32)
+
+
+def peer_tflite(loaded, x: np.ndarray | None) -> bytes:
+    """TFLiteConverter's default path: fp32 (x None) or full-integer int8 (representative dataset,
+    TFLITE_BUILTINS_INT8, uint8 I/O)."""
+    from edgeship._tf import silenced, tf
+
+    t = tf()
+    conv = t.lite.TFLiteConverter.from_keras_model(loaded.keras_model)
+    if x is not None:
+        conv.optimizations = [t.lite.Optimize.DEFAULT]
+        conv.representative_dataset = lambda: ([x[i : i + 1]] for i in range(len(x)))
+        conv.target_spec.supported_ops = [t.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = t.uint8
+        conv.inference_output_type = t.uint8
+    with silenced():
+        return conv.convert()
+
+
+def peer_tf2onnx(loaded, path: Path) -> None:
+    """tf2onnx's default fp32 conversion of the Keras model (from_function, opset 17), no metadata."""
+    from edgeship._tf import import_quietly, silenced, tf
+
+    t = tf()
+    tf2onnx = import_quietly("tf2onnx")
+    h, w, c = loaded.spec.input_shape
+    model = loaded.keras_model
+    fn = t.function(lambda image: model(image, training=False))
+    with silenced():
+        proto, _ = tf2onnx.convert.from_function(
+            fn, input_signature=[t.TensorSpec((None, h, w, c), t.float32, name=loaded.spec.input_name)], opset=17)
+    path.write_bytes(proto.SerializeToString())
+
+
+def peer_coreml(loaded, path: Path) -> None:
+    """coremltools.convert of the Keras model's concrete function: ML Program, fp16 (its default), tensor input."""
+    from edgeship._tf import import_quietly, silenced, tf
+
+    t = tf()
+    ct = import_quietly("coremltools")
+    h, w, c = loaded.spec.input_shape
+    model = loaded.keras_model
+    fn = t.function(lambda image: model(image, training=False),
+                    input_signature=[t.TensorSpec((1, h, w, c), t.float32, name="image")])
+    with silenced():
+        ml = ct.convert([fn.get_concrete_function()], source="tensorflow", convert_to="mlprogram",
+                        minimum_deployment_target=ct.target.iOS16)
+        ml.save(str(path))
+
+
+def peer_ort_qdq(fp32_onnx: Path, x: np.ndarray, out: Path) -> None:
+    """ONNX Runtime's default static quantisation: quant_pre_process, then quantize_static (QDQ, per-channel,
+    QInt8 activations and weights, MinMax calibration) on the float ONNX."""
+    from edgeship._tf import silenced
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    import onnx
+
+    name = onnx.load(str(fp32_onnx), load_external_data=False).graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(x[i : i + 1] for i in range(len(x)))
+
+        def get_next(self):
+            nxt = next(self.it, None)
+            return None if nxt is None else {name: nxt}
+
+    pre = out.with_suffix(".pre.onnx")
+    with silenced():
+        quant_pre_process(str(fp32_onnx), str(pre))
+        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    pre.unlink()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# child processes: the pipeline, the bare converters, edgeship run on the demo
+# ---------------------------------------------------------------------------------------------------------------
+def child_pipeline(cfg: dict[str, Any]) -> dict[str, Any]:
+    """`edgeship run`-equivalent on a variant: export all formats + quantize tflite,onnx + validate."""
+    from edgeship.export import export
+    from edgeship.quantize import quantize
+    from edgeship.validate.pipeline import validate
+
+    images = np.load(cfg["data"])["images"]
+    loaded = load(cfg["model"], images)
+    out = Path(cfg["out"])
+    st: dict[str, float] = {}
+    t = time.perf_counter()
+    export(loaded=loaded, formats=["tflite", "onnx", "coreml"], out=out, progress=False)
+    st["export"] = time.perf_counter() - t
+    t = time.perf_counter()
+    quantize(loaded=loaded, calibration=cfg["data"], formats=["tflite", "onnx"], out=out,
+             num_samples=cfg["num_samples"], progress=False)
+    st["quantize"] = time.perf_counter() - t
+    t = time.perf_counter()
+    report = validate([out], reference=loaded, data=cfg["data"], iterations=cfg["iterations"], warmup=5,
+                      report_dir=out / "report", progress=False)
+    st["validate"] = time.perf_counter() - t
+    p50 = {f"{a.format}.{a.precision}": a.latency_ms.p50 for a in report.artifacts}
+    status = {f"{a.format}.{a.precision}": f"{a.status}" + (f" ({a.reason[:120]})" if a.reason else "")
+              for a in report.artifacts}
+    return {"stages": st, "p50": p50, "status": status}
+
+
+def child_bare(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The same conversions by the bare converter calls, no metadata, no manifest, no validation."""
+    images = np.load(cfg["data"])["images"]
+    loaded = load(cfg["model"], images)
+    out = Path(cfg["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    x = loaded.spec.preprocessing.apply(images[: cfg["num_samples"]]).astype(np.float32)
+    st: dict[str, float] = {}
+    t = time.perf_counter()
+    (out / "peer_fp32.tflite").write_bytes(peer_tflite(loaded, None))
+    st["tflite_fp32"] = time.perf_counter() - t
+    t = time.perf_counter()
+    (out / "peer_int8.tflite").write_bytes(peer_tflite(loaded, x))
+    st["tflite_int8"] = time.perf_counter() - t
+    t = time.perf_counter()
+    peer_tf2onnx(loaded, out / "peer_fp32.onnx")
+    st["tf2onnx"] = time.perf_counter() - t
+    t = time.perf_counter()
+    peer_coreml(loaded, out / "peer_fp16.mlpackage")
+    st["coremltools"] = time.perf_counter() - t
+    t = time.perf_counter()
+    peer_ort_qdq(out / "peer_fp32.onnx", x, out / "peer_int8_qdq.onnx")
+    st["ort_quantize_static"] = time.perf_counter() - t
+    return {"stages": st}
+
+
+def child_demo_run(cfg: dict[str, Any]) -> dict[str, Any]:
+    from edgeship.pipeline import RunConfig, run
+
+    t = time.perf_counter()
+    report = run(RunConfig(out=Path(cfg["out"])), echo=lambda s: None)
+    return {"run_s": time.perf_counter() - t, "passed": bool(report.passed)}
+
+
+CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "pipeline": child_pipeline, "bare": child_bare, "demo_run": child_demo_run}
+
+
+def spawn(kind: str, cfg: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """Run a child; its result plus wall time (with imports) and its own peak RSS (os.wait4)."""
+    res_path = workdir / f"{kind}-{time.monotonic_ns()}.json"
+    errf = open(workdir / f"{kind}.stderr", "w")
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, __file__, "--child", kind, json.dumps(cfg), str(res_path)],
+                            stdout=subprocess.DEVNULL, stderr=errf)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t
+    errf.close()
+    if proc.returncode != 0 or not res_path.exists():
+        tail = (workdir / f"{kind}.stderr").read_text()[-2000:]
+        raise RuntimeError(f"child {kind} failed (exit {proc.returncode}):\n{tail}")
+    result = json.loads(res_path.read_text())
+    result["process_wall_s"] = wall
+    result["peak_rss_bytes"] = usage.ru_maxrss * 1024
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# latency
+# ---------------------------------------------------------------------------------------------------------------
+class Bare:
+    """A bare loop: the runtime's own call, timed per call with perf_counter, feed bound once."""
+
+    def __init__(self, fmt: str, path: Path, x: np.ndarray, threads: int) -> None:
+        if fmt == "tflite":
+            from ai_edge_litert.interpreter import Interpreter
+            from edgeship._tf import silenced
+
+            with silenced((2,)):
+                self.interp = Interpreter(model_path=str(path), num_threads=threads)
+                self.interp.allocate_tensors()
+            self.interp.set_tensor(self.interp.get_input_details()[0]["index"], x)
+            self.call = self.interp.invoke
+        else:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+            opts.log_severity_level = 3
+            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            feed = {sess.get_inputs()[0].name: x}
+            out = [sess.get_outputs()[0].name]
+            self.call = lambda: sess.run(out, feed)
+
+    def times(self, warmup: int, iterations: int) -> list[float]:
+        call = self.call
+        for _ in range(warmup):
+            call()
+        ts = []
+        for _ in range(iterations):
+            t = time.perf_counter()
+            call()
+            ts.append(time.perf_counter() - t)
+        return ts
+
+
+def measure_latency(model: str, artifacts: list[tuple[str, str, Path, bool]], preprocessing, side: int,
+                    rounds: int, warmup: int, iterations: int) -> dict[tuple[str, int], dict[str, list[float]]]:
+    """artifacts: (label, fmt, path, is_edgeship). Returns {(label, threads): {"bare": [...], "harness": [...]}}
+    with one median (ms) per round."""
+    from edgeship.types import Format
+    from edgeship.validate.runners import runner_for
+
+    images = random_images(1, side, seed=1)
+    slots = []
+    for label, fmt, path, mine in artifacts:
+        for th in THREADS:
+            try:
+                runner = runner_for(Format(fmt), path, preprocessing, th).open()
+                feed = runner.feed(images)
+                x = next(iter(feed.values()))
+                bare = Bare(fmt, path, x, th)
+            except Exception as e:  # noqa: BLE001 - a file the runtime refuses is a result, not a crash
+                log(f"{model} {label} {th}T: cannot open: {str(e).splitlines()[0][:160]}")
+                slots.append((label, th, None, None, None, str(e).splitlines()[0][:160]))
+                continue
+            slots.append((label, th, runner if mine else None, feed, bare, None))
+    res: dict[tuple[str, int], dict[str, Any]] = {}
+    for label, th, _, _, _, err in slots:
+        res[(label, th)] = {"bare": [], "harness": [], "error": err}
+    for r in range(rounds):
+        for label, th, runner, feed, bare, err in slots:
+            if err:
+                continue
+            sides = [("bare", lambda: bare.times(warmup, iterations))]
+            if runner is not None:
+                sides.append(("harness", lambda: runner.time_runs(feed, warmup, iterations)))
+            for name, fn in sides if r % 2 == 0 else sides[::-1]:
+                res[(label, th)][name].append(statistics.median(fn()) * 1e3)
+        log(f"{model}: latency round {r + 1}/{rounds} done")
+    for label, th, runner, *_ in slots:
+        if runner is not None:
+            runner.close()
+    for (label, th), v in res.items():
+        if v["bare"]:
+            h = f", harness {statistics.median(v['harness']):.3f}" if v["harness"] else ""
+            log(f"{model} {label} {th}T: bare {statistics.median(v['bare']):.3f} ms{h}")
+    return res
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the report
+# ---------------------------------------------------------------------------------------------------------------
+class Book:
+    def __init__(self) -> None:
+        self.results: list[dict[str, Any]] = []
+        self.targets: list[dict[str, Any]] = []
+        self.md: list[str] = []
+
+    def result(self, name: str, values: list[float] | float | None, unit: str) -> float | None:
+        if values is None or (isinstance(values, list) and not values):
+            self.results.append({"name": name, "value": None, "unit": unit, "min": None, "max": None})
+            return None
+        vals = values if isinstance(values, list) else [values]
+        med = float(statistics.median(vals))
+        self.results.append({"name": name, "value": med, "unit": unit, "min": float(min(vals)),
+                             "max": float(max(vals))})
+        return med
+
+    def target(self, name: str, value: float | None, goal: str, note: str = "") -> None:
+        op, bound = goal.split()
+        met = value is not None and (value <= float(bound) if op == "<=" else value >= float(bound))
+        self.targets.append({"name": name, "value": float("nan") if value is None else float(value), "goal": goal,
+                             "met": bool(met), "note": note})
+
+    def line(self, s: str = "") -> None:
+        self.md.append(s)
+
+
+def fmt_stats(vals: list[float], digits: int = 2) -> str:
+    if not vals:
+        return "n/a"
+    return (f"{statistics.median(vals):.{digits}f} ({min(vals):.{digits}f}–{max(vals):.{digits}f})")
+
+
+def med(vals: list[float]) -> float | None:
+    return statistics.median(vals) if vals else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def r3(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the benchmark
+# ---------------------------------------------------------------------------------------------------------------
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="one model, fewer repeats (< 3 min)")
+    ap.add_argument("--json", type=Path, help="write results and targets here")
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        kind, cfg, res_path = args.child
+        result = CHILDREN[kind](json.loads(cfg))
+        Path(res_path).write_text(json.dumps(result))
+        return 0
+
+    quick = args.quick
+    P = dict(pipe_pairs=1, rounds=3, warmup=5, iterations=20, n_cal=8, val_iter=20, demo_runs=1,
+             sweep=(1, 8, 32), sweep_calibrated=(32,), fp16=False) if quick else \
+        dict(pipe_pairs=2, rounds=5, warmup=10, iterations=60, n_cal=32, val_iter=50, demo_runs=2,
+             sweep=(1, 8, 32, 200), sweep_calibrated=(1, 8, 32, 200), fp16=True)
+    models = [V2] if quick else [V2, V1, DEMO]
+    work = Path(tempfile.mkdtemp(prefix="edgeship-bench-"))
+    book = Book()
+    log(f"bench {'--quick' if quick else 'full'}: models {', '.join(models)}; work dir {work}")
+
+    data224 = work / "random224.npz"
+    np.savez(data224, images=random_images(P["n_cal"], 224))
+
+    # -- 2 + 4: pipeline vs bare converters, peak RSS (subprocesses, alternating) -------------------------------
+    pipe_runs, bare_runs = [], []
+    order = ["pipeline", "bare"] * P["pipe_pairs"]
+    if P["pipe_pairs"] == 2:
+        order = ["pipeline", "bare", "bare", "pipeline"]
+    for i, kind in enumerate(order):
+        cfg = {"model": V2, "data": str(data224), "num_samples": P["n_cal"], "iterations": P["val_iter"],
+               "out": str(work / f"{kind}{i}")}
+        r = spawn(kind, cfg, work)
+        r["out"] = cfg["out"]
+        (pipe_runs if kind == "pipeline" else bare_runs).append(r)
+        log(f"{kind} on {V2}: {sum(r['stages'].values()):.1f} s in stages "
+            f"({', '.join(f'{k} {v:.1f}' for k, v in r['stages'].items())}), process {r['process_wall_s']:.1f} s, "
+            f"peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GB")
+
+    # -- demo: edgeship run (subprocess, its own imports) --------------------------------------------------------
+    demo_runs = []
+    for i in range(P["demo_runs"]):
+        r = spawn("demo_run", {"out": str(work / f"demo_run{i}")}, work)
+        r["out"] = str(work / f"demo_run{i}")
+        demo_runs.append(r)
+        log(f"edgeship run on the demo: run() {r['run_s']:.1f} s, process {r['process_wall_s']:.1f} s, "
+            f"passed={r['passed']}")
+
+    # -- 5: quality on the demo ---------------------------------------------------------------------------------
+    from edgeship.export import export
+    from edgeship.quantize import quantize
+    from edgeship.validate.pipeline import validate
+
+    demo = load(DEMO, None)
+    sweep_rows = []
+    demo_q_dir = None
+    top = P["sweep"][-1]
+    for fixed in (True, False):
+        for n in P["sweep"] if fixed else P["sweep_calibrated"]:
+            out = work / f"sweep_{'fixed' if fixed else 'cal'}_{n}"
+            fmts = ["tflite", "onnx"] + ([] if quick else ["coreml"]) if (fixed and n == top) else ["tflite"]
+            quantize(loaded=demo, formats=fmts, out=out, num_samples=n, relu6_fixed=fixed, progress=False)
+            rep = validate([out], reference=demo, iterations=1, warmup=0, progress=False)
+            for a in rep.artifacts:
+                m = a.metrics
+                row = {"ranges": "fixed [0, 6]" if fixed else "calibrated", "n": n, "artifact": f"{a.format} {a.precision}",
+                       "status": str(a.status), "reason": a.reason or ""}
+                if m is not None and m.top1_agreement is not None:
+                    row.update(agreement=m.top1_agreement * 100, accuracy=m.accuracy_top1 * 100,
+                               drop=m.accuracy_top1_drop * 100, sqnr=m.sqnr_db)
+                sweep_rows.append(row)
+                log(f"quality demo {row['ranges']} n={n} {row['artifact']}: "
+                    + (f"agreement {row['agreement']:.1f} %, drop {row['drop']:+.1f} pt, SQNR {row['sqnr']:.1f} dB"
+                       if "agreement" in row else f"{row['status']} {row['reason'][:100]}"))
+            if fixed and n == top:
+                demo_q_dir = out
+
+    # -- 1 + 3: latency --------------------------------------------------------------------------------------------
+    lat: dict[str, dict] = {}
+    for model in models:
+        side = 96 if model == DEMO else 224
+        mdir = work / f"lat_{model}"
+        mdir.mkdir()
+        arts: list[tuple[str, str, Path, bool]] = []
+        if model == V2:
+            pdir, bdir = Path(pipe_runs[0]["out"]), Path(bare_runs[0]["out"])
+            loaded = load(V2, np.load(data224)["images"] if P["fp16"] else None)
+            if P["fp16"]:
+                export(loaded=loaded, formats=["tflite"], precisions=["fp16"], out=mdir, progress=False)
+            e = {"tflite fp32": pdir / f"{V2}_fp32.tflite", "tflite fp16": mdir / f"{V2}_fp16.tflite",
+                 "tflite int8": pdir / f"{V2}_int8.tflite", "onnx fp32": pdir / f"{V2}_fp32.onnx",
+                 "onnx int8": pdir / f"{V2}_int8.onnx"}
+            peers = {"tflite int8": bdir / "peer_int8.tflite", "onnx int8": bdir / "peer_int8_qdq.onnx"}
+        else:
+            t = time.perf_counter()
+            if model == DEMO:
+                loaded = demo
+                x = calibration_inputs(demo, None, 200)
+                src = Path(demo_runs[0]["out"])
+                assert demo_q_dir is not None
+                qsrc = demo_q_dir
+                export(loaded=demo, formats=["tflite"], precisions=["fp16"], out=mdir, progress=False)
+            else:
+                images = np.load(data224)["images"]
+                loaded = load(model, images)
+                x = loaded.spec.preprocessing.apply(images).astype(np.float32)
+                export(loaded=loaded, formats=["tflite", "onnx"], precisions=["fp32", "fp16"], out=mdir,
+                       progress=False)
+                quantize(loaded=loaded, calibration=str(data224), formats=["tflite", "onnx"], out=mdir,
+                         num_samples=P["n_cal"], progress=False)
+                src = qsrc = mdir
+            nm = loaded.spec.name  # noqa: F841
+            e = {"tflite fp32": src / f"{nm}_fp32.tflite", "tflite fp16": mdir / f"{nm}_fp16.tflite",
+                 "tflite int8": qsrc / f"{nm}_int8.tflite", "onnx fp32": src / f"{nm}_fp32.onnx",
+                 "onnx int8": qsrc / f"{nm}_int8.onnx"}
+            (mdir / "peer_int8.tflite").write_bytes(peer_tflite(loaded, x))
+            peer_ort_qdq(e["onnx fp32"], x, mdir / "peer_int8_qdq.onnx")
+            peers = {"tflite int8": mdir / "peer_int8.tflite", "onnx int8": mdir / "peer_int8_qdq.onnx"}
+            log(f"{model}: artifacts and peers made in {time.perf_counter() - t:.1f} s")
+        if not P["fp16"]:
+            e.pop("tflite fp16")
+        arts = [(f"edgeship {k}", k.split()[0], p, True) for k, p in e.items()]
+        arts += [("peer TFLiteConverter int8", "tflite", peers["tflite int8"], False),
+                 ("peer ORT quantize_static QDQ", "onnx", peers["onnx int8"], False)]
+        res = measure_latency(model, arts, loaded.spec.preprocessing, side, P["rounds"], P["warmup"],
+                              P["iterations"])
+        lat[model] = {"res": res, "sizes": {lab: p.stat().st_size for lab, _, p, _ in arts if p.exists()}}
+
+    # -- the report ------------------------------------------------------------------------------------------------
+    import platform
+
+    book.line(f"# edgeship benchmark ({'--quick' if quick else 'full'})")
+    book.line()
+    book.line(f"Python {platform.python_version()}, {os.cpu_count()} cores; latency: {P['rounds']} interleaved rounds "
+              f"x {P['iterations']} iterations after {P['warmup']} warm-up, median of the per-round medians "
+              "(min–max over rounds), ms per inference, batch 1. Random-init variants with BatchNorm statistics "
+              "re-estimated on random images; the demo is the trained model.")
+    book.line()
+    book.line("## 1. Latency per artifact (bare invoke()/run() loop; ms, median (min–max))")
+    for model in models:
+        res = lat[model]["res"]
+        book.line()
+        book.line(f"### {model}")
+        book.line()
+        book.line("| artifact | runtime | size (MB) | 1 thread | 2 threads |")
+        book.line("|---|---|--:|--:|--:|")
+        for label in dict.fromkeys(k[0] for k in res):
+            rt = "litert" if "tflite" in label or "TFLite" in label else "onnxruntime"
+            cells = []
+            for th in THREADS:
+                v = res[(label, th)]
+                cells.append(fmt_stats(v["bare"]) if v["bare"] else f"fails to open: {v['error']}")
+                book.result(f"latency.{model}.{label.replace(' ', '_')}.{th}t", v["bare"] or None, "ms")
+            size = lat[model]["sizes"].get(label)
+            book.line(f"| {label} | {rt} | {size / 1e6:.2f} | {cells[0]} | {cells[1]} |" if size else
+                      f"| {label} | {rt} | n/a | {cells[0]} | {cells[1]} |")
+        book.line("| peer tf2onnx default fp32 | onnxruntime | = edgeship onnx fp32 (same converter call; "
+                  "edgeship adds metadata_props) | | |")
+        book.line("| peer tf2onnx --tflite of the int8 TFLite | onnxruntime | = edgeship onnx int8 (that is how "
+                  "edgeship makes it) | | |")
+        book.line()
+        book.line("| ratio (medians) | 1 thread | 2 threads |")
+        book.line("|---|--:|--:|")
+
+        def m(label: str, th: int) -> float | None:
+            return med(res[(label, th)]["bare"])
+
+        rows = [("edgeship ONNX int8 / edgeship TFLite int8", "edgeship onnx int8", "edgeship tflite int8"),
+                ("LiteRT int8 speed-up (edgeship fp32 / int8)", "edgeship tflite fp32", "edgeship tflite int8"),
+                ("ORT int8 speed-up (edgeship fp32 / int8)", "edgeship onnx fp32", "edgeship onnx int8"),
+                ("LiteRT fp16 / fp32 (edgeship)", "edgeship tflite fp16", "edgeship tflite fp32"),
+                ("edgeship / peer, TFLite int8", "edgeship tflite int8", "peer TFLiteConverter int8"),
+                ("edgeship / peer, ONNX int8 (ORT QDQ)", "edgeship onnx int8", "peer ORT quantize_static QDQ"),
+                ("peer ORT QDQ int8 / edgeship TFLite int8", "peer ORT quantize_static QDQ", "edgeship tflite int8"),
+                ("peer ORT int8 speed-up (edgeship fp32 / peer QDQ)", "edgeship onnx fp32",
+                 "peer ORT quantize_static QDQ")]
+        for title, a, b in rows:
+            vals = [ratio(m(a, th), m(b, th)) for th in THREADS]
+            for th, v in zip(THREADS, vals):
+                book.result(f"ratio.{model}.{title}.{th}t", v, "x")
+            book.line(f"| {title} | {r3(vals[0])} | {r3(vals[1])} |")
+        book.line("| edgeship / peer, TFLite fp32 and ONNX fp32 | = 1 (same converter call) | |")
+        if model == V2:
+            vals_o = [ratio(m("edgeship onnx int8", th), m("edgeship tflite int8", th)) for th in THREADS]
+            vals_l = [ratio(m("edgeship tflite fp32", th), m("edgeship tflite int8", th)) for th in THREADS]
+            vals_r = [ratio(m("edgeship onnx fp32", th), m("edgeship onnx int8", th)) for th in THREADS]
+            # The targets are read at 1 thread: on this shared 2-core machine the 2-thread figures measure the
+            # other tenants as much as the runtime (their min-max spread is in the table); both are in the note.
+            note = f"{V2}, 1 thread (1 / 2 threads: " + "{} / {})"
+            book.target("onnx_int8_vs_tflite_int8", vals_o[0], "<= 1.1", note.format(*map(r3, vals_o)))
+            book.target("int8_speedup_litert", vals_l[0], ">= 2.0", note.format(*map(r3, vals_l)))
+            book.target("int8_speedup_ort", vals_r[0], ">= 2.0", note.format(*map(r3, vals_r)))
+
+    # 2. pipeline
+    book.line()
+    book.line(f"## 2. Pipeline wall time on {V2} (s; {len(pipe_runs)} run(s) each side, alternating subprocesses; "
+              f"{P['n_cal']} random calibration/validation images)")
+    book.line()
+    book.line("| edgeship stage | s | bare converter call | s |")
+    book.line("|---|--:|---|--:|")
+    pst = {k: [r["stages"][k] for r in pipe_runs] for k in pipe_runs[0]["stages"]}
+    bst = {k: [r["stages"][k] for r in bare_runs] for k in bare_runs[0]["stages"]}
+    pk, bk = list(pst), list(bst)
+    for i in range(max(len(pk), len(bk))):
+        a = f"{pk[i]} | {fmt_stats(pst[pk[i]], 1)}" if i < len(pk) else " | "
+        b = f"{bk[i]} | {fmt_stats(bst[bk[i]], 1)}" if i < len(bk) else " | "
+        book.line(f"| {a} | {b} |")
+    conv = [r["stages"]["export"] + r["stages"]["quantize"] for r in pipe_runs]
+    total = [sum(r["stages"].values()) for r in pipe_runs]
+    bare = [sum(r["stages"].values()) for r in bare_runs]
+    book.line(f"| **export + quantize** | {fmt_stats(conv, 1)} | **sum of bare calls** | {fmt_stats(bare, 1)} |")
+    book.line(f"| **total (+ validate)** | {fmt_stats(total, 1)} | process wall (with imports) | "
+              f"{fmt_stats([r['process_wall_s'] for r in bare_runs], 1)} |")
+    book.line(f"| process wall (with imports) | {fmt_stats([r['process_wall_s'] for r in pipe_runs], 1)} | | |")
+    for k, v in pst.items():
+        book.result(f"pipeline.{k}", v, "s")
+    for k, v in bst.items():
+        book.result(f"bare.{k}", v, "s")
+    book.result("pipeline.export_plus_quantize", conv, "s")
+    book.result("pipeline.total", total, "s")
+    book.result("bare.sum", bare, "s")
+    pvb = ratio(med(conv), med(bare))
+    book.result("pipeline_vs_bare", pvb, "x")
+    book.result("pipeline_total_vs_bare", ratio(med(total), med(bare)), "x")
+    book.line()
+    book.line(f"pipeline_vs_bare = (export + quantize) / sum of bare calls = {r3(pvb)}; with validation "
+              f"{r3(ratio(med(total), med(bare)))}. Pipeline artifact status: "
+              + "; ".join(f"{k} {v}" for k, v in pipe_runs[0]["status"].items()))
+    book.target("pipeline_vs_bare", pvb, "<= 1.3", "(export + quantize) / bare converter calls, medians")
+
+    # 3. harness vs bare loop
+    book.line()
+    book.line("## 3. The validator's latency figure vs a bare loop (same file, same feed, interleaved; ms)")
+    book.line()
+    book.line("| model | artifact | threads | Runner.time_runs | bare loop | ratio | validate() p50 in the pipeline |")
+    book.line("|---|---|--:|--:|--:|--:|--:|")
+    worst_h, worst_all = None, None
+    for model in models:
+        for (label, th), v in lat[model]["res"].items():
+            if not v["harness"] or not v["bare"]:
+                continue
+            rr = med(v["harness"]) / med(v["bare"])
+            worst_all = rr if worst_all is None else max(worst_all, rr)
+            if th == 1:
+                worst_h = rr if worst_h is None else max(worst_h, rr)
+            book.result(f"harness_vs_bare.{model}.{label.replace(' ', '_')}.{th}t", rr, "x")
+            vp = ""
+            if model == V2 and th == 1:
+                key = label.replace("edgeship ", "").replace(" ", ".")
+                vps = [r["p50"].get(key) for r in pipe_runs if r["p50"].get(key) is not None]
+                vp = fmt_stats(vps) if vps else "n/a"
+            book.line(f"| {model} | {label} | {th} | {fmt_stats(v['harness'])} | {fmt_stats(v['bare'])} | "
+                      f"{rr:.3f} | {vp} |")
+    book.result("harness_vs_bare_loop_all_threads", worst_all, "x")
+    book.target("harness_vs_bare_loop", worst_h, "<= 1.03",
+                f"worst artifact at 1 thread (the validator's default); worst incl. 2 threads {r3(worst_all)}")
+    book.line()
+    book.line("(validate() p50 is the figure in the pipeline subprocess's report: another process, another "
+              "moment, 1 thread; shown for scale, not in the ratio.)")
+
+    # 4. peak RSS
+    book.line()
+    book.line("## 4. Peak RSS (subprocess, os.wait4 ru_maxrss)")
+    book.line()
+    rss_p = [r["peak_rss_bytes"] / 2**30 for r in pipe_runs]
+    rss_b = [r["peak_rss_bytes"] / 2**30 for r in bare_runs]
+    book.line("| process | peak RSS (GB) |")
+    book.line("|---|--:|")
+    book.line(f"| edgeship pipeline on {V2} | {fmt_stats(rss_p)} |")
+    book.line(f"| bare converter calls on {V2} | {fmt_stats(rss_b)} |")
+    book.line(f"| edgeship run on the demo | {fmt_stats([r['peak_rss_bytes'] / 2**30 for r in demo_runs])} |")
+    book.result("peak_rss", max(rss_p), "GB")
+    book.result("peak_rss_bare", max(rss_b), "GB")
+    book.target("peak_rss", max(rss_p), "<= 4", "GB, worst pipeline subprocess")
+
+    # demo run
+    book.line()
+    book.line("## edgeship run on the demo")
+    book.line()
+    drs = [r["run_s"] for r in demo_runs]
+    book.line(f"run(RunConfig(out=tmp)): {fmt_stats(drs, 1)} s; whole process with imports "
+              f"{fmt_stats([r['process_wall_s'] for r in demo_runs], 1)} s; gates passed: "
+              f"{', '.join(str(r['passed']) for r in demo_runs)}")
+    book.result("demo_run_seconds", drs, "s")
+    book.target("demo_run_seconds", med(drs), "<= 60", "run() wall time, median")
+
+    # 5. quality
+    book.line()
+    book.line("## 5. Quantisation quality on the demo held-out set (360 images)")
+    book.line()
+    book.line("| ReLU6 ranges | calibration images | artifact | status | top-1 agreement | accuracy | drop (pt) | "
+              "logits SQNR (dB) |")
+    book.line("|---|--:|---|---|--:|--:|--:|--:|")
+    for row in sweep_rows:
+        if "agreement" in row:
+            book.line(f"| {row['ranges']} | {row['n']} | {row['artifact']} | {row['status']} | "
+                      f"{row['agreement']:.1f} % | {row['accuracy']:.1f} % | {row['drop']:+.1f} | {row['sqnr']:.1f} |")
+            base = f"quality.{'fixed' if row['ranges'].startswith('fixed') else 'calibrated'}.{row['n']}." \
+                   f"{row['artifact'].replace(' ', '_')}"
+            book.result(base + ".agreement", row["agreement"], "%")
+            book.result(base + ".drop", row["drop"], "pt")
+            book.result(base + ".sqnr", row["sqnr"], "dB")
+        else:
+            book.line(f"| {row['ranges']} | {row['n']} | {row['artifact']} | {row['status']} | n/a | n/a | n/a | "
+                      f"n/a |")
+
+    # targets
+    book.line()
+    book.line("## Targets")
+    book.line()
+    book.line("| target | value | goal | result | note |")
+    book.line("|---|--:|---|---|---|")
+    for t in book.targets:
+        v = "n/a" if t["value"] != t["value"] else f"{t['value']:.3f}"
+        book.line(f"| {t['name']} | {v} | {t['goal']} | {'MET' if t['met'] else '**MISS**'} | {t['note']} |")
+    book.line()
+    book.line(f"Benchmark wall time: {time.perf_counter() - T0:.0f} s.")
+    print("\n".join(book.md))
+    if args.json:
+        args.json.write_text(json.dumps({"results": book.results, "targets": book.targets,
+                                         "mode": "quick" if quick else "full"}, indent=1, allow_nan=True))
+    log("done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
