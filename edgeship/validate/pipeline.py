@@ -143,10 +143,14 @@ def validate(
             r.status = Status.FAILED
             r.reason = "; ".join(g.describe() for g in failed)
 
+    missing = [f for f in required if all(e.format is not f for e in entries)]
+    artifacts = [results[i] for i in range(len(entries))] + [
+        ArtifactResult(path="", format=str(f), precision="-", runtime=RUNTIME_NAMES[f], status=Status.FAILED,
+                       reason=f"--require {f}, but no {f} artifact was given") for f in missing]
     report = Report(
         reference={"path": ref_model.source_path, "sha256": ref_model.source_sha256},
         data=source.describe(), preprocessing=spec.preprocessing.to_dict(), labels=list(spec.labels),
-        artifacts=[results[i] for i in range(len(entries))], required_formats=[str(f) for f in required],
+        artifacts=artifacts, required_formats=[str(f) for f in required],
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), edgeship_version=__version__,
         versions=tool_versions(),
     )

@@ -150,3 +150,11 @@ def test_run_config_with_quantize(capsys, tmp_path):
         ("tflite", "fp32", "passed"), ("tflite", "int8", "passed")}
     int8 = next(a for a in data["artifacts"] if a["precision"] == "int8")
     assert int8["layer_sqnr"] and int8["metrics"]["top1_agreement"] >= 0.99
+
+
+def test_a_required_format_that_is_absent_fails(exported):
+    loaded, out = exported
+    report = validate([out / "edgeship_demo_fp32.onnx"], reference=loaded, require=["tflite"], iterations=2,
+                      warmup=1, progress=False)
+    assert not report.passed and report.exit_code == 1
+    assert report.artifacts[-1].status is Status.FAILED and "--require tflite" in report.artifacts[-1].reason
