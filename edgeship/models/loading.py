@@ -52,7 +52,7 @@ def load_model(
     if demo:
         model = DEMO_MODEL
     if not isinstance(model, (str, Path)):
-        km, src, sha, family = model, f"python:{getattr(model, 'name', 'model')}", None, "custom"
+        km, src, sha = model, f"python:{getattr(model, 'name', 'model')}", None
         spec = derive_spec(km, name=getattr(km, "name", "model"))
     elif isinstance(model, str) and not Path(model).exists() and looks_like_variant_name(model):
         variant = get_variant(model)

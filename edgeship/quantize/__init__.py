@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgeship.errors import UserError
 from edgeship.types import Format, Precision
 
 #: The precisions this stage produces per format (policy as data, like export.FLOAT_PRECISIONS).

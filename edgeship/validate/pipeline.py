@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from edgeship import __version__
 from edgeship.errors import UserError
-from edgeship.fileio import sha256_path, size_on_disk
+from edgeship.fileio import size_on_disk
 from edgeship.manifest import MANIFEST_NAME, Manifest, tool_versions
 from edgeship.models.loading import DEMO_DIR, LoadedModel, load_model
 from edgeship.models.spec import Preprocessing

@@ -4,7 +4,6 @@ reason naming what drifted, and clean artifacts pass over many data seeds (no fa
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -153,7 +152,6 @@ def test_one_corrupted_layer_fails(clean, tmp_path, fmt):
         buf.data = (w + rng.normal(scale=w.std(), size=w.shape).astype(np.float32)).tobytes()
         _save_tflite(model, bad)
     else:
-        import onnx
         from onnx import numpy_helper
 
         def corrupt(m):

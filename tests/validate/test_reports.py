@@ -14,12 +14,8 @@ import pytest
 from PIL import Image
 
 from edgeship.types import Format, Precision
+from edgeship.validate.reports.common import fmt_db, fmt_mb, fmt_ms, fmt_pct, fmt_pp
 from edgeship.validate.reports import (
-    fmt_db,
-    fmt_mb,
-    fmt_ms,
-    fmt_pct,
-    fmt_pp,
     summary_table,
     to_html,
     to_json,

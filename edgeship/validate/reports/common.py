@@ -1,0 +1,271 @@
+"""Formatting, escaping and counting shared by every report writer (one place for units and escapes)."""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+import re
+from pathlib import PurePath
+from typing import Any
+
+from edgeship.validate.results import ArtifactResult, GateResult, Report, Status
+
+log = logging.getLogger(__name__)
+
+REPORT_FILES = {"json": "report.json", "md": "report.md", "html": "report.html", "junit": "junit.xml"}
+
+MD_MAX_FLIPS = 10  # flipped samples listed per failed artifact in report.md
+HTML_MAX_FLIPS = 48  # flipped samples shown per artifact in report.html
+LAYER_PLOT_MAX = 40  # layers drawn per artifact in the per-layer SQNR plot (the lowest, when there are more)
+TABLE_WIDTH = 120  # summary_table's line limit
+
+NA = "n/a"
+
+
+def _finite(x: Any) -> bool:
+    """A finite number (Python or numpy scalar); False for None, non-finite values and non-numbers."""
+    if x is None or isinstance(x, (str, bytes, bool)):
+        return False
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def _nonfinite(x: float) -> str:
+    x = float(x)
+    if math.isnan(x):
+        return "NaN"
+    return "inf" if x > 0 else "-inf"
+
+
+def fmt_number(x: float | None, spec: str = ".3g") -> str:
+    """A plain number: ``1.23e-05``, ``0.0123``; "NaN"/"inf" for non-finite; "n/a" for None."""
+    if x is None:
+        return NA
+    if not _finite(x):
+        return _nonfinite(x)
+    return format(float(x), spec)
+
+
+def fmt_pct(fraction: float | None) -> str:
+    """A fraction in [0, 1] as a percentage with one decimal: ``0.997 -> "99.7 %"``.
+
+    A value that is not exactly 0 or 1 never prints as "0.0 %" or "100.0 %" (one flip in 10,000 samples must
+    not read as full agreement): up to four decimals are used to tell it apart."""
+    if fraction is None:
+        return NA
+    if not _finite(fraction):
+        return _nonfinite(fraction)
+    pct = float(fraction) * 100.0
+    if pct in (0.0, 100.0):
+        return f"{pct:.1f} %"
+    for decimals in (1, 2, 3, 4):
+        text = f"{pct:.{decimals}f}"
+        if float(text) not in (0.0, 100.0):
+            return f"{text} %"
+    return "> 99.9999 %" if pct > 50 else "< 0.0001 %"
+
+
+def fmt_pp(fraction: float | None) -> str:
+    """A difference of two fractions in percentage points with one decimal: ``0.008 -> "0.8 pp"``."""
+    if fraction is None:
+        return NA
+    if not _finite(fraction):
+        return _nonfinite(fraction)
+    value = float(fraction) * 100.0
+    text = f"{value:.1f}"
+    return f"{'0.0' if text == '-0.0' else text} pp"
+
+
+def fmt_db(x: float | None) -> str:
+    """``42.34 -> "42.3 dB"``; an infinite SQNR (identical outputs) is "inf dB"."""
+    if x is None:
+        return NA
+    return f"{_nonfinite(x) if not _finite(x) else format(float(x), '.1f')} dB"
+
+
+def fmt_ms(x: float | None) -> str:
+    """``1.2345 -> "1.23 ms"``."""
+    if x is None:
+        return NA
+    return f"{_nonfinite(x) if not _finite(x) else format(float(x), '.2f')} ms"
+
+
+def fmt_mb(n_bytes: int | float | None) -> str:
+    """Bytes as MB (10^6 bytes) with two decimals: ``13_450_000 -> "13.45 MB"``."""
+    if n_bytes is None:
+        return NA
+    if not _finite(n_bytes):
+        return _nonfinite(n_bytes)
+    return f"{float(n_bytes) / 1e6:.2f} MB"
+
+
+def fmt_err(x: float | None) -> str:
+    """An absolute error, three significant digits: ``1.2345e-05 -> "1.23e-05"``."""
+    return fmt_number(x, ".3g")
+
+
+def fmt_accuracy(accuracy: float | None, drop: float | None) -> str:
+    """``"91.2 % (drop 0.8 pp)"``; just the accuracy when the drop is unknown."""
+    if accuracy is None and drop is None:
+        return NA
+    text = fmt_pct(accuracy)
+    return text if drop is None else f"{text} (drop {fmt_pp(drop)})"
+
+
+def fmt_gate_value(x: float | None) -> str:
+    return fmt_number(x, ".6g")
+
+
+# ================================================================================================ text safety
+_UNSAFE_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def _clean(text: Any) -> str:
+    """Text from outside the code, with every character that is invalid in XML/UTF-8 or that drives a terminal
+    (C0/C1 controls except tab/newline/CR, lone surrogates, U+FFFE/U+FFFF) shown as an escape."""
+    s = "" if text is None else str(text)
+
+    def repl(m: re.Match[str]) -> str:
+        c = ord(m.group())
+        return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+    return _UNSAFE_CHARS.sub(repl, s)
+
+
+def _one_line(text: Any) -> str:
+    """:func:`_clean`, with runs of whitespace (newlines, tabs) collapsed to one space."""
+    return _WHITESPACE.sub(" ", _clean(text)).strip()
+
+
+def _h(text: Any) -> str:
+    """HTML-escaped (quotes too, so the result is safe in attributes as well as in text)."""
+    return html.escape(_clean(text), quote=True)
+
+
+# Characters that start Markdown/GFM inline markup (emphasis, code, links, HTML, tables, strikethrough, math,
+# entities, issue references, mentions). Escaping an ASCII punctuation character with a backslash is always valid
+# CommonMark, so over-escaping costs only raw-text readability.
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|~$&#@!])")
+
+
+def _md(text: Any) -> str:
+    """Escaped for a Markdown table cell or an inline run: one line, markup characters backslash-escaped."""
+    return _MD_SPECIAL.sub(r"\\\1", _one_line(text))
+
+
+def _md_code(text: Any) -> str:
+    """A Markdown code span holding text verbatim (for our own strings such as gate descriptions and hashes)."""
+    s = _one_line(text)
+    longest = max((len(run) for run in re.findall(r"`+", s)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if s.startswith("`") or s.endswith("`") else ""
+    return f"{fence}{pad}{s}{pad}{fence}"
+
+
+def _fmt_meta(value: Any) -> str:
+    """A metadata value (reference/data/preprocessing dict entries) as plain, unescaped text."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return fmt_number(value, "g")
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_fmt_meta(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_fmt_meta(v)}" for k, v in value.items())
+    if value is None:
+        return NA
+    return str(value)
+
+
+# ================================================================================================ shared logic
+def _counts(report: Report) -> dict[Status, int]:
+    counts = {s: 0 for s in Status}
+    for a in report.artifacts:
+        counts[Status(a.status)] += 1
+    return counts
+
+
+def _required_skipped(report: Report) -> list[str]:
+    required = set(report.required_formats)
+    return sorted({a.format for a in report.artifacts if a.status == Status.SKIPPED and a.format in required})
+
+
+def _counts_text(report: Report) -> str:
+    c = _counts(report)
+    return f"{c[Status.PASSED]} passed, {c[Status.FAILED]} failed, {c[Status.SKIPPED]} skipped"
+
+
+def _verdict(report: Report) -> str:
+    return "PASSED" if report.passed else "FAILED"
+
+
+def _is_required_skip(report: Report, a: ArtifactResult) -> bool:
+    return a.status == Status.SKIPPED and a.format in set(report.required_formats)
+
+
+def _failing_gates(a: ArtifactResult) -> list[GateResult]:
+    return [g for g in a.gates if not g.passed]
+
+
+def _reason_beyond_gates(a: ArtifactResult) -> str | None:
+    """The reason, unless it only repeats the failing gates' descriptions (the pipeline sets the reason of a
+    gate failure to them, joined by "; "), which every report lists on their own anyway."""
+    if not a.reason:
+        return None
+    failing = _failing_gates(a)
+    rest = a.reason
+    for g in failing:
+        rest = rest.replace(g.describe(), "")
+    return None if failing and not rest.strip(" ;,\n") else a.reason
+
+
+def _problem_lines(report: Report, a: ArtifactResult) -> list[str]:
+    """Why a row is not a pass, as plain text lines (unescaped): the reason, then the failing gates."""
+    lines = []
+    reason = _reason_beyond_gates(a)
+    if reason:
+        lines.append(reason)
+    elif a.status == Status.SKIPPED:
+        lines.append("skipped (no reason given)")
+    elif a.status == Status.FAILED and not _failing_gates(a):
+        lines.append("failed (no reason given)")
+    lines.extend(g.describe() for g in _failing_gates(a))
+    if _is_required_skip(report, a):
+        lines.append(f"{a.format} is a required format: a skip fails the release")
+    return lines
+
+
+# ================================================================================================ JSON
+def _json_safe(obj: Any) -> Any:
+    """A copy of obj that json.dumps(allow_nan=False) accepts: non-finite floats as "NaN"/"Infinity"/"-Infinity",
+    numpy scalars and arrays as Python numbers and lists, paths as strings, tuples/sets as lists."""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        if math.isfinite(obj):
+            return float(obj)
+        return "NaN" if math.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # numpy scalar or array
+        return _json_safe(obj.tolist())
+    raise TypeError(f"report.json: cannot serialise {type(obj).__name__}")
+
+
+def to_json(report: Report) -> str:
+    """``report.json``: :meth:`Report.to_dict` as strict JSON (see the module docstring for non-finite floats)."""
+    return json.dumps(_json_safe(report.to_dict()), indent=2, allow_nan=False)
+
+
+# ================================================================================================ Markdown

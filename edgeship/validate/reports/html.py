@@ -1,0 +1,386 @@
+"""report.html: one self-contained page with plots and thumbnails, every outside text escaped."""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from typing import Any, Callable
+
+from edgeship.validate.results import ArtifactResult, Flip, Report, Status
+from edgeship.validate.reports.markdown import MD_COLUMNS, inputs_lines, truncate
+from edgeship.validate.reports.common import (
+    log,
+    HTML_MAX_FLIPS,
+    LAYER_PLOT_MAX,
+    NA,
+    _counts_text,
+    _failing_gates,
+    _finite,
+    _h,
+    _is_required_skip,
+    _one_line,
+    _problem_lines,
+    _reason_beyond_gates,
+    _required_skipped,
+    _verdict,
+    fmt_accuracy,
+    fmt_db,
+    fmt_err,
+    fmt_gate_value,
+    fmt_mb,
+    fmt_ms,
+    fmt_number,
+    fmt_pct,
+    fmt_pp,
+)
+
+
+_CSS = """
+:root{color-scheme:light}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#1f2328;
+ margin:1.5rem auto;max-width:1100px;padding:0 1rem}
+h1{font-size:1.6rem;margin:.2rem 0}
+h2{font-size:1.25rem;border-bottom:1px solid #d0d7de;padding-bottom:.2rem;margin-top:2rem}
+h3{font-size:1.05rem;margin:1.4rem 0 .4rem}
+table{border-collapse:collapse;margin:.5rem 0 1rem}
+th,td{border:1px solid #d0d7de;padding:.25rem .55rem;text-align:left;vertical-align:top}
+th{background:#f6f8fa}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.badge{display:inline-block;padding:.05rem .55rem;border-radius:.7rem;font-weight:600;font-size:.85em;
+ white-space:nowrap}
+.passed{background:#dafbe1;color:#116329}
+.failed{background:#ffebe9;color:#a40e26}
+.skipped{background:#eaeef2;color:#57606a}
+h1 .badge{font-size:1rem;vertical-align:middle}
+tr.gate-failed td{background:#fff5f5}
+dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:.15rem 1rem;margin:.5rem 0}
+dl.meta dt{font-weight:600}
+dl.meta dd{margin:0;overflow-wrap:anywhere}
+code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.9em;overflow-wrap:anywhere}
+img.plot{max-width:100%;height:auto;display:block;margin:.5rem 0}
+.thumbs{display:flex;flex-wrap:wrap;gap:.8rem}
+.thumbs figure{margin:0;width:8.5rem}
+.thumbs img,.thumbs .missing{width:8rem;height:8rem;object-fit:contain;image-rendering:pixelated;
+ border:1px solid #d0d7de;background:#f6f8fa}
+.thumbs .missing{display:flex;align-items:center;justify-content:center;color:#57606a;font-size:.8rem}
+figcaption{font-size:.8rem;overflow-wrap:anywhere}
+.muted{color:#57606a}
+.reason{background:#fff8c5;border-left:3px solid #d4a72c;padding:.3rem .6rem}
+.side-by-side{display:flex;gap:2rem;flex-wrap:wrap}
+footer{margin-top:2.5rem;font-size:.8rem;color:#57606a}
+"""
+
+# Nothing but inline styles and data: images may load, even if an escaping bug let markup through.
+_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+_STATUS_COLOURS = {Status.PASSED: "#2da44e", Status.FAILED: "#cf222e", Status.SKIPPED: "#8c959f"}
+
+
+def _badge(report: Report, a: ArtifactResult) -> str:
+    status = Status(a.status)
+    if _is_required_skip(report, a):
+        return '<span class="badge failed">skipped (required)</span>'
+    text = {Status.PASSED: "PASS", Status.FAILED: "FAIL", Status.SKIPPED: "skipped"}[status]
+    return f'<span class="badge {status.value}">{text}</span>'
+
+
+def _img(b64_png: str, alt: str, cls: str = "plot") -> str:
+    return f'<img class="{cls}" src="data:image/png;base64,{b64_png}" alt="{_h(alt)}">'
+
+
+def _thumbnail_mime(data: bytes) -> str | None:
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    return None
+
+
+def _render_png(draw: Callable[[Any], None], size: tuple[float, float]) -> str:
+    """Draw on a fresh matplotlib Figure and return it as base64 PNG.
+
+    Uses :class:`matplotlib.figure.Figure` directly, not pyplot: no global backend switch, no figure manager
+    holding figures open (nothing to close), safe from threads; savefig renders with Agg. The PNG carries no
+    Software/date metadata. Text from outside goes through :func:`_axis_label`, which escapes ``$``."""
+    import matplotlib
+
+    from matplotlib.figure import Figure
+
+    with matplotlib.rc_context({"font.size": 9}):
+        fig = Figure(figsize=size, dpi=100, layout="constrained")
+        draw(fig)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", metadata={"Software": None})
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _plot_or_note(draw: Callable[[Any], None], size: tuple[float, float], alt: str) -> str:
+    try:
+        return _img(_render_png(draw, size), alt)
+    except ImportError as e:
+        return f'<p class="muted">Plot unavailable: matplotlib is not installed ({_h(e)}).</p>'
+    except Exception as e:  # a plotting bug must not cost the release its report
+        log.warning("report.html: could not draw %s: %s", alt, e, exc_info=True)
+        return f'<p class="muted">Plot unavailable ({_h(type(e).__name__)}: {_h(e)}).</p>'
+
+
+def _axis_label(text: str, width: int = 42) -> str:
+    """Text from outside for a matplotlib label: one line, shortened, ``$`` escaped (matplotlib would parse
+    ``$...$`` as math and fail on unbalanced markup)."""
+    return truncate(_one_line(text), width).replace("$", r"\$")
+
+
+def _latency_plot(artifacts: list[ArtifactResult]) -> Callable[[Any], None]:
+    rows = [a for a in artifacts if _finite(a.latency_ms.p50)]
+
+    def draw(fig: Any) -> None:
+        ax = fig.add_subplot()
+        y = list(range(len(rows)))
+        p50 = [float(a.latency_ms.p50) for a in rows]
+        p90 = [float(a.latency_ms.p90) if _finite(a.latency_ms.p90) else v for a, v in zip(rows, p50)]
+        whisker = [max(hi - lo, 0.0) for lo, hi in zip(p50, p90)]
+        ax.barh(y, p50, xerr=[[0.0] * len(rows), whisker], capsize=4, height=0.6,
+                color=[_STATUS_COLOURS[Status(a.status)] for a in rows], error_kw={"elinewidth": 1.2})
+        ax.set_yticks(y, [_axis_label(a.name) for a in rows])
+        ax.invert_yaxis()
+        for yi, lo, hi in zip(y, p50, p90):
+            ax.text(max(lo, hi), yi, f"  {lo:.2f} ms", va="center", fontsize=8)
+        right = max(max(p50), max(p90)) if rows else 1.0
+        ax.set_xlim(0, right * 1.25 if right > 0 else 1.0)
+        ax.set_xlabel("latency, ms (bar: p50, whisker: p90)")
+        ax.grid(axis="x", alpha=0.3)
+
+    return draw
+
+
+def _error_plot(artifacts: list[ArtifactResult]) -> Callable[[Any], None]:
+    rows = [(a, [float(e) for e in a.sample_errors if _finite(e)]) for a in artifacts]
+    rows = [(a, errs) for a, errs in rows if errs]
+
+    def draw(fig: Any) -> None:
+        ax = fig.add_subplot()
+        positives = [e for _, errs in rows for e in errs if e > 0]
+        log_scale = bool(positives) and max(positives) / min(positives) > 100
+        note = ""
+        data = [errs for _, errs in rows]
+        if log_scale:
+            floor = min(positives) / 2
+            if any(e <= 0 for errs in data for e in errs):
+                note = f"; zeros drawn at {floor:.2g}"
+            data = [[e if e > 0 else floor for e in errs] for errs in data]
+        bp = ax.boxplot(data, orientation="horizontal", tick_labels=[_axis_label(a.name) for a, _ in rows],
+                        patch_artist=True, widths=0.55, flierprops={"markersize": 3, "alpha": 0.5})
+        for patch, (a, _) in zip(bp["boxes"], rows):
+            patch.set_facecolor(_STATUS_COLOURS[Status(a.status)])
+            patch.set_alpha(0.45)
+        if log_scale:
+            ax.set_xscale("log")
+        ax.invert_yaxis()
+        ax.set_xlabel(f"per-sample max |artifact - reference|{' (log scale' + note + ')' if log_scale else ''}")
+        ax.grid(axis="x", alpha=0.3)
+
+    return draw
+
+
+def _layer_rows(layer_sqnr: dict[str, float]) -> tuple[list[tuple[str, float]], str]:
+    """The layers to draw and a caption. Infinite SQNR (a bit-exact layer) is drawn capped; NaN is dropped."""
+    items = [(str(k), float(v)) for k, v in layer_sqnr.items() if v is not None and not math.isnan(float(v))]
+    if len(items) <= LAYER_PLOT_MAX:
+        return items, f"{len(items)} layers, in network order"
+    lowest = sorted(items, key=lambda kv: kv[1])[:LAYER_PLOT_MAX]
+    return lowest, f"the {LAYER_PLOT_MAX} lowest of {len(items)} layers"
+
+
+def _layer_plot(a: ArtifactResult) -> tuple[Callable[[Any], None], tuple[float, float], str]:
+    rows, caption = _layer_rows(a.layer_sqnr or {})
+
+    def draw(fig: Any) -> None:
+        ax = fig.add_subplot()
+        finite = [v for _, v in rows if math.isfinite(v)]
+        cap = (max(finite) if finite else 0.0) + 10.0
+        values = [v if math.isfinite(v) else (cap if v > 0 else 0.0) for _, v in rows]
+        y = list(range(len(rows)))
+        ax.barh(y, values, height=0.7, color="#0969da")
+        ax.set_yticks(y, [_axis_label(k, 36) for k, _ in rows], fontsize=7)
+        ax.invert_yaxis()
+        for yi, (_, v), shown in zip(y, rows, values):
+            if not math.isfinite(v):
+                ax.text(shown, yi, " inf", va="center", fontsize=7)
+        ax.set_xlabel("SQNR, dB (higher is better)")
+        ax.set_title(f"{_axis_label(a.name, 60)}: {caption}", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+
+    height = min(1.6 + 0.17 * max(len(rows), 1), 10.0)
+    return draw, (8.0, height), caption
+
+
+def _table(headers: list[str], rows: list[list[str]], num_cols: set[int] | None = None,
+           row_classes: list[str] | None = None) -> str:
+    """HTML table; cells must already be escaped."""
+    num_cols = num_cols or set()
+    out = ["<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr></thead><tbody>"]
+    for i, row in enumerate(rows):
+        cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
+        cells = "".join(f'<td class="num">{c}</td>' if j in num_cols else f"<td>{c}</td>" for j, c in enumerate(row))
+        out.append(f"<tr{cls}>{cells}</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _dl(pairs: list[tuple[str, str]]) -> str:
+    """Definition list; values must already be escaped."""
+    return '<dl class="meta">' + "".join(f"<dt>{_h(k)}</dt><dd>{v}</dd>" for k, v in pairs) + "</dl>"
+
+
+def _flip_figure(f: Flip) -> str:
+    caption = f"{f.reference} → {f.artifact}" + (f" ({f.truth})" if f.truth is not None else "")
+    alt = f"sample {f.index}: {caption}"
+    mime = _thumbnail_mime(f.thumbnail_png) if f.thumbnail_png else None
+    if mime:
+        pic = f'<img src="data:{mime};base64,{base64.b64encode(f.thumbnail_png).decode("ascii")}" alt="{_h(alt)}">'
+    else:
+        pic = f'<div class="missing">{"no thumbnail" if not f.thumbnail_png else "unreadable thumbnail"}</div>'
+    return (f'<figure>{pic}<figcaption>{_h(caption)}<br><span class="muted">#{f.index} '
+            f"<code>{_h(f.source)}</code></span></figcaption></figure>")
+
+
+def _artifact_section(report: Report, i: int, a: ArtifactResult) -> str:
+    m, lat = a.metrics, a.latency_ms
+    out = [f'<h3 id="artifact-{i}">{_h(a.name)} {_badge(report, a)}</h3>']
+    problems = _problem_lines(report, a) if a.status != Status.PASSED else []
+    reason = _reason_beyond_gates(a)
+    if reason:
+        out.append(f'<p class="reason">{_h(reason)}</p>')
+    elif problems and not _failing_gates(a):
+        out.append(f'<p class="reason">{_h(problems[0])}</p>')
+    out.append(_dl([
+        ("Path", f"<code>{_h(a.path)}</code>"),
+        ("Runtime", _h(a.runtime)),
+        ("Size", _h(fmt_mb(a.size_bytes))),
+        ("Iterations", _h(a.iterations)),
+        ("Threads", _h(NA if a.threads is None else a.threads)),
+        ("Peak RSS", _h(fmt_mb(a.peak_rss_bytes))),
+    ]))
+    if a.gates:
+        rows, classes = [], []
+        for g in a.gates:
+            rows.append([f"<code>{_h(g.name)}</code>", _h(fmt_gate_value(g.value)), _h(g.op),
+                         _h(fmt_gate_value(g.limit)),
+                         '<span class="badge passed">meets</span>' if g.passed else
+                         '<span class="badge failed">misses</span>'])
+            classes.append("" if g.passed else "gate-failed")
+        out.append(_table(["Gate", "Value", "Op", "Limit", "Result"], rows, {1, 3}, classes))
+    elif a.status != Status.SKIPPED:
+        out.append('<p class="muted">No gates were evaluated.</p>')
+    measured = any(v is not None for v in vars(m).values()) or any(v is not None for v in vars(lat).values())
+    if measured:
+        metric_rows = [
+            ["top-1 agreement", _h(fmt_pct(m.top1_agreement))], ["top-5 overlap", _h(fmt_pct(m.top5_overlap))],
+            ["max abs error", _h(fmt_err(m.max_abs_error))], ["mean abs error", _h(fmt_err(m.mean_abs_error))],
+            ["cosine", _h(fmt_number(m.cosine, ".6f"))], ["SQNR", _h(fmt_db(m.sqnr_db))],
+            ["accuracy top-1", _h(fmt_pct(m.accuracy_top1))], ["accuracy top-5", _h(fmt_pct(m.accuracy_top5))],
+            ["accuracy top-1 drop", _h(fmt_pp(m.accuracy_top1_drop))],
+        ]
+        lat_rows = [[k, _h(fmt_ms(getattr(lat, k)))] for k in ("load", "first", "p50", "p90", "p99", "mean", "std")]
+        out.append('<div class="side-by-side">' + _table(["Metric", "Value"], metric_rows, {1})
+                   + _table(["Latency", "Value"], lat_rows, {1}) + "</div>")
+    return "\n".join(out)
+
+
+def to_html(report: Report) -> str:
+    """``report.html``: one self-contained page (see the module docstring)."""
+    verdict = _verdict(report)
+    arts = report.artifacts
+    body: list[str] = []
+    body.append(f'<header><h1>edgeship validation <span class="badge {"passed" if report.passed else "failed"}">'
+                f"{verdict}</span></h1>")
+    body.append(f"<p>{_h(_counts_text(report))} ({len(arts)} artifacts)"
+                + (f"; required formats: {_h(', '.join(report.required_formats))}" if report.required_formats
+                   else "") + ".</p>")
+    for fmt in _required_skipped(report):
+        body.append(f'<p class="reason">Required format {_h(fmt)} was skipped, which fails the release.</p>')
+    body.append("</header>")
+
+    body.append('<section id="inputs"><h2>Reference and data</h2>')
+    body.append(_dl([(k, _h(v)) for k, v in inputs_lines(report)]))
+    body.append("</section>")
+
+    body.append('<section id="summary"><h2>Summary</h2>')
+    if arts:
+        rows = []
+        for i, a in enumerate(arts):
+            m, lat = a.metrics, a.latency_ms
+            rows.append([f'<a href="#artifact-{i}">{_h(a.format)} {_h(a.precision)}</a>', _h(a.runtime),
+                         _badge(report, a), _h(fmt_pct(m.top1_agreement)), _h(fmt_db(m.sqnr_db)),
+                         _h(fmt_err(m.max_abs_error)), _h(fmt_accuracy(m.accuracy_top1, m.accuracy_top1_drop)),
+                         _h(fmt_ms(lat.p50)), _h(fmt_mb(a.size_bytes))])
+        body.append(_table([_h(c) for c in MD_COLUMNS], rows, {3, 4, 5, 6, 7, 8}))
+    else:
+        body.append('<p class="muted">No artifacts were validated.</p>')
+    body.append("</section>")
+
+    timed = [a for a in arts if _finite(a.latency_ms.p50)]
+    body.append('<section id="latency"><h2>Latency</h2>')
+    if timed:
+        body.append(_plot_or_note(_latency_plot(arts), (8.0, 1.2 + 0.45 * len(timed)), "latency per artifact"))
+    else:
+        body.append('<p class="muted">No latency was measured.</p>')
+    body.append("</section>")
+
+    with_errors = [a for a in arts if any(_finite(e) for e in a.sample_errors)]
+    body.append('<section id="errors"><h2>Error distribution</h2>')
+    if with_errors:
+        body.append(_plot_or_note(_error_plot(arts), (8.0, 1.4 + 0.5 * len(with_errors)),
+                                  "per-sample max abs error per artifact"))
+    else:
+        body.append('<p class="muted">No per-sample errors were recorded.</p>')
+    body.append("</section>")
+
+    layered = [a for a in arts if a.layer_sqnr]
+    if layered:
+        body.append('<section id="layer-sqnr"><h2>Per-layer SQNR</h2>')
+        for a in layered:
+            draw, size, caption = _layer_plot(a)
+            body.append(f"<h3>{_h(a.name)}</h3>")
+            body.append(_plot_or_note(draw, size, f"per-layer SQNR of {a.name}: {caption}"))
+        body.append("</section>")
+
+    flipped = [a for a in arts if a.flips]
+    if flipped:
+        body.append('<section id="flips"><h2>Flipped samples</h2>'
+                    '<p class="muted">Top-1 label of the reference → the artifact (ground truth).</p>')
+        for a in flipped:
+            # the comparison keeps thumbnails for the first flips only: show those (placeholders only when no
+            # flip has one); report.json lists every flip
+            shown = [f for f in a.flips if f.thumbnail_png][:HTML_MAX_FLIPS] or a.flips[:HTML_MAX_FLIPS]
+            more = f", {len(shown)} shown (all in report.json)" if len(a.flips) > len(shown) else ""
+            body.append(f"<h3>{_h(a.name)}: {len(a.flips)} flipped{more}</h3>")
+            body.append('<div class="thumbs">' + "".join(_flip_figure(f) for f in shown) + "</div>")
+        body.append("</section>")
+
+    if arts:
+        body.append('<section id="artifacts"><h2>Artifacts</h2>')
+        body.extend(_artifact_section(report, i, a) for i, a in enumerate(arts))
+        body.append("</section>")
+
+    footer = [f"Created {_h(report.created or NA)} by edgeship {_h(report.edgeship_version or NA)}."]
+    if report.versions:
+        footer.append(" " + _h(", ".join(f"{k} {v}" for k, v in report.versions.items())) + ".")
+    body.append(f"<footer>{''.join(footer)}</footer>")
+
+    return "\n".join([
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>edgeship validation: {verdict}</title>",
+        f"<style>{_CSS}</style>",
+        "</head>",
+        "<body>",
+        *body,
+        "</body>",
+        "</html>",
+    ])

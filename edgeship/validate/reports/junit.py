@@ -1,0 +1,118 @@
+"""junit.xml: one testcase per artifact and gate, for CI test tabs."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+
+from edgeship.validate.results import ArtifactResult, Report, Status
+from edgeship.validate.reports.common import (
+    _clean,
+    _failing_gates,
+    _fmt_meta,
+    _is_required_skip,
+    _one_line,
+)
+
+
+_XML_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]+")
+
+
+def _junit_part(text: str) -> str:
+    """One dotted component of a JUnit classname: dots and other separators would split the class tree."""
+    return _XML_NAME_UNSAFE.sub("_", _clean(text)).strip("_") or "unknown"
+
+
+def _junit_classnames(artifacts: list[ArtifactResult]) -> list[str]:
+    """``edgeship.<format>.<precision>``; ``.<runtime>`` appended only where two artifacts would share a name
+    (then ``.<n>`` if even that collides), so the common case keeps stable names for CI test history."""
+    base = [f"edgeship.{_junit_part(a.format)}.{_junit_part(a.precision)}" for a in artifacts]
+    names = [b if base.count(b) == 1 else f"{b}.{_junit_part(a.runtime)}" for a, b in zip(artifacts, base)]
+    seen: dict[str, int] = {}
+    unique = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        unique.append(n if names.count(n) == 1 else f"{n}.{seen[n]}")
+    return unique
+
+
+def to_junit(report: Report) -> str:
+    """``junit.xml``: ``<testsuites>`` holding one ``<testsuite name="edgeship">``.
+
+    Per artifact, testcases with ``classname="edgeship.<format>.<precision>"``:
+
+    - ``runs``: passes when the artifact was measured; a ``<failure>`` when it failed without a failing gate (it
+      could not be loaded or run: corrupt file, runtime error), message = the reason; ``<skipped>`` when it was
+      skipped, message = the reason, unless its format is required, then a ``<failure>`` (the release fails, so
+      the test tab must not be green).
+    - one per gate, named after the gate: a ``<failure message=describe()>`` when it missed, ``<skipped>`` when
+      the artifact was skipped.
+    """
+    suites = ET.Element("testsuites", name="edgeship")
+    suite = ET.SubElement(suites, "testsuite", name="edgeship")
+    if report.created:
+        suite.set("timestamp", _clean(report.created))
+    props = ET.SubElement(suite, "properties")
+    meta = {
+        "edgeship_version": report.edgeship_version,
+        "reference": report.reference.get("path"),
+        "reference_sha256": report.reference.get("sha256"),
+        "data": report.data.get("source"),
+        "data_count": report.data.get("count"),
+        "required_formats": ",".join(report.required_formats),
+        "passed": report.passed,
+    }
+    for k, v in meta.items():
+        if v is not None and v != "":
+            value = str(v).lower() if isinstance(v, bool) else _fmt_meta(v)
+            ET.SubElement(props, "property", name=k, value=_one_line(value))
+
+    tests = failures = skipped = 0
+
+    def case(classname: str, name: str) -> ET.Element:
+        nonlocal tests
+        tests += 1
+        return ET.SubElement(suite, "testcase", classname=classname, name=_clean(name))
+
+    def fail(tc: ET.Element, message: str, kind: str, body: str) -> None:
+        nonlocal failures
+        failures += 1
+        el = ET.SubElement(tc, "failure", message=_one_line(message), type=kind)
+        el.text = _clean(body)
+
+    def skip(tc: ET.Element, message: str) -> None:
+        nonlocal skipped
+        skipped += 1
+        ET.SubElement(tc, "skipped", message=_one_line(message))
+
+    for a, classname in zip(report.artifacts, _junit_classnames(report.artifacts)):
+        details = f"artifact: {a.path}\nruntime: {a.runtime}\n"
+        runs = case(classname, "runs")
+        reason = a.reason or ""
+        if a.status == Status.SKIPPED:
+            if _is_required_skip(report, a):
+                fail(runs, f"required format {a.format} was skipped: {reason or 'no reason given'}", "skipped",
+                     details + f"reason: {reason}\n")
+            else:
+                skip(runs, reason or "skipped")
+        elif a.status == Status.FAILED and not _failing_gates(a):
+            fail(runs, reason or "artifact failed", "error", details + f"reason: {reason}\n")
+        else:
+            out = ET.SubElement(runs, "system-out")
+            out.text = _clean(details + (f"reason: {reason}\n" if reason else ""))
+        for g in a.gates:
+            tc = case(classname, g.name)
+            if a.status == Status.SKIPPED:
+                skip(tc, reason or "skipped")
+            elif not g.passed:
+                fail(tc, g.describe(), "gate", details + g.describe() + "\n")
+    for el in (suites, suite):
+        el.set("tests", str(tests))
+        el.set("failures", str(failures))
+        el.set("errors", "0")
+        el.set("skipped", str(skipped))
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+
+
+# ================================================================================================ HTML
