@@ -110,6 +110,9 @@ def quantize(
                 calibrated = calibrate(loaded, cal.inputs)  # the statistics, once, for every format
                 int8 = quantize_calibrated(calibrated, io_dtype=io_dtype, **ranges)
                 result.fixed_tensors, result.calibrated_tensors = int8.fixed_tensors, int8.calibrated_tensors
+                if relu6_fixed and not int8.relu6_tensors:
+                    warn("the model has no ReLU6 outputs: the fixed-range mode has nothing to do, every activation "
+                         "was calibrated")
                 result.layer_sqnr = layer_sqnr(calibrated, int8.model, cal.inputs, max_samples=LAYER_SAMPLES)
             continue
         fmt = Format(step)

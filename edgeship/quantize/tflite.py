@@ -51,6 +51,7 @@ class TFLiteQuantResult:
 
     model: bytes
     fixed_tensors: list[str] = field(default_factory=list)
+    relu6_tensors: list[str] = field(default_factory=list)  # the ReLU6 outputs among fixed_tensors
     calibrated_tensors: list[str] = field(default_factory=list)
     tensor_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -112,7 +113,8 @@ def quantize_calibrated(calibrated: bytes, *, io_dtype: str = "uint8", relu6_fix
     if io_dtype not in IO_DTYPES:
         raise UserError(f"io dtype must be one of {', '.join(IO_DTYPES)}, got '{io_dtype}'")
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
-    fixed = set(_fix_relu6_ranges(model)) if relu6_fixed else set()
+    relu6 = _fix_relu6_ranges(model) if relu6_fixed else []
+    fixed = set(relu6)
     if input_range is not None:
         sg = model.subgraphs[0]
         tensor = sg.tensors[sg.inputs[0]]
@@ -127,7 +129,9 @@ def quantize_calibrated(calibrated: bytes, *, io_dtype: str = "uint8", relu6_fix
     with silenced():  # the C++ quantiser prints its options on stdout
         quantised = mlir_quantize(bytes(flatbuffer_utils.convert_object_to_bytearray(model)),
                                   disable_per_channel=False, input_data_type=io, output_data_type=io)
-    return _describe(bytes(quantised), fixed)
+    result = _describe(bytes(quantised), fixed)
+    result.relu6_tensors = relu6
+    return result
 
 
 def _check_calibration(calibration: np.ndarray, input_shape: tuple[int, int, int]) -> np.ndarray:

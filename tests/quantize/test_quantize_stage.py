@@ -144,3 +144,20 @@ def test_per_layer_sqnr_report(quantized):
     assert worst(result.layer_sqnr, 1)[0][1] < sqnr["Conv1_relu"]  # error accumulates downstream
     report = validate([result.paths[0]], iterations=1, warmup=0, progress=False)
     assert report.artifacts[0].layer_sqnr and set(report.artifacts[0].layer_sqnr) == set(sqnr)
+
+
+def test_a_model_without_relu6_says_the_fixed_mode_has_nothing_to_do(tmp_path):
+    from edgeship._tf import keras
+
+    k = keras()
+    inp = k.Input((96, 96, 3))
+    x = k.layers.Conv2D(8, 3, strides=2, activation="relu")(inp)
+    x = k.layers.GlobalAveragePooling2D()(x)
+    model = k.Model(inp, k.layers.Dense(10)(x))
+    from edgeship.models.loading import DEMO_LABELS
+
+    warnings = []
+    result = quantize(model=model, labels=DEMO_LABELS, formats=["tflite"], out=tmp_path, num_samples=8,
+                      progress=False, warn=warnings.append)
+    assert any("no ReLU6" in w and "nothing to do" in w for w in warnings)
+    assert result.paths and result.calibrated_tensors
