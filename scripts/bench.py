@@ -6,8 +6,8 @@ the bare converter calls, the validator's latency figure beside a bare loop, pea
 Method. Latency: every artifact is opened once per thread count (1 and 2) in its runtime (LiteRT with XNNPACK,
 ONNX Runtime CPU); then, round after round, each one is timed by a bare ``invoke()`` / ``run()`` loop (the
 runtime's own speed; the figure quoted) and, for edgeship's artifacts, by the validator's ``Runner.time_runs``
-too, the two sides alternating which goes first. Each round gives one median per side; the tables give the
-median over rounds with min and max. Pipeline: the ``edgeship run`` equivalent (export all formats, quantise
+too, the two sides alternating in short chunks (so both see the same background load). Each round gives one
+median per side; the tables give the median over rounds with min and max. Pipeline: the ``edgeship run`` equivalent (export all formats, quantise
 tflite+onnx, validate) and the bare converter calls doing the same conversions run in alternating subprocesses
 (``os.wait4`` gives each one's own peak RSS); each reports its stages' wall time after its imports.
 
@@ -42,6 +42,7 @@ quiet_environment()
 
 V2, V1, DEMO = "mobilenet_v2_1.0_224", "mobilenet_v1_1.0_224", "demo"
 THREADS = (1, 2)
+CHUNKS = 5  # A/B alternations per artifact per round
 T0 = time.perf_counter()
 
 
@@ -315,15 +316,23 @@ def measure_latency(model: str, artifacts: list[tuple[str, str, Path, bool]], pr
     res: dict[tuple[str, int], dict[str, Any]] = {}
     for label, th, _, _, _, err in slots:
         res[(label, th)] = {"bare": [], "harness": [], "error": err}
+    chunk = max(1, iterations // CHUNKS)
     for r in range(rounds):
         for label, th, runner, feed, bare, err in slots:
             if err:
                 continue
-            sides = [("bare", lambda: bare.times(warmup, iterations))]
+            # A and B alternate in short chunks, so that both see the same background load.
+            sides = [("bare", lambda w, n: bare.times(w, n))]
             if runner is not None:
-                sides.append(("harness", lambda: runner.time_runs(feed, warmup, iterations)))
-            for name, fn in sides if r % 2 == 0 else sides[::-1]:
-                res[(label, th)][name].append(statistics.median(fn()) * 1e3)
+                sides.append(("harness", lambda w, n: runner.time_runs(feed, w, n)))
+            pooled: dict[str, list[float]] = {name: [] for name, _ in sides}
+            for name, fn in sides:
+                fn(warmup, 0)
+            for j in range(CHUNKS):
+                for name, fn in sides if (r + j) % 2 == 0 else sides[::-1]:
+                    pooled[name] += fn(0, chunk)
+            for name, times in pooled.items():
+                res[(label, th)][name].append(statistics.median(times) * 1e3)
         log(f"{model}: latency round {r + 1}/{rounds} done")
     for label, th, runner, *_ in slots:
         if runner is not None:
@@ -520,7 +529,7 @@ def main() -> int:
     book.line(f"# edgeship benchmark ({'--quick' if quick else 'full'})")
     book.line()
     book.line(f"Python {platform.python_version()}, {os.cpu_count()} cores; latency: {P['rounds']} interleaved rounds "
-              f"x {P['iterations']} iterations after {P['warmup']} warm-up, median of the per-round medians "
+              f"x {P['iterations']} iterations (in {CHUNKS} chunks alternating with the other side) after {P['warmup']} warm-up, median of the per-round medians "
               "(min–max over rounds), ms per inference, batch 1. Random-init variants with BatchNorm statistics "
               "re-estimated on random images; the demo is the trained model.")
     book.line()
@@ -551,7 +560,7 @@ def main() -> int:
         book.line("|---|--:|--:|")
 
         def m(label: str, th: int) -> float | None:
-            return med(res[(label, th)]["bare"])
+            return med(res.get((label, th), {}).get("bare", []))
 
         rows = [("edgeship ONNX int8 / edgeship TFLite int8", "edgeship onnx int8", "edgeship tflite int8"),
                 ("LiteRT int8 speed-up (edgeship fp32 / int8)", "edgeship tflite fp32", "edgeship tflite int8"),
