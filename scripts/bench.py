@@ -631,13 +631,14 @@ def main() -> int:
     book.line()
     book.line("| model | artifact | threads | Runner.time_runs | bare loop | ratio | validate() p50 in the pipeline |")
     book.line("|---|---|--:|--:|--:|--:|--:|")
-    worst_h, worst_all = None, None
+    worst_h, worst_all, all_ratios = None, None, []
     for model in models:
         for (label, th), v in lat[model]["res"].items():
             if not v["harness"] or not v["bare"]:
                 continue
             rr = med(v["harness"]) / med(v["bare"])
             worst_all = rr if worst_all is None else max(worst_all, rr)
+            all_ratios.append(rr)
             if th == 1:
                 worst_h = rr if worst_h is None else max(worst_h, rr)
             book.result(f"harness_vs_bare.{model}.{label.replace(' ', '_')}.{th}t", rr, "x")
@@ -651,7 +652,12 @@ def main() -> int:
     book.result("harness_vs_bare_loop_all_threads", worst_all, "x")
     book.target("harness_vs_bare_loop", worst_h, "<= 1.03",
                 f"worst artifact at 1 thread (the validator's default); worst incl. 2 threads {r3(worst_all)}")
+    book.result("harness_vs_bare_loop_median", all_ratios or None, "x")
     book.line()
+    if all_ratios:
+        book.line(f"Ratio over all {len(all_ratios)} artifact/thread pairs: median {statistics.median(all_ratios):.3f}, "
+                  f"min {min(all_ratios):.3f}, max {max(all_ratios):.3f} (the target takes the worst 1-thread pair).")
+        book.line()
     book.line("(validate() p50 is the figure in the pipeline subprocess's report: another process, another "
               "moment, 1 thread; shown for scale, not in the ratio.)")
 
