@@ -31,6 +31,7 @@ from edgeship.errors import UserError
 from edgeship.models.loading import LoadedModel
 
 RELU6_RANGE = (0.0, 6.0)
+MIN_RANGE = 1e-3  # narrowest calibrated activation range (see _widen_degenerate_ranges)
 IO_DTYPES = ("uint8", "int8", "float32")
 _QUANTISED_TYPES = (_tfl.TensorType.INT8, _tfl.TensorType.UINT8)
 
@@ -115,6 +116,7 @@ def quantize_calibrated(calibrated: bytes, *, io_dtype: str = "uint8", relu6_fix
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
     relu6 = _fix_relu6_ranges(model) if relu6_fixed else []
     fixed = set(relu6)
+    _widen_degenerate_ranges(model)
     if input_range is not None:
         sg = model.subgraphs[0]
         tensor = sg.tensors[sg.inputs[0]]
@@ -151,6 +153,26 @@ def _relu6_outputs(model: Any) -> Iterator[int]:
         fused = getattr(op.builtinOptions, "fusedActivationFunction", None)
         if _builtin(model, op) == _tfl.BuiltinOperator.RELU6 or fused == _tfl.ActivationFunctionType.RELU6:
             yield from (int(i) for i in op.outputs)
+
+
+def _widen_degenerate_ranges(model: Any) -> None:
+    """Give every calibrated range at least MIN_RANGE of width.
+
+    An activation that barely varied on the calibration set (a random-init classifier's logits do; measured: a
+    range ~2e-6 wide on mobilenet_v2_0.35_96) gets a scale near 1e-8. Behind a fixed [0, 6] ReLU6 range, the
+    layer's requantisation multiplier (input scale x weight scale / output scale) then exceeds what XNNPACK
+    accepts, and LiteRT refuses the file ("TfLiteXNNPackDelegate failed to prepare"). A trained model's
+    activations span far more than MIN_RANGE, so this only touches degenerate ones.
+    """
+    for tensor in model.subgraphs[0].tensors:
+        q = tensor.quantization
+        if q is None or q.min is None or q.max is None or len(q.min) != 1:
+            continue
+        lo, hi = float(q.min[0]), float(q.max[0])
+        if hi - lo < MIN_RANGE:
+            mid = (lo + hi) / 2
+            q.min = np.array([mid - MIN_RANGE / 2], np.float32)
+            q.max = np.array([mid + MIN_RANGE / 2], np.float32)
 
 
 def _fix_relu6_ranges(model: Any) -> list[str]:

@@ -189,3 +189,21 @@ def test_unknown_io_dtype_is_a_user_error(demo):
         quantize_tflite(loaded, calibration, io_dtype="int16")
     with pytest.raises(UserError, match="calibration data"):
         quantize_tflite(loaded, calibration[:, :32])
+
+
+def test_degenerate_ranges_are_widened_so_litert_opens_the_file():
+    """A random-init classifier barely varies its logits; with fixed ReLU6 ranges upstream, the unwidened file
+    was refused by XNNPACK ("TfLiteXNNPackDelegate failed to prepare", found by the benchmark)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgeship.models.loading import load_model as _load
+    from edgeship.quantize.tflite import quantize_tflite
+
+    loaded = _load("mobilenet_v2_0.35_96")
+    images = np.random.default_rng(0).integers(0, 256, (8, 96, 96, 3), dtype=np.uint8)
+    result = quantize_tflite(loaded, loaded.spec.preprocessing.apply(images), relu6_fixed=True,
+                             input_range=loaded.spec.preprocessing.value_range)
+    interp = Interpreter(model_content=result.model)
+    interp.allocate_tensors()  # raised RuntimeError before the widening
+    scale, _ = interp.get_output_details()[0]["quantization"]
+    assert scale >= 1e-3 / 256
