@@ -11,7 +11,7 @@ from edgeship._tf import quiet_environment
 
 quiet_environment()
 
-from edgeship.models.loading import DEMO_DIR  # noqa: E402
+from edgeship.models.loading import DEMO_DIR, walk_layers  # noqa: E402
 
 HELDOUT = DEMO_DIR / "heldout"
 
@@ -36,18 +36,13 @@ def make_input_sensitive(model, images: np.ndarray, preprocessing) -> None:
     from edgeship._tf import keras
 
     k = keras()
-    bns = [l for l in _layers(model) if isinstance(l, k.layers.BatchNormalization)]
+    bns = [l for l in walk_layers(model) if isinstance(l, k.layers.BatchNormalization)]
     saved = [b.momentum for b in bns]
     for b in bns:
         b.momentum = 0.0
     model(preprocessing.apply(images), training=True)
     for b, m in zip(bns, saved):
         b.momentum = m
-
-
-def _layers(model):
-    for l in model.layers:
-        yield from (_layers(l) if hasattr(l, "layers") else [l])
 
 
 def resize_batch(images: np.ndarray, size: int) -> np.ndarray:

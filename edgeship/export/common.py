@@ -102,7 +102,9 @@ def _layers_holding(model: Any, op_types: set[str]) -> list[str]:
             t.TensorSpec(shape, t.float32)).graph
     except Exception:  # tracing is best effort: the message still names the op type
         return []
-    by_name = {layer.name: layer for layer in _all_layers(model)}
+    from edgeship.models.loading import walk_layers
+
+    by_name = {layer.name: layer for layer in walk_layers(model)}
     found: list[str] = []
     for op in graph.get_operations():
         if op.type not in op_types:
@@ -115,13 +117,6 @@ def _layers_holding(model: Any, op_types: set[str]) -> list[str]:
                     found.append(label)
                 break
     return found
-
-
-def _all_layers(model: Any) -> list[Any]:
-    out = []
-    for layer in getattr(model, "layers", []):
-        out += _all_layers(layer) if hasattr(layer, "layers") else [layer]
-    return out
 
 
 def _first_meaningful_line(text: str) -> str:

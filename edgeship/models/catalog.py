@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgeship.models.registry import VARIANTS, Variant, looks_like_variant_name
+from edgeship.models.registry import VARIANTS, Variant
 
 _CACHE_VERSION = 1
 
@@ -25,7 +25,7 @@ def describe_models(names: Sequence[str], *, trust_model: bool = False, layers: 
     cache = _Cache()
     rows = []
     for target in tqdm(targets, desc="counting", unit="model", disable=None if progress else True, leave=False):
-        variant = VARIANTS.get(target) if looks_like_variant_name(target) or target in VARIANTS else None
+        variant = VARIANTS.get(target)
         if variant is not None and not layers and (hit := cache.get(variant.name)) is not None:
             rows.append(_variant_row(variant) | hit)
             continue
@@ -37,7 +37,7 @@ def describe_models(names: Sequence[str], *, trust_model: bool = False, layers: 
 
 
 def _variant_row(v: Variant) -> dict[str, Any]:
-    return {"name": v.name, "family": v.family + ("_minimalistic" if v.minimalistic else ""), "alpha": v.alpha,
+    return {"name": v.name, "family": v.full_family, "alpha": v.alpha,
             "resolution": v.resolution}
 
 

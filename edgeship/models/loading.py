@@ -86,7 +86,7 @@ def derive_spec(km: Any, name: str) -> ModelSpec:
     out_shape = km.output_shape
     if isinstance(out_shape, list) or len(out_shape) != 2 or out_shape[-1] is None:
         raise UserError(f"model '{name}' has output shape {out_shape}: edgeship needs one (batch, classes) output")
-    layers = list(_walk_layers(km))
+    layers = list(walk_layers(km))
     rescales_inside = any(type(l).__name__ == "Rescaling" for l in layers[:4])
     return ModelSpec(
         name=name,
@@ -97,10 +97,11 @@ def derive_spec(km: Any, name: str) -> ModelSpec:
     )
 
 
-def _walk_layers(km: Any) -> Iterator[Any]:
+def walk_layers(km: Any) -> Iterator[Any]:
+    """Every leaf layer, nested models flattened, in model order."""
     for layer in getattr(km, "layers", []):
         if hasattr(layer, "layers"):
-            yield from _walk_layers(layer)
+            yield from walk_layers(layer)
         else:
             yield layer
 

@@ -31,8 +31,12 @@ class Variant:
 
     @property
     def name(self) -> str:
-        mini = "_minimalistic" if self.minimalistic else ""
-        return f"{self.family}{mini}_{self.alpha:g}_{self.resolution}".replace("_1_", "_1.0_")
+        return f"{self.full_family}_{self.alpha:g}_{self.resolution}".replace("_1_", "_1.0_")
+
+    @property
+    def full_family(self) -> str:
+        """The family as listed: 'mobilenet_v3_small_minimalistic' for the minimalistic forms."""
+        return self.family + ("_minimalistic" if self.minimalistic else "")
 
     @property
     def is_v3(self) -> bool:
@@ -45,7 +49,7 @@ class Variant:
     def spec(self, classes: int = 1000) -> ModelSpec:
         return ModelSpec(
             name=self.name,
-            family=self.family + ("_minimalistic" if self.minimalistic else ""),
+            family=self.full_family,
             alpha=self.alpha,
             input_shape=(self.resolution, self.resolution, 3),
             num_classes=classes,

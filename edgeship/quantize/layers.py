@@ -17,6 +17,7 @@ import numpy as np
 
 from edgeship.fileio import write_bytes_atomic
 from edgeship.validate.metrics import sqnr_from_powers
+from edgeship.validate.runner import quantize_values
 
 
 def layer_sqnr(float_model: bytes, int8_model: bytes, inputs: np.ndarray, max_samples: int = 16) -> dict[str, float]:
@@ -95,5 +96,4 @@ def _quantise(x: np.ndarray, detail: dict) -> np.ndarray:
     if detail["dtype"] == np.float32:
         return x
     scale, zp = detail["quantization"]
-    info = np.iinfo(detail["dtype"])
-    return np.clip(np.round(x / scale + zp), info.min, info.max).astype(detail["dtype"])
+    return quantize_values(x, detail["dtype"], scale, zp)

@@ -116,8 +116,7 @@ class Runner(ABC):
         if info.dtype in (np.uint8, np.int8):
             if info.scale is None or info.zero_point is None:
                 raise UserError(f"{self.path.name}: quantised input '{info.name}' has no scale/zero point")
-            bounds = np.iinfo(info.dtype)
-            x = np.clip(np.round(x / info.scale + info.zero_point), bounds.min, bounds.max).astype(info.dtype)
+            x = quantize_values(x, info.dtype, info.scale, info.zero_point)
         return {info.name: x.astype(info.dtype, copy=False)}
 
     def predict(self, images: np.ndarray) -> np.ndarray:
@@ -147,6 +146,12 @@ class Runner(ABC):
 
     def close(self) -> None:
         """Release the backend (interpreter, session). Subclasses with resources override."""
+
+
+def quantize_values(x: np.ndarray, dtype: np.dtype, scale: float, zero_point: int) -> np.ndarray:
+    """Real values to an 8-bit tensor's integers, as a client does: round half to even, saturate."""
+    bounds = np.iinfo(dtype)
+    return np.clip(np.round(x / scale + zero_point), bounds.min, bounds.max).astype(dtype)
 
 
 class Unavailable(Exception):
