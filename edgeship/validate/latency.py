@@ -1,8 +1,9 @@
 """Latency and memory of one runner: the runtime's own speed, not the harness's.
 
 Only the backend's inference call is timed (:meth:`Runner.time_runs`: the feed is built and bound once, then
-``_run`` is timed alone), and warm-up runs are excluded. Peak memory is the process's resident high-water mark, reset before the artifact is
-opened where Linux allows it (``/proc/self/clear_refs``), so each artifact's figure is its own.
+``_run`` is timed alone), and warm-up runs are excluded. Peak memory is the process's resident high-water mark
+while this artifact is timed: it is reset just before (Linux, ``/proc/self/clear_refs``), so earlier artifacts'
+peaks do not leak into it, but what is resident (TensorFlow, the reference, other open runtimes) counts.
 """
 
 from __future__ import annotations

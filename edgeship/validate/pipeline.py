@@ -87,7 +87,6 @@ def validate(
         results[i] = ArtifactResult(path=str(entry.path), format=str(entry.format), precision=str(entry.precision),
                                     runtime=RUNTIME_NAMES[entry.format], status=Status.PASSED, threads=threads,
                                     size_bytes=size_on_disk(entry.path) if entry.path.exists() else None)
-        reset_peak_rss()
         try:
             runner = runner_for(entry.format, entry.path, spec.preprocessing, threads).open()
             comparisons[i] = Comparison(list(spec.labels), label_permutation(list(spec.labels), runner.labels))
@@ -126,6 +125,7 @@ def validate(
         assert first_batch is not None
         feed = runner.feed(first_batch)
         first, load = r.latency_ms.first, r.latency_ms.load
+        reset_peak_rss()  # so the mark read below is this artifact's timing, not the shared comparison loop
         r.latency_ms, _ = measure(runner, feed, warmup=warmup, iterations=iterations)
         r.latency_ms.first, r.latency_ms.load = first, load
         r.iterations = iterations
