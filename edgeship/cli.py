@@ -100,10 +100,14 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     loaded = _load(args)
     result = quantize(loaded=loaded, calibration=args.calibration, formats=Format.parse_list(args.formats, "format"),
                       out=args.out, num_samples=args.num_samples, seed=args.seed, relu6_fixed=args.relu6_fixed,
-                      io_dtype=args.io_dtype)
+                      io_dtype=args.io_dtype, keep_float=args.keep_float, max_drop=args.max_drop)
     if result.fixed_tensors or result.calibrated_tensors:
         print(f"ranges: {len(result.fixed_tensors)} tensors fixed without calibration (ReLU6 outputs -> [0, 6], "
               f"the input -> its preprocessing range), {len(result.calibrated_tensors)} calibrated")
+    fb = result.fallback
+    if fb is not None:
+        print(f"kept in float: {', '.join(fb.kept) or 'nothing'} (top-1 agreement with float on the calibration "
+              f"set {fb.agreement_before:.1%} -> {fb.agreement:.1%}" + (f", target {fb.target:.1%})" if fb.target else ")"))
     if result.layer_sqnr:
         from edgeship.quantize.layers import worst
 
@@ -203,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibrate ReLU6 outputs too, instead of fixing them to [0, 6]")
     g.add_argument("--io-dtype", default="uint8", choices=["uint8", "int8", "float32"],
                    help="TFLite input/output type (default uint8: MediaPipe refuses int8 input)")
+    g.add_argument("--keep-float", metavar="auto|N",
+                   help="keep the worst layers (lowest SQNR) in float: 'auto' until the top-1 agreement with float "
+                        "on the calibration set is within --max-drop, or a number of layers (TFLite and ONNX)")
+    g.add_argument("--max-drop", type=float, default=0.01,
+                   help="with --keep-float auto: the top-1 disagreement allowed, a fraction (default 0.01)")
     g.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output directory (default: {DEFAULT_OUT})")
     p.set_defaults(func=_cmd_quantize)
 

@@ -1,4 +1,4 @@
-"""``edgeship run``: the whole pipeline — export, quantise (when asked), validate and report — from one
+"""``edgeship run``: the whole pipeline — export, quantise, validate and report — from one
 ``edgeship.toml``.
 
 Example ``edgeship.toml`` (every key optional; relative paths are relative to the file)::
@@ -13,8 +13,8 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     precisions = ["fp32", "fp16"]        # default: each format's own (TFLite/ONNX fp32, Core ML fp16)
     onnx_layout = "nhwc"
 
-    [quantize]                           # off by default (see README: the int8 files miss the 25 dB SQNR gate)
-    formats = ["tflite", "onnx", "coreml"]
+    [quantize]
+    formats = ["tflite", "onnx", "coreml"]   # default: the exported formats; [] skips quantising
     calibration = "data/calibration"     # default: the demo calibration set
     num_samples = 200
     relu6_fixed = true
@@ -60,7 +60,7 @@ class RunConfig:
     formats: list[str] = field(default_factory=lambda: [f.value for f in Format])
     precisions: list[str] | None = None
     onnx_layout: str = "nhwc"
-    quantize_formats: list[str] = field(default_factory=list)
+    quantize_formats: list[str] | None = None  # None: the exported formats
     calibration: str | None = None
     num_samples: int = 200
     relu6_fixed: bool = True
@@ -99,7 +99,7 @@ def load_config(path: str | Path | None) -> RunConfig:
     cfg = RunConfig(
         model=rel(m.get("path")), labels=rel(m.get("labels")), trust_model=bool(m.get("trust", False)),
         formats=list(e.get("formats", RunConfig().formats)), precisions=e.get("precisions"),
-        onnx_layout=str(e.get("onnx_layout", "nhwc")), quantize_formats=list(q.get("formats", [])),
+        onnx_layout=str(e.get("onnx_layout", "nhwc")), quantize_formats=q.get("formats"),
         calibration=rel(q.get("calibration")), num_samples=int(q.get("num_samples", 200)),
         relu6_fixed=bool(q.get("relu6_fixed", True)), seed=int(q.get("seed", 0)),
         data=rel(v.get("data")), policy=rel(v.get("policy")),
@@ -124,11 +124,12 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
     result = export(loaded=loaded, formats=config.formats, out=config.out, precisions=config.precisions,
                     onnx_layout=config.onnx_layout)
     echo(f"exported {len(result.paths)} artifacts in {time.perf_counter() - t0:.1f} s")
-    if config.quantize_formats:
+    quantize_formats = config.formats if config.quantize_formats is None else config.quantize_formats
+    if quantize_formats:
         from edgeship.quantize import quantize
 
         t0 = time.perf_counter()
-        q = quantize(loaded=loaded, calibration=config.calibration, formats=config.quantize_formats, out=config.out,
+        q = quantize(loaded=loaded, calibration=config.calibration, formats=quantize_formats, out=config.out,
                      num_samples=config.num_samples, seed=config.seed, relu6_fixed=config.relu6_fixed)
         echo(f"quantised {len(q.paths)} artifacts in {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()

@@ -43,6 +43,7 @@ class QuantizeResult:
     fixed_tensors: list[str] = field(default_factory=list)
     calibrated_tensors: list[str] = field(default_factory=list)
     layer_sqnr: dict[str, float] = field(default_factory=dict)  # int8 TFLite/ONNX activations vs float, dB
+    fallback: Any = None  # a quantize.fallback.Fallback when layers were kept in float
 
 
 def quantize(
@@ -58,6 +59,8 @@ def quantize(
     loaded: Any = None,
     trust_model: bool = False,
     labels: str | Path | None = None,
+    keep_float: str | int | None = None,
+    max_drop: float = 0.01,
     progress: bool = True,
     warn: Any = None,
 ) -> QuantizeResult:
@@ -70,8 +73,10 @@ def quantize(
     from edgeship.manifest import ArtifactRecord
     from edgeship.models.loading import load_model
     from edgeship.quantize.calibration import load_calibration
+    from edgeship.quantize.fallback import parse_keep_float
     from edgeship.quantize.tflite import calibrate, quantize_calibrated
 
+    keep_float = parse_keep_float(keep_float)
     fmts = [Format.parse(f, "format") if isinstance(f, str) else Format(f) for f in formats]
     out_dir = ensure_output_dir(Path(out))
     loaded = loaded or load_model(model, trust_model=trust_model, labels=labels)
@@ -84,7 +89,8 @@ def quantize(
     steps = ["calibrate"] + [str(f) for f in fmts]
     bar = tqdm(steps, desc="quantize", unit="step", disable=None if progress else True, leave=False)
     options = {"relu6_fixed": relu6_fixed, "io_dtype": io_dtype, "num_samples": len(cal.images), "seed": seed,
-               "input_range": list(spec.preprocessing.value_range), "weights": "int8 per-channel, symmetric"}
+               "input_range": list(spec.preprocessing.value_range), "weights": "int8 per-channel, symmetric",
+               "keep_float": keep_float, "max_drop": max_drop if keep_float == "auto" else None}
 
     def record(path: Path, fmt: Format, precision: Precision, opts: dict[str, Any], recipe: dict[str, Any]) -> None:
         if fmt in (Format.TFLITE, Format.ONNX) and result.layer_sqnr:  # the ONNX has the TFLite's parameters
@@ -100,24 +106,37 @@ def quantize(
         result.recipes.append(recipe_path)
 
     int8 = None
-    ranges = dict(relu6_fixed=relu6_fixed, input_range=spec.preprocessing.value_range)
+    ranges = dict(io_dtype=io_dtype, relu6_fixed=relu6_fixed, input_range=spec.preprocessing.value_range)
     for step in bar:
         bar.set_postfix_str(step)
         if step == "calibrate":
             if {Format.TFLITE, Format.ONNX} & set(fmts):
-                from edgeship.quantize.layers import layer_sqnr
+                from edgeship.quantize.layers import layer_sqnr, tensor_sqnr
 
                 calibrated = calibrate(loaded, cal.inputs)  # the statistics, once, for every format
-                int8 = quantize_calibrated(calibrated, io_dtype=io_dtype, **ranges)
+                int8 = quantize_calibrated(calibrated, **ranges)
                 result.fixed_tensors, result.calibrated_tensors = int8.fixed_tensors, int8.calibrated_tensors
                 if relu6_fixed and not int8.relu6_tensors:
                     warn("the model has no ReLU6 outputs: the fixed-range mode has nothing to do, every activation "
                          "was calibrated")
+                if keep_float is not None:
+                    from edgeship.quantize.fallback import keep_float as fall_back
+
+                    sqnr = tensor_sqnr(calibrated, int8.model, cal.inputs, max_samples=LAYER_SAMPLES)
+                    result.fallback = fall_back(calibrated, int8, cal.inputs, sqnr, keep_float, max_drop=max_drop,
+                                                progress=bar.set_postfix_str, **ranges)
+                    int8 = result.fallback.result
+                    if not result.fallback.met:
+                        warn(f"keeping {len(result.fallback.kept)} layers in float reached "
+                             f"{result.fallback.agreement:.1%} top-1 agreement on the calibration set, short of "
+                             f"the {result.fallback.target:.1%} asked (--max-drop {max_drop})")
                 result.layer_sqnr = layer_sqnr(calibrated, int8.model, cal.inputs, max_samples=LAYER_SAMPLES)
             continue
         fmt = Format(step)
         path = out_dir / artifact_name(spec.name, fmt, QUANTIZED_PRECISIONS[fmt][0])
         recipe = {"calibration": cal.describe(), "options": options}
+        if result.fallback is not None and fmt in (Format.TFLITE, Format.ONNX):
+            recipe["float_fallback"] = result.fallback.describe()
         if fmt is Format.TFLITE:
             assert int8 is not None
             with atomic_path(path) as tmp:
@@ -128,11 +147,15 @@ def quantize(
             from edgeship.quantize.onnx import onnx_from_tflite
 
             assert int8 is not None
-            # Converted from the very int8 TFLite shipped for Android: the same I/O type and parameters.
+            # Rewritten from the very int8 TFLite shipped for Android: the same I/O type and parameters.
+            fell_back: list[str] = []
             with atomic_path(path) as tmp:
-                tmp.write_bytes(onnx_from_tflite(int8.model, loaded, info))
+                tmp.write_bytes(onnx_from_tflite(int8.model, loaded, info,
+                                                 warn=lambda msg: (fell_back.append(msg), warn(msg))))
             recipe["tensors"] = int8.tensor_params
-            recipe["source"] = "tf2onnx.convert.from_tflite of the int8 TFLite"
+            recipe["source"] = (f"tf2onnx.convert.from_tflite of the int8 TFLite ({fell_back[0]})" if fell_back else
+                                "the int8 TFLite rewritten op by op as ONNX QDQ (edgeship.quantize.onnx_qdq): its "
+                                "int8 parameters, uint8 activations (zero point + 128), NCHW inside")
             record(path, fmt, Precision.INT8, {"input_dtype": io_dtype, "layout": "nhwc", **options}, recipe)
         elif fmt is Format.COREML:
             from edgeship.quantize.coreml import quantize_coreml_w8

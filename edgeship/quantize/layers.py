@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,21 @@ from edgeship.validate.runner import quantize_values
 
 def layer_sqnr(float_model: bytes, int8_model: bytes, inputs: np.ndarray, max_samples: int = 16) -> dict[str, float]:
     """{layer name: SQNR dB} in graph order, over up to ``max_samples`` preprocessed inputs (N, H, W, C)."""
+    out: dict[str, float] = {}
+    for name, value in tensor_sqnr(float_model, int8_model, inputs, max_samples).items():
+        out.setdefault(short_name(name), value)
+    return out
+
+
+def tensor_sqnr(float_model: bytes, int8_model: bytes, inputs: np.ndarray, max_samples: int = 16) -> dict[str, float]:
+    """{int8 activation tensor name: SQNR dB} in graph order: the full TFLite tensor names, which are also the
+    names of the ops that compute them (what the quantiser's ``denylisted_nodes`` takes)."""
     from ai_edge_litert.interpreter import Interpreter
 
     from edgeship._tf import silenced
 
-    with silenced((2,)):  # LiteRT announces its XNNPACK delegate on stderr
+    with silenced((2,)), warnings.catch_warnings():  # LiteRT announces its XNNPACK delegate on stderr
+        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")  # debugging use: it is ours
         fi = Interpreter(model_content=float_model, experimental_preserve_all_tensors=True)
         qi = Interpreter(model_content=int8_model, experimental_preserve_all_tensors=True)
         fi.allocate_tensors()
@@ -39,7 +50,7 @@ def layer_sqnr(float_model: bytes, int8_model: bytes, inputs: np.ndarray, max_sa
     for x in inputs[:max_samples]:
         x = x[None].astype(np.float32)
         fi.set_tensor(fi.get_input_details()[0]["index"], x)
-        qi.set_tensor(q_in["index"], _quantise(x, q_in))
+        qi.set_tensor(q_in["index"], quantise_input(x, q_in))
         fi.invoke()
         qi.invoke()
         for qd, fd in pairs:
@@ -50,10 +61,7 @@ def layer_sqnr(float_model: bytes, int8_model: bytes, inputs: np.ndarray, max_sa
                 continue
             signal[qd["name"]] += float(np.sum(ref**2))
             noise[qd["name"]] += float(np.sum((ref - deq) ** 2))
-    out: dict[str, float] = {}
-    for qd, _ in pairs:
-        out.setdefault(short_name(qd["name"]), sqnr_from_powers(signal[qd["name"]], noise[qd["name"]]))
-    return out
+    return {qd["name"]: sqnr_from_powers(signal[qd["name"]], noise[qd["name"]]) for qd, _ in pairs}
 
 
 def write_layer_report(artifact: Path, sqnr: dict[str, float], samples: int) -> Path:
@@ -92,7 +100,8 @@ def _activations(interp) -> list[dict]:
     return outs
 
 
-def _quantise(x: np.ndarray, detail: dict) -> np.ndarray:
+def quantise_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    """A float input as the interpreter input `detail` wants it (8-bit inputs: its own scale and zero point)."""
     if detail["dtype"] == np.float32:
         return x
     scale, zp = detail["quantization"]

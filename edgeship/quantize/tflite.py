@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import warnings
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as _tfl
@@ -55,6 +55,7 @@ class TFLiteQuantResult:
     relu6_tensors: list[str] = field(default_factory=list)  # the ReLU6 outputs among fixed_tensors
     calibrated_tensors: list[str] = field(default_factory=list)
     tensor_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    kept_float: list[str] = field(default_factory=list)  # ops left in float (``keep_float``), by output tensor
 
 
 def quantize_tflite(loaded: LoadedModel, calibration: np.ndarray, *, io_dtype: str = "uint8",
@@ -106,9 +107,12 @@ def calibrate(loaded: LoadedModel, calibration: np.ndarray) -> bytes:
 
 
 def quantize_calibrated(calibrated: bytes, *, io_dtype: str = "uint8", relu6_fixed: bool = True,
-                        input_range: tuple[float, float] | None = None) -> TFLiteQuantResult:
+                        input_range: tuple[float, float] | None = None,
+                        keep_float: Sequence[str] = ()) -> TFLiteQuantResult:
     """Step 2: pin the ReLU6 outputs to [0, 6] (unless ``relu6_fixed=False``) and quantise with the MLIR
-    quantiser, exactly as ``TFLiteConverter`` does after its own calibration."""
+    quantiser, exactly as ``TFLiteConverter`` does after its own calibration. ``keep_float``: ops (named by
+    their output tensor) the quantiser leaves in float, with DEQUANTIZE/QUANTIZE around them
+    (see :mod:`edgeship.quantize.fallback`)."""
     from edgeship._tf import silenced, tf
 
     if io_dtype not in IO_DTYPES:
@@ -130,9 +134,11 @@ def quantize_calibrated(calibrated: bytes, *, io_dtype: str = "uint8", relu6_fix
     io = getattr(t, io_dtype)
     with silenced():  # the C++ quantiser prints its options on stdout
         quantised = mlir_quantize(bytes(flatbuffer_utils.convert_object_to_bytearray(model)),
-                                  disable_per_channel=False, input_data_type=io, output_data_type=io)
+                                  disable_per_channel=False, input_data_type=io, output_data_type=io,
+                                  denylisted_nodes=list(keep_float) or None)
     result = _describe(bytes(quantised), fixed)
     result.relu6_tensors = relu6
+    result.kept_float = list(keep_float)
     return result
 
 

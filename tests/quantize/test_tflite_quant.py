@@ -207,3 +207,78 @@ def test_degenerate_ranges_are_widened_so_litert_opens_the_file():
     interp.allocate_tensors()  # raised RuntimeError before the widening
     scale, _ = interp.get_output_details()[0]["quantization"]
     assert scale >= 1e-3 / 256
+
+
+# -- float fallback (--keep-float) -----------------------------------------------------------------------------
+def _float_ops(model: bytes) -> set[str]:
+    """Output tensor names of the compute ops that run in float in a quantised model."""
+    m, g = _graph(model)
+    skip = {tfl.BuiltinOperator.QUANTIZE, tfl.BuiltinOperator.DEQUANTIZE}
+    out = set()
+    for op in g.operators:
+        code = m.operatorCodes[op.opcodeIndex]
+        if max(code.builtinCode, code.deprecatedBuiltinCode) in skip:
+            continue
+        t = g.tensors[op.outputs[0]]
+        if t.type == tfl.TensorType.FLOAT32:
+            out.add(t.name.decode() if isinstance(t.name, bytes) else t.name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def heldout_inputs(demo):
+    from edgeship.data import load_image_folder
+
+    loaded, _ = demo
+    held = load_image_folder(DEMO_DIR / "heldout", (96, 96), class_names=loaded.spec.labels)
+    return loaded.spec.preprocessing.apply(held.images)
+
+
+def test_keep_float_count_keeps_exactly_the_worst_layers(calibrated, quantised, demo):
+    from edgeship.quantize.fallback import keep_float
+    from edgeship.quantize.layers import tensor_sqnr
+
+    loaded, calibration = demo
+    first = quantised()
+    assert not _float_ops(first.model)  # full-integer to begin with
+    sqnr = tensor_sqnr(calibrated, first.model, calibration, max_samples=8)
+    fb = keep_float(calibrated, first, calibration[:16], sqnr, 3, io_dtype="uint8", relu6_fixed=True)
+    worst3 = [n for n, _ in sorted(sqnr.items(), key=lambda kv: kv[1])[:3]]
+    assert fb.result.kept_float == worst3 and len(fb.kept) == 3 and fb.target is None and fb.met
+    assert _float_ops(fb.result.model) == set(worst3)  # those ops, and only those, now compute in float
+    # the file's edges stay 8-bit: clients feed it like the all-int8 one
+    _, g = _graph(fb.result.model)
+    assert g.tensors[g.inputs[0]].type == tfl.TensorType.UINT8 and g.tensors[g.outputs[0]].type == tfl.TensorType.UINT8
+
+
+def test_keep_float_auto_stops_at_the_target(calibrated, quantised, demo, heldout_inputs):
+    """On the 360 held-out images the all-int8 demo disagrees with float on a few; asking for no disagreement at
+    all makes "auto" keep layers one by one, and it reports what it reached either way."""
+    from edgeship.quantize.fallback import AUTO_LIMIT, keep_float, predict
+    from edgeship.quantize.layers import tensor_sqnr
+    from edgeship.validate.metrics import top1_agreement
+
+    loaded, calibration = demo
+    first = quantised()
+    sqnr = tensor_sqnr(calibrated, first.model, calibration, max_samples=8)
+    fb = keep_float(calibrated, first, heldout_inputs, sqnr, "auto", max_drop=0.0, io_dtype="uint8",
+                    relu6_fixed=True)
+    assert fb.agreement_before < 1.0 and fb.target == 1.0
+    assert 1 <= len(fb.kept) <= AUTO_LIMIT
+    assert fb.met == (fb.agreement >= 1.0) and (fb.met or len(fb.kept) == AUTO_LIMIT)
+    # the reported agreement is the shipped model's
+    again = top1_agreement(predict(calibrated, heldout_inputs), predict(fb.result.model, heldout_inputs))
+    assert again == pytest.approx(fb.agreement)
+    # a target already met keeps nothing
+    easy = keep_float(calibrated, first, heldout_inputs, sqnr, "auto", max_drop=0.05, io_dtype="uint8",
+                      relu6_fixed=True)
+    assert easy.kept == [] and easy.result is first and easy.met
+
+
+@pytest.mark.parametrize("value", ["some", "-1", "1.5"])
+def test_keep_float_rejects_bad_values(value):
+    from edgeship.errors import UserError
+    from edgeship.quantize.fallback import parse_keep_float
+
+    with pytest.raises(UserError, match="--keep-float must be 'auto' or a number of layers"):
+        parse_keep_float(value)

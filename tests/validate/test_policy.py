@@ -13,14 +13,14 @@ def test_shipped_defaults():
                                                                                "top1_agreement": 1.0}
     assert {m.value: v for m, v in p.limits_for("onnx", "fp16").items()} == {"top1_agreement": 0.995}
     assert {m.value: v for m, v in p.limits_for("coreml", "int8").items()} == {
-        "top1_agreement": 0.99, "sqnr_db": 25.0, "accuracy_top1_drop": 0.01}
+        "top1_agreement": 0.99, "sqnr_db": 20.0, "accuracy_top1_drop": 0.01}
 
 
 def test_gates_pass_and_fail_in_the_right_direction():
     p = load_policy()
     ok = Metrics(top1_agreement=0.995, sqnr_db=30.0, accuracy_top1_drop=0.005)
     assert all(g.passed for g in p.gate_metrics("tflite", "int8", ok))
-    bad = Metrics(top1_agreement=0.98, sqnr_db=20.0, accuracy_top1_drop=0.02)
+    bad = Metrics(top1_agreement=0.98, sqnr_db=15.0, accuracy_top1_drop=0.02)
     gates = p.gate_metrics("tflite", "int8", bad)
     assert [g.passed for g in gates] == [False, False, False]
     assert gates[0].describe() == "top1_agreement 0.98 misses >= 0.99"

@@ -122,7 +122,11 @@ def test_run_without_arguments_runs_the_demo(capsys, tmp_path):
     assert code == 0, err
     assert "PASSED" in stdout and (tmp_path / "o" / "report" / "report.html").exists()
     data = json.loads((tmp_path / "o" / "report" / "report.json").read_text())
-    assert {a["format"] for a in data["artifacts"]} == {"tflite", "onnx", "coreml"}
+    rows = {(a["format"], a["precision"]): a for a in data["artifacts"]}
+    assert set(rows) == {("tflite", "fp32"), ("onnx", "fp32"), ("coreml", "fp16"),  # float, then quantised
+                         ("tflite", "int8"), ("onnx", "int8"), ("coreml", "w8")}
+    assert all(rows[k]["status"] == "passed" for k in rows if k[0] != "coreml")
+    assert all(a["status"] != "failed" for a in data["artifacts"])
 
 
 def test_run_config(capsys, tmp_path):
@@ -131,17 +135,17 @@ def test_run_config(capsys, tmp_path):
     code, stdout, err = _run(capsys, "run", str(tmp_path / "edgeship.toml"))
     assert code == 0, err
     assert (tmp_path / "build" / "edgeship_demo_fp32.onnx").exists()
+    assert (tmp_path / "build" / "edgeship_demo_int8.onnx").exists()  # the exported formats are quantised too
+    assert not (tmp_path / "build" / "edgeship_demo_int8.tflite").exists()
     (tmp_path / "bad.toml").write_text("[exprot]\n")
     _one_line(*_run(capsys, "run", str(tmp_path / "bad.toml"))[::2], "unknown table")
 
 
 def test_run_config_with_quantize(capsys, tmp_path):
-    """The whole pipeline: export, quantise, validate. The int8 file's gates are the shipped ones, except the
-    SQNR floor, which the demo's int8 misses (23 dB, see README); here the pipeline, not the quantiser, is under test."""
-    (tmp_path / "policy.toml").write_text("[int8]\nsqnr_db = 20.0\n")
+    """The whole pipeline: export, quantise, validate, with the shipped gates."""
     (tmp_path / "edgeship.toml").write_text(
         '[export]\nformats = ["tflite"]\n[quantize]\nformats = ["tflite"]\nnum_samples = 32\n'
-        '[validate]\niterations = 3\npolicy = "policy.toml"\n[output]\ndir = "build"\n')
+        '[validate]\niterations = 3\n[output]\ndir = "build"\n')
     code, stdout, err = _run(capsys, "run", str(tmp_path / "edgeship.toml"))
     assert code == 0, stdout + err
     assert "quantised 1 artifacts" in stdout
