@@ -95,12 +95,13 @@ def _print_artifacts(result: Any) -> None:
 # ----------------------------------------------------------------------------------------------- quantize
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from edgeship.quantize import quantize
-    from edgeship.types import Format
+    from edgeship.types import Format, Precision
 
     loaded = _load(args)
     result = quantize(loaded=loaded, calibration=args.calibration, formats=Format.parse_list(args.formats, "format"),
                       out=args.out, num_samples=args.num_samples, seed=args.seed, relu6_fixed=args.relu6_fixed,
-                      io_dtype=args.io_dtype, keep_float=args.keep_float, max_drop=args.max_drop)
+                      io_dtype=args.io_dtype, keep_float=args.keep_float, max_drop=args.max_drop,
+                      precisions=Precision.parse_list(args.precision, "precision") if args.precision else None)
     if result.fixed_tensors or result.calibrated_tensors:
         print(f"ranges: {len(result.fixed_tensors)} tensors fixed without calibration (ReLU6 outputs -> [0, 6], "
               f"the input -> its preprocessing range), {len(result.calibrated_tensors)} calibrated")
@@ -207,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibrate ReLU6 outputs too, instead of fixing them to [0, 6]")
     g.add_argument("--io-dtype", default="uint8", choices=["uint8", "int8", "float32"],
                    help="TFLite input/output type (default uint8: MediaPipe refuses int8 input)")
+    g.add_argument("--precision", metavar="LIST",
+                   help="comma-separated, per format where it applies: int8 (TFLite, ONNX), w8 (TFLite dynamic "
+                        "range, Core ML weights), fp16 (TFLite float16 weights) (default: int8 TFLite and ONNX, "
+                        "w8 Core ML)")
     g.add_argument("--keep-float", metavar="auto|N",
                    help="keep the worst layers (lowest SQNR) in float: 'auto' until the top-1 agreement with float "
                         "on the calibration set is within --max-drop, or a number of layers (TFLite and ONNX)")

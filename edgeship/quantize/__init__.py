@@ -22,14 +22,38 @@ from typing import Any, Sequence
 
 from edgeship.types import Format, Precision
 
-#: The precisions this stage produces per format (policy as data, like export.FLOAT_PRECISIONS).
+#: The precisions this stage can produce per format, the default ones first (policy as data, like
+#: export.FLOAT_PRECISIONS). TFLite ``w8`` is the converter's dynamic-range mode (int8 weights, float
+#: activations quantised on the fly); ``fp16`` its float16-weight mode.
 QUANTIZED_PRECISIONS: dict[Format, tuple[Precision, ...]] = {
+    Format.TFLITE: (Precision.INT8, Precision.W8, Precision.FP16),
+    Format.ONNX: (Precision.INT8,),
+    Format.COREML: (Precision.W8, Precision.W8A8),
+}
+#: What ``quantize`` makes when no precision is asked for.
+DEFAULT_PRECISIONS: dict[Format, tuple[Precision, ...]] = {
     Format.TFLITE: (Precision.INT8,),
     Format.ONNX: (Precision.INT8,),
-    Format.COREML: (Precision.W8,),
+    Format.COREML: (Precision.W8,),  # w8a8 on request: 98.9 % agreement on the demo, under the 99 % gate
 }
 
-__all__ = ["QUANTIZED_PRECISIONS", "quantize", "QuantizeResult"]
+__all__ = ["DEFAULT_PRECISIONS", "QUANTIZED_PRECISIONS", "quantize", "QuantizeResult", "plan"]
+
+
+def plan(formats: Sequence[Format], precisions: Sequence[Precision | str] | None) -> list[tuple[Format, Precision]]:
+    """(format, precision) pairs to make: each format's defaults, or the asked precisions it supports."""
+    from edgeship.errors import UserError
+
+    if precisions is None:
+        return [(f, p) for f in formats for p in DEFAULT_PRECISIONS[f]]
+    asked = [Precision.parse(p, "precision") if isinstance(p, str) else Precision(p) for p in precisions]
+    pairs = [(f, p) for f in formats for p in asked if p in QUANTIZED_PRECISIONS[f]]
+    unused = [p.value for p in asked if all(p not in QUANTIZED_PRECISIONS[f] for f in formats)]
+    if unused or not pairs:
+        offer = "; ".join(f"{f.value}: {', '.join(p.value for p in QUANTIZED_PRECISIONS[f])}" for f in formats)
+        raise UserError(f"no format here is quantised to {', '.join(unused or [p.value for p in asked])}: "
+                        f"choose from {offer}")
+    return pairs
 
 #: Calibration samples the per-layer SQNR is measured on (every intermediate tensor is kept per sample).
 LAYER_SAMPLES = 32
@@ -61,6 +85,7 @@ def quantize(
     labels: str | Path | None = None,
     keep_float: str | int | None = None,
     max_drop: float = 0.01,
+    precisions: Sequence[Precision | str] | None = None,
     progress: bool = True,
     warn: Any = None,
 ) -> QuantizeResult:
@@ -78,6 +103,7 @@ def quantize(
 
     keep_float = parse_keep_float(keep_float)
     fmts = [Format.parse(f, "format") if isinstance(f, str) else Format(f) for f in formats]
+    todo = plan(fmts, precisions)
     out_dir = ensure_output_dir(Path(out))
     loaded = loaded or load_model(model, trust_model=trust_model, labels=labels)
     spec = loaded.spec
@@ -86,14 +112,14 @@ def quantize(
     cal = load_calibration(calibration, spec, num_samples=num_samples, seed=seed, warn=warn)
     manifest = open_manifest(out_dir, loaded)
     result = QuantizeResult(out_dir)
-    steps = ["calibrate"] + [str(f) for f in fmts]
+    steps: list[Any] = ["calibrate", *todo]
     bar = tqdm(steps, desc="quantize", unit="step", disable=None if progress else True, leave=False)
     options = {"relu6_fixed": relu6_fixed, "io_dtype": io_dtype, "num_samples": len(cal.images), "seed": seed,
                "input_range": list(spec.preprocessing.value_range), "weights": "int8 per-channel, symmetric",
                "keep_float": keep_float, "max_drop": max_drop if keep_float == "auto" else None}
 
     def record(path: Path, fmt: Format, precision: Precision, opts: dict[str, Any], recipe: dict[str, Any]) -> None:
-        if fmt in (Format.TFLITE, Format.ONNX) and result.layer_sqnr:  # the ONNX has the TFLite's parameters
+        if precision is Precision.INT8 and result.layer_sqnr:  # the ONNX has the TFLite's parameters
             from edgeship.quantize.layers import write_layer_report
 
             write_layer_report(path, result.layer_sqnr, min(LAYER_SAMPLES, len(cal.images)))
@@ -108,9 +134,9 @@ def quantize(
     int8 = None
     ranges = dict(io_dtype=io_dtype, relu6_fixed=relu6_fixed, input_range=spec.preprocessing.value_range)
     for step in bar:
-        bar.set_postfix_str(step)
+        bar.set_postfix_str(step if step == "calibrate" else f"{step[0].value} {step[1].value}")
         if step == "calibrate":
-            if {Format.TFLITE, Format.ONNX} & set(fmts):
+            if {(Format.TFLITE, Precision.INT8), (Format.ONNX, Precision.INT8)} & set(todo):
                 from edgeship.quantize.layers import layer_sqnr, tensor_sqnr
 
                 calibrated = calibrate(loaded, cal.inputs)  # the statistics, once, for every format
@@ -132,12 +158,21 @@ def quantize(
                              f"the {result.fallback.target:.1%} asked (--max-drop {max_drop})")
                 result.layer_sqnr = layer_sqnr(calibrated, int8.model, cal.inputs, max_samples=LAYER_SAMPLES)
             continue
-        fmt = Format(step)
-        path = out_dir / artifact_name(spec.name, fmt, QUANTIZED_PRECISIONS[fmt][0])
+        fmt, precision = step
+        path = out_dir / artifact_name(spec.name, fmt, precision)
         recipe = {"calibration": cal.describe(), "options": options}
-        if result.fallback is not None and fmt in (Format.TFLITE, Format.ONNX):
+        if result.fallback is not None and precision is Precision.INT8:
             recipe["float_fallback"] = result.fallback.describe()
-        if fmt is Format.TFLITE:
+        if fmt is Format.TFLITE and precision is not Precision.INT8:
+            from edgeship.quantize.tflite import convert_weights_only
+
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(add_metadata(convert_weights_only(loaded, precision), spec, info))
+            recipe = {"options": {"mode": "dynamic-range: int8 weights per channel, float activations"
+                                  if precision is Precision.W8 else "float16 weights"}}
+            record(path, fmt, precision, {"input_dtype": "float32", "metadata": "tflite", **recipe["options"]},
+                   recipe)
+        elif fmt is Format.TFLITE:
             assert int8 is not None
             with atomic_path(path) as tmp:
                 tmp.write_bytes(add_metadata(int8.model, spec, info))
@@ -158,7 +193,7 @@ def quantize(
                                 "int8 parameters, uint8 activations (zero point + 128), NCHW inside")
             record(path, fmt, Precision.INT8, {"input_dtype": io_dtype, "layout": "nhwc", **options}, recipe)
         elif fmt is Format.COREML:
-            from edgeship.quantize.coreml import quantize_coreml_w8
+            from edgeship.quantize.coreml import quantize_coreml_w8, quantize_coreml_w8a8
 
             float_rec = next((a for a in manifest.artifacts if a.format is Format.COREML
                               and a.precision in (Precision.FP16, Precision.FP32)), None)
@@ -167,8 +202,12 @@ def quantize(
                 manifest = open_manifest(out_dir, loaded)
                 float_rec = next(a for a in manifest.artifacts if a.format is Format.COREML)
             with atomic_path(path) as tmp:
-                coreml_recipe = quantize_coreml_w8(out_dir / float_rec.path, tmp)
+                if precision is Precision.W8A8:  # calibrated through the NumPy executor: on Linux too
+                    coreml_recipe = quantize_coreml_w8a8(out_dir / float_rec.path, tmp, cal.images,
+                                                         relu6_fixed=relu6_fixed, progress=bar.set_postfix_str)
+                else:
+                    coreml_recipe = quantize_coreml_w8(out_dir / float_rec.path, tmp)
             recipe.update(coreml_recipe)
-            record(path, fmt, Precision.W8, {"from": float_rec.path, "input_type": "image",
-                                             "output": "classLabel"}, recipe)
+            record(path, fmt, precision, {"from": float_rec.path, "input_type": "image",
+                                          "output": "classLabel"}, recipe)
     return result

@@ -163,3 +163,101 @@ def _keep_card(quantised: Any, original: Any, recipe: dict[str, Any]) -> None:
         if meta.get(key) != value:
             meta[key] = value
     meta["edgeship.quantization"] = json.dumps({"weights": "int8", **recipe})
+
+
+ACTIVATION_MODE = "linear"  # affine: a ReLU6 output's [0, 6] becomes uint8 with scale 6/255, nothing wasted
+W8A8_SPEC_VERSION = 8  # iOS17: the first with quantize/dequantize ops
+RELU6_OPS = ("relu6",)
+
+
+def quantize_coreml_w8a8(float_mlpackage: Path, out_path: Path, images: Any, *, relu6_fixed: bool = True,
+                         progress: Any = None) -> dict[str, Any]:
+    """Core ML ``w8a8``: activations and weights int8, calibrated here, on Linux.
+
+    coremltools' ``linear_quantize_activations`` calibrates through ``MLModel.predict`` (macOS only). Here the
+    activation ranges come from edgeship's NumPy executor of the saved program
+    (:class:`edgeship.validate.mlprogram.MLProgram`) run on the shared calibration images (``images``: RGB uint8
+    (N, H, W, 3)); every ReLU6 output gets [0, 6] without calibration (unless ``relu6_fixed=False``). The ranges
+    then go through coremltools' own passes, as ``linear_quantize_activations`` applies them
+    (``insert_prefix/suffix_quantize_dequantize_pair``, then ``dequantize_quantize_pair_elimination``), which
+    put quantize/dequantize pairs around conv, add, pooling and linear ops; the weights are then quantised as
+    for ``w8`` (:func:`quantize_coreml_w8`). The program needs iOS17.
+    """
+    import tempfile
+
+    import numpy as np
+
+    from edgeship._tf import import_quietly, silenced
+    from edgeship.validate.mlprogram import MLProgram
+
+    ct = import_quietly("coremltools")
+    import coremltools.optimize.coreml._quantization_passes  # noqa: F401 - registers the compression passes
+    from coremltools.converters.mil.frontend.milproto import load as milproto_load
+    from coremltools.converters.mil.mil.passes.graph_pass import PassOption
+    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
+    from coremltools.models import utils as model_utils
+    from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig
+
+    float_mlpackage, out_path = Path(float_mlpackage), Path(out_path)
+    program = MLProgram(float_mlpackage)
+    (image,) = program.inputs
+    skip = set(program.outputs) | {program.probabilities}
+    stats: dict[str, dict[str, float]] = {}
+    for i, pixels in enumerate(images):
+        values = program.execute({image.name: pixels[None]}, keep_intermediates=True)
+        for name, value in values.items():
+            if name in skip or not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+                continue
+            lo, hi = float(np.min(value)), float(np.max(value))
+            s = stats.setdefault(name, {"rmin": lo, "rmax": hi})
+            s["rmin"], s["rmax"] = min(s["rmin"], lo), max(s["rmax"], hi)
+        if progress:
+            progress(f"coreml w8a8 calibration {i + 1}/{len(images)}")
+    # The input's range is the preprocessing's, not what the calibration images happened to span (as for TFLite):
+    # the tensors before the first conv (the image input's scale/bias and cast) see a black and a white image.
+    first_conv = next((i for i, op in enumerate(program.ops) if op.type in WEIGHT_INPUTS), 0)
+    pre = {out for op in program.ops[:first_conv] for out in op.outputs} | {image.name}
+    for level in (0, 255):
+        extreme = np.full((1, *images.shape[1:]), level, np.uint8)
+        for name, value in program.execute({image.name: extreme}, keep_intermediates=True).items():
+            if name in pre and name in stats:
+                stats[name]["rmin"] = min(stats[name]["rmin"], float(np.min(value)))
+                stats[name]["rmax"] = max(stats[name]["rmax"], float(np.max(value)))
+    fixed = [op.outputs[0] for op in program.ops if op.type in RELU6_OPS] if relu6_fixed else []
+    for name in fixed:
+        stats[name] = {"rmin": 0.0, "rmax": 6.0}
+
+    config = OptimizationConfig(global_config=OpLinearQuantizerConfig(mode=ACTIVATION_MODE, dtype="int8"))
+    passes = []
+    for name in ("compression::insert_prefix_quantize_dequantize_pair",
+                 "compression::insert_suffix_quantize_dequantize_pair"):
+        graph_pass = PASS_REGISTRY[name]
+        graph_pass.set_options([PassOption("config", config)])
+        graph_pass.set_options([PassOption("activation_stats", stats)])
+        passes.append(graph_pass)
+    passes.append(PASS_REGISTRY["common::dequantize_quantize_pair_elimination"])
+    with silenced():
+        mlmodel = ct.models.MLModel(str(float_mlpackage), skip_model_load=True)
+        a8 = model_utils._apply_graph_pass(mlmodel, passes, spec_version=W8A8_SPEC_VERSION,  # noqa: SLF001
+                                           pymil_load_func=milproto_load.load, skip_model_load=True)
+    _keep_card(a8, mlmodel, {})
+    with tempfile.TemporaryDirectory() as tmp:
+        a8_path = Path(tmp) / "a8.mlpackage"
+        with silenced():
+            a8.save(str(a8_path))
+        recipe = quantize_coreml_w8(a8_path, out_path)
+    quantised = MLProgram(out_path)
+    activations = {}
+    for op in quantised.ops:
+        if op.type == "quantize":
+            scale = quantised.constants.get(op.inputs["scale"][0])
+            zp = quantised.constants.get(op.inputs["zero_point"][0]) if "zero_point" in op.inputs else 0
+            dtype = quantised.constants.get(op.inputs["output_dtype"][0])
+            source = op.inputs["input"][0]
+            activations[source] = {"scale": [float(np.asarray(scale).ravel()[0])],
+                                   "zero_point": [int(np.asarray(zp).ravel()[0])], "dtype": str(dtype),
+                                   "range_source": "fixed" if source in fixed or source in pre else "calibrated"}
+    recipe.update({"activations": "int8 affine (ReLU6 outputs uint8 [0, 6])" if relu6_fixed else "int8 affine",
+                   "activation_mode": ACTIVATION_MODE, "calibrated_with": "edgeship NumPy ML Program executor",
+                   "relu6_fixed": fixed, "tensors": activations})
+    return recipe

@@ -29,6 +29,7 @@ from ai_edge_litert.tools import flatbuffer_utils
 
 from edgeship.errors import UserError
 from edgeship.models.loading import LoadedModel
+from edgeship.types import Precision
 
 RELU6_RANGE = (0.0, 6.0)
 MIN_RANGE = 1e-3  # narrowest calibrated activation range (see _widen_degenerate_ranges)
@@ -85,7 +86,6 @@ def calibrate(loaded: LoadedModel, calibration: np.ndarray) -> bytes:
     """
     from edgeship._tf import tf
     from edgeship.export.tflite import convert
-    from edgeship.types import Precision
 
     t = tf()
     batch = _check_calibration(calibration, loaded.spec.input_shape)
@@ -140,6 +140,24 @@ def quantize_calibrated(calibrated: bytes, *, io_dtype: str = "uint8", relu6_fix
     result.relu6_tensors = relu6
     result.kept_float = list(keep_float)
     return result
+
+
+def convert_weights_only(loaded: LoadedModel, precision: Precision) -> bytes:
+    """The TFLite variants that need no calibration: ``w8``, the converter's dynamic-range mode (int8 weights per
+    channel, float activations, quantised on the fly by the kernels that can), and ``fp16`` (float16 weights,
+    dequantised at load). Float input and output, so clients feed them like the float model."""
+    from edgeship._tf import tf
+    from edgeship.export.tflite import convert
+
+    if precision is Precision.FP16:
+        return convert(loaded, Precision.FP16)
+    if precision is not Precision.W8:
+        raise UserError(f"TFLite without calibration is w8 or fp16, not {precision.value}")
+
+    def dynamic_range(converter: Any) -> None:
+        converter.optimizations = [tf().lite.Optimize.DEFAULT]
+
+    return convert(loaded, Precision.FP32, configure=dynamic_range)
 
 
 def _check_calibration(calibration: np.ndarray, input_shape: tuple[int, int, int]) -> np.ndarray:

@@ -91,6 +91,7 @@ def validate(
             runner = runner_for(entry.format, entry.path, spec.preprocessing, threads).open()
             comparisons[i] = Comparison(list(spec.labels), label_permutation(list(spec.labels), runner.labels))
             runners[i] = runner
+            results[i].reason = getattr(runner, "note", None)  # e.g. coreml-reference: not Apple's kernels
             results[i].latency_ms.load = runner.load_ms
         except Unavailable as e:
             results[i].status, results[i].reason = Status.SKIPPED, str(e)
@@ -141,7 +142,8 @@ def validate(
         failed = [g for g in r.gates if not g.passed]
         if failed:
             r.status = Status.FAILED
-            r.reason = "; ".join(g.describe() for g in failed)
+            note = getattr(runners[i], "note", None)  # coreml-reference: says what ran it
+            r.reason = "; ".join(g.describe() for g in failed) + (f" ({note})" if note else "")
 
     missing = [f for f in required if all(e.format is not f for e in entries)]
     artifacts = [results[i] for i in range(len(entries))] + [

@@ -53,9 +53,8 @@ def test_uint8_tflite_input_matches_the_preprocessing(quantized):
 
 
 def test_onnx_int8_carries_the_tflite_parameters(quantized):
-    """Same statistics, same scales: the ONNX's outputs mostly equal the TFLite's. Measured on the demo: 94.75 %
-    of uint8 output values identical, the rest up to three steps apart (LiteRT's XNNPACK and ORT requantise
-    differently; LiteRT's own reference kernels agree with XNNPACK on only 17 %). The issue's target is 99.9 %."""
+    """Same statistics, same scales: the ONNX's outputs equal the TFLite's (issue target: >= 99.9 % of values;
+    measured on the demo: 100 % of 3,600 values; tests/quantize/test_onnx_int8.py checks all 360 images)."""
     import onnx
     from onnx import numpy_helper
 
@@ -72,9 +71,9 @@ def test_onnx_int8_carries_the_tflite_parameters(quantized):
     tfl = LiteRTRunner(result.paths[0], loaded.spec.preprocessing).open().predict(images)
     ort = OnnxRuntimeRunner(result.paths[1], loaded.spec.preprocessing).open().predict(images)
     equal = np.mean(np.isclose(tfl, ort, rtol=0, atol=1e-6))
-    assert equal >= 0.9, equal
+    assert equal >= 0.999, equal
     step = LiteRTRunner(result.paths[0], loaded.spec.preprocessing).open().output_quant.scale
-    assert np.max(np.abs(tfl - ort)) <= 3.01 * step
+    assert np.max(np.abs(tfl - ort)) <= 1.01 * step
     assert np.array_equal(tfl.argmax(1), ort.argmax(1))
 
 
@@ -161,3 +160,30 @@ def test_a_model_without_relu6_says_the_fixed_mode_has_nothing_to_do(tmp_path):
                       progress=False, warn=warnings.append)
     assert any("no ReLU6" in w and "nothing to do" in w for w in warnings)
     assert result.paths and result.calibrated_tensors
+
+
+def test_tflite_dynamic_range_and_fp16_on_request(tmp_path):
+    """w8 (dynamic range) and fp16 need no calibration; both keep float I/O and the MediaPipe metadata."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgeship.validate import validate
+
+    result = quantize(formats=["tflite", "onnx"], precisions=["w8", "fp16"], out=tmp_path, progress=False)
+    assert [p.name for p in result.paths] == ["edgeship_demo_w8.tflite", "edgeship_demo_fp16.tflite"]  # ONNX: int8 only
+    types = {}
+    for path in result.paths:
+        interp = Interpreter(model_path=str(path))
+        assert interp.get_input_details()[0]["dtype"] == np.float32
+        types[path.name] = {d["dtype"] for d in interp.get_tensor_details()}
+    assert np.int8 in types["edgeship_demo_w8.tflite"] and np.float16 in types["edgeship_demo_fp16.tflite"]
+    assert {(a.format, a.precision) for a in Manifest.load(tmp_path).artifacts} == {
+        (Format.TFLITE, Precision.W8), (Format.TFLITE, Precision.FP16)}
+    report = validate([tmp_path], iterations=2, warmup=1, progress=False)
+    assert report.passed, [a.reason for a in report.artifacts]
+
+
+def test_a_precision_no_format_makes_is_refused(capsys, tmp_path):
+    assert main(["quantize", "--formats", "onnx", "--precision", "fp16", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no format here is quantised to fp16: choose from onnx: int8" in err
+    assert not any(tmp_path.iterdir())  # nothing half-written

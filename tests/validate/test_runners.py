@@ -1,5 +1,6 @@
 """Each runner through the one interface: same input errors everywhere, client-style feeds (metadata
-preprocessing, NCHW, uint8 quantisation), timing of the inference call only, Core ML unavailable off macOS."""
+preprocessing, NCHW, uint8 quantisation), timing of the inference call only, Core ML by reference execution
+off macOS."""
 
 from __future__ import annotations
 
@@ -96,7 +97,17 @@ def test_uint8_input_is_quantised_with_the_artifacts_own_parameters(files):
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="checks the Linux behaviour")
-def test_coreml_is_unavailable_off_macos(files):
-    loaded, paths, _, _ = files
+def test_coreml_off_macos_runs_by_reference(files):
+    """Core ML itself is unavailable off macOS; runner_for gives the NumPy reference executor instead."""
+    from edgeship.validate.runners.coreml import CoreMLRunner
+    from edgeship.validate.runners.coreml_reference import CoreMLReferenceRunner
+
+    loaded, paths, images, reference = files
     with pytest.raises(Unavailable, match="needs macOS"):
-        runner_for(Format.COREML, paths["coreml"], loaded.spec.preprocessing).open()
+        CoreMLRunner(paths["coreml"], loaded.spec.preprocessing).open()
+    runner = runner_for(Format.COREML, paths["coreml"], loaded.spec.preprocessing).open()
+    assert isinstance(runner, CoreMLReferenceRunner) and runner.runtime == "coreml-reference"
+    assert runner.labels == list(loaded.spec.labels)
+    out = runner.predict(images[:10])  # the fp16 package
+    assert np.array_equal(out.argmax(1), reference[:10].argmax(1))
+    assert np.max(np.abs(out - reference[:10])) < 0.05 * np.max(np.abs(reference))

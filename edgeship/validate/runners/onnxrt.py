@@ -93,6 +93,23 @@ def _io_quantization(path, input_name: str, output_name: str) -> tuple[Quantizat
             return None
         return Quantization(float(np.asarray(scale).reshape(())), int(np.asarray(zp).reshape(())))
 
-    inp = next((params(n) for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == input_name), None)
-    out = next((params(n) for n in graph.node if n.op_type == "QuantizeLinear" and n.output[0] == output_name), None)
+    # Ops that move 8-bit values without changing them (a NHWC input's Transpose to NCHW, a final Flatten) may
+    # sit between the I/O tensor and its DequantizeLinear/QuantizeLinear.
+    moves = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
+    name, inp = input_name, None
+    for _ in range(len(graph.node)):
+        consumers = [n for n in graph.node if name in n.input]
+        inp = next((params(n) for n in consumers if n.op_type == "DequantizeLinear" and n.input[0] == name), None)
+        if inp is not None or len(consumers) != 1 or consumers[0].op_type not in moves:
+            break
+        name = consumers[0].output[0]
+    name, out = output_name, None
+    for _ in range(len(graph.node)):
+        producer = next((n for n in graph.node if name in n.output), None)
+        if producer is None or producer.op_type == "QuantizeLinear":
+            out = params(producer) if producer is not None else None
+            break
+        if producer.op_type not in moves:
+            break
+        name = producer.input[0]
     return inp, out
