@@ -101,6 +101,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     result = quantize(loaded=loaded, calibration=args.calibration, formats=Format.parse_list(args.formats, "format"),
                       out=args.out, num_samples=args.num_samples, seed=args.seed, relu6_fixed=args.relu6_fixed,
                       io_dtype=args.io_dtype, keep_float=args.keep_float, max_drop=args.max_drop,
+                      onnx_method=args.onnx_method,
                       precisions=Precision.parse_list(args.precision, "precision") if args.precision else None)
     if result.fixed_tensors or result.calibrated_tensors:
         print(f"ranges: {len(result.fixed_tensors)} tensors fixed without calibration (ReLU6 outputs -> [0, 6], "
@@ -109,10 +110,12 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     if fb is not None:
         print(f"kept in float: {', '.join(fb.kept) or 'nothing'} (top-1 agreement with float on the calibration "
               f"set {fb.agreement_before:.1%} -> {fb.agreement:.1%}" + (f", target {fb.target:.1%})" if fb.target else ")"))
-    if result.layer_sqnr:
+    if result.layer_reports:
         from edgeship.quantize.layers import worst
 
-        print("worst layers (int8 vs float SQNR): " + ", ".join(f"{n} {v:.1f} dB" for n, v in worst(result.layer_sqnr)))
+        for name, sqnr in result.layer_reports.items():
+            print(f"worst layers of {name} (quantised vs float SQNR): "
+                  + ", ".join(f"{n} {v:.1f} dB" for n, v in worst(sqnr)))
     for path in result.paths:
         print(f"{path}  (recipe: {path.name}.recipe.json)")
     return 0
@@ -192,11 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--license", default="", help="license")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("quantize", help="int8 TFLite and ONNX, weight-int8 Core ML, from one calibration set",
+    p = sub.add_parser("quantize", help="int8 TFLite and ONNX, Core ML w8 and w8a8, from one calibration set",
                        description="Quantise a model for all formats from one calibration set: full-integer "
                                    "int8 TFLite (per-channel weights), an int8 ONNX with the TFLite's exact "
-                                   "parameters, and Core ML w8 (weights int8, per channel). ReLU6 outputs get "
-                                   "the fixed range [0, 6].")
+                                   "parameters, Core ML w8 (weights int8, per channel) and w8a8 (activations "
+                                   "int8 too, calibrated through edgeship's ML Program executor). ReLU6 outputs "
+                                   "get the fixed range [0, 6].")
     _model_args(p)
     g = p.add_argument_group("quantize")
     g.add_argument("--calibration", metavar="DATA", help="a folder of images or an .npy/.npz array (default: the "
@@ -210,13 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TFLite input/output type (default uint8: MediaPipe refuses int8 input)")
     g.add_argument("--precision", metavar="LIST",
                    help="comma-separated, per format where it applies: int8 (TFLite, ONNX), w8 (TFLite dynamic "
-                        "range, Core ML weights), fp16 (TFLite float16 weights) (default: int8 TFLite and ONNX, "
-                        "w8 Core ML)")
+                        "range, Core ML weights), w8a8 (Core ML weights and activations), fp16 (TFLite float16 "
+                        "weights) (default: int8 TFLite and ONNX, w8 and w8a8 Core ML)")
     g.add_argument("--keep-float", metavar="auto|N",
                    help="keep the worst layers (lowest SQNR) in float: 'auto' until the top-1 agreement with float "
                         "on the calibration set is within --max-drop, or a number of layers (TFLite and ONNX)")
     g.add_argument("--max-drop", type=float, default=0.01,
                    help="with --keep-float auto: the top-1 disagreement allowed, a fraction (default 0.01)")
+    g.add_argument("--onnx-method", default="tflite", choices=["tflite", "minmax", "entropy", "percentile"],
+                   help="how the int8 ONNX is made: 'tflite' rewrites the int8 TFLite (its exact parameters, "
+                        "bit-identical outputs; default); minmax/entropy/percentile run ONNX Runtime's "
+                        "quantize_static on the float ONNX with that calibration instead")
     g.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output directory (default: {DEFAULT_OUT})")
     p.set_defaults(func=_cmd_quantize)
 

@@ -34,7 +34,7 @@ QUANTIZED_PRECISIONS: dict[Format, tuple[Precision, ...]] = {
 DEFAULT_PRECISIONS: dict[Format, tuple[Precision, ...]] = {
     Format.TFLITE: (Precision.INT8,),
     Format.ONNX: (Precision.INT8,),
-    Format.COREML: (Precision.W8,),  # w8a8 on request: 98.9 % agreement on the demo, under the 99 % gate
+    Format.COREML: (Precision.W8, Precision.W8A8),
 }
 
 __all__ = ["DEFAULT_PRECISIONS", "QUANTIZED_PRECISIONS", "quantize", "QuantizeResult", "plan"]
@@ -67,6 +67,7 @@ class QuantizeResult:
     fixed_tensors: list[str] = field(default_factory=list)
     calibrated_tensors: list[str] = field(default_factory=list)
     layer_sqnr: dict[str, float] = field(default_factory=dict)  # int8 TFLite/ONNX activations vs float, dB
+    layer_reports: dict[str, dict[str, float]] = field(default_factory=dict)  # artifact file name -> {layer: dB}
     fallback: Any = None  # a quantize.fallback.Fallback when layers were kept in float
 
 
@@ -86,6 +87,7 @@ def quantize(
     keep_float: str | int | None = None,
     max_drop: float = 0.01,
     precisions: Sequence[Precision | str] | None = None,
+    onnx_method: str = "tflite",
     progress: bool = True,
     warn: Any = None,
 ) -> QuantizeResult:
@@ -101,7 +103,14 @@ def quantize(
     from edgeship.quantize.fallback import parse_keep_float
     from edgeship.quantize.tflite import calibrate, quantize_calibrated
 
+    from edgeship.errors import UserError
+    from edgeship.quantize.onnx import CALIBRATION_METHODS
+
     keep_float = parse_keep_float(keep_float)
+    onnx_method = onnx_method.strip().lower()
+    if onnx_method not in ("tflite", *CALIBRATION_METHODS):
+        raise UserError(f"unknown --onnx-method '{onnx_method}': choose from tflite (the int8 TFLite's parameters, "
+                        f"bit-exact), {', '.join(CALIBRATION_METHODS)} (ONNX Runtime's quantize_static)")
     fmts = [Format.parse(f, "format") if isinstance(f, str) else Format(f) for f in formats]
     todo = plan(fmts, precisions)
     out_dir = ensure_output_dir(Path(out))
@@ -118,11 +127,15 @@ def quantize(
                "input_range": list(spec.preprocessing.value_range), "weights": "int8 per-channel, symmetric",
                "keep_float": keep_float, "max_drop": max_drop if keep_float == "auto" else None}
 
-    def record(path: Path, fmt: Format, precision: Precision, opts: dict[str, Any], recipe: dict[str, Any]) -> None:
-        if precision is Precision.INT8 and result.layer_sqnr:  # the ONNX has the TFLite's parameters
+    def record(path: Path, fmt: Format, precision: Precision, opts: dict[str, Any], recipe: dict[str, Any],
+               sqnr: dict[str, float] | None = None) -> None:
+        if precision is Precision.INT8 and sqnr is None:  # the ONNX has the TFLite's parameters
+            sqnr = result.layer_sqnr
+        if sqnr:
             from edgeship.quantize.layers import write_layer_report
 
-            write_layer_report(path, result.layer_sqnr, min(LAYER_SAMPLES, len(cal.images)))
+            write_layer_report(path, sqnr, min(LAYER_SAMPLES, len(cal.images)))
+            result.layer_reports[path.name] = sqnr
         recipe_path = path.with_name(path.name + ".recipe.json")
         write_bytes_atomic(recipe_path, (json.dumps(recipe, indent=1) + "\n").encode())
         manifest.add(ArtifactRecord(path=path.name, format=fmt, precision=precision, sha256=sha256_path(path),
@@ -130,6 +143,19 @@ def quantize(
         manifest.save(out_dir)
         result.paths.append(path)
         result.recipes.append(recipe_path)
+
+    def float_artifact(fmt: Format) -> Any:
+        """The float export of ``fmt`` in the output directory (exported now when it is not there)."""
+        nonlocal manifest
+
+        def find() -> Any:
+            return next((a for a in manifest.artifacts if a.format is fmt
+                         and a.precision in (Precision.FP16, Precision.FP32) and (out_dir / a.path).exists()), None)
+
+        if find() is None:
+            export(loaded=loaded, formats=[fmt], out=out_dir, progress=False)
+            manifest = open_manifest(out_dir, loaded)
+        return find()
 
     int8 = None
     ranges = dict(io_dtype=io_dtype, relu6_fixed=relu6_fixed, input_range=spec.preprocessing.value_range)
@@ -178,6 +204,17 @@ def quantize(
                 tmp.write_bytes(add_metadata(int8.model, spec, info))
             recipe["tensors"] = int8.tensor_params
             record(path, fmt, Precision.INT8, {"input_dtype": io_dtype, "metadata": "tflite", **options}, recipe)
+        elif fmt is Format.ONNX and onnx_method != "tflite":  # ORT's own calibration of the float ONNX
+            from edgeship.quantize.onnx import quantize_onnx_static
+
+            float_onnx = float_artifact(Format.ONNX)
+            with atomic_path(path) as tmp:
+                quantize_onnx_static(out_dir / float_onnx.path, cal.inputs, tmp, onnx_method)
+            recipe["source"] = (f"onnxruntime.quantization.quantize_static of {float_onnx.path}: QDQ, per-channel "
+                                f"int8 weights, uint8 activations, {onnx_method} calibration (ReLU6 outputs "
+                                "calibrated, not fixed; not bit-exact to the .tflite)")
+            record(path, fmt, Precision.INT8, {"input_dtype": "float32", "source": f"onnxruntime {onnx_method}",
+                                               **options}, recipe, {})
         elif fmt is Format.ONNX:
             from edgeship.quantize.onnx import onnx_from_tflite
 
@@ -193,21 +230,17 @@ def quantize(
                                 "int8 parameters, uint8 activations (zero point + 128), NCHW inside")
             record(path, fmt, Precision.INT8, {"input_dtype": io_dtype, "layout": "nhwc", **options}, recipe)
         elif fmt is Format.COREML:
-            from edgeship.quantize.coreml import quantize_coreml_w8, quantize_coreml_w8a8
+            from edgeship.quantize.coreml import coreml_layer_sqnr, quantize_coreml_w8, quantize_coreml_w8a8
 
-            float_rec = next((a for a in manifest.artifacts if a.format is Format.COREML
-                              and a.precision in (Precision.FP16, Precision.FP32)), None)
-            if float_rec is None or not (out_dir / float_rec.path).exists():
-                export(loaded=loaded, formats=[Format.COREML], out=out_dir, progress=False)
-                manifest = open_manifest(out_dir, loaded)
-                float_rec = next(a for a in manifest.artifacts if a.format is Format.COREML)
+            float_rec = float_artifact(Format.COREML)
             with atomic_path(path) as tmp:
                 if precision is Precision.W8A8:  # calibrated through the NumPy executor: on Linux too
                     coreml_recipe = quantize_coreml_w8a8(out_dir / float_rec.path, tmp, cal.images,
                                                          relu6_fixed=relu6_fixed, progress=bar.set_postfix_str)
                 else:
                     coreml_recipe = quantize_coreml_w8(out_dir / float_rec.path, tmp)
+                sqnr = coreml_layer_sqnr(out_dir / float_rec.path, tmp, cal.images, max_samples=LAYER_SAMPLES)
             recipe.update(coreml_recipe)
             record(path, fmt, precision, {"from": float_rec.path, "input_type": "image",
-                                          "output": "classLabel"}, recipe)
+                                          "output": "classLabel"}, recipe, sqnr)
     return result

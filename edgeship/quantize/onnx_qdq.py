@@ -61,6 +61,10 @@ class _Act:
     onnx_type: int  # TensorProto element type
 
 
+#: A stride-2 conv over at most this many input channels (the RGB stem) runs as SpaceToDepth + a stride-1 conv.
+S2D_MAX_CHANNELS = 4
+
+
 def qdq_from_tflite(tflite: bytes, *, input_name: str, output_name: str, layout: Layout = Layout.NHWC,
                     opset: int = 17) -> Any:
     """The ONNX ``ModelProto`` (QDQ, opset ``opset``, dynamic batch) computing what ``tflite`` computes.
@@ -241,6 +245,9 @@ class _Builder:
         """``act`` with 4D data in NCHW (a uint8 Transpose when it is held NHWC)."""
         if act.nchw or len(self.shape(i)) != 4:
             return act
+        return self.nchw_of(act)
+
+    def nchw_of(self, act: _Act) -> _Act:
         res = self.node("Transpose", [act.name], [self.fresh(act.name + "_nchw")], perm=[0, 3, 1, 2])[0]
         return _Act(res, True, act.scale, act.zero_point, act.onnx_type)
 
@@ -365,7 +372,7 @@ class _Builder:
 
     def _conv(self, op: Any, ins: list[int], outs: list[int], depthwise: bool) -> None:
         opts = op.builtinOptions
-        x = self.nchw(self.get(ins[0]), ins[0])
+        x = self.get(ins[0])
         w_i, out = ins[1], outs[0]
         w = self.data(w_i)
         if w is None:
@@ -381,19 +388,57 @@ class _Builder:
             if self.shape(ins[0])[3] != w.shape[3]:
                 raise UnsupportedTFLiteOp(f"grouped convolution '{self.tname(out)}'")
         float_layer = w.dtype == np.float32
-        x_in = self.dq_for_float(x, self.shape(ins[0])[3]) if float_layer else self.dq(x)
-        inputs = [x_in, self.weight(weight, expected_axis, w_i)]
-        if len(ins) > 2 and ins[2] >= 0:
-            inputs.append(self.bias(ins[2]))
         kh, kw = weight.shape[2:]
-        _, in_h, in_w, _ = self.shape(ins[0])
+        _, in_h, in_w, channels = self.shape(ins[0])
         _, out_h, out_w, _ = self.shape(out)
         sh, sw = opts.strideH, opts.strideW
         dh, dw = opts.dilationHFactor or 1, opts.dilationWFactor or 1
         pads = _pads(opts.padding, (in_h, in_w), (out_h, out_w), (kh, kw), (sh, sw), (dh, dw))
+        s2d = (group == 1 and not float_layer and x.scale is not None and channels <= S2D_MAX_CHANNELS
+               and (sh, sw, dh, dw) == (2, 2, 1, 1))
+        if s2d:  # the stem: a stride-2 conv over 3 channels, as a stride-1 conv over 12 (bit-exact, faster in ORT)
+            x, weight, pads = self.space_to_depth(x, weight, pads, (in_h, in_w), (out_h, out_w))
+            kh, kw, sh, sw = *weight.shape[2:], 1, 1
+        x = self.nchw(x, ins[0])
+        x_in = self.dq_for_float(x, channels) if float_layer else self.dq(x)
+        inputs = [x_in, self.weight(weight, expected_axis, w_i)]
+        if len(ins) > 2 and ins[2] >= 0:
+            inputs.append(self.bias(ins[2]))
         y = self.node("Conv", inputs, kernel_shape=[kh, kw], strides=[sh, sw], dilations=[dh, dw], pads=pads,
                       group=group)[0]
         self.acts[out] = self.finish(y, out, True, opts.fusedActivationFunction)
+
+    def space_to_depth(self, x: _Act, weight: np.ndarray, pads: list[int], in_hw: tuple[int, int],
+                       out_hw: tuple[int, int]) -> tuple[_Act, np.ndarray, list[int]]:
+        """A stride-2 convolution of a few channels rewritten as a stride-1 convolution of 4x as many.
+
+        MLAS runs a 3-channel QLinearConv through im2col with a 27-long reduction, which left MobileNet's stem at
+        13 % of ORT's time on MobileNetV2-1.0-224 (XNNPACK has a kernel for it). Padded with the input's zero
+        point (what QLinearConv pads with) to an even size and folded by SpaceToDepth(2), the same products become
+        a kernel of ceil(k/2) x ceil(k/2) over 4C channels, stride 1: tap (2i + a, 2j + b) of channel c is tap
+        (i, j) of channel (2a + b)·C + c, and the taps beyond k are zero weights. Every int32 sum holds the same
+        products, so the output is bit-identical; measured 1.3-1.5x faster for that conv alone (ORT 1.31, 1 thread).
+        """
+        o, c, kh, kw = weight.shape
+        kh2, kw2 = -(-kh // 2), -(-kw // 2)
+        folded = np.zeros((o, 4 * c, kh2, kw2), weight.dtype)
+        for a in range(2):
+            for b in range(2):
+                taps = weight[:, :, a::2, b::2]  # (o, c, <= kh2, <= kw2)
+                folded[:, (2 * a + b) * c:(2 * a + b + 1) * c, :taps.shape[2], :taps.shape[3]] = taps
+        top, left = pads[0], pads[1]
+        bottom = 2 * (out_hw[0] + kh2 - 1) - top - in_hw[0]
+        right = 2 * (out_hw[1] + kw2 - 1) - left - in_hw[1]
+        if bottom < 0 or right < 0:  # an input larger than the conv reads: keep the plain conv
+            return x, weight, pads
+        zp = np.array(x.zero_point, np.int8 if x.onnx_type == 3 else np.uint8)
+        pad_value = self.const("s2d_pad_value", zp)
+        x = self.nchw_of(x) if not x.nchw else x
+        pads4 = [0, 0, top, left, 0, 0, bottom, right]
+        padded = self.node("Pad", [x.name, self.const("s2d_pads", np.array(pads4, np.int64)), pad_value],
+                           [self.fresh(x.name + "_pad")], mode="constant")
+        folded_x = self.node("SpaceToDepth", padded, [self.fresh(x.name + "_s2d")], blocksize=2)[0]
+        return _Act(folded_x, True, x.scale, x.zero_point, x.onnx_type), folded, [0, 0, 0, 0]
 
     def op_conv_2d(self, op, ins, outs):
         self._conv(op, ins, outs, depthwise=False)

@@ -306,7 +306,7 @@ def w8a8(made, demo_loaded, tmp_path_factory):
     from edgeship.quantize.coreml import quantize_coreml_w8a8
 
     fp16, _, _ = made()
-    cal = load_calibration(None, demo_loaded.spec, num_samples=32)
+    cal = load_calibration(None, demo_loaded.spec)  # the default: all 200 demo calibration images
     path = tmp_path_factory.mktemp("w8a8") / "edgeship_demo_w8a8.mlpackage"
     return path, quantize_coreml_w8a8(fp16, path, cal.images)
 
@@ -335,6 +335,28 @@ def test_w8a8_program_quantises_activations_with_relu6_fixed(w8a8):
         assert "zero_point" not in q.inputs or int(pkg.value(q, "zero_point")) == 0
     assert {recipe["tensors"][n]["range_source"] for n in relu6_out & set(fed)} == {"fixed"}
     assert "calibrated" in {t["range_source"] for t in recipe["tensors"].values()}
+    assert recipe["range_rule"].startswith("0.001th to 99.999th percentile")
+    # a ReLU6's range holds through zero-padding (the stride-2 depthwise convs' pad ops) ...
+    pads = [op for op in pkg.ops if op.type == "pad"]
+    assert len(pads) == 4 and all(op.outputs[0].name in recipe["relu6_fixed"] for op in pads)
+    for op in pads:
+        q = fed[op.outputs[0].name]
+        assert float(pkg.value(q, "scale")) == pytest.approx(6 / 255, rel=2**-10)
+    # ... and back through the transpose between MobileNet's last conv and its ReLU6: that conv's output is
+    # quantised to [0, 6], not to its own wider range, which would waste most of the 256 levels on values the
+    # ReLU6 clips
+    producer = {op.outputs[0].name: op for op in pkg.ops}
+    (transpose,) = [op for op in pkg.ops if op.type == "transpose"]
+    dq = producer[transpose.inputs["x"].arguments[0].name]
+    q = producer[dq.inputs["input"].arguments[0].name]
+    assert (dq.type, q.type, producer[q.inputs["input"].arguments[0].name].type) == ("dequantize", "quantize", "conv")
+    assert q.inputs["input"].arguments[0].name in recipe["relu6_fixed"]
+    assert float(pkg.value(q, "scale")) == pytest.approx(6 / 255, rel=2**-10)
+    # the logits stay float: Core ML's outputs are float, so quantising them would only round the scores
+    (linear,) = [op for op in pkg.ops if op.type == "linear"]
+    assert "quantize" not in {op.type for op in pkg.ops for a in op.inputs.values() for arg in a.arguments
+                              if arg.name == linear.outputs[0].name}
+    assert len(recipe["float_outputs"]) == 1
     # weights int8 as in w8
     assert all(p.type.startswith("constexpr_") for _, p in pkg.weighted_ops())
 
@@ -354,3 +376,44 @@ def test_w8a8_agrees_with_float_on_heldout_through_the_reference_executor(w8a8, 
     got = np.concatenate([program.output_array(program.execute({name: im[None]})) for im in held.images]).argmax(1)
     assert np.mean(got == ref) >= 0.99
     assert np.mean(ref == held.labels) - np.mean(got == held.labels) <= 0.005
+
+
+def test_percentile_range_is_the_exact_order_statistic():
+    """The calibrated range keeps only the tails, yet is exactly the k-th largest/smallest value of all the values
+    seen (k = the count beyond the percentile), whatever the tensor size and sample count; 100 is min/max."""
+    from edgeship.quantize.coreml import _Tails
+
+    rng = np.random.default_rng(1)
+    for shape, n, p in [((7,), 50, 99.0), ((1000,), 200, 99.999), ((3, 5), 3, 90.0), ((10000,), 30, 99.9),
+                        ((64,), 10, 100.0)]:
+        data = [(rng.standard_normal(shape) * rng.uniform(0.5, 3) + 0.5).astype(np.float32) for _ in range(n)]
+        tails = _Tails(int(np.prod(shape)) * n, p)
+        for d in data:
+            tails.add(d)
+        values = np.sort(np.concatenate([d.ravel() for d in data]))
+        k = int(np.floor(values.size * (100 - p) / 100)) + 1
+        assert tails.k == k
+        assert tails.range() == {"rmin": min(float(values[k - 1]), 0.0), "rmax": max(float(values[-k]), 0.0)}
+    positive = _Tails(10, 100.0)
+    positive.add(np.arange(1, 11, dtype=np.float32))
+    assert positive.range() == {"rmin": 0.0, "rmax": 10.0}  # an affine range always holds 0
+
+
+def test_w8a8_per_layer_report_reads_int8_tensors_back_at_their_own_scale(w8a8, made, demo_loaded):
+    """Core ML's converter rescales a quantised add's inputs to one scale; the report must read each tensor through
+    the dequantize that restores its value, so every layer lands in a plausible SQNR band and the error grows
+    downstream, as in the TFLite report."""
+    from edgeship.quantize.calibration import load_calibration
+    from edgeship.quantize.coreml import coreml_layer_sqnr
+
+    path, _ = w8a8
+    fp16, w8, _ = made()
+    cal = load_calibration(None, demo_loaded.spec, num_samples=8)
+    sqnr = coreml_layer_sqnr(fp16, path, cal.images, max_samples=8)
+    assert len(sqnr) >= 50
+    assert all(10 < v < 60 for v in sqnr.values()), sqnr
+    names = list(sqnr)
+    assert sum("_Add" in n for n in names) == 10  # the residual sums
+    assert sqnr[next(n for n in names if "Conv1_relu" in n)] > max(list(sqnr.values())[-10:])
+    weights_only = coreml_layer_sqnr(fp16, w8, cal.images, max_samples=8)  # no int8 activations: conv outputs
+    assert len(weights_only) == N_CONV + 1 and min(weights_only.values()) > 15

@@ -126,6 +126,19 @@ def test_other_io_types_and_calibrated_relu6_give_the_same_outputs(demo, make, i
         assert np.mean(a == b) >= EQUAL_TARGET
 
 
+def _unfold_stem(folded: np.ndarray, kh: int = 3, kw: int = 3) -> np.ndarray:
+    """(O, 4C, 2, 2) weights of the SpaceToDepth stem back to (O, C, 3, 3): channel (2a + b)·C + c, tap (i, j) is
+    channel c, tap (2i + a, 2j + b); the taps past 3x3 must be zero."""
+    o, c4, h2, w2 = folded.shape
+    c = c4 // 4
+    w = np.zeros((o, c, 2 * h2, 2 * w2), folded.dtype)
+    for a in range(2):
+        for b in range(2):
+            w[:, :, a::2, b::2] = folded[:, (2 * a + b) * c:(2 * a + b + 1) * c]
+    assert not w[:, :, kh:].any() and not w[:, :, :, kw:].any()
+    return w[:, :, :kh, :kw]
+
+
 def test_the_onnx_carries_the_tflite_parameters(make):
     """Weights bit for bit (transposed to OIHW), biases int32, every activation's uint8 zero point = int8 + 128."""
     import onnx
@@ -137,7 +150,10 @@ def test_the_onnx_carries_the_tflite_parameters(make):
     graph = onnx.load(str(onx)).graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     dequantised = [inits[n.input[0]] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
-    int8_weights = [w for w in dequantised if w.dtype == np.int8 and w.ndim == 4]
+    # the RGB stem (3x3, stride 2) runs as SpaceToDepth(2) + a 2x2 stride-1 conv over 12 channels: fold it back
+    assert [n.op_type for n in graph.node].count("SpaceToDepth") == 1
+    int8_weights = [_unfold_stem(w) if w.shape[1:] == (12, 2, 2) else w
+                    for w in dequantised if w.dtype == np.int8 and w.ndim == 4]
     int32_biases = [b for b in dequantised if b.dtype == np.int32]
     tfl_weights, tfl_biases, act_params = [], [], set()
     for t in sg.tensors:

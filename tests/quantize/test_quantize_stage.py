@@ -187,3 +187,29 @@ def test_a_precision_no_format_makes_is_refused(capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no format here is quantised to fp16: choose from onnx: int8" in err
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_onnx_from_ort_quantize_static_on_request(capsys, tmp_path):
+    """--onnx-method minmax: ONNX Runtime's own QDQ quantisation of the float ONNX export (exported on the way),
+    recorded as such; it runs in the validator and agrees with float, but is not the .tflite's twin."""
+    import onnx
+
+    from edgeship.validate import validate
+
+    assert main(["quantize", "--formats", "onnx", "--onnx-method", "minmax", "--num-samples", "32",
+                 "--out", str(tmp_path)]) == 0
+    path = tmp_path / "edgeship_demo_int8.onnx"
+    recipe = json.loads((tmp_path / "edgeship_demo_int8.onnx.recipe.json").read_text())
+    assert "quantize_static" in recipe["source"] and "minmax" in recipe["source"]
+    assert not (tmp_path / "edgeship_demo_int8.onnx.layers.json").exists()  # the TFLite's report is not its own
+    graph = onnx.load(str(path)).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops and "SpaceToDepth" not in ops
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # ORT's: float I/O
+    assert {(a.format, a.precision) for a in Manifest.load(tmp_path).artifacts} == {
+        (Format.ONNX, Precision.FP32), (Format.ONNX, Precision.INT8)}
+    report = validate([path], iterations=2, warmup=1, progress=False)
+    assert report.artifacts[0].metrics.top1_agreement >= 0.97, report.artifacts[0].reason
+    with pytest.raises(UserError, match="unknown --onnx-method 'kl'"):
+        quantize(formats=["onnx"], onnx_method="kl", out=tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())

@@ -145,8 +145,9 @@ def test_run_without_arguments_runs_the_demo(capsys, tmp_path):
     data = json.loads((tmp_path / "o" / "report" / "report.json").read_text())
     rows = {(a["format"], a["precision"]): a for a in data["artifacts"]}
     assert set(rows) == {("tflite", "fp32"), ("onnx", "fp32"), ("coreml", "fp16"),  # float, then quantised
-                         ("tflite", "int8"), ("onnx", "int8"), ("coreml", "w8")}
+                         ("tflite", "int8"), ("onnx", "int8"), ("coreml", "w8"), ("coreml", "w8a8")}
     assert all(a["status"] == "passed" for a in data["artifacts"])  # Core ML too (by reference off macOS)
+    assert rows[("coreml", "w8a8")]["layer_sqnr"]  # the per-layer report of the quantise stage, read back
 
 
 def test_run_config(capsys, tmp_path):

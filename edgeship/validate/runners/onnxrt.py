@@ -93,9 +93,9 @@ def _io_quantization(path, input_name: str, output_name: str) -> tuple[Quantizat
             return None
         return Quantization(float(np.asarray(scale).reshape(())), int(np.asarray(zp).reshape(())))
 
-    # Ops that move 8-bit values without changing them (a NHWC input's Transpose to NCHW, a final Flatten) may
-    # sit between the I/O tensor and its DequantizeLinear/QuantizeLinear.
-    moves = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
+    # Ops that move 8-bit values without changing them (a NHWC input's Transpose to NCHW, the stem's zero-point
+    # Pad and SpaceToDepth, a final Flatten) may sit between the I/O tensor and its DequantizeLinear/QuantizeLinear.
+    moves = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Pad", "SpaceToDepth"}
     name, inp = input_name, None
     for _ in range(len(graph.node)):
         consumers = [n for n in graph.node if name in n.input]
