@@ -553,8 +553,8 @@ def main() -> int:
                       f"| {label} | {rt} | n/a | {cells[0]} | {cells[1]} |")
         book.line("| peer tf2onnx default fp32 | onnxruntime | = edgeship onnx fp32 (same converter call; "
                   "edgeship adds metadata_props) | | |")
-        book.line("| peer tf2onnx --tflite of the int8 TFLite | onnxruntime | = edgeship onnx int8 (that is how "
-                  "edgeship makes it) | | |")
+        book.line("| peer tf2onnx --tflite of the int8 TFLite | onnxruntime | not timed here (edgeship now rewrites "
+                  "the int8 TFLite itself): `scripts/onnx_int8_latency.py --tf2onnx` | | |")
         book.line()
         book.line("| ratio (medians) | 1 thread | 2 threads |")
         book.line("|---|--:|--:|")

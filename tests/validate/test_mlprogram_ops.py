@@ -433,6 +433,40 @@ def test_bgr_image_input_scale_bias_and_classifier(tmp_path):
     assert out["classLabel"] == "third" and program.labels == labels
 
 
+def test_execute_many_batches_a_batch_agnostic_program_and_not_one_written_for_batch_1(tmp_path):
+    """execute_many runs a chunk as one batch only when the program allows it: a classifier that reduces per image
+    batches (same answers as image by image); one that reshapes to a fixed (1, ...) cannot, and runs image by
+    image, with the same answers, never a mixed-up batch."""
+    ct = _ct()
+    from coremltools.converters.mil import Builder as mb
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 3, 4, 5))], opset_version=ct.target.iOS16)
+    def per_image(img):
+        return mb.reduce_mean(x=img, axes=[2, 3], keep_dims=False, name="means")
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 3, 4, 5))], opset_version=ct.target.iOS16)
+    def batch_one(img):
+        flat = mb.reshape(x=img, shape=[1, 60])
+        return mb.reduce_max(x=mb.reshape(x=flat, shape=[1, 3, 20]), axes=[2], keep_dims=False, name="maxes")
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (11, 4, 5, 3), dtype=np.uint8)
+    for name, prog, batchable in (("per_image", per_image, True), ("batch_one", batch_one, False)):
+        program = save(prog, tmp_path / f"{name}.mlpackage", ct.target.iOS16, pass_pipeline=ct.PassPipeline.DEFAULT,
+                       inputs=[ct.ImageType(name="img", shape=(1, 3, 4, 5))],
+                       classifier_config=ct.ClassifierConfig(["a", "b", "c"]))
+        alone = np.concatenate([program.output_array(program.execute({"img": p[None]})) for p in pixels])
+        chunks = list(program.execute_many(pixels, batch=4))
+        together = np.concatenate([program.output_array(values) for _, _, values in chunks])
+        assert program._batchable is batchable
+        assert [(a, b) for a, b, _ in chunks] == ([(0, 4), (4, 8), (8, 11)] if batchable else
+                                                  [(i, i + 1) for i in range(11)])
+        np.testing.assert_allclose(together, alone, rtol=1e-6)
+        first = chunks[0][2]["classLabel"]  # a batch answers a label per image; one image, its label
+        assert first == ([program.labels[i] for i in alone[:4].argmax(1)] if batchable else
+                         program.labels[int(alone[0].argmax())])
+
+
 def test_keep_intermediates_gives_every_op_output_in_order(tmp_path):
     ct = _ct()
     from coremltools.converters.mil import Builder as mb

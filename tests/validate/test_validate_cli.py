@@ -183,3 +183,17 @@ def test_a_required_format_that_is_absent_fails(exported):
                       warmup=1, progress=False)
     assert not report.passed and report.exit_code == 1
     assert report.artifacts[-1].status is Status.FAILED and "--require tflite" in report.artifacts[-1].reason
+
+
+def test_run_config_quantize_keys(tmp_path):
+    """[quantize] precisions and onnx_method reach the quantise stage; an unknown key is refused by name."""
+    from edgeship.errors import UserError
+    from edgeship.pipeline import load_config
+
+    (tmp_path / "edgeship.toml").write_text('[quantize]\nprecisions = ["w8"]\nonnx_method = "entropy"\n')
+    cfg = load_config(tmp_path / "edgeship.toml")
+    assert cfg.quantize_precisions == ["w8"] and cfg.onnx_method == "entropy"
+    assert load_config(None).quantize_precisions is None and load_config(None).onnx_method == "tflite"
+    (tmp_path / "bad.toml").write_text('[quantize]\nprecision = ["w8"]\n')
+    with pytest.raises(UserError, match=r"unknown keys \['precision'\]"):
+        load_config(tmp_path / "bad.toml")

@@ -42,7 +42,7 @@ Without ``keep_intermediates`` the values are freed after their last use and onl
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -97,6 +97,7 @@ class MLProgram:
         self._dtypes = {d.name: d.dtype for d in self.inputs}
         self._dtypes.update({n: t for s in self._steps for n, t in zip(s.record.outputs, s.out_dtypes)})
         self._plan_frees()
+        self._batchable: bool | None = None  # whether a chunk of images runs as one batch (execute_many)
 
     def _plan_frees(self) -> None:
         last: dict[str, int] = {}
@@ -135,11 +136,56 @@ class MLProgram:
         return {name: declared(env[name], self._dtypes.get(name)) for name in names}
 
     def output_array(self, outputs: Mapping[str, Any]) -> np.ndarray:
-        """The classifier's ``{label: value}`` output as float32 (1, classes) in label order; for a program
-        without a classifier, its first output as float32."""
+        """The classifier's ``{label: value}`` output as float32 (N, classes) in label order (N = 1, or the chunk
+        of :meth:`execute_many`); for a program without a classifier, its first output as float32."""
         if self.labels is not None:
-            probs = next((outputs[n] for n in self.outputs if isinstance(outputs.get(n), dict)), None)
-            if probs is None:
+            def rows_of(value: Any) -> list[dict] | None:  # one image: a dict; a batch: a list of dicts
+                rows = [value] if isinstance(value, dict) else value
+                return rows if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows) else None
+
+            rows = next((r for r in (rows_of(outputs.get(n)) for n in self.outputs) if r is not None), None)
+            if rows is None:
                 raise MLProgramError(f"{self.path.name}: the classifier's dictionary output is missing")
-            return np.asarray([[probs[label] for label in self.labels]], dtype=np.float32)
+            return np.asarray([[r[label] for label in self.labels] for r in rows], dtype=np.float32)
         return np.asarray(outputs[self.outputs[0]], dtype=np.float32)
+
+    def execute_many(self, pixels: np.ndarray, batch: int = 16,
+                     keep_intermediates: bool = False) -> Iterator[tuple[int, int, dict[str, Any]]]:
+        """Run an image program on many images (N, H, W, 3), ``batch`` at a time: yields (start, stop, values)
+        per chunk, the values as :meth:`execute` gives them with a leading batch dimension (a classifier's label
+        and dict outputs become lists). Core ML feeds one image at a time; executing a chunk at once only
+        amortises the executor's per-op overhead. A program written for batch 1 (a reshape to (1, ...)) cannot
+        run a chunk: the first chunk's failure, or its first image disagreeing with that image run alone, turns
+        batching off for this program, and everything runs image by image."""
+        (image,) = [d for d in self.inputs if d.image is not None] or [None]
+        if image is None or len(self.inputs) != 1:
+            raise MLProgramError(f"{self.path.name}: execute_many runs programs with one image input")
+        for start in range(0, len(pixels), max(1, batch)):
+            stop = min(start + max(1, batch), len(pixels))
+            chunk = pixels[start:stop]
+            if len(chunk) > 1 and self._batchable is None:
+                self._batchable = self._batch_agrees(image.name, chunk)
+            if len(chunk) > 1 and not self._batchable:
+                for i in range(start, stop):
+                    yield i, i + 1, self.execute({image.name: pixels[i:i + 1]}, keep_intermediates)
+                continue
+            yield start, stop, self.execute({image.name: chunk}, keep_intermediates)
+
+    def _batch_agrees(self, name: str, chunk: np.ndarray) -> bool:
+        try:
+            together = self.execute({name: chunk})
+        except Exception:  # noqa: BLE001 - any failure means: this program runs one image at a time
+            return False
+        alone = self.execute({name: chunk[:1]})
+        for out in self.outputs:
+            a, b = together[out], alone[out]
+            if isinstance(b, (dict, str)):
+                if not isinstance(a, list) or len(a) != len(chunk) or (isinstance(b, str) and a[0] != b):
+                    return False
+                if isinstance(b, dict) and not np.allclose([a[0][k] for k in b], list(b.values()), rtol=1e-2,
+                                                           atol=1e-3):
+                    return False
+            elif np.shape(a)[0] != len(chunk) or not np.allclose(np.asarray(a[:1], np.float32),
+                                                                  np.asarray(b, np.float32), rtol=1e-2, atol=1e-3):
+                return False
+        return True

@@ -182,11 +182,15 @@ def _classify_step(op: Any) -> _Step:
     classes = list(op.classes.val)
     classes = [c.decode() if isinstance(c, bytes) else c for c in classes]
 
-    def run(v: dict[str, Any]) -> tuple[Any, dict[Any, float]]:
-        probs = np.asarray(v["probabilities"], dtype=np.float32).reshape(-1)
-        if probs.size != len(classes):
-            raise ValueError(f"classify: {probs.size} values for {len(classes)} classes (batch > 1?)")
-        return classes[int(np.argmax(probs))], {c: float(p) for c, p in zip(classes, probs)}
+    def run(v: dict[str, Any]) -> tuple[Any, Any]:
+        probs = np.asarray(v["probabilities"], dtype=np.float32)
+        if probs.size % len(classes):
+            raise ValueError(f"classify: {probs.size} values for {len(classes)} classes")
+        rows = probs.reshape(-1, len(classes))
+        labels = [classes[int(np.argmax(r))] for r in rows]
+        dicts = [{c: float(p) for c, p in zip(classes, r)} for r in rows]
+        # one image: a label and a dict, as Core ML answers; a batch (see MLProgram.execute_many): lists of them
+        return (labels[0], dicts[0]) if len(rows) == 1 else (labels, dicts)
 
     step = _Step(_record(op), run, {"classes": classes}, {"probabilities": op.probabilities.name}, [None, None])
     return step

@@ -3,7 +3,7 @@
 not Apple's kernels: the report says so (runtime ``coreml-reference``, and :data:`NOTE`).
 
 It is fed as a Core ML client feeds the model, like :class:`~edgeship.validate.runners.coreml.CoreMLRunner`:
-uint8 RGB pixels (the image input applies the model's own scale/bias), one image per call; the answer is the
+uint8 RGB pixels (the image input applies the model's own scale/bias), one image per call when timed; the answer is the
 classifier's ``{label: value}`` dictionary in label order. A program with an op the executor has no kernel for
 is *unavailable* here (reported as skipped, with the op named), never answered without it.
 """
@@ -21,6 +21,7 @@ from edgeship.models.spec import Preprocessing
 from edgeship.validate.runner import InputInfo, Runner, Unavailable
 
 NOTE = "reference execution (NumPy), not Apple's kernels"
+BATCH = 16  # images per executor call in accuracy runs
 
 
 class CoreMLReferenceRunner(Runner):
@@ -53,7 +54,9 @@ class CoreMLReferenceRunner(Runner):
 
     def inputs(self) -> list[InputInfo]:
         h, w = self._size
-        return [InputInfo(self._input.name, (1, h, w, 3), np.dtype(np.uint8))]
+        # A client feeds one image per call (latency is timed so); accuracy runs feed a chunk, which the
+        # executor runs as one batch when the program allows it (MLProgram.execute_many), image by image if not.
+        return [InputInfo(self._input.name, (None, h, w, 3), np.dtype(np.uint8))]
 
     def feed(self, images: np.ndarray) -> dict[str, np.ndarray]:
         # The image input applies the model's own scale/bias: a client hands over pixels, as here.
@@ -63,11 +66,15 @@ class CoreMLReferenceRunner(Runner):
         self._feed = feed
 
     def _run(self) -> None:
+        pixels = self._feed[self._input.name]
         with self._limit():
-            self._result = self._program.execute(self._feed)
+            if len(pixels) == 1:
+                self._result = [self._program.execute(self._feed)]
+            else:
+                self._result = [values for _, _, values in self._program.execute_many(pixels, BATCH)]
 
     def _fetch(self) -> np.ndarray:
-        return self._program.output_array(self._result)
+        return np.concatenate([self._program.output_array(values) for values in self._result])
 
 
 def _blas_threads(threads: int) -> Any:
