@@ -41,6 +41,7 @@ Without ``keep_intermediates`` the values are freed after their last use and onl
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -134,6 +135,21 @@ class MLProgram:
                         env.pop(name, None)
         names = env if keep_intermediates else self.outputs
         return {name: declared(env[name], self._dtypes.get(name)) for name in names}
+
+    @cached_property
+    def readers(self) -> dict[str, list[OpRecord]]:
+        """{var name: the ops reading it, once per reading input, in program order}."""
+        readers: dict[str, list[OpRecord]] = {}
+        for op in self.ops:
+            for names in op.inputs.values():
+                for name in names:
+                    readers.setdefault(name, []).append(op)
+        return readers
+
+    @cached_property
+    def producers(self) -> dict[str, OpRecord]:
+        """{var name: the op computing it} (constants are not ops here: see ``constants``)."""
+        return {out: op for op in self.ops for out in op.outputs}
 
     def output_array(self, outputs: Mapping[str, Any]) -> np.ndarray:
         """The classifier's ``{label: value}`` output as float32 (N, classes) in label order (N = 1, or the chunk

@@ -66,12 +66,8 @@ class CoreMLReferenceRunner(Runner):
         self._feed = feed
 
     def _run(self) -> None:
-        pixels = self._feed[self._input.name]
         with self._limit():
-            if len(pixels) == 1:
-                self._result = [self._program.execute(self._feed)]
-            else:
-                self._result = [values for _, _, values in self._program.execute_many(pixels, BATCH)]
+            self._result = [values for _, _, values in self._program.execute_many(self._feed[self._input.name], BATCH)]
 
     def _fetch(self) -> np.ndarray:
         return np.concatenate([self._program.output_array(values) for values in self._result])
