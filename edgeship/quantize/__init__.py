@@ -93,6 +93,7 @@ def quantize(
 ) -> QuantizeResult:
     from tqdm import tqdm
 
+    from edgeship.errors import UserError
     from edgeship.export import ModelInfo, export, open_manifest
     from edgeship.export.common import artifact_name
     from edgeship.export.tflite_metadata import add_metadata
@@ -101,10 +102,8 @@ def quantize(
     from edgeship.models.loading import load_model
     from edgeship.quantize.calibration import load_calibration
     from edgeship.quantize.fallback import parse_keep_float
-    from edgeship.quantize.tflite import calibrate, quantize_calibrated
-
-    from edgeship.errors import UserError
     from edgeship.quantize.onnx import CALIBRATION_METHODS
+    from edgeship.quantize.tflite import calibrate, quantize_calibrated
 
     keep_float = parse_keep_float(keep_float)
     onnx_method = onnx_method.strip().lower()
@@ -113,6 +112,9 @@ def quantize(
                         f"bit-exact), {', '.join(CALIBRATION_METHODS)} (ONNX Runtime's quantize_static)")
     fmts = [Format.parse(f, "format") if isinstance(f, str) else Format(f) for f in formats]
     todo = plan(fmts, precisions)
+    # What is made from the calibrated int8 TFLite: itself, and the ONNX unless ORT quantises that on its own.
+    from_tflite = {(Format.TFLITE, Precision.INT8)} | ({(Format.ONNX, Precision.INT8)} if onnx_method == "tflite"
+                                                         else set())
     out_dir = ensure_output_dir(Path(out))
     loaded = loaded or load_model(model, trust_model=trust_model, labels=labels)
     spec = loaded.spec
@@ -162,7 +164,7 @@ def quantize(
     for step in bar:
         bar.set_postfix_str(step if step == "calibrate" else f"{step[0].value} {step[1].value}")
         if step == "calibrate":
-            if {(Format.TFLITE, Precision.INT8), (Format.ONNX, Precision.INT8)} & set(todo):
+            if from_tflite & set(todo):
                 from edgeship.quantize.layers import layer_sqnr, tensor_sqnr
 
                 calibrated = calibrate(loaded, cal.inputs)  # the statistics, once, for every format
@@ -187,7 +189,7 @@ def quantize(
         fmt, precision = step
         path = out_dir / artifact_name(spec.name, fmt, precision)
         recipe = {"calibration": cal.describe(), "options": options}
-        if result.fallback is not None and precision is Precision.INT8:
+        if result.fallback is not None and step in from_tflite:
             recipe["float_fallback"] = result.fallback.describe()
         if fmt is Format.TFLITE and precision is not Precision.INT8:
             from edgeship.quantize.tflite import convert_weights_only
