@@ -131,6 +131,9 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
                    help="comma-separated formats that must run here: skipped ones then fail the run")
     g.add_argument("--threads", type=int, default=1, help="threads per runtime (default 1)")
     g.add_argument("--iterations", type=int, default=50, help="timed inferences per artifact (default 50)")
+    g.add_argument("--kernel-path-samples", type=int, default=500, metavar="N",
+                   help="samples each int8 file also runs through a second kernel path of its runtime (ORT unfused, "
+                        "LiteRT reference kernels) to show it answers alike on any CPU (default 500; 0: off)")
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -140,7 +143,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     report = validate(args.artifacts, reference=args.reference, data=args.data, policy=args.policy,
                       report_dir=args.report, require=Format.parse_list(args.require, "format") if args.require else (),
-                      threads=args.threads, iterations=args.iterations, trust_model=args.trust_model)
+                      threads=args.threads, iterations=args.iterations, trust_model=args.trust_model,
+                      kernel_path_samples=args.kernel_path_samples)
     print(summary_table(report))
     if args.report:
         print(f"reports in {args.report}: report.json report.md report.html junit.xml")

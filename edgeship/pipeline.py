@@ -27,6 +27,7 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     require = ["tflite", "onnx"]
     threads = 1
     iterations = 50
+    kernel_path_samples = 500            # int8 files also through a second kernel path (0: off)
 
     [output]
     dir = "edgeship-out"
@@ -49,7 +50,7 @@ _KNOWN = {
     "model": {"path", "labels", "trust"},
     "export": {"formats", "precisions", "onnx_layout"},
     "quantize": {"formats", "calibration", "num_samples", "relu6_fixed", "seed", "precisions", "onnx_method"},
-    "validate": {"data", "policy", "require", "threads", "iterations"},
+    "validate": {"data", "policy", "require", "threads", "iterations", "kernel_path_samples"},
     "output": {"dir"},
 }
 
@@ -74,6 +75,7 @@ class RunConfig:
     require: list[str] = field(default_factory=list)
     threads: int = 1
     iterations: int = 50
+    kernel_path_samples: int = 500
     out: Path = Path("edgeship-out")
 
 
@@ -109,6 +111,7 @@ def load_config(path: str | Path | None) -> RunConfig:
         quantize_precisions=q.get("precisions"), onnx_method=str(q.get("onnx_method", "tflite")),
         data=rel(v.get("data")), policy=rel(v.get("policy")),
         require=list(v.get("require", [])), threads=int(v.get("threads", 1)), iterations=int(v.get("iterations", 50)),
+        kernel_path_samples=int(v.get("kernel_path_samples", 500)),
         out=Path(rel(o.get("dir")) or "edgeship-out"),
     )
     return cfg
@@ -141,7 +144,8 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
     t0 = time.perf_counter()
     report_dir = config.out / "report"
     report = validate([config.out], reference=loaded, data=config.data, policy=config.policy, report_dir=report_dir,
-                      require=config.require, threads=config.threads, iterations=config.iterations)
+                      require=config.require, threads=config.threads, iterations=config.iterations,
+                      kernel_path_samples=config.kernel_path_samples)
     echo(f"validated on {report.data['count']} images in {time.perf_counter() - t0:.1f} s")
     echo(summary_table(report))
     echo(f"reports: {report_dir}/report.md  report.html  report.json  junit.xml")

@@ -9,7 +9,8 @@ what is left unfused, and, for the demo, the fraction of uint8 output values equ
 held-out image.
 
     .venv/bin/python scripts/onnx_int8_latency.py [--models mobilenet_v2_1.0_224,demo] [--threads 1,2]
-        [--rounds 30] [--iterations 20] [--tf2onnx] [--ort-config session.qdqisint8allowed=1 ...]
+        [--rounds 30] [--iterations 20] [--tf2onnx] [--encodings u8u8,u8s8]
+        [--ort-config session.qdqisint8allowed=1 ...]
 
 Registry models are random-init (latency does not need trained weights), calibrated on a few demo images resized
 to their resolution.
@@ -41,8 +42,10 @@ from edgeship.quantize.onnx_qdq import fusion_report, ort_optimized_graph  # noq
 from edgeship.quantize.tflite import calibrate, quantize_calibrated  # noqa: E402
 
 
-def build(name: str, samples: int, workdir: Path, tf2onnx: bool) -> tuple[object, dict[str, Path]]:
-    """(loaded model, {"tflite": path, "onnx": path[, "onnx_tf2onnx": path]})."""
+def build(name: str, samples: int, workdir: Path, tf2onnx: bool,
+          encodings: tuple[str, ...] = ("u8u8",)) -> tuple[object, dict[str, Path]]:
+    """(loaded model, {"tflite": path, "onnx": path (the first encoding), "onnx_<encoding>": path (the others)
+    [, "onnx_tf2onnx": path]})."""
     loaded = load_model(None if name == "demo" else name)
     spec = loaded.spec
     demo_spec = load_model(None).spec if name != "demo" else spec
@@ -56,9 +59,13 @@ def build(name: str, samples: int, workdir: Path, tf2onnx: bool) -> tuple[object
     int8 = quantize_calibrated(calibrate(loaded, spec.preprocessing.apply(images)), io_dtype="uint8",
                                input_range=spec.preprocessing.value_range)
     info = ModelInfo.default_for(spec.name, spec.num_classes)
-    paths = {"tflite": workdir / f"{spec.name}_int8.tflite", "onnx": workdir / f"{spec.name}_int8.onnx"}
+    paths = {"tflite": workdir / f"{spec.name}_int8.tflite"}
     paths["tflite"].write_bytes(int8.model)
-    paths["onnx"].write_bytes(onnx_from_tflite(int8.model, loaded, info, warn=lambda m: print(f"warning: {m}")))
+    for k, encoding in enumerate(encodings):
+        key = "onnx" if k == 0 else f"onnx_{encoding}"
+        paths[key] = workdir / f"{spec.name}_int8_{encoding}.onnx"
+        paths[key].write_bytes(onnx_from_tflite(int8.model, loaded, info, portable=encoding == "u8u8",
+                                                warn=lambda m: print(f"warning: {m}")))
     if tf2onnx:
         paths["onnx_tf2onnx"] = workdir / f"{spec.name}_int8_tf2onnx.onnx"
         paths["onnx_tf2onnx"].write_bytes(onnx_from_tflite(int8.model, loaded, info, converter="tf2onnx"))
@@ -146,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--samples", type=int, default=16, help="calibration images")
     ap.add_argument("--tf2onnx", action="store_true", help="also time tf2onnx.from_tflite's int8 ONNX")
+    ap.add_argument("--encodings", default="u8u8",
+                    help="int8 ONNX weight encodings to time side by side, the first is 'onnx': u8u8 (edgeship's "
+                         "default, portable) and u8s8 (the TFLite's int8 weights; saturates on x86 without VNNI)")
     ap.add_argument("--ort-config", nargs="*", default=[], metavar="KEY=VALUE",
                     help="ORT session config entries, e.g. session.qdqisint8allowed=1")
     args = ap.parse_args(argv)
@@ -157,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
           + (f"; ORT config {config}" if config else ""))
     with tempfile.TemporaryDirectory() as tmp:
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-            loaded, paths = build(name, args.samples, Path(tmp), args.tf2onnx)
+            encodings = tuple(e.strip() for e in args.encodings.split(",") if e.strip())
+            loaded, paths = build(name, args.samples, Path(tmp), args.tf2onnx, encodings)
             print(f"\n## {loaded.spec.name}\n")
             others = [k for k in paths if k.startswith("onnx")]
             head = "| threads | LiteRT int8 ms | " + " | ".join(f"ORT {k} ms | ratio" for k in others) + " |"

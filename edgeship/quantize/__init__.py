@@ -9,7 +9,9 @@ The statistics are computed once (one TFLite calibration) and feed every format:
 the int8 TFLite, so both carry the same scales and zero points. ReLU6 outputs get the fixed range [0, 6]
 (``relu6_fixed=False`` calibrates them like the converter does); the input gets the preprocessing's range.
 Each artifact joins the directory's ``manifest.json`` and gets a ``<file>.recipe.json`` beside it: calibration
-set hash and count, range source per tensor, scales and zero points, options.
+set hash and count, range source per tensor, scales and zero points, options, and for the int8 TFLite and ONNX
+the static portability check (``portability``: per CPU kernel path, whether a 16-bit pair sum or the int32
+accumulator can overflow; a file that could is never written).
 """
 
 from __future__ import annotations
@@ -202,6 +204,7 @@ def quantize(
                    recipe)
         elif fmt is Format.TFLITE:
             assert int8 is not None
+            recipe["portability"] = _portability(Format.TFLITE, int8.model)
             with atomic_path(path) as tmp:
                 tmp.write_bytes(add_metadata(int8.model, spec, info))
             recipe["tensors"] = int8.tensor_params
@@ -212,6 +215,7 @@ def quantize(
             float_onnx = float_artifact(Format.ONNX)
             with atomic_path(path) as tmp:
                 quantize_onnx_static(out_dir / float_onnx.path, cal.inputs, tmp, onnx_method)
+                recipe["portability"] = _portability(Format.ONNX, tmp.read_bytes())
             recipe["source"] = (f"onnxruntime.quantization.quantize_static of {float_onnx.path}: QDQ, per-channel "
                                 f"int8 weights, uint8 activations, {onnx_method} calibration (ReLU6 outputs "
                                 "calibrated, not fixed; not bit-exact to the .tflite)")
@@ -223,13 +227,15 @@ def quantize(
             assert int8 is not None
             # Rewritten from the very int8 TFLite shipped for Android: the same I/O type and parameters.
             fell_back: list[str] = []
+            data = onnx_from_tflite(int8.model, loaded, info, warn=lambda msg: (fell_back.append(msg), warn(msg)))
+            recipe["portability"] = _portability(Format.ONNX, data)
             with atomic_path(path) as tmp:
-                tmp.write_bytes(onnx_from_tflite(int8.model, loaded, info,
-                                                 warn=lambda msg: (fell_back.append(msg), warn(msg))))
+                tmp.write_bytes(data)
             recipe["tensors"] = int8.tensor_params
             recipe["source"] = (f"tf2onnx.convert.from_tflite of the int8 TFLite ({fell_back[0]})" if fell_back else
                                 "the int8 TFLite rewritten op by op as ONNX QDQ (edgeship.quantize.onnx_qdq): its "
-                                "int8 parameters, uint8 activations (zero point + 128), NCHW inside")
+                                "int8 parameters, uint8 activations (zero point + 128), weights stored as uint8 "
+                                "with zero point 128 (U8U8, edgeship.quantize.portability), NCHW inside")
             record(path, fmt, Precision.INT8, {"input_dtype": io_dtype, "layout": "nhwc", **options}, recipe)
         elif fmt is Format.COREML:
             from edgeship.quantize.coreml import coreml_layer_sqnr, quantize_coreml_w8, quantize_coreml_w8a8
@@ -246,3 +252,13 @@ def quantize(
             record(path, fmt, precision, {"from": float_rec.path, "input_type": "image",
                                           "output": "classLabel"}, recipe, sqnr)
     return result
+
+
+def _portability(fmt: Format, data: bytes) -> dict[str, Any]:
+    """The static portability check of an int8 file before it is written (:mod:`edgeship.quantize.portability`):
+    its record for the recipe; raises ConversionError, naming the layer, if a known kernel path could saturate."""
+    from edgeship.quantize.portability import check_onnx, check_tflite, ensure_portable
+
+    report = check_tflite(data) if fmt is Format.TFLITE else check_onnx(data)
+    ensure_portable(report, f"the int8 {fmt.value} file")
+    return report.to_dict()

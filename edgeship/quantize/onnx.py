@@ -32,14 +32,18 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
 def onnx_from_tflite(tflite: bytes, loaded: LoadedModel, info: ModelInfo, opset: int = DEFAULT_OPSET, *,
-                     layout: Layout = Layout.NHWC, converter: str = "qdq",
+                     layout: Layout = Layout.NHWC, converter: str = "qdq", portable: bool = True,
                      warn: Callable[[str], None] | None = None) -> bytes:
     """The int8 ONNX of the int8 TFLite ``tflite``: same I/O type (uint8, int8 or float32), same parameters.
 
     ``converter="qdq"`` (default): the direct QDQ rewrite, ``layout`` NHWC (as the .tflite; ORT's NHWC transform
     then needs no Transpose at all) or NCHW. A TFLite op the rewrite does not handle falls back to tf2onnx, with a
     warning through ``warn``. ``converter="tf2onnx"``: ``tf2onnx.convert.from_tflite`` (NHWC only, slow in ORT).
-    The file carries edgeship's ``metadata_props`` and passes ``onnx.checker`` (full check)."""
+    The file carries edgeship's ``metadata_props`` and passes ``onnx.checker`` (full check).
+
+    ``portable`` (default): weights that some ORT kernel path could saturate on are stored U8U8
+    (:func:`edgeship.quantize.portability.portable_onnx`), the same numbers; ``False`` keeps the TFLite's int8
+    weights as they are (uint8 x int8: wrong on x86 AVX2 without VNNI; for measurements and tests only)."""
     from edgeship._tf import import_quietly
 
     onnx = import_quietly("onnx")
@@ -64,6 +68,10 @@ def onnx_from_tflite(tflite: bytes, loaded: LoadedModel, info: ModelInfo, opset:
             raise UserError("the tf2onnx int8 conversion keeps the TFLite's NHWC input; use the qdq converter for NCHW")
         proto = _tf2onnx_from_tflite(tflite, loaded, opset)
         layout = Layout.NHWC
+    if portable:
+        from edgeship.quantize.portability import portable_onnx
+
+        portable_onnx(proto, "the int8 ONNX")
     set_metadata(proto, loaded, info, layout)
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -107,7 +115,8 @@ def quantize_onnx_static(float_onnx_path: str | Path, calibration_inputs: np.nda
     first. Returns ``out_path``.
 
     Unlike the default int8 ONNX (the int8 TFLite's own parameters), the ranges here are ORT's calibration of the
-    ONNX: the ReLU6 outputs are calibrated, not fixed to [0, 6], and the file does not match the .tflite."""
+    ONNX: the ReLU6 outputs are calibrated, not fixed to [0, 6], and the file does not match the .tflite.
+    Weights that an ORT kernel path could saturate on are stored U8U8, as in the default int8 ONNX."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -181,6 +190,9 @@ def quantize_onnx_static(float_onnx_path: str | Path, calibration_inputs: np.nda
     for key_, value in props.items():
         entry = quantised.metadata_props.add()
         entry.key, entry.value = key_, value
+    from edgeship.quantize.portability import portable_onnx
+
+    portable_onnx(quantised, f"the int8 ONNX of {src.name}")  # full-range int8 weights: stored U8U8
     onnx.checker.check_model(quantised, full_check=True)
     from edgeship.fileio import atomic_path
 

@@ -40,6 +40,8 @@ class Comparison:
 
     labels: list[str]
     permutation: np.ndarray | None = None
+    record_flips: bool = True
+    _equal: int = 0
     _max_abs: list[np.ndarray] = field(default_factory=list)
     _sum_abs: float = 0.0
     _values: int = 0
@@ -63,6 +65,7 @@ class Comparison:
         self._max_abs.append(err.max(axis=1))
         self._sum_abs += float(err.sum())
         self._values += err.size
+        self._equal += int(np.count_nonzero(err == 0))
         self._signal += float(np.sum(ref.astype(np.float64) ** 2))
         self._noise += float(np.sum(err**2))
         self._cos.append(m.per_sample_cosine(ref, out))
@@ -74,7 +77,7 @@ class Comparison:
             self._out_correct.append(o1 == truth)
             k = min(5, out.shape[1])
             self._out_correct5.append((np.argsort(-out, axis=1, kind="stable")[:, :k] == truth[:, None]).any(axis=1))
-        for i in np.flatnonzero(r1 != o1):
+        for i in np.flatnonzero(r1 != o1) if self.record_flips else ():
             if len(self.flips) >= MAX_FLIPS:
                 break
             self.flips.append(Flip(
@@ -94,6 +97,7 @@ class Comparison:
             sqnr_db=m.sqnr_from_powers(self._signal, self._noise),
             top1_agreement=mean(self._agree),
             top5_overlap=mean(self._top5),
+            equal_values=self._equal / self._values,
         )
         if self._out_correct:
             result.accuracy_top1 = mean(self._out_correct)

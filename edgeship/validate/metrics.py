@@ -22,6 +22,11 @@ class Metric(str, Enum):
     ACCURACY_TOP1 = "accuracy_top1"
     ACCURACY_TOP5 = "accuracy_top5"
     ACCURACY_TOP1_DROP = "accuracy_top1_drop"
+    EQUAL_VALUES = "equal_values"
+    # The same file through a second kernel path of its runtime (validate.runners.KERNEL_PATHS), against the first
+    KERNEL_PATH_TOP1_AGREEMENT = "kernel_path_top1_agreement"
+    KERNEL_PATH_EQUAL_VALUES = "kernel_path_equal_values"
+    KERNEL_PATH_SQNR_DB = "kernel_path_sqnr_db"
 
     def __str__(self) -> str:
         return self.value
@@ -38,6 +43,10 @@ HIGHER_IS_BETTER: dict[Metric, bool] = {
     Metric.ACCURACY_TOP1: True,
     Metric.ACCURACY_TOP5: True,
     Metric.ACCURACY_TOP1_DROP: False,
+    Metric.EQUAL_VALUES: True,
+    Metric.KERNEL_PATH_TOP1_AGREEMENT: True,
+    Metric.KERNEL_PATH_EQUAL_VALUES: True,
+    Metric.KERNEL_PATH_SQNR_DB: True,
 }
 
 

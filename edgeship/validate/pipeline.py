@@ -5,6 +5,11 @@ runner answers the same batch; a :class:`~edgeship.validate.compare.Comparison` 
 metrics. An artifact that cannot be opened or run fails with its reason while the others are still validated;
 one whose runtime is not available here is skipped with its reason (and fails the run only if its format is
 required).
+
+Portability: each int8 file also runs, on the first ``kernel_path_samples`` samples, through a second kernel path
+of its own runtime (:data:`edgeship.validate.runners.KERNEL_PATHS`), compared with its first by the same
+:class:`Comparison`; the ``kernel_path_*`` gates of the policy judge it, and a failure names both paths and this
+machine's int8 kernel family.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any, Sequence
 from edgeship import __version__
 from edgeship.errors import UserError
 from edgeship.fileio import size_on_disk
+from edgeship.machine import describe_machine
 from edgeship.manifest import MANIFEST_NAME, Manifest, tool_versions
 from edgeship.models.loading import DEMO_DIR, LoadedModel, load_model
 from edgeship.models.spec import Preprocessing
@@ -27,7 +33,7 @@ from edgeship.validate.latency import measure, peak_rss_bytes, reset_peak_rss
 from edgeship.validate.policy import Policy, load_policy
 from edgeship.validate.results import ArtifactResult, Report, Status
 from edgeship.validate.runner import Runner, Unavailable
-from edgeship.validate.runners import RUNTIME_NAMES, runner_for
+from edgeship.validate.runners import KERNEL_PATHS, RUNTIME_NAMES, kernel_path_runner, runner_for
 from edgeship.validate.runners.keras import KerasRunner
 
 DEMO_HELDOUT = DEMO_DIR / "heldout"
@@ -57,13 +63,20 @@ def validate(
     batch_size: int = 32,
     trust_model: bool = False,
     progress: bool = True,
+    kernel_path_samples: int = 500,
 ) -> Report:
     """Validate ``artifacts`` (files, or directories holding a manifest.json) and return the report; with
-    ``report_dir``, also write report.json, report.md, report.html and junit.xml there."""
+    ``report_dir``, also write report.json, report.md, report.html and junit.xml there.
+
+    ``kernel_path_samples``: how many samples (the first ones) each int8 file's second kernel path runs on; 0 turns
+    the portability comparison off. LiteRT's reference kernels are slow (measured: 90 ms an image on a
+    MobileNetV2-1.0 at 160x160, XNNPACK 6 ms), hence the cap."""
     from tqdm import tqdm
 
     from edgeship.data import open_data
 
+    if kernel_path_samples < 0:
+        raise UserError(f"--kernel-path-samples must be 0 (off) or more, got {kernel_path_samples}")
     entries = resolve_artifacts(artifacts)
     required = [Format.parse(r, "format") if isinstance(r, str) else Format(r) for r in require]
     policy = policy if isinstance(policy, Policy) else load_policy(policy)
@@ -83,6 +96,7 @@ def validate(
     results: dict[int, ArtifactResult] = {}
     runners: dict[int, Runner] = {}
     comparisons: dict[int, Comparison] = {}
+    second: dict[int, tuple[Runner, Comparison]] = {}  # each int8 file's second kernel path
     for i, entry in enumerate(entries):
         results[i] = ArtifactResult(path=str(entry.path), format=str(entry.format), precision=str(entry.precision),
                                     runtime=RUNTIME_NAMES[entry.format], status=Status.PASSED, threads=threads,
@@ -93,6 +107,10 @@ def validate(
             runners[i] = runner
             results[i].reason = getattr(runner, "note", None)  # e.g. coreml-reference: not Apple's kernels
             results[i].latency_ms.load = runner.load_ms
+            other = kernel_path_runner(entry.format, entry.precision, entry.path, spec.preprocessing, threads)
+            if other is not None and kernel_path_samples > 0:
+                second[i] = (other.open(), Comparison(list(spec.labels), record_flips=False))
+                results[i].kernel_path = f"{other.runtime}: {KERNEL_PATHS[entry.format][1]}"
         except Unavailable as e:
             results[i].status, results[i].reason = Status.SKIPPED, str(e)
         except UserError as e:
@@ -110,17 +128,30 @@ def validate(
                     results[i].latency_ms.first = (runner.last_run_s or 0.0) * 1e3
                 out = runner.predict(batch.images)
                 comparisons[i].update(ref, out, batch.images, batch.labels, batch.sources, batch.offset)
+                take = min(len(batch.images), kernel_path_samples - batch.offset)
+                if i in second and take > 0:
+                    other, comparison = second[i]
+                    comparison.update(out[:take], other.predict(batch.images[:take]), batch.images[:take], None,
+                                      batch.sources[:take], batch.offset)
+                    results[i].kernel_path_samples += take
             except UserError as e:
-                _fail(results[i], str(e), runners, i)
+                _fail(results[i], str(e), runners, i, second)
             except Exception as e:  # the runtime crashed on this artifact: fail it, keep validating the others
                 _fail(results[i], f"{runner.runtime} failed to run it: {type(e).__name__}: "
-                      f"{str(e).splitlines()[0][:200] if str(e) else ''}", runners, i)
+                      f"{str(e).splitlines()[0][:200] if str(e) else ''}", runners, i, second)
         bar.update(len(batch.images))
     bar.close()
 
     for i, runner in runners.items():
         r = results[i]
         r.metrics = comparisons[i].metrics()
+        if i in second:
+            other, comparison = second.pop(i)
+            other.close()
+            paths = comparison.metrics()
+            r.metrics.kernel_path_top1_agreement = paths.top1_agreement
+            r.metrics.kernel_path_equal_values = paths.equal_values
+            r.metrics.kernel_path_sqnr_db = paths.sqnr_db
         r.flips = comparisons[i].flips
         r.sample_errors = comparisons[i].sample_errors()
         assert first_batch is not None
@@ -143,6 +174,9 @@ def validate(
         if failed:
             r.status = Status.FAILED
             note = getattr(runners[i], "note", None)  # coreml-reference: says what ran it
+            if any(g.name.startswith("kernel_path_") for g in failed):
+                note = (f"{r.runtime} on {describe_machine().int8_kernel_family} disagrees with {r.kernel_path}; "
+                        "a kernel that saturates on this CPU answers so: see the file's portability record")
             r.reason = "; ".join(g.describe() for g in failed) + (f" ({note})" if note else "")
 
     missing = [f for f in required if all(e.format is not f for e in entries)]
@@ -154,7 +188,7 @@ def validate(
         data=source.describe(), preprocessing=spec.preprocessing.to_dict(), labels=list(spec.labels),
         artifacts=artifacts, required_formats=[str(f) for f in required],
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), edgeship_version=__version__,
-        versions=tool_versions(),
+        versions=tool_versions(), machine=describe_machine().to_dict(),
     )
     if report_dir is not None:
         from edgeship.validate.reports import write_reports
@@ -163,9 +197,12 @@ def validate(
     return report
 
 
-def _fail(result: ArtifactResult, reason: str, runners: dict[int, Runner], i: int) -> None:
+def _fail(result: ArtifactResult, reason: str, runners: dict[int, Runner], i: int,
+          second: dict[int, tuple[Runner, Comparison]]) -> None:
     result.status, result.reason = Status.FAILED, reason
     runners.pop(i).close()
+    if i in second:
+        second.pop(i)[0].close()
 
 
 def resolve_artifacts(paths: Sequence[str | Path]) -> list[ArtifactEntry]:

@@ -1,9 +1,9 @@
 """What a validation produces: typed results that serialise to the versioned ``report.json`` schema.
 
-Schema ``schema_version`` 1 (stable keys; new keys may be added, none removed or renamed without a bump)::
+Schema ``schema_version`` 2 (stable keys; new keys may be added, none removed or renamed without a bump)::
 
     {
-      "schema_version": 1,
+      "schema_version": 2,
       "edgeship_version": "0.1.0",
       "created": "2026-11-22T12:00:00+00:00",
       "reference": {"path": "...", "sha256": "..."},
@@ -14,7 +14,9 @@ Schema ``schema_version`` 1 (stable keys; new keys may be added, none removed or
         {"path": "...", "format": "tflite", "precision": "fp32", "runtime": "litert",
          "status": "passed" | "failed" | "skipped", "reason": "..." | null,
          "metrics": {"max_abs_error", "mean_abs_error", "cosine", "sqnr_db", "top1_agreement", "top5_overlap",
-                     "accuracy_top1", "accuracy_top5", "accuracy_top1_drop"},       (null where not measured)
+                     "accuracy_top1", "accuracy_top5", "accuracy_top1_drop", "equal_values",
+                     "kernel_path_top1_agreement", "kernel_path_equal_values", "kernel_path_sqnr_db"},
+                                                                                     (null where not measured)
          "latency_ms": {"load", "first", "p50", "p90", "p99", "mean", "std"},         (null where not measured)
          "iterations": 100, "threads": 1, "peak_rss_bytes": 123, "size_bytes": 123,
          "gates": [{"name": "top1_agreement", "value": 1.0, "limit": 0.99, "op": ">=", "passed": true}],
@@ -22,12 +24,20 @@ Schema ``schema_version`` 1 (stable keys; new keys may be added, none removed or
                     "truth": "three"}],
          "sample_errors": [..]    (per-sample max abs error, for the error-distribution plot; at most 2,000)
          "layer_sqnr": {"layer": dB, ...} | null   (from the quantise stage's per-layer report, when present)
+         "kernel_path": "onnxruntime-unfused: ..." | null, "kernel_path_samples": 360   (int8 files, version 2)
         }
       ],
       "required_formats": ["tflite"],
+      "machine": {"cpu_model": "AMD EPYC", "architecture": "x86_64", "cores": 2, "isa": ["sse4_1", "avx2"],
+                  "int8_kernel_family": "x86 AVX2 (no VNNI)", "os": "Linux-...", "python": "3.11.7"},
+      "versions": {"edgeship": "0.1.0", "onnxruntime": "1.31.1", "ai-edge-litert": "2.3.0", ...},
       "passed": true
     }
 
+``equal_values`` and the ``kernel_path_*`` metrics are new in version 2: each int8 file also runs through a
+second kernel path of its own runtime (ORT's unfused graph, LiteRT's reference kernels), compared with its first.
+``machine`` (new in version 2) is where the latencies were measured (:meth:`edgeship.machine.Machine.to_dict`);
+``versions`` holds the version of each runtime and converter; the thread count is per artifact (``threads``).
 ``passed`` is true only when no artifact failed and no required format was skipped: ``skipped`` never counts as
 passed.
 """
@@ -38,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Status(str, Enum):
@@ -74,6 +84,11 @@ class Metrics:
     accuracy_top1: float | None = None
     accuracy_top5: float | None = None
     accuracy_top1_drop: float | None = None  # reference accuracy minus this artifact's, in [0, 1] units
+    equal_values: float | None = None  # share of output values exactly equal to the reference's
+    # The artifact's second kernel path against its first (ArtifactResult.kernel_path says which): int8 files only
+    kernel_path_top1_agreement: float | None = None
+    kernel_path_equal_values: float | None = None
+    kernel_path_sqnr_db: float | None = None
 
 
 @dataclass
@@ -117,6 +132,8 @@ class ArtifactResult:
     flips: list[Flip] = field(default_factory=list)
     sample_errors: list[float] = field(default_factory=list)
     layer_sqnr: dict[str, float] | None = None
+    kernel_path: str | None = None  # the second kernel path the file was run through, e.g. "onnxruntime-unfused"
+    kernel_path_samples: int = 0  # samples run through it
 
     @property
     def name(self) -> str:
@@ -140,6 +157,7 @@ class Report:
     created: str = ""
     edgeship_version: str = ""
     versions: dict[str, str] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=dict)  # edgeship.machine.Machine.to_dict(); {} if not recorded
 
     @property
     def passed(self) -> bool:
@@ -163,6 +181,7 @@ class Report:
             "labels": list(self.labels),
             "artifacts": [a.to_dict() for a in self.artifacts],
             "required_formats": list(self.required_formats),
+            "machine": dict(self.machine),
             "versions": self.versions,
             "passed": self.passed,
         }

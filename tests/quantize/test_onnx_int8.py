@@ -3,7 +3,7 @@ LiteRT (XNNPACK) on the demo's held-out images, and a graph ONNX Runtime runs en
 the I/O types, the NCHW layout, the validator's view of the file, a layer kept in float, the tf2onnx fallback for an
 op the rewrite does not know, and ORT's own ``quantize_static`` for users who start from a float ONNX.
 
-One calibration of the demo (32 images, ~10 s) serves the module; every variant is quantised from it (~0.1 s)."""
+The demo's calibration and the int8 pairs come from tests/quantize/conftest.py (one calibration per session)."""
 
 from __future__ import annotations
 
@@ -14,52 +14,9 @@ from ai_edge_litert.tools import flatbuffer_utils
 
 from edgeship.errors import UserError
 from edgeship.export.common import ModelInfo
-from edgeship.models.loading import DEMO_DIR
 from edgeship.types import Layout
 
 EQUAL_TARGET = 0.999  # the issue's: output values identical to LiteRT's
-
-
-@pytest.fixture(scope="session")
-def demo():
-    from edgeship.data import load_image_folder
-    from edgeship.models.loading import load_model
-    from edgeship.quantize.calibration import load_calibration
-    from edgeship.quantize.tflite import calibrate
-
-    loaded = load_model()
-    cal = load_calibration(None, loaded.spec, num_samples=32, seed=0)
-    heldout = load_image_folder(DEMO_DIR / "heldout", loaded.spec.input_shape[:2], loaded.spec.labels).images
-    return loaded, cal, calibrate(loaded, cal.inputs), heldout
-
-
-@pytest.fixture(scope="session")
-def make(demo, tmp_path_factory):
-    """(tflite path, onnx path) for an I/O type, layout and float-kept layers, made once each."""
-    from edgeship.quantize.onnx import onnx_from_tflite
-    from edgeship.quantize.tflite import quantize_calibrated
-
-    loaded, _, calibrated, _ = demo
-    out = tmp_path_factory.mktemp("onnx_int8")
-    info = ModelInfo.default_for(loaded.spec.name, loaded.spec.num_classes)
-    made = {}
-
-    def get(io_dtype: str = "uint8", layout: Layout = Layout.NHWC, keep_float: tuple[str, ...] = (),
-            relu6_fixed: bool = True):
-        key = (io_dtype, layout, keep_float, relu6_fixed)
-        if key not in made:
-            extra = {"keep_float": list(keep_float)} if keep_float else {}
-            int8 = quantize_calibrated(calibrated, io_dtype=io_dtype, input_range=loaded.spec.preprocessing.value_range,
-                                       relu6_fixed=relu6_fixed, **extra)
-            stem = f"demo_{io_dtype}_{layout}_{len(keep_float)}_{relu6_fixed}"
-            tfl, onx = out / f"{stem}.tflite", out / f"{stem}.onnx"
-            tfl.write_bytes(int8.model)
-            onx.write_bytes(onnx_from_tflite(int8.model, loaded, info, layout=layout,
-                                             warn=lambda msg: pytest.fail(f"unexpected fallback: {msg}")))
-            made[key] = (tfl, onx)
-        return made[key]
-
-    return get
 
 
 def _litert(path, x: np.ndarray) -> np.ndarray:
@@ -140,7 +97,8 @@ def _unfold_stem(folded: np.ndarray, kh: int = 3, kw: int = 3) -> np.ndarray:
 
 
 def test_the_onnx_carries_the_tflite_parameters(make):
-    """Weights bit for bit (transposed to OIHW), biases int32, every activation's uint8 zero point = int8 + 128."""
+    """Weights bit for bit (transposed to OIHW, stored U8U8: uint8 w + 128 with zero point 128, see
+    edgeship.quantize.portability), biases int32, every activation's uint8 zero point = int8 + 128."""
     import onnx
     from onnx import numpy_helper
 
@@ -152,8 +110,12 @@ def test_the_onnx_carries_the_tflite_parameters(make):
     dequantised = [inits[n.input[0]] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
     # the RGB stem (3x3, stride 2) runs as SpaceToDepth(2) + a 2x2 stride-1 conv over 12 channels: fold it back
     assert [n.op_type for n in graph.node].count("SpaceToDepth") == 1
-    int8_weights = [_unfold_stem(w) if w.shape[1:] == (12, 2, 2) else w
-                    for w in dequantised if w.dtype == np.int8 and w.ndim == 4]
+    weight_dqs = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                  and inits[n.input[0]].ndim == 4]
+    assert {inits[n.input[0]].dtype for n in weight_dqs} == {np.dtype(np.uint8)}
+    assert all(np.all(inits[n.input[2]] == 128) and inits[n.input[2]].dtype == np.uint8 for n in weight_dqs)
+    stored = [(inits[n.input[0]].astype(np.int16) - 128).astype(np.int8) for n in weight_dqs]
+    int8_weights = [_unfold_stem(w) if w.shape[1:] == (12, 2, 2) else w for w in stored]
     int32_biases = [b for b in dequantised if b.dtype == np.int32]
     tfl_weights, tfl_biases, act_params = [], [], set()
     for t in sg.tensors:
@@ -268,13 +230,15 @@ def test_an_op_the_rewrite_does_not_know_falls_back_to_tf2onnx(tmp_path):
 
 
 def test_quantize_onnx_static_from_a_float_onnx(demo, tmp_path):
-    """ORT's own quantisation of the float ONNX: QDQ, per-channel int8 weights, uint8 activations, one DQ per
-    consumer; it runs, the validator reads it (float I/O, metadata kept), and it still classifies."""
+    """ORT's own quantisation of the float ONNX: QDQ, per-channel int8 weights (full range, so stored U8U8 by the
+    portability pass), uint8 activations, one DQ per consumer; it runs, the validator reads it (float I/O, metadata
+    kept), it is portable, and it still classifies."""
     import onnx
 
     from edgeship.export.onnx import export_onnx
     from edgeship.quantize.onnx import quantize_onnx_static
     from edgeship.quantize.onnx_qdq import fusion_report, ort_optimized_graph
+    from edgeship.quantize.portability import check_onnx
     from edgeship.validate.runners.onnxrt import OnnxRuntimeRunner
 
     loaded, cal, _, heldout = demo
@@ -284,8 +248,9 @@ def test_quantize_onnx_static_from_a_float_onnx(demo, tmp_path):
     out = quantize_onnx_static(float_path, cal.inputs[:16], tmp_path / "static.onnx", method="minmax")
     model = onnx.load(str(out))
     assert {p.key for p in model.metadata_props} >= {"labels", "preprocessing", "input_layout"}
-    weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
-    assert len(weights) == 52
+    weights = [i for i in model.graph.initializer if len(i.dims) == 4]
+    assert len(weights) == 52 and {i.data_type for i in weights} == {onnx.TensorProto.UINT8}
+    assert check_onnx(model).safe
     assert any(i.data_type == onnx.TensorProto.UINT8 for i in model.graph.initializer)  # activation zero points
     report = fusion_report(ort_optimized_graph(out))
     assert report["qlinear_conv"] == 52 and report["float_compute"] == 0, report

@@ -37,6 +37,11 @@ def test_files_recipes_and_manifest(quantized):
         assert recipe["options"]["relu6_fixed"] is True and recipe["options"]["input_range"] == [-1.0, 1.0]
         sources = {p["range_source"] for p in recipe["tensors"].values()}
         assert {"fixed", "calibrated", "weights"} <= sources
+        # the static portability check, recorded: every kernel path of the file's runtime, all safe
+        check = recipe["portability"]
+        assert check["safe"] is True and check["layers"] == 53 and len(check["paths"]) >= 3
+        assert all(p["safe"] and p["worst_case"] <= p["limit"] for p in check["paths"])
+        assert check["operands"] == (["u8u8"] if path.suffix == ".onnx" else ["s8s8"])
     assert len(result.fixed_tensors) >= 35 and result.calibrated_tensors  # 35 ReLU6 outputs + the input
 
 
@@ -203,6 +208,8 @@ def test_onnx_from_ort_quantize_static_on_request(capsys, tmp_path):
     recipe = json.loads((tmp_path / "edgeship_demo_int8.onnx.recipe.json").read_text())
     assert "quantize_static" in recipe["source"] and "minmax" in recipe["source"]
     assert not (tmp_path / "edgeship_demo_int8.onnx.layers.json").exists()  # the TFLite's report is not its own
+    # ORT's full-range int8 weights could saturate VPMADDUBSW: the file is written U8U8, and says so
+    assert recipe["portability"]["safe"] is True and recipe["portability"]["operands"] == ["u8u8"]
     graph = onnx.load(str(path)).graph
     ops = {n.op_type for n in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops and "SpaceToDepth" not in ops

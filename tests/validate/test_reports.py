@@ -37,6 +37,11 @@ XSS = "<script>alert(1)</script>"
 PIPE_LABEL = "seven|eight"
 CORRUPT_REASON = "not a TFLite flatbuffer: bad magic b'\\x00' \x1b[31mred\x1b[0m"
 SKIP_REASON = "Core ML prediction needs macOS"
+# a made-up machine (not this one): reports must show whatever was recorded, escaped like any outside text
+MACHINE = {"cpu_model": "Intel(R) Xeon(R) <b>Platinum</b> 8480+", "architecture": "x86_64", "cores": 112,
+           "isa": ["sse4_1", "avx2", "avx512f", "avx512bw", "avx512_vnni", "amx_int8", "amx_tile"],
+           "int8_kernel_family": "x86 AMX", "os": "Linux-6.8.0-x86_64-with-glibc2.39", "python": "3.11.9"}
+VERSIONS = {"edgeship": "0.1.0", "onnxruntime": "1.31.1", "ai-edge-litert": "2.3.0", "coremltools": "not installed"}
 
 
 def _png(value: int) -> bytes:
@@ -106,7 +111,8 @@ def make_report(*, layer_sqnr: bool = True, required: tuple[str, ...] = ("tflite
         required_formats=list(required),
         created="2026-11-22T12:00:00+00:00",
         edgeship_version="0.1.0",
-        versions={"onnxruntime": "1.31.1"},
+        versions=dict(VERSIONS),
+        machine=dict(MACHINE),
     )
 
 
@@ -142,8 +148,9 @@ def test_json_is_strict_and_has_every_stable_key(report):
 
     d = json.loads(text, parse_constant=no_constants)
     assert {"schema_version", "edgeship_version", "created", "reference", "data", "preprocessing", "labels",
-            "artifacts", "required_formats", "passed"} <= d.keys()
-    assert d["schema_version"] == 1 and d["passed"] is False
+            "artifacts", "required_formats", "machine", "versions", "passed"} <= d.keys()
+    assert d["schema_version"] == 2 and d["passed"] is False
+    assert d["machine"] == MACHINE and d["versions"] == VERSIONS
     assert {"path", "sha256"} <= d["reference"].keys() and {"source", "count", "labeled"} <= d["data"].keys()
     assert {"mean", "std", "color", "layout"} <= d["preprocessing"].keys()
     assert d["labels"][1] == XSS
@@ -188,6 +195,24 @@ def test_markdown_summary(report):
         if rows:
             counts = {len(re.findall(r"(?<!\\)\|", r)) for r in rows}
             assert len(counts) == 1, block
+
+
+def test_markdown_says_where_it_was_measured(report):
+    (line,) = [l for l in to_markdown(report).splitlines() if l.startswith("- **Measured on:**")]
+    assert line == ("- **Measured on:** Intel(R) Xeon(R) \\<b\\>Platinum\\</b\\> 8480+ · x86\\_64 · 112 cores · "
+                    "int8 kernels: x86 AMX · Linux-6.8.0-x86\\_64-with-glibc2.39 · Python 3.11.9 · "
+                    "onnxruntime 1.31.1, ai-edge-litert 2.3.0, coremltools not installed")
+    md = to_markdown(report)
+    assert md.index("- **Labels:**") < md.index("- **Measured on:**") < md.index("| Artifact |")
+
+
+def test_reports_without_a_machine_block_omit_it():
+    r = make_report()
+    r.machine, r.versions = {}, {}
+    assert "Measured on" not in to_markdown(r) and 'id="machine"' not in to_html(r)
+    props = ET.fromstring(to_junit(r)).find("testsuite/properties")
+    assert not [p for p in props if p.get("name").startswith(("machine.", "version."))]
+    assert json.loads(to_json(r))["machine"] == {}
 
 
 def test_reason_that_repeats_the_gates_is_not_printed_twice():
@@ -252,6 +277,18 @@ def test_html_plots_and_thumbnails(report, html):
             assert im.format == "PNG" and im.width > 300
 
 
+def test_html_machine_section(html):
+    section = re.search(r'<section id="machine">(.*?)</section>', html, re.S).group(1)
+    cells = dict(re.findall(r"<tr><td>([^<]*)</td><td>(.*?)</td></tr>", section))
+    assert cells["CPU"] == "Intel(R) Xeon(R) &lt;b&gt;Platinum&lt;/b&gt; 8480+"
+    assert cells["Logical cores"] == "112" and cells["Python"] == "3.11.9"
+    assert cells["int8 ISA features"] == "sse4_1, avx2, avx512f, avx512bw, avx512_vnni, amx_int8, amx_tile"
+    assert cells["int8 kernels"].startswith("x86 AMX<br>") and "TDPBUSD" in cells["int8 kernels"]  # its instruction
+    assert cells["onnxruntime"] == "1.31.1" and cells["coremltools"] == "not installed"
+    assert "edgeship" not in cells  # edgeship's own version is in the footer
+    assert html.index('id="inputs"') < html.index('id="machine"') < html.index('id="summary"')
+
+
 def test_html_omits_layer_sqnr_when_absent():
     html = to_html(make_report(layer_sqnr=False))
     assert 'id="layer-sqnr"' not in html and "Per-layer SQNR" not in html
@@ -288,6 +325,20 @@ def test_junit_counts_and_layout(report):
 
     corrupt = cases[("edgeship.tflite.int8", "runs")].find("failure")
     assert corrupt is not None and "bad magic" in corrupt.get("message") and "\x1b" not in corrupt.get("message")
+
+
+def test_junit_machine_properties(report):
+    suite = ET.fromstring(to_junit(report).encode("utf-8")).find("testsuite")
+    assert suite.find("properties") is suite[0]  # the standard place: first child of the testsuite
+    props = {p.get("name"): p.get("value") for p in suite.find("properties").iter("property")}
+    assert props["machine.cpu_model"] == MACHINE["cpu_model"]  # ElementTree escapes it
+    assert props["machine.isa"].split(", ") == MACHINE["isa"]
+    assert props["machine.int8_kernel_family"] == "x86 AMX"
+    assert props["machine.os"] == MACHINE["os"] and props["machine.python"] == "3.11.9"
+    assert props["machine.cores"] == "112" and props["machine.architecture"] == "x86_64"
+    assert {k: v for k, v in props.items() if k.startswith("version.")} == {
+        "version.onnxruntime": "1.31.1", "version.ai-edge-litert": "2.3.0", "version.coremltools": "not installed"}
+    assert props["edgeship_version"] == "0.1.0"
 
 
 def test_junit_required_format_skip_fails():
@@ -358,7 +409,12 @@ def test_schema_doc_covers_every_key(report):
     d = json.loads(to_json(report))
     a = d["artifacts"][1]
     keys = set(d) | set(a) | set(a["metrics"]) | set(a["latency_ms"]) | set(a["gates"][0]) | set(a["flips"][0])
-    keys |= set(d["reference"]) | set(d["data"]) | set(d["preprocessing"])
+    keys |= set(d["reference"]) | set(d["data"]) | set(d["preprocessing"]) | set(d["machine"])
     assert not {k for k in keys if f"`{k}`" not in doc}
     example = json.loads(re.search(r"```json\n(.*?)\n```", doc, re.S).group(1))
-    assert example["schema_version"] == 1 and example["passed"] is False
+    assert example["schema_version"] == 2 and example["passed"] is False
+    assert list(example) == list(d) and example["machine"].keys() == d["machine"].keys()
+    # every kernel family is documented with its instruction
+    from edgeship.machine import KernelFamily
+
+    assert not [f for f in KernelFamily if f'| `"{f.value}"` |' not in doc]

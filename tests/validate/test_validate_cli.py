@@ -11,6 +11,7 @@ import pytest
 
 from edgeship.cli import main
 from edgeship.export import export
+from edgeship.machine import KernelFamily, describe_machine
 from edgeship.models.loading import load_model
 from edgeship.validate.pipeline import validate
 from edgeship.validate.results import Status
@@ -41,7 +42,10 @@ def test_validate_passes_writes_four_reports_and_runs_coreml(capsys, exported, t
     assert code == 0, err
     assert "passed" in stdout and RUNTIME_NAMES[Format.COREML] in stdout
     data = json.loads((tmp_path / "r" / "report.json").read_text())
-    assert data["schema_version"] == 1 and data["passed"] is True and data["data"]["count"] == 360
+    assert data["schema_version"] == 2 and data["passed"] is True and data["data"]["count"] == 360
+    machine = data["machine"]  # where it was measured: this machine, whatever its ISA
+    assert machine == describe_machine().to_dict() and machine["int8_kernel_family"] in {f.value for f in KernelFamily}
+    assert {"onnxruntime", "ai-edge-litert", "coremltools", "tensorflow", "numpy"} <= data["versions"].keys()
     statuses = {a["format"]: a["status"] for a in data["artifacts"]}
     assert statuses == {"tflite": "passed", "onnx": "passed", "coreml": "passed"}
     for a in data["artifacts"]:
@@ -54,8 +58,13 @@ def test_validate_passes_writes_four_reports_and_runs_coreml(capsys, exported, t
         assert "reference execution" in coreml["reason"] and "not Apple's kernels" in coreml["reason"]
     suite = ET.parse(tmp_path / "r" / "junit.xml").getroot()
     assert int(suite.find("testsuite").get("skipped")) == 0
-    assert "<html" in (tmp_path / "r" / "report.html").read_text().lower()
-    assert "PASS" in (tmp_path / "r" / "report.md").read_text()
+    props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+    assert props["machine.int8_kernel_family"] == machine["int8_kernel_family"]
+    assert props["version.onnxruntime"] == data["versions"]["onnxruntime"]
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "<html" in html.lower() and '<section id="machine">' in html
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "PASS" in md and f"int8 kernels: {machine['int8_kernel_family']}" in md.replace("\\", "")
 
 
 def test_require_turns_a_skip_into_a_failure(capsys, exported, monkeypatch):

@@ -240,6 +240,59 @@ def _problem_lines(report: Report, a: ArtifactResult) -> list[str]:
     return lines
 
 
+# ================================================================================================ kernel paths
+def kernel_path_lines(report: Report) -> list[tuple[str, str]]:
+    """(artifact name, plain text) for each artifact run through a second kernel path: which one, on how many
+    samples, and how the two agreed ("onnxruntime-unfused on 360 samples: 39.9 dB, top-1 100.0 %, 91.1 % equal
+    values")."""
+    out = []
+    for a in report.artifacts:
+        if not a.kernel_path:
+            continue
+        m = a.metrics
+        out.append((a.name, f"{a.kernel_path.split(':')[0]} on {a.kernel_path_samples} samples: "
+                            f"{fmt_db(m.kernel_path_sqnr_db)}, top-1 {fmt_pct(m.kernel_path_top1_agreement)}, "
+                            f"{fmt_pct(m.kernel_path_equal_values)} equal values"))
+    return out
+
+
+# ================================================================================================ machine
+MACHINE_LABELS = {"cpu_model": "CPU", "architecture": "Architecture", "cores": "Logical cores",
+                  "isa": "int8 ISA features", "int8_kernel_family": "int8 kernels", "os": "OS", "python": "Python"}
+
+
+def _runtime_versions(report: Report) -> dict[str, str]:
+    """``report.versions`` without edgeship's own, which every report shows beside the creation time."""
+    return {str(k): str(v) for k, v in report.versions.items() if k != "edgeship"}
+
+
+def _machine_items(report: Report) -> list[tuple[str, str]]:
+    """(key, plain text) of ``report.machine``, known keys in :data:`MACHINE_LABELS` order, then any others;
+    the ISA features comma-separated ("none" when none was found)."""
+    m = report.machine
+    keys = [k for k in MACHINE_LABELS if k in m] + [k for k in m if k not in MACHINE_LABELS]
+
+    def text(key: str, value: Any) -> str:
+        if key == "isa" and isinstance(value, (list, tuple)):
+            return ", ".join(map(str, value)) or "none"
+        return _fmt_meta(value)
+
+    return [(k, text(k, m[k])) for k in keys]
+
+
+def _measured_on(report: Report) -> str:
+    """Where the report was measured, one plain-text line ("" when nothing was recorded):
+    ``AMD EPYC · x86_64 · 2 cores · int8 kernels: x86 AVX2 (no VNNI) · Linux-... · Python 3.11.7 · onnxruntime
+    1.31.1, ...``. The ISA features behind the kernel family are in report.json, report.html and junit.xml."""
+    items = dict(_machine_items(report))
+    parts = [items.get("cpu_model"), items.get("architecture"),
+             f"{items['cores']} cores" if report.machine.get("cores") is not None else None,
+             f"int8 kernels: {items['int8_kernel_family']}" if "int8_kernel_family" in items else None,
+             items.get("os"), f"Python {items['python']}" if "python" in items else None,
+             ", ".join(f"{k} {v}" for k, v in _runtime_versions(report).items())]
+    return " · ".join(_one_line(p) for p in parts if p)
+
+
 # ================================================================================================ JSON
 def _json_safe(obj: Any) -> Any:
     """A copy of obj that json.dumps(allow_nan=False) accepts: non-finite floats as "NaN"/"Infinity"/"-Infinity",

@@ -7,22 +7,26 @@ import io
 import math
 from typing import Any, Callable
 
+from edgeship.machine import KernelFamily
 from edgeship.validate.results import ArtifactResult, Flip, Report, Status
 from edgeship.validate.reports.markdown import MD_COLUMNS, inputs_lines, truncate
 from edgeship.validate.reports.common import (
     log,
     HTML_MAX_FLIPS,
     LAYER_PLOT_MAX,
+    MACHINE_LABELS,
     NA,
     _counts_text,
     _failing_gates,
     _finite,
     _h,
     _is_required_skip,
+    _machine_items,
     _one_line,
     _problem_lines,
     _reason_beyond_gates,
     _required_skipped,
+    _runtime_versions,
     _verdict,
     fmt_accuracy,
     fmt_db,
@@ -245,6 +249,23 @@ def _flip_figure(f: Flip) -> str:
             f"<code>{_h(f.source)}</code></span></figcaption></figure>")
 
 
+def _machine_section(report: Report) -> str:
+    """Where the latencies were measured: the machine block, the int8 instruction its kernel family implies,
+    and the runtime versions; "" when the report recorded neither."""
+    rows = []
+    for key, text in _machine_items(report):
+        cell = _h(text)
+        if key == "int8_kernel_family" and text in {f.value for f in KernelFamily}:
+            cell += f'<br><span class="muted">{_h(KernelFamily(text).__doc__)}</span>'
+        rows.append([_h(MACHINE_LABELS.get(key, key)), cell])
+    versions = [[_h(k), _h(v)] for k, v in _runtime_versions(report).items()]
+    if not rows and not versions:
+        return ""
+    tables = (_table(["Machine", "Value"], rows) if rows else "") + (
+        _table(["Runtime", "Version"], versions) if versions else "")
+    return f'<section id="machine"><h2>Machine</h2><div class="side-by-side">{tables}</div></section>'
+
+
 def _artifact_section(report: Report, i: int, a: ArtifactResult) -> str:
     m, lat = a.metrics, a.latency_ms
     out = [f'<h3 id="artifact-{i}">{_h(a.name)} {_badge(report, a)}</h3>']
@@ -280,8 +301,13 @@ def _artifact_section(report: Report, i: int, a: ArtifactResult) -> str:
             ["max abs error", _h(fmt_err(m.max_abs_error))], ["mean abs error", _h(fmt_err(m.mean_abs_error))],
             ["cosine", _h(fmt_number(m.cosine, ".6f"))], ["SQNR", _h(fmt_db(m.sqnr_db))],
             ["accuracy top-1", _h(fmt_pct(m.accuracy_top1))], ["accuracy top-5", _h(fmt_pct(m.accuracy_top5))],
-            ["accuracy top-1 drop", _h(fmt_pp(m.accuracy_top1_drop))],
+            ["accuracy top-1 drop", _h(fmt_pp(m.accuracy_top1_drop))], ["equal values", _h(fmt_pct(m.equal_values))],
         ]
+        if a.kernel_path:  # the same file through a second kernel path of its runtime
+            metric_rows += [[f"second kernel path ({_h(a.kernel_path_samples)} samples)", _h(a.kernel_path)],
+                            ["kernel paths: SQNR", _h(fmt_db(m.kernel_path_sqnr_db))],
+                            ["kernel paths: top-1 agreement", _h(fmt_pct(m.kernel_path_top1_agreement))],
+                            ["kernel paths: equal values", _h(fmt_pct(m.kernel_path_equal_values))]]
         lat_rows = [[k, _h(fmt_ms(getattr(lat, k)))] for k in ("load", "first", "p50", "p90", "p99", "mean", "std")]
         out.append('<div class="side-by-side">' + _table(["Metric", "Value"], metric_rows, {1})
                    + _table(["Latency", "Value"], lat_rows, {1}) + "</div>")
@@ -305,6 +331,9 @@ def to_html(report: Report) -> str:
     body.append('<section id="inputs"><h2>Reference and data</h2>')
     body.append(_dl([(k, _h(v)) for k, v in inputs_lines(report)]))
     body.append("</section>")
+    machine = _machine_section(report)
+    if machine:
+        body.append(machine)
 
     body.append('<section id="summary"><h2>Summary</h2>')
     if arts:
@@ -364,10 +393,8 @@ def to_html(report: Report) -> str:
         body.extend(_artifact_section(report, i, a) for i, a in enumerate(arts))
         body.append("</section>")
 
-    footer = [f"Created {_h(report.created or NA)} by edgeship {_h(report.edgeship_version or NA)}."]
-    if report.versions:
-        footer.append(" " + _h(", ".join(f"{k} {v}" for k, v in report.versions.items())) + ".")
-    body.append(f"<footer>{''.join(footer)}</footer>")
+    body.append(f"<footer>Created {_h(report.created or NA)} by edgeship {_h(report.edgeship_version or NA)}."
+                "</footer>")  # the runtime versions are in the Machine section
 
     return "\n".join([
         "<!DOCTYPE html>",

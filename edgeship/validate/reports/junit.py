@@ -11,7 +11,9 @@ from edgeship.validate.reports.common import (
     _failing_gates,
     _fmt_meta,
     _is_required_skip,
+    _machine_items,
     _one_line,
+    _runtime_versions,
 )
 
 
@@ -37,7 +39,9 @@ def _junit_classnames(artifacts: list[ArtifactResult]) -> list[str]:
 
 
 def to_junit(report: Report) -> str:
-    """``junit.xml``: ``<testsuites>`` holding one ``<testsuite name="edgeship">``.
+    """``junit.xml``: ``<testsuites>`` holding one ``<testsuite name="edgeship">``, whose ``<properties>`` say
+    what was validated and where: ``machine.<key>`` for each key of the machine block (``machine.isa``
+    comma-separated) and ``version.<package>`` for each runtime and converter.
 
     Per artifact, testcases with ``classname="edgeship.<format>.<precision>"``:
 
@@ -61,6 +65,8 @@ def to_junit(report: Report) -> str:
         "data_count": report.data.get("count"),
         "required_formats": ",".join(report.required_formats),
         "passed": report.passed,
+        **{f"machine.{k}": v for k, v in _machine_items(report)},
+        **{f"version.{k}": v for k, v in _runtime_versions(report).items()},
     }
     for k, v in meta.items():
         if v is not None and v != "":

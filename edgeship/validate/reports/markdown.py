@@ -16,6 +16,7 @@ from edgeship.validate.reports.common import (
     _is_required_skip,
     _md,
     _md_code,
+    _measured_on,
     _one_line,
     _problem_lines,
     _reason_beyond_gates,
@@ -28,6 +29,7 @@ from edgeship.validate.reports.common import (
     fmt_ms,
     fmt_pct,
     fmt_pp,
+    kernel_path_lines,
 )
 
 
@@ -96,6 +98,9 @@ def to_markdown(report: Report) -> str:
         else:
             text_md = _md(text)
         out.append(f"- **{name}:** {text_md}")
+    measured_on = _measured_on(report)
+    if measured_on:
+        out.append(f"- **Measured on:** {_md(measured_on)}")
     if report.created or report.edgeship_version:
         out.append(f"- **Created:** {_md(report.created or NA)} by edgeship {_md(report.edgeship_version or NA)}")
     out.append("")
@@ -111,6 +116,10 @@ def to_markdown(report: Report) -> str:
                 fmt_accuracy(m.accuracy_top1, m.accuracy_top1_drop), fmt_ms(lat.p50), fmt_mb(a.size_bytes),
             ]))
         out.append("")
+        paths = kernel_path_lines(report)
+        if paths:
+            out += ["Portability: each int8 file against a second kernel path of its runtime", ""]
+            out += [f"- {_md(name)}: {_md(text)}" for name, text in paths] + [""]
     else:
         out += ["No artifacts were validated.", ""]
 

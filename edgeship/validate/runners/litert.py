@@ -79,3 +79,11 @@ class LiteRTRunner(Runner):
 
     def close(self) -> None:
         self._interp = None
+
+
+class LiteRTReferenceRunner(LiteRTRunner):
+    """The same .tflite through LiteRT's reference kernels (``OpResolverType.BUILTIN_REF``: plain int32 loops, no
+    XNNPACK, no SIMD): a second kernel path that no CPU's instruction set can change."""
+
+    runtime = "litert-reference"
+    reference_kernels = True

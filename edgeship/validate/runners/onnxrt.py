@@ -78,6 +78,15 @@ class OnnxRuntimeRunner(Runner):
         self._sess = None
 
 
+class OnnxRuntimeUnfusedRunner(OnnxRuntimeRunner):
+    """The same .onnx with ORT's graph optimisations off (``ORT_DISABLE_ALL``): each DequantizeLinear -> float op ->
+    QuantizeLinear runs as written, in float, instead of ORT's fused int8 kernels (QLinearConv, QGemm): a second
+    kernel path whose arithmetic does not depend on the CPU's 8-bit instructions."""
+
+    runtime = "onnxruntime-unfused"
+    optimization_level = "disable"
+
+
 def _io_quantization(path, input_name: str, output_name: str) -> tuple[Quantization | None, Quantization | None]:
     """An 8-bit QDQ model's I/O parameters, as a client reads them: the scale and zero point of the
     DequantizeLinear that consumes the input and of the QuantizeLinear that produces the output."""
