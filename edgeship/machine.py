@@ -109,29 +109,23 @@ def kernel_family(arch: str, flags: set[str]) -> KernelFamily:
 
     x86: AMX needs ``amx_int8`` and ``amx_tile``; AVX-512 without VNNI needs ``avx512bw`` (byte instructions; an
     ``avx512f``-only CPU runs the AVX2 kernels). arm64: i8mm, then dot product, then plain NEON (``asimd``)."""
-    f = normalise_flags(flags)
-    family = arch_family(arch)
-    if family == "x86":
-        if {"amx_int8", "amx_tile"} <= f:
-            return KernelFamily.X86_AMX
-        if "avx512_vnni" in f:
-            return KernelFamily.X86_AVX512_VNNI
-        if "avx_vnni" in f:
-            return KernelFamily.X86_AVX_VNNI
-        if "avx512bw" in f:
-            return KernelFamily.X86_AVX512
-        if "avx2" in f:
-            return KernelFamily.X86_AVX2
-        if "sse4_1" in f:
-            return KernelFamily.X86_SSE41
-    elif family == "arm64":
-        if "i8mm" in f:
-            return KernelFamily.ARM64_I8MM
-        if "asimddp" in f:
-            return KernelFamily.ARM64_DOTPROD
-        if "asimd" in f:
-            return KernelFamily.ARM64_NEON
-    return KernelFamily.UNKNOWN
+    f, family = normalise_flags(flags), arch_family(arch)
+    return next((k for a, need, k in _FAMILY_RULES if a == family and need <= f), KernelFamily.UNKNOWN)
+
+
+#: Best first: the first row whose features the CPU has names its family (policy as data).
+_FAMILY_RULES: tuple[tuple[str, frozenset[str], KernelFamily], ...] = tuple(
+    (arch, frozenset(need), family) for arch, need, family in (
+        ("x86", {"amx_int8", "amx_tile"}, KernelFamily.X86_AMX),
+        ("x86", {"avx512_vnni"}, KernelFamily.X86_AVX512_VNNI),
+        ("x86", {"avx_vnni"}, KernelFamily.X86_AVX_VNNI),
+        ("x86", {"avx512bw"}, KernelFamily.X86_AVX512),
+        ("x86", {"avx2"}, KernelFamily.X86_AVX2),
+        ("x86", {"sse4_1"}, KernelFamily.X86_SSE41),
+        ("arm64", {"i8mm"}, KernelFamily.ARM64_I8MM),
+        ("arm64", {"asimddp"}, KernelFamily.ARM64_DOTPROD),
+        ("arm64", {"asimd"}, KernelFamily.ARM64_NEON),
+    ))
 
 
 def parse_cpuinfo(text: str) -> tuple[str, set[str]]:

@@ -25,7 +25,7 @@ from edgeship.export import export  # noqa: E402
 from edgeship.models.loading import load_model  # noqa: E402
 from edgeship.types import Format  # noqa: E402
 from edgeship.validate.latency import measure  # noqa: E402
-from edgeship.validate.runners import runner_for  # noqa: E402
+from edgeship.runtimes import runner_for  # noqa: E402
 
 
 def bare_litert(path: Path, x: np.ndarray, threads: int, warmup: int, iterations: int) -> float:

@@ -43,7 +43,7 @@ def main() -> None:
 
     from edgeship.export import export
     from edgeship.models.loading import load_model
-    from edgeship.validate.mlprogram import MLProgram
+    from edgeship.runtimes.mlprogram import MLProgram
 
     with tempfile.TemporaryDirectory() as tmp:
         loaded = load_model(args.model)

@@ -125,7 +125,7 @@ def interleaved(paths: dict[str, Path], threads: int, rounds: int, iterations: i
 def equal_outputs(loaded, paths: dict[str, Path]) -> tuple[float, int, float]:
     """(fraction of uint8 output values equal, values compared, top-1 agreement), ONNX vs LiteRT, held-out set."""
     from edgeship.data import load_image_folder
-    from edgeship.validate.runner import quantize_values
+    from edgeship.numerics import quantize_values
 
     images = load_image_folder(DEMO_DIR / "heldout", loaded.spec.input_shape[:2], loaded.spec.labels).images
     interp = interpreter(paths["tflite"], 1)

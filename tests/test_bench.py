@@ -18,7 +18,7 @@ TARGETS = {"onnx_int8_vs_tflite_int8", "int8_speedup_litert", "int8_speedup_ort"
 def test_bench_quick(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     data = json.loads(out.read_text())

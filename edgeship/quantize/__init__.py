@@ -16,12 +16,12 @@ accumulator can overflow; a file that could is never written).
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from edgeship.quantize.common import LAYER_SAMPLES
 from edgeship.types import Format, Precision
 
 #: The precisions this stage can produce per format, the default ones first (policy as data, like
@@ -39,7 +39,7 @@ DEFAULT_PRECISIONS: dict[Format, tuple[Precision, ...]] = {
     Format.COREML: (Precision.W8, Precision.W8A8),
 }
 
-__all__ = ["DEFAULT_PRECISIONS", "QUANTIZED_PRECISIONS", "quantize", "QuantizeResult", "plan"]
+__all__ = ["DEFAULT_PRECISIONS", "QUANTIZED_PRECISIONS", "QUANTIZERS", "quantize", "QuantizeResult", "plan"]
 
 
 def plan(formats: Sequence[Format], precisions: Sequence[Precision | str] | None) -> list[tuple[Format, Precision]]:
@@ -57,8 +57,18 @@ def plan(formats: Sequence[Format], precisions: Sequence[Precision | str] | None
                         f"choose from {offer}")
     return pairs
 
-#: Calibration samples the per-layer SQNR is measured on (every intermediate tensor is kept per sample).
-LAYER_SAMPLES = 32
+#: The quantiser of each format (:mod:`edgeship.quantize.common`: ``(job, precision, tmp) -> Made``).
+QUANTIZERS: dict[Format, Callable[[], Callable[..., Any]]] = {
+    Format.TFLITE: lambda: _load("edgeship.quantize.tflite", "quantize_tflite_file"),
+    Format.ONNX: lambda: _load("edgeship.quantize.onnx", "quantize_onnx_file"),
+    Format.COREML: lambda: _load("edgeship.quantize.coreml", "quantize_coreml_file"),
+}
+
+
+def _load(module: str, name: str) -> Callable[..., Any]:
+    import importlib
+
+    return getattr(importlib.import_module(module), name)  # lazily: coremltools and TF load only when needed
 
 
 @dataclass
@@ -93,19 +103,21 @@ def quantize(
     progress: bool = True,
     warn: Any = None,
 ) -> QuantizeResult:
+    """Quantise ``model`` (None: the embedded demo) to each format's precisions, calibrated once on
+    ``calibration`` (a folder of images, an .npy/.npz, or None: the demo's set). Plans the files, computes the
+    statistics once, calls each format's quantiser (:data:`QUANTIZERS`) and records what it made. Raises
+    UserError (bad input) or ConversionError (a converter or the portability check refused)."""
     from tqdm import tqdm
 
     from edgeship.errors import UserError
     from edgeship.export import ModelInfo, export, open_manifest
     from edgeship.export.common import artifact_name
-    from edgeship.export.tflite_metadata import add_metadata
-    from edgeship.fileio import atomic_path, ensure_output_dir, sha256_path, size_on_disk, write_bytes_atomic
-    from edgeship.manifest import ArtifactRecord
+    from edgeship.fileio import atomic_path, ensure_output_dir
     from edgeship.models.loading import load_model
     from edgeship.quantize.calibration import load_calibration
+    from edgeship.quantize.common import Job, compute_statistics, needs_int8_tflite
     from edgeship.quantize.fallback import parse_keep_float
     from edgeship.quantize.onnx import CALIBRATION_METHODS
-    from edgeship.quantize.tflite import calibrate, quantize_calibrated
 
     keep_float = parse_keep_float(keep_float)
     onnx_method = onnx_method.strip().lower()
@@ -114,151 +126,66 @@ def quantize(
                         f"bit-exact), {', '.join(CALIBRATION_METHODS)} (ONNX Runtime's quantize_static)")
     fmts = [Format.parse(f, "format") if isinstance(f, str) else Format(f) for f in formats]
     todo = plan(fmts, precisions)
-    # What is made from the calibrated int8 TFLite: itself, and the ONNX unless ORT quantises that on its own.
-    from_tflite = {(Format.TFLITE, Precision.INT8)} | ({(Format.ONNX, Precision.INT8)} if onnx_method == "tflite"
-                                                         else set())
     out_dir = ensure_output_dir(Path(out))
     loaded = loaded or load_model(model, trust_model=trust_model, labels=labels)
     spec = loaded.spec
-    info = ModelInfo.default_for(spec.name, spec.num_classes)
     warn = warn or (lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr))
     cal = load_calibration(calibration, spec, num_samples=num_samples, seed=seed, warn=warn)
     manifest = open_manifest(out_dir, loaded)
-    result = QuantizeResult(out_dir)
-    steps: list[Any] = ["calibrate", *todo]
-    bar = tqdm(steps, desc="quantize", unit="step", disable=None if progress else True, leave=False)
-    options = {"relu6_fixed": relu6_fixed, "io_dtype": io_dtype, "num_samples": len(cal.images), "seed": seed,
-               "input_range": list(spec.preprocessing.value_range), "weights": "int8 per-channel, symmetric",
-               "keep_float": keep_float, "max_drop": max_drop if keep_float == "auto" else None}
-
-    def record(path: Path, fmt: Format, precision: Precision, opts: dict[str, Any], recipe: dict[str, Any],
-               sqnr: dict[str, float] | None = None) -> None:
-        if precision is Precision.INT8 and sqnr is None:  # the ONNX has the TFLite's parameters
-            sqnr = result.layer_sqnr
-        if sqnr:
-            from edgeship.quantize.layers import write_layer_report
-
-            write_layer_report(path, sqnr, min(LAYER_SAMPLES, len(cal.images)))
-            result.layer_reports[path.name] = sqnr
-        recipe_path = path.with_name(path.name + ".recipe.json")
-        write_bytes_atomic(recipe_path, (json.dumps(recipe, indent=1) + "\n").encode())
-        manifest.add(ArtifactRecord(path=path.name, format=fmt, precision=precision, sha256=sha256_path(path),
-                                    size_bytes=size_on_disk(path), options=opts))
-        manifest.save(out_dir)
-        result.paths.append(path)
-        result.recipes.append(recipe_path)
+    bar = tqdm(["calibrate", *todo], desc="quantize", unit="step", disable=None if progress else True, leave=False)
 
     def float_artifact(fmt: Format) -> Any:
         """The float export of ``fmt`` in the output directory (exported now when it is not there)."""
         nonlocal manifest
-
-        def find() -> Any:
-            return next((a for a in manifest.artifacts if a.format is fmt
-                         and a.precision in (Precision.FP16, Precision.FP32) and (out_dir / a.path).exists()), None)
-
+        find = lambda: next((a for a in manifest.artifacts if a.format is fmt  # noqa: E731
+                             and a.precision in (Precision.FP16, Precision.FP32) and (out_dir / a.path).exists()), None)
         if find() is None:
             export(loaded=loaded, formats=[fmt], out=out_dir, progress=False)
             manifest = open_manifest(out_dir, loaded)
         return find()
 
-    int8 = None
-    ranges = dict(io_dtype=io_dtype, relu6_fixed=relu6_fixed, input_range=spec.preprocessing.value_range)
-    for step in bar:
-        bar.set_postfix_str(step if step == "calibrate" else f"{step[0].value} {step[1].value}")
-        if step == "calibrate":
-            if from_tflite & set(todo):
-                from edgeship.quantize.layers import layer_sqnr, tensor_sqnr
-
-                calibrated = calibrate(loaded, cal.inputs)  # the statistics, once, for every format
-                int8 = quantize_calibrated(calibrated, **ranges)
-                result.fixed_tensors, result.calibrated_tensors = int8.fixed_tensors, int8.calibrated_tensors
-                if relu6_fixed and not int8.relu6_tensors:
-                    warn("the model has no ReLU6 outputs: the fixed-range mode has nothing to do, every activation "
-                         "was calibrated")
-                if keep_float is not None:
-                    from edgeship.quantize.fallback import keep_float as fall_back
-
-                    sqnr = tensor_sqnr(calibrated, int8.model, cal.inputs, max_samples=LAYER_SAMPLES)
-                    result.fallback = fall_back(calibrated, int8, cal.inputs, sqnr, keep_float, max_drop=max_drop,
-                                                progress=bar.set_postfix_str, **ranges)
-                    int8 = result.fallback.result
-                    if not result.fallback.met:
-                        warn(f"keeping {len(result.fallback.kept)} layers in float reached "
-                             f"{result.fallback.agreement:.1%} top-1 agreement on the calibration set, short of "
-                             f"the {result.fallback.target:.1%} asked (--max-drop {max_drop})")
-                result.layer_sqnr = layer_sqnr(calibrated, int8.model, cal.inputs, max_samples=LAYER_SAMPLES)
-            continue
-        fmt, precision = step
+    job = Job(loaded, ModelInfo.default_for(spec.name, spec.num_classes), cal, out_dir,
+              options={"relu6_fixed": relu6_fixed, "io_dtype": io_dtype, "num_samples": len(cal.images), "seed": seed,
+                       "input_range": list(spec.preprocessing.value_range),
+                       "weights": "int8 per-channel, symmetric", "keep_float": keep_float,
+                       "max_drop": max_drop if keep_float == "auto" else None},
+              ranges={"io_dtype": io_dtype, "relu6_fixed": relu6_fixed, "input_range": spec.preprocessing.value_range},
+              onnx_method=onnx_method, float_artifact=float_artifact, progress=bar.set_postfix_str, warn=warn)
+    result = QuantizeResult(out_dir)
+    bar.set_postfix_str("calibrate")
+    if any(needs_int8_tflite(f, p, onnx_method) for f, p in todo):  # the statistics, once, for every format
+        job.stats = compute_statistics(job, keep_float, max_drop)
+        result.fixed_tensors, result.calibrated_tensors = job.stats.int8.fixed_tensors, job.stats.int8.calibrated_tensors
+        result.fallback, result.layer_sqnr = job.stats.fallback, job.stats.layer_sqnr
+    bar.update()
+    for fmt, precision in todo:
+        bar.set_postfix_str(f"{fmt.value} {precision.value}")
         path = out_dir / artifact_name(spec.name, fmt, precision)
-        recipe = {"calibration": cal.describe(), "options": options}
-        if result.fallback is not None and step in from_tflite:
-            recipe["float_fallback"] = result.fallback.describe()
-        if fmt is Format.TFLITE and precision is not Precision.INT8:
-            from edgeship.quantize.tflite import convert_weights_only
-
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(add_metadata(convert_weights_only(loaded, precision), spec, info))
-            recipe = {"options": {"mode": "dynamic-range: int8 weights per channel, float activations"
-                                  if precision is Precision.W8 else "float16 weights"}}
-            record(path, fmt, precision, {"input_dtype": "float32", "metadata": "tflite", **recipe["options"]},
-                   recipe)
-        elif fmt is Format.TFLITE:
-            assert int8 is not None
-            recipe["portability"] = _portability(Format.TFLITE, int8.model)
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(add_metadata(int8.model, spec, info))
-            recipe["tensors"] = int8.tensor_params
-            record(path, fmt, Precision.INT8, {"input_dtype": io_dtype, "metadata": "tflite", **options}, recipe)
-        elif fmt is Format.ONNX and onnx_method != "tflite":  # ORT's own calibration of the float ONNX
-            from edgeship.quantize.onnx import quantize_onnx_static
-
-            float_onnx = float_artifact(Format.ONNX)
-            with atomic_path(path) as tmp:
-                quantize_onnx_static(out_dir / float_onnx.path, cal.inputs, tmp, onnx_method)
-                recipe["portability"] = _portability(Format.ONNX, tmp.read_bytes())
-            recipe["source"] = (f"onnxruntime.quantization.quantize_static of {float_onnx.path}: QDQ, per-channel "
-                                f"int8 weights, uint8 activations, {onnx_method} calibration (ReLU6 outputs "
-                                "calibrated, not fixed; not bit-exact to the .tflite)")
-            record(path, fmt, Precision.INT8, {"input_dtype": "float32", "source": f"onnxruntime {onnx_method}",
-                                               **options}, recipe, {})
-        elif fmt is Format.ONNX:
-            from edgeship.quantize.onnx import onnx_from_tflite
-
-            assert int8 is not None
-            # Rewritten from the very int8 TFLite shipped for Android: the same I/O type and parameters.
-            fell_back: list[str] = []
-            data = onnx_from_tflite(int8.model, loaded, info, warn=lambda msg: (fell_back.append(msg), warn(msg)))
-            recipe["portability"] = _portability(Format.ONNX, data)
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(data)
-            recipe["tensors"] = int8.tensor_params
-            recipe["source"] = (f"tf2onnx.convert.from_tflite of the int8 TFLite ({fell_back[0]})" if fell_back else
-                                "the int8 TFLite rewritten op by op as ONNX QDQ (edgeship.quantize.onnx_qdq): its "
-                                "int8 parameters, uint8 activations (zero point + 128), weights stored as uint8 "
-                                "with zero point 128 (U8U8, edgeship.quantize.portability), NCHW inside")
-            record(path, fmt, Precision.INT8, {"input_dtype": io_dtype, "layout": "nhwc", **options}, recipe)
-        elif fmt is Format.COREML:
-            from edgeship.quantize.coreml import coreml_layer_sqnr, quantize_coreml_w8, quantize_coreml_w8a8
-
-            float_rec = float_artifact(Format.COREML)
-            with atomic_path(path) as tmp:
-                if precision is Precision.W8A8:  # calibrated through the NumPy executor: on Linux too
-                    coreml_recipe = quantize_coreml_w8a8(out_dir / float_rec.path, tmp, cal.images,
-                                                         relu6_fixed=relu6_fixed, progress=bar.set_postfix_str)
-                else:
-                    coreml_recipe = quantize_coreml_w8(out_dir / float_rec.path, tmp)
-                sqnr = coreml_layer_sqnr(out_dir / float_rec.path, tmp, cal.images, max_samples=LAYER_SAMPLES)
-            recipe.update(coreml_recipe)
-            record(path, fmt, precision, {"from": float_rec.path, "input_type": "image",
-                                          "output": "classLabel"}, recipe, sqnr)
+        with atomic_path(path) as tmp:
+            made = QUANTIZERS[fmt]()(job, precision, tmp)
+        _record(path, fmt, precision, made, manifest, result, min(LAYER_SAMPLES, len(cal.images)))
+        bar.update()
+    bar.close()
     return result
 
 
-def _portability(fmt: Format, data: bytes) -> dict[str, Any]:
-    """The static portability check of an int8 file before it is written (:mod:`edgeship.quantize.portability`):
-    its record for the recipe; raises ConversionError, naming the layer, if a known kernel path could saturate."""
-    from edgeship.quantize.portability import check_onnx, check_tflite, ensure_portable
+def _record(path: Path, fmt: Format, precision: Precision, made: Any, manifest: Any, result: QuantizeResult,
+            samples: int) -> None:
+    """A finished file: its per-layer report and recipe beside it, its manifest entry, its place in the result."""
+    import json
 
-    report = check_tflite(data) if fmt is Format.TFLITE else check_onnx(data)
-    ensure_portable(report, f"the int8 {fmt.value} file")
-    return report.to_dict()
+    from edgeship.fileio import sha256_path, size_on_disk, write_bytes_atomic
+    from edgeship.manifest import ArtifactRecord
+
+    if made.layer_sqnr:
+        from edgeship.quantize.layers import write_layer_report
+
+        write_layer_report(path, made.layer_sqnr, samples)
+        result.layer_reports[path.name] = made.layer_sqnr
+    recipe_path = path.with_name(path.name + ".recipe.json")
+    write_bytes_atomic(recipe_path, (json.dumps(made.recipe, indent=1) + "\n").encode())
+    manifest.add(ArtifactRecord(path=path.name, format=fmt, precision=precision, sha256=sha256_path(path),
+                                size_bytes=size_on_disk(path), options=made.options))
+    manifest.save(result.out_dir)
+    result.paths.append(path)
+    result.recipes.append(recipe_path)

@@ -63,7 +63,7 @@ def keep_float(calibrated: bytes, first: TFLiteQuantResult, inputs: np.ndarray, 
     """``first``: the all-int8 result; ``sqnr``: its per-tensor SQNR (:func:`layers.tensor_sqnr`);
     ``quant_options``: what ``first`` was made with (io_dtype, relu6_fixed, input_range)."""
     from edgeship.quantize.layers import short_name
-    from edgeship.validate.metrics import top1_agreement
+    from edgeship.numerics import top1_agreement
 
     if not 0 <= max_drop < 1:
         raise UserError(f"--max-drop must be a fraction in [0, 1) (0.01 is one point), got {max_drop}")

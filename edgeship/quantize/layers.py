@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeship.fileio import write_bytes_atomic
-from edgeship.validate.metrics import sqnr_from_powers
-from edgeship.validate.runner import quantize_values
+from edgeship.numerics import sqnr_from_powers
+from edgeship.numerics import quantize_values
 
 
 def layer_sqnr(float_model: bytes, int8_model: bytes, inputs: np.ndarray, max_samples: int = 16) -> dict[str, float]:

@@ -23,12 +23,44 @@ from edgeship.errors import ConversionError, UserError
 from edgeship.export.common import ModelInfo
 from edgeship.export.onnx import DEFAULT_OPSET, rename_output, set_metadata
 from edgeship.models.loading import LoadedModel
-from edgeship.types import Layout
+from edgeship.quantize.common import Job, Made, portability_record
+from edgeship.types import Format, Layout, Precision
 
-__all__ = ["CALIBRATION_METHODS", "CONVERTERS", "onnx_from_tflite", "quantize_onnx_static"]
+__all__ = ["CALIBRATION_METHODS", "CONVERTERS", "onnx_from_tflite", "quantize_onnx_file", "quantize_onnx_static"]
 
 CONVERTERS = ("qdq", "tf2onnx")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+def quantize_onnx_file(job: Job, precision: Precision, tmp: Path) -> Made:
+    """The stage's ONNX quantiser (:mod:`edgeship.quantize.common`): by default the run's int8 TFLite rewritten as
+    QDQ (its parameters; its per-layer report holds for both); with ``job.onnx_method`` minmax/entropy/percentile,
+    ONNX Runtime's ``quantize_static`` of the float ONNX (exported on the way when missing). Either is statically
+    checked for portability (stored U8U8 where any kernel could saturate) before it is written."""
+    if job.onnx_method != "tflite":  # ORT's own calibration of the float ONNX
+        float_onnx = job.float_artifact(Format.ONNX)
+        recipe = job.recipe(from_int8_tflite=False)
+        quantize_onnx_static(job.out_dir / float_onnx.path, job.cal.inputs, tmp, job.onnx_method)
+        recipe["portability"] = portability_record(Format.ONNX, tmp.read_bytes())
+        recipe["source"] = (f"onnxruntime.quantization.quantize_static of {float_onnx.path}: QDQ, per-channel int8 "
+                            f"weights, uint8 activations, {job.onnx_method} calibration (ReLU6 outputs calibrated, "
+                            "not fixed; not bit-exact to the .tflite)")
+        return Made(recipe, {"input_dtype": "float32", "source": f"onnxruntime {job.onnx_method}", **job.options}, {})
+    assert job.stats is not None
+    # Rewritten from the very int8 TFLite shipped for Android: the same I/O type and parameters.
+    fell_back: list[str] = []
+    data = onnx_from_tflite(job.stats.int8.model, job.loaded, job.info,
+                            warn=lambda msg: (fell_back.append(msg), job.warn(msg)))
+    recipe = job.recipe(from_int8_tflite=True)
+    recipe["portability"] = portability_record(Format.ONNX, data)
+    tmp.write_bytes(data)
+    recipe["tensors"] = job.stats.int8.tensor_params
+    recipe["source"] = (f"tf2onnx.convert.from_tflite of the int8 TFLite ({fell_back[0]})" if fell_back else
+                        "the int8 TFLite rewritten op by op as ONNX QDQ (edgeship.quantize.onnx_qdq): its int8 "
+                        "parameters, uint8 activations (zero point + 128), weights stored as uint8 with zero point "
+                        "128 (U8U8, edgeship.quantize.portability), NCHW inside")
+    return Made(recipe, {"input_dtype": job.ranges["io_dtype"], "layout": "nhwc", **job.options},
+                job.stats.layer_sqnr)
 
 
 def onnx_from_tflite(tflite: bytes, loaded: LoadedModel, info: ModelInfo, opset: int = DEFAULT_OPSET, *,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import warnings
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -29,7 +30,8 @@ from ai_edge_litert.tools import flatbuffer_utils
 
 from edgeship.errors import UserError
 from edgeship.models.loading import LoadedModel
-from edgeship.types import Precision
+from edgeship.quantize.common import Job, Made, portability_record
+from edgeship.types import Format, Precision
 
 RELU6_RANGE = (0.0, 6.0)
 MIN_RANGE = 1e-3  # narrowest calibrated activation range (see _widen_degenerate_ranges)
@@ -158,6 +160,27 @@ def convert_weights_only(loaded: LoadedModel, precision: Precision) -> bytes:
         converter.optimizations = [tf().lite.Optimize.DEFAULT]
 
     return convert(loaded, Precision.FP32, configure=dynamic_range)
+
+
+def quantize_tflite_file(job: Job, precision: Precision, tmp: Path) -> Made:
+    """The stage's TFLite quantiser (:mod:`edgeship.quantize.common`): the int8 TFLite of the run's statistics,
+    statically checked for portability before it is written; or, with no calibration, ``w8``/``fp16``. Each keeps
+    edgeship's TFLite metadata (normalisation, labels) so MediaPipe still classifies it."""
+    from edgeship.export.tflite_metadata import add_metadata
+
+    spec = job.loaded.spec
+    if precision is not Precision.INT8:
+        tmp.write_bytes(add_metadata(convert_weights_only(job.loaded, precision), spec, job.info))
+        options = {"mode": "dynamic-range: int8 weights per channel, float activations"
+                   if precision is Precision.W8 else "float16 weights"}
+        return Made({"options": options}, {"input_dtype": "float32", "metadata": "tflite", **options})
+    assert job.stats is not None
+    recipe = job.recipe(from_int8_tflite=True)
+    recipe["portability"] = portability_record(Format.TFLITE, job.stats.int8.model)
+    tmp.write_bytes(add_metadata(job.stats.int8.model, spec, job.info))
+    recipe["tensors"] = job.stats.int8.tensor_params
+    return Made(recipe, {"input_dtype": job.ranges["io_dtype"], "metadata": "tflite", **job.options},
+                job.stats.layer_sqnr)
 
 
 def _check_calibration(calibration: np.ndarray, input_shape: tuple[int, int, int]) -> np.ndarray:

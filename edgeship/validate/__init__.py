@@ -7,9 +7,7 @@ Python API::
     print(report.passed)
 """
 
-from edgeship.validate.runner import InputInfo, Runner
-
-__all__ = ["InputInfo", "Runner", "validate"]
+__all__ = ["validate"]
 
 
 def __getattr__(name: str):  # lazy: keep `import edgeship.validate` light

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeship.validate.results import Latency
-from edgeship.validate.runner import Runner
+from edgeship.runtimes.runner import Runner
 
 
 def measure(runner: Runner, feed: dict[str, np.ndarray], warmup: int = 10,

@@ -7,7 +7,7 @@ one whose runtime is not available here is skipped with its reason (and fails th
 required).
 
 Portability: each int8 file also runs, on the first ``kernel_path_samples`` samples, through a second kernel path
-of its own runtime (:data:`edgeship.validate.runners.KERNEL_PATHS`), compared with its first by the same
+of its own runtime (:data:`edgeship.runtimes.KERNEL_PATHS`), compared with its first by the same
 :class:`Comparison`; the ``kernel_path_*`` gates of the policy judge it, and a failure names both paths and this
 machine's int8 kernel family.
 """
@@ -32,9 +32,9 @@ from edgeship.validate.compare import Comparison, label_permutation
 from edgeship.validate.latency import measure, peak_rss_bytes, reset_peak_rss
 from edgeship.validate.policy import Policy, load_policy
 from edgeship.validate.results import ArtifactResult, Report, Status
-from edgeship.validate.runner import Runner, Unavailable
-from edgeship.validate.runners import KERNEL_PATHS, RUNTIME_NAMES, kernel_path_runner, runner_for
-from edgeship.validate.runners.keras import KerasRunner
+from edgeship.runtimes.runner import Runner, Unavailable
+from edgeship.runtimes import KERNEL_PATHS, RUNTIME_NAMES, kernel_path_runner, runner_for
+from edgeship.runtimes.keras import KerasRunner
 
 DEMO_HELDOUT = DEMO_DIR / "heldout"
 _SUFFIX_FORMATS = {".tflite": Format.TFLITE, ".onnx": Format.ONNX, ".mlpackage": Format.COREML}

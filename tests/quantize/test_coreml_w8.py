@@ -303,7 +303,7 @@ def test_w8_predicts_the_float_models_labels(made, demo_heldout):
 @pytest.fixture(scope="module")
 def w8a8(made, demo_loaded, tmp_path_factory):
     from edgeship.quantize.calibration import load_calibration
-    from edgeship.quantize.coreml import quantize_coreml_w8a8
+    from edgeship.quantize.coreml_w8a8 import quantize_coreml_w8a8
 
     fp16, _, _ = made()
     cal = load_calibration(None, demo_loaded.spec)  # the default: all 200 demo calibration images
@@ -366,7 +366,7 @@ def test_w8a8_agrees_with_float_on_heldout_through_the_reference_executor(w8a8, 
     most 0.5 pt accuracy lost — executed by edgeship's NumPy reference (not Apple's kernels)."""
     from edgeship.data import load_image_folder
     from edgeship.models.loading import DEMO_DIR
-    from edgeship.validate.mlprogram import MLProgram
+    from edgeship.runtimes.mlprogram import MLProgram
 
     path, _ = w8a8
     held = load_image_folder(DEMO_DIR / "heldout", (96, 96), class_names=demo_loaded.spec.labels)
@@ -381,7 +381,7 @@ def test_w8a8_agrees_with_float_on_heldout_through_the_reference_executor(w8a8, 
 def test_percentile_range_is_the_exact_order_statistic():
     """The calibrated range keeps only the tails, yet is exactly the k-th largest/smallest value of all the values
     seen (k = the count beyond the percentile), whatever the tensor size and sample count; 100 is min/max."""
-    from edgeship.quantize.coreml import _Tails
+    from edgeship.quantize.coreml_w8a8 import _Tails
 
     rng = np.random.default_rng(1)
     for shape, n, p in [((7,), 50, 99.0), ((1000,), 200, 99.999), ((3, 5), 3, 90.0), ((10000,), 30, 99.9),

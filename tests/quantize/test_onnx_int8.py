@@ -45,7 +45,7 @@ def _client_input(path, images: np.ndarray, preprocessing) -> np.ndarray:
     """What a client feeds the .tflite: the preprocessed images, quantised with the input's own parameters."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgeship.validate.runner import quantize_values
+    from edgeship.numerics import quantize_values
 
     d = Interpreter(model_path=str(path)).get_input_details()[0]
     x = preprocessing.apply(images)
@@ -167,7 +167,7 @@ def test_ort_runs_every_conv_and_the_classifier_in_int8(make):
 def test_the_validator_reads_it_and_it_agrees_with_float(demo, make):
     """The runner finds the uint8 input's scale/zero point behind its Transpose, and the output's; NHWC and NCHW
     files answer alike; top-1 agreement with the Keras model >= 99 %."""
-    from edgeship.validate.runners.onnxrt import OnnxRuntimeRunner
+    from edgeship.runtimes.onnxrt import OnnxRuntimeRunner
 
     loaded, _, _, heldout = demo
     outs = {}
@@ -239,7 +239,7 @@ def test_quantize_onnx_static_from_a_float_onnx(demo, tmp_path):
     from edgeship.quantize.onnx import quantize_onnx_static
     from edgeship.quantize.onnx_qdq import fusion_report, ort_optimized_graph
     from edgeship.quantize.portability import check_onnx
-    from edgeship.validate.runners.onnxrt import OnnxRuntimeRunner
+    from edgeship.runtimes.onnxrt import OnnxRuntimeRunner
 
     loaded, cal, _, heldout = demo
     info = ModelInfo.default_for(loaded.spec.name, loaded.spec.num_classes)

@@ -63,8 +63,8 @@ def test_onnx_int8_carries_the_tflite_parameters(quantized):
     import onnx
     from onnx import numpy_helper
 
-    from edgeship.validate.runners.litert import LiteRTRunner
-    from edgeship.validate.runners.onnxrt import OnnxRuntimeRunner
+    from edgeship.runtimes.litert import LiteRTRunner
+    from edgeship.runtimes.onnxrt import OnnxRuntimeRunner
 
     out, result = quantized
     model = onnx.load(str(result.paths[1]))

@@ -256,7 +256,7 @@ def test_keep_float_auto_stops_at_the_target(calibrated, quantised, demo, heldou
     all makes "auto" keep layers one by one, and it reports what it reached either way."""
     from edgeship.quantize.fallback import AUTO_LIMIT, keep_float, predict
     from edgeship.quantize.layers import tensor_sqnr
-    from edgeship.validate.metrics import top1_agreement
+    from edgeship.numerics import top1_agreement
 
     loaded, calibration = demo
     first = quantised()

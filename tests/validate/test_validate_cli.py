@@ -34,7 +34,7 @@ def _run(capsys, *args):
 def test_validate_passes_writes_four_reports_and_runs_coreml(capsys, exported, tmp_path):
     """Core ML runs everywhere: in Core ML on macOS, by the NumPy reference executor elsewhere (and says so)."""
     from edgeship.types import Format
-    from edgeship.validate.runners import RUNTIME_NAMES
+    from edgeship.runtimes import RUNTIME_NAMES
 
     _, out = exported
     code, stdout, err = _run(capsys, "validate", "--artifacts", str(out), "--report", str(tmp_path / "r"),
@@ -70,15 +70,15 @@ def test_validate_passes_writes_four_reports_and_runs_coreml(capsys, exported, t
 def test_require_turns_a_skip_into_a_failure(capsys, exported, monkeypatch):
     """A Core ML runtime that cannot run here (as Core ML itself off macOS) skips; --require makes that fail."""
     from edgeship.types import Format
-    from edgeship.validate import runners
-    from edgeship.validate.runner import Unavailable
-    from edgeship.validate.runners.coreml import CoreMLRunner
+    from edgeship import runtimes
+    from edgeship.runtimes.runner import Unavailable
+    from edgeship.runtimes.coreml import CoreMLRunner
 
     class NoCoreML(CoreMLRunner):
         def _open(self):
             raise Unavailable("Core ML prediction needs macOS")
 
-    monkeypatch.setitem(runners._FACTORIES, Format.COREML, lambda: NoCoreML)
+    monkeypatch.setitem(runtimes._FACTORIES, Format.COREML, lambda: NoCoreML)
     _, out = exported
     code, stdout, _ = _run(capsys, "validate", "--artifacts", str(out), "--iterations", "2")
     assert code == 0 and "skipped" in stdout  # a skip alone passes...

@@ -1,4 +1,7 @@
-"""report.html: one self-contained page with plots and thumbnails, every outside text escaped."""
+"""report.html: one self-contained page with plots and thumbnails, every outside text escaped.
+
+(Just over the ~400-line guide: the page is one template, section after section in document order; splitting
+it would scatter one page's markup across modules.)"""
 
 from __future__ import annotations
 

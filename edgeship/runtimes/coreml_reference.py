@@ -1,8 +1,8 @@
 """Core ML where Core ML cannot run (Linux, Windows): the saved ML Program executed op by op with NumPy
-(:mod:`edgeship.validate.mlprogram`). A reference execution of the program's semantics, fp16 rounding included,
+(:mod:`edgeship.runtimes.mlprogram`). A reference execution of the program's semantics, fp16 rounding included,
 not Apple's kernels: the report says so (runtime ``coreml-reference``, and :data:`NOTE`).
 
-It is fed as a Core ML client feeds the model, like :class:`~edgeship.validate.runners.coreml.CoreMLRunner`:
+It is fed as a Core ML client feeds the model, like :class:`~edgeship.runtimes.coreml.CoreMLRunner`:
 uint8 RGB pixels (the image input applies the model's own scale/bias), one image per call when timed; the answer is the
 classifier's ``{label: value}`` dictionary in label order. A program with an op the executor has no kernel for
 is *unavailable* here (reported as skipped, with the op named), never answered without it.
@@ -18,7 +18,7 @@ import numpy as np
 
 from edgeship.errors import UserError
 from edgeship.models.spec import Preprocessing
-from edgeship.validate.runner import InputInfo, Runner, Unavailable
+from edgeship.runtimes.runner import InputInfo, Runner, Unavailable
 
 NOTE = "reference execution (NumPy), not Apple's kernels"
 BATCH = 16  # images per executor call in accuracy runs
@@ -29,7 +29,7 @@ class CoreMLReferenceRunner(Runner):
     note = NOTE
 
     def _open(self) -> None:
-        from edgeship.validate.mlprogram import MLProgram, UnsupportedOp
+        from edgeship.runtimes.mlprogram import MLProgram, UnsupportedOp
 
         try:
             self._program = MLProgram(self.path)

@@ -13,7 +13,7 @@ import pytest
 from edgeship.export import export
 from edgeship.models.loading import load_model
 from edgeship.types import Format
-from edgeship.validate.runners.coreml_reference import NOTE, CoreMLReferenceRunner
+from edgeship.runtimes.coreml_reference import NOTE, CoreMLReferenceRunner
 from tests.conftest import macos_only, make_input_sensitive, resize_batch
 
 VARIANTS = ["mobilenet_v1_0.25_128", "mobilenet_v2_0.35_96", "mobilenet_v3_small_0.75_224",
@@ -83,7 +83,7 @@ def test_fp32_package_matches_keras(fp32_package):
 
 
 def test_fp16_demo_agrees_with_keras_on_the_heldout_set(demo_packages, demo_report, demo_heldout):
-    from edgeship.validate.runners import RUNTIME_NAMES
+    from edgeship.runtimes import RUNTIME_NAMES
 
     report, rows = demo_report
     fp16 = rows["fp16"]
@@ -104,7 +104,7 @@ def test_fp16_demo_agrees_with_keras_on_the_heldout_set(demo_packages, demo_repo
 
 
 def test_w8_package_runs_and_agrees_with_the_float_top1(demo_packages, demo_heldout):
-    from edgeship.validate.mlprogram import MLProgram
+    from edgeship.runtimes.mlprogram import MLProgram
 
     loaded, paths = demo_packages
     program = MLProgram(paths["w8"])
@@ -120,9 +120,9 @@ def test_w8_package_runs_and_agrees_with_the_float_top1(demo_packages, demo_held
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="Core ML itself runs on macOS")
 def test_runner_for_coreml_off_macos_is_the_reference(demo_packages):
-    from edgeship.validate.runner import Unavailable
-    from edgeship.validate.runners import RUNTIME_NAMES, runner_for
-    from edgeship.validate.runners.coreml import CoreMLRunner
+    from edgeship.runtimes.runner import Unavailable
+    from edgeship.runtimes import RUNTIME_NAMES, runner_for
+    from edgeship.runtimes.coreml import CoreMLRunner
 
     loaded, paths = demo_packages
     runner = runner_for(Format.COREML, paths["fp16"], loaded.spec.preprocessing)
@@ -147,7 +147,7 @@ def test_validate_runs_coreml_by_reference_and_says_so(demo_report):
 
 @macos_only
 def test_reference_agrees_with_core_ml_itself(demo_packages, demo_heldout):
-    from edgeship.validate.runners.coreml import CoreMLRunner
+    from edgeship.runtimes.coreml import CoreMLRunner
 
     loaded, paths = demo_packages
     images, _, _ = demo_heldout

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeship.errors import UserError
+from edgeship.numerics import quantize_values
 from edgeship.models.spec import Preprocessing
 from edgeship.types import Layout
 
@@ -146,12 +147,6 @@ class Runner(ABC):
 
     def close(self) -> None:
         """Release the backend (interpreter, session). Subclasses with resources override."""
-
-
-def quantize_values(x: np.ndarray, dtype: np.dtype, scale: float, zero_point: int) -> np.ndarray:
-    """Real values to an 8-bit tensor's integers, as a client does: round half to even, saturate."""
-    bounds = np.iinfo(dtype)
-    return np.clip(np.round(x / scale + zero_point), bounds.min, bounds.max).astype(dtype)
 
 
 class Unavailable(Exception):

@@ -9,8 +9,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from edgeship.errors import UserError
-from edgeship.validate.mlprogram.fp16 import round_fp16
-from edgeship.validate.mlprogram.kernels import KERNELS
+from edgeship.runtimes.mlprogram.fp16 import round_fp16
+from edgeship.runtimes.mlprogram.kernels import KERNELS
 
 # Ops whose result, from fp16 inputs, is always one of the input values (or an fp16 constant): no rounding to do.
 EXACT_OPS = frozenset({"transpose", "reshape", "squeeze", "expand_dims", "concat", "pad", "relu", "relu6", "clip",

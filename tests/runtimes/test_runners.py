@@ -13,11 +13,11 @@ from edgeship.errors import UserError
 from edgeship.export import export
 from edgeship.models.loading import load_model
 from edgeship.types import Format, Layout
-from edgeship.validate.runner import Unavailable
-from edgeship.validate.runners import runner_for
-from edgeship.validate.runners.keras import KerasRunner
-from edgeship.validate.runners.litert import LiteRTRunner
-from edgeship.validate.runners.onnxrt import OnnxRuntimeRunner
+from edgeship.runtimes.runner import Unavailable
+from edgeship.runtimes import runner_for
+from edgeship.runtimes.keras import KerasRunner
+from edgeship.runtimes.litert import LiteRTRunner
+from edgeship.runtimes.onnxrt import OnnxRuntimeRunner
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_onnxruntime_without_graph_optimisation(files):
 
 def test_uint8_input_is_quantised_with_the_artifacts_own_parameters(files):
     """A fake uint8-input runner: the base class quantises the normalised input with its scale/zero point."""
-    from edgeship.validate.runner import InputInfo, Runner
+    from edgeship.runtimes.runner import InputInfo, Runner
 
     class Echo(Runner):
         def _open(self): ...
@@ -99,8 +99,8 @@ def test_uint8_input_is_quantised_with_the_artifacts_own_parameters(files):
 @pytest.mark.skipif(sys.platform == "darwin", reason="checks the Linux behaviour")
 def test_coreml_off_macos_runs_by_reference(files):
     """Core ML itself is unavailable off macOS; runner_for gives the NumPy reference executor instead."""
-    from edgeship.validate.runners.coreml import CoreMLRunner
-    from edgeship.validate.runners.coreml_reference import CoreMLReferenceRunner
+    from edgeship.runtimes.coreml import CoreMLRunner
+    from edgeship.runtimes.coreml_reference import CoreMLReferenceRunner
 
     loaded, paths, images, reference = files
     with pytest.raises(Unavailable, match="needs macOS"):

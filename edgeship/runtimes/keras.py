@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from edgeship.models.loading import LoadedModel
-from edgeship.validate.runner import InputInfo, Runner
+from edgeship.runtimes.runner import InputInfo, Runner
 
 
 class KerasRunner(Runner):

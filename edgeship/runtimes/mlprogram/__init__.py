@@ -4,7 +4,7 @@
 It reads the package from disk (the model spec and its weight blobs) into coremltools' own program
 representation (``milproto.load``), then runs the main function's ops in program order with NumPy. Constants
 (``const``, ``constexpr_*`` weight decompression) take the values the op's own ``value_inference`` gives; every
-computed op has a kernel in :mod:`edgeship.validate.mlprogram.kernels`. An op without a kernel refuses the
+computed op has a kernel in :mod:`edgeship.runtimes.mlprogram.kernels`. An op without a kernel refuses the
 program with :class:`UnsupportedOp` naming the op type and name (when the program is opened, before any answer).
 
 Precision follows the program's types, as Core ML's fp16 path computes: an op whose tensors are typed fp16 gets
@@ -19,7 +19,7 @@ A classifier's ``classify`` op gives the predicted label and the ``{label: proba
 
 API::
 
-    from edgeship.validate.mlprogram import MLProgram
+    from edgeship.runtimes.mlprogram import MLProgram
 
     program = MLProgram("model.mlpackage")           # load + plan; UnsupportedOp / MLProgramError here
     out = program.execute({"image": rgb_uint8_1hw3})
@@ -47,8 +47,8 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from edgeship.validate.mlprogram.kernels import KERNELS
-from edgeship.validate.mlprogram.program import (
+from edgeship.runtimes.mlprogram.kernels import KERNELS
+from edgeship.runtimes.mlprogram.program import (
     ImageInput,
     InputDesc,
     MLProgramError,

@@ -13,7 +13,7 @@ import numpy as np
 
 from edgeship.errors import UserError
 from edgeship.types import ColorOrder
-from edgeship.validate.runner import InputInfo, Quantization, Runner
+from edgeship.runtimes.runner import InputInfo, Quantization, Runner
 
 
 class LiteRTRunner(Runner):

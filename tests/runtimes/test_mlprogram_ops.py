@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeship.validate.mlprogram import MLProgram, UnsupportedOp
-from edgeship.validate.mlprogram.fp16 import round_fp16
+from edgeship.runtimes.mlprogram import MLProgram, UnsupportedOp
+from edgeship.runtimes.mlprogram.fp16 import round_fp16
 
 RNG = np.random.default_rng(7)
 
@@ -495,8 +495,8 @@ def test_unknown_op_is_refused_by_name(tmp_path):
     from coremltools.converters.mil import Builder as mb
 
     from edgeship.errors import UserError
-    from edgeship.validate.runner import Unavailable
-    from edgeship.validate.runners.coreml_reference import CoreMLReferenceRunner
+    from edgeship.runtimes.runner import Unavailable
+    from edgeship.runtimes.coreml_reference import CoreMLReferenceRunner
 
     @mb.program(input_specs=[mb.TensorSpec(shape=(1, 4))], opset_version=ct.target.iOS16)
     def prog(x):

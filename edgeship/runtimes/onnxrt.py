@@ -10,7 +10,7 @@ import numpy as np
 from edgeship.errors import UserError
 from edgeship.models.spec import Preprocessing
 from edgeship.types import Layout
-from edgeship.validate.runner import InputInfo, Quantization, Runner
+from edgeship.runtimes.runner import InputInfo, Quantization, Runner
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
               "tensor(float16)": np.float16}

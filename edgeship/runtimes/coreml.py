@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 from edgeship.models.spec import Preprocessing
-from edgeship.validate.runner import InputInfo, Runner, Unavailable
+from edgeship.runtimes.runner import InputInfo, Runner, Unavailable
 
 COMPUTE_UNITS = ("all", "cpu_only", "cpu_and_gpu", "cpu_and_ne")
 

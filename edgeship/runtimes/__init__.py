@@ -1,7 +1,15 @@
-"""The runtime for each format (policy as data): which runner opens a file, and the name reports use.
+"""The runtimes layer: opening and executing an artifact, below the stages that use it. The quantise stage runs
+artifacts to calibrate and measure per-layer error; the validate stage to compare and time them; neither imports
+the other for it.
+
+- :mod:`edgeship.runtimes.runner`: the one Runner interface (``open``, ``inputs``, ``infer``, ``predict``);
+- one module per runtime: ``keras``, ``litert`` (XNNPACK, and reference kernels), ``onnxrt`` (optimised, and
+  unfused), ``coreml`` (macOS), ``coreml_reference`` (the NumPy ML Program executor, :mod:`.mlprogram`).
+
+This module is the table (policy as data): which runner opens a file of each format, and the name reports use.
 
 Core ML runs in Core ML itself on macOS; elsewhere, where ``MLModel.predict`` cannot run, its ML Program is
-executed by edgeship's NumPy reference executor (``coreml-reference``; see :mod:`edgeship.validate.mlprogram`).
+executed by edgeship's NumPy reference executor (``coreml-reference``; see :mod:`edgeship.runtimes.mlprogram`).
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from typing import Callable
 
 from edgeship.models.spec import Preprocessing
 from edgeship.types import Format, Precision
-from edgeship.validate.runner import Runner
+from edgeship.runtimes.runner import Runner
 
 
 def runner_for(fmt: Format, path: Path, preprocessing: Preprocessing, threads: int = 1) -> Runner:
@@ -29,25 +37,25 @@ def kernel_path_runner(fmt: Format, precision: Precision, path: Path, preprocess
 
 
 def _litert_reference() -> type[Runner]:
-    from edgeship.validate.runners.litert import LiteRTReferenceRunner
+    from edgeship.runtimes.litert import LiteRTReferenceRunner
 
     return LiteRTReferenceRunner
 
 
 def _ort_unfused() -> type[Runner]:
-    from edgeship.validate.runners.onnxrt import OnnxRuntimeUnfusedRunner
+    from edgeship.runtimes.onnxrt import OnnxRuntimeUnfusedRunner
 
     return OnnxRuntimeUnfusedRunner
 
 
 def _litert() -> type[Runner]:
-    from edgeship.validate.runners.litert import LiteRTRunner
+    from edgeship.runtimes.litert import LiteRTRunner
 
     return LiteRTRunner
 
 
 def _ort() -> type[Runner]:
-    from edgeship.validate.runners.onnxrt import OnnxRuntimeRunner
+    from edgeship.runtimes.onnxrt import OnnxRuntimeRunner
 
     return OnnxRuntimeRunner
 
@@ -55,13 +63,13 @@ def _ort() -> type[Runner]:
 def _coreml() -> type[Runner]:
     if not _HAS_CORE_ML:
         return _coreml_reference()
-    from edgeship.validate.runners.coreml import CoreMLRunner
+    from edgeship.runtimes.coreml import CoreMLRunner
 
     return CoreMLRunner
 
 
 def _coreml_reference() -> type[Runner]:
-    from edgeship.validate.runners.coreml_reference import CoreMLReferenceRunner
+    from edgeship.runtimes.coreml_reference import CoreMLReferenceRunner
 
     return CoreMLReferenceRunner
 
