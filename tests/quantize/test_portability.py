@@ -153,7 +153,7 @@ def test_default_files_pass_both_kernel_paths(two_paths):
         assert r.status.value == "passed", r.reason
         assert r.kernel_path.startswith(path_name) and r.kernel_path_samples == 360
         gates = {g.name: g for g in r.gates}
-        assert gates["kernel_path_sqnr_db"].passed and gates["kernel_path_top1_agreement"].passed
+        assert gates["kernel_path_sqnr_db"].passed and "kernel_path_top1_agreement" not in gates  # reported only
         assert r.metrics.kernel_path_top1_agreement >= 0.99 and r.metrics.kernel_path_sqnr_db >= 20
     # ORT's two paths round alike on most values; LiteRT's reference kernels requantise differently
     assert two_paths["onnx"].metrics.kernel_path_equal_values > two_paths["tflite"].metrics.kernel_path_equal_values
