@@ -101,7 +101,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     result = quantize(loaded=loaded, calibration=args.calibration, formats=Format.parse_list(args.formats, "format"),
                       out=args.out, num_samples=args.num_samples, seed=args.seed, relu6_fixed=args.relu6_fixed,
                       io_dtype=args.io_dtype, keep_float=args.keep_float, max_drop=args.max_drop,
-                      onnx_method=args.onnx_method,
+                      onnx_method=args.onnx_method, bias_correction=args.bias_correction,
                       precisions=Precision.parse_list(args.precision, "precision") if args.precision else None)
     if result.fixed_tensors or result.calibrated_tensors:
         print(f"ranges: {len(result.fixed_tensors)} tensors fixed without calibration (ReLU6 outputs -> [0, 6], "
@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="seed for picking the samples (default 0)")
     g.add_argument("--no-relu6-fixed", dest="relu6_fixed", action="store_false",
                    help="calibrate ReLU6 outputs too, instead of fixing them to [0, 6]")
+    g.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                   help="keep the output shift that int8 weights cause (default: measured on the calibration set "
+                        "and corrected in every file with int8 weights)")
     g.add_argument("--io-dtype", default="uint8", choices=["uint8", "int8", "float32"],
                    help="TFLite input/output type (default uint8: MediaPipe refuses int8 input)")
     g.add_argument("--precision", metavar="LIST",

@@ -20,6 +20,7 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     relu6_fixed = true
     precisions = ["int8", "w8", "w8a8"]  # default: each format's (int8 TFLite/ONNX, Core ML w8 and w8a8)
     onnx_method = "tflite"               # or minmax/entropy/percentile: ONNX Runtime's quantize_static
+    bias_correction = true               # correct the mean output shift of int8 weights
 
     [validate]
     data = "data/heldout"                # default: the demo held-out set
@@ -49,7 +50,8 @@ from edgeship.validate.results import Report
 _KNOWN = {
     "model": {"path", "labels", "trust"},
     "export": {"formats", "precisions", "onnx_layout"},
-    "quantize": {"formats", "calibration", "num_samples", "relu6_fixed", "seed", "precisions", "onnx_method"},
+    "quantize": {"formats", "calibration", "num_samples", "relu6_fixed", "seed", "precisions", "onnx_method",
+                 "bias_correction"},
     "validate": {"data", "policy", "require", "threads", "iterations", "kernel_path_samples"},
     "output": {"dir"},
 }
@@ -70,6 +72,7 @@ class RunConfig:
     seed: int = 0
     quantize_precisions: list[str] | None = None  # None: each format's defaults
     onnx_method: str = "tflite"
+    bias_correction: bool = True
     data: str | None = None
     policy: str | None = None
     require: list[str] = field(default_factory=list)
@@ -109,6 +112,7 @@ def load_config(path: str | Path | None) -> RunConfig:
         calibration=rel(q.get("calibration")), num_samples=int(q.get("num_samples", 200)),
         relu6_fixed=bool(q.get("relu6_fixed", True)), seed=int(q.get("seed", 0)),
         quantize_precisions=q.get("precisions"), onnx_method=str(q.get("onnx_method", "tflite")),
+        bias_correction=bool(q.get("bias_correction", True)),
         data=rel(v.get("data")), policy=rel(v.get("policy")),
         require=list(v.get("require", [])), threads=int(v.get("threads", 1)), iterations=int(v.get("iterations", 50)),
         kernel_path_samples=int(v.get("kernel_path_samples", 500)),
@@ -139,7 +143,8 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
         t0 = time.perf_counter()
         q = quantize(loaded=loaded, calibration=config.calibration, formats=quantize_formats, out=config.out,
                      num_samples=config.num_samples, seed=config.seed, relu6_fixed=config.relu6_fixed,
-                     precisions=config.quantize_precisions, onnx_method=config.onnx_method)
+                     precisions=config.quantize_precisions, onnx_method=config.onnx_method,
+                     bias_correction=config.bias_correction)
         echo(f"quantised {len(q.paths)} artifacts in {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
     report_dir = config.out / "report"

@@ -47,28 +47,7 @@ quiet_environment()
 
 import realmodel  # noqa: E402
 
-T0 = time.perf_counter()
-
-
-def log(msg: str) -> None:
-    print(f"[{time.perf_counter() - T0:6.1f} s] {msg}", file=sys.stderr, flush=True)
-
-
-def peer_tflite_int8(loaded: Any, calibration: np.ndarray) -> bytes:
-    """The TFLite converter's default full-integer int8: representative dataset (the calibration images,
-    preprocessed as the model expects), TFLITE_BUILTINS_INT8, uint8 input and output; no metadata."""
-    from edgeship._tf import silenced, tf
-
-    t = tf()
-    x = loaded.spec.preprocessing.apply(calibration).astype(np.float32)
-    conv = t.lite.TFLiteConverter.from_keras_model(loaded.keras_model)
-    conv.optimizations = [t.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([x[i: i + 1]] for i in range(len(x)))
-    conv.target_spec.supported_ops = [t.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = t.uint8
-    conv.inference_output_type = t.uint8
-    with silenced():
-        return conv.convert()
+from bench_measure import log, peer_tflite  # noqa: E402  (the benchmark's log and its TFLite converter peer)
 
 
 def equal_share(a: Path, b: Path, images: np.ndarray, preprocessing: Any) -> float:
@@ -201,7 +180,8 @@ def main() -> int:
         peer_dir = work / "peer"
         peer_dir.mkdir()
         peer_path = peer_dir / f"{spec.name}_tfliteconverter_int8.tflite"
-        peer_path.write_bytes(peer_tflite_int8(loaded, cal))
+        # the TFLite converter's default int8: the same calibration images, preprocessed as the model expects
+        peer_path.write_bytes(peer_tflite(loaded, loaded.spec.preprocessing.apply(cal).astype(np.float32)))
         timings["peer_s"] = time.perf_counter() - t
         targets.append(peer_path)
         log(f"peer TFLiteConverter int8 in {timings['peer_s']:.1f} s")

@@ -16,6 +16,7 @@ accumulator can overflow; a file that could is never written).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,9 @@ def plan(formats: Sequence[Format], precisions: Sequence[Precision | str] | None
         raise UserError(f"no format here is quantised to {', '.join(unused or [p.value for p in asked])}: "
                         f"choose from {offer}")
     return pairs
+
+#: The precisions whose weights are per-channel int8 (the ones bias correction applies to).
+CORRECTED = frozenset({Precision.INT8, Precision.W8, Precision.W8A8})
 
 #: The quantiser of each format (:mod:`edgeship.quantize.common`: ``(job, precision, tmp) -> Made``).
 QUANTIZERS: dict[Format, Callable[[], Callable[..., Any]]] = {
@@ -100,22 +104,28 @@ def quantize(
     max_drop: float = 0.01,
     precisions: Sequence[Precision | str] | None = None,
     onnx_method: str = "tflite",
+    bias_correction: bool = True,
     progress: bool = True,
     warn: Any = None,
 ) -> QuantizeResult:
     """Quantise ``model`` (None: the embedded demo) to each format's precisions, calibrated once on
     ``calibration`` (a folder of images, an .npy/.npz, or None: the demo's set). Plans the files, computes the
-    statistics once, calls each format's quantiser (:data:`QUANTIZERS`) and records what it made. Raises
-    UserError (bad input) or ConversionError (a converter or the portability check refused)."""
+    statistics once, calls each format's quantiser (:data:`QUANTIZERS`) and records what it made.
+
+    ``bias_correction``: measure the mean output shift per-channel int8 weights cause on the calibration set and
+    correct it (:mod:`edgeship.quantize.bias_correction`) in every file with int8 weights (:data:`CORRECTED`);
+    fp16 files and the float exports stay the trained model's. Raises UserError (bad input) or ConversionError (a
+    converter or the portability check refused)."""
     from tqdm import tqdm
 
     from edgeship.errors import UserError
-    from edgeship.export import ModelInfo, export, open_manifest
+    from edgeship.export import ModelInfo
     from edgeship.export.common import artifact_name
     from edgeship.fileio import atomic_path, ensure_output_dir
     from edgeship.models.loading import load_model
     from edgeship.quantize.calibration import load_calibration
-    from edgeship.quantize.common import Job, compute_statistics, needs_int8_tflite
+    from edgeship.quantize.bias_correction import bias_corrected, measure_shifts
+    from edgeship.quantize.common import FloatArtifacts, Job, compute_statistics, needs_int8_tflite
     from edgeship.quantize.fallback import parse_keep_float
     from edgeship.quantize.onnx import CALIBRATION_METHODS
 
@@ -131,41 +141,46 @@ def quantize(
     spec = loaded.spec
     warn = warn or (lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr))
     cal = load_calibration(calibration, spec, num_samples=num_samples, seed=seed, warn=warn)
-    manifest = open_manifest(out_dir, loaded)
+    floats = FloatArtifacts(loaded, out_dir)
     bar = tqdm(["calibrate", *todo], desc="quantize", unit="step", disable=None if progress else True, leave=False)
-
-    def float_artifact(fmt: Format) -> Any:
-        """The float export of ``fmt`` in the output directory (exported now when it is not there)."""
-        nonlocal manifest
-        find = lambda: next((a for a in manifest.artifacts if a.format is fmt  # noqa: E731
-                             and a.precision in (Precision.FP16, Precision.FP32) and (out_dir / a.path).exists()), None)
-        if find() is None:
-            export(loaded=loaded, formats=[fmt], out=out_dir, progress=False)
-            manifest = open_manifest(out_dir, loaded)
-        return find()
 
     job = Job(loaded, ModelInfo.default_for(spec.name, spec.num_classes), cal, out_dir,
               options={"relu6_fixed": relu6_fixed, "io_dtype": io_dtype, "num_samples": len(cal.images), "seed": seed,
                        "input_range": list(spec.preprocessing.value_range),
                        "weights": "int8 per-channel, symmetric", "keep_float": keep_float,
-                       "max_drop": max_drop if keep_float == "auto" else None},
+                       "max_drop": max_drop if keep_float == "auto" else None, "bias_correction": bias_correction},
               ranges={"io_dtype": io_dtype, "relu6_fixed": relu6_fixed, "input_range": spec.preprocessing.value_range},
-              onnx_method=onnx_method, float_artifact=float_artifact, progress=bar.set_postfix_str, warn=warn)
+              onnx_method=onnx_method, float_artifact=floats, progress=bar.set_postfix_str, warn=warn)
     result = QuantizeResult(out_dir)
     bar.set_postfix_str("calibrate")
-    if any(needs_int8_tflite(f, p, onnx_method) for f, p in todo):  # the statistics, once, for every format
-        job.stats = compute_statistics(job, keep_float, max_drop)
-        result.fixed_tensors, result.calibrated_tensors = job.stats.int8.fixed_tensors, job.stats.int8.calibrated_tensors
-        result.fallback, result.layer_sqnr = job.stats.fallback, job.stats.layer_sqnr
-    bar.update()
-    for fmt, precision in todo:
-        bar.set_postfix_str(f"{fmt.value} {precision.value}")
-        path = out_dir / artifact_name(spec.name, fmt, precision)
-        with atomic_path(path) as tmp:
-            made = QUANTIZERS[fmt]()(job, precision, tmp)
-        _record(path, fmt, precision, made, manifest, result, min(LAYER_SAMPLES, len(cal.images)))
+    shifts = measure_shifts(loaded, cal.inputs) if bias_correction and any(p in CORRECTED for _, p in todo) else {}
+
+    @contextlib.contextmanager
+    def weights_for(precision: Precision) -> Any:
+        """The model as the file of ``precision`` is made from: bias-corrected for int8 weights."""
+        with (bias_corrected(loaded, shifts, len(cal.images)) if shifts and precision in CORRECTED
+              else contextlib.nullcontext(None)) as record:
+            job.correction, floats.corrected = record, record is not None
+            yield
+
+    try:
+        if any(needs_int8_tflite(f, p, onnx_method) for f, p in todo):  # the statistics, once, for every format
+            with weights_for(Precision.INT8):
+                job.stats = compute_statistics(job, keep_float, max_drop)
+            result.fixed_tensors, result.calibrated_tensors = (job.stats.int8.fixed_tensors,
+                                                               job.stats.int8.calibrated_tensors)
+            result.fallback, result.layer_sqnr = job.stats.fallback, job.stats.layer_sqnr
         bar.update()
-    bar.close()
+        for fmt, precision in todo:
+            bar.set_postfix_str(f"{fmt.value} {precision.value}")
+            path = out_dir / artifact_name(spec.name, fmt, precision)
+            with weights_for(precision), atomic_path(path) as tmp:
+                made = QUANTIZERS[fmt]()(job, precision, tmp)
+            _record(path, fmt, precision, made, floats.manifest, result, min(LAYER_SAMPLES, len(cal.images)))
+            bar.update()
+    finally:
+        floats.close()
+        bar.close()
     return result
 
 

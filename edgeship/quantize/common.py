@@ -42,7 +42,7 @@ class Statistics:
 class Job:
     """What a quantiser is given. ``options``: the run's options as the recipes record them; ``ranges``: the
     range options of the int8 TFLite (``io_dtype``, ``relu6_fixed``, ``input_range``); ``float_artifact(fmt)``:
-    the float export of ``fmt`` in ``out_dir`` (exported on the way when missing), as its manifest record."""
+    the path of the float export of ``fmt`` to start from (:class:`FloatArtifacts`)."""
 
     loaded: LoadedModel
     info: ModelInfo
@@ -51,8 +51,9 @@ class Job:
     options: dict[str, Any]
     ranges: dict[str, Any]
     onnx_method: str
-    float_artifact: Callable[[Format], Any]
+    float_artifact: Callable[[Format], Path]
     stats: Statistics | None = None
+    correction: dict[str, Any] | None = None  # the bias correction in force for this file (its record), if any
     progress: Callable[[str], None] = lambda text: None
     warn: Callable[[str], None] = lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr)
 
@@ -60,9 +61,52 @@ class Job:
         """The start of every calibrated file's recipe: the calibration set, the options, and the float fallback
         when the file derives from the int8 TFLite that kept layers in float."""
         recipe: dict[str, Any] = {"calibration": self.cal.describe(), "options": self.options}
+        if self.correction is not None:
+            recipe["bias_correction"] = self.correction
         if from_int8_tflite and self.stats is not None and self.stats.fallback is not None:
             recipe["float_fallback"] = self.stats.fallback.describe()
         return recipe
+
+
+class FloatArtifacts:
+    """The float exports a quantiser starts from (Core ML's w8/w8a8, ORT's ``quantize_static``): the one in the
+    output directory, exported there when missing; while bias correction is in force (``corrected``), an export
+    of the corrected model in a private temporary directory (the output directory's float files stay the
+    trained model's, and are made all the same).
+    ``manifest``: the output directory's manifest, re-read after an export into it."""
+
+    def __init__(self, loaded: LoadedModel, out_dir: Path) -> None:
+        from edgeship.export import open_manifest
+
+        self.loaded, self.out_dir = loaded, out_dir
+        self.manifest = open_manifest(out_dir, loaded)
+        self.corrected = False
+        self._tmp: Any = None
+        self._made: dict[Format, Path] = {}
+
+    def __call__(self, fmt: Format) -> Path:
+        from edgeship.export import export, open_manifest
+
+        if self._find(fmt) is None:  # the trained model's float export, in the output directory as always
+            export(loaded=self.loaded, formats=[fmt], out=self.out_dir, progress=False)
+            self.manifest = open_manifest(self.out_dir, self.loaded)
+        if self.corrected:
+            if fmt not in self._made:
+                import tempfile
+
+                self._tmp = self._tmp or tempfile.TemporaryDirectory(prefix="edgeship-corrected-")
+                self._made[fmt] = export(loaded=self.loaded, formats=[fmt], out=Path(self._tmp.name),
+                                         progress=False).paths[0]
+            return self._made[fmt]
+        return self.out_dir / self._find(fmt).path
+
+    def _find(self, fmt: Format) -> Any:
+        return next((a for a in self.manifest.artifacts if a.format is fmt and a.precision in
+                     (Precision.FP16, Precision.FP32) and (self.out_dir / a.path).exists()), None)
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
 
 @dataclass

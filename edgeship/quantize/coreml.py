@@ -236,8 +236,7 @@ def quantize_coreml_file(job: Job, precision: Precision, tmp: Path) -> Made:
     missing), with its per-layer SQNR report."""
     from edgeship.quantize.coreml_w8a8 import quantize_coreml_w8a8
 
-    float_rec = job.float_artifact(Format.COREML)
-    source = job.out_dir / float_rec.path
+    source = job.float_artifact(Format.COREML)
     recipe = job.recipe(from_int8_tflite=False)
     if precision is Precision.W8A8:
         made = quantize_coreml_w8a8(source, tmp, job.cal.images, relu6_fixed=job.ranges["relu6_fixed"],
@@ -246,7 +245,7 @@ def quantize_coreml_file(job: Job, precision: Precision, tmp: Path) -> Made:
         made = quantize_coreml_w8(source, tmp)
     sqnr = coreml_layer_sqnr(source, tmp, job.cal.images, max_samples=LAYER_SAMPLES)
     recipe.update(made)
-    return Made(recipe, {"from": float_rec.path, "input_type": "image", "output": "classLabel"}, sqnr)
+    return Made(recipe, {"from": source.name, "input_type": "image", "output": "classLabel"}, sqnr)
 
 
 def _short(var: str) -> str:

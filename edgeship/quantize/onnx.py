@@ -40,9 +40,9 @@ def quantize_onnx_file(job: Job, precision: Precision, tmp: Path) -> Made:
     if job.onnx_method != "tflite":  # ORT's own calibration of the float ONNX
         float_onnx = job.float_artifact(Format.ONNX)
         recipe = job.recipe(from_int8_tflite=False)
-        quantize_onnx_static(job.out_dir / float_onnx.path, job.cal.inputs, tmp, job.onnx_method)
+        quantize_onnx_static(float_onnx, job.cal.inputs, tmp, job.onnx_method)
         recipe["portability"] = portability_record(Format.ONNX, tmp.read_bytes())
-        recipe["source"] = (f"onnxruntime.quantization.quantize_static of {float_onnx.path}: QDQ, per-channel int8 "
+        recipe["source"] = (f"onnxruntime.quantization.quantize_static of {float_onnx.name}: QDQ, per-channel int8 "
                             f"weights, uint8 activations, {job.onnx_method} calibration (ReLU6 outputs calibrated, "
                             "not fixed; not bit-exact to the .tflite)")
         return Made(recipe, {"input_dtype": "float32", "source": f"onnxruntime {job.onnx_method}", **job.options}, {})

@@ -51,3 +51,10 @@ def make(demo, tmp_path_factory):
         return made[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def demo_heldout_x(demo):
+    """The demo's held-out images, preprocessed (float32 (360, 96, 96, 3))."""
+    loaded, _, _, heldout = demo
+    return loaded.spec.preprocessing.apply(heldout)
