@@ -149,10 +149,9 @@ def test_int8_files_pass_the_kernel_path_gates_and_agree_with_keras(quantised):
     assert set(by) == {("tflite", "int8"), ("onnx", "int8")}
     for a in by.values():
         gates = {g.name: g for g in a.gates}
-        assert {"kernel_path_sqnr_db", "kernel_path_top1_agreement"} <= set(gates), a.name
-        assert a.kernel_path_samples == EVALUATION
-        for name in ("kernel_path_sqnr_db", "kernel_path_top1_agreement"):
-            assert gates[name].passed, f"{a.name}: {gates[name].describe()} ({a.kernel_path})"
+        assert "kernel_path_sqnr_db" in gates, a.name  # the shipped gate; top-1 between paths is reported only
+        assert a.kernel_path_samples == EVALUATION and a.metrics.kernel_path_top1_agreement is not None
+        assert gates["kernel_path_sqnr_db"].passed, f"{a.name}: {gates['kernel_path_sqnr_db'].describe()} ({a.kernel_path})"
         assert a.metrics.top1_agreement is not None and a.metrics.top1_agreement >= TOP1_FLOOR, (
             f"{a.name}: top-1 agreement {a.metrics.top1_agreement:.1%} < floor {TOP1_FLOOR:.0%}")
         assert a.metrics.accuracy_top1 is None  # the photos have no labels: none invented
