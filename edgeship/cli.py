@@ -153,7 +153,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------- run
 def _cmd_run(args: argparse.Namespace) -> int:
-    """The whole pipeline (export, validate) from an edgeship.toml, or on the embedded demo."""
+    """The whole pipeline (export, quantise, validate, reports) from an edgeship.toml, or on the embedded demo."""
     from edgeship.pipeline import load_config, run
 
     config = load_config(args.config)
@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     _validate_args(p)
     p.set_defaults(func=_cmd_validate)
 
-    p = sub.add_parser("run", help="the whole pipeline: export, validate, report",
+    p = sub.add_parser("run", help="the whole pipeline: export, quantise, validate, report",
                        description="Run the whole pipeline from an edgeship.toml; without one, on the embedded "
                                    "demo model and its held-out images. Exits like 'validate'.")
     p.add_argument("config", nargs="?", metavar="CONFIG", help="an edgeship.toml (default: the demo)")

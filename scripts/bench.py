@@ -72,7 +72,9 @@ def main() -> int:
         order = ["pipeline", "bare", "bare", "pipeline"]
     for i, kind in enumerate(order):
         cfg = {"model": V2, "data": str(data224), "num_samples": P["n_cal"], "iterations": P["val_iter"],
-               "out": str(work / f"{kind}{i}")}
+               "out": str(work / f"{kind}{i}"),
+               # --quick checks the bench runs; LiteRT's reference kernels on a 224-pixel model are its slowest part
+               "kernel_path_samples": 0 if quick else 500}
         r = spawn(kind, cfg, work)
         r["out"] = cfg["out"]
         (pipe_runs if kind == "pipeline" else bare_runs).append(r)

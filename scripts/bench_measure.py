@@ -172,7 +172,7 @@ def child_pipeline(cfg: dict[str, Any]) -> dict[str, Any]:
     st["quantize"] = time.perf_counter() - t
     t = time.perf_counter()
     report = validate([out], reference=loaded, data=cfg["data"], iterations=cfg["iterations"], warmup=5,
-                      report_dir=out / "report", progress=False)
+                      report_dir=out / "report", progress=False, kernel_path_samples=cfg["kernel_path_samples"])
     st["validate"] = time.perf_counter() - t
     p50 = {f"{a.format}.{a.precision}": a.latency_ms.p50 for a in report.artifacts}
     status = {f"{a.format}.{a.precision}": f"{a.status}" + (f" ({a.reason[:120]})" if a.reason else "")

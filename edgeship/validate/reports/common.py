@@ -241,6 +241,10 @@ def _problem_lines(report: Report, a: ArtifactResult) -> list[str]:
 
 
 # ================================================================================================ kernel paths
+def _op_symbol(gate: Any) -> str:
+    return "≥" if gate.op == ">=" else "≤"
+
+
 def kernel_path_lines(report: Report) -> list[tuple[str, str]]:
     """(artifact name, plain text) for each artifact run through a second kernel path: which one, on how many
     samples, and how the two agreed ("onnxruntime-unfused on 360 samples: 39.9 dB, top-1 100.0 %, 91.1 % equal
@@ -250,8 +254,10 @@ def kernel_path_lines(report: Report) -> list[tuple[str, str]]:
         if not a.kernel_path:
             continue
         m = a.metrics
-        out.append((a.name, f"{a.kernel_path.split(':')[0]} on {a.kernel_path_samples} samples: "
-                            f"{fmt_db(m.kernel_path_sqnr_db)}, top-1 {fmt_pct(m.kernel_path_top1_agreement)}, "
+        gate = next((g for g in a.gates if g.name == "kernel_path_sqnr_db"), None)
+        verdict = f" (gate {_op_symbol(gate)} {gate.limit:g} dB: {'met' if gate.passed else 'MISSED'})" if gate else ""
+        out.append((a.name, f"{a.runtime} against {a.kernel_path.split(':')[0]} on {a.kernel_path_samples} samples: "
+                            f"{fmt_db(m.kernel_path_sqnr_db)}{verdict}, top-1 {fmt_pct(m.kernel_path_top1_agreement)}, "
                             f"{fmt_pct(m.kernel_path_equal_values)} equal values"))
     return out
 
