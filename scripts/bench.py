@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_measure, bench_report beside this file
 
-from bench_measure import (CHILDREN, CHUNKS, DEMO, T0, THREADS, V1, V2, calibration_inputs, load,  # noqa: E402
+from bench_measure import (CHILDREN, CHUNKS, DEMO, QUICK_V2, T0, THREADS, V1, V2, calibration_inputs, load,  # noqa: E402
                            log, measure_latency, peer_ort_qdq, peer_tflite, random_images, spawn)
 from bench_report import Book, fmt_stats, med, r3, ratio  # noqa: E402
 
@@ -42,7 +42,7 @@ from bench_report import Book, fmt_stats, med, r3, ratio  # noqa: E402
 # ---------------------------------------------------------------------------------------------------------------
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="one model, fewer repeats (< 3 min)")
+    ap.add_argument("--quick", action="store_true", help="a check that the bench runs: a small V2, fewer repeats (the figures come from the full run)")
     ap.add_argument("--json", type=Path, help="write results and targets here")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -54,16 +54,19 @@ def main() -> int:
 
     quick = args.quick
     P = dict(pipe_pairs=1, rounds=3, warmup=5, iterations=20, n_cal=8, val_iter=20, demo_runs=1,
-             sweep=(1, 8, 32), sweep_calibrated=(32,), fp16=False) if quick else \
+             sweep=(8,), sweep_calibrated=(8,), fp16=False) if quick else \
         dict(pipe_pairs=2, rounds=5, warmup=10, iterations=60, n_cal=32, val_iter=50, demo_runs=2,
              sweep=(1, 8, 32, 200), sweep_calibrated=(1, 8, 32, 200), fp16=True)
-    models = [V2] if quick else [V2, V1, DEMO]
+    # --quick checks that the bench runs end to end, on a small V2 (the figures come from the full run)
+    v2 = QUICK_V2 if quick else V2
+    v2_side = int(v2.rsplit("_", 1)[1])
+    models = [v2] if quick else [v2, V1, DEMO]
     work = Path(tempfile.mkdtemp(prefix="edgeship-bench-"))
     book = Book()
     log(f"bench {'--quick' if quick else 'full'}: models {', '.join(models)}; work dir {work}")
 
-    data224 = work / "random224.npz"
-    np.savez(data224, images=random_images(P["n_cal"], 224))
+    data_v2 = work / f"random{v2_side}.npz"
+    np.savez(data_v2, images=random_images(P["n_cal"], v2_side))
 
     # -- 2 + 4: pipeline vs bare converters, peak RSS (subprocesses, alternating) -------------------------------
     pipe_runs, bare_runs = [], []
@@ -71,14 +74,14 @@ def main() -> int:
     if P["pipe_pairs"] == 2:
         order = ["pipeline", "bare", "bare", "pipeline"]
     for i, kind in enumerate(order):
-        cfg = {"model": V2, "data": str(data224), "num_samples": P["n_cal"], "iterations": P["val_iter"],
+        cfg = {"model": v2, "data": str(data_v2), "num_samples": P["n_cal"], "iterations": P["val_iter"],
                "out": str(work / f"{kind}{i}"),
                # --quick checks the bench runs; LiteRT's reference kernels on a 224-pixel model are its slowest part
                "kernel_path_samples": 0 if quick else 500}
         r = spawn(kind, cfg, work)
         r["out"] = cfg["out"]
         (pipe_runs if kind == "pipeline" else bare_runs).append(r)
-        log(f"{kind} on {V2}: {sum(r['stages'].values()):.1f} s in stages "
+        log(f"{kind} on {v2}: {sum(r['stages'].values()):.1f} s in stages "
             f"({', '.join(f'{k} {v:.1f}' for k, v in r['stages'].items())}), process {r['process_wall_s']:.1f} s, "
             f"peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GB")
 
@@ -123,18 +126,18 @@ def main() -> int:
     # -- 1 + 3: latency --------------------------------------------------------------------------------------------
     lat: dict[str, dict] = {}
     for model in models:
-        side = 96 if model == DEMO else 224
+        side = 96 if model == DEMO else (v2_side if model == v2 else 224)
         mdir = work / f"lat_{model}"
         mdir.mkdir()
         arts: list[tuple[str, str, Path, bool]] = []
-        if model == V2:
+        if model == v2:
             pdir, bdir = Path(pipe_runs[0]["out"]), Path(bare_runs[0]["out"])
-            loaded = load(V2, np.load(data224)["images"] if P["fp16"] else None)
+            loaded = load(v2, np.load(data_v2)["images"] if P["fp16"] else None)
             if P["fp16"]:
                 export(loaded=loaded, formats=["tflite"], precisions=["fp16"], out=mdir, progress=False)
-            e = {"tflite fp32": pdir / f"{V2}_fp32.tflite", "tflite fp16": mdir / f"{V2}_fp16.tflite",
-                 "tflite int8": pdir / f"{V2}_int8.tflite", "onnx fp32": pdir / f"{V2}_fp32.onnx",
-                 "onnx int8": pdir / f"{V2}_int8.onnx"}
+            e = {"tflite fp32": pdir / f"{v2}_fp32.tflite", "tflite fp16": mdir / f"{v2}_fp16.tflite",
+                 "tflite int8": pdir / f"{v2}_int8.tflite", "onnx fp32": pdir / f"{v2}_fp32.onnx",
+                 "onnx int8": pdir / f"{v2}_int8.onnx"}
             peers = {"tflite int8": bdir / "peer_int8.tflite", "onnx int8": bdir / "peer_int8_qdq.onnx"}
         else:
             t = time.perf_counter()
@@ -146,12 +149,12 @@ def main() -> int:
                 qsrc = demo_q_dir
                 export(loaded=demo, formats=["tflite"], precisions=["fp16"], out=mdir, progress=False)
             else:
-                images = np.load(data224)["images"]
+                images = np.load(data_v2)["images"]
                 loaded = load(model, images)
                 x = loaded.spec.preprocessing.apply(images).astype(np.float32)
                 export(loaded=loaded, formats=["tflite", "onnx"], precisions=["fp32", "fp16"], out=mdir,
                        progress=False)
-                quantize(loaded=loaded, calibration=str(data224), formats=["tflite", "onnx"], out=mdir,
+                quantize(loaded=loaded, calibration=str(data_v2), formats=["tflite", "onnx"], out=mdir,
                          num_samples=P["n_cal"], progress=False)
                 src = qsrc = mdir
             nm = loaded.spec.name  # noqa: F841
@@ -225,20 +228,20 @@ def main() -> int:
                 book.result(f"ratio.{model}.{title}.{th}t", v, "x")
             book.line(f"| {title} | {r3(vals[0])} | {r3(vals[1])} |")
         book.line("| edgeship / peer, TFLite fp32 and ONNX fp32 | = 1 (same converter call) | |")
-        if model == V2:
+        if model == v2:
             vals_o = [ratio(m("edgeship onnx int8", th), m("edgeship tflite int8", th)) for th in THREADS]
             vals_l = [ratio(m("edgeship tflite fp32", th), m("edgeship tflite int8", th)) for th in THREADS]
             vals_r = [ratio(m("edgeship onnx fp32", th), m("edgeship onnx int8", th)) for th in THREADS]
             # The targets are read at 1 thread: on this shared 2-core machine the 2-thread figures measure the
             # other tenants as much as the runtime (their min-max spread is in the table); both are in the note.
-            note = f"{V2}, 1 thread (1 / 2 threads: " + "{} / {})"
+            note = f"{v2}, 1 thread (1 / 2 threads: " + "{} / {})"
             book.target("onnx_int8_vs_tflite_int8", vals_o[0], "<= 1.1", note.format(*map(r3, vals_o)))
             book.target("int8_speedup_litert", vals_l[0], ">= 2.0", note.format(*map(r3, vals_l)))
             book.target("int8_speedup_ort", vals_r[0], ">= 2.0", note.format(*map(r3, vals_r)))
 
     # 2. pipeline
     book.line()
-    book.line(f"## 2. Pipeline wall time on {V2} (s; {len(pipe_runs)} run(s) each side, alternating subprocesses; "
+    book.line(f"## 2. Pipeline wall time on {v2} (s; {len(pipe_runs)} run(s) each side, alternating subprocesses; "
               f"{P['n_cal']} random calibration/validation images)")
     book.line()
     book.line("| edgeship stage | s | bare converter call | s |")
@@ -291,7 +294,7 @@ def main() -> int:
                 worst_h = rr if worst_h is None else max(worst_h, rr)
             book.result(f"harness_vs_bare.{model}.{label.replace(' ', '_')}.{th}t", rr, "x")
             vp = ""
-            if model == V2 and th == 1:
+            if model == v2 and th == 1:
                 key = label.replace("edgeship ", "").replace(" ", ".")
                 vps = [r["p50"].get(key) for r in pipe_runs if r["p50"].get(key) is not None]
                 vp = fmt_stats(vps) if vps else "n/a"
@@ -317,8 +320,8 @@ def main() -> int:
     rss_b = [r["peak_rss_bytes"] / 2**30 for r in bare_runs]
     book.line("| process | peak RSS (GB) |")
     book.line("|---|--:|")
-    book.line(f"| edgeship pipeline on {V2} | {fmt_stats(rss_p)} |")
-    book.line(f"| bare converter calls on {V2} | {fmt_stats(rss_b)} |")
+    book.line(f"| edgeship pipeline on {v2} | {fmt_stats(rss_p)} |")
+    book.line(f"| bare converter calls on {v2} | {fmt_stats(rss_b)} |")
     book.line(f"| edgeship run on the demo | {fmt_stats([r['peak_rss_bytes'] / 2**30 for r in demo_runs])} |")
     book.result("peak_rss", max(rss_p), "GB")
     book.result("peak_rss_bare", max(rss_b), "GB")

@@ -26,6 +26,7 @@ from edgeship._tf import quiet_environment  # noqa: E402
 quiet_environment()
 
 V2, V1, DEMO = "mobilenet_v2_1.0_224", "mobilenet_v1_1.0_224", "demo"
+QUICK_V2 = "mobilenet_v2_0.5_128"  # --quick: a small V2, to check the bench runs end to end
 THREADS = (1, 2)
 CHUNKS = 5  # A/B alternations per artifact per round
 T0 = time.perf_counter()

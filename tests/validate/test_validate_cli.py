@@ -161,7 +161,7 @@ def test_run_without_arguments_runs_the_demo(capsys, tmp_path):
 
 def test_run_config(capsys, tmp_path):
     (tmp_path / "edgeship.toml").write_text(
-        '[export]\nformats = ["onnx"]\n[validate]\niterations = 3\n[output]\ndir = "build"\n')
+        '[export]\nformats = ["onnx"]\n[validate]\niterations = 3\nkernel_path_samples = 0\n[output]\ndir = "build"\n')
     code, stdout, err = _run(capsys, "run", str(tmp_path / "edgeship.toml"))
     assert code == 0, err
     assert (tmp_path / "build" / "edgeship_demo_fp32.onnx").exists()
