@@ -91,3 +91,11 @@ def test_the_int8_tflite_carries_the_chosen_integers(demo, rounding):
                 matched += 1
                 break
     assert matched == len(rounding.kernels), f"{matched} of {len(rounding.kernels)} kernels carried exactly"
+
+
+def test_an_unknown_weight_rounding_is_a_user_error(tmp_path):
+    from edgeship.errors import UserError
+    from edgeship.quantize import quantize
+
+    with pytest.raises(UserError, match="--weight-rounding"):
+        quantize(out=tmp_path, weight_rounding="stochastic", progress=False)
