@@ -102,6 +102,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                       out=args.out, num_samples=args.num_samples, seed=args.seed, relu6_fixed=args.relu6_fixed,
                       io_dtype=args.io_dtype, keep_float=args.keep_float, max_drop=args.max_drop,
                       onnx_method=args.onnx_method, bias_correction=args.bias_correction,
+                      weight_rounding=args.weight_rounding,
                       precisions=Precision.parse_list(args.precision, "precision") if args.precision else None)
     if result.fixed_tensors or result.calibrated_tensors:
         print(f"ranges: {len(result.fixed_tensors)} tensors fixed without calibration (ReLU6 outputs -> [0, 6], "
@@ -217,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
                    help="keep the output shift that int8 weights cause (default: measured on the calibration set "
                         "and corrected in every file with int8 weights)")
+    g.add_argument("--weight-rounding", default="nearest", choices=["nearest", "adaptive"],
+                   help="int8 weight rounding: nearest step (default), or adaptive: per weight the step below or "
+                        "above, chosen on the calibration set to minimise each layer's output error (AdaRound's "
+                        "objective; minutes on CPU)")
     g.add_argument("--io-dtype", default="uint8", choices=["uint8", "int8", "float32"],
                    help="TFLite input/output type (default uint8: MediaPipe refuses int8 input)")
     g.add_argument("--precision", metavar="LIST",

@@ -118,6 +118,9 @@ def main() -> int:
     ap.add_argument("--no-opencv", action="store_true", help="leave out Debian's opencv-doc photos")
     ap.add_argument("--out", type=Path, help="keep the files here (default: a temporary directory)")
     ap.add_argument("--json", type=Path, help="write the results as JSON")
+    ap.add_argument("--weight-rounding", default="nearest", choices=["nearest", "adaptive"],
+                    help="int8 weight rounding of the quantised files (default nearest)")
+    ap.add_argument("--precision", help="comma-separated precisions to quantise (default: each format's)")
     args = ap.parse_args()
     if args.calibration < 1 or args.evaluation < 1:
         ap.error("--calibration and --evaluation need at least 1 image")
@@ -169,7 +172,8 @@ def main() -> int:
     log(f"exported in {timings['export_s']:.1f} s")
     t = time.perf_counter()
     quantize(loaded=loaded, calibration=cal_npy, formats=["tflite", "onnx", "coreml"], out=out,
-             num_samples=len(cal), seed=args.seed, progress=False)
+             num_samples=len(cal), seed=args.seed, progress=False, weight_rounding=args.weight_rounding,
+             precisions=args.precision.split(",") if args.precision else None)
     timings["quantize_s"] = time.perf_counter() - t
     log(f"quantised in {timings['quantize_s']:.1f} s")
 

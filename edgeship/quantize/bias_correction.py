@@ -61,16 +61,21 @@ def _error_op(layer: Any, x: Any, delta: np.ndarray) -> Any:
     return ops.matmul(x, delta)
 
 
-def measure_shifts(loaded: LoadedModel, inputs: np.ndarray) -> dict[str, np.ndarray]:
+def measure_shifts(loaded: LoadedModel, inputs: np.ndarray,
+                   quantized: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """{layer name: per-output-channel mean output shift (float64, (channels,))} that per-channel int8 weights
     cause, over ``inputs`` (the preprocessed float32 calibration batch (N, H, W, C)), each layer fed its float
-    input: one pass of the float model, with each quantisable layer's ``call`` wrapped for the pass."""
+    input: one pass of the float model, with each quantisable layer's ``call`` wrapped for the pass.
+    ``quantized``: {layer name: the kernel the files will carry, on the int8 grid} where it is not the
+    round-to-nearest one (:mod:`edgeship.quantize.adaround`); the shift is measured against the trained kernel."""
     layers = [la for la in walk_layers(loaded.keras_model) if type(la).__name__ in LAYER_TYPES
               and la.get_weights()]
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    deltas = {id(la): quantize_weights(la.get_weights()[0], LAYER_TYPES[type(la).__name__]) - la.get_weights()[0]
-              for la in layers}
+    quantized = quantized or {}
+    deltas = {id(la): (quantized[la.name] if la.name in quantized
+                       else quantize_weights(la.get_weights()[0], LAYER_TYPES[type(la).__name__]))
+              - la.get_weights()[0] for la in layers}
     for layer in layers:
         def wrapped(x, *args, _layer=layer, _call=layer.call, **kwargs):
             err = np.asarray(_error_op(_layer, x, deltas[id(_layer)]), np.float64)

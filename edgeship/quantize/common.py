@@ -54,6 +54,7 @@ class Job:
     float_artifact: Callable[[Format], Path]
     stats: Statistics | None = None
     correction: dict[str, Any] | None = None  # the bias correction in force for this file (its record), if any
+    rounding: dict[str, Any] | None = None  # the adaptive weight rounding in force for this file (its record), if any
     progress: Callable[[str], None] = lambda text: None
     warn: Callable[[str], None] = lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr)
 
@@ -61,6 +62,8 @@ class Job:
         """The start of every calibrated file's recipe: the calibration set, the options, and the float fallback
         when the file derives from the int8 TFLite that kept layers in float."""
         recipe: dict[str, Any] = {"calibration": self.cal.describe(), "options": self.options}
+        if self.rounding is not None:
+            recipe["weight_rounding"] = self.rounding
         if self.correction is not None:
             recipe["bias_correction"] = self.correction
         if from_int8_tflite and self.stats is not None and self.stats.fallback is not None:

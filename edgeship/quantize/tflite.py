@@ -173,7 +173,8 @@ def quantize_tflite_file(job: Job, precision: Precision, tmp: Path) -> Made:
         tmp.write_bytes(add_metadata(convert_weights_only(job.loaded, precision), spec, job.info))
         options = {"mode": "dynamic-range: int8 weights per channel, float activations"
                    if precision is Precision.W8 else "float16 weights"}
-        recipe = {"options": options, **({"bias_correction": job.correction} if job.correction else {})}
+        recipe = {"options": options, **({"weight_rounding": job.rounding} if job.rounding else {}),
+                  **({"bias_correction": job.correction} if job.correction else {})}
         return Made(recipe, {"input_dtype": "float32", "metadata": "tflite", **options})
     assert job.stats is not None
     recipe = job.recipe(from_int8_tflite=True)

@@ -199,9 +199,11 @@ def test_run_config_quantize_keys(tmp_path):
     from edgeship.errors import UserError
     from edgeship.pipeline import load_config
 
-    (tmp_path / "edgeship.toml").write_text('[quantize]\nprecisions = ["w8"]\nonnx_method = "entropy"\n')
+    (tmp_path / "edgeship.toml").write_text('[quantize]\nprecisions = ["w8"]\nonnx_method = "entropy"\n'
+                                            'weight_rounding = "adaptive"\n')
     cfg = load_config(tmp_path / "edgeship.toml")
-    assert cfg.quantize_precisions == ["w8"] and cfg.onnx_method == "entropy"
+    assert cfg.quantize_precisions == ["w8"] and cfg.onnx_method == "entropy" and cfg.weight_rounding == "adaptive"
+    assert load_config(None).weight_rounding == "nearest"
     assert load_config(None).quantize_precisions is None and load_config(None).onnx_method == "tflite"
     (tmp_path / "bad.toml").write_text('[quantize]\nprecision = ["w8"]\n')
     with pytest.raises(UserError, match=r"unknown keys \['precision'\]"):
