@@ -102,10 +102,12 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                       out=args.out, num_samples=args.num_samples, seed=args.seed, relu6_fixed=args.relu6_fixed,
                       io_dtype=args.io_dtype, keep_float=args.keep_float, max_drop=args.max_drop,
                       onnx_method=args.onnx_method, bias_correction=args.bias_correction,
+                      activation_ranges=args.activation_ranges,
                       precisions=Precision.parse_list(args.precision, "precision") if args.precision else None)
     if result.fixed_tensors or result.calibrated_tensors:
         print(f"ranges: {len(result.fixed_tensors)} tensors fixed without calibration (ReLU6 outputs -> [0, 6], "
-              f"the input -> its preprocessing range), {len(result.calibrated_tensors)} calibrated")
+              f"the input -> its preprocessing range), {len(result.calibrated_tensors)} calibrated "
+              f"(--activation-ranges {args.activation_ranges})")
     fb = result.fallback
     if fb is not None:
         print(f"kept in float: {', '.join(fb.kept) or 'nothing'} (top-1 agreement with float on the calibration "
@@ -217,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
                    help="keep the output shift that int8 weights cause (default: measured on the calibration set "
                         "and corrected in every file with int8 weights)")
+    g.add_argument("--activation-ranges", default="mse", choices=["minmax", "mse", "percentile"],
+                   help="int8 ranges of the activations not fixed by their op (not ReLU6 outputs, unless "
+                        "--no-relu6-fixed): the range of least quantisation MSE per tensor (default), the "
+                        "calibration's min/max, or its 0.01-99.99 percentiles (TFLite, and the ONNX made from it)")
     g.add_argument("--io-dtype", default="uint8", choices=["uint8", "int8", "float32"],
                    help="TFLite input/output type (default uint8: MediaPipe refuses int8 input)")
     g.add_argument("--precision", metavar="LIST",

@@ -21,6 +21,7 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     precisions = ["int8", "w8", "w8a8"]  # default: each format's (int8 TFLite/ONNX, Core ML w8 and w8a8)
     onnx_method = "tflite"               # or minmax/entropy/percentile: ONNX Runtime's quantize_static
     bias_correction = true               # correct the mean output shift of int8 weights
+    activation_ranges = "mse"            # or minmax/percentile: per-tensor ranges (edgeship.quantize.ranges)
 
     [validate]
     data = "data/heldout"                # default: the demo held-out set
@@ -51,7 +52,7 @@ _KNOWN = {
     "model": {"path", "labels", "trust"},
     "export": {"formats", "precisions", "onnx_layout"},
     "quantize": {"formats", "calibration", "num_samples", "relu6_fixed", "seed", "precisions", "onnx_method",
-                 "bias_correction"},
+                 "bias_correction", "activation_ranges"},
     "validate": {"data", "policy", "require", "threads", "iterations", "kernel_path_samples"},
     "output": {"dir"},
 }
@@ -73,6 +74,7 @@ class RunConfig:
     quantize_precisions: list[str] | None = None  # None: each format's defaults
     onnx_method: str = "tflite"
     bias_correction: bool = True
+    activation_ranges: str = "mse"
     data: str | None = None
     policy: str | None = None
     require: list[str] = field(default_factory=list)
@@ -113,6 +115,7 @@ def load_config(path: str | Path | None) -> RunConfig:
         relu6_fixed=bool(q.get("relu6_fixed", True)), seed=int(q.get("seed", 0)),
         quantize_precisions=q.get("precisions"), onnx_method=str(q.get("onnx_method", "tflite")),
         bias_correction=bool(q.get("bias_correction", True)),
+        activation_ranges=str(q.get("activation_ranges", "mse")),
         data=rel(v.get("data")), policy=rel(v.get("policy")),
         require=list(v.get("require", [])), threads=int(v.get("threads", 1)), iterations=int(v.get("iterations", 50)),
         kernel_path_samples=int(v.get("kernel_path_samples", 500)),
@@ -144,7 +147,7 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
         q = quantize(loaded=loaded, calibration=config.calibration, formats=quantize_formats, out=config.out,
                      num_samples=config.num_samples, seed=config.seed, relu6_fixed=config.relu6_fixed,
                      precisions=config.quantize_precisions, onnx_method=config.onnx_method,
-                     bias_correction=config.bias_correction)
+                     bias_correction=config.bias_correction, activation_ranges=config.activation_ranges)
         echo(f"quantised {len(q.paths)} artifacts in {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
     report_dir = config.out / "report"

@@ -105,6 +105,7 @@ def quantize(
     precisions: Sequence[Precision | str] | None = None,
     onnx_method: str = "tflite",
     bias_correction: bool = True,
+    activation_ranges: str = "mse",
     progress: bool = True,
     warn: Any = None,
 ) -> QuantizeResult:
@@ -114,7 +115,10 @@ def quantize(
 
     ``bias_correction``: measure the mean output shift per-channel int8 weights cause on the calibration set and
     correct it (:mod:`edgeship.quantize.bias_correction`) in every file with int8 weights (:data:`CORRECTED`);
-    fp16 files and the float exports stay the trained model's. Raises UserError (bad input) or ConversionError (a
+    fp16 files and the float exports stay the trained model's. ``activation_ranges``: how the int8 TFLite/ONNX
+    ranges of the activations not fixed by their op are chosen: "mse" (default: the range of least int8
+    quantisation error per tensor), "minmax" (the calibration's observed min/max, the converter's) or "percentile" (:mod:`edgeship.quantize.ranges`;
+    with ``relu6_fixed=False`` the ReLU6 outputs are searched too). Raises UserError (bad input) or ConversionError (a
     converter or the portability check refused)."""
     from tqdm import tqdm
 
@@ -128,8 +132,10 @@ def quantize(
     from edgeship.quantize.common import FloatArtifacts, Job, compute_statistics, needs_int8_tflite
     from edgeship.quantize.fallback import parse_keep_float
     from edgeship.quantize.onnx import CALIBRATION_METHODS
+    from edgeship.quantize.ranges import parse_range_method
 
     keep_float = parse_keep_float(keep_float)
+    activation_ranges = parse_range_method(activation_ranges)
     onnx_method = onnx_method.strip().lower()
     if onnx_method not in ("tflite", *CALIBRATION_METHODS):
         raise UserError(f"unknown --onnx-method '{onnx_method}': choose from tflite (the int8 TFLite's parameters, "
@@ -148,7 +154,8 @@ def quantize(
               options={"relu6_fixed": relu6_fixed, "io_dtype": io_dtype, "num_samples": len(cal.images), "seed": seed,
                        "input_range": list(spec.preprocessing.value_range),
                        "weights": "int8 per-channel, symmetric", "keep_float": keep_float,
-                       "max_drop": max_drop if keep_float == "auto" else None, "bias_correction": bias_correction},
+                       "max_drop": max_drop if keep_float == "auto" else None, "bias_correction": bias_correction,
+                       "activation_ranges": activation_ranges},
               ranges={"io_dtype": io_dtype, "relu6_fixed": relu6_fixed, "input_range": spec.preprocessing.value_range},
               onnx_method=onnx_method, float_artifact=floats, progress=bar.set_postfix_str, warn=warn)
     result = QuantizeResult(out_dir)
