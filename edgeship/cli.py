@@ -103,10 +103,12 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                       io_dtype=args.io_dtype, keep_float=args.keep_float, max_drop=args.max_drop,
                       onnx_method=args.onnx_method, bias_correction=args.bias_correction,
                       weight_rounding=args.weight_rounding,
+                      activation_ranges=args.activation_ranges,
                       precisions=Precision.parse_list(args.precision, "precision") if args.precision else None)
     if result.fixed_tensors or result.calibrated_tensors:
         print(f"ranges: {len(result.fixed_tensors)} tensors fixed without calibration (ReLU6 outputs -> [0, 6], "
-              f"the input -> its preprocessing range), {len(result.calibrated_tensors)} calibrated")
+              f"the input -> its preprocessing range), {len(result.calibrated_tensors)} calibrated "
+              f"(--activation-ranges {args.activation_ranges})")
     fb = result.fallback
     if fb is not None:
         print(f"kept in float: {', '.join(fb.kept) or 'nothing'} (top-1 agreement with float on the calibration "
@@ -222,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8 weight rounding: nearest step (default), or adaptive: per weight the step below or "
                         "above, chosen on the calibration set to minimise each layer's output error (AdaRound's "
                         "objective; minutes on CPU)")
+    g.add_argument("--activation-ranges", default="minmax", choices=["minmax", "mse", "percentile"],
+                   help="int8 ranges of the activations not fixed by their op (not ReLU6 outputs, unless "
+                        "--no-relu6-fixed): the calibration's min/max (default), the range of least quantisation MSE per "
+                        "tensor, or its 0.01-99.99 percentiles (TFLite, and the ONNX made from it)")
     g.add_argument("--io-dtype", default="uint8", choices=["uint8", "int8", "float32"],
                    help="TFLite input/output type (default uint8: MediaPipe refuses int8 input)")
     g.add_argument("--precision", metavar="LIST",

