@@ -21,6 +21,9 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     precisions = ["int8", "w8", "w8a8"]  # default: each format's (int8 TFLite/ONNX, Core ML w8 and w8a8)
     onnx_method = "tflite"               # or minmax/entropy/percentile: ONNX Runtime's quantize_static
     bias_correction = true               # correct the mean output shift of int8 weights
+    keep_float = "auto"                  # default: none; or a number of ops (the float fallback)
+    max_drop = 0.01                      # with keep_float = "auto": the top-1 disagreement allowed
+    max_size = "1.3x"                    # the fallback's budget for the int8 TFLite: bytes ("5MB") or a ratio
 
     [validate]
     data = "data/heldout"                # default: the demo held-out set
@@ -51,7 +54,7 @@ _KNOWN = {
     "model": {"path", "labels", "trust"},
     "export": {"formats", "precisions", "onnx_layout"},
     "quantize": {"formats", "calibration", "num_samples", "relu6_fixed", "seed", "precisions", "onnx_method",
-                 "bias_correction"},
+                 "bias_correction", "keep_float", "max_drop", "max_size"},
     "validate": {"data", "policy", "require", "threads", "iterations", "kernel_path_samples"},
     "output": {"dir"},
 }
@@ -73,6 +76,9 @@ class RunConfig:
     quantize_precisions: list[str] | None = None  # None: each format's defaults
     onnx_method: str = "tflite"
     bias_correction: bool = True
+    keep_float: str | int | None = None
+    max_drop: float = 0.01
+    max_size: str | None = None
     data: str | None = None
     policy: str | None = None
     require: list[str] = field(default_factory=list)
@@ -112,7 +118,8 @@ def load_config(path: str | Path | None) -> RunConfig:
         calibration=rel(q.get("calibration")), num_samples=int(q.get("num_samples", 200)),
         relu6_fixed=bool(q.get("relu6_fixed", True)), seed=int(q.get("seed", 0)),
         quantize_precisions=q.get("precisions"), onnx_method=str(q.get("onnx_method", "tflite")),
-        bias_correction=bool(q.get("bias_correction", True)),
+        bias_correction=bool(q.get("bias_correction", True)), keep_float=q.get("keep_float"),
+        max_drop=float(q.get("max_drop", 0.01)), max_size=None if q.get("max_size") is None else str(q["max_size"]),
         data=rel(v.get("data")), policy=rel(v.get("policy")),
         require=list(v.get("require", [])), threads=int(v.get("threads", 1)), iterations=int(v.get("iterations", 50)),
         kernel_path_samples=int(v.get("kernel_path_samples", 500)),
@@ -144,7 +151,8 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
         q = quantize(loaded=loaded, calibration=config.calibration, formats=quantize_formats, out=config.out,
                      num_samples=config.num_samples, seed=config.seed, relu6_fixed=config.relu6_fixed,
                      precisions=config.quantize_precisions, onnx_method=config.onnx_method,
-                     bias_correction=config.bias_correction)
+                     bias_correction=config.bias_correction, keep_float=config.keep_float,
+                     max_drop=config.max_drop, max_size=config.max_size)
         echo(f"quantised {len(q.paths)} artifacts in {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
     report_dir = config.out / "report"

@@ -102,6 +102,7 @@ def quantize(
     labels: str | Path | None = None,
     keep_float: str | int | None = None,
     max_drop: float = 0.01,
+    max_size: str | int | None = None,
     precisions: Sequence[Precision | str] | None = None,
     onnx_method: str = "tflite",
     bias_correction: bool = True,
@@ -114,7 +115,9 @@ def quantize(
 
     ``bias_correction``: measure the mean output shift per-channel int8 weights cause on the calibration set and
     correct it (:mod:`edgeship.quantize.bias_correction`) in every file with int8 weights (:data:`CORRECTED`);
-    fp16 files and the float exports stay the trained model's. Raises UserError (bad input) or ConversionError (a
+    fp16 files and the float exports stay the trained model's. ``keep_float`` ("auto" or a count), ``max_drop``
+    (the top-1 disagreement "auto" allows) and ``max_size`` (the int8 TFLite's size budget: "5MB", "4.5MiB",
+    "1.3x" of the all-int8 file) drive the float fallback (:mod:`edgeship.quantize.fallback`). Raises UserError (bad input) or ConversionError (a
     converter or the portability check refused)."""
     from tqdm import tqdm
 
@@ -126,10 +129,14 @@ def quantize(
     from edgeship.quantize.calibration import load_calibration
     from edgeship.quantize.bias_correction import bias_corrected, measure_shifts
     from edgeship.quantize.common import FloatArtifacts, Job, compute_statistics, needs_int8_tflite
-    from edgeship.quantize.fallback import parse_keep_float
+    from edgeship.quantize.fallback import parse_keep_float, parse_max_size
     from edgeship.quantize.onnx import CALIBRATION_METHODS
 
     keep_float = parse_keep_float(keep_float)
+    budget = parse_max_size(max_size)
+    if budget is not None and keep_float is None:
+        raise UserError(f"--max-size {budget.text} is the float fallback's budget: add --keep-float auto (or a "
+                        f"number of layers)")
     onnx_method = onnx_method.strip().lower()
     if onnx_method not in ("tflite", *CALIBRATION_METHODS):
         raise UserError(f"unknown --onnx-method '{onnx_method}': choose from tflite (the int8 TFLite's parameters, "
@@ -148,7 +155,8 @@ def quantize(
               options={"relu6_fixed": relu6_fixed, "io_dtype": io_dtype, "num_samples": len(cal.images), "seed": seed,
                        "input_range": list(spec.preprocessing.value_range),
                        "weights": "int8 per-channel, symmetric", "keep_float": keep_float,
-                       "max_drop": max_drop if keep_float == "auto" else None, "bias_correction": bias_correction},
+                       "max_drop": max_drop if keep_float == "auto" else None,
+                       "max_size": budget.text if budget else None, "bias_correction": bias_correction},
               ranges={"io_dtype": io_dtype, "relu6_fixed": relu6_fixed, "input_range": spec.preprocessing.value_range},
               onnx_method=onnx_method, float_artifact=floats, progress=bar.set_postfix_str, warn=warn)
     result = QuantizeResult(out_dir)
@@ -166,7 +174,7 @@ def quantize(
     try:
         if any(needs_int8_tflite(f, p, onnx_method) for f, p in todo):  # the statistics, once, for every format
             with weights_for(Precision.INT8):
-                job.stats = compute_statistics(job, keep_float, max_drop)
+                job.stats = compute_statistics(job, keep_float, max_drop, budget)
             result.fixed_tensors, result.calibrated_tensors = (job.stats.int8.fixed_tensors,
                                                                job.stats.int8.calibrated_tensors)
             result.fallback, result.layer_sqnr = job.stats.fallback, job.stats.layer_sqnr
