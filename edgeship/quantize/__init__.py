@@ -162,6 +162,10 @@ def quantize(
     result = QuantizeResult(out_dir)
     bar.set_postfix_str("calibrate")
     shifts = measure_shifts(loaded, cal.inputs) if bias_correction and any(p in CORRECTED for _, p in todo) else {}
+    if keep_float is not None:  # the fallback measures against the trained model, not the bias-corrected one
+        import numpy as np
+
+        job.reference = np.asarray(loaded.keras_model.predict(cal.inputs, verbose=0, batch_size=32), np.float32)
 
     @contextlib.contextmanager
     def weights_for(precision: Precision) -> Any:

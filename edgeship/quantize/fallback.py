@@ -154,14 +154,17 @@ def parse_keep_float(value: str | int | None) -> str | int | None:
 
 def keep_float(calibrated: bytes, first: TFLiteQuantResult, inputs: np.ndarray, sqnr: dict[str, float],
                mode: str | int, *, max_drop: float = DEFAULT_MAX_DROP, max_size: SizeBudget | str | None = None,
-               overhead: int = 0, rank: str = "own", keras_model: Any = None,
+               overhead: int = 0, rank: str = "own", keras_model: Any = None, reference: np.ndarray | None = None,
                progress: Callable[[str], None] | None = None, **quant_options) -> Fallback:
     """``first``: the all-int8 result; ``inputs``: the preprocessed calibration batch (N, H, W, C) float32;
     ``sqnr``: ``first``'s per-tensor SQNR (:func:`layers.tensor_sqnr`), whose tensors are the candidates;
     ``max_size``: the size budget (:func:`parse_max_size`); ``overhead``: bytes the written file adds to the
     flatbuffer (metadata), so the budget applies to the file; ``rank``: "own" or "accumulated" (module doc);
     ``keras_model``: for layer names (:class:`layers.LayerNames`); ``quant_options``: what ``first`` was made
-    with (io_dtype, relu6_fixed, input_range). Raises UserError for a bad max_drop, budget or rank."""
+    with (io_dtype, relu6_fixed, input_range); ``reference``: the trained model's outputs on ``inputs`` (N,
+    classes) float, which agreement and gains are measured against (default: the calibrated float flatbuffer's,
+    which is not the trained model when bias correction edited the weights it was made from). Raises UserError
+    for a bad max_drop, budget or rank."""
     from edgeship.numerics import top1_agreement
     from edgeship.quantize.layers import LayerNames
 
@@ -175,7 +178,8 @@ def keep_float(calibrated: bytes, first: TFLiteQuantResult, inputs: np.ndarray, 
     names = LayerNames(keras_model)
     layer = names.names(sqnr)
     candidates = [t for t in sqnr if np.isfinite(sqnr[t]) and names.path(t)]  # ops of a layer, not I/O copies
-    reference = predict(calibrated, inputs)
+    reference = (predict(calibrated, inputs) if reference is None
+                 else np.asarray(reference, np.float32).reshape(len(inputs), -1))
     before = float(top1_agreement(reference, predict(first.model, inputs)))
     ranked = _rank(calibrated, first, inputs, reference, candidates, sqnr, layer, rank, progress, quant_options)
     if limit is not None and rank == "own":  # greedy by gain per byte; free ops (no weights) first
