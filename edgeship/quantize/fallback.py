@@ -18,7 +18,8 @@ caps the file: ops are taken greedily by gain per byte, and the combination is r
 budget holds for the real file, not the sum of estimates.
 
 **Stopping.** ``keep_float="auto"`` takes ranked ops (positive gain only) one at a time, re-quantising after
-each, until the top-1 agreement with the float model on the calibration set is at least ``1 - max_drop``, the
+each and keeping an op only if the output SQNR on the whole calibration set rises with it (gains measured alone
+do not add up), until the top-1 agreement with the float model on the calibration set is at least ``1 - max_drop``, the
 budget is spent, or :data:`AUTO_LIMIT` ops are kept; an integer keeps that many ranked ops (budget permitting).
 The quantiser (``mlir_quantize``'s ``denylisted_nodes``) puts a DEQUANTIZE before and a QUANTIZE after each kept
 op, so the file stays int8 at its edges and everywhere else.
@@ -165,7 +166,7 @@ def keep_float(calibrated: bytes, first: TFLiteQuantResult, inputs: np.ndarray, 
     classes) float, which agreement and gains are measured against (default: the calibrated float flatbuffer's,
     which is not the trained model when bias correction edited the weights it was made from). Raises UserError
     for a bad max_drop, budget or rank."""
-    from edgeship.numerics import top1_agreement
+    from edgeship.numerics import sqnr_from_powers, top1_agreement
     from edgeship.quantize.layers import LayerNames
 
     if not 0 <= max_drop < 1:
@@ -186,7 +187,13 @@ def keep_float(calibrated: bytes, first: TFLiteQuantResult, inputs: np.ndarray, 
         ranked.sort(key=lambda c: -c.gain_db / max(c.cost_bytes, 1))
     target = None if isinstance(mode, int) else 1.0 - max_drop
     count = mode if isinstance(mode, int) else min(AUTO_LIMIT, len(ranked))
+    signal = float(np.sum(reference.astype(np.float64) ** 2))
+
+    def out_sqnr(outputs: np.ndarray) -> float:
+        return sqnr_from_powers(signal, float(np.sum((reference.astype(np.float64) - outputs) ** 2)))
+
     result, agreement, kept, stopped = first, before, [], False
+    current = out_sqnr(predict(first.model, inputs)) if target is not None else 0.0
     for cand in ranked:
         if len(kept) >= count or (target is not None and agreement >= target):
             break
@@ -197,12 +204,16 @@ def keep_float(calibrated: bytes, first: TFLiteQuantResult, inputs: np.ndarray, 
         if limit is not None and len(trial.model) + overhead > limit:
             stopped = True
             continue
+        if target is not None:  # gains measured alone do not add up: keep an op only if the whole output gains
+            outputs = predict(trial.model, inputs)
+            trial_sqnr = out_sqnr(outputs)
+            if trial_sqnr <= current:
+                continue
+            current, agreement = trial_sqnr, float(top1_agreement(reference, outputs))
         kept.append(cand)
         result = trial
         if progress:
             progress(f"float: {cand.layer}")
-        if target is not None:
-            agreement = float(top1_agreement(reference, predict(result.model, inputs)))
     if target is None and kept:
         agreement = float(top1_agreement(reference, predict(result.model, inputs)))
     return Fallback(result, agreement, before, target, [c.layer for c in kept], rank, kept,
