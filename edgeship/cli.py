@@ -101,6 +101,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     result = quantize(loaded=loaded, calibration=args.calibration, formats=Format.parse_list(args.formats, "format"),
                       out=args.out, num_samples=args.num_samples, seed=args.seed, relu6_fixed=args.relu6_fixed,
                       io_dtype=args.io_dtype, keep_float=args.keep_float, max_drop=args.max_drop,
+                      max_size=args.max_size,
                       onnx_method=args.onnx_method, bias_correction=args.bias_correction,
                       weight_rounding=args.weight_rounding,
                       activation_ranges=args.activation_ranges,
@@ -112,7 +113,9 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     fb = result.fallback
     if fb is not None:
         print(f"kept in float: {', '.join(fb.kept) or 'nothing'} (top-1 agreement with float on the calibration "
-              f"set {fb.agreement_before:.1%} -> {fb.agreement:.1%}" + (f", target {fb.target:.1%})" if fb.target else ")"))
+              f"set {fb.agreement_before:.1%} -> {fb.agreement:.1%}" + (f", target {fb.target:.1%}" if fb.target else "")
+              + f"; int8 TFLite {fb.size_before / 1e6:.2f} -> {fb.size / 1e6:.2f} MB"
+              + (f", budget {fb.budget / 1e6:.2f} MB ({fb.budget_text}))" if fb.budget else ")"))
     if result.layer_reports:
         from edgeship.quantize.layers import worst
 
@@ -235,10 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "range, Core ML weights), w8a8 (Core ML weights and activations), fp16 (TFLite float16 "
                         "weights) (default: int8 TFLite and ONNX, w8 and w8a8 Core ML)")
     g.add_argument("--keep-float", metavar="auto|N",
-                   help="keep the worst layers (lowest SQNR) in float: 'auto' until the top-1 agreement with float "
-                        "on the calibration set is within --max-drop, or a number of layers (TFLite and ONNX)")
+                   help="keep in float the ops whose own int8 error costs the output most (each measured alone in "
+                        "float): 'auto' until the top-1 agreement with float on the calibration set is within "
+                        "--max-drop, or a number of ops (TFLite and ONNX)")
     g.add_argument("--max-drop", type=float, default=0.01,
                    help="with --keep-float auto: the top-1 disagreement allowed, a fraction (default 0.01)")
+    g.add_argument("--max-size", metavar="SIZE",
+                   help="with --keep-float: the int8 TFLite may grow to this size, bytes with a unit (5MB, 4.5MiB) "
+                        "or a ratio of the all-int8 file (1.3x); ops are then chosen by gain per byte")
     g.add_argument("--onnx-method", default="tflite", choices=["tflite", "minmax", "entropy", "percentile"],
                    help="how the int8 ONNX is made: 'tflite' rewrites the int8 TFLite (its exact parameters, "
                         "bit-identical outputs; default); minmax/entropy/percentile run ONNX Runtime's "

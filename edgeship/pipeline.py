@@ -23,6 +23,9 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     bias_correction = true               # correct the mean output shift of int8 weights
     weight_rounding = "nearest"          # or "adaptive": int8 steps chosen on the calibration set (AdaRound)
     activation_ranges = "minmax"         # or mse/percentile: per-tensor range search (edgeship.quantize.ranges)
+    keep_float = "auto"                  # the float fallback: "auto" or a number of ops (default: none)
+    max_drop = 0.01                      # with keep_float = "auto": the top-1 disagreement allowed
+    max_size = "1.3x"                    # the fallback's budget for the int8 TFLite: bytes ("5MB") or a ratio
 
     [validate]
     data = "data/heldout"                # default: the demo held-out set
@@ -53,7 +56,7 @@ _KNOWN = {
     "model": {"path", "labels", "trust"},
     "export": {"formats", "precisions", "onnx_layout"},
     "quantize": {"formats", "calibration", "num_samples", "relu6_fixed", "seed", "precisions", "onnx_method",
-                 "bias_correction", "weight_rounding", "activation_ranges"},
+                 "bias_correction", "weight_rounding", "activation_ranges", "keep_float", "max_drop", "max_size"},
     "validate": {"data", "policy", "require", "threads", "iterations", "kernel_path_samples"},
     "output": {"dir"},
 }
@@ -77,6 +80,9 @@ class RunConfig:
     bias_correction: bool = True
     weight_rounding: str = "nearest"
     activation_ranges: str = "minmax"
+    keep_float: str | int | None = None
+    max_drop: float = 0.01
+    max_size: str | None = None
     data: str | None = None
     policy: str | None = None
     require: list[str] = field(default_factory=list)
@@ -116,9 +122,10 @@ def load_config(path: str | Path | None) -> RunConfig:
         calibration=rel(q.get("calibration")), num_samples=int(q.get("num_samples", 200)),
         relu6_fixed=bool(q.get("relu6_fixed", True)), seed=int(q.get("seed", 0)),
         quantize_precisions=q.get("precisions"), onnx_method=str(q.get("onnx_method", "tflite")),
-        bias_correction=bool(q.get("bias_correction", True)),
         weight_rounding=str(q.get("weight_rounding", "nearest")),
         activation_ranges=str(q.get("activation_ranges", "minmax")),
+        bias_correction=bool(q.get("bias_correction", True)), keep_float=q.get("keep_float"),
+        max_drop=float(q.get("max_drop", 0.01)), max_size=None if q.get("max_size") is None else str(q["max_size"]),
         data=rel(v.get("data")), policy=rel(v.get("policy")),
         require=list(v.get("require", [])), threads=int(v.get("threads", 1)), iterations=int(v.get("iterations", 50)),
         kernel_path_samples=int(v.get("kernel_path_samples", 500)),
@@ -150,8 +157,9 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
         q = quantize(loaded=loaded, calibration=config.calibration, formats=quantize_formats, out=config.out,
                      num_samples=config.num_samples, seed=config.seed, relu6_fixed=config.relu6_fixed,
                      precisions=config.quantize_precisions, onnx_method=config.onnx_method,
-                     bias_correction=config.bias_correction, weight_rounding=config.weight_rounding,
-                     activation_ranges=config.activation_ranges)
+                     weight_rounding=config.weight_rounding, activation_ranges=config.activation_ranges,
+                     bias_correction=config.bias_correction, keep_float=config.keep_float,
+                     max_drop=config.max_drop, max_size=config.max_size)
         echo(f"quantised {len(q.paths)} artifacts in {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
     report_dir = config.out / "report"

@@ -11,7 +11,7 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from edgeship.errors import UserError
 from edgeship.models.registry import get_variant, looks_like_variant_name
@@ -99,11 +99,30 @@ def derive_spec(km: Any, name: str) -> ModelSpec:
 
 def walk_layers(km: Any) -> Iterator[Any]:
     """Every leaf layer, nested models flattened, in model order."""
+    for _, layer in layer_paths(km):
+        yield layer
+
+
+def layer_paths(km: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """(path, layer) for every leaf layer, in model order: ``path`` is the names of the nested models the layer
+    sits in, then its own name; the outermost model's own name is left out (``('mobilenetv2_1.00_160',
+    'block_3_project_BN')`` for a backbone inside the user's model, ``('dense',)`` for a top-level layer)."""
     for layer in getattr(km, "layers", []):
+        path = (*prefix, layer.name)
         if hasattr(layer, "layers"):
-            yield from walk_layers(layer)
+            yield from layer_paths(layer, path)
         else:
-            yield layer
+            yield path, layer
+
+
+def unique_layer_names(paths: Iterable[tuple[str, ...]]) -> dict[tuple[str, ...], str]:
+    """{path: name}: each layer's innermost name, or its whole path joined by '/' when that name is shared by
+    layers in different nested models (two backbones that both have a 'conv1'), so no two layers share a name."""
+    paths = list(dict.fromkeys(paths))
+    count: dict[str, int] = {}
+    for p in paths:
+        count[p[-1]] = count.get(p[-1], 0) + 1
+    return {p: (p[-1] if count[p[-1]] == 1 else "/".join(p)) for p in paths}
 
 
 def _ends_in_softmax(layer: Any) -> bool:

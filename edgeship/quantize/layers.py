@@ -13,6 +13,7 @@ import json
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,11 +22,16 @@ from edgeship.numerics import sqnr_from_powers
 from edgeship.numerics import quantize_values
 
 
-def layer_sqnr(float_model: bytes, int8_model: bytes, inputs: np.ndarray, max_samples: int = 16) -> dict[str, float]:
-    """{layer name: SQNR dB} in graph order, over up to ``max_samples`` preprocessed inputs (N, H, W, C)."""
+def layer_sqnr(float_model: bytes, int8_model: bytes, inputs: np.ndarray, max_samples: int = 16,
+               keras_model: Any = None) -> dict[str, float]:
+    """{layer name: SQNR dB} in graph order, over up to ``max_samples`` preprocessed inputs (N, H, W, C). Layers
+    are named by :class:`LayerNames` (``keras_model``: the Keras model the files come from, for exact names
+    inside nested models); a layer with several activations (a fused conv and its ReLU6) keeps the first."""
+    sqnr = tensor_sqnr(float_model, int8_model, inputs, max_samples)
+    names = LayerNames(keras_model).names(sqnr)
     out: dict[str, float] = {}
-    for name, value in tensor_sqnr(float_model, int8_model, inputs, max_samples).items():
-        out.setdefault(short_name(name), value)
+    for tensor, value in sqnr.items():
+        out.setdefault(names[tensor], value)
     return out
 
 
@@ -75,13 +81,91 @@ def worst(sqnr: dict[str, float], n: int = 5) -> list[tuple[str, float]]:
     return sorted(sqnr.items(), key=lambda kv: kv[1])[:n]
 
 
-def short_name(tensor_name: str) -> str:
-    """'model_1/block_3_project_BN_1/batchnorm/add_1;model_1/...' -> 'block_3_project_BN'."""
+#: The suffix TF's name scopes add to a name used twice: Keras 3 traces a model twice on the way to TFLite, so
+#: layer 'block_3_project_BN' computes ops under the scope 'block_3_project_BN_1' (op-internal scopes such as
+#: 'batchnorm' are not uniquified).
+_SCOPE_SUFFIX = re.compile(r"_\d+$")
+
+
+class LayerNames:
+    """TFLite tensor names -> Keras layer names, walking into nested models.
+
+    The MLIR converter names a tensor after the TF op that computes it, whose name is the Keras name scopes
+    joined by '/': ``outer_1/block_3_project_BN_1/batchnorm/add_1`` for a top-level layer, and
+    ``outer_1/mobilenetv2_1.00_160_1/block_3_project_BN_1/batchnorm/add_1`` for a layer of a backbone model
+    inside the user's model (transfer learning); fused ops join several such names with ';' and the first is the
+    op's output. A layer is named by its innermost Keras name ('block_3_project_BN'), or by its path of model
+    names when that name is shared by layers of different nested models ('backbone_a/conv1'), so names are
+    unambiguous (:func:`edgeship.models.loading.unique_layer_names`).
+
+    With ``keras_model`` the scopes are matched against the model's own layer tree, exactly; without it, every
+    scope carrying TF's '_N' suffix counts as a layer or model scope (a heuristic that holds for Keras 3
+    conversions). Tensors outside any layer scope are the graph's output copies ('output') or keep their name.
+    """
+
+    def __init__(self, keras_model: Any = None) -> None:
+        from edgeship.models.loading import layer_paths
+
+        self.tree: dict[str, Any] | None = None
+        self.root = getattr(keras_model, "name", None)
+        paths = [p for p, _ in layer_paths(keras_model)] if keras_model is not None else []
+        if keras_model is not None:
+            self.tree = {}
+            for p in paths:
+                node = self.tree
+                for part in p[:-1]:
+                    node = node.setdefault(part, {})
+                node[p[-1]] = None
+        self.model_paths = paths
+
+    def path(self, tensor_name: str) -> tuple[str, ...]:
+        """The Keras path of the layer computing ``tensor_name`` (nested model names, then the layer's), or ()
+        when it is in no layer scope."""
+        parts = tensor_name.split(";")[0].split("/")
+        if len(parts) < 3:
+            return ()
+        if self.tree is not None:
+            raw_first = parts[0] == self.root  # no uniquifying suffix anywhere: try the scope as it is first
+            node: Any = self.tree
+            path: list[str] = []
+            for scope in parts[1:]:
+                stripped = _SCOPE_SUFFIX.sub("", scope)
+                hit = next((k for k in ((scope, stripped) if raw_first else (stripped, scope)) if k in node), None)
+                if hit is None:
+                    break
+                path.append(hit)
+                node = node[hit]
+                if node is None:  # a leaf layer
+                    break
+            if path:
+                return tuple(path)
+        scopes = parts[1:-1]
+        layered = [_SCOPE_SUFFIX.sub("", c) for c in scopes if _SCOPE_SUFFIX.search(c)]
+        return tuple(layered) or (_SCOPE_SUFFIX.sub("", scopes[0]),)
+
+    def names(self, tensor_names: Any) -> dict[str, str]:
+        """{tensor name: layer name} for ``tensor_names``, each layer name unambiguous among the model's layers
+        and these tensors' layers."""
+        from edgeship.models.loading import unique_layer_names
+
+        paths = {t: self.path(t) for t in tensor_names}
+        unique = unique_layer_names([*self.model_paths, *(p for p in paths.values() if p)])
+        return {t: (unique[p] if p else _unscoped(t)) for t, p in paths.items()}
+
+    def __call__(self, tensor_name: str) -> str:
+        return self.names([tensor_name])[tensor_name]
+
+
+def short_name(tensor_name: str, keras_model: Any = None) -> str:
+    """'model_1/block_3_project_BN_1/batchnorm/add_1;model_1/...' -> 'block_3_project_BN';
+    'model_1/mobilenetv2_1.00_160_1/block_3_project_BN_1/batchnorm/add_1' -> 'block_3_project_BN' too
+    (:class:`LayerNames`)."""
+    return LayerNames(keras_model)(tensor_name)
+
+
+def _unscoped(tensor_name: str) -> str:
     first = tensor_name.split(";")[0]
-    parts = first.split("/")
-    if len(parts) < 3:
-        return "output" if first.startswith("StatefulPartitionedCall") else first
-    return re.sub(r"_\d+$", "", parts[1])
+    return "output" if first.startswith("StatefulPartitionedCall") else first
 
 
 def _activations(interp) -> list[dict]:
