@@ -200,9 +200,9 @@ def validate(
         artifacts=artifacts, required_formats=[str(f) for f in required],
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), edgeship_version=__version__,
         versions=tool_versions(), machine=describe_machine().to_dict(),
-        confidence={"margin": "top-1 minus runner-up of the reference's "
-                              + ("own probabilities (it ends in a softmax)" if spec.outputs_probabilities
-                                 else "softmax of its logits"),
+        confidence={"margin": "top-1 minus runner-up probability, "
+                              + ("the model's own (it ends in a softmax)" if spec.outputs_probabilities
+                                 else "from the softmax of its logits"),
                     "bins": list(policy.margin_bins), "confident_margin": policy.confident_margin},
     )
     if report_dir is not None:

@@ -172,4 +172,4 @@ def test_confident_answers_that_change_fail_the_release(int8_demo, tmp_path):
     assert a.status is Status.FAILED and a.reason.startswith("confident_flips")
     assert a.metrics.confident_flips > 0.5
     assert sum(b["flips"] for b in a.flips_by_margin) == len(a.flips)
-    assert report.confidence["confident_margin"] == 0.3 and "softmax of its logits" in report.confidence["margin"]
+    assert report.confidence["confident_margin"] == 0.3 and "from the softmax of its logits" in report.confidence["margin"]

@@ -368,6 +368,6 @@ def confidence_intro(report: Report) -> str:
     c = report.confidence
     if not c:
         return "Flips by the reference's top-1 margin."
-    return (f"Top-1 flips by the reference's confidence: its top-1 margin ({c.get('margin', 'top-1 minus runner-up')})."
+    return (f"Top-1 flips by the reference's top-1 margin ({c.get('margin', 'top-1 minus runner-up probability')})."
             f" A flip under a small margin is a near-tie; from {fmt_number(c.get('confident_margin'), 'g')} on, a "
             "confident answer that changed (confident_flips).")
