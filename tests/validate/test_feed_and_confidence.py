@@ -42,6 +42,17 @@ def int8_demo(tmp_path_factory):
     return loaded, path, u8, f32, held.images[pick]
 
 
+@pytest.fixture(scope="module")
+def float_demo(int8_demo, tmp_path_factory):
+    """The demo's fp32 TFLite (exported once for the module)."""
+    from edgeship.export import export
+
+    loaded = int8_demo[0]
+    out = tmp_path_factory.mktemp("float")
+    result = export(loaded=loaded, formats=["tflite"], out=out, progress=False)
+    return out / result.manifest.artifacts[0].path
+
+
 def test_uint8_data_are_fed_raw_and_float_data_requantised(int8_demo):
     """uint8 data: the uint8 input gets the pixels themselves and the report says so; the same images as float32:
     normalised and re-quantised, reported as such. With zero point 127 for mean 127.5 the two feeds differ."""
@@ -63,12 +74,9 @@ def test_uint8_data_are_fed_raw_and_float_data_requantised(int8_demo):
     assert raw.metrics.sqnr_db != flt.metrics.sqnr_db  # the feeds really differ
 
 
-def test_float_files_are_fed_normalised_floats_either_way(int8_demo, tmp_path):
-    from edgeship.export import export
-
+def test_float_files_are_fed_normalised_floats_either_way(int8_demo, float_demo):
     loaded, _, u8, f32, _ = int8_demo
-    result = export(loaded=loaded, formats=["tflite"], out=tmp_path, progress=False)
-    path = tmp_path / result.manifest.artifacts[0].path
+    path = float_demo
     for data in (u8, f32):
         (a,) = validate([path], reference=loaded, data=data, **FAST).artifacts
         assert a.status is Status.PASSED and a.input_feed == FEED_FLOAT
@@ -154,15 +162,13 @@ def test_confident_flips_gate_fails_above_its_limit(tmp_path):
             load_policy(user)
 
 
-def test_confident_answers_that_change_fail_the_release(int8_demo, tmp_path):
+def test_confident_answers_that_change_fail_the_release(int8_demo, float_demo, tmp_path):
     """End to end: a float TFLite whose labels are in the wrong order changes confident answers; with only the
     confident_flips gate in force it fails on that gate, and the report splits its flips by margin."""
-    from edgeship.export import export
     from edgeship.export.tflite_metadata import add_metadata
 
     loaded, _, u8, _, _ = int8_demo
-    result = export(loaded=loaded, formats=["tflite"], out=tmp_path / "f", progress=False)
-    good = tmp_path / "f" / result.manifest.artifacts[0].path
+    good = float_demo
     bad = tmp_path / "labels.tflite"
     bad.write_bytes(add_metadata(good.read_bytes(), loaded.spec.replace(labels=tuple(reversed(loaded.spec.labels))),
                                  ModelInfo("demo")))
