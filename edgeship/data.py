@@ -59,7 +59,7 @@ def load_image_folder(root: Path, size: tuple[int, int], class_names: Sequence[s
 
 @dataclass
 class Batch:
-    images: np.ndarray  # (n, H, W, 3) uint8 RGB
+    images: np.ndarray  # (n, H, W, 3) RGB: uint8 pixels, or float32 pixels in 0-255 (float arrays)
     labels: np.ndarray | None  # (n,) class indices
     sources: list[str]  # where each sample came from, for reports
     offset: int  # index of the first sample in the whole set
@@ -68,14 +68,15 @@ class Batch:
 class DataSource:
     """Samples streamed in batches, so 50,000 images never need 50,000 images of memory at once."""
 
-    def __init__(self, source: str, count: int, labeled: bool) -> None:
+    def __init__(self, source: str, count: int, labeled: bool, pixels: str = "uint8") -> None:
         self.source, self.count, self.labeled = source, count, labeled
+        self.pixels = pixels  # "uint8" (raw images) or "float32" (float pixels, not rounded)
 
     def batches(self, batch_size: int) -> Iterator[Batch]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def describe(self) -> dict[str, object]:
-        return {"source": self.source, "count": self.count, "labeled": self.labeled}
+        return {"source": self.source, "count": self.count, "labeled": self.labeled, "pixels": self.pixels}
 
 
 class FolderSource(DataSource):
@@ -106,7 +107,11 @@ class FolderSource(DataSource):
 
 class ArraySource(DataSource):
     """``.npy`` (images) or ``.npz`` (``images`` or ``x``, optional ``labels`` or ``y``): RGB pixels in 0-255,
-    (N, H, W, 3) at the model's input size. ``.npy`` files are memory-mapped."""
+    (N, H, W, 3) at the model's input size. ``.npy`` files are memory-mapped.
+
+    uint8 (or other integer) arrays are raw pixels, batched as uint8; float arrays are float pixels (0-255, e.g.
+    after resizing or augmentation), batched as float32 and not rounded, so the reference sees them exactly and an
+    8-bit-input artifact is fed them normalised and re-quantised (:meth:`edgeship.runtimes.runner.Runner.feed`)."""
 
     def __init__(self, path: Path, size: tuple[int, int], num_classes: int) -> None:
         path = Path(path)
@@ -142,12 +147,16 @@ class ArraySource(DataSource):
                 raise UserError(f"{path}: labels range {labels.min()}..{labels.max()}, the model has {num_classes} "
                                 "classes")
         self.images, self.labels = images, labels
-        super().__init__(str(path), len(images), labels is not None)
+        super().__init__(str(path), len(images), labels is not None,
+                         "float32" if np.issubdtype(images.dtype, np.floating) else "uint8")
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
         for start in range(0, len(self.images), batch_size):
             chunk = np.asarray(self.images[start : start + batch_size])
-            images = np.clip(np.round(chunk), 0, 255).astype(np.uint8) if chunk.dtype != np.uint8 else chunk
+            if np.issubdtype(chunk.dtype, np.floating):
+                images = chunk.astype(np.float32, copy=False)  # float pixels stay floats (not rounded)
+            else:
+                images = chunk if chunk.dtype == np.uint8 else np.clip(chunk, 0, 255).astype(np.uint8)
             labels = None if self.labels is None else self.labels[start : start + len(chunk)]
             yield Batch(images, labels, [f"array[{i}]" for i in range(start, start + len(chunk))], start)
 

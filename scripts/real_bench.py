@@ -83,6 +83,7 @@ def row_of(a: Any, label: str) -> dict[str, Any]:
         "file": label, "path": a.path, "format": a.format, "precision": a.precision, "runtime": a.runtime,
         "status": str(a.status), "failed_gates": failed, "reason": a.reason,
         "top1_agreement": m.top1_agreement, "sqnr_db": m.sqnr_db, "equal_values": m.equal_values,
+        "confident_flips": m.confident_flips, "flips_by_margin": a.flips_by_margin, "input_feed": a.input_feed,
         "max_abs_error": m.max_abs_error, "accuracy_top1": m.accuracy_top1,
         "kernel_path": a.kernel_path, "kernel_path_sqnr_db": m.kernel_path_sqnr_db,
         "kernel_path_top1_agreement": m.kernel_path_top1_agreement, "kernel_path_samples": a.kernel_path_samples,
@@ -91,9 +92,9 @@ def row_of(a: Any, label: str) -> dict[str, Any]:
 
 
 def markdown(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| file | top-1 agreement with Keras | output SQNR | equal values | kernel-path SQNR / top-1 | "
-             "accuracy | size MB | p50 ms | status |",
-             "|---|--:|--:|--:|--:|--:|--:|--:|---|"]
+    lines = ["| file | top-1 agreement with Keras | flips by Keras margin (<0.1 / 0.1-0.3 / >=0.3) | confident flips | "
+             "output SQNR | equal values | kernel-path SQNR / top-1 | accuracy | size MB | p50 ms | status |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
     for r in rows:
         kp = "-" if r["kernel_path_sqnr_db"] is None else \
             f"{r['kernel_path_sqnr_db']:.1f} dB / {pct(r['kernel_path_top1_agreement'])}"
@@ -104,8 +105,9 @@ def markdown(rows: list[dict[str, Any]]) -> list[str]:
         size = "-" if r["size_mb"] is None else f"{r['size_mb']:.2f}"
         p50 = "-" if r["p50_ms"] is None else f"{r['p50_ms']:.2f}"
         eq = "-" if r["equal_values"] is None else f"{r['equal_values']:.1%}"
-        lines.append(f"| {r['file']} | {pct(r['top1_agreement'])} | {db(r['sqnr_db'])} | {eq} | {kp} | {acc} | "
-                     f"{size} | {p50} | {status} |")
+        bins = " / ".join(f"{b['flips']} of {b['samples']}" for b in r["flips_by_margin"]) or "-"
+        lines.append(f"| {r['file']} | {pct(r['top1_agreement'])} | {bins} | {pct(r['confident_flips'])} | "
+                     f"{db(r['sqnr_db'])} | {eq} | {kp} | {acc} | {size} | {p50} | {status} |")
     return lines
 
 
@@ -234,6 +236,8 @@ def main() -> int:
         "",
         "- Output: the model ends in a softmax, so the output compared (and its SQNR) is probabilities. "
         "Accuracy: the photos carry no dog-breed labels (no labels).",
+        "- Input feed (the evaluation images are uint8 photos): " + "; ".join(
+            f"{r['file'].split(' (')[0]}: {r['input_feed']}" for r in rows if r["input_feed"]) + ".",
         f"- Keras on the evaluation images: median top-1 probability {np.median(top2[:, 1]):.2f}, median margin to "
         f"the runner-up {np.median(margin):.2f} ({np.mean(margin < 0.05):.0%} of images under 0.05). Median Keras "
         "margin of the images each file flips: " + ", ".join(

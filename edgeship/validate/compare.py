@@ -36,11 +36,17 @@ def label_permutation(reference: list[str], artifact: list[str] | None) -> np.nd
 
 @dataclass
 class Comparison:
-    """Accumulates one artifact's agreement with the reference over the batches."""
+    """Accumulates one artifact's agreement with the reference over the batches.
+
+    ``probabilities``: whether the reference's outputs are probabilities (else logits, softmaxed for the margin);
+    ``margin_bins`` and ``confident_margin``: the policy's ``[confidence]`` (:func:`metrics.flips_by_margin`)."""
 
     labels: list[str]
     permutation: np.ndarray | None = None
     record_flips: bool = True
+    probabilities: bool = False
+    margin_bins: tuple[float, ...] = m.MARGIN_BINS
+    confident_margin: float = m.CONFIDENT_MARGIN
     _equal: int = 0
     _max_abs: list[np.ndarray] = field(default_factory=list)
     _sum_abs: float = 0.0
@@ -53,6 +59,7 @@ class Comparison:
     _out_correct: list[np.ndarray] = field(default_factory=list)
     _out_correct5: list[np.ndarray] = field(default_factory=list)
     _ref_correct: list[np.ndarray] = field(default_factory=list)
+    _margin: list[np.ndarray] = field(default_factory=list)
     flips: list[Flip] = field(default_factory=list)
 
     def update(self, ref: np.ndarray, out: np.ndarray, images: np.ndarray, truth: np.ndarray | None,
@@ -72,6 +79,8 @@ class Comparison:
         self._top5.append(m.per_sample_top5_overlap(ref, out))
         r1, o1 = ref.argmax(1), out.argmax(1)
         self._agree.append(r1 == o1)
+        margin = m.top1_margin(ref, self.probabilities)
+        self._margin.append(margin)
         if truth is not None:
             self._ref_correct.append(r1 == truth)
             self._out_correct.append(o1 == truth)
@@ -82,7 +91,7 @@ class Comparison:
                 break
             self.flips.append(Flip(
                 index=offset + int(i), source=sources[i], reference=self.labels[r1[i]], artifact=self.labels[o1[i]],
-                truth=None if truth is None else self.labels[int(truth[i])],
+                truth=None if truth is None else self.labels[int(truth[i])], margin=float(margin[i]),
                 thumbnail_png=_png(images[i]) if len(self.flips) < MAX_THUMBNAILS else None,
             ))
 
@@ -99,11 +108,20 @@ class Comparison:
             top5_overlap=mean(self._top5),
             equal_values=self._equal / self._values,
         )
+        margin, agree = np.concatenate(self._margin), np.concatenate(self._agree)
+        sure = margin >= self.confident_margin
+        result.confident_flips = float(np.mean(~agree[sure])) if sure.any() else None
         if self._out_correct:
             result.accuracy_top1 = mean(self._out_correct)
             result.accuracy_top5 = mean(self._out_correct5)
             result.accuracy_top1_drop = mean(self._ref_correct) - result.accuracy_top1
         return result
+
+    def flips_by_margin(self) -> list[dict[str, float | int]]:
+        """Samples and flips per bin of the reference's top-1 margin (:func:`metrics.flips_by_margin`)."""
+        if not self._agree:
+            return []
+        return m.flips_by_margin(np.concatenate(self._margin), np.concatenate(self._agree), self.margin_bins)
 
     def sample_errors(self) -> list[float]:
         """Per-sample max abs error, evenly thinned to at most MAX_SAMPLE_ERRORS, for the distribution plot."""
@@ -119,5 +137,7 @@ def _png(image: np.ndarray) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
+    if image.dtype != np.uint8:  # float pixels: shown rounded
+        image = np.clip(np.round(image), 0, 255).astype(np.uint8)
     Image.fromarray(image).save(buf, format="PNG", optimize=True)
     return buf.getvalue()

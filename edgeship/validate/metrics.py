@@ -3,6 +3,14 @@
 Every function takes the reference outputs and the artifact's outputs, both (N, classes) float arrays in the
 reference's label order, and returns a float, or None when there is nothing to measure (no samples). Division by
 zero is handled explicitly: identical outputs have infinite SQNR; two all-zero vectors have cosine 1.
+
+Agreement by confidence: a flip (top-1 of the artifact differs from the reference's) between two near-tied classes
+is not the same event as a confident answer that changed. The reference's **top-1 margin** (its top-1 probability
+minus the runner-up's; :func:`top1_margin`) tells them apart. The probabilities are the model's own outputs when it
+ends in a softmax (``ModelSpec.outputs_probabilities``, read from the model's last layer when it is loaded), else
+the softmax of its logits. Flips are counted per margin bin (:func:`flips_by_margin`; the bin edges and the
+confident margin are policy, ``[confidence]`` in ``policy.toml``), and ``confident_flips`` is the share of samples
+with margin >= the confident margin whose top-1 changed.
 """
 
 from __future__ import annotations
@@ -25,6 +33,9 @@ class Metric(str, Enum):
     ACCURACY_TOP5 = "accuracy_top5"
     ACCURACY_TOP1_DROP = "accuracy_top1_drop"
     EQUAL_VALUES = "equal_values"
+    # Share of the confident samples (the reference's top-1 margin >= the policy's confident_margin) whose top-1
+    # changed: a confident answer that changed, told apart from a flip between near-tied classes
+    CONFIDENT_FLIPS = "confident_flips"
     # The same file through a second kernel path of its runtime (edgeship.runtimes.KERNEL_PATHS), against the first
     KERNEL_PATH_TOP1_AGREEMENT = "kernel_path_top1_agreement"
     KERNEL_PATH_EQUAL_VALUES = "kernel_path_equal_values"
@@ -33,6 +44,10 @@ class Metric(str, Enum):
     def __str__(self) -> str:
         return self.value
 
+
+#: Default margin bins and confident margin (overridden by the policy's ``[confidence]`` table): see policy.toml.
+MARGIN_BINS = (0.1, 0.3)
+CONFIDENT_MARGIN = 0.3
 
 #: Which way each metric must go to pass a gate (policy files give only the limit).
 HIGHER_IS_BETTER: dict[Metric, bool] = {
@@ -46,6 +61,7 @@ HIGHER_IS_BETTER: dict[Metric, bool] = {
     Metric.ACCURACY_TOP5: True,
     Metric.ACCURACY_TOP1_DROP: False,
     Metric.EQUAL_VALUES: True,
+    Metric.CONFIDENT_FLIPS: False,
     Metric.KERNEL_PATH_TOP1_AGREEMENT: True,
     Metric.KERNEL_PATH_EQUAL_VALUES: True,
     Metric.KERNEL_PATH_SQNR_DB: True,
@@ -109,3 +125,41 @@ def accuracy_top5(out: np.ndarray, labels: np.ndarray) -> float | None:
     k = min(5, out.shape[1])
     top = np.argsort(-out, axis=1, kind="stable")[:, :k]
     return float(np.mean((top == labels[:, None]).any(axis=1)))
+
+
+def top1_margin(ref: np.ndarray, probabilities: bool) -> np.ndarray:
+    """(N,) top-1 probability minus the runner-up's, in [0, 1], for the reference outputs ``ref`` (N, classes):
+    the outputs themselves when they are probabilities, else their softmax (computed stably, in float64). One class:
+    margin 1."""
+    p = ref.astype(np.float64)
+    if not probabilities:
+        p = np.exp(p - p.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+    if p.shape[1] < 2:
+        return np.ones(len(p))
+    top2 = np.sort(p, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
+def flips_by_margin(margin: np.ndarray, agree: np.ndarray, edges: tuple[float, ...]) -> list[dict[str, float | int]]:
+    """Samples and flips per bin of the reference's top-1 ``margin`` (N,), ``agree`` (N,) bool: one bin per
+    interval ``[lo, hi)`` of ``(0, *edges, 1]`` (the last one closed). Each: ``{"margin_from", "margin_to",
+    "samples", "flips"}``."""
+    bounds = [0.0, *[float(e) for e in edges], 1.0]
+    out = []
+    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        last = i == len(bounds) - 2
+        inside = (margin >= lo) & ((margin <= hi) if last else (margin < hi))
+        out.append({"margin_from": lo, "margin_to": hi, "samples": int(inside.sum()),
+                    "flips": int((inside & ~agree).sum())})
+    return out
+
+
+def confident_flips(ref: np.ndarray, out: np.ndarray, probabilities: bool, confident_margin: float) -> float | None:
+    """Share of the samples whose reference margin (:func:`top1_margin`) is at least ``confident_margin`` and whose
+    top-1 changed; None when no sample is that confident."""
+    margin = top1_margin(ref, probabilities)
+    sure = margin >= confident_margin
+    if not sure.any():
+        return None
+    return float(np.mean(ref[sure].argmax(1) != out[sure].argmax(1)))

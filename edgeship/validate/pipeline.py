@@ -6,6 +6,11 @@ metrics. An artifact that cannot be opened or run fails with its reason while th
 one whose runtime is not available here is skipped with its reason (and fails the run only if its format is
 required).
 
+Feeds: each runner feeds its file as a client would (:meth:`edgeship.runtimes.runner.Runner.feed`): raw images
+(uint8 pixels) go into a uint8 input as they are, as MediaPipe does; float data are normalised and re-quantised.
+Each artifact's ``input_feed`` says which. Flips are also counted by the reference's top-1 margin
+(``flips_by_margin``, ``confident_flips``; bins and confident margin from the policy's ``[confidence]``).
+
 Portability: each int8 file also runs, on the first ``kernel_path_samples`` samples, through a second kernel path
 of its own runtime (:data:`edgeship.runtimes.KERNEL_PATHS`), compared with its first by the same
 :class:`Comparison`; the ``kernel_path_*`` gates of the policy judge it, and a failure names both paths and this
@@ -93,6 +98,9 @@ def validate(
         raise UserError(f"no samples in {source.source}")
 
     reference_runner = KerasRunner(ref_model, threads=threads).open()
+    # Agreement by confidence: the reference's top-1 margin, on its probabilities (its own, or softmaxed logits)
+    confidence = dict(probabilities=spec.outputs_probabilities, margin_bins=policy.margin_bins,
+                      confident_margin=policy.confident_margin)
     results: dict[int, ArtifactResult] = {}
     runners: dict[int, Runner] = {}
     comparisons: dict[int, Comparison] = {}
@@ -103,13 +111,14 @@ def validate(
                                     size_bytes=size_on_disk(entry.path) if entry.path.exists() else None)
         try:
             runner = runner_for(entry.format, entry.path, spec.preprocessing, threads).open()
-            comparisons[i] = Comparison(list(spec.labels), label_permutation(list(spec.labels), runner.labels))
+            comparisons[i] = Comparison(list(spec.labels), label_permutation(list(spec.labels), runner.labels),
+                                        **confidence)
             runners[i] = runner
             results[i].reason = getattr(runner, "note", None)  # e.g. coreml-reference: not Apple's kernels
             results[i].latency_ms.load = runner.load_ms
             other = kernel_path_runner(entry.format, entry.precision, entry.path, spec.preprocessing, threads)
             if other is not None and kernel_path_samples > 0:
-                second[i] = (other.open(), Comparison(list(spec.labels), record_flips=False))
+                second[i] = (other.open(), Comparison(list(spec.labels), record_flips=False, **confidence))
                 results[i].kernel_path = f"{other.runtime}: {KERNEL_PATHS[entry.format][1]}"
         except Unavailable as e:
             results[i].status, results[i].reason = Status.SKIPPED, str(e)
@@ -153,6 +162,8 @@ def validate(
             r.metrics.kernel_path_equal_values = paths.equal_values
             r.metrics.kernel_path_sqnr_db = paths.sqnr_db
         r.flips = comparisons[i].flips
+        r.flips_by_margin = comparisons[i].flips_by_margin()
+        r.input_feed = runner.input_feed
         r.sample_errors = comparisons[i].sample_errors()
         assert first_batch is not None
         feed = runner.feed(first_batch)
@@ -189,6 +200,10 @@ def validate(
         artifacts=artifacts, required_formats=[str(f) for f in required],
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), edgeship_version=__version__,
         versions=tool_versions(), machine=describe_machine().to_dict(),
+        confidence={"margin": "top-1 minus runner-up probability, "
+                              + ("the model's own (it ends in a softmax)" if spec.outputs_probabilities
+                                 else "from the softmax of its logits"),
+                    "bins": list(policy.margin_bins), "confident_margin": policy.confident_margin},
     )
     if report_dir is not None:
         from edgeship.validate.reports import write_reports

@@ -10,7 +10,7 @@ from typing import Any
 from edgeship.errors import UserError
 from edgeship.fileio import read_structured
 from edgeship.types import Format, Precision
-from edgeship.validate.metrics import HIGHER_IS_BETTER, Metric
+from edgeship.validate.metrics import CONFIDENT_MARGIN, HIGHER_IS_BETTER, MARGIN_BINS, Metric
 from edgeship.validate.results import GateResult, Latency, Metrics
 
 DEFAULT_POLICY = Path(__file__).with_name("policy.toml")
@@ -22,6 +22,10 @@ class Policy:
     metric_limits: dict[str, dict[str, float]] = field(default_factory=dict)  # "fp32" or "tflite.fp32" -> limits
     latency: dict[str, dict[str, Any]] = field(default_factory=dict)  # "tflite.int8" -> budgets
     source: str = str(DEFAULT_POLICY)
+    # [confidence]: edges of the reference top-1 margin bins flips are counted in, and the margin from which an
+    # answer counts as confident (the confident_flips metric)
+    margin_bins: tuple[float, ...] = MARGIN_BINS
+    confident_margin: float = CONFIDENT_MARGIN
 
     def limits_for(self, fmt: str, precision: str) -> dict[Metric, float]:
         merged = {**self.metric_limits.get(precision, {}), **self.metric_limits.get(f"{fmt}.{precision}", {})}
@@ -64,6 +68,7 @@ def load_policy(path: str | Path | None = None) -> Policy:
         policy.metric_limits[key] = {**policy.metric_limits.get(key, {}), **limits}
     for key, budgets in user.latency.items():
         policy.latency[key] = {**policy.latency.get(key, {}), **budgets}
+    _confidence(policy, read_structured(Path(path), "policy").get("confidence", {}), Path(path))  # key by key
     policy.source = str(path)
     return policy
 
@@ -93,6 +98,8 @@ def _parse(path: Path) -> Policy:
                 if prec not in precisions:
                     raise UserError(f"{path}: [{key}.{prec}]: unknown precision '{prec}'")
                 policy.metric_limits[f"{key}.{prec}"] = limits(table, f"{key}.{prec}")
+        elif key == "confidence":
+            _confidence(policy, value, path)
         elif key == "latency":
             for fmt, per in value.items():
                 for prec, budgets in per.items():
@@ -103,5 +110,23 @@ def _parse(path: Path) -> Policy:
                     policy.latency[f"{fmt}.{prec}"] = dict(budgets)
         else:
             raise UserError(f"{path}: unknown table [{key}]: use a precision ({', '.join(sorted(precisions))}), "
-                            "a format.precision, or latency")
+                            "a format.precision, confidence, or latency")
     return policy
+
+
+def _confidence(policy: Policy, table: Any, path: Path) -> None:
+    """``[confidence]``: ``margin_bins`` (increasing edges strictly inside (0, 1)) and ``confident_margin`` (in
+    (0, 1]); a key left out keeps the shipped value."""
+    if not isinstance(table, dict) or set(table) - {"margin_bins", "confident_margin"}:
+        raise UserError(f"{path}: [confidence] takes margin_bins = [edges] and confident_margin = number")
+    if "margin_bins" in table:
+        bins = table["margin_bins"]
+        ok = isinstance(bins, list) and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bins)
+        if not ok or any(not 0 < b < 1 for b in bins) or list(bins) != sorted(set(bins)):
+            raise UserError(f"{path}: [confidence] margin_bins must be increasing numbers between 0 and 1, got {bins!r}")
+        policy.margin_bins = tuple(float(b) for b in bins)
+    if "confident_margin" in table:
+        t = table["confident_margin"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
+            raise UserError(f"{path}: [confidence] confident_margin must be a number in (0, 1], got {t!r}")
+        policy.confident_margin = float(t)

@@ -77,7 +77,8 @@ def test_onnxruntime_without_graph_optimisation(files):
 
 
 def test_uint8_input_is_quantised_with_the_artifacts_own_parameters(files):
-    """A fake uint8-input runner: the base class quantises the normalised input with its scale/zero point."""
+    """A fake uint8-input runner: the base class quantises normalised float pixels with its scale/zero point, and
+    passes uint8 pixels through unchanged."""
     from edgeship.runtimes.runner import InputInfo, Runner
 
     class Echo(Runner):
@@ -91,9 +92,11 @@ def test_uint8_input_is_quantised_with_the_artifacts_own_parameters(files):
     loaded, _, _, _ = files
     r = Echo("x", loaded.spec.preprocessing).open()
     img = np.array([[[[0, 127, 255]] * 2] * 2], np.uint8)  # normalised: -1, ~0, 1
-    q = r.feed(img)["image"]
-    assert q.dtype == np.uint8
+    q = r.feed(img.astype(np.float32))["image"]  # float pixels: normalised, then quantised
+    assert q.dtype == np.uint8 and r.input_feed == "re-quantised floats"
     assert np.abs(q[0, 0, 0].astype(int) - [0, 128, 255]).max() <= 1  # -1, 0, 1 at scale 2/255 around 128
+    raw = r.feed(img)["image"]  # uint8 pixels into a uint8 input: as they are, as MediaPipe feeds them
+    assert r.input_feed == "raw uint8 pixels (as MediaPipe)" and np.array_equal(raw, img)
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="checks the Linux behaviour")

@@ -156,18 +156,18 @@ def test_json_is_strict_and_has_every_stable_key(report):
     assert d["labels"][1] == XSS
     art_keys = {"path", "format", "precision", "runtime", "status", "reason", "metrics", "latency_ms", "iterations",
                 "threads", "peak_rss_bytes", "size_bytes", "gates", "flips", "sample_errors", "layer_sqnr",
-                "kernel_path", "kernel_path_samples"}
+                "kernel_path", "kernel_path_samples", "input_feed", "flips_by_margin"}
     for a in d["artifacts"]:
         assert art_keys <= a.keys()
         assert {"max_abs_error", "mean_abs_error", "cosine", "sqnr_db", "top1_agreement", "top5_overlap",
-                "accuracy_top1", "accuracy_top5", "accuracy_top1_drop", "equal_values", "kernel_path_top1_agreement",
-                "kernel_path_equal_values", "kernel_path_sqnr_db"} == a["metrics"].keys()
+                "accuracy_top1", "accuracy_top5", "accuracy_top1_drop", "equal_values", "confident_flips",
+                "kernel_path_top1_agreement", "kernel_path_equal_values", "kernel_path_sqnr_db"} == a["metrics"].keys()
         assert {"load", "first", "p50", "p90", "p99", "mean", "std"} == a["latency_ms"].keys()
     passed, failed, skipped, corrupt = d["artifacts"]
     assert [a["status"] for a in d["artifacts"]] == ["passed", "failed", "skipped", "failed"]
     assert set(failed["gates"][0]) == {"name", "value", "limit", "op", "passed"}
     assert failed["flips"][0] == {"index": 3, "source": "heldout/three/0042.png", "reference": "three",
-                                  "artifact": XSS, "truth": "three"}  # no thumbnail bytes in JSON
+                                  "artifact": XSS, "truth": "three", "margin": None}  # no thumbnail bytes in JSON
     # non-finite floats are strings, consistently; null stays "not measured"; numpy scalars become numbers
     assert passed["metrics"]["sqnr_db"] == "Infinity"
     assert failed["sample_errors"][2] == "NaN" and failed["layer_sqnr"]["identity"] == "Infinity"

@@ -328,3 +328,46 @@ def to_json(report: Report) -> str:
 
 
 # ================================================================================================ Markdown
+
+
+# ================================================================================================ feeds, confidence
+def _margin_bin_name(b: dict[str, Any]) -> str:
+    """``"margin < 0.1"``, ``"0.1-0.3"``, ``"margin >= 0.3"`` for a ``flips_by_margin`` bin."""
+    lo, hi = float(b["margin_from"]), float(b["margin_to"])
+    if lo == 0.0:
+        return f"margin < {hi:g}"
+    if hi >= 1.0:
+        return f"margin ≥ {lo:g}"
+    return f"{lo:g}–{hi:g}"
+
+
+def feed_lines(report: Report) -> list[tuple[str, str]]:
+    """(input feed, artifact names) for each distinct feed, in first-seen order: what each file was fed."""
+    by: dict[str, list[str]] = {}
+    for a in report.artifacts:
+        if a.input_feed:
+            by.setdefault(a.input_feed, []).append(f"{a.format} {a.precision}")
+    return [(feed, ", ".join(names)) for feed, names in by.items()]
+
+
+def confidence_lines(report: Report) -> list[tuple[str, str]]:
+    """(artifact name, plain text) for each measured artifact with a margin split: its flips per bin of the
+    reference's top-1 margin and its confident flips ("3 of 40 (margin < 0.1), 1 of 80 (0.1–0.3), 0 of 240
+    (margin ≥ 0.3); confident flips 0.0 %")."""
+    out = []
+    for a in report.artifacts:
+        if not a.flips_by_margin:
+            continue
+        bins = ", ".join(f"{b['flips']} of {b['samples']} ({_margin_bin_name(b)})" for b in a.flips_by_margin)
+        out.append((a.name, f"{bins}; confident flips {fmt_pct(a.metrics.confident_flips)}"))
+    return out
+
+
+def confidence_intro(report: Report) -> str:
+    """One sentence saying what the margin is and where a confident answer starts."""
+    c = report.confidence
+    if not c:
+        return "Flips by the reference's top-1 margin."
+    return (f"Top-1 flips by the reference's top-1 margin ({c.get('margin', 'top-1 minus runner-up probability')})."
+            f" A flip under a small margin is a near-tie; from {fmt_number(c.get('confident_margin'), 'g')} on, a "
+            "confident answer that changed (confident_flips).")

@@ -30,7 +30,10 @@ from edgeship.validate.reports.common import (
     _reason_beyond_gates,
     _required_skipped,
     _runtime_versions,
+    _margin_bin_name,
     _verdict,
+    confidence_intro,
+    feed_lines,
     fmt_accuracy,
     fmt_db,
     fmt_err,
@@ -241,7 +244,8 @@ def _dl(pairs: list[tuple[str, str]]) -> str:
 
 
 def _flip_figure(f: Flip) -> str:
-    caption = f"{f.reference} → {f.artifact}" + (f" ({f.truth})" if f.truth is not None else "")
+    caption = (f"{f.reference} → {f.artifact}" + (f" ({f.truth})" if f.truth is not None else "")
+               + (f", margin {f.margin:.2f}" if f.margin is not None else ""))
     alt = f"sample {f.index}: {caption}"
     mime = _thumbnail_mime(f.thumbnail_png) if f.thumbnail_png else None
     if mime:
@@ -305,7 +309,10 @@ def _artifact_section(report: Report, i: int, a: ArtifactResult) -> str:
             ["cosine", _h(fmt_number(m.cosine, ".6f"))], ["SQNR", _h(fmt_db(m.sqnr_db))],
             ["accuracy top-1", _h(fmt_pct(m.accuracy_top1))], ["accuracy top-5", _h(fmt_pct(m.accuracy_top5))],
             ["accuracy top-1 drop", _h(fmt_pp(m.accuracy_top1_drop))], ["equal values", _h(fmt_pct(m.equal_values))],
+            ["confident flips", _h(fmt_pct(m.confident_flips))], ["input feed", _h(a.input_feed or NA)],
         ]
+        metric_rows += [[f"flips, {_h(_margin_bin_name(b))}", _h(f"{b['flips']} of {b['samples']}")]
+                        for b in a.flips_by_margin]
         if a.kernel_path:  # the same file through a second kernel path of its runtime
             metric_rows += [[f"second kernel path ({_h(a.kernel_path_samples)} samples)", _h(a.kernel_path)],
                             ["kernel paths: SQNR", _h(fmt_db(m.kernel_path_sqnr_db))],
@@ -332,7 +339,8 @@ def to_html(report: Report) -> str:
     body.append("</header>")
 
     body.append('<section id="inputs"><h2>Reference and data</h2>')
-    body.append(_dl([(k, _h(v)) for k, v in inputs_lines(report)]))
+    feeds = [(f"Input feed: {feed}", names) for feed, names in feed_lines(report)]
+    body.append(_dl([(k, _h(v)) for k, v in inputs_lines(report) + feeds]))
     body.append("</section>")
     machine = _machine_section(report)
     if machine:
@@ -344,10 +352,11 @@ def to_html(report: Report) -> str:
         for i, a in enumerate(arts):
             m, lat = a.metrics, a.latency_ms
             rows.append([f'<a href="#artifact-{i}">{_h(a.format)} {_h(a.precision)}</a>', _h(a.runtime),
-                         _badge(report, a), _h(fmt_pct(m.top1_agreement)), _h(fmt_db(m.sqnr_db)),
+                         _badge(report, a), _h(fmt_pct(m.top1_agreement)), _h(fmt_pct(m.confident_flips)),
+                         _h(fmt_db(m.sqnr_db)),
                          _h(fmt_err(m.max_abs_error)), _h(fmt_accuracy(m.accuracy_top1, m.accuracy_top1_drop)),
                          _h(fmt_ms(lat.p50)), _h(fmt_mb(a.size_bytes))])
-        body.append(_table([_h(c) for c in MD_COLUMNS], rows, {3, 4, 5, 6, 7, 8}))
+        body.append(_table([_h(c) for c in MD_COLUMNS], rows, {3, 4, 5, 6, 7, 8, 9}))
     else:
         body.append('<p class="muted">No artifacts were validated.</p>')
     body.append("</section>")
@@ -381,7 +390,8 @@ def to_html(report: Report) -> str:
     flipped = [a for a in arts if a.flips]
     if flipped:
         body.append('<section id="flips"><h2>Flipped samples</h2>'
-                    '<p class="muted">Top-1 label of the reference → the artifact (ground truth).</p>')
+                    '<p class="muted">Top-1 label of the reference → the artifact (ground truth), and the '
+                    f"reference's top-1 margin. {_h(confidence_intro(report))}</p>")
         for a in flipped:
             # the comparison keeps thumbnails for the first flips only: show those (placeholders only when no
             # flip has one); report.json lists every flip

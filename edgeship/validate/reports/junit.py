@@ -12,6 +12,7 @@ from edgeship.validate.reports.common import (
     _fmt_meta,
     _is_required_skip,
     _machine_items,
+    _margin_bin_name,
     _one_line,
     _runtime_versions,
 )
@@ -41,11 +42,13 @@ def _junit_classnames(artifacts: list[ArtifactResult]) -> list[str]:
 def to_junit(report: Report) -> str:
     """``junit.xml``: ``<testsuites>`` holding one ``<testsuite name="edgeship">``, whose ``<properties>`` say
     what was validated and where: ``machine.<key>`` for each key of the machine block (``machine.isa``
-    comma-separated) and ``version.<package>`` for each runtime and converter.
+    comma-separated), ``confidence.<key>`` (what the margin is, its bins, the confident margin) and
+    ``version.<package>`` for each runtime and converter.
 
     Per artifact, testcases with ``classname="edgeship.<format>.<precision>"``:
 
-    - ``runs``: passes when the artifact was measured; a ``<failure>`` when it failed without a failing gate (it
+    - ``runs``: passes when the artifact was measured (its ``<properties>``: ``input_feed``, ``confident_flips``,
+      ``flips.<margin bin>`` as "flips of samples"); a ``<failure>`` when it failed without a failing gate (it
       could not be loaded or run: corrupt file, runtime error), message = the reason; ``<skipped>`` when it was
       skipped, message = the reason, unless its format is required, then a ``<failure>`` (the release fails, so
       the test tab must not be green).
@@ -66,6 +69,7 @@ def to_junit(report: Report) -> str:
         "required_formats": ",".join(report.required_formats),
         "passed": report.passed,
         **{f"machine.{k}": v for k, v in _machine_items(report)},
+        **{f"confidence.{k}": v for k, v in report.confidence.items()},
         **{f"version.{k}": v for k, v in _runtime_versions(report).items()},
     }
     for k, v in meta.items():
@@ -104,6 +108,13 @@ def to_junit(report: Report) -> str:
         elif a.status == Status.FAILED and not _failing_gates(a):
             fail(runs, reason or "artifact failed", "error", details + f"reason: {reason}\n")
         else:
+            props = {"input_feed": a.input_feed, "confident_flips": a.metrics.confident_flips,
+                     **{f"flips.{_margin_bin_name(b)}": f"{b['flips']} of {b['samples']}" for b in a.flips_by_margin}}
+            if any(v is not None for v in props.values()):
+                el = ET.SubElement(runs, "properties")
+                for k, v in props.items():
+                    if v is not None:
+                        ET.SubElement(el, "property", name=_clean(k), value=_one_line(_fmt_meta(v)))
             out = ET.SubElement(runs, "system-out")
             out.text = _clean(details + (f"reason: {reason}\n" if reason else ""))
         for g in a.gates:

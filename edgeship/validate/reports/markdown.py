@@ -22,6 +22,9 @@ from edgeship.validate.reports.common import (
     _reason_beyond_gates,
     _required_skipped,
     _verdict,
+    confidence_intro,
+    confidence_lines,
+    feed_lines,
     fmt_accuracy,
     fmt_db,
     fmt_err,
@@ -33,9 +36,9 @@ from edgeship.validate.reports.common import (
 )
 
 
-MD_COLUMNS = ["Artifact", "Runtime", "Status", "Top-1 agreement", "SQNR", "Max abs err", "Accuracy (drop)", "p50",
-               "Size"]
-_MD_ALIGN = ["---", "---", "---", "--:", "--:", "--:", "--:", "--:", "--:"]
+MD_COLUMNS = ["Artifact", "Runtime", "Status", "Top-1 agreement", "Confident flips", "SQNR", "Max abs err",
+              "Accuracy (drop)", "p50", "Size"]
+_MD_ALIGN = ["---", "---", "---", "--:", "--:", "--:", "--:", "--:", "--:", "--:"]
 
 
 def _md_status(report: Report, a: ArtifactResult) -> str:
@@ -112,10 +115,18 @@ def to_markdown(report: Report) -> str:
             m, lat = a.metrics, a.latency_ms
             out.append(_md_row([
                 _md(f"{a.format} {a.precision}"), _md(a.runtime), _md_status(report, a),
-                fmt_pct(m.top1_agreement), fmt_db(m.sqnr_db), fmt_err(m.max_abs_error),
+                fmt_pct(m.top1_agreement), fmt_pct(m.confident_flips), fmt_db(m.sqnr_db), fmt_err(m.max_abs_error),
                 fmt_accuracy(m.accuracy_top1, m.accuracy_top1_drop), fmt_ms(lat.p50), fmt_mb(a.size_bytes),
             ]))
         out.append("")
+        feeds = feed_lines(report)
+        if feeds:
+            out += ["**Input feed** (each file as its client feeds it):", ""]
+            out += [f"- {_md(feed)}: {_md(names)}" for feed, names in feeds] + [""]
+        split = confidence_lines(report)
+        if split:
+            out += [f"**Flips by confidence:** {_md(confidence_intro(report))}", ""]
+            out += [f"- {_md(name)}: {_md(text)}" for name, text in split] + [""]
         paths = kernel_path_lines(report)
         if paths:
             out += ["**Portability:** each int8 file against a second kernel path of its runtime, one that no CPU's "
@@ -142,11 +153,12 @@ def to_markdown(report: Report) -> str:
             shown = a.flips[:MD_MAX_FLIPS]
             what = f"first {len(shown)} of {len(a.flips)}" if len(a.flips) > len(shown) else str(len(shown))
             out += [f"Flipped samples ({what}):", ""]
-            out.append(_md_row(["#", "Source", "Reference", "Artifact", "Truth"]))
-            out.append(_md_row(["--:", "---", "---", "---", "---"]))
+            out.append(_md_row(["#", "Source", "Reference", "Artifact", "Truth", "Reference margin"]))
+            out.append(_md_row(["--:", "---", "---", "---", "---", "--:"]))
             for f in shown:
                 out.append(_md_row([str(f.index), _md(f.source), _md(f.reference), _md(f.artifact),
-                                    _md(f.truth) if f.truth is not None else NA]))
+                                    _md(f.truth) if f.truth is not None else NA,
+                                    NA if f.margin is None else f"{f.margin:.3f}"]))
             out.append("")
 
     skipped = [a for a in report.artifacts if a.status == Status.SKIPPED]
