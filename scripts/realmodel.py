@@ -467,6 +467,16 @@ def photo_set(size: int, role: str, per_photo: int, seed: int = 0, *, count: int
     return np.stack(images), sources
 
 
+def split_sets(size: int, calibration: int, evaluation: int, seed: int = 0, *, opencv: bool = True
+               ) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """{role: (images (N, size, size, 3) uint8, sources)} for the calibration and evaluation roles, ``calibration``
+    and ``evaluation`` images each (:func:`photo_set`): the two sets every bench script compares methods on."""
+    sets = {}
+    for role, n in ((CALIBRATION, calibration), (EVALUATION, evaluation)):
+        sets[role] = photo_set(size, role, per_photo_for(n, role, opencv=opencv), seed, count=n, opencv=opencv)
+    return sets
+
+
 def per_photo_for(count: int, role: str, cache: str | Path | None = None, opencv: bool = True) -> int:
     """Crops per photo needed for ``count`` images of ``role``."""
     n = len(photo_library(str(cache) if cache is not None else None, opencv).photos(role))

@@ -39,7 +39,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from edgeship.models.loading import LoadedModel, walk_layers
-from edgeship.quantize.bias_correction import BATCH, LAYER_TYPES
+from edgeship.quantize.bias_correction import LAYER_TYPES, visit_layer_inputs
 
 __all__ = ["WEIGHT_ROUNDINGS", "Rounding", "adaptively_rounded", "choose_rounding", "input_moments", "round_rows"]
 
@@ -117,26 +117,19 @@ def input_moments(loaded: LoadedModel, inputs: np.ndarray, centered: bool = Fals
     sums: dict[str, np.ndarray] = {}
     firsts: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    for layer in layers:
-        def wrapped(x, *args, _layer=layer, _call=layer.call, **kwargs):
-            p = _patches(_layer, x)
-            if p.ndim == 3:  # (m, i, c) -> per channel (i, m) @ (m, j), batched through BLAS
-                pc = np.ascontiguousarray(p.transpose(2, 1, 0))
-                h = pc @ pc.transpose(0, 2, 1)
-            else:
-                h = p.T @ p
-            sums[_layer.name] = sums.get(_layer.name, 0.0) + h
-            firsts[_layer.name] = firsts.get(_layer.name, 0.0) + p.sum(axis=0)
-            counts[_layer.name] = counts.get(_layer.name, 0) + p.shape[0]
-            return _call(x, *args, **kwargs)
 
-        layer.call = wrapped
-    try:
-        for start in range(0, len(inputs), BATCH):
-            loaded.keras_model(inputs[start:start + BATCH], training=False)
-    finally:
-        for layer in layers:
-            layer.__dict__.pop("call", None)  # back to the class's method
+    def visit(layer: Any, x: Any) -> None:
+        p = _patches(layer, x)
+        if p.ndim == 3:  # (m, i, c) -> per channel (i, m) @ (m, j), batched through BLAS
+            pc = np.ascontiguousarray(p.transpose(2, 1, 0))
+            h = pc @ pc.transpose(0, 2, 1)
+        else:
+            h = p.T @ p
+        sums[layer.name] = sums.get(layer.name, 0.0) + h
+        firsts[layer.name] = firsts.get(layer.name, 0.0) + p.sum(axis=0)
+        counts[layer.name] = counts.get(layer.name, 0) + p.shape[0]
+
+    visit_layer_inputs(loaded, layers, inputs, visit)
     out = {}
     for name in sums:
         h, mu = sums[name] / counts[name], firsts[name] / counts[name]

@@ -25,13 +25,13 @@ the correction moves that channel's BatchNormalization mean by the shift measure
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from edgeship.models.loading import LoadedModel, walk_layers
 
-__all__ = ["LAYER_TYPES", "bias_corrected", "measure_shifts", "quantize_weights"]
+__all__ = ["LAYER_TYPES", "bias_corrected", "measure_shifts", "quantize_weights", "visit_layer_inputs"]
 
 #: Keras layers whose weights the converters quantise per output channel, and their output-channel axes.
 LAYER_TYPES = {"Conv2D": (3,), "DepthwiseConv2D": (2, 3), "Dense": (1,)}
@@ -76,13 +76,26 @@ def measure_shifts(loaded: LoadedModel, inputs: np.ndarray,
     deltas = {id(la): (quantized[la.name] if la.name in quantized
                        else quantize_weights(la.get_weights()[0], LAYER_TYPES[type(la).__name__]))
               - la.get_weights()[0] for la in layers}
+
+    def visit(layer: Any, x: Any) -> None:
+        err = np.asarray(_error_op(layer, x, deltas[id(layer)]), np.float64)
+        axis = 1 if getattr(layer, "data_format", "channels_last") == "channels_first" else err.ndim - 1
+        per_channel = np.moveaxis(err, axis, -1).reshape(-1, err.shape[axis])
+        sums[layer.name] = sums.get(layer.name, 0.0) + per_channel.sum(axis=0)
+        counts[layer.name] = counts.get(layer.name, 0) + per_channel.shape[0]
+
+    visit_layer_inputs(loaded, layers, inputs, visit)
+    return {name: sums[name] / counts[name] for name in sums}
+
+
+def visit_layer_inputs(loaded: LoadedModel, layers: list[Any], inputs: np.ndarray,
+                       visit: Callable[[Any, Any], None]) -> None:
+    """One forward pass of the float model over ``inputs`` (preprocessed float32 (N, H, W, C), :data:`BATCH` images
+    at a time) in which each of ``layers`` first hands its float input (a batch tensor) to ``visit(layer, x)``:
+    the layers' ``call`` is wrapped for the pass and the class's method restored after it, even on error."""
     for layer in layers:
         def wrapped(x, *args, _layer=layer, _call=layer.call, **kwargs):
-            err = np.asarray(_error_op(_layer, x, deltas[id(_layer)]), np.float64)
-            axis = 1 if getattr(_layer, "data_format", "channels_last") == "channels_first" else err.ndim - 1
-            per_channel = np.moveaxis(err, axis, -1).reshape(-1, err.shape[axis])
-            sums[_layer.name] = sums.get(_layer.name, 0.0) + per_channel.sum(axis=0)
-            counts[_layer.name] = counts.get(_layer.name, 0) + per_channel.shape[0]
+            visit(_layer, x)
             return _call(x, *args, **kwargs)
 
         layer.call = wrapped
@@ -92,7 +105,6 @@ def measure_shifts(loaded: LoadedModel, inputs: np.ndarray,
     finally:
         for layer in layers:
             layer.__dict__.pop("call", None)  # back to the class's method
-    return {name: sums[name] / counts[name] for name in sums}
 
 
 @contextlib.contextmanager
