@@ -22,6 +22,7 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     onnx_method = "tflite"               # or minmax/entropy/percentile: ONNX Runtime's quantize_static
     bias_correction = true               # correct the mean output shift of int8 weights
     weight_rounding = "nearest"          # or "adaptive": int8 steps chosen on the calibration set (AdaRound)
+    cross_layer_equalization = false     # equalise depthwise -> pointwise pairs first (edgeship.quantize.equalization)
     activation_ranges = "minmax"         # or mse/percentile: per-tensor range search (edgeship.quantize.ranges)
     keep_float = "auto"                  # the float fallback: "auto" or a number of ops (default: none)
     max_drop = 0.01                      # with keep_float = "auto": the top-1 disagreement allowed
@@ -56,7 +57,8 @@ _KNOWN = {
     "model": {"path", "labels", "trust"},
     "export": {"formats", "precisions", "onnx_layout"},
     "quantize": {"formats", "calibration", "num_samples", "relu6_fixed", "seed", "precisions", "onnx_method",
-                 "bias_correction", "weight_rounding", "activation_ranges", "keep_float", "max_drop", "max_size"},
+                 "bias_correction", "weight_rounding", "cross_layer_equalization", "activation_ranges", "keep_float",
+                 "max_drop", "max_size"},
     "validate": {"data", "policy", "require", "threads", "iterations", "kernel_path_samples"},
     "output": {"dir"},
 }
@@ -79,6 +81,7 @@ class RunConfig:
     onnx_method: str = "tflite"
     bias_correction: bool = True
     weight_rounding: str = "nearest"
+    cross_layer_equalization: bool = False
     activation_ranges: str = "minmax"
     keep_float: str | int | None = None
     max_drop: float = 0.01
@@ -123,6 +126,7 @@ def load_config(path: str | Path | None) -> RunConfig:
         relu6_fixed=bool(q.get("relu6_fixed", True)), seed=int(q.get("seed", 0)),
         quantize_precisions=q.get("precisions"), onnx_method=str(q.get("onnx_method", "tflite")),
         weight_rounding=str(q.get("weight_rounding", "nearest")),
+        cross_layer_equalization=bool(q.get("cross_layer_equalization", False)),
         activation_ranges=str(q.get("activation_ranges", "minmax")),
         bias_correction=bool(q.get("bias_correction", True)), keep_float=q.get("keep_float"),
         max_drop=float(q.get("max_drop", 0.01)), max_size=None if q.get("max_size") is None else str(q["max_size"]),
@@ -158,6 +162,7 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
                      num_samples=config.num_samples, seed=config.seed, relu6_fixed=config.relu6_fixed,
                      precisions=config.quantize_precisions, onnx_method=config.onnx_method,
                      weight_rounding=config.weight_rounding, activation_ranges=config.activation_ranges,
+                     cross_layer_equalization=config.cross_layer_equalization,
                      bias_correction=config.bias_correction, keep_float=config.keep_float,
                      max_drop=config.max_drop, max_size=config.max_size)
         echo(f"quantised {len(q.paths)} artifacts in {time.perf_counter() - t0:.1f} s")

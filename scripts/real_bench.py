@@ -127,6 +127,8 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="write the results as JSON")
     ap.add_argument("--weight-rounding", default="nearest", choices=["nearest", "adaptive"],
                     help="int8 weight rounding of the quantised files (default nearest)")
+    ap.add_argument("--cross-layer-equalization", action="store_true",
+                    help="equalise the depthwise -> pointwise pairs first (quantize's cross_layer_equalization)")
     ap.add_argument("--precision", help="comma-separated precisions to quantise (default: each format's)")
     args = ap.parse_args()
     if args.calibration < 1 or args.evaluation < 1:
@@ -177,6 +179,7 @@ def main() -> int:
     t = time.perf_counter()
     quantize(loaded=loaded, calibration=cal_npy, formats=["tflite", "onnx", "coreml"], out=out,
              num_samples=len(cal), seed=args.seed, progress=False, weight_rounding=args.weight_rounding,
+             cross_layer_equalization=args.cross_layer_equalization,
              precisions=args.precision.split(",") if args.precision else None,
              activation_ranges=args.activation_ranges, relu6_fixed=args.relu6_fixed)
     timings["quantize_s"] = time.perf_counter() - t

