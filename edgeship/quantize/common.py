@@ -96,12 +96,24 @@ class FloatArtifacts:
         self._tmp: Any = None
         self._made: dict[Format, Path] = {}
 
-    def __call__(self, fmt: Format) -> Path:
+    def prepare(self, fmts: set[Format]) -> None:
+        """Export the float files of ``fmts`` missing from the output directory, from the trained weights: call it
+        before any correction is in force (an export made inside one would carry the corrected weights)."""
         from edgeship.export import export, open_manifest
 
-        if self._find(fmt) is None:  # the trained model's float export, in the output directory as always
-            export(loaded=self.loaded, formats=[fmt], out=self.out_dir, progress=False)
+        missing = [f for f in sorted(fmts, key=lambda f: f.value) if self._find(f) is None]
+        if missing:
+            export(loaded=self.loaded, formats=missing, out=self.out_dir, progress=False)
             self.manifest = open_manifest(self.out_dir, self.loaded)
+
+    def __call__(self, fmt: Format) -> Path:
+        from edgeship.export import export
+
+        if self._find(fmt) is None:  # the trained model's float export, in the output directory as always
+            if self.corrected:
+                raise RuntimeError(f"no float {fmt.value} export to start from: FloatArtifacts.prepare() must make "
+                                   "it before the weights are corrected")
+            self.prepare({fmt})
         if self.corrected:
             if fmt not in self._made:
                 import tempfile
@@ -192,6 +204,12 @@ def portability_record(fmt: Format, data: bytes) -> dict[str, Any]:
     report = check_tflite(data) if fmt is Format.TFLITE else check_onnx(data)
     ensure_portable(report, f"the int8 {fmt.value} file")
     return report.to_dict()
+
+
+def needs_float_export(fmt: Format, precision: Precision, onnx_method: str) -> bool:
+    """Whether a file is made from the float export of its format: Core ML's w8/w8a8 (coremltools quantises the
+    saved program), and the int8 ONNX when ONNX Runtime quantises the float ONNX (``onnx_method`` not "tflite")."""
+    return fmt is Format.COREML or (fmt is Format.ONNX and precision is Precision.INT8 and onnx_method != "tflite")
 
 
 def needs_int8_tflite(fmt: Format, precision: Precision, onnx_method: str) -> bool:
