@@ -180,7 +180,7 @@ def compute_statistics(job: Job, keep_float: str | int | None, max_drop: float, 
 
         job.progress("int8 bias correction")
         stats.int8.model, stats.int8_correction = correct_int8_biases(calibrated, stats.int8.model, job.cal.inputs,
-                                                                      progress=job.progress)
+                                                                      progress=job.progress, raw=job.cal.images)
     if job.raw_input_compensation:
         from edgeship.quantize.raw_input import compensate_raw_input
 
