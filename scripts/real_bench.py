@@ -130,6 +130,10 @@ def main() -> int:
     ap.add_argument("--cross-layer-equalization", action="store_true",
                     help="equalise the depthwise -> pointwise pairs first (quantize's cross_layer_equalization)")
     ap.add_argument("--precision", help="comma-separated precisions to quantise (default: each format's)")
+    ap.add_argument("--int8-bias-correction", action="store_true",
+                    help="correct the int8 TFLite's biases op by op (edgeship.quantize.int8_bias_correction)")
+    ap.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                    help="no bias correction of the weights' rounding (Keras level)")
     args = ap.parse_args()
     if args.calibration < 1 or args.evaluation < 1:
         ap.error("--calibration and --evaluation need at least 1 image")
@@ -181,7 +185,8 @@ def main() -> int:
              num_samples=len(cal), seed=args.seed, progress=False, weight_rounding=args.weight_rounding,
              cross_layer_equalization=args.cross_layer_equalization,
              precisions=args.precision.split(",") if args.precision else None,
-             activation_ranges=args.activation_ranges, relu6_fixed=args.relu6_fixed)
+             activation_ranges=args.activation_ranges, relu6_fixed=args.relu6_fixed,
+             int8_bias_correction=args.int8_bias_correction, bias_correction=args.bias_correction)
     timings["quantize_s"] = time.perf_counter() - t
     log(f"quantised in {timings['quantize_s']:.1f} s")
 

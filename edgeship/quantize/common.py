@@ -36,6 +36,7 @@ class Statistics:
     int8: Any  # quantize.tflite.TFLiteQuantResult
     fallback: Any = None  # quantize.fallback.Fallback, when layers were kept in float
     raw_input: dict[str, Any] | None = None  # the raw-input compensation's record, when asked
+    int8_correction: dict[str, Any] | None = None  # the int8 bias correction's record, when asked
     layer_sqnr: dict[str, float] = field(default_factory=dict)
 
 
@@ -60,6 +61,7 @@ class Job:
     equalization: dict[str, Any] | None = None  # the cross-layer equalisation in force for this file (its record)
     reference: Any = None  # the trained model's outputs on the calibration inputs (float fallback), if computed
     raw_input_compensation: bool = False  # edgeship.quantize.raw_input on the int8 TFLite (and so its ONNX twin)
+    int8_bias_correction: bool = False  # edgeship.quantize.int8_bias_correction on the int8 TFLite (and its ONNX)
     progress: Callable[[str], None] = lambda text: None
     warn: Callable[[str], None] = lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr)
 
@@ -73,6 +75,8 @@ class Job:
             recipe["weight_rounding"] = self.rounding
         if self.correction is not None:
             recipe["bias_correction"] = self.correction
+        if from_int8_tflite and self.stats is not None and self.stats.int8_correction is not None:
+            recipe["int8_bias_correction"] = self.stats.int8_correction
         if from_int8_tflite and self.stats is not None and self.stats.raw_input is not None:
             recipe["raw_input_compensation"] = self.stats.raw_input
         if from_int8_tflite and self.stats is not None and self.stats.fallback is not None:
@@ -146,7 +150,8 @@ class Made:
 def compute_statistics(job: Job, keep_float: str | int | None, max_drop: float, max_size: Any = None) -> Statistics:
     """Calibrate the model once and make the int8 TFLite (ReLU6 fixed ranges, the preprocessing's input range,
     the other activations' ranges by ``job.options["activation_ranges"]``: :mod:`edgeship.quantize.ranges`),
-    keep layers in float if asked (:mod:`edgeship.quantize.fallback`; ``max_size``: its size budget, a
+    keep layers in float if asked (:mod:`edgeship.quantize.fallback`; then, if ``job.int8_bias_correction``,
+    correct the int8 biases op by op: :mod:`edgeship.quantize.int8_bias_correction`; ``max_size``: its size budget, a
     ``fallback.SizeBudget``, applied to the written .tflite, metadata included), and measure each layer's SQNR
     (layers named inside nested models too: :class:`edgeship.quantize.layers.LayerNames`)."""
     from edgeship.quantize.layers import layer_sqnr, tensor_sqnr
@@ -185,6 +190,12 @@ def compute_statistics(job: Job, keep_float: str | int | None, max_drop: float, 
             job.warn(f"keeping {len(stats.fallback.kept)} layers in float reached {stats.fallback.agreement:.1%} "
                      f"top-1 agreement on the calibration set, short of the {stats.fallback.target:.1%} asked "
                      f"(--max-drop {max_drop})")
+    if job.int8_bias_correction:  # before the raw-input compensation: it is measured with the float feed
+        from edgeship.quantize.int8_bias_correction import correct_int8_biases
+
+        job.progress("int8 bias correction")
+        stats.int8.model, stats.int8_correction = correct_int8_biases(calibrated, stats.int8.model, job.cal.inputs,
+                                                                      progress=job.progress, raw=job.cal.images)
     if job.raw_input_compensation:
         from edgeship.quantize.raw_input import compensate_raw_input
 
