@@ -47,12 +47,12 @@ from typing import Any, Iterator
 import numpy as np
 
 from edgeship.models.loading import LoadedModel, walk_layers
+from edgeship.quantize.bias_correction import visit_layer_inputs
 
 __all__ = ["PAIR_KINDS", "Equalization", "Pair", "equalized", "find_pairs", "measure_pre_relu_max", "plan_equalization",
            "plan_scales"]
 
 PAIR_KINDS = ("dw-pw", "conv-dw")
-BATCH = 8
 
 
 @dataclass
@@ -125,20 +125,12 @@ def measure_pre_relu_max(loaded: LoadedModel, pairs: list[Pair], inputs: np.ndar
     """{ReLU layer name: per-channel max (float64, (C,)) of its input over ``inputs`` (preprocessed float32
     (N, H, W, C))}: one pass of the float model with each pair's ReLU ``call`` wrapped."""
     maxima: dict[str, np.ndarray] = {}
-    relus = [p.relu for p in pairs]
-    for relu in relus:
-        def wrapped(x, *args, _relu=relu, _call=relu.call, **kwargs):
-            m = np.asarray(x, np.float64).reshape(-1, x.shape[-1]).max(axis=0)
-            maxima[_relu.name] = np.maximum(maxima.get(_relu.name, -np.inf), m)
-            return _call(x, *args, **kwargs)
 
-        relu.call = wrapped
-    try:
-        for start in range(0, len(inputs), BATCH):
-            loaded.keras_model(inputs[start:start + BATCH], training=False)
-    finally:
-        for relu in relus:
-            relu.__dict__.pop("call", None)
+    def visit(relu: Any, x: Any) -> None:
+        m = np.asarray(x, np.float64).reshape(-1, x.shape[-1]).max(axis=0)
+        maxima[relu.name] = np.maximum(maxima.get(relu.name, -np.inf), m)
+
+    visit_layer_inputs(loaded, [p.relu for p in pairs], inputs, visit)
     return maxima
 
 
