@@ -13,7 +13,8 @@ def test_shipped_defaults():
                                                                                "top1_agreement": 1.0}
     assert {m.value: v for m, v in p.limits_for("onnx", "fp16").items()} == {"top1_agreement": 0.995}
     assert {m.value: v for m, v in p.limits_for("coreml", "int8").items()} == {
-        "top1_agreement": 0.99, "sqnr_db": 20.0, "accuracy_top1_drop": 0.01, "kernel_path_sqnr_db": 12.0}
+        "top1_agreement": 0.99, "sqnr_db": 20.0, "accuracy_top1_drop": 0.01, "kernel_path_sqnr_db": 12.0,
+        "confident_flips": 0.01}
 
 
 def test_gates_pass_and_fail_in_the_right_direction():
@@ -35,7 +36,8 @@ def test_user_file_overrides_defaults_and_adds_latency(tmp_path):
                  "[latency.tflite.int8]\np50_ms = 2.0\n[latency.onnx.int8]\np50_ratio = { to = \"tflite.int8\", max = 1.1 }\n")
     p = load_policy(f)
     assert {m.value: v for m, v in p.limits_for("onnx", "int8").items()} == {
-        "top1_agreement": 0.999, "sqnr_db": 30.0, "accuracy_top1_drop": 0.01, "kernel_path_sqnr_db": 12.0}
+        "top1_agreement": 0.999, "sqnr_db": 30.0, "accuracy_top1_drop": 0.01, "kernel_path_sqnr_db": 12.0,
+        "confident_flips": 0.01}
     assert p.limits_for("tflite", "int8")[next(m for m in p.limits_for("tflite", "int8") if m.value == "top1_agreement")] == 0.99
     (g,) = p.gate_latency("tflite.int8", Latency(p50=2.5), {})
     assert g.name == "latency_p50_ms" and not g.passed
