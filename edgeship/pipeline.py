@@ -43,25 +43,76 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable, Literal
 
 from edgeship.errors import UserError
 from edgeship.fileio import read_structured
 from edgeship.models.registry import looks_like_variant_name
+from edgeship.schema import Fraction, NonNegativeInt, PositiveInt, Table, check
 from edgeship.types import Format
 from edgeship.validate.results import Report
 
-_KNOWN = {
-    "model": {"path", "labels", "trust"},
-    "export": {"formats", "precisions", "onnx_layout"},
-    "quantize": {"formats", "calibration", "num_samples", "relu6_fixed", "seed", "precisions", "onnx_method",
-                 "bias_correction", "weight_rounding", "cross_layer_equalization", "activation_ranges", "keep_float",
-                 "max_drop", "max_size"},
-    "validate": {"data", "policy", "require", "threads", "iterations", "kernel_path_samples"},
-    "output": {"dir"},
-}
+FormatName = Literal[tuple(f.value for f in Format)]  # type: ignore[valid-type]
+
+
+# The schema of edgeship.toml: one class per table (edgeship.schema.Table: strict types, unknown keys refused). To
+# add a key, add a field here (and to RunConfig / load_config).
+class ModelTable(Table):
+    path: str | None = None
+    labels: str | None = None
+    trust: bool = False
+
+
+class ExportTable(Table):
+    formats: list[FormatName] | None = None
+    precisions: list[Literal["fp32", "fp16"]] | None = None
+    onnx_layout: Literal["nhwc", "nchw"] = "nhwc"
+
+
+class QuantizeTable(Table):
+    formats: list[FormatName] | None = None
+    calibration: str | None = None
+    num_samples: PositiveInt = 200
+    relu6_fixed: bool = True
+    seed: NonNegativeInt = 0
+    precisions: list[Literal["int8", "w8", "w8a8", "fp16"]] | None = None
+    onnx_method: Literal["tflite", "minmax", "entropy", "percentile"] = "tflite"
+    bias_correction: bool = True
+    weight_rounding: Literal["nearest", "adaptive"] = "nearest"
+    cross_layer_equalization: bool = False
+    activation_ranges: Literal["minmax", "mse", "percentile"] = "minmax"
+    keep_float: Literal["auto"] | PositiveInt | None = None
+    max_drop: Fraction = 0.01
+    max_size: str | None = None
+
+
+class ValidateTable(Table):
+    data: str | None = None
+    policy: str | None = None
+    require: list[FormatName] = []
+    threads: PositiveInt = 1
+    iterations: PositiveInt = 50
+    kernel_path_samples: NonNegativeInt = 500
+
+
+class OutputTable(Table):
+    dir: str | None = None
+
+
+with warnings.catch_warnings():  # the table named "validate" shadows pydantic's deprecated BaseModel.validate
+    warnings.simplefilter("ignore", UserWarning)
+
+    class ConfigFile(Table):
+        """An ``edgeship.toml``: every table optional."""
+
+        model: ModelTable = ModelTable()
+        export: ExportTable = ExportTable()
+        quantize: QuantizeTable = QuantizeTable()
+        validate: ValidateTable = ValidateTable()  # type: ignore[assignment]
+        output: OutputTable = OutputTable()
 
 
 @dataclass
@@ -96,46 +147,39 @@ class RunConfig:
 
 
 def load_config(path: str | Path | None) -> RunConfig:
+    """``path`` (an edgeship.toml) as a :class:`RunConfig`; None: the defaults (the demo). A wrong type, an unknown
+    table or key, or a value outside its meaning is one :class:`UserError` line naming the file and key."""
     if path is None:
         return RunConfig()
     p = Path(path)
     data = read_structured(p, "config")
-    for table, keys in data.items():
-        if table not in _KNOWN or not isinstance(keys, dict):
-            raise UserError(f"{p}: unknown table [{table}]; use {', '.join(f'[{t}]' for t in _KNOWN)}")
-        unknown = set(keys) - _KNOWN[table]
-        if unknown:
-            raise UserError(f"{p}: [{table}] has unknown keys {sorted(unknown)}; known: {sorted(_KNOWN[table])}")
+    unknown = sorted(set(data) - set(ConfigFile.model_fields))
+    if unknown:
+        raise UserError(f"{p}: unknown table [{unknown[0]}]; use {', '.join(f'[{t}]' for t in ConfigFile.model_fields)}")
+    c = check(ConfigFile, data, p)
     base = p.parent
 
-    def rel(value: Any) -> str | None:
+    def rel(value: str | None) -> str | None:
         """Paths are relative to the config file; a variant name stays a name."""
         if value is None:
             return None
-        text = str(value)
-        if Path(text).is_absolute() or (looks_like_variant_name(text) and not (base / text).exists()):
-            return text
-        return str(base / text)
+        if Path(value).is_absolute() or (looks_like_variant_name(value) and not (base / value).exists()):
+            return value
+        return str(base / value)
 
-    m, e, q, v, o = (data.get(t, {}) for t in ("model", "export", "quantize", "validate", "output"))
-    cfg = RunConfig(
-        model=rel(m.get("path")), labels=rel(m.get("labels")), trust_model=bool(m.get("trust", False)),
-        formats=list(e.get("formats", RunConfig().formats)), precisions=e.get("precisions"),
-        onnx_layout=str(e.get("onnx_layout", "nhwc")), quantize_formats=q.get("formats"),
-        calibration=rel(q.get("calibration")), num_samples=int(q.get("num_samples", 200)),
-        relu6_fixed=bool(q.get("relu6_fixed", True)), seed=int(q.get("seed", 0)),
-        quantize_precisions=q.get("precisions"), onnx_method=str(q.get("onnx_method", "tflite")),
-        weight_rounding=str(q.get("weight_rounding", "nearest")),
-        cross_layer_equalization=bool(q.get("cross_layer_equalization", False)),
-        activation_ranges=str(q.get("activation_ranges", "minmax")),
-        bias_correction=bool(q.get("bias_correction", True)), keep_float=q.get("keep_float"),
-        max_drop=float(q.get("max_drop", 0.01)), max_size=None if q.get("max_size") is None else str(q["max_size"]),
-        data=rel(v.get("data")), policy=rel(v.get("policy")),
-        require=list(v.get("require", [])), threads=int(v.get("threads", 1)), iterations=int(v.get("iterations", 50)),
-        kernel_path_samples=int(v.get("kernel_path_samples", 500)),
-        out=Path(rel(o.get("dir")) or "edgeship-out"),
+    m, e, q, v, o = c.model, c.export, c.quantize, c.validate, c.output
+    return RunConfig(
+        model=rel(m.path), labels=rel(m.labels), trust_model=m.trust,
+        formats=list(e.formats) if e.formats is not None else RunConfig().formats, precisions=e.precisions,
+        onnx_layout=e.onnx_layout, quantize_formats=q.formats,
+        calibration=rel(q.calibration), num_samples=q.num_samples, relu6_fixed=q.relu6_fixed, seed=q.seed,
+        quantize_precisions=q.precisions, onnx_method=q.onnx_method, weight_rounding=q.weight_rounding,
+        cross_layer_equalization=q.cross_layer_equalization, activation_ranges=q.activation_ranges,
+        bias_correction=q.bias_correction, keep_float=q.keep_float, max_drop=q.max_drop, max_size=q.max_size,
+        data=rel(v.data), policy=rel(v.policy), require=list(v.require), threads=v.threads,
+        iterations=v.iterations, kernel_path_samples=v.kernel_path_samples,
+        out=Path(rel(o.dir) or "edgeship-out"),
     )
-    return cfg
 
 
 def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:

@@ -144,7 +144,7 @@ def test_bad_input_is_one_line_exit_2(capsys, exported, tmp_path):
     _one_line(*_run(capsys, "validate", "--artifacts", str(tmp_path / "x.pdf"))[::2], "not an artifact")
     (tmp_path / "bad.toml").write_text("[fp32]\nagreement = 1\n")
     _one_line(*_run(capsys, "validate", "--artifacts", art, "--policy", str(tmp_path / "bad.toml"))[::2],
-              "unknown metric")
+              "unknown keys ['agreement']")
 
 
 def test_run_without_arguments_runs_the_demo(capsys, tmp_path):
