@@ -6,7 +6,7 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     [model]
     path = "models/classifier.keras"     # or a variant name; default: the embedded demo
     labels = "models/labels.txt"
-    trust = false
+    trust = false                        # a TOML boolean: true runs code from the model (Lambda, custom, any op)
 
     [export]
     formats = ["tflite", "onnx", "coreml"]
@@ -35,6 +35,7 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     threads = 1
     iterations = 50
     kernel_path_samples = 500            # int8 files also through a second kernel path (0: off)
+    allow_modified = false               # validate files that differ from their manifest record (recorded)
 
     [output]
     dir = "edgeship-out"
@@ -96,6 +97,7 @@ class ValidateTable(Table):
     threads: PositiveInt = 1
     iterations: PositiveInt = 50
     kernel_path_samples: NonNegativeInt = 500
+    allow_modified: bool = False
 
 
 class OutputTable(Table):
@@ -143,6 +145,7 @@ class RunConfig:
     threads: int = 1
     iterations: int = 50
     kernel_path_samples: int = 500
+    allow_modified: bool = False
     out: Path = Path("edgeship-out")
 
 
@@ -177,7 +180,7 @@ def load_config(path: str | Path | None) -> RunConfig:
         cross_layer_equalization=q.cross_layer_equalization, activation_ranges=q.activation_ranges,
         bias_correction=q.bias_correction, keep_float=q.keep_float, max_drop=q.max_drop, max_size=q.max_size,
         data=rel(v.data), policy=rel(v.policy), require=list(v.require), threads=v.threads,
-        iterations=v.iterations, kernel_path_samples=v.kernel_path_samples,
+        iterations=v.iterations, kernel_path_samples=v.kernel_path_samples, allow_modified=v.allow_modified,
         out=Path(rel(o.dir) or "edgeship-out"),
     )
 
@@ -188,7 +191,10 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
     from edgeship.validate.pipeline import validate
     from edgeship.validate.reports import summary_table
 
+    from edgeship.fileio import ensure_output_dir
+
     start = time.perf_counter()
+    ensure_output_dir(config.out / "report", option="--out")  # before the long work: exit 3 now, not at the end
     loaded = load_model(config.model, trust_model=config.trust_model, labels=config.labels)
     spec = loaded.spec
     echo(f"edgeship run: {spec.name} ({loaded.source_path}; {spec.input_shape[0]}x{spec.input_shape[1]}, "
@@ -214,7 +220,7 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
     report_dir = config.out / "report"
     report = validate([config.out], reference=loaded, data=config.data, policy=config.policy, report_dir=report_dir,
                       require=config.require, threads=config.threads, iterations=config.iterations,
-                      kernel_path_samples=config.kernel_path_samples)
+                      kernel_path_samples=config.kernel_path_samples, allow_modified=config.allow_modified)
     echo(f"validated on {report.data['count']} images in {time.perf_counter() - t0:.1f} s")
     echo(summary_table(report))
     echo(f"reports: {report_dir}/report.md  report.html  report.json  junit.xml")

@@ -27,9 +27,9 @@ from typing import Any, Sequence
 
 from edgeship import __version__
 from edgeship.errors import UserError
-from edgeship.fileio import size_on_disk
+from edgeship.fileio import ensure_output_dir, size_on_disk
 from edgeship.machine import describe_machine
-from edgeship.manifest import MANIFEST_NAME, Manifest, tool_versions
+from edgeship.manifest import MANIFEST_NAME, ArtifactRecord, Manifest, tool_versions
 from edgeship.models.loading import DEMO_DIR, LoadedModel, load_model
 from edgeship.models.spec import Preprocessing
 from edgeship.types import Format, Precision
@@ -52,6 +52,7 @@ class ArtifactEntry:
     precision: Precision
     manifest: Manifest | None = None
     manifest_dir: Path | None = None
+    record: ArtifactRecord | None = None  # what the manifest says the file is (sha256, size); None: not recorded
 
 
 def validate(
@@ -69,22 +70,32 @@ def validate(
     trust_model: bool = False,
     progress: bool = True,
     kernel_path_samples: int = 500,
+    allow_modified: bool = False,
 ) -> Report:
     """Validate ``artifacts`` (files, or directories holding a manifest.json) and return the report; with
     ``report_dir``, also write report.json, report.md, report.html and junit.xml there.
 
     ``kernel_path_samples``: how many samples (the first ones) each int8 file's second kernel path runs on; 0 turns
     the portability comparison off. LiteRT's reference kernels are slow (measured: 90 ms an image on a
-    MobileNetV2-1.0 at 160x160, XNNPACK 6 ms), hence the cap."""
+    MobileNetV2-1.0 at 160x160, XNNPACK 6 ms), hence the cap.
+
+    Integrity: an artifact recorded in a manifest is validated only if it is the file recorded (size and sha256);
+    otherwise it fails with what differs, unless ``allow_modified`` (then its ``integrity`` and reason say so).
+    Manifest paths outside their directory, and listed files that are missing or of the wrong kind, are
+    :class:`UserError`. ``report_dir`` is checked writable before any work (:class:`EnvironmentProblem`)."""
     from tqdm import tqdm
 
     from edgeship.data import open_data
 
     if kernel_path_samples < 0:
         raise UserError(f"--kernel-path-samples must be 0 (off) or more, got {kernel_path_samples}")
+    if threads < 1 or iterations < 1:
+        raise UserError(f"--threads and --iterations must be 1 or more, got threads {threads}, iterations {iterations}")
+    policy = policy if isinstance(policy, Policy) else load_policy(policy)
     entries = resolve_artifacts(artifacts)
     required = [Format.parse(r, "format") if isinstance(r, str) else Format(r) for r in require]
-    policy = policy if isinstance(policy, Policy) else load_policy(policy)
+    if report_dir is not None:  # before the long work: a report that cannot be written fails now, not at the end
+        ensure_output_dir(Path(report_dir), option="--report")
     ref_model = _reference(reference, entries, trust_model)
     manifest = next((e.manifest for e in entries if e.manifest), None)
     if manifest is not None and not isinstance(reference, LoadedModel):
@@ -109,12 +120,21 @@ def validate(
         results[i] = ArtifactResult(path=str(entry.path), format=str(entry.format), precision=str(entry.precision),
                                     runtime=RUNTIME_NAMES[entry.format], status=Status.PASSED, threads=threads,
                                     size_bytes=size_on_disk(entry.path) if entry.path.exists() else None)
+        if entry.record is not None and entry.manifest_dir is not None:
+            modified = entry.record.check_file(entry.manifest_dir)
+            results[i].integrity = "verified" if modified is None else f"modified: {modified}"
+            if modified is not None and not allow_modified:
+                results[i].status, results[i].reason = Status.FAILED, modified
+                continue
         try:
             runner = runner_for(entry.format, entry.path, spec.preprocessing, threads).open()
             comparisons[i] = Comparison(list(spec.labels), label_permutation(list(spec.labels), runner.labels),
                                         **confidence)
             runners[i] = runner
             results[i].reason = getattr(runner, "note", None)  # e.g. coreml-reference: not Apple's kernels
+            if results[i].integrity.startswith("modified"):
+                results[i].reason = "; ".join(filter(None, ["modified since the manifest, validated as it is "
+                                                            "(--allow-modified)", results[i].reason]))
             results[i].latency_ms.load = runner.load_ms
             other = kernel_path_runner(entry.format, entry.precision, entry.path, spec.preprocessing, threads)
             if other is not None and kernel_path_samples > 0:
@@ -197,7 +217,7 @@ def validate(
     report = Report(
         reference={"path": ref_model.source_path, "sha256": ref_model.source_sha256},
         data=source.describe(), preprocessing=spec.preprocessing.to_dict(), labels=list(spec.labels),
-        artifacts=artifacts, required_formats=[str(f) for f in required],
+        artifacts=artifacts, required_formats=[str(f) for f in required], allow_modified=allow_modified,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), edgeship_version=__version__,
         versions=tool_versions(), machine=describe_machine().to_dict(),
         confidence={"margin": "top-1 minus runner-up probability, "
@@ -231,7 +251,10 @@ def resolve_artifacts(paths: Sequence[str | Path]) -> list[ArtifactEntry]:
             manifest = Manifest.load(p)
             if not manifest.artifacts:
                 raise UserError(f"{p / MANIFEST_NAME} lists no artifacts: export first")
-            entries += [ArtifactEntry(p / a.path, a.format, a.precision, manifest, p) for a in manifest.artifacts]
+            for a in manifest.artifacts:
+                path = Manifest.artifact_path(p, a)
+                _check_kind(path, a.format, f"{p / MANIFEST_NAME} lists {a.path}")
+                entries.append(ArtifactEntry(path, a.format, a.precision, manifest, p, a))
             continue
         fmt = _SUFFIX_FORMATS.get(p.suffix.lower())
         if fmt is None:
@@ -239,13 +262,24 @@ def resolve_artifacts(paths: Sequence[str | Path]) -> list[ArtifactEntry]:
                             "with manifest.json)")
         if not p.exists():
             raise UserError(f"artifact not found: {p}")
-        manifest, precision = _manifest_beside(p)
-        entries.append(ArtifactEntry(p, fmt, precision or guess_precision(fmt, p), manifest,
-                                     p.parent if manifest else None))
+        _check_kind(p, fmt, str(p))
+        manifest, record = _manifest_beside(p)
+        entries.append(ArtifactEntry(p, fmt, record.precision if record else guess_precision(fmt, p), manifest,
+                                     p.parent if manifest else None, record))
     return entries
 
 
-def _manifest_beside(path: Path) -> tuple[Manifest | None, Precision | None]:
+def _check_kind(path: Path, fmt: Format, what: str) -> None:
+    """A .tflite/.onnx is a file and an .mlpackage a directory; anything else is one line (exit 2)."""
+    if not path.exists():
+        raise UserError(f"{what}, but it is missing: re-export, or validate the files that are there")
+    want_dir = fmt is Format.COREML
+    if path.is_dir() != want_dir:
+        raise UserError(f"{what}, but {path} is a {'directory' if path.is_dir() else 'file'}; a {fmt} artifact is "
+                        f"a {'directory (.mlpackage)' if want_dir else 'file'}: re-export")
+
+
+def _manifest_beside(path: Path) -> tuple[Manifest | None, ArtifactRecord | None]:
     if not (path.parent / MANIFEST_NAME).exists():
         return None, None
     try:
@@ -253,8 +287,11 @@ def _manifest_beside(path: Path) -> tuple[Manifest | None, Precision | None]:
     except UserError:
         return None, None
     for a in manifest.artifacts:
-        if (path.parent / a.path).resolve() == path.resolve():
-            return manifest, a.precision
+        try:
+            if Manifest.artifact_path(path.parent, a).resolve() == path.resolve():
+                return manifest, a
+        except UserError:
+            continue
     return None, None
 
 

@@ -26,13 +26,15 @@ Schema ``schema_version`` 2 (stable keys; new keys may be added, none removed or
          "layer_sqnr": {"layer": dB, ...} | null   (from the quantise stage's per-layer report, when present)
          "kernel_path": "onnxruntime-unfused: ..." | null, "kernel_path_samples": 360   (int8 files, version 2)
          "input_feed": "raw uint8 pixels (as MediaPipe)" | "re-quantised floats" | "normalised floats" | ... | null,
-         "flips_by_margin": [{"margin_from": 0.0, "margin_to": 0.1, "samples": 40, "flips": 3}, ...]
+         "flips_by_margin": [{"margin_from": 0.0, "margin_to": 0.1, "samples": 40, "flips": 3}, ...],
+         "integrity": "verified" | "modified: ..." | "not recorded"
         }
       ],
       "required_formats": ["tflite"],
       "machine": {"cpu_model": "AMD EPYC", "architecture": "x86_64", "cores": 2, "isa": ["sse4_1", "avx2"],
                   "int8_kernel_family": "x86 AVX2 (no VNNI)", "os": "Linux-...", "python": "3.11.7"},
       "confidence": {"margin": "...", "bins": [0.1, 0.3], "confident_margin": 0.3},
+      "allow_modified": false,
       "versions": {"edgeship": "0.1.0", "onnxruntime": "1.31.1", "ai-edge-litert": "2.3.0", ...},
       "passed": true
     }
@@ -44,6 +46,8 @@ second kernel path of its own runtime (ORT's unfused graph, LiteRT's reference k
 ``input_feed``, ``flips_by_margin``, ``confident_flips``, each flip's ``margin``, ``data.pixels`` and ``confidence``
 were added within version 2 (keys added, none removed or renamed): what each artifact was fed (raw uint8 pixels as
 MediaPipe feeds a uint8 input, or re-quantised floats), and top-1 flips told apart by the reference's confidence.
+``integrity`` (per artifact) and ``allow_modified`` were added within version 2: whether each file is the one its
+manifest records (size and sha256), and whether ``--allow-modified`` let modified files be validated.
 ``passed`` is true only when no artifact failed and no required format was skipped: ``skipped`` never counts as
 passed.
 """
@@ -145,6 +149,9 @@ class ArtifactResult:
     kernel_path_samples: int = 0  # samples run through it
     input_feed: str | None = None  # what the artifact was fed (edgeship.runtimes.runner.INPUT_FEEDS)
     flips_by_margin: list[dict[str, Any]] = field(default_factory=list)  # per reference-margin bin: samples, flips
+    # Against the manifest's sha256 and size: "verified", "modified: <what differs>" (failed, or validated as it is
+    # with --allow-modified), or "not recorded" (a file given without a manifest listing it)
+    integrity: str = "not recorded"
 
     @property
     def name(self) -> str:
@@ -171,6 +178,7 @@ class Report:
     machine: dict[str, Any] = field(default_factory=dict)  # edgeship.machine.Machine.to_dict(); {} if not recorded
     # How confidence is measured: {"margin": what the margin is taken of, "bins": edges, "confident_margin": t}
     confidence: dict[str, Any] = field(default_factory=dict)
+    allow_modified: bool = False  # --allow-modified: files differing from their manifest record were validated
 
     @property
     def passed(self) -> bool:
@@ -181,7 +189,11 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.passed else 1
+        """0 passed; 1 an artifact failed (a gate, or a file that is not the one recorded); 3 nothing failed but a
+        required format was skipped because its runtime cannot run here (the environment, not the artifact)."""
+        if self.passed:
+            return 0
+        return 1 if any(a.status is Status.FAILED for a in self.artifacts) else 3
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -196,6 +208,7 @@ class Report:
             "required_formats": list(self.required_formats),
             "machine": dict(self.machine),
             "confidence": dict(self.confidence),
+            "allow_modified": self.allow_modified,
             "versions": self.versions,
             "passed": self.passed,
         }
