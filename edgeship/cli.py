@@ -300,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="run every artifact against the float model and gate the release",
                        description="Run each artifact in its own runtime on real inputs, compare it with the "
                                    "float reference, apply the release gates and write reports. Exit 0 when every "
-                                   "gate passes, 1 when one fails, 2 for bad input.")
+                                   "gate passes, 1 when one fails, 2 for bad input, 3 for the environment (disk, "
+                                   "permissions, a missing runtime).")
     p.add_argument("--artifacts", nargs="+", required=True, metavar="PATH",
                    help="artifact files, or directories holding a manifest.json")
     p.add_argument("--reference", metavar="PATH|NAME", help="the float model (default: the manifest's source, or "

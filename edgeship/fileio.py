@@ -109,6 +109,8 @@ def read_structured(path: Path, what: str, missing: str | None = None) -> dict:
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except FileNotFoundError:
         raise UserError(missing or f"{what} not found: {path}") from None
+    except PermissionError as e:  # the environment's (exit 3), not a malformed file
+        raise EnvironmentProblem(f"cannot read {what} {path}: {e.strerror}; check its permissions") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError and TOMLDecodeError are ValueErrors
         raise UserError(f"cannot read {what} {path}: {e}") from None
     if not isinstance(data, dict):
