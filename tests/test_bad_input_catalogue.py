@@ -232,6 +232,20 @@ def test_a_tampered_artifact_fails_with_the_reason(capsys, release, tmp_path, ta
     assert report["allow_modified"] is False and _snapshot(directory) == before
 
 
+def test_an_untouched_release_is_verified_and_passes(capsys, release, tmp_path):
+    """The control: files as export and quantise recorded them pass the integrity check (exit 0)."""
+    directory, data = release
+    before = _snapshot(directory)
+    code, _, err = _validate(capsys, directory, data, "--report", str(tmp_path / "report"))
+    assert code in (0, 1) and "Traceback" not in err  # int8 on 8 images: its gates are not what is tested here
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    rows = {a["precision"]: a for a in report["artifacts"]}
+    assert {p: a["integrity"] for p, a in rows.items()} == {"fp32": "verified", "int8": "verified"}
+    assert rows["fp32"]["status"] == "passed" and rows["int8"]["metrics"]["sqnr_db"] is not None  # both ran
+    assert "manifest" not in (rows["int8"]["reason"] or "")
+    assert _snapshot(directory) == before
+
+
 def test_allow_modified_validates_the_file_as_it_is_and_says_so(capsys, release, tmp_path):
     directory, data = _copy(release, tmp_path)
     _fp32_over_int8(directory)  # a deliberate edit: the fp32 file is better than int8 at every gate
