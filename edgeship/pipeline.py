@@ -87,7 +87,7 @@ class QuantizeTable(Table):
     activation_ranges: Literal["minmax", "mse", "percentile"] = "minmax"
     keep_float: Literal["auto"] | PositiveInt | None = None
     max_drop: Fraction = 0.01
-    max_size: str | None = None
+    max_size: str | PositiveInt | None = None  # "5MB", "1.3x", or bytes
 
 
 class ValidateTable(Table):
@@ -138,7 +138,7 @@ class RunConfig:
     activation_ranges: str = "minmax"
     keep_float: str | int | None = None
     max_drop: float = 0.01
-    max_size: str | None = None
+    max_size: str | int | None = None
     data: str | None = None
     policy: str | None = None
     require: list[str] = field(default_factory=list)
