@@ -35,6 +35,9 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     threads = 1
     iterations = 50
     kernel_path_samples = 500            # int8 files also through a second kernel path (0: off)
+    baseline = "last-release/report.json"  # a previous report.json (or its directory): no falling behind it
+    latency_from = ["pixel7-int8.log"]   # LiteRT benchmark_model logs from a real device
+    device = "Pixel 7"                   # the device those logs come from
 
     [output]
     dir = "edgeship-out"
@@ -59,7 +62,8 @@ _KNOWN = {
     "quantize": {"formats", "calibration", "num_samples", "relu6_fixed", "seed", "precisions", "onnx_method",
                  "bias_correction", "weight_rounding", "cross_layer_equalization", "activation_ranges", "keep_float",
                  "max_drop", "max_size"},
-    "validate": {"data", "policy", "require", "threads", "iterations", "kernel_path_samples"},
+    "validate": {"data", "policy", "require", "threads", "iterations", "kernel_path_samples", "baseline",
+                 "latency_from", "device"},
     "output": {"dir"},
 }
 
@@ -92,6 +96,9 @@ class RunConfig:
     threads: int = 1
     iterations: int = 50
     kernel_path_samples: int = 500
+    baseline: str | None = None
+    latency_from: list[str] = field(default_factory=list)
+    device: str | None = None
     out: Path = Path("edgeship-out")
 
 
@@ -133,9 +140,20 @@ def load_config(path: str | Path | None) -> RunConfig:
         data=rel(v.get("data")), policy=rel(v.get("policy")),
         require=list(v.get("require", [])), threads=int(v.get("threads", 1)), iterations=int(v.get("iterations", 50)),
         kernel_path_samples=int(v.get("kernel_path_samples", 500)),
+        baseline=rel(v.get("baseline")), latency_from=[str(rel(x)) for x in _list(v.get("latency_from", []), p)],
+        device=None if v.get("device") is None else str(v["device"]),
         out=Path(rel(o.get("dir")) or "edgeship-out"),
     )
     return cfg
+
+
+def _list(value: Any, path: Path) -> list[Any]:
+    """A TOML value that may be one string or a list of them."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise UserError(f"{path}: [validate] latency_from must be a file name or a list of them")
+    return value
 
 
 def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
@@ -170,7 +188,8 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
     report_dir = config.out / "report"
     report = validate([config.out], reference=loaded, data=config.data, policy=config.policy, report_dir=report_dir,
                       require=config.require, threads=config.threads, iterations=config.iterations,
-                      kernel_path_samples=config.kernel_path_samples)
+                      kernel_path_samples=config.kernel_path_samples, baseline=config.baseline,
+                      latency_from=config.latency_from, device=config.device)
     echo(f"validated on {report.data['count']} images in {time.perf_counter() - t0:.1f} s")
     echo(summary_table(report))
     echo(f"reports: {report_dir}/report.md  report.html  report.json  junit.xml")

@@ -15,6 +15,12 @@ from edgeship.validate.results import GateResult, Latency, Metrics
 
 DEFAULT_POLICY = Path(__file__).with_name("policy.toml")
 _LATENCY_KEYS = {"p50_ms": "p50", "p90_ms": "p90", "p99_ms": "p99", "mean_ms": "mean"}
+# [device_latency.FORMAT.PRECISION] budgets -> the DeviceLatency field they bound (figures from benchmark_model)
+DEVICE_LATENCY_KEYS = {"p50_ms": "p50_ms", "p95_ms": "p95_ms", "mean_ms": "mean_ms", "max_ms": "max_ms",
+                       "first_ms": "first_ms", "init_ms": "init_ms"}
+# [baseline] budgets (see policy.toml): a drop of a figure, in its units, or a relative growth
+BASELINE_BUDGETS = {"accuracy_top1_drop", "top1_agreement_drop", "sqnr_db_drop", "size_growth",
+                    "latency_p50_growth"}
 
 
 @dataclass
@@ -26,6 +32,23 @@ class Policy:
     # answer counts as confident (the confident_flips metric)
     margin_bins: tuple[float, ...] = MARGIN_BINS
     confident_margin: float = CONFIDENT_MARGIN
+    # [baseline]: the budgets of a comparison with a previous report (edgeship.validate.baseline), and whether an
+    # artifact the baseline had and this run lacks fails the release
+    baseline: dict[str, float] = field(default_factory=dict)
+    fail_on_missing: bool = False
+    device_latency: dict[str, dict[str, float]] = field(default_factory=dict)  # "tflite.int8" -> budgets
+
+    def gate_device_latency(self, key: str, entries: list[Any]) -> list[GateResult]:
+        """``[device_latency.FORMAT.PRECISION]`` budgets against each device's figures (a figure the log does not
+        give, such as the median of an old benchmark_model build, is not gated)."""
+        gates = []
+        for entry in entries:
+            for name, budget in self.device_latency.get(key, {}).items():
+                value = getattr(entry, DEVICE_LATENCY_KEYS[name])
+                if value is not None:
+                    gates.append(GateResult(f"device_{name} on {entry.label}", float(value), float(budget), "<=",
+                                            float(value) <= float(budget)))
+        return gates
 
     def limits_for(self, fmt: str, precision: str) -> dict[Metric, float]:
         merged = {**self.metric_limits.get(precision, {}), **self.metric_limits.get(f"{fmt}.{precision}", {})}
@@ -68,7 +91,13 @@ def load_policy(path: str | Path | None = None) -> Policy:
         policy.metric_limits[key] = {**policy.metric_limits.get(key, {}), **limits}
     for key, budgets in user.latency.items():
         policy.latency[key] = {**policy.latency.get(key, {}), **budgets}
-    _confidence(policy, read_structured(Path(path), "policy").get("confidence", {}), Path(path))  # key by key
+    for key, budgets in user.device_latency.items():
+        policy.device_latency[key] = {**policy.device_latency.get(key, {}), **budgets}
+    raw = read_structured(Path(path), "policy")
+    _confidence(policy, raw.get("confidence", {}), Path(path))  # key by key
+    if "baseline" in raw:
+        policy.baseline = {**policy.baseline, **user.baseline}
+        policy.fail_on_missing = user.fail_on_missing if "fail_on_missing" in raw["baseline"] else policy.fail_on_missing
     policy.source = str(path)
     return policy
 
@@ -100,6 +129,17 @@ def _parse(path: Path) -> Policy:
                 policy.metric_limits[f"{key}.{prec}"] = limits(table, f"{key}.{prec}")
         elif key == "confidence":
             _confidence(policy, value, path)
+        elif key == "baseline":
+            _baseline(policy, value, path)
+        elif key == "device_latency":
+            for fmt, per in value.items():
+                for prec, budgets in (per.items() if isinstance(per, dict) else ()):
+                    bad = set(budgets) - set(DEVICE_LATENCY_KEYS) if isinstance(budgets, dict) else {"?"}
+                    if fmt not in formats or prec not in precisions or bad:
+                        raise UserError(f"{path}: [device_latency.{fmt}.{prec}] is not a known artifact or has unknown "
+                                        f"budgets {sorted(bad)}; use {', '.join(DEVICE_LATENCY_KEYS)}")
+                    _numbers(budgets, f"device_latency.{fmt}.{prec}", path)
+                    policy.device_latency[f"{fmt}.{prec}"] = {k: float(v) for k, v in budgets.items()}
         elif key == "latency":
             for fmt, per in value.items():
                 for prec, budgets in per.items():
@@ -110,7 +150,7 @@ def _parse(path: Path) -> Policy:
                     policy.latency[f"{fmt}.{prec}"] = dict(budgets)
         else:
             raise UserError(f"{path}: unknown table [{key}]: use a precision ({', '.join(sorted(precisions))}), "
-                            "a format.precision, confidence, or latency")
+                            "a format.precision, confidence, latency, device_latency or baseline")
     return policy
 
 
@@ -130,3 +170,27 @@ def _confidence(policy: Policy, table: Any, path: Path) -> None:
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
             raise UserError(f"{path}: [confidence] confident_margin must be a number in (0, 1], got {t!r}")
         policy.confident_margin = float(t)
+
+
+def _numbers(table: dict, where: str, path: Path) -> None:
+    for k, v in table.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise UserError(f"{path}: [{where}] {k} must be a number >= 0, got {v!r}")
+
+
+def _baseline(policy: Policy, table: Any, path: Path) -> None:
+    """``[baseline]``: budgets of :data:`BASELINE_BUDGETS` (numbers >= 0; a key left out is not checked) and
+    ``fail_on_missing`` (a boolean)."""
+    if not isinstance(table, dict):
+        raise UserError(f"{path}: [baseline] must be a table")
+    unknown = set(table) - BASELINE_BUDGETS - {"fail_on_missing"}
+    if unknown:
+        raise UserError(f"{path}: [baseline] has unknown keys {sorted(unknown)}; use "
+                        f"{', '.join(sorted(BASELINE_BUDGETS))}, fail_on_missing")
+    budgets = {k: v for k, v in table.items() if k != "fail_on_missing"}
+    _numbers(budgets, "baseline", path)
+    policy.baseline = {k: float(v) for k, v in budgets.items()}
+    if "fail_on_missing" in table:
+        if not isinstance(table["fail_on_missing"], bool):
+            raise UserError(f"{path}: [baseline] fail_on_missing must be true or false")
+        policy.fail_on_missing = table["fail_on_missing"]
