@@ -168,9 +168,18 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                       kernel_path_samples=args.kernel_path_samples, baseline=args.baseline,
                       latency_from=args.latency_from, device=args.device)
     print(summary_table(report))
+    _print_baseline(report)
     if args.report:
         print(f"reports in {args.report}: report.json report.md report.html junit.xml")
     return report.exit_code
+
+
+def _print_baseline(report) -> None:
+    from edgeship.validate.baseline import baseline_summary
+
+    line = baseline_summary(report)
+    if line:
+        print(line)
 
 
 # ----------------------------------------------------------------------------------------------- run

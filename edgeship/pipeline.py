@@ -192,6 +192,10 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
                       latency_from=config.latency_from, device=config.device)
     echo(f"validated on {report.data['count']} images in {time.perf_counter() - t0:.1f} s")
     echo(summary_table(report))
+    if report.baseline is not None:
+        from edgeship.validate.baseline import baseline_summary
+
+        echo(baseline_summary(report) or "")
     echo(f"reports: {report_dir}/report.md  report.html  report.json  junit.xml")
     echo(f"{'PASSED' if report.passed else 'FAILED'} in {time.perf_counter() - start:.1f} s")
     return report

@@ -129,10 +129,10 @@ def _drop_check(figure: str, value: Any, base: Any, budget: float | None, n_now:
             return BaselineCheck(figure, v, b, change, "drop", budget, None,
                                  f"not compared: the baseline ran on {n_then} samples, this run on {n_now}")
         passed = round(change * n_now) <= budget * n_now + _TOL  # in samples: counts, not float fractions
+    elif math.isinf(b) and math.isinf(v) and b == v:
+        passed, change = True, 0.0  # both infinite (bit-exact outputs): no drop
     elif math.isnan(change):
         passed = False
-    elif math.isinf(b) and math.isinf(v):
-        passed, change = True, 0.0  # both infinite (bit-exact outputs): no drop
     else:
         passed = change <= budget + _TOL
     return BaselineCheck(figure, v, b, change, "drop", budget, bool(passed))
@@ -289,3 +289,27 @@ def check_result(c: BaselineCheck) -> str:
     if c.passed is None:
         return f"not checked: {c.note}" if c.note else "not checked"
     return "met" if c.passed else "MISSED"
+
+
+def baseline_summary(report: Report) -> str | None:
+    """One terminal line: ``baseline report.json (2026-11-30...): 8 checks met, 1 missed, 2 not checked (latency_p50_ms:
+    not compared: measured on another machine (...)); missing: onnx int8``; None without a baseline."""
+    b = report.baseline
+    if b is None:
+        return None
+    checks = [c for a in report.artifacts for c in a.baseline_checks]
+    met = sum(c.passed is True for c in checks)
+    missed = sum(c.passed is False for c in checks)
+    unchecked = [c for c in checks if c.passed is None]
+    name = Path(str(b.get("path"))).name
+    text = f"baseline {name} ({b.get('created') or 'undated'}): {met} checks met, {missed} missed"
+    if unchecked:
+        notes = sorted({f"{c.figure}: {c.note}" for c in unchecked if c.note})
+        text += f", {len(unchecked)} not checked ({'; '.join(notes[:2])}{'; ...' if len(notes) > 2 else ''})"
+    new = [f"{a.format} {a.precision}" for a in report.artifacts if a.baseline_status == "new"]
+    if new:
+        text += f"; new: {', '.join(new)}"
+    if b.get("missing"):
+        missing = [f"{m.get('format')} {m.get('precision')}" for m in b["missing"]]
+        text += f"; missing: {', '.join(missing)}"
+    return text

@@ -52,7 +52,8 @@ _TIMINGS = re.compile(r"Inference timings in us:\s*Init:\s*(?P<init>{n}),\s*Firs
 _STAT = re.compile(r"\bcount=(?P<count>\d+)(?P<rest>.*)$")
 _FIELD = re.compile(r"\b(first|curr|min|max|avg|std|p5|median|p95)=({n})".format(n=_NUM))
 _ALL_SAME = re.compile(r"\bcurr=({n})\(all same\)".format(n=_NUM))
-_PARAM = re.compile(r"(?P<name>Graph|Num threads|Use xnnpack|Use gpu|Use NNAPI|Use Hexagon|Use CoreML): \[(?P<v>[^\]]*)\]")
+_PARAM = re.compile(r"(?P<name>Graph|Num threads|Use xnnpack|Use gpu|Use NNAPI|Use Hexagon|Use CoreML): "
+                    r"\[(?P<v>[^\]]*)\]")
 _SIZE = re.compile(r"The input model file size \(MB\):\s*({n})".format(n=_NUM))
 _PEAK = re.compile(r"Overall peak memory footprint \(MB\) via periodic monitoring:\s*({n})".format(n=_NUM))
 _XNNPACK_CREATED = re.compile(r"Created TensorFlow Lite XNNPACK delegate", re.I)

@@ -97,7 +97,8 @@ def load_policy(path: str | Path | None = None) -> Policy:
     _confidence(policy, raw.get("confidence", {}), Path(path))  # key by key
     if "baseline" in raw:
         policy.baseline = {**policy.baseline, **user.baseline}
-        policy.fail_on_missing = user.fail_on_missing if "fail_on_missing" in raw["baseline"] else policy.fail_on_missing
+        if "fail_on_missing" in raw["baseline"]:
+            policy.fail_on_missing = user.fail_on_missing
     policy.source = str(path)
     return policy
 

@@ -61,7 +61,13 @@ def to_junit(report: Report) -> str:
       skipped, message = the reason, unless its format is required, then a ``<failure>`` (the release fails, so
       the test tab must not be green).
     - one per gate, named after the gate: a ``<failure message=describe()>`` when it missed, ``<skipped>`` when
-      the artifact was skipped.
+      the artifact was skipped. Device latency budgets (``device_p50_ms on Pixel 7 (gpu, 4 threads)``) and baseline
+      checks (``baseline_accuracy_top1_drop``) are gates too.
+
+    ``runs`` also carries ``device.<device (delegate, threads)>.<figure>`` properties (``--latency-from``) and, with
+    a baseline, ``baseline`` ("compared" or "new") and ``baseline.<figure>`` (this run vs the baseline, the change,
+    the budget, the verdict); the suite, ``baseline.path``/``created``/``edgeship_version``. Each artifact the
+    baseline had and this run lacks is a testcase ``in_baseline``: a failure with ``fail_on_missing``, else skipped.
     """
     suites = ET.Element("testsuites", name="edgeship")
     suite = ET.SubElement(suites, "testsuite", name="edgeship")
