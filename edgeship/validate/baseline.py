@@ -127,7 +127,7 @@ def _drop_check(figure: str, value: Any, base: Any, budget: float | None, n_now:
     if count_based:
         if not (isinstance(n_now, int) and n_now == n_then):
             return BaselineCheck(figure, v, b, change, "drop", budget, None,
-                                 f"not compared: the baseline ran on {n_then} samples, this run on {n_now}")
+                                 f"the baseline ran on {n_then} samples, this run on {n_now}")
         passed = round(change * n_now) <= budget * n_now + _TOL  # in samples: counts, not float fractions
     elif math.isinf(b) and math.isinf(v) and b == v:
         passed, change = True, 0.0  # both infinite (bit-exact outputs): no drop
@@ -215,7 +215,7 @@ def compare_with_baseline(report: Report, baseline: str | Path | tuple[Path, dic
         differs = _describe_difference(now_ctx, then_ctx)
         checks.append(_growth_check("latency_p50_ms", a.latency_ms.p50, (then.get("latency_ms") or {}).get("p50"),
                                     budgets.get("latency_p50_growth"),
-                                    note=f"not compared: measured on another machine ({differs})" if differs else None))
+                                    note=f"measured on another machine ({differs})" if differs else None))
         checks += _device_checks(a, then, budgets.get("latency_p50_growth"))
         a.baseline_checks = checks
         failed = [c for c in checks if c.passed is False]
@@ -293,7 +293,7 @@ def check_result(c: BaselineCheck) -> str:
 
 def baseline_summary(report: Report) -> str | None:
     """One terminal line: ``baseline report.json (2026-11-30...): 8 checks met, 1 missed, 2 not checked (latency_p50_ms:
-    not compared: measured on another machine (...)); missing: onnx int8``; None without a baseline."""
+    measured on another machine (...)); missing: onnx int8``; None without a baseline."""
     b = report.baseline
     if b is None:
         return None
