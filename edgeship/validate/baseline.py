@@ -39,6 +39,8 @@ REPORT_NAME = "report.json"
 #: The packages whose version decides a runtime's speed (keys of report.json's ``versions``).
 RUNTIME_PACKAGES = {"litert": ("ai-edge-litert",), "onnxruntime": ("onnxruntime",), "coreml": ("coremltools",),
                     "coreml-reference": ("edgeship", "numpy")}
+#: Runtimes that ship with the operating system (Apple's Core ML framework): its version is the OS's.
+OS_RUNTIMES = frozenset({"coreml"})
 #: The machine keys (report.json ``machine``) that must be equal for latencies to be compared.
 MACHINE_KEYS = ("cpu_model", "architecture", "cores", "isa")
 _TOL = 1e-9  # relative figures (growth): a budget met within rounding of the JSON's floats is met
@@ -75,8 +77,10 @@ def load_baseline(path: str | Path) -> tuple[Path, dict[str, Any]]:
 
 
 def latency_context(machine: dict[str, Any], versions: dict[str, Any], artifact: dict[str, Any]) -> dict[str, Any]:
-    """What a latency figure depends on besides the file: the machine description, the artifact's threads, its
-    runtime and that runtime's version(s)."""
+    """What a latency figure depends on besides the file: the machine description (:data:`MACHINE_KEYS`, from
+    :func:`edgeship.machine.describe_machine`), the artifact's threads, its runtime and that runtime's version(s)
+    (:data:`RUNTIME_PACKAGES` in report.json's ``versions``; for Core ML, which ships with the OS, the OS). Everything
+    it needs is already in report.json: ``machine``, ``versions`` and each artifact's ``runtime`` and ``threads``."""
     ctx: dict[str, Any] = {k: (tuple(machine[k]) if isinstance(machine.get(k), list) else machine.get(k))
                            for k in MACHINE_KEYS}
     runtime = str(artifact.get("runtime"))
@@ -84,6 +88,8 @@ def latency_context(machine: dict[str, Any], versions: dict[str, Any], artifact:
     ctx["runtime"] = runtime
     for pkg in RUNTIME_PACKAGES.get(runtime, ()):
         ctx[f"{pkg} version"] = versions.get(pkg)
+    if runtime in OS_RUNTIMES:
+        ctx["os"] = machine.get("os")
     return ctx
 
 

@@ -144,6 +144,26 @@ def test_new_and_missing_artifacts_are_reported(run, tmp_path):
     strict.write_text("[int8]\ntop1_agreement = 0.95\n[baseline]\nfail_on_missing = true\n")
     r = compare_with_baseline(copy.deepcopy(report), b, load_policy(strict))
     assert not r.passed and r.exit_code == 1
+    from edgeship.validate.reports import to_junit
+
+    suite = ET.fromstring(to_junit(r).split("\n", 1)[1])
+    cases = [c for c in suite.iter("testcase") if c.get("name") == "in_baseline"]
+    assert [c.get("classname") for c in cases] == ["edgeship.tflite.fp32", "edgeship.onnx.int8"]
+    assert all(c.find("failure") is not None for c in cases)
+
+
+def test_core_ml_latency_depends_on_the_os():
+    from edgeship.validate.baseline import latency_context
+
+    mac = {"cpu_model": "Apple M2", "architecture": "arm64", "cores": 8, "isa": ["asimd", "asimddp", "i8mm"],
+           "os": "macOS-15.1-arm64-arm-64bit"}
+    a = {"runtime": "coreml", "threads": 1}
+    newer = dict(mac, os="macOS-15.2-arm64-arm-64bit")
+    assert latency_context(mac, {}, a) != latency_context(newer, {}, a)
+    a = {"runtime": "litert", "threads": 1}
+    v = {"ai-edge-litert": "2.3.0"}
+    assert latency_context(mac, v, a) == latency_context(newer, v, a)
+    assert latency_context(mac, v, a) != latency_context(mac, {"ai-edge-litert": "2.4.0"}, a)
 
 
 def test_counts_do_not_fail_on_float_representation_error():
