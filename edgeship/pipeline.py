@@ -27,6 +27,7 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     keep_float = "auto"                  # the float fallback: "auto" or a number of ops (default: none)
     max_drop = 0.01                      # with keep_float = "auto": the top-1 disagreement allowed
     max_size = "1.3x"                    # the fallback's budget for the int8 TFLite: bytes ("5MB") or a ratio
+    input_range = [0, 65535]             # an .npy/.npz calibration not in 0-255 pixels: values meaning 0 and 255
 
     [validate]
     data = "data/heldout"                # default: the demo held-out set
@@ -35,6 +36,7 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     threads = 1
     iterations = 50
     kernel_path_samples = 500            # int8 files also through a second kernel path (0: off)
+    input_range = [0, 1]                 # an .npy/.npz data set not in 0-255 pixels: values meaning 0 and 255
 
     [output]
     dir = "edgeship-out"
@@ -58,8 +60,8 @@ _KNOWN = {
     "export": {"formats", "precisions", "onnx_layout"},
     "quantize": {"formats", "calibration", "num_samples", "relu6_fixed", "seed", "precisions", "onnx_method",
                  "bias_correction", "weight_rounding", "cross_layer_equalization", "activation_ranges", "keep_float",
-                 "max_drop", "max_size"},
-    "validate": {"data", "policy", "require", "threads", "iterations", "kernel_path_samples"},
+                 "max_drop", "max_size", "input_range"},
+    "validate": {"data", "policy", "require", "threads", "iterations", "kernel_path_samples", "input_range"},
     "output": {"dir"},
 }
 
@@ -93,6 +95,8 @@ class RunConfig:
     iterations: int = 50
     kernel_path_samples: int = 500
     out: Path = Path("edgeship-out")
+    input_range: tuple[float, float] | None = None  # [validate] input_range (edgeship.data)
+    calibration_input_range: tuple[float, float] | None = None  # [quantize] input_range
 
 
 def load_config(path: str | Path | None) -> RunConfig:
@@ -135,6 +139,10 @@ def load_config(path: str | Path | None) -> RunConfig:
         kernel_path_samples=int(v.get("kernel_path_samples", 500)),
         out=Path(rel(o.get("dir")) or "edgeship-out"),
     )
+    from edgeship.data import parse_input_range
+
+    cfg.input_range = parse_input_range(v.get("input_range"), f"{p}: [validate] input_range")
+    cfg.calibration_input_range = parse_input_range(q.get("input_range"), f"{p}: [quantize] input_range")
     return cfg
 
 
@@ -164,13 +172,14 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
                      weight_rounding=config.weight_rounding, activation_ranges=config.activation_ranges,
                      cross_layer_equalization=config.cross_layer_equalization,
                      bias_correction=config.bias_correction, keep_float=config.keep_float,
-                     max_drop=config.max_drop, max_size=config.max_size)
+                     max_drop=config.max_drop, max_size=config.max_size,
+                     input_range=config.calibration_input_range)
         echo(f"quantised {len(q.paths)} artifacts in {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
     report_dir = config.out / "report"
     report = validate([config.out], reference=loaded, data=config.data, policy=config.policy, report_dir=report_dir,
                       require=config.require, threads=config.threads, iterations=config.iterations,
-                      kernel_path_samples=config.kernel_path_samples)
+                      kernel_path_samples=config.kernel_path_samples, input_range=config.input_range)
     echo(f"validated on {report.data['count']} images in {time.perf_counter() - t0:.1f} s")
     echo(summary_table(report))
     echo(f"reports: {report_dir}/report.md  report.html  report.json  junit.xml")
