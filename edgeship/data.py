@@ -284,7 +284,7 @@ class ArraySource(DataSource):
         except UserError:
             raise
         except (ValueError, OSError, EOFError) as e:
-            if "allow_pickle" in str(e):
+            if "allow_pickle" in str(e) or "Python objects" in str(e):
                 raise UserError(f"{path} holds Python objects (a pickled array), which edgeship never loads: save "
                                 "numeric arrays (uint8 pixels 0-255, integer labels)") from None
             raise UserError(f"cannot read {path} as a NumPy array: {e}") from None
