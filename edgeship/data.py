@@ -88,7 +88,11 @@ def decode_image(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, list[st
             if getattr(im, "n_frames", 1) > 1:
                 done.append("first_frame")
             icc = im.info.get("icc_profile")
-            if (im.getexif() or {}).get(0x0112, 1) not in (1, None):
+            try:
+                orientation = im.getexif().get(0x0112, 1)
+            except Exception:  # a broken EXIF block: the pixels are still fine, shown as stored
+                orientation = 1
+            if orientation in (2, 3, 4, 5, 6, 7, 8):  # 1 (or a value out of the EXIF range): as stored
                 im = ImageOps.exif_transpose(im)
                 done.append("exif_rotated")
             rgb = None
