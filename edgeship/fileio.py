@@ -144,7 +144,8 @@ def size_on_disk(path: Path) -> int:
 
 
 def ensure_output_dir(path: Path) -> Path:
-    """Create ``path`` if needed and check we can write into it; one clear line if not."""
+    """Create ``path`` if needed and check we can write into it; one clear line if not (:class:`UserError`, or
+    :class:`EnvironmentProblem` for a full disk or a permission). Stale temporaries of dead processes are removed."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"output path {path} is a file, not a directory: choose another --out")
@@ -153,7 +154,9 @@ def ensure_output_dir(path: Path) -> Path:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".edgeship-write-check-"):
             pass
     except OSError as e:
-        raise UserError(f"cannot write to output directory {path}: {e.strerror or e}; choose another --out") from None
+        cls = EnvironmentProblem if e.errno in ENVIRONMENT_ERRNOS else UserError  # full disk, permission: exit 3
+        raise cls(f"cannot write to output directory {path}: {e.strerror or e}; choose another --out") from None
+    remove_stale_temporaries(path)
     return path
 
 

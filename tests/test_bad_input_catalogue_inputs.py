@@ -214,6 +214,21 @@ def test_disk_errors_exit_3_and_keep_the_previous_export(error, needles, artifac
     assert _snapshot(out) == before
 
 
+def test_unwritable_output_directory_is_exit_3_before_any_work(tmp_path, capsys, monkeypatch):
+    """The output directory's write check failing with a permission error (simulated: tests run as root, where
+    chmod does not stop a write) is the environment's fault: exit 3, one line, nothing written."""
+    import tempfile
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", denied)
+    out = tmp_path / "o"
+    code = main(["export", "--formats", "tflite", "--out", str(out)])
+    _one_line(code, capsys.readouterr().err, 3, "cannot write to output directory", "permission denied")
+    assert _snapshot(out) == {}
+
+
 # ------------------------------------------------------------------------------------------------ signals
 def test_sigterm_in_process_runs_the_interrupt_cleanup(artifacts, tmp_path, capsys, monkeypatch):
     """SIGTERM arriving while an artifact is being written (inside its temporary-file step, before the rename):
