@@ -4,8 +4,8 @@ Decoder policy (Pillow; the same for export's data, calibration and validation):
 
 * **8-bit sRGB RGB out.** Every decoded image becomes (H, W, 3) uint8 RGB by an explicit conversion, each counted
   (:attr:`DataSource.conversions`, reported as ``data.input_conversions``): ``16-bit`` (16-bit grayscale, ``I;16`` /
-  ``I``, scaled down by 257 — 65535 -> 255 — not clipped to white as ``Image.convert`` does), ``palette`` (``P``/``PA``),
-  ``cmyk``, ``grayscale`` (``L``/``LA``/``1``), ``alpha_dropped`` (RGBA/LA/PA: the colour channels are kept, the alpha
+  ``I``, scaled down by 257 — 65535 -> 255 — not clipped to white as ``Image.convert`` does), ``palette``
+  (``P``/``PA``), ``cmyk``, ``grayscale`` (``L``/``LA``/``1``), ``alpha_dropped`` (RGBA/LA/PA: the colour channels are kept, the alpha
   ignored), ``icc_to_srgb`` (an embedded non-sRGB ICC profile applied with LittleCMS, ``ImageCms``; ``icc_ignored``
   when the profile cannot be applied), ``first_frame`` (animated files), ``exif_rotated`` (EXIF orientation applied
   with ``ImageOps.exif_transpose``, as phone cameras store it). 16-bit RGB PNGs are reduced to 8 bits by Pillow
@@ -30,9 +30,12 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 from edgeship.errors import UserError
 
