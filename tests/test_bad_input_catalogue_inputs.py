@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -283,3 +284,33 @@ def test_sigterm_mid_coreml_export_leaves_no_partial_package_and_no_manifest_ent
     _one_line(proc.returncode, "\n".join(l for l in err.splitlines() if l.startswith("edgeship")), 143, "terminated")
     assert not partial.exists()
     assert [p.name for p in out.iterdir()] == []  # no package, no temporary, no manifest entry for a missing file
+
+
+# ------------------------------------------------------------------------------------------------ right answers
+def test_16_bit_pngs_validate_exactly_like_their_8_bit_originals_and_are_counted(artifacts, tmp_path, capsys):
+    """Issue 14: a 16-bit PNG was decoded as an all-white image and validated as PASSED. The same digits saved as
+    16-bit (v * 257) and as 8-bit grayscale PNGs now give the same report figures, and the report counts the
+    conversions."""
+    from PIL import Image
+
+    from edgeship.data import load_image_folder
+    from edgeship.models.loading import DEMO_DIR
+
+    held = load_image_folder(DEMO_DIR / "heldout", (96, 96))
+    figures = {}
+    for depth in (8, 16):
+        root = tmp_path / f"png{depth}"
+        for i in range(0, len(held.paths), 36):  # 10 images, one per class
+            gray = held.images[i].mean(axis=-1).round().astype(np.uint8)
+            dest = root / held.paths[i].parent.name / f"{i}.png"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(gray.astype(np.uint16) * 257 if depth == 16 else gray).save(dest)
+        report = tmp_path / f"report{depth}"
+        main(["validate", "--artifacts", str(artifacts), "--data", str(root), "--report", str(report),
+              "--iterations", "1", "--kernel-path-samples", "0"])
+        capsys.readouterr()
+        data = json.loads((report / "report.json").read_text())
+        figures[depth] = (data["data"]["input_conversions"], data["artifacts"][0]["metrics"])
+    assert figures[16][0] == {"16-bit": 10} and figures[8][0] == {"grayscale": 10}
+    assert figures[16][1] == figures[8][1]
+    assert "converted: 16-bit 10" in (tmp_path / "report16" / "report.md").read_text()

@@ -142,3 +142,15 @@ def test_control_character_names_its_line(tmp_path):
     p.write_bytes(b"a\nb\nc\x1dd\n")
     with pytest.raises(UserError, match=r"line 3: .*U\+001D"):
         read_labels(p)
+
+
+def test_input_range_in_the_config(tmp_path):
+    from edgeship.pipeline import load_config
+
+    cfg = tmp_path / "edgeship.toml"
+    cfg.write_text("[quantize]\ninput_range = [0, 65535]\n[validate]\ninput_range = \"-1,1\"\n")
+    config = load_config(cfg)
+    assert config.calibration_input_range == (0.0, 65535.0) and config.input_range == (-1.0, 1.0)
+    cfg.write_text("[validate]\ninput_range = [1]\n")
+    with pytest.raises(UserError, match=r"\[validate\] input_range must be two numbers"):
+        load_config(cfg)
