@@ -3,7 +3,9 @@ command that needs them, so ``edgeship --help`` is instant.
 
 Exit codes (a contract, :mod:`edgeship.errors`): 0 success; 1 a release gate failed; 2 bad input or usage; 3 the
 environment (disk full, permission denied, an unwritable output or report directory, a missing runtime); 4 a bug in
-edgeship. Every failure is one line on stderr without a traceback; ``EDGESHIP_DEBUG=1`` shows the traceback.
+edgeship; 130 interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM). Every failure is one line on stderr without a
+traceback; ``EDGESHIP_DEBUG=1`` shows the traceback. Interrupted or terminated, no temporary or partial file is
+left (:mod:`edgeship.fileio`).
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                       cross_layer_equalization=args.cross_layer_equalization,
                       activation_ranges=args.activation_ranges,
                       raw_input_compensation=args.raw_input_compensation,
-                      int8_bias_correction=args.int8_bias_correction,
+                      int8_bias_correction=args.int8_bias_correction, input_range=args.input_range,
                       precisions=Precision.parse_list(args.precision, "precision") if args.precision else None)
     if result.fixed_tensors or result.calibrated_tensors:
         print(f"ranges: {len(result.fixed_tensors)} tensors fixed without calibration (ReLU6 outputs -> [0, 6], "
@@ -161,6 +163,7 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("validation")
     g.add_argument("--data", metavar="DATA", help="a folder of images (class subfolders give labels) or an "
                                                   ".npy/.npz array (default: the demo held-out set)")
+    _input_range_arg(g)
     g.add_argument("--policy", metavar="FILE", help="TOML release gates merged over the defaults")
     g.add_argument("--require", default="", metavar="FORMATS",
                    help="comma-separated formats that must run here: skipped ones then fail the run")
@@ -186,6 +189,12 @@ def _release_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--device", metavar="NAME", help="the device the --latency-from logs come from, e.g. 'Pixel 7'")
 
 
+def _input_range_arg(g: "argparse._ArgumentGroup") -> None:
+    g.add_argument("--input-range", metavar="LO,HI",
+                   help=".npy/.npz data not in 0-255 pixels (uint16, floats in 0-1 or -1..1, bool): the values that "
+                        "mean pixel 0 and 255, e.g. 0,65535 or 0,1 (default: refuse them)")
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from edgeship.types import Format
     from edgeship.validate.pipeline import validate
@@ -195,7 +204,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                       report_dir=args.report, require=Format.parse_list(args.require, "format") if args.require else (),
                       threads=args.threads, iterations=args.iterations, trust_model=args.trust_model,
                       kernel_path_samples=args.kernel_path_samples, allow_modified=args.allow_modified,
-                      baseline=args.baseline, latency_from=args.latency_from, device=args.device)
+                      baseline=args.baseline, latency_from=args.latency_from, device=args.device,
+                      input_range=args.input_range)
     print(summary_table(report))
     _print_baseline(report)
     if args.report:
@@ -276,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--calibration", metavar="DATA", help="a folder of images or an .npy/.npz array (default: the "
                                                          "demo calibration set)")
     g.add_argument("--formats", default="tflite,onnx,coreml", help="comma-separated: tflite,onnx,coreml")
+    _input_range_arg(g)
     g.add_argument("--num-samples", type=_count(1), default=200, help="calibration samples (default 200)")
     g.add_argument("--seed", type=int, default=0, help="seed for picking the samples (default 0)")
     g.add_argument("--no-relu6-fixed", dest="relu6_fixed", action="store_false",
@@ -359,10 +370,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     func: Callable[[argparse.Namespace], int] = args.func
     debug = os.environ.get("EDGESHIP_DEBUG", "") not in ("", "0")
+    from edgeship.fileio import Terminated, sigterm_as_interrupt
+
     try:
-        return func(args)
+        with sigterm_as_interrupt():
+            return func(args)
+    except Terminated:
+        print("edgeship: terminated (SIGTERM); no partial file was left", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("edgeship: interrupted", file=sys.stderr)
+        print("edgeship: interrupted; no partial file was left", file=sys.stderr)
         return 130
     except Exception as e:
         if debug:

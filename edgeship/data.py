@@ -1,21 +1,48 @@
-"""Images from disk, the one way every stage reads them.
+"""Images and arrays from disk, the one way every stage reads them (one decoder policy).
 
-Resize policy (one, documented): the image is converted to RGB (grayscale and RGBA too; alpha is dropped) and
-resized to the model's input size with bilinear filtering, without cropping. A folder's class subfolders give
-the labels, in sorted order unless the model's label list names them.
+Decoder policy (Pillow; the same for export's data, calibration and validation):
+
+* **8-bit sRGB RGB out.** Every decoded image becomes (H, W, 3) uint8 RGB by an explicit conversion, each counted
+  (:attr:`DataSource.conversions`, reported as ``data.input_conversions``): ``16-bit`` (16-bit grayscale, ``I;16`` /
+  ``I``, scaled down by 257 — 65535 -> 255 — not clipped to white as ``Image.convert`` does), ``palette``
+  (``P``/``PA``), ``cmyk``, ``grayscale`` (``L``/``LA``/``1``), ``alpha_dropped`` (RGBA/LA/PA: the colour channels are kept, the alpha
+  ignored), ``icc_to_srgb`` (an embedded non-sRGB ICC profile applied with LittleCMS, ``ImageCms``; ``icc_ignored``
+  when the profile cannot be applied), ``first_frame`` (animated files), ``exif_rotated`` (EXIF orientation applied
+  with ``ImageOps.exif_transpose``, as phone cameras store it). 16-bit RGB PNGs are reduced to 8 bits by Pillow
+  itself (high byte), not counted. 32-bit float images (``F``) are refused.
+* **Size limit.** An image above :data:`MAX_IMAGE_PIXELS` (Pillow's own decompression-bomb threshold, 89.5
+  Mpixel) is refused with one line (exit 2) before it is decoded — Pillow's ``DecompressionBombError`` and
+  ``DecompressionBombWarning`` become that line.
+* **Resize.** Bilinear to the model's input size, without cropping. A folder's class subfolders give the labels,
+  in sorted order unless the model's label list names them.
+
+Arrays (``.npy``/``.npz``): uint8 0-255 pixels, or integer/float arrays whose values lie in 0-255 (float arrays stay
+floats). Anything else — uint16 0-65535, floats in 0-1 or -1..1, bool, strings, pickled objects — is refused naming
+what to do, unless ``input_range=(lo, hi)`` (``--input-range LO,HI``) says how the values map to pixels: ``lo`` -> 0,
+``hi`` -> 255, linearly (float32 pixels; values outside [lo, hi] are refused). ``.npz`` labels: class indices, label
+names (mapped to indices through the model's labels), or one-hot rows.
 """
 
 from __future__ import annotations
 
+import collections
+import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 from edgeship.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+#: Largest decoded image, in pixels: Pillow's ``Image.MAX_IMAGE_PIXELS`` default (1024 * 1024 * 1024 // 4 // 3),
+#: above which Pillow itself warns of a decompression bomb (and refuses above twice as many).
+MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 
 
 @dataclass
@@ -35,18 +62,118 @@ def image_files(root: Path) -> list[Path]:
     return files
 
 
-def read_image(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """(H, W, 3) uint8 RGB at ``size`` = (height, width)."""
-    from PIL import Image, UnidentifiedImageError
+def _too_large(path: Path, pixels: int | None) -> UserError:
+    size = f" ({pixels / 1e6:.0f} Mpixel)" if pixels else ""
+    return UserError(f"image {path} is too large to decode{size}: the limit is {MAX_IMAGE_PIXELS / 1e6:.1f} Mpixel "
+                     "(decompression-bomb guard); resize it first")
 
+
+def decode_image(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
+    """(H, W, 3) uint8 sRGB at ``size`` = (height, width), and the conversions applied (names as in the module
+    docstring). Raises :class:`UserError` for an undecodable, too large or float image."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    done: list[str] = []
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                im = Image.open(path)
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+                import re
+
+                m = re.search(r"\((\d+) pixels\)", str(e))
+                raise _too_large(path, int(m.group(1)) if m else None) from None
+        with im:
+            w, h = im.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise _too_large(path, w * h)
+            if getattr(im, "n_frames", 1) > 1:
+                done.append("first_frame")
+            icc = im.info.get("icc_profile")
+            try:
+                orientation = im.getexif().get(0x0112, 1)
+            except Exception:  # a broken EXIF block: the pixels are still fine, shown as stored
+                orientation = 1
+            if orientation in (2, 3, 4, 5, 6, 7, 8):  # 1 (or a value out of the EXIF range): as stored
+                im = ImageOps.exif_transpose(im)
+                done.append("exif_rotated")
+            rgb = None
+            if icc and im.mode in ("CMYK", "L"):  # the profile describes these pixels: apply it to them
+                rgb = _icc_to_srgb(im, icc, done)
+                if rgb is not None:
+                    done.append("cmyk" if im.mode == "CMYK" else "grayscale")
+            elif icc:
+                rgb = _to_rgb8(im, path, done)
+                rgb = _icc_to_srgb(rgb, icc, done) or rgb
+            if rgb is None:
+                rgb = _to_rgb8(im, path, done)
+            if rgb.size != (size[1], size[0]):
+                rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8), done
+    except UserError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:  # SyntaxError: Pillow's broken-file error
         raise UserError(f"cannot decode image {path}: {e}") from None
+
+
+def read_image(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 RGB at ``size`` = (height, width), by :func:`decode_image`'s policy."""
+    return decode_image(path, size)[0]
+
+
+def _to_rgb8(im: "Image.Image", path: Path, done: list[str]) -> "Image.Image":
+    from PIL import Image
+
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(im)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise UserError(f"image {path} is 32-bit integer ({a.min()}..{a.max()}): save it as 8- or 16-bit")
+        done.append("16-bit")
+        gray = np.round(a.astype(np.float64) / 257.0).astype(np.uint8)  # 65535 -> 255, as 8-bit viewers show it
+        return Image.fromarray(gray, "L").convert("RGB")
+    if mode == "F":
+        raise UserError(f"image {path} holds 32-bit float pixels: save it as an 8-bit image (or an .npy with "
+                        "--input-range)")
+    if mode in ("P", "PA"):
+        done.append("palette")
+        if mode == "P" and "transparency" not in im.info:
+            return im.convert("RGB")
+        im = im.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "RGBa", "LA", "La"):
+        done.append("alpha_dropped")
+    if mode in ("L", "LA", "La", "1"):
+        done.append("grayscale")
+    elif mode == "CMYK":
+        done.append("cmyk")
+    return im.convert("RGB")
+
+
+def _icc_to_srgb(im: "Image.Image", icc: bytes, done: list[str]) -> "Image.Image | None":
+    """``im`` (RGB, CMYK or L) through its embedded ICC profile (Display P3, Adobe RGB, a press CMYK...) to sRGB
+    RGB; None when the profile is sRGB already (nothing to do) or cannot be applied (``icc_ignored``)."""
+    from PIL import ImageCms
+
+    space = {"RGB": "RGB", "CMYK": "CMYK", "L": "GRAY"}.get(im.mode)
+    try:
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if "srgb" in (ImageCms.getProfileDescription(src) or "").lower().replace(" ", ""):
+            return None
+        if space is None or src.profile.xcolor_space.strip() != space:
+            done.append("icc_ignored")
+            return None
+        out = ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, AttributeError):
+        done.append("icc_ignored")
+        return None
+    if out is None:  # pragma: no cover - profileToProfile returns the image unless inPlace
+        return None
+    done.append("icc_to_srgb")
+    return out
 
 
 def load_image_folder(root: Path, size: tuple[int, int], class_names: Sequence[str] | None = None) -> ImageSet:
@@ -66,17 +193,22 @@ class Batch:
 
 
 class DataSource:
-    """Samples streamed in batches, so 50,000 images never need 50,000 images of memory at once."""
+    """Samples streamed in batches, so 50,000 images never need 50,000 images of memory at once.
+
+    ``conversions`` counts, per conversion name (module docstring), the samples it was applied to so far — complete
+    once the batches have been read; :meth:`describe` reports it as ``input_conversions``."""
 
     def __init__(self, source: str, count: int, labeled: bool, pixels: str = "uint8") -> None:
         self.source, self.count, self.labeled = source, count, labeled
         self.pixels = pixels  # "uint8" (raw images) or "float32" (float pixels, not rounded)
+        self.conversions: collections.Counter[str] = collections.Counter()
 
     def batches(self, batch_size: int) -> Iterator[Batch]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def describe(self) -> dict[str, object]:
-        return {"source": self.source, "count": self.count, "labeled": self.labeled, "pixels": self.pixels}
+        return {"source": self.source, "count": self.count, "labeled": self.labeled, "pixels": self.pixels,
+                "input_conversions": dict(sorted(self.conversions.items()))}
 
 
 class FolderSource(DataSource):
@@ -97,28 +229,56 @@ class FolderSource(DataSource):
             self.labels = np.array([index[f.parent.name] for f in self.files], dtype=np.int64)
         super().__init__(str(self.root), len(self.files), labeled)
 
+    def read(self, i: int) -> np.ndarray:
+        """Image ``i`` decoded by the policy, its conversions counted."""
+        image, done = decode_image(self.files[i], self.size)
+        self.conversions.update(done)
+        return image
+
     def batches(self, batch_size: int) -> Iterator[Batch]:
         for start in range(0, len(self.files), batch_size):
             files = self.files[start : start + batch_size]
-            images = np.stack([read_image(f, self.size) for f in files])
+            images = np.stack([self.read(i) for i in range(start, start + len(files))])
             labels = None if self.labels is None else self.labels[start : start + len(files)]
             yield Batch(images, labels, [f.relative_to(self.root).as_posix() for f in files], start)
+
+
+def parse_input_range(value: "str | Sequence[float] | None", what: str = "--input-range") -> tuple[float, float] | None:
+    """'0,65535' or [0, 65535] -> (0.0, 65535.0); None stays None. ``lo < hi``, both finite, else UserError."""
+    if value is None:
+        return None
+    try:
+        parts = [float(v) for v in (value.split(",") if isinstance(value, str) else value)]
+    except (TypeError, ValueError):
+        parts = []
+    if len(parts) != 2 or not all(np.isfinite(parts)) or parts[0] >= parts[1]:
+        raise UserError(f"{what} must be two numbers LO,HI with LO < HI (the array values that mean pixel 0 and "
+                        f"255), got {value!r}")
+    return parts[0], parts[1]
 
 
 class ArraySource(DataSource):
     """``.npy`` (images) or ``.npz`` (``images`` or ``x``, optional ``labels`` or ``y``): RGB pixels in 0-255,
     (N, H, W, 3) at the model's input size. ``.npy`` files are memory-mapped.
 
-    uint8 (or other integer) arrays are raw pixels, batched as uint8; float arrays are float pixels (0-255, e.g.
-    after resizing or augmentation), batched as float32 and not rounded, so the reference sees them exactly and an
-    8-bit-input artifact is fed them normalised and re-quantised (:meth:`edgeship.runtimes.runner.Runner.feed`)."""
+    uint8 arrays (and integer arrays within 0-255) are raw pixels, batched as uint8; float arrays within 0-255 are
+    float pixels (e.g. after resizing or augmentation), batched as float32 and not rounded, so the reference sees
+    them exactly and an 8-bit-input artifact is fed them normalised and re-quantised
+    (:meth:`edgeship.runtimes.runner.Runner.feed`). Other values are refused unless ``input_range`` maps them
+    (module docstring); floats all within 0-1 are refused as "scaled to 0-1" (pass ``input_range=(0, 255)`` if
+    they really are dark 0-255 pixels).
 
-    def __init__(self, path: Path, size: tuple[int, int], num_classes: int) -> None:
+    ``class_names``: the model's labels (or their count): label names in an ``.npz`` are mapped through them."""
+
+    def __init__(self, path: Path, size: tuple[int, int], class_names: "Sequence[str] | int",
+                 input_range: tuple[float, float] | None = None) -> None:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"data file not found: {path}")
+        names = None if isinstance(class_names, int) else list(class_names)
+        num_classes = class_names if isinstance(class_names, int) else len(class_names)
         try:
-            if path.suffix == ".npy":
+            if path.suffix.lower() == ".npy":
                 images, labels = np.load(path, mmap_mode="r", allow_pickle=False), None
             else:
                 with np.load(path, allow_pickle=False) as z:
@@ -128,8 +288,14 @@ class ArraySource(DataSource):
                     images = z[key]
                     lkey = next((k for k in ("labels", "y") if k in z), None)
                     labels = z[lkey] if lkey else None
-        except (ValueError, OSError) as e:
+        except UserError:
+            raise
+        except (ValueError, OSError, EOFError) as e:
+            if "allow_pickle" in str(e) or "Python objects" in str(e):
+                raise UserError(f"{path} holds Python objects (a pickled array), which edgeship never loads: save "
+                                "numeric arrays (uint8 pixels 0-255, integer labels)") from None
             raise UserError(f"cannot read {path} as a NumPy array: {e}") from None
+        _check_pixel_dtype(path, images.dtype, input_range)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise UserError(f"{path}: images have shape {images.shape}; expected (N, height, width, 3) RGB")
         if tuple(images.shape[1:3]) != tuple(size):
@@ -137,42 +303,128 @@ class ArraySource(DataSource):
                             f"{size[0]}x{size[1]}; resize them first")
         if len(images) == 0:
             raise UserError(f"{path} holds no images")
-        if np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all():
+        lo, hi = _value_range(images)
+        if not (np.isfinite(lo) and np.isfinite(hi)):
             raise UserError(f"{path}: images contain NaN or Inf")
+        self.input_range = input_range
+        if input_range is not None:
+            if lo < input_range[0] or hi > input_range[1]:
+                raise UserError(f"{path}: values run {lo:g}..{hi:g}, outside --input-range {input_range[0]:g},"
+                                f"{input_range[1]:g}: give the range the values were scaled from")
+            pixels = "float32"
+        else:
+            _check_pixel_values(path, images.dtype, lo, hi)
+            pixels = "float32" if np.issubdtype(images.dtype, np.floating) else "uint8"
         if labels is not None:
-            labels = np.asarray(labels).astype(np.int64).reshape(-1)
-            if len(labels) != len(images):
-                raise UserError(f"{path}: {len(labels)} labels for {len(images)} images")
-            if labels.min() < 0 or labels.max() >= num_classes:
-                raise UserError(f"{path}: labels range {labels.min()}..{labels.max()}, the model has {num_classes} "
-                                "classes")
+            labels = _labels(path, labels, len(images), num_classes, names, self)
         self.images, self.labels = images, labels
-        super().__init__(str(path), len(images), labels is not None,
-                         "float32" if np.issubdtype(images.dtype, np.floating) else "uint8")
+        super().__init__(str(path), len(images), labels is not None, pixels)
+        if labels is not None and getattr(self, "_label_conversion", None):
+            self.conversions[self._label_conversion] = len(images)
+
+    def take(self, index: "slice | np.ndarray") -> np.ndarray:
+        """Samples ``index`` as pixels: uint8, or float32 in 0-255 (float arrays, and any array read through
+        ``input_range``)."""
+        chunk = np.asarray(self.images[index])
+        if self.input_range is not None:
+            lo, hi = self.input_range
+            self.conversions["input_range"] += len(chunk)
+            return ((chunk.astype(np.float64) - lo) * (255.0 / (hi - lo))).astype(np.float32)
+        if np.issubdtype(chunk.dtype, np.floating):
+            return chunk.astype(np.float32, copy=False)  # float pixels stay floats (not rounded)
+        return chunk if chunk.dtype == np.uint8 else chunk.astype(np.uint8)  # integers checked within 0-255
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
         for start in range(0, len(self.images), batch_size):
-            chunk = np.asarray(self.images[start : start + batch_size])
-            if np.issubdtype(chunk.dtype, np.floating):
-                images = chunk.astype(np.float32, copy=False)  # float pixels stay floats (not rounded)
-            else:
-                images = chunk if chunk.dtype == np.uint8 else np.clip(chunk, 0, 255).astype(np.uint8)
-            labels = None if self.labels is None else self.labels[start : start + len(chunk)]
-            yield Batch(images, labels, [f"array[{i}]" for i in range(start, start + len(chunk))], start)
+            images = self.take(slice(start, start + batch_size))
+            labels = None if self.labels is None else self.labels[start : start + len(images)]
+            yield Batch(images, labels, [f"array[{i}]" for i in range(start, start + len(images))], start)
+
+
+def _check_pixel_dtype(path: Path, dtype: np.dtype, input_range: tuple[float, float] | None) -> None:
+    if dtype.kind in "USOV":
+        raise UserError(f"{path}: images are {'strings' if dtype.kind in 'US' else 'not numbers'} (dtype {dtype}), "
+                        "not pixels: save numeric pixels (uint8 0-255)")
+    if dtype.kind == "b" and input_range is None:
+        raise UserError(f"{path}: images are bool (a mask?), not pixels: save uint8 0-255, or pass --input-range 0,1 "
+                        "to read False/True as 0/255")
+    if dtype.kind == "c":
+        raise UserError(f"{path}: images are complex numbers (dtype {dtype}), not pixels: save uint8 0-255")
+
+
+def _value_range(images: np.ndarray, chunk: int = 256) -> tuple[float, float]:
+    """Min and max over the whole array, a chunk at a time (memory-mapped arrays stay on disk)."""
+    if images.dtype == np.uint8:
+        return 0.0, 255.0  # nothing to check: every value is a pixel
+    lo, hi = np.inf, -np.inf
+    for start in range(0, len(images), chunk):
+        part = np.asarray(images[start : start + chunk])
+        if part.dtype.kind == "f" and not np.isfinite(part).all():
+            return np.nan, np.nan
+        lo, hi = min(lo, float(part.min())), max(hi, float(part.max()))
+    return lo, hi
+
+
+def _check_pixel_values(path: Path, dtype: np.dtype, lo: float, hi: float) -> None:
+    """Refuse values that are not 0-255 pixels, saying which --input-range would read them."""
+    if dtype == np.uint8:
+        return
+    if dtype.kind == "f" and lo >= 0 and 0 < hi <= 1.0:
+        raise UserError(f"{path}: float values {lo:g}..{hi:g} look like pixels scaled to 0-1: pass --input-range 0,1 "
+                        "(or --input-range 0,255 if they really are 0-255 pixels)")
+    if lo < 0 or hi > 255:
+        guess = next((f"{a:g},{b:g}" for a, b in ((-1, 1), (0, 1), (0, 65535), (-128, 127), (-32768, 32767))
+                      if a <= lo and hi <= b), f"{lo:g},{hi:g}")
+        raise UserError(f"{path}: {dtype} values {lo:g}..{hi:g} are outside 0-255 pixels: pass --input-range LO,HI "
+                        f"(the values meaning pixel 0 and 255, e.g. --input-range {guess}) or save uint8 0-255")
+
+
+def _labels(path: Path, labels: np.ndarray, count: int, num_classes: int, names: list[str] | None,
+            source: "ArraySource") -> np.ndarray:
+    """(N,) int64 class indices from indices, label names or one-hot rows; one line for anything else."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "US":
+        values = [str(v) for v in labels.reshape(-1)]
+        index = {n: i for i, n in enumerate(names or [])}
+        unknown = sorted(set(values) - index.keys())
+        if unknown:
+            raise UserError(f"{path}: labels are strings and {unknown[0]!r} is not among the model's {num_classes} "
+                            "labels: store class indices 0..N-1 or the model's label names")
+        source._label_conversion = "label_names"
+        labels = np.array([index[v] for v in values], dtype=np.int64)
+    elif labels.dtype.kind not in "iuf" and labels.dtype.kind != "b":
+        raise UserError(f"{path}: labels have dtype {labels.dtype}: store class indices 0..N-1 (integers)")
+    elif labels.ndim == 2 and labels.shape == (count, num_classes) and num_classes > 1:
+        if not (np.isin(labels, (0, 1)).all() and (labels.sum(axis=1) == 1).all()):
+            raise UserError(f"{path}: labels are {labels.shape} rows that are not one-hot: store class indices")
+        source._label_conversion = "one_hot_labels"
+        labels = labels.argmax(axis=1)
+    elif labels.dtype.kind == "f" and not (np.isfinite(labels).all() and (labels == np.round(labels)).all()):
+        raise UserError(f"{path}: labels are fractional floats: store class indices 0..N-1 (integers)")
+    labels = labels.astype(np.int64).reshape(-1)
+    if len(labels) != count:
+        raise UserError(f"{path}: {len(labels)} labels for {count} images")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise UserError(f"{path}: labels range {labels.min()}..{labels.max()}, the model has {num_classes} classes")
+    return labels
 
 
 def open_data(path: str | Path | None, size: tuple[int, int], class_names: Sequence[str],
-              default: Path | None = None) -> DataSource:
-    """A folder of images (class subfolders give labels), an .npy/.npz array, or ``default`` when None."""
+              default: Path | None = None, input_range: "str | Sequence[float] | None" = None) -> DataSource:
+    """A folder of images (class subfolders give labels), an .npy/.npz array, or ``default`` when None.
+    ``input_range``: how an array's values map to pixels (module docstring); arrays only."""
+    rng = parse_input_range(input_range)
     if path is None:
         if default is None:
             raise UserError("no data given: pass --data (a folder of images or an .npy/.npz file)")
         path = default
     p = Path(path)
     if p.is_dir():
+        if rng is not None:
+            raise UserError("--input-range applies to .npy/.npz arrays; images are decoded as 8-bit pixels: drop it")
         return FolderSource(p, size, class_names)
     if p.suffix.lower() in (".npy", ".npz"):
-        return ArraySource(p, size, len(class_names))
+        return ArraySource(p, size, class_names, rng)
     if not p.exists():
         raise UserError(f"data not found: {p}")
     raise UserError(f"{p} is neither a folder of images nor an .npy/.npz file")

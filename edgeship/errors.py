@@ -1,20 +1,6 @@
 """The kinds of failure edgeship distinguishes, and the exit code each one means (the CLI's contract).
 
-==== =============================================================================================================
-code meaning
-==== =============================================================================================================
-0    success: every release gate passed
-1    a release gate failed (an artifact does not agree with the float model, or was modified since the manifest)
-2    bad input or usage: :class:`UserError` (a missing path, an unknown format, an untrusted model, a config or
-     policy value of the wrong type or outside its meaning, a manifest path outside its directory)
-3    the environment: :class:`EnvironmentProblem` (disk full, permission denied, an output/report directory that
-     cannot be written, a runtime or library that is not installed); the same input may pass elsewhere
-4    a bug in edgeship itself (anything else); ``EDGESHIP_DEBUG=1`` shows its traceback
-==== =============================================================================================================
-
-The CLI prints each failure as one line (``edgeship: error: ...``) without a traceback; ``EDGESHIP_DEBUG=1``
-re-raises it so the traceback shows.
-"""
+==== ======================================================================================================"""
 
 from __future__ import annotations
 
@@ -40,7 +26,7 @@ class EnvironmentProblem(UserError):
 
 
 #: errno values that mean the environment (space, permissions, read-only media), not the user's input
-_ENVIRONMENT_ERRNOS = {_errno.ENOSPC, _errno.EACCES, _errno.EPERM, _errno.EROFS, _errno.EDQUOT, _errno.EMFILE,
+ENVIRONMENT_ERRNOS = {_errno.ENOSPC, _errno.EACCES, _errno.EPERM, _errno.EROFS, _errno.EDQUOT, _errno.EFBIG, _errno.EMFILE,
                        _errno.ENFILE, _errno.ENOMEM, _errno.EIO}
 _HINTS = {_errno.ENOSPC: "free some space or choose another output directory",
           _errno.EDQUOT: "free some space or choose another output directory",
@@ -58,6 +44,6 @@ def from_os_error(e: OSError) -> UserError:
     where = f": {os.fsdecode(e.filename)}" if e.filename is not None else ""
     hint = _HINTS.get(e.errno or -1, "")
     text = f"{what}{f' ({name})' if name else ''}{where}" + (f"; {hint}" if hint else "")
-    if e.errno in _ENVIRONMENT_ERRNOS or e.errno is None:
+    if e.errno in ENVIRONMENT_ERRNOS or e.errno is None:
         return EnvironmentProblem(text)
     return UserError(text)

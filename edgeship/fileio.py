@@ -2,19 +2,117 @@
 
 Every artifact is written under a temporary name in its destination folder and renamed into place only when
 complete (``os.replace`` is atomic within one filesystem).
+
+Interruptions: ``edgeship`` turns SIGTERM into :class:`Terminated` (a ``KeyboardInterrupt``), so SIGINT and SIGTERM
+run the same cleanup — the temporary is removed, the destination left as it was, and the manifest, written only
+after an artifact is complete, names no missing file. The renames that put a finished artifact in place run with
+both signals blocked (``pthread_sigmask``), so an interruption never falls between moving an old directory aside
+and moving the new one in. A process killed outright (SIGKILL, power loss) cannot clean up: the temporaries it
+left (``.<name>.partial-<pid>...``, ``.<name>.old-<pid>``) are removed by the next write into the folder once no
+process ``<pid>`` runs any more (:func:`remove_stale_temporaries`).
+
+Disk full, quota, read-only filesystem or permission errors while writing are :class:`EnvironmentProblem` (exit 3):
+the environment is at fault, not the input and not the model.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import re
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from edgeship.errors import EnvironmentProblem, UserError
+from edgeship.errors import ENVIRONMENT_ERRNOS, EnvironmentProblem, UserError
+
+# The temporaries atomic_path makes: ".<stem>.partial-<pid><suffix>" and ".<name>.old-<pid>"
+_TEMPORARY = re.compile(r"^\..+\.(?:partial|old)-(?P<pid>\d+)(?:\.[^.]*)?$")
+_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what CI runners, ``timeout`` and ``docker stop`` send), raised like Ctrl-C's KeyboardInterrupt so
+    that the same cleanup runs. The CLI exits 128 + 15 = 143 for it (130 for SIGINT), the shells' convention."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM raises :class:`Terminated`; the previous handler is restored on exit. A no-op off the
+    main thread (Python runs signal handlers there only)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM held back while inside (delivered on exit): for steps that must not be cut in two."""
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    except (AttributeError, OSError, ValueError):  # pragma: no cover - no pthread_sigmask (Windows)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # another user's process: alive
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporaries of :func:`atomic_path` left in ``folder`` by processes that no longer run (killed
+    outright); return what was removed. A temporary of a running process (this one or another) is left alone."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _TEMPORARY.match(p.name)
+        if m and not _pid_alive(int(m.group("pid"))):
+            _remove(p)
+            removed.append(p)
+    return removed
+
+
+def environment_problem(e: BaseException, what: str) -> EnvironmentProblem | None:
+    """An :class:`EnvironmentProblem` for an OSError of the machine (disk full, permissions...), else None."""
+    if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+        hint = {errno.ENOSPC: "free some disk space", errno.EDQUOT: "free some quota",
+                errno.EFBIG: "free some disk space or raise the file size limit"}.get(e.errno, "check its permissions")
+        return EnvironmentProblem(f"cannot write {what}: {e.strerror or e}; {hint} and run again")
+    if "No space left on device" in str(e):  # converters that wrap the OSError in their own exception
+        return EnvironmentProblem(f"cannot write {what}: no space left on device; free some disk space and run again")
+    return None
 
 
 def sha256_path(path: Path) -> str:
@@ -46,7 +144,7 @@ def size_on_disk(path: Path) -> int:
 def ensure_output_dir(path: Path, option: str = "--out") -> Path:
     """Create ``path`` if needed and check we can write into it, before any long work; one clear line if not:
     :class:`EnvironmentProblem` (exit 3) for a file in its place, a permission or a full disk. ``option`` names the
-    flag the user can change."""
+    flag the user can change. Stale temporaries of dead processes are removed."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise EnvironmentProblem(f"{option} {path} is a file, not a directory: choose another {option}")
@@ -57,6 +155,7 @@ def ensure_output_dir(path: Path, option: str = "--out") -> Path:
     except OSError as e:
         raise EnvironmentProblem(f"cannot write to {option} directory {path}: {e.strerror or e}; choose another "
                                  f"{option}") from None
+    remove_stale_temporaries(path)
     return path
 
 
@@ -70,24 +169,36 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling path; on success it replaces ``path`` (file or directory), on failure it is
     removed and ``path`` is left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise (environment_problem(e, str(path.parent)) or e) from None
+    remove_stale_temporaries(path.parent)
     # Keep the suffix: coremltools refuses to save an ML Program to a name not ending in .mlpackage.
     tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
     _remove(tmp)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as e:
+            problem = environment_problem(e, str(path))
+            if problem is not None:
+                raise problem from e
+            raise
         if not tmp.exists():
             raise RuntimeError(f"nothing was written to {tmp}")
-        if path.is_dir() and not path.is_symlink():
-            # A directory cannot be replaced in one step: move the old one aside first.
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            _remove(old)
-        else:
-            os.replace(tmp, path)
+        with signals_deferred():  # an interruption here would leave the old directory aside and no new one
+            if path.is_dir() and not path.is_symlink():
+                # A directory cannot be replaced in one step: move the old one aside first.
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                os.replace(path, old)
+                os.replace(tmp, path)
+                _remove(old)
+            else:
+                os.replace(tmp, path)
     finally:
-        _remove(tmp)
+        with signals_deferred():
+            _remove(tmp)
 
 
 def _remove(p: Path) -> None:

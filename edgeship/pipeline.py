@@ -27,6 +27,7 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     keep_float = "auto"                  # the float fallback: "auto" or a number of ops (default: none)
     max_drop = 0.01                      # with keep_float = "auto": the top-1 disagreement allowed
     max_size = "1.3x"                    # the fallback's budget for the int8 TFLite: bytes ("5MB") or a ratio
+    input_range = [0, 65535]             # an .npy/.npz calibration not in 0-255 pixels: values meaning 0 and 255
 
     [validate]
     data = "data/heldout"                # default: the demo held-out set
@@ -39,6 +40,7 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     baseline = "last-release/report.json"  # a previous report.json (or its directory): no falling behind it
     latency_from = ["pixel7-int8.log"]   # LiteRT benchmark_model logs from a real device
     device = "Pixel 7"                   # the device those logs come from
+    input_range = [0, 1]                 # an .npy/.npz data set not in 0-255 pixels: values meaning 0 and 255
 
     [output]
     dir = "edgeship-out"
@@ -91,6 +93,7 @@ class QuantizeTable(Table):
     keep_float: Literal["auto"] | PositiveInt | None = None
     max_drop: Fraction = 0.01
     max_size: str | PositiveInt | None = None  # "5MB", "1.3x", or bytes
+    input_range: str | list[float] | None = None  # "LO,HI" or [LO, HI]: edgeship.data.parse_input_range
 
 
 class ValidateTable(Table):
@@ -104,6 +107,7 @@ class ValidateTable(Table):
     baseline: str | None = None
     latency_from: str | list[str] = []
     device: str | None = None
+    input_range: str | list[float] | None = None
 
 
 class OutputTable(Table):
@@ -156,6 +160,8 @@ class RunConfig:
     latency_from: list[str] = field(default_factory=list)
     device: str | None = None
     out: Path = Path("edgeship-out")
+    input_range: tuple[float, float] | None = None  # [validate] input_range (edgeship.data)
+    calibration_input_range: tuple[float, float] | None = None  # [quantize] input_range
 
 
 def load_config(path: str | Path | None) -> RunConfig:
@@ -179,6 +185,8 @@ def load_config(path: str | Path | None) -> RunConfig:
             return value
         return str(base / value)
 
+    from edgeship.data import parse_input_range
+
     m, e, q, v, o = c.model, c.export, c.quantize, c.validate, c.output
     return RunConfig(
         model=rel(m.path), labels=rel(m.labels), trust_model=m.trust,
@@ -192,9 +200,10 @@ def load_config(path: str | Path | None) -> RunConfig:
         iterations=v.iterations, kernel_path_samples=v.kernel_path_samples, allow_modified=v.allow_modified,
         baseline=rel(v.baseline), device=v.device,
         latency_from=[str(rel(x)) for x in ([v.latency_from] if isinstance(v.latency_from, str) else v.latency_from)],
+        input_range=parse_input_range(v.input_range, f"{p}: [validate] input_range"),
+        calibration_input_range=parse_input_range(q.input_range, f"{p}: [quantize] input_range"),
         out=Path(rel(o.dir) or "edgeship-out"),
     )
-
 
 
 def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
@@ -226,14 +235,16 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
                      weight_rounding=config.weight_rounding, activation_ranges=config.activation_ranges,
                      cross_layer_equalization=config.cross_layer_equalization,
                      bias_correction=config.bias_correction, keep_float=config.keep_float,
-                     max_drop=config.max_drop, max_size=config.max_size)
+                     max_drop=config.max_drop, max_size=config.max_size,
+                     input_range=config.calibration_input_range)
         echo(f"quantised {len(q.paths)} artifacts in {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
     report_dir = config.out / "report"
     report = validate([config.out], reference=loaded, data=config.data, policy=config.policy, report_dir=report_dir,
                       require=config.require, threads=config.threads, iterations=config.iterations,
                       kernel_path_samples=config.kernel_path_samples, allow_modified=config.allow_modified,
-                      baseline=config.baseline, latency_from=config.latency_from, device=config.device)
+                      baseline=config.baseline, latency_from=config.latency_from, device=config.device,
+                      input_range=config.input_range)
     echo(f"validated on {report.data['count']} images in {time.perf_counter() - t0:.1f} s")
     echo(summary_table(report))
     if report.baseline is not None:

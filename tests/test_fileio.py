@@ -35,3 +35,56 @@ def test_directory_hash_ignores_location(tmp_path):
         (tmp_path / d / "x").mkdir(parents=True)
         (tmp_path / d / "x" / "f").write_bytes(b"same")
     assert sha256_path(tmp_path / "a") == sha256_path(tmp_path / "b")
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temporaries_of_dead_processes_are_removed_on_the_next_write(tmp_path):
+    """A process killed outright (SIGKILL) cannot clean up; the next write into the folder does, leaving the
+    temporaries of running processes (and every other file) alone."""
+    import os
+
+    dead = _dead_pid()
+    stale_dir = tmp_path / f".m.partial-{dead}.mlpackage"
+    (stale_dir / "Data").mkdir(parents=True)
+    (stale_dir / "Data" / "w.bin").write_bytes(b"half")
+    stale_file = tmp_path / f".model.partial-{dead}.tflite"
+    stale_file.write_bytes(b"half")
+    stale_old = tmp_path / f".m.mlpackage.old-{dead}"
+    stale_old.mkdir()
+    live = tmp_path / f".other.partial-{os.getppid()}.onnx"  # a running process's write in progress
+    live.write_bytes(b"in progress")
+    keep = tmp_path / "notes.partial-1.txt"  # not hidden: not ours
+    keep.write_text("mine")
+    write_bytes_atomic(tmp_path / "manifest.json", b"{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, keep.name, "manifest.json"])
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_a_write_leaves_the_old_file_and_no_temp(tmp_path, signum):
+    import os
+    import signal
+
+    from edgeship.fileio import Terminated, sigterm_as_interrupt
+
+    target = tmp_path / "m.mlpackage"
+    with atomic_path(target) as tmp:
+        (tmp / "Data").mkdir(parents=True)
+        (tmp / "Data" / "w.bin").write_bytes(b"old")
+    before = sha256_path(target)
+    with sigterm_as_interrupt(), pytest.raises(Terminated if signum == "SIGTERM" else KeyboardInterrupt):
+        with atomic_path(target) as tmp:
+            (tmp / "Data").mkdir(parents=True)
+            (tmp / "Data" / "w.bin").write_bytes(b"ha")
+            os.kill(os.getpid(), getattr(signal, signum))
+            for _ in range(1000):  # the handler runs at the next bytecode boundary
+                pass
+    assert sha256_path(target) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.mlpackage"]

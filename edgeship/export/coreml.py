@@ -63,6 +63,9 @@ def export_coreml(loaded: LoadedModel, precision: Precision, info: ModelInfo, pa
     describe(mlmodel, loaded, info)
     with silenced():
         mlmodel.save(str(path))
+    from edgeship.export.reproducible import canonical_mlpackage
+
+    canonical_mlpackage(path)  # byte-identical reruns: no random UUIDs, maps in key order
 
 
 def describe(mlmodel: Any, loaded: LoadedModel, info: ModelInfo) -> None:

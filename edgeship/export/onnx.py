@@ -13,6 +13,7 @@ from typing import Any
 from edgeship import __version__
 from edgeship.errors import UserError
 from edgeship.export.common import ModelInfo, conversion_error
+from edgeship.export.reproducible import canonical_onnx
 from edgeship.models.loading import LoadedModel
 from edgeship.types import Format, Layout
 
@@ -42,6 +43,7 @@ def export_onnx(loaded: LoadedModel, info: ModelInfo, layout: Layout = Layout.NH
         raise conversion_error(model, Format.ONNX, e) from e
     rename_output(proto, spec.output_name)
     set_metadata(proto, loaded, info, layout)
+    canonical_onnx(proto)  # byte-identical reruns (edgeship.export.reproducible)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:

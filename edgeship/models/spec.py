@@ -130,21 +130,43 @@ class ModelSpec:
 
 
 def read_labels(path: "str | os.PathLike[str]") -> tuple[str, ...]:
-    """One label per line, in class-index order; blank trailing lines ignored."""
+    """One label per line, in class-index order, read as people save them: UTF-8 with or without a byte-order mark
+    (Notepad's "UTF-8 with BOM"), LF or CRLF line ends. Lines are split on ``\\n`` and ``\\r\\n`` only — as
+    MediaPipe's and TFLite Support's label readers split ``labels.txt`` — not with ``str.splitlines``, which also
+    splits on U+2028, U+2029, U+0085, form feeds and other separators, and so would turn one label into two.
+    Spaces and tabs around a label are dropped; blank trailing lines are ignored. A label holding a control
+    character (Unicode category Cc: a lone ``\\r``, a form feed, NUL...) is refused naming its line, since every
+    format would ship it invisibly. The labels shipped in each format are this list, byte for byte.
+
+    Raises :class:`UserError` (file missing, not UTF-8, empty, a control character)."""
+    import unicodedata
     from pathlib import Path
 
     p = Path(path)
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        text = p.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
         raise UserError(f"label file not found: {p}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read label file {p}: {e}") from None
-    while lines and not lines[-1].strip():
+    except IsADirectoryError:
+        raise UserError(f"label file {p} is a directory: give a text file, one label per line") from None
+    except UnicodeDecodeError as e:
+        line = p.read_bytes()[: e.start].count(b"\n") + 1
+        raise UserError(f"label file {p} is not UTF-8 (line {line}): save it as UTF-8") from None
+    except OSError as e:
+        raise UserError(f"cannot read label file {p}: {e.strerror or e}") from None
+    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+    while lines and not lines[-1].strip(" \t"):
         lines.pop()
     if not lines:
         raise UserError(f"label file {p} is empty: write one label per line")
-    return tuple(line.strip() for line in lines)
+    labels = tuple(line.strip(" \t") for line in lines)
+    for number, label in enumerate(labels, 1):
+        bad = next((ch for ch in label if unicodedata.category(ch) == "Cc"), None)
+        if bad is not None:
+            what = {"\r": "a carriage return not followed by a line feed", "\x0c": "a form feed", "\t": "a tab",
+                    "\x00": "a NUL"}.get(bad, "a control character")
+            raise UserError(f"label file {p}, line {number}: the label holds {what} (U+{ord(bad):04X}); remove it")
+    return labels
 
 
 def parse_triplet(text: str, what: str) -> tuple[float, float, float]:

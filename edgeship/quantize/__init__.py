@@ -113,6 +113,7 @@ def quantize(
     int8_bias_correction: bool = False,
     progress: bool = True,
     warn: Any = None,
+    input_range: str | tuple[float, float] | None = None,
 ) -> QuantizeResult:
     """Quantise ``model`` (None: the embedded demo) to each format's precisions, calibrated once on
     ``calibration`` (a folder of images, an .npy/.npz, or None: the demo's set). Plans the files, computes the
@@ -175,7 +176,7 @@ def quantize(
     loaded = loaded or load_model(model, trust_model=trust_model, labels=labels)
     spec = loaded.spec
     warn = warn or (lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr))
-    cal = load_calibration(calibration, spec, num_samples=num_samples, seed=seed, warn=warn)
+    cal = load_calibration(calibration, spec, num_samples=num_samples, seed=seed, warn=warn, input_range=input_range)
     floats = FloatArtifacts(loaded, out_dir)
     bar = tqdm(["calibrate", *todo], desc="quantize", unit="step", disable=None if progress else True, leave=False)
 

@@ -29,37 +29,40 @@ class CalibrationSet:
     inputs: np.ndarray  # (N, H, W, 3) float32, preprocessed
     source: str
     sha256: str
+    conversions: dict[str, int] | None = None  # the decoder's conversions (edgeship.data), per name
 
     def describe(self) -> dict[str, object]:
-        return {"source": self.source, "count": int(len(self.images)), "sha256": self.sha256}
+        return {"source": self.source, "count": int(len(self.images)), "sha256": self.sha256,
+                "input_conversions": dict(self.conversions or {})}
 
 
 def load_calibration(data: str | Path | None, spec: ModelSpec, num_samples: int = 200, seed: int = 0,
-                     warn=lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr)) -> CalibrationSet:
+                     warn=lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr),
+                     input_range: "str | tuple[float, float] | None" = None) -> CalibrationSet:
+    """``input_range``: how an array's values map to pixels (:func:`edgeship.data.open_data`)."""
     if num_samples < 1:
         raise UserError(f"--num-samples must be at least 1, got {num_samples}")
-    source = open_data(data, spec.input_shape[:2], spec.labels, default=DEMO_CALIBRATION)
+    source = open_data(data, spec.input_shape[:2], spec.labels, default=DEMO_CALIBRATION, input_range=input_range)
     rng = np.random.default_rng(seed)
     count = source.count
     if count < num_samples:
         warn(f"{count} calibration samples in {source.source}, fewer than the {num_samples} asked: using all")
     pick = np.sort(rng.permutation(count)[: min(num_samples, count)])
     if isinstance(source, FolderSource):
-        from edgeship.data import read_image
-
         decoded = []
         for i in pick:
             try:
-                decoded.append(read_image(source.files[i], source.size))
+                decoded.append(source.read(int(i)))
             except UserError as e:  # one bad file should not stop a release: skip it, say so
                 warn(f"skipping {e}")
         if not decoded:
             raise UserError(f"no decodable calibration images in {source.source}")
         images = np.stack(decoded)
     elif isinstance(source, ArraySource):
-        chunk = np.asarray(source.images[pick])
+        chunk = source.take(pick)
         images = chunk if chunk.dtype == np.uint8 else np.clip(np.round(chunk), 0, 255).astype(np.uint8)
     else:  # pragma: no cover - open_data returns one of the two
         raise UserError(f"unsupported calibration source {source.source}")
     digest = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
-    return CalibrationSet(images, spec.preprocessing.apply(images), source.source, digest)
+    return CalibrationSet(images, spec.preprocessing.apply(images), source.source, digest,
+                          dict(sorted(source.conversions.items())))

@@ -87,6 +87,9 @@ def quantize_coreml_w8(float_mlpackage: Path, out_path: Path) -> dict[str, Any]:
     _keep_card(quantised, mlmodel, recipe_head)
     with silenced():
         quantised.save(str(out_path))
+    from edgeship.export.reproducible import canonical_mlpackage
+
+    canonical_mlpackage(out_path)  # byte-identical reruns (edgeship.export.reproducible)
 
     # What was actually quantised, from the saved spec: each weight-bearing op of the float model (named by its
     # output, which the pass keeps) and the op that now produces its weight.

@@ -105,6 +105,9 @@ def onnx_from_tflite(tflite: bytes, loaded: LoadedModel, info: ModelInfo, opset:
 
         portable_onnx(proto, "the int8 ONNX")
     set_metadata(proto, loaded, info, layout)
+    from edgeship.export.reproducible import canonical_onnx
+
+    canonical_onnx(proto)  # byte-identical reruns (edgeship.export.reproducible)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:

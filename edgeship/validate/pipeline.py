@@ -74,13 +74,15 @@ def validate(
     baseline: str | Path | None = None,
     latency_from: Sequence[str | Path] = (),
     device: str | None = None,
+    input_range: str | tuple[float, float] | None = None,
 ) -> Report:
     """Validate ``artifacts`` (files, or directories holding a manifest.json) and return the report; with
     ``report_dir``, also write report.json, report.md, report.html and junit.xml there.
 
     ``kernel_path_samples``: how many samples (the first ones) each int8 file's second kernel path runs on; 0 turns
     the portability comparison off. LiteRT's reference kernels are slow (measured: 90 ms an image on a
-    MobileNetV2-1.0 at 160x160, XNNPACK 6 ms), hence the cap.
+    MobileNetV2-1.0 at 160x160, XNNPACK 6 ms), hence the cap. ``input_range``: how an .npy/.npz's values map to
+    pixels 0-255 (:func:`edgeship.data.open_data`); the decoder's conversions are in ``report.data``.
 
     Integrity: an artifact recorded in a manifest is validated only if it is the file recorded (size and sha256);
     otherwise it fails with what differs, unless ``allow_modified`` (then its ``integrity`` and reason say so).
@@ -119,7 +121,7 @@ def validate(
         ref_model.spec = ref_model.spec.replace(preprocessing=Preprocessing.from_dict(manifest.preprocessing),
                                                 labels=tuple(manifest.labels))
     spec = ref_model.spec
-    source = open_data(data, spec.input_shape[:2], spec.labels, default=DEMO_HELDOUT)
+    source = open_data(data, spec.input_shape[:2], spec.labels, default=DEMO_HELDOUT, input_range=input_range)
     if source.count == 0:
         raise UserError(f"no samples in {source.source}")
 

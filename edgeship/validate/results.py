@@ -7,7 +7,8 @@ Schema ``schema_version`` 2 (stable keys; new keys may be added, none removed or
       "edgeship_version": "0.1.0",
       "created": "2026-11-22T12:00:00+00:00",
       "reference": {"path": "...", "sha256": "..."},
-      "data": {"source": "...", "count": 360, "labeled": true, "pixels": "uint8" | "float32"},
+      "data": {"source": "...", "count": 360, "labeled": true, "pixels": "uint8" | "float32",
+               "input_conversions": {"16-bit": 3, "exif_rotated": 1}},
       "preprocessing": {"mean": [..], "std": [..], "color": "rgb", "layout": "nhwc"},
       "labels": ["zero", ...],
       "artifacts": [
@@ -43,7 +44,9 @@ Schema ``schema_version`` 2 (stable keys; new keys may be added, none removed or
 second kernel path of its own runtime (ORT's unfused graph, LiteRT's reference kernels), compared with its first.
 ``machine`` (new in version 2) is where the latencies were measured (:meth:`edgeship.machine.Machine.to_dict`);
 ``versions`` holds the version of each runtime and converter; the thread count is per artifact (``threads``).
-``input_feed``, ``flips_by_margin``, ``confident_flips``, each flip's ``margin``, ``data.pixels`` and ``confidence``
+``input_feed``, ``flips_by_margin``, ``confident_flips``, each flip's ``margin``, ``data.pixels``,
+``data.input_conversions`` (the samples each conversion of :mod:`edgeship.data`'s decoder policy was applied to:
+16-bit, palette, cmyk, grayscale, alpha_dropped, icc_to_srgb, exif_rotated, input_range...) and ``confidence``
 were added within version 2 (keys added, none removed or renamed): what each artifact was fed (raw uint8 pixels as
 MediaPipe feeds a uint8 input, or re-quantised floats), and top-1 flips told apart by the reference's confidence.
 ``integrity`` (per artifact) and ``allow_modified`` were added within version 2: whether each file is the one its

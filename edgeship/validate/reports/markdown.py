@@ -74,6 +74,9 @@ def inputs_lines(report: Report) -> list[tuple[str, str]]:
         details.append(f"{_fmt_meta(data.pop('count'))} samples")
     if "labeled" in data:
         details.append("labeled" if data.pop("labeled") else "unlabeled")
+    conversions = data.pop("input_conversions", None)  # edgeship.data's decoder policy, per conversion
+    if conversions:
+        details.append("converted: " + ", ".join(f"{k} {_fmt_meta(v)}" for k, v in conversions.items()))
     details.extend(f"{k}={_fmt_meta(v)}" for k, v in data.items())
     if details:
         data_text += f" ({', '.join(details)})"
