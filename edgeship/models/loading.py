@@ -8,8 +8,10 @@ refused unless the user passes ``--trust-model``.
 from __future__ import annotations
 
 import json
+import re
+import sys
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -32,6 +34,8 @@ class LoadedModel:
     spec: ModelSpec
     source_path: str  # a file path, or "registry:<name>"
     source_sha256: str | None
+    # What loading changed or found, one line each (a Keras 2 file's translated config differences); also printed
+    notes: list[str] = field(default_factory=list)
 
     def source_dict(self) -> dict[str, Any]:
         return {"path": self.source_path, "sha256": self.source_sha256}
@@ -48,6 +52,7 @@ def load_model(
     built ``keras.Model``. ``labels``/``preprocessing`` override what is derived from the model."""
     from edgeship.fileio import sha256_path
 
+    notes: list[str] = []
     demo = model is None
     if demo:
         model = DEMO_MODEL
@@ -60,7 +65,7 @@ def load_model(
         spec = variant.spec()
     else:
         path = Path(model)
-        km = _load_path(path, trust_model)
+        km = _load_path(path, trust_model, notes)
         src, sha = str(path), sha256_path(path)
         spec = derive_spec(km, name=path.stem if path.is_file() else path.name)
         beside = path.parent / "labels.txt" if path.is_file() else path / "labels.txt"
@@ -72,7 +77,7 @@ def load_model(
         spec = spec.replace(labels=read_labels(labels))
     if preprocessing is not None:
         spec = spec.replace(preprocessing=preprocessing)
-    return LoadedModel(km, spec, src, sha)
+    return LoadedModel(km, spec, src, sha, notes)
 
 
 def derive_spec(km: Any, name: str) -> ModelSpec:
@@ -132,7 +137,7 @@ def _ends_in_softmax(layer: Any) -> bool:
     return getattr(act, "__name__", "") == "softmax"
 
 
-def _load_path(path: Path, trust_model: bool) -> Any:
+def _load_path(path: Path, trust_model: bool, notes: list[str] | None = None) -> Any:
     if not path.exists():
         if looks_like_variant_name(str(path)):
             get_variant(str(path))  # raises the 'unknown variant' error with suggestions
@@ -142,10 +147,13 @@ def _load_path(path: Path, trust_model: bool) -> Any:
             raise UserError(f"{path} is a directory without saved_model.pb: not a SavedModel")
         return _load_saved_model(path)
     suffix = path.suffix.lower()
+    translations: list[Any] = []
     if suffix == ".keras":
         config = _read_keras_config(path)
     elif suffix in (".h5", ".hdf5"):
-        config = _read_h5_config(path)
+        from edgeship.models.legacy import translate_config
+
+        config, translations = translate_config(_read_h5_config(path))
     else:
         raise UserError(f"{path} is not a model edgeship can load: give a .keras, .h5 or SavedModel directory")
     unsafe = sorted(set(find_unsafe_objects(config)))
@@ -157,12 +165,47 @@ def _load_path(path: Path, trust_model: bool) -> Any:
     from edgeship._tf import keras, silenced
 
     k = keras()
-    try:
+
+    def load(p: Path) -> Any:
         with silenced():
-            return k.saving.load_model(path, compile=False, safe_mode=not trust_model)
+            return k.saving.load_model(p, compile=False, safe_mode=not trust_model)
+
+    try:
+        if translations:
+            from edgeship.models.legacy import load_translated_h5
+
+            model = load_translated_h5(path, config, load)
+        else:
+            model = load(path)
     except Exception as e:  # Keras raises ValueError/TypeError/OSError variously for a file it cannot read
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load {path.name} as a Keras model: {first[:300]}") from None
+        raise UserError(f"cannot load {path.name} as a Keras model: {_keras_error_cause(e)}; "
+                        f"{_resave_hint(suffix)}") from None
+    for t in translations:
+        line = f"{path.name}: Keras 2 file, {t.note()}"
+        print(f"edgeship: note: {line}", file=sys.stderr)
+        if notes is not None:
+            notes.append(line)
+    return model
+
+
+def _keras_error_cause(e: BaseException) -> str:
+    """The cause of a Keras loading error, first and on one line. Keras wraps a layer's error as "Error when
+    deserializing class 'X' using config={...the whole config...}.\n\nException encountered: <cause>", so the
+    first line alone is the (cut) config and never the cause."""
+    text = str(e).strip() or type(e).__name__
+    m = re.search(r"Error when deserializing class '([^']+)' using config=\{'name': '([^']*)'", text)
+    cause = text.rsplit("Exception encountered:", 1)[-1].strip() if "Exception encountered:" in text else text
+    cause = " ".join(cause.split())
+    if len(cause) > 240:
+        cause = cause[:237] + "..."
+    return f"layer '{m.group(2)}' ({m.group(1)}): {cause}" if m else cause
+
+
+def _resave_hint(suffix: str) -> str:
+    if suffix in (".h5", ".hdf5"):
+        return ("re-save it from the Keras that trained it as a SavedModel (model.export(dir) or, in Keras 2, "
+                "model.save(dir)) or as .keras, and give that")
+    return "re-save it with model.save('model.keras') from the Keras that trained it, or give a SavedModel"
 
 
 def _read_keras_config(path: Path) -> dict[str, Any]:
@@ -253,4 +296,5 @@ def _load_saved_model(path: Path) -> Any:
     except UserError:
         raise
     except Exception as e:
-        raise UserError(f"cannot load SavedModel {path}: {str(e).splitlines()[0][:300]}") from None
+        raise UserError(f"cannot load SavedModel {path}: {_keras_error_cause(e)}; re-export it with a "
+                        "'serving_default' signature taking one image batch (model.export(dir))") from None
