@@ -80,10 +80,15 @@ class DataSource:
 
 
 class FolderSource(DataSource):
-    def __init__(self, root: Path, size: tuple[int, int], class_names: Sequence[str] | None) -> None:
+    """Every image under ``root``, recursively. With ``use_labels`` (validation), ``root/<class>/<image>`` gives
+    each image the label its folder names; without (calibration, which needs no labels), folder names are never
+    read, so class folders, ``batch_01/`` sub-folders or any other layout are all fine."""
+
+    def __init__(self, root: Path, size: tuple[int, int], class_names: Sequence[str] | None,
+                 use_labels: bool = True) -> None:
         self.root, self.size = Path(root), size
         self.files = image_files(self.root)
-        labeled = all(f.parent.parent == self.root for f in self.files)
+        labeled = use_labels and all(f.parent.parent == self.root for f in self.files)
         self.labels = None
         if labeled:
             class_names = class_names or sorted({f.parent.name for f in self.files})
@@ -113,7 +118,7 @@ class ArraySource(DataSource):
     after resizing or augmentation), batched as float32 and not rounded, so the reference sees them exactly and an
     8-bit-input artifact is fed them normalised and re-quantised (:meth:`edgeship.runtimes.runner.Runner.feed`)."""
 
-    def __init__(self, path: Path, size: tuple[int, int], num_classes: int) -> None:
+    def __init__(self, path: Path, size: tuple[int, int], num_classes: int, use_labels: bool = True) -> None:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"data file not found: {path}")
@@ -127,7 +132,7 @@ class ArraySource(DataSource):
                         raise UserError(f"{path} has arrays {sorted(z.files)}; name the images 'images' (or 'x')")
                     images = z[key]
                     lkey = next((k for k in ("labels", "y") if k in z), None)
-                    labels = z[lkey] if lkey else None
+                    labels = z[lkey] if lkey and use_labels else None
         except (ValueError, OSError) as e:
             raise UserError(f"cannot read {path} as a NumPy array: {e}") from None
         if images.ndim != 4 or images.shape[-1] != 3:
@@ -162,17 +167,18 @@ class ArraySource(DataSource):
 
 
 def open_data(path: str | Path | None, size: tuple[int, int], class_names: Sequence[str],
-              default: Path | None = None) -> DataSource:
-    """A folder of images (class subfolders give labels), an .npy/.npz array, or ``default`` when None."""
+              default: Path | None = None, use_labels: bool = True) -> DataSource:
+    """A folder of images (class subfolders give labels), an .npy/.npz array, or ``default`` when None.
+    ``use_labels=False`` (calibration) ignores folder names and stored labels alike."""
     if path is None:
         if default is None:
             raise UserError("no data given: pass --data (a folder of images or an .npy/.npz file)")
         path = default
     p = Path(path)
     if p.is_dir():
-        return FolderSource(p, size, class_names)
+        return FolderSource(p, size, class_names, use_labels)
     if p.suffix.lower() in (".npy", ".npz"):
-        return ArraySource(p, size, len(class_names))
+        return ArraySource(p, size, len(class_names), use_labels)
     if not p.exists():
         raise UserError(f"data not found: {p}")
     raise UserError(f"{p} is neither a folder of images nor an .npy/.npz file")
