@@ -7,6 +7,7 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     path = "models/classifier.keras"     # or a variant name; default: the embedded demo
     labels = "models/labels.txt"
     trust = false
+    # output_kind = "embedding"          # probabilities, logits, multilabel or embedding (default: detected)
 
     [export]
     formats = ["tflite", "onnx", "coreml"]
@@ -54,7 +55,7 @@ from edgeship.types import Format
 from edgeship.validate.results import Report
 
 _KNOWN = {
-    "model": {"path", "labels", "trust"},
+    "model": {"path", "labels", "trust", "output_kind"},
     "export": {"formats", "precisions", "onnx_layout"},
     "quantize": {"formats", "calibration", "num_samples", "relu6_fixed", "seed", "precisions", "onnx_method",
                  "bias_correction", "weight_rounding", "cross_layer_equalization", "activation_ranges", "keep_float",
@@ -69,6 +70,7 @@ class RunConfig:
     model: str | None = None
     labels: str | None = None
     trust_model: bool = False
+    output_kind: str | None = None  # probabilities | logits | multilabel | embedding (None: detected)
     formats: list[str] = field(default_factory=lambda: [f.value for f in Format])
     precisions: list[str] | None = None
     onnx_layout: str = "nhwc"
@@ -135,6 +137,10 @@ def load_config(path: str | Path | None) -> RunConfig:
         kernel_path_samples=int(v.get("kernel_path_samples", 500)),
         out=Path(rel(o.get("dir")) or "edgeship-out"),
     )
+    if m.get("output_kind") is not None:
+        from edgeship.types import OutputKind
+
+        cfg.output_kind = str(OutputKind.parse(str(m["output_kind"]), f"{p}: [model] output_kind"))
     return cfg
 
 
@@ -146,6 +152,8 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
 
     start = time.perf_counter()
     loaded = load_model(config.model, trust_model=config.trust_model, labels=config.labels)
+    if config.output_kind:
+        loaded.spec = loaded.spec.with_output_kind(config.output_kind)
     spec = loaded.spec
     echo(f"edgeship run: {spec.name} ({loaded.source_path}; {spec.input_shape[0]}x{spec.input_shape[1]}, "
          f"{spec.num_classes} classes) -> {config.out}")

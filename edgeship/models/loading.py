@@ -18,6 +18,7 @@ from typing import Any, Iterable, Iterator
 from edgeship.errors import UserError
 from edgeship.models.registry import get_variant, looks_like_variant_name
 from edgeship.models.spec import ModelSpec, Preprocessing, read_labels
+from edgeship.types import OutputKind
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
 DEMO_MODEL = DEMO_DIR / "model.keras"
@@ -83,6 +84,13 @@ def load_model(
 def derive_spec(km: Any, name: str) -> ModelSpec:
     """What the model itself says: input size, class count, whether it rescales inside, softmax or logits."""
     in_shape = tuple(km.input_shape[1:]) if not isinstance(km.input_shape, list) else None
+    if in_shape is not None and len(in_shape) == 3 and None not in in_shape and in_shape[-1] != 3:
+        raise UserError(
+            f"model '{name}' takes {in_shape[-1]}-channel images (input {km.input_shape}); edgeship supports "
+            f"3-channel RGB/BGR input only: a {in_shape[-1]}-channel model cannot be given its clients' image input "
+            "(MediaPipe's and Core ML's image inputs are RGB). Retrain with 3 channels, or repeat a gray channel "
+            "three times in a first layer"
+        )
     if in_shape is None or len(in_shape) != 3 or in_shape[-1] != 3 or None in in_shape:
         raise UserError(
             f"model '{name}' has input shape {km.input_shape}: edgeship needs one image input of fixed size "
@@ -93,13 +101,63 @@ def derive_spec(km: Any, name: str) -> ModelSpec:
         raise UserError(f"model '{name}' has output shape {out_shape}: edgeship needs one (batch, classes) output")
     layers = list(walk_layers(km))
     rescales_inside = any(type(l).__name__ == "Rescaling" for l in layers[:4])
+    preprocessing = Preprocessing.identity() if rescales_inside else Preprocessing()
     return ModelSpec(
         name=name,
         input_shape=in_shape,  # type: ignore[arg-type]
         num_classes=int(out_shape[-1]),
-        preprocessing=Preprocessing.identity() if rescales_inside else Preprocessing(),
-        outputs_probabilities=_ends_in_softmax(layers[-1]) if layers else False,
+        preprocessing=preprocessing,
+        output_kind=detect_output_kind(km, layers, preprocessing)[0],
     )
+
+
+#: Layers that only move, copy or pass values on: looked through when finding what computes the output.
+_PASS_THROUGH = {"Flatten", "Reshape", "Dropout", "SpatialDropout2D", "Identity", "InputLayer", "GaussianNoise",
+                 "ActivityRegularization"}
+#: Layers whose output is a feature vector, not class scores, when one is the model's last computing layer.
+_FEATURE_LAYERS = {"GlobalAveragePooling2D", "GlobalMaxPooling2D", "GlobalAveragePooling1D", "AveragePooling2D",
+                   "MaxPooling2D", "UnitNormalization", "BatchNormalization", "LayerNormalization", "ReLU"}
+
+
+def detect_output_kind(km: Any, layers: list[Any] | None = None,
+                       preprocessing: Preprocessing | None = None) -> tuple[OutputKind, str]:
+    """The output kind and how it was found. From the last layer that computes something (looking through
+    Flatten/Reshape/Dropout, as MobileNetV3's Conv2D + Flatten head): a softmax -> probabilities, a sigmoid ->
+    multi-label, pooling/normalisation (a headless backbone, an L2-normalised head) -> embedding, a linear Dense or
+    Conv -> logits. A model without inspectable layers (a SavedModel's graph) is probed: 4 random images
+    (``preprocessing`` applied) through the model; rows in [0, 1] summing to 1 -> probabilities, in [0, 1] not
+    summing to 1 -> multi-label, else logits (an embedding cannot be told from logits by its values: give
+    ``--output-kind embedding``)."""
+    layers = list(walk_layers(km)) if layers is None else layers
+    for layer in reversed(layers):
+        cls = type(layer).__name__
+        act = getattr(getattr(layer, "activation", None), "__name__", "")
+        if cls == "Softmax" or act == "softmax":
+            return OutputKind.PROBABILITIES, f"{cls} '{layer.name}' ends in a softmax"
+        if cls == "Activation" and act in ("linear", ""):
+            continue
+        if cls in _PASS_THROUGH:
+            continue
+        if act in ("sigmoid", "hard_sigmoid"):
+            return OutputKind.MULTILABEL, f"{cls} '{layer.name}' ends in a sigmoid"
+        if cls in _FEATURE_LAYERS:
+            return OutputKind.EMBEDDING, f"the output is {cls} '{layer.name}' (features, no classifier)"
+        if cls in ("Dense", "Conv2D", "EinsumDense"):
+            return OutputKind.LOGITS, f"{cls} '{layer.name}' ends linear"
+        if cls != "TFSMLayer":
+            return OutputKind.LOGITS, f"{cls} '{layer.name}' ends the model"
+        break
+    import numpy as np
+
+    pre = preprocessing or Preprocessing()
+    pixels = np.random.default_rng(0).uniform(0, 255, (4, *km.input_shape[1:])).astype(np.float32)
+    out = np.asarray(km(pre.apply(pixels), training=False), dtype=np.float64)
+    in_unit = bool(np.all(out >= -1e-6) and np.all(out <= 1 + 1e-6))
+    if in_unit and np.allclose(out.sum(axis=1), 1.0, atol=1e-3) and out.shape[1] > 1:
+        return OutputKind.PROBABILITIES, "its outputs on probe images are in [0, 1] and sum to 1"
+    if in_unit:
+        return OutputKind.MULTILABEL, "its outputs on probe images are in [0, 1] and do not sum to 1"
+    return OutputKind.LOGITS, "its outputs on probe images are not probabilities"
 
 
 def walk_layers(km: Any) -> Iterator[Any]:
@@ -128,13 +186,6 @@ def unique_layer_names(paths: Iterable[tuple[str, ...]]) -> dict[tuple[str, ...]
     for p in paths:
         count[p[-1]] = count.get(p[-1], 0) + 1
     return {p: (p[-1] if count[p[-1]] == 1 else "/".join(p)) for p in paths}
-
-
-def _ends_in_softmax(layer: Any) -> bool:
-    if type(layer).__name__ == "Softmax":
-        return True
-    act = getattr(layer, "activation", None)
-    return getattr(act, "__name__", "") == "softmax"
 
 
 def _load_path(path: Path, trust_model: bool, notes: list[str] | None = None) -> Any:

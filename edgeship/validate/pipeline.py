@@ -69,13 +69,17 @@ def validate(
     trust_model: bool = False,
     progress: bool = True,
     kernel_path_samples: int = 500,
+    output_kind: str | None = None,
 ) -> Report:
     """Validate ``artifacts`` (files, or directories holding a manifest.json) and return the report; with
     ``report_dir``, also write report.json, report.md, report.html and junit.xml there.
 
     ``kernel_path_samples``: how many samples (the first ones) each int8 file's second kernel path runs on; 0 turns
     the portability comparison off. LiteRT's reference kernels are slow (measured: 90 ms an image on a
-    MobileNetV2-1.0 at 160x160, XNNPACK 6 ms), hence the cap."""
+    MobileNetV2-1.0 at 160x160, XNNPACK 6 ms), hence the cap.
+
+    ``output_kind`` (probabilities, logits, multilabel, embedding) overrides the kind the manifest recorded at
+    export (else the reference model's detected kind); it picks the metrics and the policy's gate tables."""
     from tqdm import tqdm
 
     from edgeship.data import open_data
@@ -92,6 +96,10 @@ def validate(
         # fed what its own metadata says, so an artifact whose metadata drifted from the declaration fails.
         ref_model.spec = ref_model.spec.replace(preprocessing=Preprocessing.from_dict(manifest.preprocessing),
                                                 labels=tuple(manifest.labels))
+        if manifest.model.get("output_kind"):
+            ref_model.spec = ref_model.spec.with_output_kind(manifest.model["output_kind"])
+    if output_kind is not None:
+        ref_model.spec = ref_model.spec.with_output_kind(output_kind)
     spec = ref_model.spec
     source = open_data(data, spec.input_shape[:2], spec.labels, default=DEMO_HELDOUT)
     if source.count == 0:
@@ -100,7 +108,8 @@ def validate(
     reference_runner = KerasRunner(ref_model, threads=threads).open()
     # Agreement by confidence: the reference's top-1 margin, on its probabilities (its own, or softmaxed logits)
     confidence = dict(probabilities=spec.outputs_probabilities, margin_bins=policy.margin_bins,
-                      confident_margin=policy.confident_margin)
+                      confident_margin=policy.confident_margin, kind=spec.output_kind,
+                      threshold=policy.label_threshold)
     results: dict[int, ArtifactResult] = {}
     runners: dict[int, Runner] = {}
     comparisons: dict[int, Comparison] = {}
@@ -179,7 +188,7 @@ def validate(
               if results[i].latency_ms.p50 is not None}
     for i in runners:
         r = results[i]
-        r.gates = (policy.gate_metrics(r.format, r.precision, r.metrics)
+        r.gates = (policy.gate_metrics(r.format, r.precision, r.metrics, spec.output_kind)
                    + policy.gate_latency(f"{r.format}.{r.precision}", r.latency_ms, p50_of))
         failed = [g for g in r.gates if not g.passed]
         if failed:
@@ -204,6 +213,7 @@ def validate(
                               + ("the model's own (it ends in a softmax)" if spec.outputs_probabilities
                                  else "from the softmax of its logits"),
                     "bins": list(policy.margin_bins), "confident_margin": policy.confident_margin},
+        output_kind=str(spec.output_kind),
     )
     if report_dir is not None:
         from edgeship.validate.reports import write_reports

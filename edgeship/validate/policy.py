@@ -9,8 +9,12 @@ from typing import Any
 
 from edgeship.errors import UserError
 from edgeship.fileio import read_structured
-from edgeship.types import Format, Precision
-from edgeship.validate.metrics import CONFIDENT_MARGIN, HIGHER_IS_BETTER, MARGIN_BINS, Metric
+from edgeship.types import Format, OutputKind, Precision
+from edgeship.validate.metrics import CONFIDENT_MARGIN, HIGHER_IS_BETTER, LABEL_THRESHOLD, MARGIN_BINS, Metric
+
+#: Output kinds with their own gate tables ([multilabel.PRECISION], [embedding.PRECISION]); probabilities and logits
+#: are gated by the precision tables.
+_KIND_TABLES = (OutputKind.MULTILABEL.value, OutputKind.EMBEDDING.value)
 from edgeship.validate.results import GateResult, Latency, Metrics
 
 DEFAULT_POLICY = Path(__file__).with_name("policy.toml")
@@ -26,14 +30,22 @@ class Policy:
     # answer counts as confident (the confident_flips metric)
     margin_bins: tuple[float, ...] = MARGIN_BINS
     confident_margin: float = CONFIDENT_MARGIN
+    # [multilabel] threshold: a multi-label score at or above it is a "yes" (the label_agreement metric)
+    label_threshold: float = LABEL_THRESHOLD
 
-    def limits_for(self, fmt: str, precision: str) -> dict[Metric, float]:
-        merged = {**self.metric_limits.get(precision, {}), **self.metric_limits.get(f"{fmt}.{precision}", {})}
+    def limits_for(self, fmt: str, precision: str, kind: str | OutputKind | None = None) -> dict[Metric, float]:
+        """The gates of one artifact: its precision's table (or, for a multi-label or embedding output, its kind's
+        ``[KIND.PRECISION]`` table instead), then its ``[FORMAT.PRECISION]`` overrides."""
+        kind = str(kind) if kind is not None else None
+        base = (self.metric_limits.get(f"{kind}.{precision}", {}) if kind in _KIND_TABLES
+                else self.metric_limits.get(precision, {}))
+        merged = {**base, **self.metric_limits.get(f"{fmt}.{precision}", {})}
         return {Metric(k): float(v) for k, v in merged.items()}
 
-    def gate_metrics(self, fmt: str, precision: str, metrics: Metrics) -> list[GateResult]:
+    def gate_metrics(self, fmt: str, precision: str, metrics: Metrics,
+                     kind: str | OutputKind | None = None) -> list[GateResult]:
         gates = []
-        for metric, limit in self.limits_for(fmt, precision).items():
+        for metric, limit in self.limits_for(fmt, precision, kind).items():
             value = getattr(metrics, metric.value)
             if value is None:
                 continue  # e.g. accuracy without labels: nothing to gate
@@ -68,7 +80,10 @@ def load_policy(path: str | Path | None = None) -> Policy:
         policy.metric_limits[key] = {**policy.metric_limits.get(key, {}), **limits}
     for key, budgets in user.latency.items():
         policy.latency[key] = {**policy.latency.get(key, {}), **budgets}
-    _confidence(policy, read_structured(Path(path), "policy").get("confidence", {}), Path(path))  # key by key
+    raw = read_structured(Path(path), "policy")
+    _confidence(policy, raw.get("confidence", {}), Path(path))  # key by key
+    if isinstance(raw.get("multilabel"), dict) and "threshold" in raw["multilabel"]:
+        policy.label_threshold = user.label_threshold
     policy.source = str(path)
     return policy
 
@@ -100,6 +115,18 @@ def _parse(path: Path) -> Policy:
                 policy.metric_limits[f"{key}.{prec}"] = limits(table, f"{key}.{prec}")
         elif key == "confidence":
             _confidence(policy, value, path)
+        elif key in _KIND_TABLES:
+            if not isinstance(value, dict):
+                raise UserError(f"{path}: [{key}] must hold precision tables ([{key}.int8] ...)")
+            for prec, table in value.items():
+                if key == OutputKind.MULTILABEL.value and prec == "threshold":
+                    if isinstance(table, bool) or not isinstance(table, (int, float)) or not 0 < table < 1:
+                        raise UserError(f"{path}: [multilabel] threshold must be a number in (0, 1), got {table!r}")
+                    policy.label_threshold = float(table)
+                elif prec not in precisions:
+                    raise UserError(f"{path}: [{key}.{prec}]: unknown precision '{prec}'")
+                else:
+                    policy.metric_limits[f"{key}.{prec}"] = limits(table, f"{key}.{prec}")
         elif key == "latency":
             for fmt, per in value.items():
                 for prec, budgets in per.items():
@@ -110,7 +137,7 @@ def _parse(path: Path) -> Policy:
                     policy.latency[f"{fmt}.{prec}"] = dict(budgets)
         else:
             raise UserError(f"{path}: unknown table [{key}]: use a precision ({', '.join(sorted(precisions))}), "
-                            "a format.precision, confidence, or latency")
+                            "a format.precision, confidence, multilabel.precision, embedding.precision, or latency")
     return policy
 
 

@@ -33,6 +33,7 @@ Schema ``schema_version`` 2 (stable keys; new keys may be added, none removed or
       "machine": {"cpu_model": "AMD EPYC", "architecture": "x86_64", "cores": 2, "isa": ["sse4_1", "avx2"],
                   "int8_kernel_family": "x86 AVX2 (no VNNI)", "os": "Linux-...", "python": "3.11.7"},
       "confidence": {"margin": "...", "bins": [0.1, 0.3], "confident_margin": 0.3},
+      "output_kind": "probabilities" | "logits" | "multilabel" | "embedding",
       "versions": {"edgeship": "0.1.0", "onnxruntime": "1.31.1", "ai-edge-litert": "2.3.0", ...},
       "passed": true
     }
@@ -44,6 +45,9 @@ second kernel path of its own runtime (ORT's unfused graph, LiteRT's reference k
 ``input_feed``, ``flips_by_margin``, ``confident_flips``, each flip's ``margin``, ``data.pixels`` and ``confidence``
 were added within version 2 (keys added, none removed or renamed): what each artifact was fed (raw uint8 pixels as
 MediaPipe feeds a uint8 input, or re-quantised floats), and top-1 flips told apart by the reference's confidence.
+``output_kind`` and the metrics ``label_agreement``, ``mean_average_precision(_drop)`` (multi-label outputs),
+``cosine_min`` and ``neighbour_agreement`` (embeddings) were added within version 2; for those two kinds the
+class metrics (top-1, top-5, accuracy, confident flips) are null.
 ``passed`` is true only when no artifact failed and no required format was skipped: ``skipped`` never counts as
 passed.
 """
@@ -97,6 +101,13 @@ class Metrics:
     kernel_path_top1_agreement: float | None = None
     kernel_path_equal_values: float | None = None
     kernel_path_sqnr_db: float | None = None
+    # Multi-label outputs (per-label decisions at the policy's threshold; mAP on labelled data) and embeddings
+    # (lowest per-sample cosine; nearest-neighbour agreement across the data set): see metrics.Metric
+    label_agreement: float | None = None
+    mean_average_precision: float | None = None
+    mean_average_precision_drop: float | None = None
+    cosine_min: float | None = None
+    neighbour_agreement: float | None = None
 
 
 @dataclass
@@ -171,6 +182,8 @@ class Report:
     machine: dict[str, Any] = field(default_factory=dict)  # edgeship.machine.Machine.to_dict(); {} if not recorded
     # How confidence is measured: {"margin": what the margin is taken of, "bins": edges, "confident_margin": t}
     confidence: dict[str, Any] = field(default_factory=dict)
+    # What the output means (probabilities, logits, multilabel, embedding): it chose the metrics and gate tables
+    output_kind: str = "logits"
 
     @property
     def passed(self) -> bool:
@@ -196,6 +209,7 @@ class Report:
             "required_formats": list(self.required_formats),
             "machine": dict(self.machine),
             "confidence": dict(self.confidence),
+            "output_kind": self.output_kind,
             "versions": self.versions,
             "passed": self.passed,
         }
