@@ -135,3 +135,19 @@ def test_a_negative_drop_is_a_gain():
     assert fmt_drop(-0.05) == "gain 5.0 pp" and fmt_drop(0.008) == "0.8 pp" and fmt_drop(-0.0001) == "0.0 pp"
     assert fmt_accuracy(0.93, -0.05) == "93.0 % (gain 5.0 pp)"
     assert fmt_accuracy(0.90, 0.01) == "90.0 % (drop 1.0 pp)"
+
+
+def test_output_kind_in_the_config_and_the_cli(tmp_path):
+    from edgeship.cli import build_parser
+    from edgeship.errors import UserError
+    from edgeship.pipeline import load_config
+
+    cfg = tmp_path / "edgeship.toml"
+    cfg.write_text('[model]\noutput_kind = "Embedding"\n')
+    assert load_config(cfg).output_kind == "embedding"
+    cfg.write_text('[model]\noutput_kind = "boxes"\n')
+    with pytest.raises(UserError, match="output_kind"):
+        load_config(cfg)
+    for cmd in (["export"], ["quantize"], ["validate", "--artifacts", "x.tflite"]):
+        args = build_parser().parse_args([*cmd, "--output-kind", "multilabel"])
+        assert args.output_kind == "multilabel"
