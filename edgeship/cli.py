@@ -58,6 +58,14 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean in 0-255 pixel units (V1/V2 default 127.5)")
     g.add_argument("--std", metavar="S[,S,S]", help="per-channel std in 0-255 pixel units (V1/V2 default 127.5)")
     g.add_argument("--bgr", action="store_true", help="the model expects BGR channel order")
+    _output_kind_arg(g)
+
+
+def _output_kind_arg(g: Any) -> None:
+    g.add_argument("--output-kind", metavar="KIND", choices=["probabilities", "logits", "multilabel", "embedding"],
+                   help="what the model's output is: probabilities, logits, multilabel (sigmoid scores) or "
+                        "embedding (default: detected from its last layer, or from its outputs on probe images for "
+                        "a SavedModel); picks the validation metrics and gates")
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -77,6 +85,8 @@ def _load(args: argparse.Namespace) -> Any:
         from dataclasses import replace
 
         loaded.spec = loaded.spec.replace(preprocessing=replace(pre, **changes))
+    if getattr(args, "output_kind", None):
+        loaded.spec = loaded.spec.with_output_kind(args.output_kind)
     return loaded
 
 
@@ -175,6 +185,7 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kernel-path-samples", type=_count(0), default=500, metavar="N",
                    help="samples each int8 file also runs through a second kernel path of its runtime (ORT unfused, "
                         "LiteRT reference kernels) to show it answers alike on any CPU (default 500; 0: off)")
+    _output_kind_arg(g)
     _release_args(g)
 
 
@@ -205,7 +216,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                       threads=args.threads, iterations=args.iterations, trust_model=args.trust_model,
                       kernel_path_samples=args.kernel_path_samples, allow_modified=args.allow_modified,
                       baseline=args.baseline, latency_from=args.latency_from, device=args.device,
-                      input_range=args.input_range)
+                      input_range=args.input_range, output_kind=args.output_kind)
     print(summary_table(report))
     _print_baseline(report)
     if args.report:

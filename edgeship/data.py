@@ -212,10 +212,15 @@ class DataSource:
 
 
 class FolderSource(DataSource):
-    def __init__(self, root: Path, size: tuple[int, int], class_names: Sequence[str] | None) -> None:
+    """Every image under ``root``, recursively. With ``use_labels`` (validation), ``root/<class>/<image>`` gives
+    each image the label its folder names; without (calibration, which needs no labels), folder names are never
+    read, so class folders, ``batch_01/`` sub-folders or any other layout are all fine."""
+
+    def __init__(self, root: Path, size: tuple[int, int], class_names: Sequence[str] | None,
+                 use_labels: bool = True) -> None:
         self.root, self.size = Path(root), size
         self.files = image_files(self.root)
-        labeled = all(f.parent.parent == self.root for f in self.files)
+        labeled = use_labels and all(f.parent.parent == self.root for f in self.files)
         self.labels = None
         if labeled:
             class_names = class_names or sorted({f.parent.name for f in self.files})
@@ -268,10 +273,11 @@ class ArraySource(DataSource):
     (module docstring); floats all within 0-1 are refused as "scaled to 0-1" (pass ``input_range=(0, 255)`` if
     they really are dark 0-255 pixels).
 
-    ``class_names``: the model's labels (or their count): label names in an ``.npz`` are mapped through them."""
+    ``class_names``: the model's labels (or their count): label names in an ``.npz`` are mapped through them.
+    ``use_labels=False`` (calibration): stored labels are not read."""
 
     def __init__(self, path: Path, size: tuple[int, int], class_names: "Sequence[str] | int",
-                 input_range: tuple[float, float] | None = None) -> None:
+                 input_range: tuple[float, float] | None = None, use_labels: bool = True) -> None:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"data file not found: {path}")
@@ -287,7 +293,7 @@ class ArraySource(DataSource):
                         raise UserError(f"{path} has arrays {sorted(z.files)}; name the images 'images' (or 'x')")
                     images = z[key]
                     lkey = next((k for k in ("labels", "y") if k in z), None)
-                    labels = z[lkey] if lkey else None
+                    labels = z[lkey] if lkey and use_labels else None
         except UserError:
             raise
         except (ValueError, OSError, EOFError) as e:
@@ -410,9 +416,11 @@ def _labels(path: Path, labels: np.ndarray, count: int, num_classes: int, names:
 
 
 def open_data(path: str | Path | None, size: tuple[int, int], class_names: Sequence[str],
-              default: Path | None = None, input_range: "str | Sequence[float] | None" = None) -> DataSource:
+              default: Path | None = None, input_range: "str | Sequence[float] | None" = None,
+              use_labels: bool = True) -> DataSource:
     """A folder of images (class subfolders give labels), an .npy/.npz array, or ``default`` when None.
-    ``input_range``: how an array's values map to pixels (module docstring); arrays only."""
+    ``input_range``: how an array's values map to pixels (module docstring); arrays only. ``use_labels=False``
+    (calibration) ignores folder names and stored labels alike."""
     rng = parse_input_range(input_range)
     if path is None:
         if default is None:
@@ -422,9 +430,9 @@ def open_data(path: str | Path | None, size: tuple[int, int], class_names: Seque
     if p.is_dir():
         if rng is not None:
             raise UserError("--input-range applies to .npy/.npz arrays; images are decoded as 8-bit pixels: drop it")
-        return FolderSource(p, size, class_names)
+        return FolderSource(p, size, class_names, use_labels)
     if p.suffix.lower() in (".npy", ".npz"):
-        return ArraySource(p, size, class_names, rng)
+        return ArraySource(p, size, class_names, rng, use_labels)
     if not p.exists():
         raise UserError(f"data not found: {p}")
     raise UserError(f"{p} is neither a folder of images nor an .npy/.npz file")

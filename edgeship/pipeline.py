@@ -7,6 +7,7 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     path = "models/classifier.keras"     # or a variant name; default: the embedded demo
     labels = "models/labels.txt"
     trust = false                        # a TOML boolean: true runs code from the model (Lambda, custom, any op)
+    # output_kind = "embedding"          # probabilities, logits, multilabel or embedding (default: detected)
 
     [export]
     formats = ["tflite", "onnx", "coreml"]
@@ -70,6 +71,7 @@ class ModelTable(Table):
     path: str | None = None
     labels: str | None = None
     trust: bool = False
+    output_kind: str | None = None  # edgeship.types.OutputKind.parse: probabilities, logits, multilabel, embedding
 
 
 class ExportTable(Table):
@@ -132,6 +134,7 @@ class RunConfig:
     model: str | None = None
     labels: str | None = None
     trust_model: bool = False
+    output_kind: str | None = None  # probabilities | logits | multilabel | embedding (None: detected)
     formats: list[str] = field(default_factory=lambda: [f.value for f in Format])
     precisions: list[str] | None = None
     onnx_layout: str = "nhwc"
@@ -186,10 +189,12 @@ def load_config(path: str | Path | None) -> RunConfig:
         return str(base / value)
 
     from edgeship.data import parse_input_range
+    from edgeship.types import OutputKind
 
     m, e, q, v, o = c.model, c.export, c.quantize, c.validate, c.output
     return RunConfig(
         model=rel(m.path), labels=rel(m.labels), trust_model=m.trust,
+        output_kind=None if m.output_kind is None else str(OutputKind.parse(m.output_kind, f"{p}: [model] output_kind")),
         formats=list(e.formats) if e.formats is not None else RunConfig().formats, precisions=e.precisions,
         onnx_layout=e.onnx_layout, quantize_formats=q.formats,
         calibration=rel(q.calibration), num_samples=q.num_samples, relu6_fixed=q.relu6_fixed, seed=q.seed,
@@ -217,6 +222,8 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
     start = time.perf_counter()
     ensure_output_dir(config.out / "report", option="--out")  # before the long work: exit 3 now, not at the end
     loaded = load_model(config.model, trust_model=config.trust_model, labels=config.labels)
+    if config.output_kind:
+        loaded.spec = loaded.spec.with_output_kind(config.output_kind)
     spec = loaded.spec
     echo(f"edgeship run: {spec.name} ({loaded.source_path}; {spec.input_shape[0]}x{spec.input_shape[1]}, "
          f"{spec.num_classes} classes) -> {config.out}")

@@ -49,3 +49,24 @@ class Layout(_StrEnum):
 class ColorOrder(_StrEnum):
     RGB = "rgb"
     BGR = "bgr"
+
+
+class OutputKind(_StrEnum):
+    """What the model's one output means; each kind is compared by its own metrics and gated by its own policy
+    tables (``edgeship/validate/policy.toml``)."""
+
+    PROBABILITIES = "probabilities"  # softmax over classes (rows sum to 1)
+    LOGITS = "logits"  # pre-softmax class scores
+    MULTILABEL = "multilabel"  # independent per-label sigmoid scores in [0, 1]
+    EMBEDDING = "embedding"  # a feature vector (headless backbone, metric-learning head)
+
+    @property
+    def is_classification(self) -> bool:
+        """One class per image (top-1 agreement, accuracy): probabilities and logits."""
+        return self in (OutputKind.PROBABILITIES, OutputKind.LOGITS)
+
+    @property
+    def tensor_name(self) -> str:
+        """The output's name in every exported file and the manifest."""
+        return {"probabilities": "probabilities", "logits": "logits", "multilabel": "scores",
+                "embedding": "embedding"}[self.value]

@@ -34,6 +34,10 @@ def export_coreml(loaded: LoadedModel, precision: Precision, info: ModelInfo, pa
     t = tf()
     ct = import_quietly("coremltools")
     model, spec = loaded.keras_model, loaded.spec
+    if str(spec.output_kind) == "embedding":
+        raise UserError(f"Core ML export of an embedding output is not supported: edgeship writes Core ML files as "
+                        f"classifiers (a {spec.num_classes}-value feature vector is not {spec.num_classes} classes); "
+                        "export tflite,onnx for this model")
     pre = spec.preprocessing
     h, w, c = spec.input_shape
     scale_bias = pre.scale_bias()

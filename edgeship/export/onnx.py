@@ -74,7 +74,7 @@ def set_metadata(proto: Any, loaded: LoadedModel, info: ModelInfo, layout: Layou
         "labels": json.dumps(list(spec.labels)),
         "preprocessing": json.dumps(spec.preprocessing.to_dict()),
         "input_layout": str(layout),
-        "output": "probabilities" if spec.outputs_probabilities else "logits",
+        "output": str(spec.output_kind),  # probabilities, logits, multilabel or embedding
     }
     del proto.metadata_props[:]
     for key, value in props.items():

@@ -236,13 +236,18 @@ def _model_metadata(spec: "ModelSpec", info: ModelInfo, input_type: int) -> "_md
     labels.type = _md.AssociatedFileType.TENSOR_AXIS_LABELS
 
     out = _md.TensorMetadataT()
-    out.name = "probability" if spec.outputs_probabilities else "logits"
-    out.description = f"{'Probabilities' if spec.outputs_probabilities else 'Logits'} of {spec.num_classes} classes."
+    kind = str(spec.output_kind)
+    out.name = {"probabilities": "probability", "multilabel": "scores", "embedding": "embedding"}.get(kind, "logits")
+    out.description = {
+        "probabilities": f"Probabilities of {spec.num_classes} classes.",
+        "multilabel": f"Independent scores in [0, 1] of {spec.num_classes} labels (sigmoid; multi-label).",
+        "embedding": f"A {spec.num_classes}-value feature vector (embedding).",
+    }.get(kind, f"Logits of {spec.num_classes} classes.")
     out.content = _md.ContentT()
     out.content.contentPropertiesType = _md.ContentProperties.FeatureProperties
     out.content.contentProperties = _md.FeaturePropertiesT()
-    out.associatedFiles = [labels]
-    if spec.outputs_probabilities:
+    out.associatedFiles = [] if kind == "embedding" else [labels]  # an embedding's values are not classes
+    if kind in ("probabilities", "multilabel"):
         out.stats = _md.StatsT()
         out.stats.min, out.stats.max = [0.0], [1.0]
 

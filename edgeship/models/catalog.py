@@ -1,6 +1,6 @@
 """``edgeship models``: parameters and multiply-adds of the registry's variants or of a user's model.
 
-Counting needs the built model, and building all 54 variants takes a while, so the totals of registry variants
+Counting needs the built model, and building all 86 variants takes a while, so the totals of registry variants
 are cached per Keras version in the user's cache directory (``$XDG_CACHE_HOME/edgeship``). The cache only saves
 time: the counts are computed from the built models the first time, and ``--layers`` always builds.
 """

@@ -11,14 +11,17 @@ one holding an op outside the allow-list of pure tensor ops (file I/O, ``PyFunc`
 from __future__ import annotations
 
 import json
+import re
+import sys
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from edgeship.errors import UserError
 from edgeship.models.registry import get_variant, looks_like_variant_name
 from edgeship.models.spec import ModelSpec, Preprocessing, read_labels
+from edgeship.types import OutputKind
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
 DEMO_MODEL = DEMO_DIR / "model.keras"
@@ -35,6 +38,8 @@ class LoadedModel:
     spec: ModelSpec
     source_path: str  # a file path, or "registry:<name>"
     source_sha256: str | None
+    # What loading changed or found, one line each (a Keras 2 file's translated config differences); also printed
+    notes: list[str] = field(default_factory=list)
 
     def source_dict(self) -> dict[str, Any]:
         return {"path": self.source_path, "sha256": self.source_sha256}
@@ -51,6 +56,7 @@ def load_model(
     built ``keras.Model``. ``labels``/``preprocessing`` override what is derived from the model."""
     from edgeship.fileio import sha256_path
 
+    notes: list[str] = []
     demo = model is None
     if demo:
         model = DEMO_MODEL
@@ -63,7 +69,7 @@ def load_model(
         spec = variant.spec()
     else:
         path = Path(model)
-        km = _load_path(path, trust_model)
+        km = _load_path(path, trust_model, notes)
         src, sha = str(path), sha256_path(path)
         spec = derive_spec(km, name=path.stem if path.is_file() else path.name)
         beside = path.parent / "labels.txt" if path.is_file() else path / "labels.txt"
@@ -75,12 +81,19 @@ def load_model(
         spec = spec.replace(labels=read_labels(labels))
     if preprocessing is not None:
         spec = spec.replace(preprocessing=preprocessing)
-    return LoadedModel(km, spec, src, sha)
+    return LoadedModel(km, spec, src, sha, notes)
 
 
 def derive_spec(km: Any, name: str) -> ModelSpec:
     """What the model itself says: input size, class count, whether it rescales inside, softmax or logits."""
     in_shape = tuple(km.input_shape[1:]) if not isinstance(km.input_shape, list) else None
+    if in_shape is not None and len(in_shape) == 3 and None not in in_shape and in_shape[-1] != 3:
+        raise UserError(
+            f"model '{name}' takes {in_shape[-1]}-channel images (input {km.input_shape}); edgeship supports "
+            f"3-channel RGB/BGR input only: a {in_shape[-1]}-channel model cannot be given its clients' image input "
+            "(MediaPipe's and Core ML's image inputs are RGB). Retrain with 3 channels, or repeat a gray channel "
+            "three times in a first layer"
+        )
     if in_shape is None or len(in_shape) != 3 or in_shape[-1] != 3 or None in in_shape:
         raise UserError(
             f"model '{name}' has input shape {km.input_shape}: edgeship needs one image input of fixed size "
@@ -91,13 +104,63 @@ def derive_spec(km: Any, name: str) -> ModelSpec:
         raise UserError(f"model '{name}' has output shape {out_shape}: edgeship needs one (batch, classes) output")
     layers = list(walk_layers(km))
     rescales_inside = any(type(l).__name__ == "Rescaling" for l in layers[:4])
+    preprocessing = Preprocessing.identity() if rescales_inside else Preprocessing()
     return ModelSpec(
         name=name,
         input_shape=in_shape,  # type: ignore[arg-type]
         num_classes=int(out_shape[-1]),
-        preprocessing=Preprocessing.identity() if rescales_inside else Preprocessing(),
-        outputs_probabilities=_ends_in_softmax(layers[-1]) if layers else False,
+        preprocessing=preprocessing,
+        output_kind=detect_output_kind(km, layers, preprocessing)[0],
     )
+
+
+#: Layers that only move, copy or pass values on: looked through when finding what computes the output.
+_PASS_THROUGH = {"Flatten", "Reshape", "Dropout", "SpatialDropout2D", "Identity", "InputLayer", "GaussianNoise",
+                 "ActivityRegularization"}
+#: Layers whose output is a feature vector, not class scores, when one is the model's last computing layer.
+_FEATURE_LAYERS = {"GlobalAveragePooling2D", "GlobalMaxPooling2D", "GlobalAveragePooling1D", "AveragePooling2D",
+                   "MaxPooling2D", "UnitNormalization", "BatchNormalization", "LayerNormalization", "ReLU"}
+
+
+def detect_output_kind(km: Any, layers: list[Any] | None = None,
+                       preprocessing: Preprocessing | None = None) -> tuple[OutputKind, str]:
+    """The output kind and how it was found. From the last layer that computes something (looking through
+    Flatten/Reshape/Dropout, as MobileNetV3's Conv2D + Flatten head): a softmax -> probabilities, a sigmoid ->
+    multi-label, pooling/normalisation (a headless backbone, an L2-normalised head) -> embedding, a linear Dense or
+    Conv -> logits. A model without inspectable layers (a SavedModel's graph) is probed: 4 random images
+    (``preprocessing`` applied) through the model; rows in [0, 1] summing to 1 -> probabilities, in [0, 1] not
+    summing to 1 -> multi-label, else logits (an embedding cannot be told from logits by its values: give
+    ``--output-kind embedding``)."""
+    layers = list(walk_layers(km)) if layers is None else layers
+    for layer in reversed(layers):
+        cls = type(layer).__name__
+        act = getattr(getattr(layer, "activation", None), "__name__", "")
+        if cls == "Softmax" or act == "softmax":
+            return OutputKind.PROBABILITIES, f"{cls} '{layer.name}' ends in a softmax"
+        if cls == "Activation" and act in ("linear", ""):
+            continue
+        if cls in _PASS_THROUGH:
+            continue
+        if act in ("sigmoid", "hard_sigmoid"):
+            return OutputKind.MULTILABEL, f"{cls} '{layer.name}' ends in a sigmoid"
+        if cls in _FEATURE_LAYERS:
+            return OutputKind.EMBEDDING, f"the output is {cls} '{layer.name}' (features, no classifier)"
+        if cls in ("Dense", "Conv2D", "EinsumDense"):
+            return OutputKind.LOGITS, f"{cls} '{layer.name}' ends linear"
+        if cls != "TFSMLayer":
+            return OutputKind.LOGITS, f"{cls} '{layer.name}' ends the model"
+        break
+    import numpy as np
+
+    pre = preprocessing or Preprocessing()
+    pixels = np.random.default_rng(0).uniform(0, 255, (4, *km.input_shape[1:])).astype(np.float32)
+    out = np.asarray(km(pre.apply(pixels), training=False), dtype=np.float64)
+    in_unit = bool(np.all(out >= -1e-6) and np.all(out <= 1 + 1e-6))
+    if in_unit and np.allclose(out.sum(axis=1), 1.0, atol=1e-3) and out.shape[1] > 1:
+        return OutputKind.PROBABILITIES, "its outputs on probe images are in [0, 1] and sum to 1"
+    if in_unit:
+        return OutputKind.MULTILABEL, "its outputs on probe images are in [0, 1] and do not sum to 1"
+    return OutputKind.LOGITS, "its outputs on probe images are not probabilities"
 
 
 def walk_layers(km: Any) -> Iterator[Any]:
@@ -128,14 +191,7 @@ def unique_layer_names(paths: Iterable[tuple[str, ...]]) -> dict[tuple[str, ...]
     return {p: (p[-1] if count[p[-1]] == 1 else "/".join(p)) for p in paths}
 
 
-def _ends_in_softmax(layer: Any) -> bool:
-    if type(layer).__name__ == "Softmax":
-        return True
-    act = getattr(layer, "activation", None)
-    return getattr(act, "__name__", "") == "softmax"
-
-
-def _load_path(path: Path, trust_model: bool) -> Any:
+def _load_path(path: Path, trust_model: bool, notes: list[str] | None = None) -> Any:
     if not path.exists():
         if looks_like_variant_name(str(path)):
             get_variant(str(path))  # raises the 'unknown variant' error with suggestions
@@ -151,10 +207,13 @@ def _load_path(path: Path, trust_model: bool) -> Any:
             check_saved_model_graph(path)
         return _load_saved_model(path)
     suffix = path.suffix.lower()
+    translations: list[Any] = []
     if suffix == ".keras":
         config = _read_keras_config(path)
     elif suffix in (".h5", ".hdf5"):
-        config = _read_h5_config(path)
+        from edgeship.models.legacy import translate_config
+
+        config, translations = translate_config(_read_h5_config(path))
     else:
         raise UserError(f"{path} is not a model edgeship can load: give a .keras, .h5 or SavedModel directory")
     unsafe = sorted(set(find_unsafe_objects(config)))
@@ -166,12 +225,47 @@ def _load_path(path: Path, trust_model: bool) -> Any:
     from edgeship._tf import keras, silenced
 
     k = keras()
-    try:
+
+    def load(p: Path) -> Any:
         with silenced():
-            return k.saving.load_model(path, compile=False, safe_mode=not trust_model)
+            return k.saving.load_model(p, compile=False, safe_mode=not trust_model)
+
+    try:
+        if translations:
+            from edgeship.models.legacy import load_translated_h5
+
+            model = load_translated_h5(path, config, load)
+        else:
+            model = load(path)
     except Exception as e:  # Keras raises ValueError/TypeError/OSError variously for a file it cannot read
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load {path.name} as a Keras model: {first[:300]}") from None
+        raise UserError(f"cannot load {path.name} as a Keras model: {_keras_error_cause(e)}; "
+                        f"{_resave_hint(suffix)}") from None
+    for t in translations:
+        line = f"{path.name}: Keras 2 file, {t.note()}"
+        print(f"edgeship: note: {line}", file=sys.stderr)
+        if notes is not None:
+            notes.append(line)
+    return model
+
+
+def _keras_error_cause(e: BaseException) -> str:
+    """The cause of a Keras loading error, first and on one line. Keras wraps a layer's error as "Error when
+    deserializing class 'X' using config={...the whole config...}.\n\nException encountered: <cause>", so the
+    first line alone is the (cut) config and never the cause."""
+    text = str(e).strip() or type(e).__name__
+    m = re.search(r"Error when deserializing class '([^']+)' using config=\{'name': '([^']*)'", text)
+    cause = text.rsplit("Exception encountered:", 1)[-1].strip() if "Exception encountered:" in text else text
+    cause = " ".join(cause.split())
+    if len(cause) > 240:
+        cause = cause[:237] + "..."
+    return f"layer '{m.group(2)}' ({m.group(1)}): {cause}" if m else cause
+
+
+def _resave_hint(suffix: str) -> str:
+    if suffix in (".h5", ".hdf5"):
+        return ("re-save it from the Keras that trained it as a SavedModel (model.export(dir) or, in Keras 2, "
+                "model.save(dir)) or as .keras, and give that")
+    return "re-save it with model.save('model.keras') from the Keras that trained it, or give a SavedModel"
 
 
 def _read_keras_config(path: Path) -> dict[str, Any]:
@@ -262,4 +356,5 @@ def _load_saved_model(path: Path) -> Any:
     except UserError:
         raise
     except Exception as e:
-        raise UserError(f"cannot load SavedModel {path}: {str(e).splitlines()[0][:300]}") from None
+        raise UserError(f"cannot load SavedModel {path}: {_keras_error_cause(e)}; re-export it with a "
+                        "'serving_default' signature taking one image batch (model.export(dir))") from None

@@ -19,7 +19,9 @@ V1_RESOLUTIONS = (128, 160, 192, 224)
 V2_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 V2_RESOLUTIONS = (96, 128, 160, 192, 224)
 V3_ALPHAS = (0.75, 1.0)
-V3_RESOLUTIONS = (224,)
+# keras.applications ships V3 weights at 224 only, but the architecture takes any size (random init here); the
+# MobileNetV3 paper's resolution study (Howard et al. 2019, Fig. 7: 96-256) covers the V2 grid, so V3 has it too
+V3_RESOLUTIONS = (96, 128, 160, 192, 224)
 
 
 @dataclass(frozen=True)

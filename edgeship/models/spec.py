@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgeship.errors import UserError
-from edgeship.types import ColorOrder, Layout
+from edgeship.types import ColorOrder, Layout, OutputKind
 
 
 @dataclass(frozen=True)
@@ -96,9 +96,14 @@ class ModelSpec:
     family: str = "custom"
     alpha: float | None = None
     input_name: str = "image"
-    output_name: str = "logits"
+    # The output tensor's name in every file; None: the output kind's (OutputKind.tensor_name: "probabilities",
+    # "logits", "scores", "embedding")
+    output_name: str | None = None
     # True when the model's last layer is a softmax: the outputs are probabilities, not logits.
     outputs_probabilities: bool = False
+    # What the output means (OutputKind); None: probabilities if outputs_probabilities, else logits. When given,
+    # it wins and outputs_probabilities follows it.
+    output_kind: OutputKind | None = None
 
     def __post_init__(self) -> None:
         labels = tuple(self.labels) or tuple(str(i) for i in range(self.num_classes))
@@ -109,6 +114,23 @@ class ModelSpec:
             )
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
+        kind = OutputKind(self.output_kind) if self.output_kind is not None else OutputKind.LOGITS
+        if kind is OutputKind.LOGITS and self.outputs_probabilities:
+            kind = OutputKind.PROBABILITIES  # replace(outputs_probabilities=True) on a logits spec
+        if self.output_name == OutputKind.LOGITS.tensor_name and kind is not OutputKind.LOGITS \
+                and self.output_kind is OutputKind.LOGITS:
+            object.__setattr__(self, "output_name", kind.tensor_name)  # the default name followed the kind
+        object.__setattr__(self, "output_kind", kind)
+        object.__setattr__(self, "outputs_probabilities", kind is OutputKind.PROBABILITIES)
+        if self.output_name is None:
+            object.__setattr__(self, "output_name", kind.tensor_name)
+
+    def with_output_kind(self, kind: "OutputKind | str") -> "ModelSpec":
+        """This spec with another output kind (its output name follows unless it was set to something else)."""
+        kind = OutputKind.parse(str(kind), "output kind")
+        name = kind.tensor_name if self.output_name == OutputKind(self.output_kind).tensor_name else self.output_name
+        return dataclasses.replace(self, output_kind=kind, output_name=name,
+                                   outputs_probabilities=kind is OutputKind.PROBABILITIES)
 
     @property
     def resolution(self) -> int:
@@ -126,6 +148,7 @@ class ModelSpec:
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes,
             "outputs_probabilities": self.outputs_probabilities,
+            "output_kind": str(self.output_kind),
         }
 
 

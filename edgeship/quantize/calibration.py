@@ -1,6 +1,6 @@
 """The one calibration set every format is quantised from.
 
-DATA is a folder of images (recursive; class subfolders allowed), an ``.npy``/``.npz`` array, or the demo's
+DATA is a folder of images (recursive; any sub-folders, whose names are not read: no labels are needed), an ``.npy``/``.npz`` array, or the demo's
 calibration set. Images go through the one resize policy of :mod:`edgeship.data` and the model's
 :class:`~edgeship.models.spec.Preprocessing`. ``num_samples`` are picked deterministically with ``seed``; the
 set's hash goes into every recipe, so a quantised file can be traced to the exact images it was calibrated on.
@@ -42,7 +42,9 @@ def load_calibration(data: str | Path | None, spec: ModelSpec, num_samples: int 
     """``input_range``: how an array's values map to pixels (:func:`edgeship.data.open_data`)."""
     if num_samples < 1:
         raise UserError(f"--num-samples must be at least 1, got {num_samples}")
-    source = open_data(data, spec.input_shape[:2], spec.labels, default=DEMO_CALIBRATION, input_range=input_range)
+    # Calibration needs images only: folder names (classes, batch_01/...) and stored labels are not read
+    source = open_data(data, spec.input_shape[:2], spec.labels, default=DEMO_CALIBRATION, input_range=input_range,
+                       use_labels=False)
     rng = np.random.default_rng(seed)
     count = source.count
     if count < num_samples:

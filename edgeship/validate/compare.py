@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgeship.errors import UserError
+from edgeship.types import OutputKind
 from edgeship.validate import metrics as m
 from edgeship.validate.results import Flip, Metrics
 
@@ -39,7 +40,13 @@ class Comparison:
     """Accumulates one artifact's agreement with the reference over the batches.
 
     ``probabilities``: whether the reference's outputs are probabilities (else logits, softmaxed for the margin);
-    ``margin_bins`` and ``confident_margin``: the policy's ``[confidence]`` (:func:`metrics.flips_by_margin`)."""
+    ``margin_bins`` and ``confident_margin``: the policy's ``[confidence]`` (:func:`metrics.flips_by_margin`).
+
+    ``kind`` (the output kind) picks the metrics (:data:`metrics.KIND_METRICS`): probabilities and logits are
+    compared class by class (top-1, top-5, accuracy, flips); multi-label scores by their decisions at
+    ``threshold`` and mean average precision; embeddings by cosine similarity and nearest-neighbour agreement.
+    Error, SQNR and cosine figures are kept for every kind. Everything but the nearest-neighbour agreement (which
+    keeps the first :data:`metrics.MAX_NEIGHBOUR_SAMPLES` embeddings) is a sum, a count, a min or a histogram."""
 
     labels: list[str]
     permutation: np.ndarray | None = None
@@ -47,6 +54,16 @@ class Comparison:
     probabilities: bool = False
     margin_bins: tuple[float, ...] = m.MARGIN_BINS
     confident_margin: float = m.CONFIDENT_MARGIN
+    kind: OutputKind = OutputKind.LOGITS
+    threshold: float = m.LABEL_THRESHOLD
+    _samples: int = 0
+    _decisions_equal: int = 0
+    _decisions: int = 0
+    _ref_ap: m.PrecisionHistogram | None = None
+    _out_ap: m.PrecisionHistogram | None = None
+    _ref_emb: list[np.ndarray] = field(default_factory=list)
+    _out_emb: list[np.ndarray] = field(default_factory=list)
+    _kept_emb: int = 0
     _equal: int = 0
     _max_abs: list[np.ndarray] = field(default_factory=list)
     _sum_abs: float = 0.0
@@ -76,6 +93,25 @@ class Comparison:
         self._signal += float(np.sum(ref.astype(np.float64) ** 2))
         self._noise += float(np.sum(err**2))
         self._cos.append(m.per_sample_cosine(ref, out))
+        self._samples += len(ref)
+        kind = OutputKind(self.kind)
+        if kind is OutputKind.MULTILABEL:
+            equal, total = m.label_decisions(ref, out, self.threshold)
+            self._decisions_equal += equal
+            self._decisions += total
+            if truth is not None:
+                if self._ref_ap is None:
+                    self._ref_ap, self._out_ap = m.PrecisionHistogram(ref.shape[1]), m.PrecisionHistogram(ref.shape[1])
+                self._ref_ap.add(ref, truth)
+                self._out_ap.add(out, truth)  # type: ignore[union-attr]
+            return
+        if kind is OutputKind.EMBEDDING:
+            take = min(len(ref), m.MAX_NEIGHBOUR_SAMPLES - self._kept_emb)
+            if take > 0:
+                self._ref_emb.append(np.asarray(ref[:take], np.float32))
+                self._out_emb.append(np.asarray(out[:take], np.float32))
+                self._kept_emb += take
+            return
         self._top5.append(m.per_sample_top5_overlap(ref, out))
         r1, o1 = ref.argmax(1), out.argmax(1)
         self._agree.append(r1 == o1)
@@ -96,7 +132,7 @@ class Comparison:
             ))
 
     def metrics(self) -> Metrics:
-        if not self._agree:
+        if not self._samples:
             return Metrics()
         mean = lambda parts: float(np.mean(np.concatenate(parts)))  # noqa: E731
         result = Metrics(
@@ -104,10 +140,25 @@ class Comparison:
             mean_abs_error=self._sum_abs / self._values,
             cosine=mean(self._cos),
             sqnr_db=m.sqnr_from_powers(self._signal, self._noise),
-            top1_agreement=mean(self._agree),
-            top5_overlap=mean(self._top5),
             equal_values=self._equal / self._values,
         )
+        kind = OutputKind(self.kind)
+        if kind is OutputKind.MULTILABEL:
+            result.label_agreement = self._decisions_equal / self._decisions
+            if self._ref_ap is not None and self._out_ap is not None:
+                ref_map, out_map = self._ref_ap.mean_average_precision(), self._out_ap.mean_average_precision()
+                result.mean_average_precision = out_map
+                if ref_map is not None and out_map is not None:
+                    result.mean_average_precision_drop = ref_map - out_map
+            return result
+        if kind is OutputKind.EMBEDDING:
+            result.cosine_min = float(np.min(np.concatenate(self._cos)))
+            if self._ref_emb:
+                result.neighbour_agreement = m.nearest_neighbour_agreement(np.concatenate(self._ref_emb),
+                                                                           np.concatenate(self._out_emb))
+            return result
+        result.top1_agreement = mean(self._agree)
+        result.top5_overlap = mean(self._top5)
         margin, agree = np.concatenate(self._margin), np.concatenate(self._agree)
         sure = margin >= self.confident_margin
         result.confident_flips = float(np.mean(~agree[sure])) if sure.any() else None

@@ -40,6 +40,16 @@ class Metric(str, Enum):
     KERNEL_PATH_TOP1_AGREEMENT = "kernel_path_top1_agreement"
     KERNEL_PATH_EQUAL_VALUES = "kernel_path_equal_values"
     KERNEL_PATH_SQNR_DB = "kernel_path_sqnr_db"
+    # Multi-label (sigmoid) outputs: share of the (sample, label) decisions, score >= the policy's threshold, that
+    # equal the reference's; mean average precision over the labels that have positives (labelled data only), and
+    # its drop from the reference's
+    LABEL_AGREEMENT = "label_agreement"
+    MEAN_AVERAGE_PRECISION = "mean_average_precision"
+    MEAN_AVERAGE_PRECISION_DROP = "mean_average_precision_drop"
+    # Embeddings: the lowest per-sample cosine similarity (the mean is ``cosine``), and the share of samples whose
+    # nearest neighbour in the data set (by cosine, itself excluded) is the same sample in both
+    COSINE_MIN = "cosine_min"
+    NEIGHBOUR_AGREEMENT = "neighbour_agreement"
 
     def __str__(self) -> str:
         return self.value
@@ -65,7 +75,31 @@ HIGHER_IS_BETTER: dict[Metric, bool] = {
     Metric.KERNEL_PATH_TOP1_AGREEMENT: True,
     Metric.KERNEL_PATH_EQUAL_VALUES: True,
     Metric.KERNEL_PATH_SQNR_DB: True,
+    Metric.LABEL_AGREEMENT: True,
+    Metric.MEAN_AVERAGE_PRECISION: True,
+    Metric.MEAN_AVERAGE_PRECISION_DROP: False,
+    Metric.COSINE_MIN: True,
+    Metric.NEIGHBOUR_AGREEMENT: True,
 }
+
+#: The metrics of each output kind (the others stay None for it, so no gate of another kind applies).
+KIND_METRICS: dict[str, tuple[Metric, ...]] = {
+    "classification": (Metric.MAX_ABS_ERROR, Metric.MEAN_ABS_ERROR, Metric.COSINE, Metric.SQNR_DB,
+                       Metric.TOP1_AGREEMENT, Metric.TOP5_OVERLAP, Metric.ACCURACY_TOP1, Metric.ACCURACY_TOP5,
+                       Metric.ACCURACY_TOP1_DROP, Metric.EQUAL_VALUES, Metric.CONFIDENT_FLIPS),
+    "multilabel": (Metric.MAX_ABS_ERROR, Metric.MEAN_ABS_ERROR, Metric.COSINE, Metric.SQNR_DB, Metric.EQUAL_VALUES,
+                   Metric.LABEL_AGREEMENT, Metric.MEAN_AVERAGE_PRECISION, Metric.MEAN_AVERAGE_PRECISION_DROP),
+    "embedding": (Metric.MAX_ABS_ERROR, Metric.MEAN_ABS_ERROR, Metric.COSINE, Metric.COSINE_MIN, Metric.SQNR_DB,
+                  Metric.EQUAL_VALUES, Metric.NEIGHBOUR_AGREEMENT),
+}
+
+#: Default decision threshold of multi-label scores (the policy's ``[multilabel] threshold``).
+LABEL_THRESHOLD = 0.5
+#: Score bins of the average-precision histograms (scores are in [0, 1]); ties within a bin count as one
+#: threshold, so AP is exact to 1/AP_BINS in score.
+AP_BINS = 1000
+#: At most this many samples' embeddings are kept for nearest-neighbour agreement (the first ones).
+MAX_NEIGHBOUR_SAMPLES = 2000
 
 
 def max_abs_error(ref: np.ndarray, out: np.ndarray) -> float | None:
@@ -163,3 +197,69 @@ def confident_flips(ref: np.ndarray, out: np.ndarray, probabilities: bool, confi
     if not sure.any():
         return None
     return float(np.mean(ref[sure].argmax(1) != out[sure].argmax(1)))
+
+
+def label_decisions(ref: np.ndarray, out: np.ndarray, threshold: float) -> tuple[int, int]:
+    """(equal, total) (sample, label) decisions ``score >= threshold`` of the multi-label scores ``ref``, ``out``
+    (N, labels); a count pair, so batches add up."""
+    equal = int(np.count_nonzero((ref >= threshold) == (out >= threshold)))
+    return equal, int(ref.size)
+
+
+class PrecisionHistogram:
+    """Average precision per label from score histograms: per label, how many positive and negative samples
+    scored in each of ``bins`` equal bins of [0, 1]. Batches add (``add``), histograms merge (``merge``: sums), and
+    :meth:`mean_average_precision` ranks the bins from the highest score down, so AP is that of the ranking with
+    ties within a bin (the VOC/COCO-style sum of precision at each recall step, labels without positives left
+    out; Everingham et al. 2010)."""
+
+    def __init__(self, num_labels: int, bins: int = AP_BINS) -> None:
+        self.bins = bins
+        self.positives = np.zeros((num_labels, bins), np.int64)
+        self.negatives = np.zeros((num_labels, bins), np.int64)
+
+    def add(self, scores: np.ndarray, truth: np.ndarray) -> None:
+        """``scores`` (N, labels) in [0, 1] (clipped); ``truth`` (N,) class indices or (N, labels) 0/1."""
+        if truth.ndim == 1:
+            onehot = np.zeros(scores.shape, bool)
+            onehot[np.arange(len(truth)), truth] = True
+        else:
+            onehot = truth.astype(bool)
+        idx = np.clip((np.clip(scores, 0.0, 1.0) * self.bins).astype(np.int64), 0, self.bins - 1)
+        labels = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+        np.add.at(self.positives, (labels[onehot], idx[onehot]), 1)
+        np.add.at(self.negatives, (labels[~onehot], idx[~onehot]), 1)
+
+    def merge(self, other: "PrecisionHistogram") -> None:
+        self.positives += other.positives
+        self.negatives += other.negatives
+
+    def mean_average_precision(self) -> float | None:
+        tp = np.cumsum(self.positives[:, ::-1], axis=1)
+        fp = np.cumsum(self.negatives[:, ::-1], axis=1)
+        total = tp[:, -1]
+        has = total > 0
+        if not has.any():
+            return None
+        with np.errstate(invalid="ignore", divide="ignore"):
+            precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
+        recall_step = np.diff(np.concatenate([np.zeros((len(tp), 1)), tp], axis=1), axis=1)
+        ap = (precision * recall_step).sum(axis=1)[has] / total[has]
+        return float(np.mean(ap))
+
+
+def nearest_neighbour_agreement(ref: np.ndarray, out: np.ndarray) -> float | None:
+    """Share of samples whose nearest neighbour by cosine similarity among the other samples is the same in the
+    reference's embeddings ``ref`` and the artifact's ``out`` (N, d); None under 2 samples. A retrieval or
+    face-matching client answers with the nearest neighbour, so this is the answer that must not change."""
+    if len(ref) < 2:
+        return None
+
+    def nearest(e: np.ndarray) -> np.ndarray:
+        e = e.astype(np.float64)
+        e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        sim = e @ e.T
+        np.fill_diagonal(sim, -np.inf)
+        return sim.argmax(axis=1)
+
+    return float(np.mean(nearest(ref) == nearest(out)))

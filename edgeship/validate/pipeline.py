@@ -75,6 +75,7 @@ def validate(
     latency_from: Sequence[str | Path] = (),
     device: str | None = None,
     input_range: str | tuple[float, float] | None = None,
+    output_kind: str | None = None,
 ) -> Report:
     """Validate ``artifacts`` (files, or directories holding a manifest.json) and return the report; with
     ``report_dir``, also write report.json, report.md, report.html and junit.xml there.
@@ -93,7 +94,10 @@ def validate(
     same format and precision there under the policy's ``[baseline]`` budgets (:mod:`edgeship.validate.baseline`).
     ``latency_from``: LiteRT ``benchmark_model`` logs from a real device named ``device``; each joins the artifact
     whose file it ran, gated by ``[device_latency.FORMAT.PRECISION]`` (:mod:`edgeship.validate.device_latency`).
-    Both are read before anything runs, so a bad path fails at once."""
+    Both are read before anything runs, so a bad path fails at once.
+
+    ``output_kind`` (probabilities, logits, multilabel, embedding) overrides the kind the manifest recorded at
+    export (else the reference model's detected kind); it picks the metrics and the policy's gate tables."""
     from tqdm import tqdm
 
     from edgeship.data import open_data
@@ -120,6 +124,10 @@ def validate(
         # fed what its own metadata says, so an artifact whose metadata drifted from the declaration fails.
         ref_model.spec = ref_model.spec.replace(preprocessing=Preprocessing.from_dict(manifest.preprocessing),
                                                 labels=tuple(manifest.labels))
+        if manifest.model.get("output_kind"):
+            ref_model.spec = ref_model.spec.with_output_kind(manifest.model["output_kind"])
+    if output_kind is not None:
+        ref_model.spec = ref_model.spec.with_output_kind(output_kind)
     spec = ref_model.spec
     source = open_data(data, spec.input_shape[:2], spec.labels, default=DEMO_HELDOUT, input_range=input_range)
     if source.count == 0:
@@ -128,7 +136,8 @@ def validate(
     reference_runner = KerasRunner(ref_model, threads=threads).open()
     # Agreement by confidence: the reference's top-1 margin, on its probabilities (its own, or softmaxed logits)
     confidence = dict(probabilities=spec.outputs_probabilities, margin_bins=policy.margin_bins,
-                      confident_margin=policy.confident_margin)
+                      confident_margin=policy.confident_margin, kind=spec.output_kind,
+                      threshold=policy.label_threshold)
     results: dict[int, ArtifactResult] = {}
     runners: dict[int, Runner] = {}
     comparisons: dict[int, Comparison] = {}
@@ -218,7 +227,7 @@ def validate(
         results[i].device_latency = figures
     for i in runners:
         r = results[i]
-        r.gates = (policy.gate_metrics(r.format, r.precision, r.metrics)
+        r.gates = (policy.gate_metrics(r.format, r.precision, r.metrics, spec.output_kind)
                    + policy.gate_latency(f"{r.format}.{r.precision}", r.latency_ms, p50_of)
                    + policy.gate_device_latency(f"{r.format}.{r.precision}", r.device_latency))
         failed = [g for g in r.gates if not g.passed]
@@ -244,6 +253,7 @@ def validate(
                               + ("the model's own (it ends in a softmax)" if spec.outputs_probabilities
                                  else "from the softmax of its logits"),
                     "bins": list(policy.margin_bins), "confident_margin": policy.confident_margin},
+        output_kind=str(spec.output_kind),
     )
     if baseline_report is not None:
         from edgeship.validate.baseline import compare_with_baseline

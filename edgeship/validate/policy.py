@@ -12,8 +12,12 @@ from pydantic import AfterValidator, Field, create_model
 from edgeship.errors import UserError
 from edgeship.fileio import read_structured
 from edgeship.schema import Fraction, NonNegative, Positive, Table, check
-from edgeship.types import Format, Precision
-from edgeship.validate.metrics import CONFIDENT_MARGIN, HIGHER_IS_BETTER, MARGIN_BINS, Metric
+from edgeship.types import Format, OutputKind, Precision
+from edgeship.validate.metrics import CONFIDENT_MARGIN, HIGHER_IS_BETTER, LABEL_THRESHOLD, MARGIN_BINS, Metric
+
+#: Output kinds with their own gate tables ([multilabel.PRECISION], [embedding.PRECISION]); probabilities and logits
+#: are gated by the precision tables.
+_KIND_TABLES = (OutputKind.MULTILABEL.value, OutputKind.EMBEDDING.value)
 from edgeship.validate.results import GateResult, Latency, Metrics
 
 DEFAULT_POLICY = Path(__file__).with_name("policy.toml")
@@ -52,14 +56,22 @@ class Policy:
                     gates.append(GateResult(f"device_{name} on {entry.label}", float(value), float(budget), "<=",
                                             float(value) <= float(budget)))
         return gates
+    # [multilabel] threshold: a multi-label score at or above it is a "yes" (the label_agreement metric)
+    label_threshold: float = LABEL_THRESHOLD
 
-    def limits_for(self, fmt: str, precision: str) -> dict[Metric, float]:
-        merged = {**self.metric_limits.get(precision, {}), **self.metric_limits.get(f"{fmt}.{precision}", {})}
+    def limits_for(self, fmt: str, precision: str, kind: str | OutputKind | None = None) -> dict[Metric, float]:
+        """The gates of one artifact: its precision's table (or, for a multi-label or embedding output, its kind's
+        ``[KIND.PRECISION]`` table instead), then its ``[FORMAT.PRECISION]`` overrides."""
+        kind = str(kind) if kind is not None else None
+        base = (self.metric_limits.get(f"{kind}.{precision}", {}) if kind in _KIND_TABLES
+                else self.metric_limits.get(precision, {}))
+        merged = {**base, **self.metric_limits.get(f"{fmt}.{precision}", {})}
         return {Metric(k): float(v) for k, v in merged.items()}
 
-    def gate_metrics(self, fmt: str, precision: str, metrics: Metrics) -> list[GateResult]:
+    def gate_metrics(self, fmt: str, precision: str, metrics: Metrics,
+                     kind: str | OutputKind | None = None) -> list[GateResult]:
         gates = []
-        for metric, limit in self.limits_for(fmt, precision).items():
+        for metric, limit in self.limits_for(fmt, precision, kind).items():
             value = getattr(metrics, metric.value)
             if value is None:
                 continue  # e.g. accuracy without labels: nothing to gate
@@ -104,6 +116,8 @@ def load_policy(path: str | Path | None = None) -> Policy:
     parsed = _check_file(Path(path))[1]
     if parsed.baseline is not None and parsed.baseline.fail_on_missing is not None:
         policy.fail_on_missing = parsed.baseline.fail_on_missing
+    if parsed.multilabel is not None and parsed.multilabel.threshold is not None:
+        policy.label_threshold = parsed.multilabel.threshold
     confidence = parsed.confidence
     if confidence is not None:
         if confidence.margin_bins is not None:
@@ -120,9 +134,11 @@ def load_policy(path: str | Path | None = None) -> Policy:
 FRACTION_METRICS = frozenset({
     Metric.TOP1_AGREEMENT, Metric.TOP5_OVERLAP, Metric.ACCURACY_TOP1, Metric.ACCURACY_TOP5,
     Metric.ACCURACY_TOP1_DROP, Metric.EQUAL_VALUES, Metric.CONFIDENT_FLIPS, Metric.KERNEL_PATH_TOP1_AGREEMENT,
-    Metric.KERNEL_PATH_EQUAL_VALUES})
+    Metric.KERNEL_PATH_EQUAL_VALUES, Metric.LABEL_AGREEMENT, Metric.MEAN_AVERAGE_PRECISION,
+    Metric.MEAN_AVERAGE_PRECISION_DROP, Metric.NEIGHBOUR_AGREEMENT})
 _LIMIT_TYPES: dict[Metric, Any] = {Metric.MAX_ABS_ERROR: NonNegative, Metric.MEAN_ABS_ERROR: NonNegative,
-                                   Metric.COSINE: Annotated[float, Field(ge=-1, le=1)]}
+                                   Metric.COSINE: Annotated[float, Field(ge=-1, le=1)],
+                                   Metric.COSINE_MIN: Annotated[float, Field(ge=-1, le=1)]}
 #: A gate on a fraction passes within this of its limit: counts over n samples differ by at least 1/n >> 1e-9, so
 #: the slack absorbs float rounding (280/300 - 277/300 = 0.010000000000000009 meets "<= 0.01") and nothing else.
 FRACTION_SLACK = 1e-9
@@ -192,9 +208,16 @@ DeviceLatencyTable = create_model("DeviceLatencyTable", __base__=Table,
                                   **{f.value: (DevicePerFormat | None, None) for f in Format})  # type: ignore
 
 
+EmbeddingTable = create_model("EmbeddingTable", __base__=Table,
+                              **{p.value: (MetricLimits | None, None) for p in Precision})  # type: ignore
+MultilabelTable = create_model("MultilabelTable", __base__=EmbeddingTable,
+                               threshold=(Annotated[float, Field(gt=0, lt=1)] | None, None))  # type: ignore
+
+
 PolicyFile = create_model(
     "PolicyFile", __base__=Table, confidence=(Confidence | None, None), latency=(LatencyTable | None, None),
     baseline=(BaselineBudgets | None, None), device_latency=(DeviceLatencyTable | None, None),
+    multilabel=(MultilabelTable | None, None), embedding=(EmbeddingTable | None, None),
     **{p.value: (MetricLimits | None, None) for p in Precision},
     **{f.value: (FormatLimits | None, None) for f in Format})  # type: ignore[call-overload]
 
@@ -205,7 +228,7 @@ def _check_file(path: Path) -> Any:
     if unknown:
         raise UserError(f"{path}: unknown table [{unknown[0]}]: use a precision "
                         f"({', '.join(p.value for p in Precision)}), a format.precision, confidence, latency, "
-                        "device_latency or baseline")
+                        "device_latency, baseline, multilabel(.precision) or embedding.precision")
     return data, check(PolicyFile, data, path)
 
 
@@ -234,6 +257,14 @@ def _parse(path: Path) -> Policy:
             budgets = getattr(per, p.value) if per is not None else None
             if budgets is not None:
                 policy.latency[f"{f.value}.{p.value}"] = budgets.model_dump(exclude_none=True)
+    for kind in _KIND_TABLES:
+        table = getattr(parsed, kind)
+        for p in Precision:
+            limits = getattr(table, p.value) if table is not None else None
+            if limits is not None:
+                policy.metric_limits[f"{kind}.{p.value}"] = _in_file_order(limits, data[kind][p.value])
+        if kind == OutputKind.MULTILABEL.value and table is not None and table.threshold is not None:
+            policy.label_threshold = table.threshold
     for f in Format:
         per = getattr(parsed.device_latency, f.value) if parsed.device_latency is not None else None
         for p in Precision:

@@ -36,6 +36,7 @@ Schema ``schema_version`` 2 (stable keys; new keys may be added, none removed or
                   "int8_kernel_family": "x86 AVX2 (no VNNI)", "os": "Linux-...", "python": "3.11.7"},
       "confidence": {"margin": "...", "bins": [0.1, 0.3], "confident_margin": 0.3},
       "allow_modified": false,
+      "output_kind": "probabilities" | "logits" | "multilabel" | "embedding",
       "versions": {"edgeship": "0.1.0", "onnxruntime": "1.31.1", "ai-edge-litert": "2.3.0", ...},
       "passed": true
     }
@@ -51,6 +52,10 @@ were added within version 2 (keys added, none removed or renamed): what each art
 MediaPipe feeds a uint8 input, or re-quantised floats), and top-1 flips told apart by the reference's confidence.
 ``integrity`` (per artifact) and ``allow_modified`` were added within version 2: whether each file is the one its
 manifest records (size and sha256), and whether ``--allow-modified`` let modified files be validated.
+
+``output_kind`` and the metrics ``label_agreement``, ``mean_average_precision(_drop)`` (multi-label outputs),
+``cosine_min`` and ``neighbour_agreement`` (embeddings) were added within version 2; for those two kinds the
+class metrics (top-1, top-5, accuracy, confident flips) are null.
 ``passed`` is true only when no artifact failed and no required format was skipped: ``skipped`` never counts as
 passed.
 """
@@ -104,6 +109,13 @@ class Metrics:
     kernel_path_top1_agreement: float | None = None
     kernel_path_equal_values: float | None = None
     kernel_path_sqnr_db: float | None = None
+    # Multi-label outputs (per-label decisions at the policy's threshold; mAP on labelled data) and embeddings
+    # (lowest per-sample cosine; nearest-neighbour agreement across the data set): see metrics.Metric
+    label_agreement: float | None = None
+    mean_average_precision: float | None = None
+    mean_average_precision_drop: float | None = None
+    cosine_min: float | None = None
+    neighbour_agreement: float | None = None
 
 
 @dataclass
@@ -242,6 +254,8 @@ class Report:
     # one. {"path", "created", "edgeship_version", "machine", "missing": [{"format", "precision", "runtime",
     # "path"}], "fail_on_missing", "budgets": {...}}
     baseline: dict[str, Any] | None = None
+    # What the output means (probabilities, logits, multilabel, embedding): it chose the metrics and gate tables
+    output_kind: str = "logits"
 
     @property
     def passed(self) -> bool:
@@ -276,6 +290,7 @@ class Report:
             "machine": dict(self.machine),
             "confidence": dict(self.confidence),
             "allow_modified": self.allow_modified,
+            "output_kind": self.output_kind,
             "versions": self.versions,
             "baseline": None if self.baseline is None else dict(self.baseline),
             "passed": self.passed,

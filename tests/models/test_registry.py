@@ -38,3 +38,11 @@ def test_builds_are_seeded():
     a = get_variant("mobilenet_v2_0.35_96").build(classes=3)
     b = get_variant("mobilenet_v2_0.35_96").build(classes=3)
     assert all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights()))
+
+
+def test_v3_variants_at_resolutions_other_than_224():
+    for name in ("mobilenet_v3_large_0.75_160", "mobilenet_v3_small_minimalistic_1.0_96"):
+        assert name in VARIANTS
+    v = get_variant("mobilenet_v3_small_minimalistic_1.0_96")
+    assert v.spec().input_shape == (96, 96, 3) and v.spec().preprocessing.mean == (0.0, 0.0, 0.0)
+    assert v.build(classes=10).input_shape == (None, 96, 96, 3)

@@ -148,7 +148,7 @@ def test_json_is_strict_and_has_every_stable_key(report):
 
     d = json.loads(text, parse_constant=no_constants)
     assert {"schema_version", "edgeship_version", "created", "reference", "data", "preprocessing", "labels",
-            "artifacts", "required_formats", "machine", "versions", "passed"} <= d.keys()
+            "artifacts", "required_formats", "machine", "versions", "passed", "output_kind"} <= d.keys()
     assert d["schema_version"] == 2 and d["passed"] is False
     assert d["machine"] == MACHINE and d["versions"] == VERSIONS
     assert {"path", "sha256"} <= d["reference"].keys() and {"source", "count", "labeled"} <= d["data"].keys()
@@ -161,7 +161,9 @@ def test_json_is_strict_and_has_every_stable_key(report):
         assert art_keys <= a.keys()
         assert {"max_abs_error", "mean_abs_error", "cosine", "sqnr_db", "top1_agreement", "top5_overlap",
                 "accuracy_top1", "accuracy_top5", "accuracy_top1_drop", "equal_values", "confident_flips",
-                "kernel_path_top1_agreement", "kernel_path_equal_values", "kernel_path_sqnr_db"} == a["metrics"].keys()
+                "kernel_path_top1_agreement", "kernel_path_equal_values", "kernel_path_sqnr_db", "label_agreement",
+                "mean_average_precision", "mean_average_precision_drop", "cosine_min",
+                "neighbour_agreement"} == a["metrics"].keys()
         assert {"load", "first", "p50", "p90", "p99", "mean", "std"} == a["latency_ms"].keys()
     passed, failed, skipped, corrupt = d["artifacts"]
     assert [a["status"] for a in d["artifacts"]] == ["passed", "failed", "skipped", "failed"]

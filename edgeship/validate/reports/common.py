@@ -108,12 +108,24 @@ def fmt_err(x: float | None) -> str:
     return fmt_number(x, ".3g")
 
 
+def fmt_drop(drop: float | None) -> str:
+    """An accuracy drop (reference minus artifact, a fraction) in points: ``0.008 -> "0.8 pp"``; a negative drop
+    is a gain and says so: ``-0.05 -> "gain 5.0 pp"`` (never "-5.0 pp" under a "drop" heading)."""
+    text = fmt_pp(drop)
+    if drop is not None and _finite(drop) and drop < 0 and text != "0.0 pp":
+        return f"gain {fmt_pp(-drop)}"
+    return text
+
+
 def fmt_accuracy(accuracy: float | None, drop: float | None) -> str:
-    """``"91.2 % (drop 0.8 pp)"``; just the accuracy when the drop is unknown."""
+    """``"91.2 % (drop 0.8 pp)"``, ``"93.0 % (gain 1.2 pp)"``; just the accuracy when the drop is unknown."""
     if accuracy is None and drop is None:
         return NA
     text = fmt_pct(accuracy)
-    return text if drop is None else f"{text} (drop {fmt_pp(drop)})"
+    if drop is None:
+        return text
+    shown = fmt_drop(drop)
+    return f"{text} ({shown})" if shown.startswith("gain") else f"{text} (drop {shown})"
 
 
 def fmt_gate_value(x: float | None) -> str:

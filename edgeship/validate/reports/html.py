@@ -41,6 +41,7 @@ from edgeship.validate.reports.common import (
     feed_lines,
     fmt_accuracy,
     fmt_db,
+    fmt_drop,
     fmt_err,
     fmt_gate_value,
     fmt_mb,
@@ -313,7 +314,7 @@ def _artifact_section(report: Report, i: int, a: ArtifactResult) -> str:
             ["max abs error", _h(fmt_err(m.max_abs_error))], ["mean abs error", _h(fmt_err(m.mean_abs_error))],
             ["cosine", _h(fmt_number(m.cosine, ".6f"))], ["SQNR", _h(fmt_db(m.sqnr_db))],
             ["accuracy top-1", _h(fmt_pct(m.accuracy_top1))], ["accuracy top-5", _h(fmt_pct(m.accuracy_top5))],
-            ["accuracy top-1 drop", _h(fmt_pp(m.accuracy_top1_drop))], ["equal values", _h(fmt_pct(m.equal_values))],
+            ["accuracy top-1 drop", _h(fmt_drop(m.accuracy_top1_drop))], ["equal values", _h(fmt_pct(m.equal_values))],
             ["confident flips", _h(fmt_pct(m.confident_flips))], ["input feed", _h(a.input_feed or NA)],
         ]
         metric_rows += [[f"flips, {_h(_margin_bin_name(b))}", _h(f"{b['flips']} of {b['samples']}")]

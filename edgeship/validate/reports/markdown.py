@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import textwrap
-from typing import Iterable
+from typing import Any, Iterable
 
 from edgeship.validate.results import ArtifactResult, Report, Status
 from edgeship.validate.reports.common import (
@@ -31,8 +31,10 @@ from edgeship.validate.reports.common import (
     feed_lines,
     fmt_accuracy,
     fmt_db,
+    fmt_drop,
     fmt_err,
     fmt_mb,
+    fmt_number,
     fmt_ms,
     fmt_pct,
     fmt_pp,
@@ -127,6 +129,21 @@ def to_markdown(report: Report) -> str:
                 fmt_accuracy(m.accuracy_top1, m.accuracy_top1_drop), fmt_ms(lat.p50), fmt_mb(a.size_bytes),
             ]))
         out.append("")
+        kind = getattr(report, "output_kind", "logits")
+        if kind in _KIND_HEADINGS:
+            out += [f"**Output: {kind}** ("
+                    + ("decisions at the policy's threshold agreeing with the reference's; mean average precision on "
+                       "labelled data" if kind == "multilabel" else
+                       "cosine similarity to the reference's, mean and lowest; nearest neighbour in the data set "
+                       "unchanged") + "; the top-1 and accuracy columns do not apply):", ""]
+            for a in report.artifacts:
+                m = a.metrics
+                figures = (f"label agreement {fmt_pct(m.label_agreement)}, mAP {fmt_pct(m.mean_average_precision)} "
+                           f"(drop {fmt_drop(m.mean_average_precision_drop)})" if kind == "multilabel" else
+                           f"cosine {fmt_number(m.cosine, '.4f')} (lowest {fmt_number(m.cosine_min, '.4f')}), "
+                           f"nearest-neighbour agreement {fmt_pct(m.neighbour_agreement)}")
+                out.append(f"- {_md(f'{a.format} {a.precision}')}: {_md(figures)}")
+            out.append("")
         feeds = feed_lines(report)
         if feeds:
             out += ["**Input feed** (each file as its client feeds it):", ""]
@@ -217,23 +234,44 @@ def truncate(s: str, width: int) -> str:
     return s if len(s) <= width else s[: max(width - 3, 0)] + "..."
 
 
+def _kind_cells(kind: str, m: Any) -> tuple[str, str]:
+    """The agreement and drop cells of one row, by output kind: top-1 and accuracy drop for class outputs; label
+    decisions and mAP drop for multi-label scores; mean cosine and nearest-neighbour agreement for embeddings."""
+    if kind == "multilabel":
+        return fmt_pct(m.label_agreement), fmt_drop(m.mean_average_precision_drop)
+    if kind == "embedding":
+        return fmt_number(m.cosine, ".4f"), fmt_pct(m.neighbour_agreement)
+    return fmt_pct(m.top1_agreement), fmt_drop(m.accuracy_top1_drop)
+
+
+#: The two kind-dependent columns' headings (in place of "top-1" and "acc drop").
+_KIND_HEADINGS = {"multilabel": ("labels", "mAP drop"), "embedding": ("cosine", "NN agree")}
+
+
 def summary_table(report: Report) -> str:
     """A plain-text table for the terminal: one row per artifact, the reason (and failing gates) of each
-    failed or skipped row on indented lines below it, then the verdict. Lines are at most 120 characters."""
+    failed or skipped row on indented lines below it, then the verdict. Lines are at most 120 characters.
+    For multi-label and embedding outputs the top-1 and accuracy-drop columns give that kind's figures
+    (:func:`_kind_cells`)."""
+    kind = getattr(report, "output_kind", "logits")
+    agree_h, drop_h = _KIND_HEADINGS.get(kind, ("top-1", "acc drop"))
+    columns = [agree_h if c == "top-1" else drop_h if c == "acc drop" else c for c in _TERM_COLUMNS]
+    right = {agree_h if c == "top-1" else drop_h if c == "acc drop" else c for c in _TERM_RIGHT}
     rows = []
     for a in report.artifacts:
         m, lat = a.metrics, a.latency_ms
         status = {Status.PASSED: "passed", Status.FAILED: "FAILED", Status.SKIPPED: "skipped"}[Status(a.status)]
-        cells = [a.format, a.precision, a.runtime, status, fmt_pct(m.top1_agreement), fmt_err(m.max_abs_error),
-                 fmt_db(m.sqnr_db), fmt_pp(m.accuracy_top1_drop), fmt_ms(lat.p50), fmt_mb(a.size_bytes)]
+        agree, drop = _kind_cells(kind, m)
+        cells = [a.format, a.precision, a.runtime, status, agree, fmt_err(m.max_abs_error),
+                 fmt_db(m.sqnr_db), drop, fmt_ms(lat.p50), fmt_mb(a.size_bytes)]
         rows.append([truncate(_one_line(c), _TERM_CELL_MAX) for c in cells])
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(_TERM_COLUMNS)]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(columns)]
 
     def line(cells: list[str]) -> str:
-        parts = [c.rjust(w) if h in _TERM_RIGHT else c.ljust(w) for c, w, h in zip(cells, widths, _TERM_COLUMNS)]
+        parts = [c.rjust(w) if h in right else c.ljust(w) for c, w, h in zip(cells, widths, columns)]
         return truncate("  ".join(parts).rstrip(), TABLE_WIDTH)
 
-    out = [line(_TERM_COLUMNS), line(["-" * w for w in widths])]
+    out = [line(columns), line(["-" * w for w in widths])]
     indent = " " * 4
     for a, row in zip(report.artifacts, rows):
         out.append(line(row))
