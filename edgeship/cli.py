@@ -172,6 +172,18 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kernel-path-samples", type=_count(0), default=500, metavar="N",
                    help="samples each int8 file also runs through a second kernel path of its runtime (ORT unfused, "
                         "LiteRT reference kernels) to show it answers alike on any CPU (default 500; 0: off)")
+    _release_args(g)
+
+
+def _release_args(g: argparse._ArgumentGroup) -> None:
+    """Release over release and real devices (validate's options, also taken by run)."""
+    g.add_argument("--baseline", metavar="PATH",
+                   help="a previous run's report.json (or the directory holding it): each artifact must not fall "
+                        "behind the same format and precision there by more than the policy's [baseline] budgets")
+    g.add_argument("--latency-from", action="append", default=[], metavar="FILE",
+                   help="a LiteRT benchmark_model log from a real device (repeatable): its figures join the report "
+                        "beside the artifact it ran, gated by [device_latency.FORMAT.PRECISION]")
+    g.add_argument("--device", metavar="NAME", help="the device the --latency-from logs come from, e.g. 'Pixel 7'")
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -182,11 +194,21 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     report = validate(args.artifacts, reference=args.reference, data=args.data, policy=args.policy,
                       report_dir=args.report, require=Format.parse_list(args.require, "format") if args.require else (),
                       threads=args.threads, iterations=args.iterations, trust_model=args.trust_model,
-                      kernel_path_samples=args.kernel_path_samples, allow_modified=args.allow_modified)
+                      kernel_path_samples=args.kernel_path_samples, allow_modified=args.allow_modified,
+                      baseline=args.baseline, latency_from=args.latency_from, device=args.device)
     print(summary_table(report))
+    _print_baseline(report)
     if args.report:
         print(f"reports in {args.report}: report.json report.md report.html junit.xml")
     return report.exit_code
+
+
+def _print_baseline(report) -> None:
+    from edgeship.validate.baseline import baseline_summary
+
+    line = baseline_summary(report)
+    if line:
+        print(line)
 
 
 # ----------------------------------------------------------------------------------------------- run
@@ -197,6 +219,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.out:
         config.out = Path(args.out)
+    if args.baseline:
+        config.baseline = args.baseline
+    if args.latency_from:
+        config.latency_from = list(args.latency_from)
+    if args.device:
+        config.device = args.device
     return run(config, echo=print).exit_code
 
 
@@ -316,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "demo model and its held-out images. Exits like 'validate'.")
     p.add_argument("config", nargs="?", metavar="CONFIG", help="an edgeship.toml (default: the demo)")
     p.add_argument("--out", metavar="DIR", help=f"output directory (default: the config's, or {DEFAULT_OUT})")
+    _release_args(p.add_argument_group("release over release, devices (override the config's [validate])"))
     p.set_defaults(func=_cmd_run)
     return parser
 

@@ -38,6 +38,9 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     iterations = 50
     kernel_path_samples = 500            # int8 files also through a second kernel path (0: off)
     allow_modified = false               # validate files that differ from their manifest record (recorded)
+    baseline = "last-release/report.json"  # a previous report.json (or its directory): no falling behind it
+    latency_from = ["pixel7-int8.log"]   # LiteRT benchmark_model logs from a real device
+    device = "Pixel 7"                   # the device those logs come from
 
     [output]
     dir = "edgeship-out"
@@ -102,6 +105,9 @@ class ValidateTable(Table):
     iterations: PositiveInt = 50
     kernel_path_samples: NonNegativeInt = 500
     allow_modified: bool = False
+    baseline: str | None = None
+    latency_from: str | list[str] = []
+    device: str | None = None
 
 
 class OutputTable(Table):
@@ -152,6 +158,9 @@ class RunConfig:
     iterations: int = 50
     kernel_path_samples: int = 500
     allow_modified: bool = False
+    baseline: str | None = None
+    latency_from: list[str] = field(default_factory=list)
+    device: str | None = None
     out: Path = Path("edgeship-out")
 
 
@@ -188,8 +197,11 @@ def load_config(path: str | Path | None) -> RunConfig:
         raw_input_compensation=q.raw_input_compensation, keep_float=q.keep_float, max_drop=q.max_drop, max_size=q.max_size,
         data=rel(v.data), policy=rel(v.policy), require=list(v.require), threads=v.threads,
         iterations=v.iterations, kernel_path_samples=v.kernel_path_samples, allow_modified=v.allow_modified,
+        baseline=rel(v.baseline), device=v.device,
+        latency_from=[str(rel(x)) for x in ([v.latency_from] if isinstance(v.latency_from, str) else v.latency_from)],
         out=Path(rel(o.dir) or "edgeship-out"),
     )
+
 
 
 def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
@@ -229,9 +241,14 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
     report_dir = config.out / "report"
     report = validate([config.out], reference=loaded, data=config.data, policy=config.policy, report_dir=report_dir,
                       require=config.require, threads=config.threads, iterations=config.iterations,
-                      kernel_path_samples=config.kernel_path_samples, allow_modified=config.allow_modified)
+                      kernel_path_samples=config.kernel_path_samples, allow_modified=config.allow_modified,
+                      baseline=config.baseline, latency_from=config.latency_from, device=config.device)
     echo(f"validated on {report.data['count']} images in {time.perf_counter() - t0:.1f} s")
     echo(summary_table(report))
+    if report.baseline is not None:
+        from edgeship.validate.baseline import baseline_summary
+
+        echo(baseline_summary(report) or "")
     echo(f"reports: {report_dir}/report.md  report.html  report.json  junit.xml")
     echo(f"{'PASSED' if report.passed else 'FAILED'} in {time.perf_counter() - start:.1f} s")
     return report

@@ -71,6 +71,9 @@ def validate(
     progress: bool = True,
     kernel_path_samples: int = 500,
     allow_modified: bool = False,
+    baseline: str | Path | None = None,
+    latency_from: Sequence[str | Path] = (),
+    device: str | None = None,
 ) -> Report:
     """Validate ``artifacts`` (files, or directories holding a manifest.json) and return the report; with
     ``report_dir``, also write report.json, report.md, report.html and junit.xml there.
@@ -82,7 +85,13 @@ def validate(
     Integrity: an artifact recorded in a manifest is validated only if it is the file recorded (size and sha256);
     otherwise it fails with what differs, unless ``allow_modified`` (then its ``integrity`` and reason say so).
     Manifest paths outside their directory, and listed files that are missing or of the wrong kind, are
-    :class:`UserError`. ``report_dir`` is checked writable before any work (:class:`EnvironmentProblem`)."""
+    :class:`UserError`. ``report_dir`` is checked writable before any work (:class:`EnvironmentProblem`).
+
+    ``baseline``: a previous report.json (or a directory holding one): each artifact is also checked against the
+    same format and precision there under the policy's ``[baseline]`` budgets (:mod:`edgeship.validate.baseline`).
+    ``latency_from``: LiteRT ``benchmark_model`` logs from a real device named ``device``; each joins the artifact
+    whose file it ran, gated by ``[device_latency.FORMAT.PRECISION]`` (:mod:`edgeship.validate.device_latency`).
+    Both are read before anything runs, so a bad path fails at once."""
     from tqdm import tqdm
 
     from edgeship.data import open_data
@@ -93,6 +102,12 @@ def validate(
         raise UserError(f"--threads and --iterations must be 1 or more, got threads {threads}, iterations {iterations}")
     policy = policy if isinstance(policy, Policy) else load_policy(policy)
     entries = resolve_artifacts(artifacts)
+    device_figures = _device_figures(entries, latency_from, device)
+    baseline_report = None
+    if baseline is not None:
+        from edgeship.validate.baseline import load_baseline
+
+        baseline_report = load_baseline(baseline)
     required = [Format.parse(r, "format") if isinstance(r, str) else Format(r) for r in require]
     if report_dir is not None:  # before the long work: a report that cannot be written fails now, not at the end
         ensure_output_dir(Path(report_dir), option="--report")
@@ -197,10 +212,13 @@ def validate(
         runner.close()
     p50_of = {f"{results[i].format}.{results[i].precision}": results[i].latency_ms.p50 for i in runners
               if results[i].latency_ms.p50 is not None}
+    for i, figures in device_figures.items():
+        results[i].device_latency = figures
     for i in runners:
         r = results[i]
         r.gates = (policy.gate_metrics(r.format, r.precision, r.metrics)
-                   + policy.gate_latency(f"{r.format}.{r.precision}", r.latency_ms, p50_of))
+                   + policy.gate_latency(f"{r.format}.{r.precision}", r.latency_ms, p50_of)
+                   + policy.gate_device_latency(f"{r.format}.{r.precision}", r.device_latency))
         failed = [g for g in r.gates if not g.passed]
         if failed:
             r.status = Status.FAILED
@@ -225,11 +243,31 @@ def validate(
                                  else "from the softmax of its logits"),
                     "bins": list(policy.margin_bins), "confident_margin": policy.confident_margin},
     )
+    if baseline_report is not None:
+        from edgeship.validate.baseline import compare_with_baseline
+
+        compare_with_baseline(report, baseline_report, policy)
     if report_dir is not None:
         from edgeship.validate.reports import write_reports
 
         write_reports(report, Path(report_dir))
     return report
+
+
+def _device_figures(entries: list[ArtifactEntry], logs: Sequence[str | Path],
+                    device: str | None) -> dict[int, list[Any]]:
+    """``--latency-from`` logs parsed and matched to the artifacts by the file name they ran: {entry index: figures}."""
+    if not logs:
+        if device:
+            raise UserError("--device names the phone of --latency-from logs: pass --latency-from LOG too")
+        return {}
+    from edgeship.validate.device_latency import match_artifact, read_benchmark_logs
+
+    names = [(e.path.name, str(e.format), str(e.precision)) for e in entries]
+    out: dict[int, list[Any]] = {}
+    for figures in read_benchmark_logs(logs, device):
+        out.setdefault(match_artifact(figures, names), []).append(figures)
+    return out
 
 
 def _fail(result: ArtifactResult, reason: str, runners: dict[int, Runner], i: int,

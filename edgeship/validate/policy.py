@@ -18,6 +18,12 @@ from edgeship.validate.results import GateResult, Latency, Metrics
 
 DEFAULT_POLICY = Path(__file__).with_name("policy.toml")
 _LATENCY_KEYS = {"p50_ms": "p50", "p90_ms": "p90", "p99_ms": "p99", "mean_ms": "mean"}
+# [device_latency.FORMAT.PRECISION] budgets -> the DeviceLatency field they bound (figures from benchmark_model)
+DEVICE_LATENCY_KEYS = {"p50_ms": "p50_ms", "p95_ms": "p95_ms", "mean_ms": "mean_ms", "max_ms": "max_ms",
+                       "first_ms": "first_ms", "init_ms": "init_ms"}
+# [baseline] budgets (see policy.toml): a drop of a figure, in its units, or a relative growth
+BASELINE_BUDGETS = {"accuracy_top1_drop", "top1_agreement_drop", "sqnr_db_drop", "size_growth",
+                    "latency_p50_growth"}
 
 
 @dataclass
@@ -29,6 +35,23 @@ class Policy:
     # answer counts as confident (the confident_flips metric)
     margin_bins: tuple[float, ...] = MARGIN_BINS
     confident_margin: float = CONFIDENT_MARGIN
+    # [baseline]: the budgets of a comparison with a previous report (edgeship.validate.baseline), and whether an
+    # artifact the baseline had and this run lacks fails the release
+    baseline: dict[str, float] = field(default_factory=dict)
+    fail_on_missing: bool = False
+    device_latency: dict[str, dict[str, float]] = field(default_factory=dict)  # "tflite.int8" -> budgets
+
+    def gate_device_latency(self, key: str, entries: list[Any]) -> list[GateResult]:
+        """``[device_latency.FORMAT.PRECISION]`` budgets against each device's figures (a figure the log does not
+        give, such as the median of an old benchmark_model build, is not gated)."""
+        gates = []
+        for entry in entries:
+            for name, budget in self.device_latency.get(key, {}).items():
+                value = getattr(entry, DEVICE_LATENCY_KEYS[name])
+                if value is not None:
+                    gates.append(GateResult(f"device_{name} on {entry.label}", float(value), float(budget), "<=",
+                                            float(value) <= float(budget)))
+        return gates
 
     def limits_for(self, fmt: str, precision: str) -> dict[Metric, float]:
         merged = {**self.metric_limits.get(precision, {}), **self.metric_limits.get(f"{fmt}.{precision}", {})}
@@ -75,7 +98,13 @@ def load_policy(path: str | Path | None = None) -> Policy:
         policy.metric_limits[key] = {**policy.metric_limits.get(key, {}), **limits}
     for key, budgets in user.latency.items():
         policy.latency[key] = {**policy.latency.get(key, {}), **budgets}
-    confidence = _check_file(Path(path))[1].confidence  # key by key: a key left out keeps the shipped value
+    for key, budgets in user.device_latency.items():
+        policy.device_latency[key] = {**policy.device_latency.get(key, {}), **budgets}
+    policy.baseline = {**policy.baseline, **user.baseline}  # key by key: a key left out keeps the shipped value
+    parsed = _check_file(Path(path))[1]
+    if parsed.baseline is not None and parsed.baseline.fail_on_missing is not None:
+        policy.fail_on_missing = parsed.baseline.fail_on_missing
+    confidence = parsed.confidence
     if confidence is not None:
         if confidence.margin_bins is not None:
             policy.margin_bins = tuple(confidence.margin_bins)
@@ -143,8 +172,29 @@ class Confidence(Table):
     confident_margin: Annotated[float, Field(gt=0, le=1)] | None = None
 
 
+class BaselineBudgets(Table):
+    """``[baseline]``: budgets of a comparison with a previous report (:mod:`edgeship.validate.baseline`); a budget
+    left out is not checked. Drops in the figure's units (fractions for shares, dB for SQNR), growths relative."""
+
+    accuracy_top1_drop: Fraction | None = None
+    top1_agreement_drop: Fraction | None = None
+    sqnr_db_drop: NonNegative | None = None
+    size_growth: NonNegative | None = None
+    latency_p50_growth: NonNegative | None = None
+    fail_on_missing: bool | None = None
+
+
+DeviceBudgets = create_model("DeviceBudgets", __base__=Table,
+                             **{k: (Positive | None, None) for k in DEVICE_LATENCY_KEYS})  # type: ignore[call-overload]
+DevicePerFormat = create_model("DevicePerFormat", __base__=Table,
+                               **{p.value: (DeviceBudgets | None, None) for p in Precision})  # type: ignore
+DeviceLatencyTable = create_model("DeviceLatencyTable", __base__=Table,
+                                  **{f.value: (DevicePerFormat | None, None) for f in Format})  # type: ignore
+
+
 PolicyFile = create_model(
     "PolicyFile", __base__=Table, confidence=(Confidence | None, None), latency=(LatencyTable | None, None),
+    baseline=(BaselineBudgets | None, None), device_latency=(DeviceLatencyTable | None, None),
     **{p.value: (MetricLimits | None, None) for p in Precision},
     **{f.value: (FormatLimits | None, None) for f in Format})  # type: ignore[call-overload]
 
@@ -154,7 +204,8 @@ def _check_file(path: Path) -> Any:
     unknown = sorted(set(data) - set(PolicyFile.model_fields))
     if unknown:
         raise UserError(f"{path}: unknown table [{unknown[0]}]: use a precision "
-                        f"({', '.join(p.value for p in Precision)}), a format.precision, confidence, or latency")
+                        f"({', '.join(p.value for p in Precision)}), a format.precision, confidence, latency, "
+                        "device_latency or baseline")
     return data, check(PolicyFile, data, path)
 
 
@@ -183,6 +234,18 @@ def _parse(path: Path) -> Policy:
             budgets = getattr(per, p.value) if per is not None else None
             if budgets is not None:
                 policy.latency[f"{f.value}.{p.value}"] = budgets.model_dump(exclude_none=True)
+    for f in Format:
+        per = getattr(parsed.device_latency, f.value) if parsed.device_latency is not None else None
+        for p in Precision:
+            budgets = getattr(per, p.value) if per is not None else None
+            if budgets is not None:
+                policy.device_latency[f"{f.value}.{p.value}"] = budgets.model_dump(exclude_none=True)
+    if parsed.baseline is not None:
+        dumped = parsed.baseline.model_dump(exclude_none=True)
+        fail_on_missing = dumped.pop("fail_on_missing", None)
+        if fail_on_missing is not None:
+            policy.fail_on_missing = fail_on_missing
+        policy.baseline = {k: float(v) for k, v in dumped.items()}
     if parsed.confidence is not None:
         if parsed.confidence.margin_bins is not None:
             policy.margin_bins = tuple(parsed.confidence.margin_bins)

@@ -128,6 +128,58 @@ class Flip:
 
 
 @dataclass
+class DeviceLatency:
+    """Latency of an artifact measured on a real device by LiteRT's ``benchmark_model``
+    (:mod:`edgeship.validate.device_latency`); times in ms, ``None`` where the log does not give them."""
+
+    device: str  # the name the user gave (--device), e.g. "Pixel 7"
+    source: str = ""  # the log file it was read from
+    tool: str = "benchmark_model"
+    graph: str | None = None  # the model path the tool ran (its "Graph: [...]" line)
+    delegate: str = "cpu"  # "xnnpack", "gpu", "nnapi", ... or "cpu" (builtin kernels)
+    threads: int | None = None
+    runs: int | None = None  # timed runs the statistics are over
+    init_ms: float | None = None
+    first_ms: float | None = None
+    warmup_mean_ms: float | None = None
+    mean_ms: float | None = None
+    std_ms: float | None = None
+    min_ms: float | None = None
+    max_ms: float | None = None
+    p5_ms: float | None = None
+    p50_ms: float | None = None  # the log's median (LiteRT builds with StatWithPercentiles)
+    p95_ms: float | None = None
+    model_size_mb: float | None = None
+    peak_memory_mb: float | None = None
+
+    @property
+    def label(self) -> str:
+        """``"Pixel 7 (gpu, 4 threads)"``: what makes two device figures comparable."""
+        threads = f", {self.threads} threads" if self.threads else ""
+        return f"{self.device} ({self.delegate}{threads})"
+
+
+@dataclass
+class BaselineCheck:
+    """One figure of an artifact beside the same artifact's in the baseline report (``--baseline``).
+
+    ``kind`` says how ``change`` is measured and what ``budget`` bounds: ``"drop"`` (baseline minus this run, in
+    the figure's units: fractions for agreements and accuracies, dB for SQNR) or ``"growth"`` (this run over the
+    baseline, minus 1: 0.05 is 5 % more). ``passed`` is ``None`` when the check was not made (``note`` says why:
+    another machine, no baseline figure, no budget)."""
+
+    figure: str  # "accuracy_top1", "top1_agreement", "sqnr_db", "size_bytes", "latency_p50_ms", "device_p50_ms"
+    value: float | None
+    baseline: float | None
+    change: float | None
+    kind: str  # "drop" or "growth"
+    budget: float | None
+    passed: bool | None
+    note: str | None = None
+    device: str | None = None  # device figures: DeviceLatency.label
+
+
+@dataclass
 class ArtifactResult:
     path: str
     format: str
@@ -152,6 +204,10 @@ class ArtifactResult:
     # Against the manifest's sha256 and size: "verified", "modified: <what differs>" (failed, or validated as it is
     # with --allow-modified), or "not recorded" (a file given without a manifest listing it)
     integrity: str = "not recorded"
+    device_latency: list[DeviceLatency] = field(default_factory=list)  # --latency-from: figures from real devices
+    # --baseline: "compared" (same format and precision in the baseline) or "new" (not in it); None without one
+    baseline_status: str | None = None
+    baseline_checks: list[BaselineCheck] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -179,21 +235,29 @@ class Report:
     # How confidence is measured: {"margin": what the margin is taken of, "bins": edges, "confident_margin": t}
     confidence: dict[str, Any] = field(default_factory=dict)
     allow_modified: bool = False  # --allow-modified: files differing from their manifest record were validated
+    # --baseline: what this run was compared with (edgeship.validate.baseline.compare_with_baseline); None without
+    # one. {"path", "created", "edgeship_version", "machine", "missing": [{"format", "precision", "runtime",
+    # "path"}], "fail_on_missing", "budgets": {...}}
+    baseline: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
         if any(a.status is Status.FAILED for a in self.artifacts):
+            return False
+        if self.baseline and self.baseline.get("fail_on_missing") and self.baseline.get("missing"):
             return False
         required = set(self.required_formats)
         return not any(a.status is Status.SKIPPED and a.format in required for a in self.artifacts)
 
     @property
     def exit_code(self) -> int:
-        """0 passed; 1 an artifact failed (a gate, or a file that is not the one recorded); 3 nothing failed but a
-        required format was skipped because its runtime cannot run here (the environment, not the artifact)."""
+        """0 passed; 1 an artifact failed (a gate, a file that is not the one recorded, or an artifact of the baseline
+        missing under ``fail_on_missing``); 3 nothing failed but a required format was skipped because its runtime
+        cannot run here (the environment, not the artifact)."""
         if self.passed:
             return 0
-        return 1 if any(a.status is Status.FAILED for a in self.artifacts) else 3
+        missing = bool(self.baseline and self.baseline.get("fail_on_missing") and self.baseline.get("missing"))
+        return 1 if missing or any(a.status is Status.FAILED for a in self.artifacts) else 3
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -210,5 +274,6 @@ class Report:
             "confidence": dict(self.confidence),
             "allow_modified": self.allow_modified,
             "versions": self.versions,
+            "baseline": None if self.baseline is None else dict(self.baseline),
             "passed": self.passed,
         }
