@@ -24,7 +24,9 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     bias_correction = true               # correct the mean output shift of int8 weights
     weight_rounding = "nearest"          # or "adaptive": int8 steps chosen on the calibration set (AdaRound)
     cross_layer_equalization = false     # equalise depthwise -> pointwise pairs first (edgeship.quantize.equalization)
-    activation_ranges = "minmax"         # or mse/percentile: per-tensor range search (edgeship.quantize.ranges)
+    activation_ranges = "mse"            # or minmax/percentile: per-tensor range search (edgeship.quantize.ranges)
+    int8_bias_correction = false         # correct the int8 TFLite's biases op by op (edgeship.quantize.int8_bias_correction)
+    raw_input_compensation = false       # the uint8 input's half-step zero point (edgeship.quantize.raw_input)
     keep_float = "auto"                  # the float fallback: "auto" or a number of ops (default: none)
     max_drop = 0.01                      # with keep_float = "auto": the top-1 disagreement allowed
     max_size = "1.3x"                    # the fallback's budget for the int8 TFLite: bytes ("5MB") or a ratio
@@ -91,7 +93,9 @@ class QuantizeTable(Table):
     bias_correction: bool = True
     weight_rounding: Literal["nearest", "adaptive"] = "nearest"
     cross_layer_equalization: bool = False
-    activation_ranges: Literal["minmax", "mse", "percentile"] = "minmax"
+    activation_ranges: Literal["minmax", "mse", "percentile"] = "mse"
+    int8_bias_correction: bool = False
+    raw_input_compensation: bool = False
     keep_float: Literal["auto"] | PositiveInt | None = None
     max_drop: Fraction = 0.01
     max_size: str | PositiveInt | None = None  # "5MB", "1.3x", or bytes
@@ -148,7 +152,9 @@ class RunConfig:
     bias_correction: bool = True
     weight_rounding: str = "nearest"
     cross_layer_equalization: bool = False
-    activation_ranges: str = "minmax"
+    activation_ranges: str = "mse"
+    int8_bias_correction: bool = False
+    raw_input_compensation: bool = False
     keep_float: str | int | None = None
     max_drop: float = 0.01
     max_size: str | int | None = None
@@ -200,7 +206,9 @@ def load_config(path: str | Path | None) -> RunConfig:
         calibration=rel(q.calibration), num_samples=q.num_samples, relu6_fixed=q.relu6_fixed, seed=q.seed,
         quantize_precisions=q.precisions, onnx_method=q.onnx_method, weight_rounding=q.weight_rounding,
         cross_layer_equalization=q.cross_layer_equalization, activation_ranges=q.activation_ranges,
-        bias_correction=q.bias_correction, keep_float=q.keep_float, max_drop=q.max_drop, max_size=q.max_size,
+        bias_correction=q.bias_correction, int8_bias_correction=q.int8_bias_correction,
+        raw_input_compensation=q.raw_input_compensation, keep_float=q.keep_float, max_drop=q.max_drop,
+        max_size=q.max_size,
         data=rel(v.data), policy=rel(v.policy), require=list(v.require), threads=v.threads,
         iterations=v.iterations, kernel_path_samples=v.kernel_path_samples, allow_modified=v.allow_modified,
         baseline=rel(v.baseline), device=v.device,
@@ -242,6 +250,8 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
                      weight_rounding=config.weight_rounding, activation_ranges=config.activation_ranges,
                      cross_layer_equalization=config.cross_layer_equalization,
                      bias_correction=config.bias_correction, keep_float=config.keep_float,
+                     int8_bias_correction=config.int8_bias_correction,
+                     raw_input_compensation=config.raw_input_compensation,
                      max_drop=config.max_drop, max_size=config.max_size,
                      input_range=config.calibration_input_range)
         echo(f"quantised {len(q.paths)} artifacts in {time.perf_counter() - t0:.1f} s")

@@ -200,9 +200,12 @@ def test_run_config_quantize_keys(tmp_path):
     from edgeship.pipeline import load_config
 
     (tmp_path / "edgeship.toml").write_text('[quantize]\nprecisions = ["w8"]\nonnx_method = "entropy"\n'
-                                            'weight_rounding = "adaptive"\n')
+                                            'weight_rounding = "adaptive"\nint8_bias_correction = true\n'
+                                            'raw_input_compensation = true\n')
     cfg = load_config(tmp_path / "edgeship.toml")
     assert cfg.quantize_precisions == ["w8"] and cfg.onnx_method == "entropy" and cfg.weight_rounding == "adaptive"
+    assert cfg.int8_bias_correction and cfg.raw_input_compensation
+    assert not load_config(None).int8_bias_correction and not load_config(None).raw_input_compensation
     assert load_config(None).weight_rounding == "nearest"
     assert load_config(None).quantize_precisions is None and load_config(None).onnx_method == "tflite"
     (tmp_path / "bad.toml").write_text('[quantize]\nprecision = ["w8"]\n')
