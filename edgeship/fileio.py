@@ -159,6 +159,33 @@ def ensure_output_dir(path: Path, option: str = "--out") -> Path:
     return path
 
 
+def check_writable_dir(path: Path, option: str = "--report") -> Path:
+    """Check, before any long work and without creating anything, that ``path`` is (or could be made) a directory
+    we can write into: an existing directory gets a write probe; a missing one needs its nearest existing parent to
+    be a writable directory. :class:`EnvironmentProblem` (exit 3) otherwise, naming ``option``. Nothing is left
+    behind, so a run that then fails on bad input has written nothing."""
+    path = Path(path)
+    if path.is_dir():
+        try:
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".edgeship-write-check-"):
+                pass
+        except OSError as e:
+            raise EnvironmentProblem(f"cannot write to {option} directory {path}: {e.strerror or e}; choose another "
+                                     f"{option}") from None
+        return path
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise EnvironmentProblem(f"{option} {path}: {parent} is a file, not a directory: choose another {option}")
+    try:  # a probe directory, removed at once (os.access says yes to root where the filesystem says no)
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".edgeship-write-check-"))
+    except OSError as e:
+        raise EnvironmentProblem(f"cannot write to {option} directory {path}: {e.strerror or e}; choose another "
+                                 f"{option}") from None
+    return path
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -225,7 +225,7 @@ def test_unwritable_output_directory_is_exit_3_before_any_work(tmp_path, capsys,
     monkeypatch.setattr(tempfile, "NamedTemporaryFile", denied)
     out = tmp_path / "o"
     code = main(["export", "--formats", "tflite", "--out", str(out)])
-    _one_line(code, capsys.readouterr().err, 3, "cannot write to output directory", "permission denied")
+    _one_line(code, capsys.readouterr().err, 3, "cannot write to --out directory", "permission denied")
     assert _snapshot(out) == {}
 
 

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 from edgeship import __version__
 from edgeship.errors import UserError
-from edgeship.fileio import ensure_output_dir, size_on_disk
+from edgeship.fileio import check_writable_dir, size_on_disk
 from edgeship.machine import describe_machine
 from edgeship.manifest import MANIFEST_NAME, ArtifactRecord, Manifest, tool_versions
 from edgeship.models.loading import DEMO_DIR, LoadedModel, load_model
@@ -116,7 +116,7 @@ def validate(
         baseline_report = load_baseline(baseline)
     required = [Format.parse(r, "format") if isinstance(r, str) else Format(r) for r in require]
     if report_dir is not None:  # before the long work: a report that cannot be written fails now, not at the end
-        ensure_output_dir(Path(report_dir), option="--report")
+        check_writable_dir(Path(report_dir), option="--report")
     ref_model = _reference(reference, entries, trust_model)
     manifest = next((e.manifest for e in entries if e.manifest), None)
     if manifest is not None and not isinstance(reference, LoadedModel):
