@@ -7,7 +7,7 @@ the labels, in sorted order unless the model's label list names them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -63,6 +63,15 @@ class Batch:
     labels: np.ndarray | None  # (n,) class indices
     sources: list[str]  # where each sample came from, for reports
     offset: int  # index of the first sample in the whole set
+    # With ``skip_bad``: the samples that could not be read, (source, reason), and the index in the whole set of
+    # each sample kept (None: offset, offset + 1, ...)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    indices: np.ndarray | None = None
+
+    @property
+    def positions(self) -> int | np.ndarray:
+        """Where the batch's samples sit in the whole set: ``offset`` (consecutive) or (n,) indices."""
+        return self.offset if self.indices is None else self.indices
 
 
 class DataSource:
@@ -72,7 +81,11 @@ class DataSource:
         self.source, self.count, self.labeled = source, count, labeled
         self.pixels = pixels  # "uint8" (raw images) or "float32" (float pixels, not rounded)
 
-    def batches(self, batch_size: int) -> Iterator[Batch]:  # pragma: no cover - abstract
+    def batches(self, batch_size: int, start: int = 0, stop: int | None = None,
+                skip_bad: bool = False) -> Iterator[Batch]:  # pragma: no cover - abstract
+        """Batches of ``batch_size`` over samples ``start`` to ``stop`` (default: the end): a shard of the set.
+        With ``skip_bad``, a sample that cannot be read is left out of its batch and listed in ``Batch.failed``
+        with its reason (else it raises :class:`UserError`)."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, object]:
@@ -97,12 +110,30 @@ class FolderSource(DataSource):
             self.labels = np.array([index[f.parent.name] for f in self.files], dtype=np.int64)
         super().__init__(str(self.root), len(self.files), labeled)
 
-    def batches(self, batch_size: int) -> Iterator[Batch]:
-        for start in range(0, len(self.files), batch_size):
-            files = self.files[start : start + batch_size]
-            images = np.stack([read_image(f, self.size) for f in files])
-            labels = None if self.labels is None else self.labels[start : start + len(files)]
-            yield Batch(images, labels, [f.relative_to(self.root).as_posix() for f in files], start)
+    def batches(self, batch_size: int, start: int = 0, stop: int | None = None,
+                skip_bad: bool = False) -> Iterator[Batch]:
+        stop = len(self.files) if stop is None else min(stop, len(self.files))
+        for first in range(start, stop, batch_size):
+            files = self.files[first : min(first + batch_size, stop)]
+            sources = [f.relative_to(self.root).as_posix() for f in files]
+            labels = None if self.labels is None else self.labels[first : first + len(files)]
+            if not skip_bad:
+                yield Batch(np.stack([read_image(f, self.size) for f in files]), labels, sources, first)
+                continue
+            images, kept, failed = [], [], []
+            for j, f in enumerate(files):
+                try:
+                    images.append(read_image(f, self.size))
+                    kept.append(j)
+                except UserError as e:
+                    failed.append((sources[j], str(e)))
+            if not failed:
+                yield Batch(np.stack(images), labels, sources, first)
+                continue
+            keep = np.array(kept, dtype=np.int64)
+            empty = np.zeros((0, *self.size, 3), np.uint8)
+            yield Batch(np.stack(images) if images else empty, None if labels is None else labels[keep],
+                        [sources[j] for j in kept], first, failed, first + keep)
 
 
 class ArraySource(DataSource):
@@ -150,9 +181,11 @@ class ArraySource(DataSource):
         super().__init__(str(path), len(images), labels is not None,
                          "float32" if np.issubdtype(images.dtype, np.floating) else "uint8")
 
-    def batches(self, batch_size: int) -> Iterator[Batch]:
-        for start in range(0, len(self.images), batch_size):
-            chunk = np.asarray(self.images[start : start + batch_size])
+    def batches(self, batch_size: int, start: int = 0, stop: int | None = None,
+                skip_bad: bool = False) -> Iterator[Batch]:
+        stop = len(self.images) if stop is None else min(stop, len(self.images))
+        for start in range(start, stop, batch_size):
+            chunk = np.asarray(self.images[start : min(start + batch_size, stop)])
             if np.issubdtype(chunk.dtype, np.floating):
                 images = chunk.astype(np.float32, copy=False)  # float pixels stay floats (not rounded)
             else:

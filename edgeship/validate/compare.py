@@ -39,7 +39,11 @@ class Comparison:
     """Accumulates one artifact's agreement with the reference over the batches.
 
     ``probabilities``: whether the reference's outputs are probabilities (else logits, softmaxed for the margin);
-    ``margin_bins`` and ``confident_margin``: the policy's ``[confidence]`` (:func:`metrics.flips_by_margin`)."""
+    ``margin_bins`` and ``confident_margin``: the policy's ``[confidence]`` (:func:`metrics.flips_by_margin`).
+
+    Mergeable: its state is a :class:`metrics.Stream` plus the recorded flips, so comparisons of consecutive shards
+    of a data set, merged in order (:meth:`merge`), give exactly the figures of one comparison over the whole set
+    (shards must start on a batch boundary of the single stream; ``edgeship.validate.executors`` makes them so)."""
 
     labels: list[str]
     permutation: np.ndarray | None = None
@@ -47,87 +51,90 @@ class Comparison:
     probabilities: bool = False
     margin_bins: tuple[float, ...] = m.MARGIN_BINS
     confident_margin: float = m.CONFIDENT_MARGIN
-    _equal: int = 0
-    _max_abs: list[np.ndarray] = field(default_factory=list)
-    _sum_abs: float = 0.0
-    _values: int = 0
-    _signal: float = 0.0
-    _noise: float = 0.0
-    _cos: list[np.ndarray] = field(default_factory=list)
-    _top5: list[np.ndarray] = field(default_factory=list)
-    _agree: list[np.ndarray] = field(default_factory=list)
-    _out_correct: list[np.ndarray] = field(default_factory=list)
-    _out_correct5: list[np.ndarray] = field(default_factory=list)
-    _ref_correct: list[np.ndarray] = field(default_factory=list)
-    _margin: list[np.ndarray] = field(default_factory=list)
+    stream: m.Stream = field(default_factory=m.Stream)
     flips: list[Flip] = field(default_factory=list)
 
     def update(self, ref: np.ndarray, out: np.ndarray, images: np.ndarray, truth: np.ndarray | None,
-               sources: list[str], offset: int) -> None:
+               sources: list[str], offset: int | np.ndarray) -> None:
+        """``offset``: the index in the whole set of the batch's first sample, or (n,) the index of each sample."""
         if self.permutation is not None:
             out = out[:, self.permutation]
         if out.shape != ref.shape:
             raise UserError(f"the artifact answers with shape {out.shape[1:]}, the reference with {ref.shape[1:]}")
+        s = self.stream
         err = np.abs(out.astype(np.float64) - ref)
-        self._max_abs.append(err.max(axis=1))
-        self._sum_abs += float(err.sum())
-        self._values += err.size
-        self._equal += int(np.count_nonzero(err == 0))
-        self._signal += float(np.sum(ref.astype(np.float64) ** 2))
-        self._noise += float(np.sum(err**2))
-        self._cos.append(m.per_sample_cosine(ref, out))
-        self._top5.append(m.per_sample_top5_overlap(ref, out))
+        s.extend("max_abs", err.max(axis=1))
+        s.add("sum_abs", float(err.sum()))
+        s.count("values", err.size)
+        s.count("equal", int(np.count_nonzero(err == 0)))
+        s.add("signal", float(np.sum(ref.astype(np.float64) ** 2)))
+        s.add("noise", float(np.sum(err**2)))
+        s.extend("cos", m.per_sample_cosine(ref, out))
+        s.extend("top5", m.per_sample_top5_overlap(ref, out))
         r1, o1 = ref.argmax(1), out.argmax(1)
-        self._agree.append(r1 == o1)
+        s.extend("agree", r1 == o1)
         margin = m.top1_margin(ref, self.probabilities)
-        self._margin.append(margin)
+        s.extend("margin", margin)
         if truth is not None:
-            self._ref_correct.append(r1 == truth)
-            self._out_correct.append(o1 == truth)
+            s.extend("ref_correct", r1 == truth)
+            s.extend("out_correct", o1 == truth)
             k = min(5, out.shape[1])
-            self._out_correct5.append((np.argsort(-out, axis=1, kind="stable")[:, :k] == truth[:, None]).any(axis=1))
+            s.extend("out_correct5", (np.argsort(-out, axis=1, kind="stable")[:, :k] == truth[:, None]).any(axis=1))
         for i in np.flatnonzero(r1 != o1) if self.record_flips else ():
             if len(self.flips) >= MAX_FLIPS:
                 break
             self.flips.append(Flip(
-                index=offset + int(i), source=sources[i], reference=self.labels[r1[i]], artifact=self.labels[o1[i]],
+                index=int(offset[i]) if isinstance(offset, np.ndarray) else offset + int(i), source=sources[i],
+                reference=self.labels[r1[i]], artifact=self.labels[o1[i]],
                 truth=None if truth is None else self.labels[int(truth[i])], margin=float(margin[i]),
                 thumbnail_png=_png(images[i]) if len(self.flips) < MAX_THUMBNAILS else None,
             ))
 
+    def merge(self, other: "Comparison") -> "Comparison":
+        """Append ``other`` (the next shard's comparison) to this one; flips beyond MAX_FLIPS are dropped and
+        thumbnails kept for the first MAX_THUMBNAILS only, as one comparison over both would have recorded them.
+        (Each shard recorded thumbnails for its own first flips, so the merged first MAX_THUMBNAILS all have one.)"""
+        self.stream.merge(other.stream)
+        self.flips = (self.flips + other.flips)[:MAX_FLIPS]
+        for f in self.flips[MAX_THUMBNAILS:]:
+            f.thumbnail_png = None
+        return self
+
     def metrics(self) -> Metrics:
-        if not self._agree:
+        s = self.stream
+        if not s.has("agree"):
             return Metrics()
-        mean = lambda parts: float(np.mean(np.concatenate(parts)))  # noqa: E731
+        mean = lambda name: float(np.mean(s.values(name)))  # noqa: E731
         result = Metrics(
-            max_abs_error=float(np.max(np.concatenate(self._max_abs))),
-            mean_abs_error=self._sum_abs / self._values,
-            cosine=mean(self._cos),
-            sqnr_db=m.sqnr_from_powers(self._signal, self._noise),
-            top1_agreement=mean(self._agree),
-            top5_overlap=mean(self._top5),
-            equal_values=self._equal / self._values,
+            max_abs_error=float(np.max(s.values("max_abs"))),
+            mean_abs_error=s.total("sum_abs") / s.n("values"),
+            cosine=mean("cos"),
+            sqnr_db=m.sqnr_from_powers(s.total("signal"), s.total("noise")),
+            top1_agreement=mean("agree"),
+            top5_overlap=mean("top5"),
+            equal_values=s.n("equal") / s.n("values"),
         )
-        margin, agree = np.concatenate(self._margin), np.concatenate(self._agree)
+        margin, agree = s.values("margin"), s.values("agree").astype(bool)
         sure = margin >= self.confident_margin
         result.confident_flips = float(np.mean(~agree[sure])) if sure.any() else None
-        if self._out_correct:
-            result.accuracy_top1 = mean(self._out_correct)
-            result.accuracy_top5 = mean(self._out_correct5)
-            result.accuracy_top1_drop = mean(self._ref_correct) - result.accuracy_top1
+        if s.has("out_correct"):
+            result.accuracy_top1 = mean("out_correct")
+            result.accuracy_top5 = mean("out_correct5")
+            result.accuracy_top1_drop = mean("ref_correct") - result.accuracy_top1
         return result
 
     def flips_by_margin(self) -> list[dict[str, float | int]]:
         """Samples and flips per bin of the reference's top-1 margin (:func:`metrics.flips_by_margin`)."""
-        if not self._agree:
+        if not self.stream.has("agree"):
             return []
-        return m.flips_by_margin(np.concatenate(self._margin), np.concatenate(self._agree), self.margin_bins)
+        return m.flips_by_margin(self.stream.values("margin"), self.stream.values("agree").astype(bool),
+                                 self.margin_bins)
 
     def sample_errors(self) -> list[float]:
         """Per-sample max abs error, evenly thinned to at most MAX_SAMPLE_ERRORS, for the distribution plot."""
-        if not self._max_abs:
+        errs = self.stream.values("max_abs")
+        if not len(errs):
             return []
-        errs = np.concatenate(self._max_abs)
         if len(errs) > MAX_SAMPLE_ERRORS:
             errs = errs[np.linspace(0, len(errs) - 1, MAX_SAMPLE_ERRORS).astype(int)]
         return [float(e) for e in errs]

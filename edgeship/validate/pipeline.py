@@ -33,13 +33,11 @@ from edgeship.manifest import MANIFEST_NAME, Manifest, tool_versions
 from edgeship.models.loading import DEMO_DIR, LoadedModel, load_model
 from edgeship.models.spec import Preprocessing
 from edgeship.types import Format, Precision
-from edgeship.validate.compare import Comparison, label_permutation
-from edgeship.validate.latency import measure, peak_rss_bytes, reset_peak_rss
+from edgeship.validate.executors import Executor, get_executor
 from edgeship.validate.policy import Policy, load_policy
 from edgeship.validate.results import ArtifactResult, Report, Status
-from edgeship.runtimes.runner import Runner, Unavailable
-from edgeship.runtimes import KERNEL_PATHS, RUNTIME_NAMES, kernel_path_runner, runner_for
-from edgeship.runtimes.keras import KerasRunner
+from edgeship.validate.shard import Job
+from edgeship.runtimes import RUNTIME_NAMES
 
 DEMO_HELDOUT = DEMO_DIR / "heldout"
 _SUFFIX_FORMATS = {".tflite": Format.TFLITE, ".onnx": Format.ONNX, ".mlpackage": Format.COREML}
@@ -69,15 +67,21 @@ def validate(
     trust_model: bool = False,
     progress: bool = True,
     kernel_path_samples: int = 500,
+    executor: "str | Executor" = "local",
+    address: str | None = None,
+    workers: int | None = None,
 ) -> Report:
     """Validate ``artifacts`` (files, or directories holding a manifest.json) and return the report; with
     ``report_dir``, also write report.json, report.md, report.html and junit.xml there.
 
     ``kernel_path_samples``: how many samples (the first ones) each int8 file's second kernel path runs on; 0 turns
     the portability comparison off. LiteRT's reference kernels are slow (measured: 90 ms an image on a
-    MobileNetV2-1.0 at 160x160, XNNPACK 6 ms), hence the cap."""
-    from tqdm import tqdm
+    MobileNetV2-1.0 at 160x160, XNNPACK 6 ms), hence the cap.
 
+    ``executor``: "local" (default: this process) or "ray" (shards over a Ray cluster at ``address``, ``workers``
+    shard tasks in flight; :mod:`edgeship.validate.ray_executor`), or an :class:`Executor`. Both give the same
+    figures (latency aside); an image that cannot be read is failed alone and listed in ``report.data
+    ["failed_samples"]`` with its reason."""
     from edgeship.data import open_data
 
     if kernel_path_samples < 0:
@@ -97,94 +101,57 @@ def validate(
     if source.count == 0:
         raise UserError(f"no samples in {source.source}")
 
-    reference_runner = KerasRunner(ref_model, threads=threads).open()
     # Agreement by confidence: the reference's top-1 margin, on its probabilities (its own, or softmaxed logits)
     confidence = dict(probabilities=spec.outputs_probabilities, margin_bins=policy.margin_bins,
                       confident_margin=policy.confident_margin)
+    job = Job(entries=entries, reference=ref_model.source_path, trust_model=trust_model, spec=spec,
+              data=source.source, count=source.count, threads=threads, iterations=iterations, warmup=warmup,
+              batch_size=batch_size, kernel_path_samples=kernel_path_samples, confidence=confidence)
+    if not isinstance(executor, Executor):
+        executor = get_executor(executor, address=address, workers=workers)
+    outcome = executor.run(job, ref_model, progress=progress)
+    merged, timings = outcome.partial, outcome.timings
+
     results: dict[int, ArtifactResult] = {}
-    runners: dict[int, Runner] = {}
-    comparisons: dict[int, Comparison] = {}
-    second: dict[int, tuple[Runner, Comparison]] = {}  # each int8 file's second kernel path
+    ran: list[int] = []  # artifacts that ran through the whole set
     for i, entry in enumerate(entries):
-        results[i] = ArtifactResult(path=str(entry.path), format=str(entry.format), precision=str(entry.precision),
-                                    runtime=RUNTIME_NAMES[entry.format], status=Status.PASSED, threads=threads,
-                                    size_bytes=size_on_disk(entry.path) if entry.path.exists() else None)
-        try:
-            runner = runner_for(entry.format, entry.path, spec.preprocessing, threads).open()
-            comparisons[i] = Comparison(list(spec.labels), label_permutation(list(spec.labels), runner.labels),
-                                        **confidence)
-            runners[i] = runner
-            results[i].reason = getattr(runner, "note", None)  # e.g. coreml-reference: not Apple's kernels
-            results[i].latency_ms.load = runner.load_ms
-            other = kernel_path_runner(entry.format, entry.precision, entry.path, spec.preprocessing, threads)
-            if other is not None and kernel_path_samples > 0:
-                second[i] = (other.open(), Comparison(list(spec.labels), record_flips=False, **confidence))
-                results[i].kernel_path = f"{other.runtime}: {KERNEL_PATHS[entry.format][1]}"
-        except Unavailable as e:
-            results[i].status, results[i].reason = Status.SKIPPED, str(e)
-        except UserError as e:
-            results[i].status, results[i].reason = Status.FAILED, str(e)
-
-    bar = tqdm(total=source.count, desc="validate", unit="img", disable=None if progress else True, leave=False)
-    first_batch = None
-    for batch in source.batches(batch_size):
-        first_batch = first_batch if first_batch is not None else batch.images[:1]
-        ref = reference_runner.predict(batch.images)
-        for i, runner in list(runners.items()):
-            try:
-                if results[i].latency_ms.first is None:
-                    runner.infer(runner.feed(batch.images[:1]))
-                    results[i].latency_ms.first = (runner.last_run_s or 0.0) * 1e3
-                out = runner.predict(batch.images)
-                comparisons[i].update(ref, out, batch.images, batch.labels, batch.sources, batch.offset)
-                take = min(len(batch.images), kernel_path_samples - batch.offset)
-                if i in second and take > 0:
-                    other, comparison = second[i]
-                    comparison.update(out[:take], other.predict(batch.images[:take]), batch.images[:take], None,
-                                      batch.sources[:take], batch.offset)
-                    results[i].kernel_path_samples += take
-            except UserError as e:
-                _fail(results[i], str(e), runners, i, second)
-            except Exception as e:  # the runtime crashed on this artifact: fail it, keep validating the others
-                _fail(results[i], f"{runner.runtime} failed to run it: {type(e).__name__}: "
-                      f"{str(e).splitlines()[0][:200] if str(e) else ''}", runners, i, second)
-        bar.update(len(batch.images))
-    bar.close()
-
-    for i, runner in runners.items():
-        r = results[i]
-        r.metrics = comparisons[i].metrics()
-        if i in second:
-            other, comparison = second.pop(i)
-            other.close()
-            paths = comparison.metrics()
+        part = merged.artifacts[i]
+        r = results[i] = ArtifactResult(
+            path=str(entry.path), format=str(entry.format), precision=str(entry.precision),
+            runtime=RUNTIME_NAMES[entry.format], status=part.status, threads=threads,
+            size_bytes=size_on_disk(entry.path) if entry.path.exists() else None)
+        r.reason = part.reason if part.status is not Status.PASSED else part.note
+        r.latency_ms.load, r.latency_ms.first = part.load_ms, part.first_ms
+        r.kernel_path = part.kernel_path
+        if part.status is not Status.PASSED or part.comparison is None:
+            continue
+        ran.append(i)
+        r.metrics = part.comparison.metrics()
+        if part.second is not None:
+            paths = part.second.metrics()
             r.metrics.kernel_path_top1_agreement = paths.top1_agreement
             r.metrics.kernel_path_equal_values = paths.equal_values
             r.metrics.kernel_path_sqnr_db = paths.sqnr_db
-        r.flips = comparisons[i].flips
-        r.flips_by_margin = comparisons[i].flips_by_margin()
-        r.input_feed = runner.input_feed
-        r.sample_errors = comparisons[i].sample_errors()
-        assert first_batch is not None
-        feed = runner.feed(first_batch)
-        first, load = r.latency_ms.first, r.latency_ms.load
-        reset_peak_rss()  # so the mark read below is this artifact's timing, not the shared comparison loop
-        r.latency_ms, _ = measure(runner, feed, warmup=warmup, iterations=iterations)
-        r.latency_ms.first, r.latency_ms.load = first, load
-        r.iterations = iterations
-        r.peak_rss_bytes = peak_rss_bytes()
+        r.kernel_path_samples = part.kernel_path_samples
+        r.flips = part.comparison.flips
+        r.flips_by_margin = part.comparison.flips_by_margin()
+        r.input_feed = part.input_feed
+        r.sample_errors = part.comparison.sample_errors()
+        if i in timings:
+            t = timings[i]
+            r.latency_ms, r.iterations, r.peak_rss_bytes = t.latency, t.iterations, t.peak_rss_bytes
         r.layer_sqnr = _layer_sqnr(entries[i].path)
-        runner.close()
-    p50_of = {f"{results[i].format}.{results[i].precision}": results[i].latency_ms.p50 for i in runners
+    notes = {i: merged.artifacts[i].note for i in ran}
+    p50_of = {f"{results[i].format}.{results[i].precision}": results[i].latency_ms.p50 for i in ran
               if results[i].latency_ms.p50 is not None}
-    for i in runners:
+    for i in ran:
         r = results[i]
         r.gates = (policy.gate_metrics(r.format, r.precision, r.metrics)
                    + policy.gate_latency(f"{r.format}.{r.precision}", r.latency_ms, p50_of))
         failed = [g for g in r.gates if not g.passed]
         if failed:
             r.status = Status.FAILED
-            note = getattr(runners[i], "note", None)  # coreml-reference: says what ran it
+            note = notes[i]  # coreml-reference: says what ran it
             if any(g.name.startswith("kernel_path_") for g in failed):
                 note = (f"{r.runtime} on {describe_machine().int8_kernel_family} disagrees with {r.kernel_path}; "
                         "a kernel that saturates on this CPU answers so: see the file's portability record")
@@ -199,25 +166,20 @@ def validate(
         data=source.describe(), preprocessing=spec.preprocessing.to_dict(), labels=list(spec.labels),
         artifacts=artifacts, required_formats=[str(f) for f in required],
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), edgeship_version=__version__,
-        versions=tool_versions(), machine=describe_machine().to_dict(),
+        versions=tool_versions(), machine=outcome.machine or describe_machine().to_dict(),
         confidence={"margin": "top-1 minus runner-up probability, "
                               + ("the model's own (it ends in a softmax)" if spec.outputs_probabilities
                                  else "from the softmax of its logits"),
                     "bins": list(policy.margin_bins), "confident_margin": policy.confident_margin},
+        executor=outcome.info,
     )
+    if merged.failed_samples:
+        report.data["failed_samples"] = [{"source": src, "reason": why} for src, why in merged.failed_samples]
     if report_dir is not None:
         from edgeship.validate.reports import write_reports
 
         write_reports(report, Path(report_dir))
     return report
-
-
-def _fail(result: ArtifactResult, reason: str, runners: dict[int, Runner], i: int,
-          second: dict[int, tuple[Runner, Comparison]]) -> None:
-    result.status, result.reason = Status.FAILED, reason
-    runners.pop(i).close()
-    if i in second:
-        second.pop(i)[0].close()
 
 
 def resolve_artifacts(paths: Sequence[str | Path]) -> list[ArtifactEntry]:

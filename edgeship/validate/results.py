@@ -33,6 +33,8 @@ Schema ``schema_version`` 2 (stable keys; new keys may be added, none removed or
       "machine": {"cpu_model": "AMD EPYC", "architecture": "x86_64", "cores": 2, "isa": ["sse4_1", "avx2"],
                   "int8_kernel_family": "x86 AVX2 (no VNNI)", "os": "Linux-...", "python": "3.11.7"},
       "confidence": {"margin": "...", "bins": [0.1, 0.3], "confident_margin": 0.3},
+      "executor": {"name": "local"} | {"name": "ray", "workers": 2, "shards": 8, "nodes": ["10.0.0.5"],
+                   "latency_node": {"node_id": "...", "ip": "...", "hostname": "...", "pid": 123}, ...},
       "versions": {"edgeship": "0.1.0", "onnxruntime": "1.31.1", "ai-edge-litert": "2.3.0", ...},
       "passed": true
     }
@@ -44,6 +46,8 @@ second kernel path of its own runtime (ORT's unfused graph, LiteRT's reference k
 ``input_feed``, ``flips_by_margin``, ``confident_flips``, each flip's ``margin``, ``data.pixels`` and ``confidence``
 were added within version 2 (keys added, none removed or renamed): what each artifact was fed (raw uint8 pixels as
 MediaPipe feeds a uint8 input, or re-quantised floats), and top-1 flips told apart by the reference's confidence.
+``executor`` and ``data.failed_samples`` (``[{"source", "reason"}]``, the images that could not be read, each failed
+alone) were added within version 2; with the Ray executor, ``machine`` is the node that measured latency.
 ``passed`` is true only when no artifact failed and no required format was skipped: ``skipped`` never counts as
 passed.
 """
@@ -171,6 +175,9 @@ class Report:
     machine: dict[str, Any] = field(default_factory=dict)  # edgeship.machine.Machine.to_dict(); {} if not recorded
     # How confidence is measured: {"margin": what the margin is taken of, "bins": edges, "confident_margin": t}
     confidence: dict[str, Any] = field(default_factory=dict)
+    # How it ran: {"name": "local"} or, for Ray, {"name": "ray", "address", "workers", "shards", "nodes",
+    # "latency_node": {"node_id", "ip", "hostname", "pid"}, ...}; {} if not recorded
+    executor: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -196,6 +203,7 @@ class Report:
             "required_formats": list(self.required_formats),
             "machine": dict(self.machine),
             "confidence": dict(self.confidence),
+            "executor": dict(self.executor),
             "versions": self.versions,
             "passed": self.passed,
         }
