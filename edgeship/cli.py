@@ -145,6 +145,21 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
                         "LiteRT reference kernels) to show it answers alike on any CPU (default 500; 0: off)")
 
 
+def _executor_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("executor")
+    g.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local (default: this process) or ray: shards of the data set over a Ray cluster, merged "
+                        "into the same figures (pip install 'edgeship[ray]')")
+    g.add_argument("--address", metavar="ADDR", help="with --executor ray: the cluster to join, e.g. HOST:6379 "
+                                                     "(default: a local Ray started for this run)")
+    g.add_argument("--workers", type=int, metavar="N", help="with --executor ray: shard tasks in flight "
+                                                            "(default: the cluster's CPUs / --threads)")
+
+
+def _executor_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {"executor": args.executor, "address": args.address, "workers": args.workers}
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from edgeship.types import Format
     from edgeship.validate.pipeline import validate
@@ -153,7 +168,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     report = validate(args.artifacts, reference=args.reference, data=args.data, policy=args.policy,
                       report_dir=args.report, require=Format.parse_list(args.require, "format") if args.require else (),
                       threads=args.threads, iterations=args.iterations, trust_model=args.trust_model,
-                      kernel_path_samples=args.kernel_path_samples)
+                      kernel_path_samples=args.kernel_path_samples, **_executor_kwargs(args))
     print(summary_table(report))
     if args.report:
         print(f"reports in {args.report}: report.json report.md report.html junit.xml")
@@ -279,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-model", action="store_true", help="allow a reference with Lambda layers or custom code")
     p.add_argument("--report", metavar="DIR", help="write report.json, report.md, report.html, junit.xml here")
     _validate_args(p)
+    _executor_args(p)
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("run", help="the whole pipeline: export, quantise, validate, report",

@@ -35,6 +35,9 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     threads = 1
     iterations = 50
     kernel_path_samples = 500            # int8 files also through a second kernel path (0: off)
+    executor = "local"                   # or "ray": shards over a Ray cluster (pip install 'edgeship[ray]')
+    address = "head-node:6379"           # with executor = "ray": the cluster (default: a local Ray for the run)
+    workers = 4                          # with executor = "ray": shard tasks in flight (default: CPUs / threads)
 
     [output]
     dir = "edgeship-out"
@@ -59,7 +62,8 @@ _KNOWN = {
     "quantize": {"formats", "calibration", "num_samples", "relu6_fixed", "seed", "precisions", "onnx_method",
                  "bias_correction", "weight_rounding", "cross_layer_equalization", "activation_ranges", "keep_float",
                  "max_drop", "max_size"},
-    "validate": {"data", "policy", "require", "threads", "iterations", "kernel_path_samples"},
+    "validate": {"data", "policy", "require", "threads", "iterations", "kernel_path_samples", "executor", "address",
+                 "workers"},
     "output": {"dir"},
 }
 
@@ -92,6 +96,9 @@ class RunConfig:
     threads: int = 1
     iterations: int = 50
     kernel_path_samples: int = 500
+    executor: str = "local"
+    address: str | None = None
+    workers: int | None = None
     out: Path = Path("edgeship-out")
 
 
@@ -133,6 +140,8 @@ def load_config(path: str | Path | None) -> RunConfig:
         data=rel(v.get("data")), policy=rel(v.get("policy")),
         require=list(v.get("require", [])), threads=int(v.get("threads", 1)), iterations=int(v.get("iterations", 50)),
         kernel_path_samples=int(v.get("kernel_path_samples", 500)),
+        executor=str(v.get("executor", "local")), address=None if v.get("address") is None else str(v["address"]),
+        workers=None if v.get("workers") is None else int(v["workers"]),
         out=Path(rel(o.get("dir")) or "edgeship-out"),
     )
     return cfg
@@ -170,7 +179,8 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
     report_dir = config.out / "report"
     report = validate([config.out], reference=loaded, data=config.data, policy=config.policy, report_dir=report_dir,
                       require=config.require, threads=config.threads, iterations=config.iterations,
-                      kernel_path_samples=config.kernel_path_samples)
+                      kernel_path_samples=config.kernel_path_samples, executor=config.executor,
+                      address=config.address, workers=config.workers)
     echo(f"validated on {report.data['count']} images in {time.perf_counter() - t0:.1f} s")
     echo(summary_table(report))
     echo(f"reports: {report_dir}/report.md  report.html  report.json  junit.xml")
