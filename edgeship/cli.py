@@ -186,6 +186,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run(config, echo=print).exit_code
 
 
+# ----------------------------------------------------------------------------------------------- sweep
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    """A grid of variants x precisions on Ray, one task per variant; the table and the plot."""
+    from edgeship.sweep import SweepConfig, markdown, sweep
+
+    def floats(text: str, what: str) -> list[float]:
+        try:
+            return [float(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise UserError(f"--{what} takes comma-separated numbers, got '{text}'") from None
+
+    config = SweepConfig(
+        families=[f.strip() for f in args.families.split(",") if f.strip()],
+        alphas=floats(args.alphas, "alphas"), resolutions=[int(r) for r in floats(args.resolutions, "resolutions")],
+        precisions=[p.strip() for p in args.precisions.split(",") if p.strip()],
+        formats=[f.strip() for f in args.formats.split(",") if f.strip()], data=args.data,
+        num_samples=args.num_samples, iterations=args.iterations, threads=args.threads, out=Path(args.out),
+        address=args.address, workers=args.workers)
+    rows = sweep(config)
+    print(markdown(rows))
+    print(f"table and plot in {config.out}: sweep.md sweep.html sweep.json sweep.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeship",
@@ -296,6 +320,27 @@ def build_parser() -> argparse.ArgumentParser:
     _validate_args(p)
     _executor_args(p)
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("sweep", help="a grid of variants x precisions on Ray: MACs, size, latency (and agreement)",
+                       description="Run the pipeline of 'edgeship run' on every variant of a grid (family x "
+                                   "alpha x resolution; random weights) and precision, one Ray task per variant, "
+                                   "and write one table (Markdown, JSON, HTML) and a latency plot. Needs "
+                                   "'pip install edgeship[ray]'.")
+    p.add_argument("--families", default="mobilenet_v2", help="comma-separated families (default mobilenet_v2)")
+    p.add_argument("--alphas", default="0.35,0.5", help="comma-separated width multipliers (default 0.35,0.5)")
+    p.add_argument("--resolutions", default="96,128", help="comma-separated input sizes (default 96,128)")
+    p.add_argument("--precisions", default="fp32,int8", help="comma-separated precisions (default fp32,int8)")
+    p.add_argument("--formats", default="tflite", help="comma-separated formats (default tflite)")
+    p.add_argument("--data", metavar="DATA", help="images (no class folders) or .npy/.npz at each resolution: "
+                                                  "agreement and SQNR against each variant's float (default: 16 "
+                                                  "demo images, for calibration and latency only)")
+    p.add_argument("--num-samples", type=int, default=32, help="calibration samples (default 32)")
+    p.add_argument("--iterations", type=int, default=20, help="timed inferences per artifact (default 20)")
+    p.add_argument("--threads", type=int, default=1, help="threads per runtime, and CPUs per task (default 1)")
+    p.add_argument("--out", default="edgeship-sweep", metavar="DIR", help="output directory (default edgeship-sweep)")
+    p.add_argument("--address", metavar="ADDR", help="the Ray cluster to join (default: a local Ray for the sweep)")
+    p.add_argument("--workers", type=int, metavar="N", help="variants in flight (default: CPUs / --threads)")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("run", help="the whole pipeline: export, quantise, validate, report",
                        description="Run the whole pipeline from an edgeship.toml; without one, on the embedded "

@@ -86,6 +86,8 @@ def validate(
 
     if kernel_path_samples < 0:
         raise UserError(f"--kernel-path-samples must be 0 (off) or more, got {kernel_path_samples}")
+    if not isinstance(executor, Executor):
+        executor = get_executor(executor, address=address, workers=workers)
     entries = resolve_artifacts(artifacts)
     required = [Format.parse(r, "format") if isinstance(r, str) else Format(r) for r in require]
     policy = policy if isinstance(policy, Policy) else load_policy(policy)
@@ -107,8 +109,6 @@ def validate(
     job = Job(entries=entries, reference=ref_model.source_path, trust_model=trust_model, spec=spec,
               data=source.source, count=source.count, threads=threads, iterations=iterations, warmup=warmup,
               batch_size=batch_size, kernel_path_samples=kernel_path_samples, confidence=confidence)
-    if not isinstance(executor, Executor):
-        executor = get_executor(executor, address=address, workers=workers)
     outcome = executor.run(job, ref_model, progress=progress)
     merged, timings = outcome.partial, outcome.timings
 

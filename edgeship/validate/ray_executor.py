@@ -60,6 +60,23 @@ def import_ray() -> Any:
     return ray
 
 
+def pin_threads(threads: int) -> bool:
+    """Hold this worker's TensorFlow (the Keras reference) to ``threads`` intra-op threads and one inter-op thread,
+    as the runtimes are (ORT, LiteRT take ``threads``; Ray sets OMP_NUM_THREADS to the task's CPUs). Without it the
+    reference alone would use every core of the node and one worker would already fill it. TensorFlow fixes its
+    pools when it runs its first op: False when this worker process had already started them (then they stay)."""
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(threads))
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    from edgeship._tf import tf
+
+    try:
+        tf().config.threading.set_intra_op_parallelism_threads(threads)
+        tf().config.threading.set_inter_op_parallelism_threads(1)
+        return True
+    except RuntimeError:
+        return False
+
+
 def _worker_session(job: Job, token: str) -> Session:
     global _session
     if _session is None or _session[0] != token:
@@ -69,6 +86,7 @@ def _worker_session(job: Job, token: str) -> Session:
         from edgeship._tf import quiet_environment
 
         quiet_environment()
+        pin_threads(job.threads)
         _session = (token, Session(job))
     return _session[1]
 

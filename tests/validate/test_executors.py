@@ -1,8 +1,8 @@
 """Executors: mergeable statistics (merge of shards == the whole), the Ray executor's report equal to the local one
 figure by figure, a killed worker survived, a bad image failed alone, and the local executor importing no Ray.
 
-The Ray tests share one local Ray cluster started here (2 CPUs, no dashboard); they skip, saying why, when Ray is
-not installed (``pip install -e '.[test]'`` installs it)."""
+The Ray tests share one local Ray cluster (``ray_cluster`` in tests/conftest.py); they skip, saying why, when Ray
+is not installed (``pip install -e '.[test]'`` installs it)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from edgeship.errors import UserError
 from edgeship.models.loading import DEMO_DIR
 from edgeship.validate import compare as cmp
 from edgeship.validate.compare import Comparison
@@ -65,6 +66,23 @@ def test_local_executor_imports_no_ray():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_executor_choice_from_config_cli_and_api(tmp_path, capsys):
+    from edgeship.cli import main
+    from edgeship.pipeline import load_config
+    from edgeship.validate.executors import LocalExecutor, get_executor
+
+    toml = tmp_path / "edgeship.toml"
+    toml.write_text('[validate]\nexecutor = "ray"\naddress = "10.0.0.5:6379"\nworkers = 3\n')
+    cfg = load_config(toml)
+    assert (cfg.executor, cfg.address, cfg.workers) == ("ray", "10.0.0.5:6379", 3)
+    assert load_config(None).executor == "local"
+    assert isinstance(get_executor("local"), LocalExecutor)
+    with pytest.raises(UserError, match="unknown executor"):
+        get_executor("dask")
+    assert main(["validate", "--artifacts", "x.tflite", "--address", "h:1"]) == 2
+    assert "--executor ray only" in capsys.readouterr().err
+
+
 def test_a_bad_image_fails_alone(tmp_path, int8_files):
     """A corrupt file in the data set is failed with its reason; the others are validated."""
     import shutil
@@ -85,22 +103,12 @@ def test_a_bad_image_fails_alone(tmp_path, int8_files):
     (a,) = report.artifacts
     assert a.status.value == "passed" and a.metrics.top1_agreement is not None
     assert sum(b["samples"] for b in a.flips_by_margin) == 12
+    from edgeship.validate.reports import to_markdown
+
+    assert "Unreadable samples:** 1" in to_markdown(report)
 
 
 # ------------------------------------------------------------------------------------------------- Ray
-@pytest.fixture(scope="session")
-def ray_cluster():
-    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[test]'")
-    import logging
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
 @pytest.fixture(scope="module")
 def int8_files(tmp_path_factory):
     """An int8 TFLite of the demo and the int8 ONNX rewritten from it (calibrated on 32 images: ~10 s)."""
@@ -151,6 +159,9 @@ def test_ray_report_equals_local_figure_by_figure(ray_cluster, int8_files, local
     assert report.executor["name"] == "ray" and report.executor["shards"] == 6
     assert report.executor["latency_node"]["node_id"] and report.executor["latency_node"]["ip"]
     assert all(a.latency_ms.p50 > 0 and a.iterations == 3 for a in report.artifacts)
+    from edgeship.validate.reports import to_markdown
+
+    assert f"latency timed once on node {report.executor['latency_node']['hostname']}" in to_markdown(report)
     flips = sum(len(a.flips) for a in local_report.artifacts)
     assert flips > 0 and all(a.kernel_path_samples == 100 for a in local_report.artifacts)  # both paths exercised
     assert _figures(report) == _figures(local_report)
@@ -168,3 +179,31 @@ def test_a_killed_worker_is_retried(ray_cluster, int8_files, local_report, tmp_p
     report = validate(list(int8_files), iterations=3, progress=False, kernel_path_samples=100, executor=executor)
     assert marker.exists(), "no worker was killed"
     assert _figures(report) == _figures(local_report)
+
+
+def test_ctrl_c_cancels_the_shards_and_writes_nothing(ray_cluster, int8_files, tmp_path):
+    """An interrupt (SIGINT's KeyboardInterrupt, raised here by a timer) while shards run: it propagates, the
+    tasks in flight are cancelled (the cluster's CPUs come back), and no report file is left."""
+    import signal
+    import time
+
+    from edgeship.validate.pipeline import validate
+    from edgeship.validate.ray_executor import RayExecutor
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.alarm(4)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            validate(list(int8_files), iterations=3, progress=False, kernel_path_samples=360,
+                     report_dir=tmp_path / "report", executor=RayExecutor(workers=2, shard_size=32))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not (tmp_path / "report").exists() and not list(tmp_path.iterdir())
+    deadline = time.time() + 30
+    while ray_cluster.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray_cluster.available_resources().get("CPU", 0) == 2, "cancelled shards still hold CPUs"
