@@ -16,7 +16,6 @@ image (``Partial.failed_samples``: source and reason), not the run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -266,9 +265,3 @@ class Session:
         self.runners.clear()
         self.second.clear()
         self.reference_runner.close()
-
-
-def resolve_data(data: str | Path | None) -> str:
-    from edgeship.validate.pipeline import DEMO_HELDOUT
-
-    return str(Path(data) if data is not None else DEMO_HELDOUT)
