@@ -17,6 +17,7 @@ def test_the_grid_is_the_registry_names_and_refuses_an_empty_one():
         variants(SweepConfig(families=["mobilenet_v1"], alphas=[0.3], resolutions=[100]))
 
 
+@pytest.mark.slow
 def test_sweep_of_8_variants_writes_the_table_and_the_plot(ray_cluster, tmp_path):
     from PIL import Image
 

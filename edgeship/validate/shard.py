@@ -138,6 +138,7 @@ class Session:
         spec = self.spec = job.spec
         self.reference_runner = KerasRunner(reference, threads=job.threads).open()
         self.first_image: np.ndarray | None = None
+        self._source: Any = None
         self.runners: dict[int, Any] = {}
         self.second: dict[int, Any] = {}
         self.base: dict[int, ArtifactPartial] = {}  # what opening each artifact gave: status, reason, load time
@@ -159,6 +160,14 @@ class Session:
             except UserError as e:
                 base.status, base.reason = Status.FAILED, str(e)
 
+    def source(self) -> Any:
+        """The data set, opened once per session (a folder is listed once, an array memory-mapped once)."""
+        if self._source is None:
+            from edgeship.data import open_data
+
+            self._source = open_data(self.job.data, self.spec.input_shape[:2], self.spec.labels)
+        return self._source
+
     def _partial(self, i: int) -> ArtifactPartial:
         b = self.base[i]
         part = ArtifactPartial(status=b.status, reason=b.reason, note=b.note, load_ms=b.load_ms,
@@ -175,11 +184,9 @@ class Session:
         """Samples ``start`` to ``stop`` (a shard; ``start`` on a batch boundary) through the comparison loop: the
         reference answers each batch, every open runner answers the same batch, a Comparison per artifact
         accumulates. ``on_batch(n)`` after each batch (progress)."""
-        from edgeship.data import open_data
-
-        job, spec = self.job, self.spec
+        job = self.job
         stop = job.count if stop is None else stop
-        source = open_data(job.data, spec.input_shape[:2], spec.labels)
+        source = self.source()
         parts = {i: self._partial(i) for i in self.base}
         failed_samples: list[tuple[str, str]] = []
         for batch in source.batches(job.batch_size, start, stop, skip_bad=True):
@@ -234,10 +241,8 @@ class Session:
 
         job = self.job
         if self.first_image is None:
-            from edgeship.data import open_data
-
-            source = open_data(job.data, self.spec.input_shape[:2], self.spec.labels)
-            self.first_image = next((b.images[:1] for b in source.batches(1, skip_bad=True) if len(b.images)), None)
+            batches = self.source().batches(1, skip_bad=True)
+            self.first_image = next((b.images[:1] for b in batches if len(b.images)), None)
         timings: dict[int, Timing] = {}
         for i in list(self.runners):
             if which is not None and i not in which:
