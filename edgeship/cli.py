@@ -1,22 +1,48 @@
 """The ``edgeship`` command: a thin shell over the library. Heavy frameworks are imported only inside the
 command that needs them, so ``edgeship --help`` is instant.
 
-Exit codes: 0 success; 1 a release gate failed; 2 bad input or usage (one line, no traceback). A bug in
-edgeship itself keeps its traceback.
+Exit codes (a contract, :mod:`edgeship.errors`): 0 success; 1 a release gate failed; 2 bad input or usage; 3 the
+environment (disk full, permission denied, an unwritable output or report directory, a missing runtime); 4 a bug in
+edgeship. Every failure is one line on stderr without a traceback; ``EDGESHIP_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from edgeship import __version__
-from edgeship.errors import UserError
+from edgeship.errors import EnvironmentProblem, UserError, from_os_error
 
 DEFAULT_OUT = "edgeship-out"
+INTERNAL_ERROR = 4  # a bug in edgeship: not 1, which a pipeline reads as "a gate failed"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (exit 2) rather than the usage block plus the error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"edgeship: error: {message} (see '{self.prog} --help')\n")
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum`` (``--iterations -1``, ``--threads 0`` are usage errors)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -138,11 +164,26 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--policy", metavar="FILE", help="TOML release gates merged over the defaults")
     g.add_argument("--require", default="", metavar="FORMATS",
                    help="comma-separated formats that must run here: skipped ones then fail the run")
-    g.add_argument("--threads", type=int, default=1, help="threads per runtime (default 1)")
-    g.add_argument("--iterations", type=int, default=50, help="timed inferences per artifact (default 50)")
-    g.add_argument("--kernel-path-samples", type=int, default=500, metavar="N",
+    g.add_argument("--threads", type=_count(1), default=1, help="threads per runtime (default 1)")
+    g.add_argument("--iterations", type=_count(1), default=50, help="timed inferences per artifact (default 50)")
+    g.add_argument("--allow-modified", action="store_true",
+                   help="validate artifacts that differ from their manifest record (sha256, size) instead of failing "
+                        "them; the report records it")
+    g.add_argument("--kernel-path-samples", type=_count(0), default=500, metavar="N",
                    help="samples each int8 file also runs through a second kernel path of its runtime (ORT unfused, "
                         "LiteRT reference kernels) to show it answers alike on any CPU (default 500; 0: off)")
+    _release_args(g)
+
+
+def _release_args(g: argparse._ArgumentGroup) -> None:
+    """Release over release and real devices (validate's options, also taken by run)."""
+    g.add_argument("--baseline", metavar="PATH",
+                   help="a previous run's report.json (or the directory holding it): each artifact must not fall "
+                        "behind the same format and precision there by more than the policy's [baseline] budgets")
+    g.add_argument("--latency-from", action="append", default=[], metavar="FILE",
+                   help="a LiteRT benchmark_model log from a real device (repeatable): its figures join the report "
+                        "beside the artifact it ran, gated by [device_latency.FORMAT.PRECISION]")
+    g.add_argument("--device", metavar="NAME", help="the device the --latency-from logs come from, e.g. 'Pixel 7'")
 
 
 def _executor_args(p: argparse.ArgumentParser) -> None:
@@ -168,11 +209,22 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     report = validate(args.artifacts, reference=args.reference, data=args.data, policy=args.policy,
                       report_dir=args.report, require=Format.parse_list(args.require, "format") if args.require else (),
                       threads=args.threads, iterations=args.iterations, trust_model=args.trust_model,
-                      kernel_path_samples=args.kernel_path_samples, **_executor_kwargs(args))
+                      kernel_path_samples=args.kernel_path_samples, allow_modified=args.allow_modified,
+                      baseline=args.baseline, latency_from=args.latency_from, device=args.device,
+                      **_executor_kwargs(args))
     print(summary_table(report))
+    _print_baseline(report)
     if args.report:
         print(f"reports in {args.report}: report.json report.md report.html junit.xml")
     return report.exit_code
+
+
+def _print_baseline(report) -> None:
+    from edgeship.validate.baseline import baseline_summary
+
+    line = baseline_summary(report)
+    if line:
+        print(line)
 
 
 # ----------------------------------------------------------------------------------------------- run
@@ -183,6 +235,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.out:
         config.out = Path(args.out)
+    if args.baseline:
+        config.baseline = args.baseline
+    if args.latency_from:
+        config.latency_from = list(args.latency_from)
+    if args.device:
+        config.device = args.device
     return run(config, echo=print).exit_code
 
 
@@ -211,7 +269,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edgeship",
         description="Ship trained MobileNets to phones: .tflite, .onnx and .mlpackage, checked against the float model.",
     )
@@ -258,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--calibration", metavar="DATA", help="a folder of images or an .npy/.npz array (default: the "
                                                          "demo calibration set)")
     g.add_argument("--formats", default="tflite,onnx,coreml", help="comma-separated: tflite,onnx,coreml")
-    g.add_argument("--num-samples", type=int, default=200, help="calibration samples (default 200)")
+    g.add_argument("--num-samples", type=_count(1), default=200, help="calibration samples (default 200)")
     g.add_argument("--seed", type=int, default=0, help="seed for picking the samples (default 0)")
     g.add_argument("--no-relu6-fixed", dest="relu6_fixed", action="store_false",
                    help="calibrate ReLU6 outputs too, instead of fixing them to [0, 6]")
@@ -310,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="run every artifact against the float model and gate the release",
                        description="Run each artifact in its own runtime on real inputs, compare it with the "
                                    "float reference, apply the release gates and write reports. Exit 0 when every "
-                                   "gate passes, 1 when one fails, 2 for bad input.")
+                                   "gate passes, 1 when one fails, 2 for bad input, 3 for the environment (disk, "
+                                   "permissions, a missing runtime).")
     p.add_argument("--artifacts", nargs="+", required=True, metavar="PATH",
                    help="artifact files, or directories holding a manifest.json")
     p.add_argument("--reference", metavar="PATH|NAME", help="the float model (default: the manifest's source, or "
@@ -347,31 +406,65 @@ def build_parser() -> argparse.ArgumentParser:
                                    "demo model and its held-out images. Exits like 'validate'.")
     p.add_argument("config", nargs="?", metavar="CONFIG", help="an edgeship.toml (default: the demo)")
     p.add_argument("--out", metavar="DIR", help=f"output directory (default: the config's, or {DEFAULT_OUT})")
+    _release_args(p.add_argument_group("release over release, devices (override the config's [validate])"))
     p.set_defaults(func=_cmd_run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; the exit code is the contract of :mod:`edgeship.errors` (0 passed, 1 a gate failed, 2 bad
+    input, 3 the environment, 4 a bug). Failures print one line; ``EDGESHIP_DEBUG=1`` re-raises them instead."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     func: Callable[[argparse.Namespace], int] = args.func
+    debug = os.environ.get("EDGESHIP_DEBUG", "") not in ("", "0")
     try:
         return func(args)
-    except UserError as e:
-        print(f"edgeship: error: {e}", file=sys.stderr)
-        return e.exit_code
     except KeyboardInterrupt:
         print("edgeship: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # a bug in edgeship: show what the converters printed, then the traceback
-        for exc in (e, e.__cause__, e.__context__):
-            if exc is not None and getattr(exc, "captured_output", None):
-                sys.stderr.write(exc.captured_output)
-                break
-        raise
+    except Exception as e:
+        if debug:
+            _show_captured(e)
+            raise
+        error = _as_user_error(e)
+        if error is None:  # a bug in edgeship
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            print(f"edgeship: internal error: {type(e).__name__}{': ' + first if first else ''} (a bug in edgeship; "
+                  "EDGESHIP_DEBUG=1 shows the traceback)", file=sys.stderr)
+            return INTERNAL_ERROR
+        message = " ".join(str(error).split())  # one line, whatever the message held
+        print(f"edgeship: error: {message}", file=sys.stderr)
+        return error.exit_code
+
+
+def _as_user_error(e: BaseException) -> UserError | None:
+    """The one-line error ``e`` stands for at the CLI boundary, or None for a bug. OSError (disk full, permission
+    denied...) and a missing module (a runtime or converter not installed) are the environment's (exit 3)."""
+    if isinstance(e, UserError):
+        return e
+    if isinstance(e, MemoryError):
+        return EnvironmentProblem("out of memory: use a smaller model or data set, or a machine with more memory")
+    if isinstance(e, ModuleNotFoundError):
+        return EnvironmentProblem(f"a library edgeship needs is not installed ({e.name or e}): install edgeship's "
+                                  "dependencies (pip install edgeship, or make setup)")
+    if isinstance(e, OSError):
+        return from_os_error(e)
+    for inner in (e.__cause__, e.__context__):  # a library's wrapper around a full disk or a permission error
+        if isinstance(inner, OSError) and inner.errno is not None:
+            return from_os_error(inner)
+    return None
+
+
+def _show_captured(e: BaseException) -> None:
+    """What the converters printed while failing (kept quiet otherwise): shown with the traceback."""
+    for exc in (e, e.__cause__, e.__context__):
+        if exc is not None and getattr(exc, "captured_output", None):
+            sys.stderr.write(exc.captured_output)
+            break
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from edgeship.errors import UserError
+from edgeship.errors import EnvironmentProblem, UserError
 
 
 def sha256_path(path: Path) -> str:
@@ -43,17 +43,20 @@ def size_on_disk(path: Path) -> int:
     return path.stat().st_size
 
 
-def ensure_output_dir(path: Path) -> Path:
-    """Create ``path`` if needed and check we can write into it; one clear line if not."""
+def ensure_output_dir(path: Path, option: str = "--out") -> Path:
+    """Create ``path`` if needed and check we can write into it, before any long work; one clear line if not:
+    :class:`EnvironmentProblem` (exit 3) for a file in its place, a permission or a full disk. ``option`` names the
+    flag the user can change."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise UserError(f"output path {path} is a file, not a directory: choose another --out")
+        raise EnvironmentProblem(f"{option} {path} is a file, not a directory: choose another {option}")
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".edgeship-write-check-"):
             pass
     except OSError as e:
-        raise UserError(f"cannot write to output directory {path}: {e.strerror or e}; choose another --out") from None
+        raise EnvironmentProblem(f"cannot write to {option} directory {path}: {e.strerror or e}; choose another "
+                                 f"{option}") from None
     return path
 
 
@@ -106,6 +109,8 @@ def read_structured(path: Path, what: str, missing: str | None = None) -> dict:
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except FileNotFoundError:
         raise UserError(missing or f"{what} not found: {path}") from None
+    except PermissionError as e:  # the environment's (exit 3), not a malformed file
+        raise EnvironmentProblem(f"cannot read {what} {path}: {e.strerror}; check its permissions") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError and TOMLDecodeError are ValueErrors
         raise UserError(f"cannot read {what} {path}: {e}") from None
     if not isinstance(data, dict):

@@ -17,11 +17,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgeship import __version__
 from edgeship.errors import UserError
 from edgeship.fileio import read_structured, write_bytes_atomic
+from edgeship.schema import describe
 from edgeship.types import Format, Precision
 
 SCHEMA_VERSION = 1
@@ -44,8 +47,35 @@ class ArtifactRecord:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ArtifactRecord":
-        return cls(path=d["path"], format=Format(d["format"]), precision=Precision(d["precision"]),
-                   sha256=d["sha256"], size_bytes=int(d.get("size_bytes", 0)), options=dict(d.get("options", {})))
+        """One ``artifacts`` entry, type-checked (:class:`_RecordSchema`); raises pydantic's ValidationError."""
+        r = _RecordSchema.model_validate(d)
+        return cls(path=r.path, format=Format(r.format), precision=Precision(r.precision), sha256=r.sha256,
+                   size_bytes=r.size_bytes, options=dict(r.options))
+
+    def check_file(self, directory: Path) -> str | None:
+        """Is the file at :meth:`Manifest.artifact_path` the one recorded? None if its size and sha256 match, else
+        what differs (one line)."""
+        from edgeship.fileio import sha256_path, size_on_disk
+
+        path = Manifest.artifact_path(directory, self)
+        size, digest = size_on_disk(path), sha256_path(path)
+        if size == self.size_bytes and digest == self.sha256:
+            return None
+        return (f"{self.path} is not the file the manifest records (sha256 {digest[:12]}..., {size} bytes; "
+                f"recorded {self.sha256[:12]}..., {self.size_bytes} bytes): re-export it, or pass --allow-modified "
+                "if you changed it on purpose")
+
+
+class _RecordSchema(BaseModel):
+    """The type of one manifest ``artifacts`` entry (keys beyond these are kept for newer edgeship versions)."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    path: Annotated[str, Field(min_length=1)]
+    format: Literal[tuple(f.value for f in Format)]  # type: ignore[valid-type]
+    precision: Literal[tuple(p.value for p in Precision)]  # type: ignore[valid-type]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    size_bytes: Annotated[int, Field(ge=0)]
+    options: dict[str, Any] = {}
 
 
 @dataclass
@@ -78,6 +108,26 @@ class Manifest:
         write_bytes_atomic(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
         return path
 
+    @staticmethod
+    def artifact_path(directory: Path, record: ArtifactRecord) -> Path:
+        """Where ``record``'s file is: inside ``directory``, or :class:`UserError`. An absolute path, a ``..``
+        component or a symlink leading out of the directory is refused: a manifest cannot make validate judge a file
+        that is not part of the release."""
+        rel = Path(record.path)
+        if rel.is_absolute() or ".." in rel.parts or record.path.startswith(("/", "\\")):
+            raise UserError(f"{Path(directory) / MANIFEST_NAME}: artifact path '{record.path}' leaves the artifacts "
+                            "directory; paths must be relative and inside it: re-export")
+        path = Path(directory) / rel
+        root = Path(directory).resolve()
+        if not path.resolve().is_relative_to(root):
+            raise UserError(f"{Path(directory) / MANIFEST_NAME}: artifact '{record.path}' leads to {path.resolve()}, "
+                            "outside the artifacts directory (a symlink): copy the file in, or re-export")
+        for t in path.rglob("*") if path.is_dir() else ():
+            if t.is_symlink() and not t.resolve().is_relative_to(root):
+                raise UserError(f"{Path(directory) / MANIFEST_NAME}: artifact '{record.path}' is a symlink to "
+                                f"{t.resolve()}, outside the artifacts directory: copy the file in, or re-export")
+        return path
+
     @classmethod
     def load(cls, directory: Path) -> "Manifest":
         path = Path(directory) / MANIFEST_NAME
@@ -88,8 +138,11 @@ class Manifest:
             return cls(source=d["source"], model=d["model"], preprocessing=d["preprocessing"], labels=list(d["labels"]),
                        artifacts=[ArtifactRecord.from_dict(a) for a in d.get("artifacts", [])],
                        versions=dict(d.get("versions", {})))
-        except (KeyError, ValueError, TypeError) as e:
-            raise UserError(f"{path} is not a valid edgeship manifest ({e}): re-export") from None
+        except ValidationError as e:
+            raise UserError(f"{path} is not a valid edgeship manifest (artifacts: {describe(e, _RecordSchema)}): "
+                            "re-export") from None
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            raise UserError(f"{path} is not a valid edgeship manifest ({type(e).__name__}: {e}): re-export") from None
 
 
 def tool_versions() -> dict[str, str]:

@@ -6,7 +6,7 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     [model]
     path = "models/classifier.keras"     # or a variant name; default: the embedded demo
     labels = "models/labels.txt"
-    trust = false
+    trust = false                        # a TOML boolean: true runs code from the model (Lambda, custom, any op)
 
     [export]
     formats = ["tflite", "onnx", "coreml"]
@@ -35,6 +35,10 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     threads = 1
     iterations = 50
     kernel_path_samples = 500            # int8 files also through a second kernel path (0: off)
+    allow_modified = false               # validate files that differ from their manifest record (recorded)
+    baseline = "last-release/report.json"  # a previous report.json (or its directory): no falling behind it
+    latency_from = ["pixel7-int8.log"]   # LiteRT benchmark_model logs from a real device
+    device = "Pixel 7"                   # the device those logs come from
     executor = "local"                   # or "ray": shards over a Ray cluster (pip install 'edgeship[ray]')
     address = "head-node:6379"           # with executor = "ray": the cluster (default: a local Ray for the run)
     workers = 4                          # with executor = "ray": shard tasks in flight (default: CPUs / threads)
@@ -46,26 +50,83 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable, Literal
 
 from edgeship.errors import UserError
 from edgeship.fileio import read_structured
 from edgeship.models.registry import looks_like_variant_name
+from edgeship.schema import Fraction, NonNegativeInt, PositiveInt, Table, check
 from edgeship.types import Format
 from edgeship.validate.results import Report
 
-_KNOWN = {
-    "model": {"path", "labels", "trust"},
-    "export": {"formats", "precisions", "onnx_layout"},
-    "quantize": {"formats", "calibration", "num_samples", "relu6_fixed", "seed", "precisions", "onnx_method",
-                 "bias_correction", "weight_rounding", "cross_layer_equalization", "activation_ranges", "keep_float",
-                 "max_drop", "max_size"},
-    "validate": {"data", "policy", "require", "threads", "iterations", "kernel_path_samples", "executor", "address",
-                 "workers"},
-    "output": {"dir"},
-}
+FormatName = Literal[tuple(f.value for f in Format)]  # type: ignore[valid-type]
+
+
+# The schema of edgeship.toml: one class per table (edgeship.schema.Table: strict types, unknown keys refused). To
+# add a key, add a field here (and to RunConfig / load_config).
+class ModelTable(Table):
+    path: str | None = None
+    labels: str | None = None
+    trust: bool = False
+
+
+class ExportTable(Table):
+    formats: list[FormatName] | None = None
+    precisions: list[Literal["fp32", "fp16"]] | None = None
+    onnx_layout: Literal["nhwc", "nchw"] = "nhwc"
+
+
+class QuantizeTable(Table):
+    formats: list[FormatName] | None = None
+    calibration: str | None = None
+    num_samples: PositiveInt = 200
+    relu6_fixed: bool = True
+    seed: NonNegativeInt = 0
+    precisions: list[Literal["int8", "w8", "w8a8", "fp16"]] | None = None
+    onnx_method: Literal["tflite", "minmax", "entropy", "percentile"] = "tflite"
+    bias_correction: bool = True
+    weight_rounding: Literal["nearest", "adaptive"] = "nearest"
+    cross_layer_equalization: bool = False
+    activation_ranges: Literal["minmax", "mse", "percentile"] = "minmax"
+    keep_float: Literal["auto"] | PositiveInt | None = None
+    max_drop: Fraction = 0.01
+    max_size: str | PositiveInt | None = None  # "5MB", "1.3x", or bytes
+
+
+class ValidateTable(Table):
+    data: str | None = None
+    policy: str | None = None
+    require: list[FormatName] = []
+    threads: PositiveInt = 1
+    iterations: PositiveInt = 50
+    kernel_path_samples: NonNegativeInt = 500
+    allow_modified: bool = False
+    baseline: str | None = None
+    latency_from: str | list[str] = []
+    device: str | None = None
+    executor: Literal["local", "ray"] = "local"
+    address: str | None = None
+    workers: PositiveInt | None = None
+
+
+class OutputTable(Table):
+    dir: str | None = None
+
+
+with warnings.catch_warnings():  # the table named "validate" shadows pydantic's deprecated BaseModel.validate
+    warnings.simplefilter("ignore", UserWarning)
+
+    class ConfigFile(Table):
+        """An ``edgeship.toml``: every table optional."""
+
+        model: ModelTable = ModelTable()
+        export: ExportTable = ExportTable()
+        quantize: QuantizeTable = QuantizeTable()
+        validate: ValidateTable = ValidateTable()  # type: ignore[assignment]
+        output: OutputTable = OutputTable()
 
 
 @dataclass
@@ -89,13 +150,17 @@ class RunConfig:
     activation_ranges: str = "minmax"
     keep_float: str | int | None = None
     max_drop: float = 0.01
-    max_size: str | None = None
+    max_size: str | int | None = None
     data: str | None = None
     policy: str | None = None
     require: list[str] = field(default_factory=list)
     threads: int = 1
     iterations: int = 50
     kernel_path_samples: int = 500
+    allow_modified: bool = False
+    baseline: str | None = None
+    latency_from: list[str] = field(default_factory=list)
+    device: str | None = None
     executor: str = "local"
     address: str | None = None
     workers: int | None = None
@@ -103,48 +168,42 @@ class RunConfig:
 
 
 def load_config(path: str | Path | None) -> RunConfig:
+    """``path`` (an edgeship.toml) as a :class:`RunConfig`; None: the defaults (the demo). A wrong type, an unknown
+    table or key, or a value outside its meaning is one :class:`UserError` line naming the file and key."""
     if path is None:
         return RunConfig()
     p = Path(path)
     data = read_structured(p, "config")
-    for table, keys in data.items():
-        if table not in _KNOWN or not isinstance(keys, dict):
-            raise UserError(f"{p}: unknown table [{table}]; use {', '.join(f'[{t}]' for t in _KNOWN)}")
-        unknown = set(keys) - _KNOWN[table]
-        if unknown:
-            raise UserError(f"{p}: [{table}] has unknown keys {sorted(unknown)}; known: {sorted(_KNOWN[table])}")
+    unknown = sorted(set(data) - set(ConfigFile.model_fields))
+    if unknown:
+        raise UserError(f"{p}: unknown table [{unknown[0]}]; use {', '.join(f'[{t}]' for t in ConfigFile.model_fields)}")
+    c = check(ConfigFile, data, p)
     base = p.parent
 
-    def rel(value: Any) -> str | None:
+    def rel(value: str | None) -> str | None:
         """Paths are relative to the config file; a variant name stays a name."""
         if value is None:
             return None
-        text = str(value)
-        if Path(text).is_absolute() or (looks_like_variant_name(text) and not (base / text).exists()):
-            return text
-        return str(base / text)
+        if Path(value).is_absolute() or (looks_like_variant_name(value) and not (base / value).exists()):
+            return value
+        return str(base / value)
 
-    m, e, q, v, o = (data.get(t, {}) for t in ("model", "export", "quantize", "validate", "output"))
-    cfg = RunConfig(
-        model=rel(m.get("path")), labels=rel(m.get("labels")), trust_model=bool(m.get("trust", False)),
-        formats=list(e.get("formats", RunConfig().formats)), precisions=e.get("precisions"),
-        onnx_layout=str(e.get("onnx_layout", "nhwc")), quantize_formats=q.get("formats"),
-        calibration=rel(q.get("calibration")), num_samples=int(q.get("num_samples", 200)),
-        relu6_fixed=bool(q.get("relu6_fixed", True)), seed=int(q.get("seed", 0)),
-        quantize_precisions=q.get("precisions"), onnx_method=str(q.get("onnx_method", "tflite")),
-        weight_rounding=str(q.get("weight_rounding", "nearest")),
-        cross_layer_equalization=bool(q.get("cross_layer_equalization", False)),
-        activation_ranges=str(q.get("activation_ranges", "minmax")),
-        bias_correction=bool(q.get("bias_correction", True)), keep_float=q.get("keep_float"),
-        max_drop=float(q.get("max_drop", 0.01)), max_size=None if q.get("max_size") is None else str(q["max_size"]),
-        data=rel(v.get("data")), policy=rel(v.get("policy")),
-        require=list(v.get("require", [])), threads=int(v.get("threads", 1)), iterations=int(v.get("iterations", 50)),
-        kernel_path_samples=int(v.get("kernel_path_samples", 500)),
-        executor=str(v.get("executor", "local")), address=None if v.get("address") is None else str(v["address"]),
-        workers=None if v.get("workers") is None else int(v["workers"]),
-        out=Path(rel(o.get("dir")) or "edgeship-out"),
+    m, e, q, v, o = c.model, c.export, c.quantize, c.validate, c.output
+    return RunConfig(
+        model=rel(m.path), labels=rel(m.labels), trust_model=m.trust,
+        formats=list(e.formats) if e.formats is not None else RunConfig().formats, precisions=e.precisions,
+        onnx_layout=e.onnx_layout, quantize_formats=q.formats,
+        calibration=rel(q.calibration), num_samples=q.num_samples, relu6_fixed=q.relu6_fixed, seed=q.seed,
+        quantize_precisions=q.precisions, onnx_method=q.onnx_method, weight_rounding=q.weight_rounding,
+        cross_layer_equalization=q.cross_layer_equalization, activation_ranges=q.activation_ranges,
+        bias_correction=q.bias_correction, keep_float=q.keep_float, max_drop=q.max_drop, max_size=q.max_size,
+        data=rel(v.data), policy=rel(v.policy), require=list(v.require), threads=v.threads,
+        iterations=v.iterations, kernel_path_samples=v.kernel_path_samples, allow_modified=v.allow_modified,
+        baseline=rel(v.baseline), device=v.device, executor=v.executor, address=v.address, workers=v.workers,
+        latency_from=[str(rel(x)) for x in ([v.latency_from] if isinstance(v.latency_from, str) else v.latency_from)],
+        out=Path(rel(o.dir) or "edgeship-out"),
     )
-    return cfg
+
 
 
 def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
@@ -153,7 +212,10 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
     from edgeship.validate.pipeline import validate
     from edgeship.validate.reports import summary_table
 
+    from edgeship.fileio import ensure_output_dir
+
     start = time.perf_counter()
+    ensure_output_dir(config.out / "report", option="--out")  # before the long work: exit 3 now, not at the end
     loaded = load_model(config.model, trust_model=config.trust_model, labels=config.labels)
     spec = loaded.spec
     echo(f"edgeship run: {spec.name} ({loaded.source_path}; {spec.input_shape[0]}x{spec.input_shape[1]}, "
@@ -179,10 +241,15 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
     report_dir = config.out / "report"
     report = validate([config.out], reference=loaded, data=config.data, policy=config.policy, report_dir=report_dir,
                       require=config.require, threads=config.threads, iterations=config.iterations,
-                      kernel_path_samples=config.kernel_path_samples, executor=config.executor,
-                      address=config.address, workers=config.workers)
+                      kernel_path_samples=config.kernel_path_samples, allow_modified=config.allow_modified,
+                      baseline=config.baseline, latency_from=config.latency_from, device=config.device,
+                      executor=config.executor, address=config.address, workers=config.workers)
     echo(f"validated on {report.data['count']} images in {time.perf_counter() - t0:.1f} s")
     echo(summary_table(report))
+    if report.baseline is not None:
+        from edgeship.validate.baseline import baseline_summary
+
+        echo(baseline_summary(report) or "")
     echo(f"reports: {report_dir}/report.md  report.html  report.json  junit.xml")
     echo(f"{'PASSED' if report.passed else 'FAILED'} in {time.perf_counter() - start:.1f} s")
     return report

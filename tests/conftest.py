@@ -28,6 +28,25 @@ def demo_heldout():
     return full.images[keep], full.labels[keep], labels
 
 
+@pytest.fixture(scope="session")
+def demo_release(tmp_path_factory):
+    """One exported + quantised demo release for the session: (directory with manifest.json, fp32 and int8 TFLite;
+    an .npy of 8 held-out images). Read-only: copy it before changing anything."""
+    from PIL import Image
+
+    from edgeship.export import export
+    from edgeship.models.loading import load_model
+    from edgeship.quantize import quantize
+
+    root = tmp_path_factory.mktemp("demo_release")
+    loaded = load_model()
+    export(loaded=loaded, out=root / "out", formats=["tflite"], progress=False)
+    quantize(loaded=loaded, out=root / "out", formats=["tflite"], num_samples=16, bias_correction=False)
+    files = sorted(HELDOUT.rglob("*.png"))[::45][:8]
+    np.save(root / "data.npy", np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]))
+    return root / "out", root / "data.npy"
+
+
 def make_input_sensitive(model, images: np.ndarray, preprocessing) -> None:
     """Random-init MobileNets answer the same for every input (their BN statistics are the init's 0/1), so a
     wrong channel order or a corrupted weight would change nothing visible. Re-estimating every BatchNorm's

@@ -38,8 +38,8 @@ def test_python_dash_m_works():
     assert proc.returncode == 0 and proc.stdout.startswith("edgeship ")
 
 
-def _one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2
+def _one_line_error(code: int, err: str, *needles: str, exit_code: int = 2) -> None:
+    assert code == exit_code
     lines = [l for l in err.splitlines() if l.strip()]
     assert len(lines) == 1, err
     assert lines[0].startswith("edgeship: error: ")
@@ -84,9 +84,9 @@ def test_output_directory_not_writable(capsys, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     code, _, err = run_cli(capsys, "export", "--formats", "onnx", "--out", str(blocker))
-    _one_line_error(code, err, "is a file")
+    _one_line_error(code, err, "is a file", exit_code=3)  # the environment (exit 3), not the model
     code, _, err = run_cli(capsys, "export", "--formats", "onnx", "--out", str(blocker / "sub"))
-    _one_line_error(code, err, "cannot write to output directory")
+    _one_line_error(code, err, "cannot write to --out directory", exit_code=3)
 
 
 def test_lambda_model_refused_without_trust(capsys, tmp_path, lambda_model_path):

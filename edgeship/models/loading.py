@@ -1,8 +1,11 @@
 """Resolve ``--model NAME|PATH`` to a Keras model plus its :class:`ModelSpec`.
 
-Safe by default: a ``.keras`` or ``.h5`` file's config is read as JSON *before* Keras deserialises anything, and a
-model holding Lambda layers (marshalled Python bytecode) or custom classes (code that must be imported) is
-refused unless the user passes ``--trust-model``.
+Safe by default (the trust boundary): nothing from a model file executes unless the user passes ``--trust-model``
+(or ``trust = true`` in edgeship.toml). A ``.keras`` or ``.h5`` file's config is read as JSON *before* Keras
+deserialises anything, and a model holding Lambda layers (marshalled Python bytecode) or custom classes (code that
+must be imported) is refused; a SavedModel's graph is read from ``saved_model.pb`` before TensorFlow loads it, and
+one holding an op outside the allow-list of pure tensor ops (file I/O, ``PyFunc``, ``PrintV2``...) is refused
+(:mod:`edgeship.models.graph_check`).
 """
 
 from __future__ import annotations
@@ -140,6 +143,12 @@ def _load_path(path: Path, trust_model: bool) -> Any:
     if path.is_dir():
         if not (path / "saved_model.pb").is_file():
             raise UserError(f"{path} is a directory without saved_model.pb: not a SavedModel")
+        if not trust_model:
+            from edgeship._tf import quiet_environment
+            from edgeship.models.graph_check import check_saved_model_graph
+
+            quiet_environment()
+            check_saved_model_graph(path)
         return _load_saved_model(path)
     suffix = path.suffix.lower()
     if suffix == ".keras":

@@ -205,6 +205,12 @@ def quantize(
                     if weight_rounding == "adaptive" and int8_weights else None)
         shifts = (measure_shifts(loaded, cal.inputs, quantized=rounding.kernels if rounding else None)
                   if bias_correction and int8_weights else {})
+    if (equalization is not None or rounding is not None or shifts) and any(
+            needs_int8_tflite(f, p, onnx_method) for f, p in todo):
+        from edgeship.quantize.tflite import calibrate  # the int8 file's yardstick: the trained weights
+
+        bar.set_postfix_str("calibrate the trained model")
+        job.trained_float = calibrate(loaded, cal.inputs)
     if keep_float is not None:  # the fallback measures against the trained model, not the bias-corrected one
         import numpy as np
 

@@ -27,9 +27,9 @@ from typing import Any, Sequence
 
 from edgeship import __version__
 from edgeship.errors import UserError
-from edgeship.fileio import size_on_disk
+from edgeship.fileio import ensure_output_dir, size_on_disk
 from edgeship.machine import describe_machine
-from edgeship.manifest import MANIFEST_NAME, Manifest, tool_versions
+from edgeship.manifest import MANIFEST_NAME, ArtifactRecord, Manifest, tool_versions
 from edgeship.models.loading import DEMO_DIR, LoadedModel, load_model
 from edgeship.models.spec import Preprocessing
 from edgeship.types import Format, Precision
@@ -50,6 +50,7 @@ class ArtifactEntry:
     precision: Precision
     manifest: Manifest | None = None
     manifest_dir: Path | None = None
+    record: ArtifactRecord | None = None  # what the manifest says the file is (sha256, size); None: not recorded
 
 
 def validate(
@@ -70,6 +71,10 @@ def validate(
     executor: "str | Executor" = "local",
     address: str | None = None,
     workers: int | None = None,
+    allow_modified: bool = False,
+    baseline: str | Path | None = None,
+    latency_from: Sequence[str | Path] = (),
+    device: str | None = None,
 ) -> Report:
     """Validate ``artifacts`` (files, or directories holding a manifest.json) and return the report; with
     ``report_dir``, also write report.json, report.md, report.html and junit.xml there.
@@ -77,6 +82,17 @@ def validate(
     ``kernel_path_samples``: how many samples (the first ones) each int8 file's second kernel path runs on; 0 turns
     the portability comparison off. LiteRT's reference kernels are slow (measured: 90 ms an image on a
     MobileNetV2-1.0 at 160x160, XNNPACK 6 ms), hence the cap.
+
+    Integrity: an artifact recorded in a manifest is validated only if it is the file recorded (size and sha256);
+    otherwise it fails with what differs, unless ``allow_modified`` (then its ``integrity`` and reason say so).
+    Manifest paths outside their directory, and listed files that are missing or of the wrong kind, are
+    :class:`UserError`. ``report_dir`` is checked writable before any work (:class:`EnvironmentProblem`).
+
+    ``baseline``: a previous report.json (or a directory holding one): each artifact is also checked against the
+    same format and precision there under the policy's ``[baseline]`` budgets (:mod:`edgeship.validate.baseline`).
+    ``latency_from``: LiteRT ``benchmark_model`` logs from a real device named ``device``; each joins the artifact
+    whose file it ran, gated by ``[device_latency.FORMAT.PRECISION]`` (:mod:`edgeship.validate.device_latency`).
+    Both are read before anything runs, so a bad path fails at once.
 
     ``executor``: "local" (default: this process) or "ray" (shards over a Ray cluster at ``address``, ``workers``
     shard tasks in flight; :mod:`edgeship.validate.ray_executor`), or an :class:`Executor`. Both give the same
@@ -86,11 +102,21 @@ def validate(
 
     if kernel_path_samples < 0:
         raise UserError(f"--kernel-path-samples must be 0 (off) or more, got {kernel_path_samples}")
+    if threads < 1 or iterations < 1:
+        raise UserError(f"--threads and --iterations must be 1 or more, got threads {threads}, iterations {iterations}")
     if not isinstance(executor, Executor):
         executor = get_executor(executor, address=address, workers=workers)
-    entries = resolve_artifacts(artifacts)
-    required = [Format.parse(r, "format") if isinstance(r, str) else Format(r) for r in require]
     policy = policy if isinstance(policy, Policy) else load_policy(policy)
+    entries = resolve_artifacts(artifacts)
+    device_figures = _device_figures(entries, latency_from, device)
+    baseline_report = None
+    if baseline is not None:
+        from edgeship.validate.baseline import load_baseline
+
+        baseline_report = load_baseline(baseline)
+    required = [Format.parse(r, "format") if isinstance(r, str) else Format(r) for r in require]
+    if report_dir is not None:  # before the long work: a report that cannot be written fails now, not at the end
+        ensure_output_dir(Path(report_dir), option="--report")
     ref_model = _reference(reference, entries, trust_model)
     manifest = next((e.manifest for e in entries if e.manifest), None)
     if manifest is not None and not isinstance(reference, LoadedModel):
@@ -106,9 +132,20 @@ def validate(
     # Agreement by confidence: the reference's top-1 margin, on its probabilities (its own, or softmaxed logits)
     confidence = dict(probabilities=spec.outputs_probabilities, margin_bins=policy.margin_bins,
                       confident_margin=policy.confident_margin)
+    # Integrity: a file recorded in a manifest must be the file recorded, else it fails unopened (or, with
+    # allow_modified, is validated as it is and says so)
+    integrity: dict[int, str] = {}
+    refused: dict[int, str] = {}
+    for i, entry in enumerate(entries):
+        if entry.record is not None and entry.manifest_dir is not None:
+            modified = entry.record.check_file(entry.manifest_dir)
+            integrity[i] = "verified" if modified is None else f"modified: {modified}"
+            if modified is not None and not allow_modified:
+                refused[i] = modified
     job = Job(entries=entries, reference=ref_model.source_path, trust_model=trust_model, spec=spec,
               data=source.source, count=source.count, threads=threads, iterations=iterations, warmup=warmup,
-              batch_size=batch_size, kernel_path_samples=kernel_path_samples, confidence=confidence)
+              batch_size=batch_size, kernel_path_samples=kernel_path_samples, confidence=confidence,
+              refused=refused)
     outcome = executor.run(job, ref_model, progress=progress)
     merged, timings = outcome.partial, outcome.timings
 
@@ -121,6 +158,11 @@ def validate(
             runtime=RUNTIME_NAMES[entry.format], status=part.status, threads=threads,
             size_bytes=size_on_disk(entry.path) if entry.path.exists() else None)
         r.reason = part.reason if part.status is not Status.PASSED else part.note
+        if i in integrity:
+            r.integrity = integrity[i]
+            if r.integrity.startswith("modified") and part.status is Status.PASSED:
+                r.reason = "; ".join(filter(None, ["modified since the manifest, validated as it is "
+                                                   "(--allow-modified)", r.reason]))
         r.latency_ms.load, r.latency_ms.first = part.load_ms, part.first_ms
         r.kernel_path = part.kernel_path
         if part.status is not Status.PASSED or part.comparison is None:
@@ -144,10 +186,13 @@ def validate(
     notes = {i: merged.artifacts[i].note for i in ran}
     p50_of = {f"{results[i].format}.{results[i].precision}": results[i].latency_ms.p50 for i in ran
               if results[i].latency_ms.p50 is not None}
+    for i, figures in device_figures.items():
+        results[i].device_latency = figures
     for i in ran:
         r = results[i]
         r.gates = (policy.gate_metrics(r.format, r.precision, r.metrics)
-                   + policy.gate_latency(f"{r.format}.{r.precision}", r.latency_ms, p50_of))
+                   + policy.gate_latency(f"{r.format}.{r.precision}", r.latency_ms, p50_of)
+                   + policy.gate_device_latency(f"{r.format}.{r.precision}", r.device_latency))
         failed = [g for g in r.gates if not g.passed]
         if failed:
             r.status = Status.FAILED
@@ -164,7 +209,7 @@ def validate(
     report = Report(
         reference={"path": ref_model.source_path, "sha256": ref_model.source_sha256},
         data=source.describe(), preprocessing=spec.preprocessing.to_dict(), labels=list(spec.labels),
-        artifacts=artifacts, required_formats=[str(f) for f in required],
+        artifacts=artifacts, required_formats=[str(f) for f in required], allow_modified=allow_modified,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), edgeship_version=__version__,
         versions=tool_versions(), machine=outcome.machine or describe_machine().to_dict(),
         confidence={"margin": "top-1 minus runner-up probability, "
@@ -175,11 +220,31 @@ def validate(
     )
     if merged.failed_samples:
         report.data["failed_samples"] = [{"source": src, "reason": why} for src, why in merged.failed_samples]
+    if baseline_report is not None:
+        from edgeship.validate.baseline import compare_with_baseline
+
+        compare_with_baseline(report, baseline_report, policy)
     if report_dir is not None:
         from edgeship.validate.reports import write_reports
 
         write_reports(report, Path(report_dir))
     return report
+
+
+def _device_figures(entries: list[ArtifactEntry], logs: Sequence[str | Path],
+                    device: str | None) -> dict[int, list[Any]]:
+    """``--latency-from`` logs parsed and matched to the artifacts by the file name they ran: {entry index: figures}."""
+    if not logs:
+        if device:
+            raise UserError("--device names the phone of --latency-from logs: pass --latency-from LOG too")
+        return {}
+    from edgeship.validate.device_latency import match_artifact, read_benchmark_logs
+
+    names = [(e.path.name, str(e.format), str(e.precision)) for e in entries]
+    out: dict[int, list[Any]] = {}
+    for figures in read_benchmark_logs(logs, device):
+        out.setdefault(match_artifact(figures, names), []).append(figures)
+    return out
 
 
 def resolve_artifacts(paths: Sequence[str | Path]) -> list[ArtifactEntry]:
@@ -193,7 +258,10 @@ def resolve_artifacts(paths: Sequence[str | Path]) -> list[ArtifactEntry]:
             manifest = Manifest.load(p)
             if not manifest.artifacts:
                 raise UserError(f"{p / MANIFEST_NAME} lists no artifacts: export first")
-            entries += [ArtifactEntry(p / a.path, a.format, a.precision, manifest, p) for a in manifest.artifacts]
+            for a in manifest.artifacts:
+                path = Manifest.artifact_path(p, a)
+                _check_kind(path, a.format, f"{p / MANIFEST_NAME} lists {a.path}")
+                entries.append(ArtifactEntry(path, a.format, a.precision, manifest, p, a))
             continue
         fmt = _SUFFIX_FORMATS.get(p.suffix.lower())
         if fmt is None:
@@ -201,13 +269,24 @@ def resolve_artifacts(paths: Sequence[str | Path]) -> list[ArtifactEntry]:
                             "with manifest.json)")
         if not p.exists():
             raise UserError(f"artifact not found: {p}")
-        manifest, precision = _manifest_beside(p)
-        entries.append(ArtifactEntry(p, fmt, precision or guess_precision(fmt, p), manifest,
-                                     p.parent if manifest else None))
+        _check_kind(p, fmt, f"--artifacts {p} was given")
+        manifest, record = _manifest_beside(p)
+        entries.append(ArtifactEntry(p, fmt, record.precision if record else guess_precision(fmt, p), manifest,
+                                     p.parent if manifest else None, record))
     return entries
 
 
-def _manifest_beside(path: Path) -> tuple[Manifest | None, Precision | None]:
+def _check_kind(path: Path, fmt: Format, what: str) -> None:
+    """A .tflite/.onnx is a file and an .mlpackage a directory; anything else is one line (exit 2)."""
+    if not path.exists():
+        raise UserError(f"{what}, but it is missing: re-export, or validate the files that are there")
+    want_dir = fmt is Format.COREML
+    if path.is_dir() != want_dir:
+        raise UserError(f"{what}, but {path} is a {'directory' if path.is_dir() else 'file'}; a {fmt} artifact is "
+                        f"a {'directory (.mlpackage)' if want_dir else 'file'}: re-export")
+
+
+def _manifest_beside(path: Path) -> tuple[Manifest | None, ArtifactRecord | None]:
     if not (path.parent / MANIFEST_NAME).exists():
         return None, None
     try:
@@ -215,8 +294,11 @@ def _manifest_beside(path: Path) -> tuple[Manifest | None, Precision | None]:
     except UserError:
         return None, None
     for a in manifest.artifacts:
-        if (path.parent / a.path).resolve() == path.resolve():
-            return manifest, a.precision
+        try:
+            if Manifest.artifact_path(path.parent, a).resolve() == path.resolve():
+                return manifest, a
+        except UserError:
+            continue
     return None, None
 
 

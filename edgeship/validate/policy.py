@@ -5,16 +5,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field, create_model
 
 from edgeship.errors import UserError
 from edgeship.fileio import read_structured
+from edgeship.schema import Fraction, NonNegative, Positive, Table, check
 from edgeship.types import Format, Precision
 from edgeship.validate.metrics import CONFIDENT_MARGIN, HIGHER_IS_BETTER, MARGIN_BINS, Metric
 from edgeship.validate.results import GateResult, Latency, Metrics
 
 DEFAULT_POLICY = Path(__file__).with_name("policy.toml")
 _LATENCY_KEYS = {"p50_ms": "p50", "p90_ms": "p90", "p99_ms": "p99", "mean_ms": "mean"}
+# [device_latency.FORMAT.PRECISION] budgets -> the DeviceLatency field they bound (figures from benchmark_model)
+DEVICE_LATENCY_KEYS = {"p50_ms": "p50_ms", "p95_ms": "p95_ms", "mean_ms": "mean_ms", "max_ms": "max_ms",
+                       "first_ms": "first_ms", "init_ms": "init_ms"}
+# [baseline] budgets (see policy.toml): a drop of a figure, in its units, or a relative growth
+BASELINE_BUDGETS = {"accuracy_top1_drop", "top1_agreement_drop", "sqnr_db_drop", "size_growth",
+                    "latency_p50_growth"}
 
 
 @dataclass
@@ -26,6 +35,23 @@ class Policy:
     # answer counts as confident (the confident_flips metric)
     margin_bins: tuple[float, ...] = MARGIN_BINS
     confident_margin: float = CONFIDENT_MARGIN
+    # [baseline]: the budgets of a comparison with a previous report (edgeship.validate.baseline), and whether an
+    # artifact the baseline had and this run lacks fails the release
+    baseline: dict[str, float] = field(default_factory=dict)
+    fail_on_missing: bool = False
+    device_latency: dict[str, dict[str, float]] = field(default_factory=dict)  # "tflite.int8" -> budgets
+
+    def gate_device_latency(self, key: str, entries: list[Any]) -> list[GateResult]:
+        """``[device_latency.FORMAT.PRECISION]`` budgets against each device's figures (a figure the log does not
+        give, such as the median of an old benchmark_model build, is not gated)."""
+        gates = []
+        for entry in entries:
+            for name, budget in self.device_latency.get(key, {}).items():
+                value = getattr(entry, DEVICE_LATENCY_KEYS[name])
+                if value is not None:
+                    gates.append(GateResult(f"device_{name} on {entry.label}", float(value), float(budget), "<=",
+                                            float(value) <= float(budget)))
+        return gates
 
     def limits_for(self, fmt: str, precision: str) -> dict[Metric, float]:
         merged = {**self.metric_limits.get(precision, {}), **self.metric_limits.get(f"{fmt}.{precision}", {})}
@@ -38,7 +64,8 @@ class Policy:
             if value is None:
                 continue  # e.g. accuracy without labels: nothing to gate
             higher = HIGHER_IS_BETTER[metric]
-            passed = value >= limit if higher else value <= limit
+            slack = FRACTION_SLACK if metric in FRACTION_METRICS else 0.0
+            passed = value >= limit - slack if higher else value <= limit + slack
             gates.append(GateResult(metric.value, float(value), limit, ">=" if higher else "<=", bool(passed)))
         return gates
 
@@ -50,16 +77,19 @@ class Policy:
                 if value is not None:
                     gates.append(GateResult(f"latency_{name}", value, float(budget), "<=", value <= float(budget)))
             elif name == "p50_ratio":
+                # A ratio to an artifact that was not measured in this run cannot be met: it fails (value n/a)
+                # rather than vanish from the report.
                 other = p50_of.get(str(budget["to"]))
-                if latency.p50 is not None and other:
-                    ratio = latency.p50 / other
-                    gates.append(GateResult(f"latency_p50_ratio_to_{budget['to']}", ratio, float(budget["max"]), "<=",
-                                            ratio <= float(budget["max"])))
+                ratio = latency.p50 / other if latency.p50 is not None and other else None
+                gates.append(GateResult(f"latency_p50_ratio_to_{budget['to']}", ratio, float(budget["max"]), "<=",
+                                        ratio is not None and ratio <= float(budget["max"])))
         return gates
 
 
 def load_policy(path: str | Path | None = None) -> Policy:
-    """The shipped defaults, with the user's file (if any) merged over them table by table."""
+    """The shipped defaults, with the user's file (if any) merged over them table by table, key by key. A value of
+    the wrong type, an unknown table/metric/budget, or a limit outside its metric's meaning (an agreement of 99 or
+    -1, a negative drop, a latency ratio to an artifact kind that does not exist) is one :class:`UserError` line."""
     policy = _parse(DEFAULT_POLICY)
     if path is None:
         return policy
@@ -68,65 +98,157 @@ def load_policy(path: str | Path | None = None) -> Policy:
         policy.metric_limits[key] = {**policy.metric_limits.get(key, {}), **limits}
     for key, budgets in user.latency.items():
         policy.latency[key] = {**policy.latency.get(key, {}), **budgets}
-    _confidence(policy, read_structured(Path(path), "policy").get("confidence", {}), Path(path))  # key by key
+    for key, budgets in user.device_latency.items():
+        policy.device_latency[key] = {**policy.device_latency.get(key, {}), **budgets}
+    policy.baseline = {**policy.baseline, **user.baseline}  # key by key: a key left out keeps the shipped value
+    parsed = _check_file(Path(path))[1]
+    if parsed.baseline is not None and parsed.baseline.fail_on_missing is not None:
+        policy.fail_on_missing = parsed.baseline.fail_on_missing
+    confidence = parsed.confidence
+    if confidence is not None:
+        if confidence.margin_bins is not None:
+            policy.margin_bins = tuple(confidence.margin_bins)
+        if confidence.confident_margin is not None:
+            policy.confident_margin = confidence.confident_margin
     policy.source = str(path)
     return policy
 
 
-def _parse(path: Path) -> Policy:
-    data = read_structured(path, "policy")
-    precisions = {p.value for p in Precision}
-    formats = {f.value for f in Format}
-    metrics = {m.value for m in Metric}
-    policy = Policy(source=str(path))
-
-    def limits(table: Any, where: str) -> dict[str, float]:
-        if not isinstance(table, dict):
-            raise UserError(f"{path}: [{where}] must be a table of metric = limit")
-        for k, v in table.items():
-            if k not in metrics:
-                raise UserError(f"{path}: [{where}] has unknown metric '{k}'; known: {', '.join(sorted(metrics))}")
-            if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise UserError(f"{path}: [{where}] {k} must be a number, got {v!r}")
-        return {k: float(v) for k, v in table.items()}
-
-    for key, value in data.items():
-        if key in precisions:
-            policy.metric_limits[key] = limits(value, key)
-        elif key in formats:
-            for prec, table in value.items():
-                if prec not in precisions:
-                    raise UserError(f"{path}: [{key}.{prec}]: unknown precision '{prec}'")
-                policy.metric_limits[f"{key}.{prec}"] = limits(table, f"{key}.{prec}")
-        elif key == "confidence":
-            _confidence(policy, value, path)
-        elif key == "latency":
-            for fmt, per in value.items():
-                for prec, budgets in per.items():
-                    bad = set(budgets) - set(_LATENCY_KEYS) - {"p50_ratio"}
-                    if fmt not in formats or prec not in precisions or bad:
-                        raise UserError(f"{path}: [latency.{fmt}.{prec}] is not a known artifact or has unknown "
-                                        f"budgets {sorted(bad)}; use p50_ms, p90_ms, p99_ms, mean_ms, p50_ratio")
-                    policy.latency[f"{fmt}.{prec}"] = dict(budgets)
-        else:
-            raise UserError(f"{path}: unknown table [{key}]: use a precision ({', '.join(sorted(precisions))}), "
-                            "a format.precision, confidence, or latency")
-    return policy
+# ---- the policy file's schema (edgeship.schema.Table: strict types, unknown keys refused) -------------------------
+#: Metrics that are shares in [0, 1] (agreement, accuracy, drop, share of values or of flips): their limits must be
+#: too, and their gates compare counts over n, so a count exactly at the limit passes whatever its float rounding.
+FRACTION_METRICS = frozenset({
+    Metric.TOP1_AGREEMENT, Metric.TOP5_OVERLAP, Metric.ACCURACY_TOP1, Metric.ACCURACY_TOP5,
+    Metric.ACCURACY_TOP1_DROP, Metric.EQUAL_VALUES, Metric.CONFIDENT_FLIPS, Metric.KERNEL_PATH_TOP1_AGREEMENT,
+    Metric.KERNEL_PATH_EQUAL_VALUES})
+_LIMIT_TYPES: dict[Metric, Any] = {Metric.MAX_ABS_ERROR: NonNegative, Metric.MEAN_ABS_ERROR: NonNegative,
+                                   Metric.COSINE: Annotated[float, Field(ge=-1, le=1)]}
+#: A gate on a fraction passes within this of its limit: counts over n samples differ by at least 1/n >> 1e-9, so
+#: the slack absorbs float rounding (280/300 - 277/300 = 0.010000000000000009 meets "<= 0.01") and nothing else.
+FRACTION_SLACK = 1e-9
 
 
-def _confidence(policy: Policy, table: Any, path: Path) -> None:
+def _limit_type(metric: Metric) -> Any:
+    return Fraction if metric in FRACTION_METRICS else _LIMIT_TYPES.get(metric, float)
+
+
+MetricLimits = create_model("MetricLimits", __base__=Table,
+                            **{m.value: (_limit_type(m) | None, None) for m in Metric})  # type: ignore[call-overload]
+FormatLimits = create_model("FormatLimits", __base__=Table,
+                            **{p.value: (MetricLimits | None, None) for p in Precision})  # type: ignore[call-overload]
+ArtifactKind = Literal[tuple(f"{f.value}.{p.value}" for f in Format for p in Precision)]  # type: ignore[valid-type]
+
+
+class Ratio(Table):
+    to: ArtifactKind
+    max: Positive
+
+
+class Budgets(Table):
+    p50_ms: Positive | None = None
+    p90_ms: Positive | None = None
+    p99_ms: Positive | None = None
+    mean_ms: Positive | None = None
+    p50_ratio: Ratio | None = None
+
+
+LatencyPerFormat = create_model("LatencyPerFormat", __base__=Table,
+                                **{p.value: (Budgets | None, None) for p in Precision})  # type: ignore[call-overload]
+LatencyTable = create_model("LatencyTable", __base__=Table,
+                            **{f.value: (LatencyPerFormat | None, None) for f in Format})  # type: ignore[call-overload]
+
+
+def _increasing_margins(bins: list[float]) -> list[float]:
+    if any(not 0 < b < 1 for b in bins) or list(bins) != sorted(set(bins)):
+        raise ValueError(f"must be increasing numbers strictly between 0 and 1, got {bins}")
+    return bins
+
+
+class Confidence(Table):
     """``[confidence]``: ``margin_bins`` (increasing edges strictly inside (0, 1)) and ``confident_margin`` (in
     (0, 1]); a key left out keeps the shipped value."""
-    if not isinstance(table, dict) or set(table) - {"margin_bins", "confident_margin"}:
-        raise UserError(f"{path}: [confidence] takes margin_bins = [edges] and confident_margin = number")
-    if "margin_bins" in table:
-        bins = table["margin_bins"]
-        ok = isinstance(bins, list) and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bins)
-        if not ok or any(not 0 < b < 1 for b in bins) or list(bins) != sorted(set(bins)):
-            raise UserError(f"{path}: [confidence] margin_bins must be increasing numbers between 0 and 1, got {bins!r}")
-        policy.margin_bins = tuple(float(b) for b in bins)
-    if "confident_margin" in table:
-        t = table["confident_margin"]
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
-            raise UserError(f"{path}: [confidence] confident_margin must be a number in (0, 1], got {t!r}")
-        policy.confident_margin = float(t)
+
+    margin_bins: Annotated[list[float], AfterValidator(_increasing_margins)] | None = None
+    confident_margin: Annotated[float, Field(gt=0, le=1)] | None = None
+
+
+class BaselineBudgets(Table):
+    """``[baseline]``: budgets of a comparison with a previous report (:mod:`edgeship.validate.baseline`); a budget
+    left out is not checked. Drops in the figure's units (fractions for shares, dB for SQNR), growths relative."""
+
+    accuracy_top1_drop: Fraction | None = None
+    top1_agreement_drop: Fraction | None = None
+    sqnr_db_drop: NonNegative | None = None
+    size_growth: NonNegative | None = None
+    latency_p50_growth: NonNegative | None = None
+    fail_on_missing: bool | None = None
+
+
+DeviceBudgets = create_model("DeviceBudgets", __base__=Table,
+                             **{k: (Positive | None, None) for k in DEVICE_LATENCY_KEYS})  # type: ignore[call-overload]
+DevicePerFormat = create_model("DevicePerFormat", __base__=Table,
+                               **{p.value: (DeviceBudgets | None, None) for p in Precision})  # type: ignore
+DeviceLatencyTable = create_model("DeviceLatencyTable", __base__=Table,
+                                  **{f.value: (DevicePerFormat | None, None) for f in Format})  # type: ignore
+
+
+PolicyFile = create_model(
+    "PolicyFile", __base__=Table, confidence=(Confidence | None, None), latency=(LatencyTable | None, None),
+    baseline=(BaselineBudgets | None, None), device_latency=(DeviceLatencyTable | None, None),
+    **{p.value: (MetricLimits | None, None) for p in Precision},
+    **{f.value: (FormatLimits | None, None) for f in Format})  # type: ignore[call-overload]
+
+
+def _check_file(path: Path) -> Any:
+    data = read_structured(path, "policy")
+    unknown = sorted(set(data) - set(PolicyFile.model_fields))
+    if unknown:
+        raise UserError(f"{path}: unknown table [{unknown[0]}]: use a precision "
+                        f"({', '.join(p.value for p in Precision)}), a format.precision, confidence, latency, "
+                        "device_latency or baseline")
+    return data, check(PolicyFile, data, path)
+
+
+def _in_file_order(table: Any, raw: dict[str, Any]) -> dict[str, Any]:
+    """A validated table as a dict, its keys in the file's order (gates are listed as the policy lists them)."""
+    dumped = table.model_dump(exclude_none=True)
+    return {k: dumped[k] for k in raw if k in dumped}
+
+
+def _parse(path: Path) -> Policy:
+    data, parsed = _check_file(path)
+    policy = Policy(source=str(path))
+    for p in Precision:
+        limits = getattr(parsed, p.value)
+        if limits is not None:
+            policy.metric_limits[p.value] = _in_file_order(limits, data[p.value])
+    for f in Format:
+        per = getattr(parsed, f.value)
+        for p in Precision:
+            limits = getattr(per, p.value) if per is not None else None
+            if limits is not None:
+                policy.metric_limits[f"{f.value}.{p.value}"] = _in_file_order(limits, data[f.value][p.value])
+    for f in Format:
+        per = getattr(parsed.latency, f.value) if parsed.latency is not None else None
+        for p in Precision:
+            budgets = getattr(per, p.value) if per is not None else None
+            if budgets is not None:
+                policy.latency[f"{f.value}.{p.value}"] = budgets.model_dump(exclude_none=True)
+    for f in Format:
+        per = getattr(parsed.device_latency, f.value) if parsed.device_latency is not None else None
+        for p in Precision:
+            budgets = getattr(per, p.value) if per is not None else None
+            if budgets is not None:
+                policy.device_latency[f"{f.value}.{p.value}"] = budgets.model_dump(exclude_none=True)
+    if parsed.baseline is not None:
+        dumped = parsed.baseline.model_dump(exclude_none=True)
+        fail_on_missing = dumped.pop("fail_on_missing", None)
+        if fail_on_missing is not None:
+            policy.fail_on_missing = fail_on_missing
+        policy.baseline = {k: float(v) for k, v in dumped.items()}
+    if parsed.confidence is not None:
+        if parsed.confidence.margin_bins is not None:
+            policy.margin_bins = tuple(parsed.confidence.margin_bins)
+        if parsed.confidence.confident_margin is not None:
+            policy.confident_margin = parsed.confidence.confident_margin
+    return policy

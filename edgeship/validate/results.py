@@ -26,7 +26,8 @@ Schema ``schema_version`` 2 (stable keys; new keys may be added, none removed or
          "layer_sqnr": {"layer": dB, ...} | null   (from the quantise stage's per-layer report, when present)
          "kernel_path": "onnxruntime-unfused: ..." | null, "kernel_path_samples": 360   (int8 files, version 2)
          "input_feed": "raw uint8 pixels (as MediaPipe)" | "re-quantised floats" | "normalised floats" | ... | null,
-         "flips_by_margin": [{"margin_from": 0.0, "margin_to": 0.1, "samples": 40, "flips": 3}, ...]
+         "flips_by_margin": [{"margin_from": 0.0, "margin_to": 0.1, "samples": 40, "flips": 3}, ...],
+         "integrity": "verified" | "modified: ..." | "not recorded"
         }
       ],
       "required_formats": ["tflite"],
@@ -35,6 +36,7 @@ Schema ``schema_version`` 2 (stable keys; new keys may be added, none removed or
       "confidence": {"margin": "...", "bins": [0.1, 0.3], "confident_margin": 0.3},
       "executor": {"name": "local"} | {"name": "ray", "workers": 2, "shards": 8, "nodes": ["10.0.0.5"],
                    "latency_node": {"node_id": "...", "ip": "...", "hostname": "...", "pid": 123}, ...},
+      "allow_modified": false,
       "versions": {"edgeship": "0.1.0", "onnxruntime": "1.31.1", "ai-edge-litert": "2.3.0", ...},
       "passed": true
     }
@@ -48,6 +50,8 @@ were added within version 2 (keys added, none removed or renamed): what each art
 MediaPipe feeds a uint8 input, or re-quantised floats), and top-1 flips told apart by the reference's confidence.
 ``executor`` and ``data.failed_samples`` (``[{"source", "reason"}]``, the images that could not be read, each failed
 alone) were added within version 2; with the Ray executor, ``machine`` is the node that measured latency.
+``integrity`` (per artifact) and ``allow_modified`` were added within version 2: whether each file is the one its
+manifest records (size and sha256), and whether ``--allow-modified`` let modified files be validated.
 ``passed`` is true only when no artifact failed and no required format was skipped: ``skipped`` never counts as
 passed.
 """
@@ -128,6 +132,58 @@ class Flip:
 
 
 @dataclass
+class DeviceLatency:
+    """Latency of an artifact measured on a real device by LiteRT's ``benchmark_model``
+    (:mod:`edgeship.validate.device_latency`); times in ms, ``None`` where the log does not give them."""
+
+    device: str  # the name the user gave (--device), e.g. "Pixel 7"
+    source: str = ""  # the log file it was read from
+    tool: str = "benchmark_model"
+    graph: str | None = None  # the model path the tool ran (its "Graph: [...]" line)
+    delegate: str = "cpu"  # "xnnpack", "gpu", "nnapi", ... or "cpu" (builtin kernels)
+    threads: int | None = None
+    runs: int | None = None  # timed runs the statistics are over
+    init_ms: float | None = None
+    first_ms: float | None = None
+    warmup_mean_ms: float | None = None
+    mean_ms: float | None = None
+    std_ms: float | None = None
+    min_ms: float | None = None
+    max_ms: float | None = None
+    p5_ms: float | None = None
+    p50_ms: float | None = None  # the log's median (LiteRT builds with StatWithPercentiles)
+    p95_ms: float | None = None
+    model_size_mb: float | None = None
+    peak_memory_mb: float | None = None
+
+    @property
+    def label(self) -> str:
+        """``"Pixel 7 (gpu, 4 threads)"``: what makes two device figures comparable."""
+        threads = f", {self.threads} threads" if self.threads else ""
+        return f"{self.device} ({self.delegate}{threads})"
+
+
+@dataclass
+class BaselineCheck:
+    """One figure of an artifact beside the same artifact's in the baseline report (``--baseline``).
+
+    ``kind`` says how ``change`` is measured and what ``budget`` bounds: ``"drop"`` (baseline minus this run, in
+    the figure's units: fractions for agreements and accuracies, dB for SQNR) or ``"growth"`` (this run over the
+    baseline, minus 1: 0.05 is 5 % more). ``passed`` is ``None`` when the check was not made (``note`` says why:
+    another machine, no baseline figure, no budget)."""
+
+    figure: str  # "accuracy_top1", "top1_agreement", "sqnr_db", "size_bytes", "latency_p50_ms", "device_p50_ms"
+    value: float | None
+    baseline: float | None
+    change: float | None
+    kind: str  # "drop" or "growth"
+    budget: float | None
+    passed: bool | None
+    note: str | None = None
+    device: str | None = None  # device figures: DeviceLatency.label
+
+
+@dataclass
 class ArtifactResult:
     path: str
     format: str
@@ -149,6 +205,13 @@ class ArtifactResult:
     kernel_path_samples: int = 0  # samples run through it
     input_feed: str | None = None  # what the artifact was fed (edgeship.runtimes.runner.INPUT_FEEDS)
     flips_by_margin: list[dict[str, Any]] = field(default_factory=list)  # per reference-margin bin: samples, flips
+    # Against the manifest's sha256 and size: "verified", "modified: <what differs>" (failed, or validated as it is
+    # with --allow-modified), or "not recorded" (a file given without a manifest listing it)
+    integrity: str = "not recorded"
+    device_latency: list[DeviceLatency] = field(default_factory=list)  # --latency-from: figures from real devices
+    # --baseline: "compared" (same format and precision in the baseline) or "new" (not in it); None without one
+    baseline_status: str | None = None
+    baseline_checks: list[BaselineCheck] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -178,17 +241,30 @@ class Report:
     # How it ran: {"name": "local"} or, for Ray, {"name": "ray", "address", "workers", "shards", "nodes",
     # "latency_node": {"node_id", "ip", "hostname", "pid"}, ...}; {} if not recorded
     executor: dict[str, Any] = field(default_factory=dict)
+    allow_modified: bool = False  # --allow-modified: files differing from their manifest record were validated
+    # --baseline: what this run was compared with (edgeship.validate.baseline.compare_with_baseline); None without
+    # one. {"path", "created", "edgeship_version", "machine", "missing": [{"format", "precision", "runtime",
+    # "path"}], "fail_on_missing", "budgets": {...}}
+    baseline: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
         if any(a.status is Status.FAILED for a in self.artifacts):
+            return False
+        if self.baseline and self.baseline.get("fail_on_missing") and self.baseline.get("missing"):
             return False
         required = set(self.required_formats)
         return not any(a.status is Status.SKIPPED and a.format in required for a in self.artifacts)
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.passed else 1
+        """0 passed; 1 an artifact failed (a gate, a file that is not the one recorded, or an artifact of the baseline
+        missing under ``fail_on_missing``); 3 nothing failed but a required format was skipped because its runtime
+        cannot run here (the environment, not the artifact)."""
+        if self.passed:
+            return 0
+        missing = bool(self.baseline and self.baseline.get("fail_on_missing") and self.baseline.get("missing"))
+        return 1 if missing or any(a.status is Status.FAILED for a in self.artifacts) else 3
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -204,6 +280,8 @@ class Report:
             "machine": dict(self.machine),
             "confidence": dict(self.confidence),
             "executor": dict(self.executor),
+            "allow_modified": self.allow_modified,
             "versions": self.versions,
+            "baseline": None if self.baseline is None else dict(self.baseline),
             "passed": self.passed,
         }

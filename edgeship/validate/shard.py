@@ -42,6 +42,7 @@ class Job:
     batch_size: int = 32
     kernel_path_samples: int = 500
     confidence: dict[str, Any] = field(default_factory=dict)  # Comparison's probabilities, margin_bins, ...
+    refused: dict[int, str] = field(default_factory=dict)  # artifacts failed before opening (integrity): reason
 
 
 @dataclass
@@ -145,6 +146,9 @@ class Session:
         self._permutations: dict[int, np.ndarray | None] = {}
         for i, entry in enumerate(job.entries):
             base = self.base[i] = ArtifactPartial()
+            if i in job.refused:
+                base.status, base.reason = Status.FAILED, job.refused[i]
+                continue
             try:
                 runner = runner_for(entry.format, entry.path, spec.preprocessing, job.threads).open()
                 self._permutations[i] = label_permutation(list(spec.labels), runner.labels)

@@ -202,7 +202,8 @@ def test_ctrl_c_cancels_the_shards_and_writes_nothing(ray_cluster, int8_files, t
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
-    assert not (tmp_path / "report").exists() and not list(tmp_path.iterdir())
+    # the report directory may exist (validate checks it is writable before the work), but holds nothing
+    assert not [f for f in tmp_path.rglob("*") if f.is_file()]
     deadline = time.time() + 30
     while ray_cluster.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
         time.sleep(0.5)

@@ -46,11 +46,11 @@ def test_user_file_overrides_defaults_and_adds_latency(tmp_path):
 
 
 @pytest.mark.parametrize("text,needle", [
-    ("[fp32]\nagreement = 1\n", "unknown metric"),
+    ("[fp32]\nagreement = 1\n", r"\[fp32\] has unknown keys \['agreement'\]"),
     ("[fp64]\ntop1_agreement = 1\n", "unknown table"),
-    ("[tflite.int4]\ntop1_agreement = 1\n", "unknown precision"),
-    ("[fp32]\ntop1_agreement = 'high'\n", "must be a number"),
-    ("[latency.tflite.int8]\np42_ms = 1\n", "unknown budgets"),
+    ("[tflite.int4]\ntop1_agreement = 1\n", r"\[tflite\] has unknown keys \['int4'\]"),
+    ("[fp32]\ntop1_agreement = 'high'\n", "valid number"),
+    ("[latency.tflite.int8]\np42_ms = 1\n", r"unknown keys \['p42_ms'\]"),
     ("[fp32\n", "cannot read policy"),
 ])
 def test_bad_policies_are_one_clear_error(tmp_path, text, needle):

@@ -83,7 +83,7 @@ def test_require_turns_a_skip_into_a_failure(capsys, exported, monkeypatch):
     code, stdout, _ = _run(capsys, "validate", "--artifacts", str(out), "--iterations", "2")
     assert code == 0 and "skipped" in stdout  # a skip alone passes...
     code, stdout, _ = _run(capsys, "validate", "--artifacts", str(out), "--require", "coreml", "--iterations", "2")
-    assert code == 1 and "FAILED" in stdout  # ...unless the format is required
+    assert code == 3 and "FAILED" in stdout  # ...unless the format is required: the environment's failure (3)
 
 
 def test_a_failed_gate_exits_1(capsys, exported, tmp_path):
@@ -144,7 +144,7 @@ def test_bad_input_is_one_line_exit_2(capsys, exported, tmp_path):
     _one_line(*_run(capsys, "validate", "--artifacts", str(tmp_path / "x.pdf"))[::2], "not an artifact")
     (tmp_path / "bad.toml").write_text("[fp32]\nagreement = 1\n")
     _one_line(*_run(capsys, "validate", "--artifacts", art, "--policy", str(tmp_path / "bad.toml"))[::2],
-              "unknown metric")
+              "unknown keys ['agreement']")
 
 
 def test_run_without_arguments_runs_the_demo(capsys, tmp_path):

@@ -7,7 +7,8 @@
     and ``docs/report-schema.md``), indented by 2.
 ``report.md``
     A job summary for GitHub Actions (``$GITHUB_STEP_SUMMARY``) or a GitLab/MR comment: verdict, inputs, one
-    table row per artifact, then the failing gates, reasons and flipped samples of each failed artifact.
+    table row per artifact, the latency measured on devices (``--latency-from``) and each figure beside the
+    baseline's (``--baseline``), then the failing gates, reasons and flipped samples of each failed artifact.
 ``report.html``
     One self-contained page: inline CSS, plots and thumbnails as inline base64 PNG, no script, no external
     URL (a Content-Security-Policy meta tag forbids loading anything that is not inline).

@@ -371,3 +371,58 @@ def confidence_intro(report: Report) -> str:
     return (f"Top-1 flips by the reference's top-1 margin ({c.get('margin', 'top-1 minus runner-up probability')})."
             f" A flip under a small margin is a near-tie; from {fmt_number(c.get('confident_margin'), 'g')} on, a "
             "confident answer that changed (confident_flips).")
+
+
+# ================================================================================================ devices, baseline
+DEVICE_COLUMNS = ["Artifact", "Device", "Delegate", "Threads", "Runs", "p50", "Mean ± std", "Min", "p95", "Max",
+                  "First", "Init", "Log"]
+
+
+def device_rows(report: Report) -> list[list[str]]:
+    """Plain-text cells (:data:`DEVICE_COLUMNS`) for each figure read from a real device's benchmark log."""
+    rows = []
+    for a in report.artifacts:
+        for d in a.device_latency:
+            mean = fmt_ms(d.mean_ms) + (f" ± {fmt_ms(d.std_ms)}" if d.std_ms is not None else "")
+            rows.append([f"{a.format} {a.precision}", d.device, d.delegate, NA if d.threads is None else str(d.threads),
+                         NA if d.runs is None else str(d.runs), fmt_ms(d.p50_ms), mean, fmt_ms(d.min_ms),
+                         fmt_ms(d.p95_ms), fmt_ms(d.max_ms), fmt_ms(d.first_ms), fmt_ms(d.init_ms),
+                         PurePath(d.source).name if d.source else NA])
+    return rows
+
+
+BASELINE_COLUMNS = ["Artifact", "Figure", "This run", "Baseline", "Change", "Budget", "Result"]
+
+
+def baseline_intro(report: Report) -> str:
+    """One plain-text line: which report this run was compared with, and where it was measured."""
+    b = report.baseline or {}
+    m = b.get("machine") or {}
+    where = ", ".join(str(x) for x in (m.get("cpu_model"), m.get("int8_kernel_family")) if x)
+    return (f"Compared with {b.get('path', NA)} (created {b.get('created') or NA} by edgeship "
+            f"{b.get('edgeship_version') or NA}{'; measured on ' + where if where else ''}). Each artifact against "
+            "the baseline's of the same format and precision; latency only when both were measured on the same "
+            "machine description (CPU, cores, int8 ISA features, threads, runtime version).")
+
+
+def baseline_rows(report: Report) -> list[tuple[ArtifactResult | None, list[str]]]:
+    """(artifact, plain-text cells of :data:`BASELINE_COLUMNS`) per check, then one row per new artifact and per
+    artifact of the baseline that this run lacks (artifact None)."""
+    from edgeship.validate.baseline import _fmt, check_result, fmt_budget, fmt_change
+
+    if report.baseline is None:
+        return []
+    rows: list[tuple[ArtifactResult | None, list[str]]] = []
+    for a in report.artifacts:
+        name = f"{a.format} {a.precision}"
+        if a.baseline_status == "new":
+            rows.append((a, [name, "-", "present", "absent", "new artifact", NA, "not in the baseline"]))
+        for c in a.baseline_checks:
+            figure = c.figure + (f" ({c.device})" if c.device else "")
+            rows.append((a, [name, figure, _fmt(c.figure, c.value), _fmt(c.figure, c.baseline), fmt_change(c),
+                             fmt_budget(c), check_result(c)]))
+    fail = bool(report.baseline.get("fail_on_missing"))
+    for m in report.baseline.get("missing", []):
+        rows.append((None, [f"{m.get('format')} {m.get('precision')}", "-", "absent", "present", "missing artifact",
+                            NA, "MISSED (fail_on_missing)" if fail else "reported (fail_on_missing = false)"]))
+    return rows

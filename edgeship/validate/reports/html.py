@@ -14,6 +14,11 @@ from edgeship.machine import KernelFamily
 from edgeship.validate.results import ArtifactResult, Flip, Report, Status
 from edgeship.validate.reports.markdown import MD_COLUMNS, inputs_lines, truncate
 from edgeship.validate.reports.common import (
+    BASELINE_COLUMNS,
+    DEVICE_COLUMNS,
+    baseline_intro,
+    baseline_rows,
+    device_rows,
     log,
     HTML_MAX_FLIPS,
     LAYER_PLOT_MAX,
@@ -324,6 +329,32 @@ def _artifact_section(report: Report, i: int, a: ArtifactResult) -> str:
     return "\n".join(out)
 
 
+def _device_section(report: Report) -> str:
+    """Latency measured on real devices (--latency-from), one row per benchmark log; "" without any."""
+    rows = device_rows(report)
+    if not rows:
+        return ""
+    return ('<section id="devices"><h2>Latency on devices</h2><p class="muted">LiteRT benchmark_model on the device '
+            "(batch 1, ms), read from its log.</p>"
+            + _table([_h(c) for c in DEVICE_COLUMNS], [[_h(c) for c in r] for r in rows], set(range(3, 12)))
+            + "</section>")
+
+
+def _baseline_section(report: Report) -> str:
+    """Each figure beside the baseline's, with the change and the budget (--baseline); "" without a baseline."""
+    if report.baseline is None:
+        return ""
+    rows, classes = [], []
+    for _, cells in baseline_rows(report):
+        missed = cells[-1].startswith("MISSED")
+        result = f'<span class="badge failed">{_h(cells[-1])}</span>' if missed else (
+            '<span class="badge passed">met</span>' if cells[-1] == "met" else _h(cells[-1]))
+        rows.append([_h(c) for c in cells[:-1]] + [result])
+        classes.append("gate-failed" if missed else "")
+    table = _table([_h(c) for c in BASELINE_COLUMNS], rows, {2, 3, 4, 5}, classes) if rows else ""
+    return f'<section id="baseline"><h2>Against the baseline</h2><p>{_h(baseline_intro(report))}</p>{table}</section>'
+
+
 def to_html(report: Report) -> str:
     """``report.html``: one self-contained page (see the module docstring)."""
     verdict = _verdict(report)
@@ -368,6 +399,9 @@ def to_html(report: Report) -> str:
     else:
         body.append('<p class="muted">No latency was measured.</p>')
     body.append("</section>")
+
+    body.append(_device_section(report))
+    body.append(_baseline_section(report))
 
     with_errors = [a for a in arts if any(_finite(e) for e in a.sample_errors)]
     body.append('<section id="errors"><h2>Error distribution</h2>')

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
-from edgeship.validate.results import ArtifactResult, Report, Status
+from edgeship.validate.results import ArtifactResult, BaselineCheck, Report, Status
 from edgeship.validate.reports.common import (
     _clean,
     _failing_gates,
@@ -16,6 +16,14 @@ from edgeship.validate.reports.common import (
     _one_line,
     _runtime_versions,
 )
+
+
+def check_text(c: BaselineCheck) -> str:
+    """A baseline check as one property value: ``"96.1 % vs 98.3 %: drop 2.2 pp, budget ≤ 1.0 pp: MISSED"``."""
+    from edgeship.validate.baseline import _fmt, check_result, fmt_budget, fmt_change
+
+    return (f"{_fmt(c.figure, c.value)} vs {_fmt(c.figure, c.baseline)}: {fmt_change(c)}, budget {fmt_budget(c)}: "
+            f"{check_result(c)}")
 
 
 _XML_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]+")
@@ -53,7 +61,13 @@ def to_junit(report: Report) -> str:
       skipped, message = the reason, unless its format is required, then a ``<failure>`` (the release fails, so
       the test tab must not be green).
     - one per gate, named after the gate: a ``<failure message=describe()>`` when it missed, ``<skipped>`` when
-      the artifact was skipped.
+      the artifact was skipped. Device latency budgets (``device_p50_ms on Pixel 7 (gpu, 4 threads)``) and baseline
+      checks (``baseline_accuracy_top1_drop``) are gates too.
+
+    ``runs`` also carries ``device.<device (delegate, threads)>.<figure>`` properties (``--latency-from``) and, with
+    a baseline, ``baseline`` ("compared" or "new") and ``baseline.<figure>`` (this run vs the baseline, the change,
+    the budget, the verdict); the suite, ``baseline.path``/``created``/``edgeship_version``. Each artifact the
+    baseline had and this run lacks is a testcase ``in_baseline``: a failure with ``fail_on_missing``, else skipped.
     """
     suites = ET.Element("testsuites", name="edgeship")
     suite = ET.SubElement(suites, "testsuite", name="edgeship")
@@ -71,6 +85,8 @@ def to_junit(report: Report) -> str:
         **{f"machine.{k}": v for k, v in _machine_items(report)},
         **{f"confidence.{k}": v for k, v in report.confidence.items()},
         **{f"version.{k}": v for k, v in _runtime_versions(report).items()},
+        **({f"baseline.{k}": report.baseline.get(k) for k in ("path", "created", "edgeship_version")}
+           if report.baseline is not None else {}),
     }
     for k, v in meta.items():
         if v is not None and v != "":
@@ -109,7 +125,13 @@ def to_junit(report: Report) -> str:
             fail(runs, reason or "artifact failed", "error", details + f"reason: {reason}\n")
         else:
             props = {"input_feed": a.input_feed, "confident_flips": a.metrics.confident_flips,
-                     **{f"flips.{_margin_bin_name(b)}": f"{b['flips']} of {b['samples']}" for b in a.flips_by_margin}}
+                     **{f"flips.{_margin_bin_name(b)}": f"{b['flips']} of {b['samples']}" for b in a.flips_by_margin},
+                     **{f"device.{d.label}.{k}": getattr(d, k) for d in a.device_latency
+                        for k in ("p50_ms", "mean_ms", "std_ms", "min_ms", "p95_ms", "max_ms", "first_ms", "init_ms",
+                                  "runs")},
+                     "baseline": a.baseline_status,
+                     **{f"baseline.{c.figure}" + (f".{c.device}" if c.device else ""): check_text(c)
+                        for c in a.baseline_checks}}
             if any(v is not None for v in props.values()):
                 el = ET.SubElement(runs, "properties")
                 for k, v in props.items():
@@ -123,6 +145,16 @@ def to_junit(report: Report) -> str:
                 skip(tc, reason or "skipped")
             elif not g.passed:
                 fail(tc, g.describe(), "gate", details + g.describe() + "\n")
+    if report.baseline is not None:
+        for m in report.baseline.get("missing", []):
+            classname = f"edgeship.{_junit_part(str(m.get('format')))}.{_junit_part(str(m.get('precision')))}"
+            tc = case(classname, "in_baseline")
+            message = (f"{m.get('format')} {m.get('precision')} is in the baseline ({report.baseline.get('path')}) "
+                       "but not in this run")
+            if report.baseline.get("fail_on_missing"):
+                fail(tc, message, "baseline", message + "\n")
+            else:
+                skip(tc, message + " (fail_on_missing = false)")
     for el in (suites, suite):
         el.set("tests", str(tests))
         el.set("failures", str(failures))

@@ -7,6 +7,8 @@ from typing import Iterable
 
 from edgeship.validate.results import ArtifactResult, Report, Status
 from edgeship.validate.reports.common import (
+    BASELINE_COLUMNS,
+    DEVICE_COLUMNS,
     MD_MAX_FLIPS,
     NA,
     TABLE_WIDTH,
@@ -22,6 +24,8 @@ from edgeship.validate.reports.common import (
     _reason_beyond_gates,
     _required_skipped,
     _verdict,
+    baseline_intro,
+    baseline_rows,
     confidence_intro,
     confidence_lines,
     feed_lines,
@@ -32,6 +36,7 @@ from edgeship.validate.reports.common import (
     fmt_ms,
     fmt_pct,
     fmt_pp,
+    device_rows,
     kernel_path_lines,
 )
 
@@ -146,6 +151,7 @@ def to_markdown(report: Report) -> str:
             out += [f"- {_md(name)}: {_md(text)}" for name, text in paths] + [""]
     else:
         out += ["No artifacts were validated.", ""]
+    out += device_markdown(report) + baseline_markdown(report)
 
     for a in report.artifacts:
         if a.status != Status.FAILED:
@@ -179,6 +185,33 @@ def to_markdown(report: Report) -> str:
             out.append(f"- {_md(a.name)}{note}: {_md(a.reason or 'no reason given')}")
         out.append("")
     return "\n".join(out)
+
+
+def device_markdown(report: Report) -> list[str]:
+    """The "Latency on devices" section (figures from --latency-from benchmark logs); [] without any."""
+    rows = device_rows(report)
+    if not rows:
+        return []
+    out = ["**Latency on devices** (LiteRT benchmark\\_model on the device; batch 1, ms):", "",
+           _md_row(DEVICE_COLUMNS), _md_row(["---", "---", "---"] + ["--:"] * 9 + ["---"])]
+    out += [_md_row(_md(c) for c in row) for row in rows]
+    return out + [""]
+
+
+def baseline_markdown(report: Report) -> list[str]:
+    """The "Against the baseline" section (--baseline); [] without a baseline."""
+    if report.baseline is None:
+        return []
+    out = [f"**Against the baseline:** {_md(baseline_intro(report))}", ""]
+    rows = baseline_rows(report)
+    if rows:
+        out += [_md_row(BASELINE_COLUMNS), _md_row(["---", "---", "--:", "--:", "--:", "--:", "---"])]
+        for _, cells in rows:
+            shown = [_md(c) for c in cells]
+            if cells[-1].startswith("MISSED"):
+                shown[-1] = f"**{shown[-1]}**"
+            out.append(_md_row(shown))
+    return out + [""]
 
 
 # ================================================================================================ terminal
