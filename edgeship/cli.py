@@ -206,6 +206,27 @@ def _input_range_arg(g: "argparse._ArgumentGroup") -> None:
                         "mean pixel 0 and 255, e.g. 0,65535 or 0,1 (default: refuse them)")
 
 
+def _executor_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("executor")
+    g.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local (default: this process) or ray: shards of the data set over a Ray cluster, merged "
+                        "into the same figures (pip install 'edgeship[ray]')")
+    g.add_argument("--address", metavar="ADDR", help="with --executor ray: the cluster to join, e.g. HOST:6379 "
+                                                     "(default: a local Ray started for this run)")
+    g.add_argument("--workers", type=int, metavar="N", help="with --executor ray: shard tasks in flight "
+                                                            "(default: the cluster's CPUs / --threads)")
+
+
+    g.add_argument("--skip-bad-images", action="store_const", const=True, default=None,
+                   help="an image that cannot be read fails alone (listed in the report) instead of stopping the run "
+                        "(default with --executor ray)")
+
+
+def _executor_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {"executor": args.executor, "address": args.address, "workers": args.workers,
+            "skip_bad_images": args.skip_bad_images}
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from edgeship.types import Format
     from edgeship.validate.pipeline import validate
@@ -216,7 +237,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                       threads=args.threads, iterations=args.iterations, trust_model=args.trust_model,
                       kernel_path_samples=args.kernel_path_samples, allow_modified=args.allow_modified,
                       baseline=args.baseline, latency_from=args.latency_from, device=args.device,
-                      input_range=args.input_range, output_kind=args.output_kind)
+                      input_range=args.input_range, output_kind=args.output_kind, **_executor_kwargs(args))
     print(summary_table(report))
     _print_baseline(report)
     if args.report:
@@ -247,6 +268,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.device:
         config.device = args.device
     return run(config, echo=print).exit_code
+
+
+# ----------------------------------------------------------------------------------------------- sweep
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    """A grid of variants x precisions on Ray, one task per variant; the table and the plot."""
+    from edgeship.sweep import SweepConfig, markdown, sweep
+
+    def floats(text: str, what: str) -> list[float]:
+        try:
+            return [float(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise UserError(f"--{what} takes comma-separated numbers, got '{text}'") from None
+
+    config = SweepConfig(
+        families=[f.strip() for f in args.families.split(",") if f.strip()],
+        alphas=floats(args.alphas, "alphas"), resolutions=[int(r) for r in floats(args.resolutions, "resolutions")],
+        precisions=[p.strip() for p in args.precisions.split(",") if p.strip()],
+        formats=[f.strip() for f in args.formats.split(",") if f.strip()], data=args.data,
+        num_samples=args.num_samples, iterations=args.iterations, threads=args.threads, out=Path(args.out),
+        address=args.address, workers=args.workers)
+    rows = sweep(config)
+    print(markdown(rows))
+    print(f"table and plot in {config.out}: sweep.md sweep.html sweep.json sweep.png")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -360,7 +405,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-model", action="store_true", help="allow a reference with Lambda layers or custom code")
     p.add_argument("--report", metavar="DIR", help="write report.json, report.md, report.html, junit.xml here")
     _validate_args(p)
+    _executor_args(p)
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("sweep", help="a grid of variants x precisions on Ray: MACs, size, latency (and agreement)",
+                       description="Run the pipeline of 'edgeship run' on every variant of a grid (family x "
+                                   "alpha x resolution; random weights) and precision, one Ray task per variant, "
+                                   "and write one table (Markdown, JSON, HTML) and a latency plot. Needs "
+                                   "'pip install edgeship[ray]'.")
+    p.add_argument("--families", default="mobilenet_v2", help="comma-separated families (default mobilenet_v2)")
+    p.add_argument("--alphas", default="0.35,0.5", help="comma-separated width multipliers (default 0.35,0.5)")
+    p.add_argument("--resolutions", default="96,128", help="comma-separated input sizes (default 96,128)")
+    p.add_argument("--precisions", default="fp32,int8", help="comma-separated precisions (default fp32,int8)")
+    p.add_argument("--formats", default="tflite", help="comma-separated formats (default tflite)")
+    p.add_argument("--data", metavar="DATA", help="images (no class folders) or .npy/.npz at each resolution: "
+                                                  "agreement and SQNR against each variant's float (default: 16 "
+                                                  "demo images, for calibration and latency only)")
+    p.add_argument("--num-samples", type=int, default=32, help="calibration samples (default 32)")
+    p.add_argument("--iterations", type=int, default=20, help="timed inferences per artifact (default 20)")
+    p.add_argument("--threads", type=int, default=1, help="threads per runtime, and CPUs per task (default 1)")
+    p.add_argument("--out", default="edgeship-sweep", metavar="DIR", help="output directory (default edgeship-sweep)")
+    p.add_argument("--address", metavar="ADDR", help="the Ray cluster to join (default: a local Ray for the sweep)")
+    p.add_argument("--workers", type=int, metavar="N", help="variants in flight (default: CPUs / --threads)")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("run", help="the whole pipeline: export, quantise, validate, report",
                        description="Run the whole pipeline from an edgeship.toml; without one, on the embedded "

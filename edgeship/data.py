@@ -28,7 +28,7 @@ from __future__ import annotations
 import collections
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
@@ -190,6 +190,15 @@ class Batch:
     labels: np.ndarray | None  # (n,) class indices
     sources: list[str]  # where each sample came from, for reports
     offset: int  # index of the first sample in the whole set
+    # With ``skip_bad``: the samples that could not be read, (source, reason), and the index in the whole set of
+    # each sample kept (None: offset, offset + 1, ...)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    indices: np.ndarray | None = None
+
+    @property
+    def positions(self) -> int | np.ndarray:
+        """Where the batch's samples sit in the whole set: ``offset`` (consecutive) or (n,) indices."""
+        return self.offset if self.indices is None else self.indices
 
 
 class DataSource:
@@ -203,7 +212,11 @@ class DataSource:
         self.pixels = pixels  # "uint8" (raw images) or "float32" (float pixels, not rounded)
         self.conversions: collections.Counter[str] = collections.Counter()
 
-    def batches(self, batch_size: int) -> Iterator[Batch]:  # pragma: no cover - abstract
+    def batches(self, batch_size: int, start: int = 0, stop: int | None = None,
+                skip_bad: bool = False) -> Iterator[Batch]:  # pragma: no cover - abstract
+        """Batches of ``batch_size`` over samples ``start`` to ``stop`` (default: the end): a shard of the set.
+        With ``skip_bad``, a sample that cannot be read is left out of its batch and listed in ``Batch.failed``
+        with its reason (else it raises :class:`UserError`)."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, object]:
@@ -240,12 +253,32 @@ class FolderSource(DataSource):
         self.conversions.update(done)
         return image
 
-    def batches(self, batch_size: int) -> Iterator[Batch]:
-        for start in range(0, len(self.files), batch_size):
-            files = self.files[start : start + batch_size]
-            images = np.stack([self.read(i) for i in range(start, start + len(files))])
-            labels = None if self.labels is None else self.labels[start : start + len(files)]
-            yield Batch(images, labels, [f.relative_to(self.root).as_posix() for f in files], start)
+    def batches(self, batch_size: int, start: int = 0, stop: int | None = None,
+                skip_bad: bool = False) -> Iterator[Batch]:
+        """Batches of images ``start``..``stop``; ``skip_bad``: an image that cannot be read is left out of its batch
+        and listed in ``Batch.failed`` with its reason, instead of failing the run (the sharded executors)."""
+        stop = len(self.files) if stop is None else min(stop, len(self.files))
+        for first in range(start, stop, batch_size):
+            files = self.files[first : min(first + batch_size, stop)]
+            sources = [f.relative_to(self.root).as_posix() for f in files]
+            labels = None if self.labels is None else self.labels[first : first + len(files)]
+            if not skip_bad:
+                yield Batch(np.stack([self.read(first + j) for j in range(len(files))]), labels, sources, first)
+                continue
+            images, kept, failed = [], [], []
+            for j in range(len(files)):
+                try:
+                    images.append(self.read(first + j))
+                    kept.append(j)
+                except UserError as e:
+                    failed.append((sources[j], str(e)))
+            if not failed:
+                yield Batch(np.stack(images), labels, sources, first)
+                continue
+            keep = np.array(kept, dtype=np.int64)
+            empty = np.zeros((0, *self.size, 3), np.uint8)
+            yield Batch(np.stack(images) if images else empty, None if labels is None else labels[keep],
+                        [sources[j] for j in kept], first, failed, first + keep)
 
 
 def parse_input_range(value: "str | Sequence[float] | None", what: str = "--input-range") -> tuple[float, float] | None:
@@ -340,11 +373,13 @@ class ArraySource(DataSource):
             return chunk.astype(np.float32, copy=False)  # float pixels stay floats (not rounded)
         return chunk if chunk.dtype == np.uint8 else chunk.astype(np.uint8)  # integers checked within 0-255
 
-    def batches(self, batch_size: int) -> Iterator[Batch]:
-        for start in range(0, len(self.images), batch_size):
-            images = self.take(slice(start, start + batch_size))
-            labels = None if self.labels is None else self.labels[start : start + len(images)]
-            yield Batch(images, labels, [f"array[{i}]" for i in range(start, start + len(images))], start)
+    def batches(self, batch_size: int, start: int = 0, stop: int | None = None,
+                skip_bad: bool = False) -> Iterator[Batch]:
+        stop = len(self.images) if stop is None else min(stop, len(self.images))
+        for first in range(start, stop, batch_size):
+            images = self.take(slice(first, min(first + batch_size, stop)))
+            labels = None if self.labels is None else self.labels[first : first + len(images)]
+            yield Batch(images, labels, [f"array[{i}]" for i in range(first, first + len(images))], first)
 
 
 def _check_pixel_dtype(path: Path, dtype: np.dtype, input_range: tuple[float, float] | None) -> None:

@@ -44,6 +44,10 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     latency_from = ["pixel7-int8.log"]   # LiteRT benchmark_model logs from a real device
     device = "Pixel 7"                   # the device those logs come from
     input_range = [0, 1]                 # an .npy/.npz data set not in 0-255 pixels: values meaning 0 and 255
+    executor = "local"                   # or "ray": shards over a Ray cluster (pip install 'edgeship[ray]')
+    address = "head-node:6379"           # with executor = "ray": the cluster (default: a local Ray for the run)
+    workers = 4                          # with executor = "ray": shard tasks in flight (default: CPUs / threads)
+    skip_bad_images = true               # an unreadable image fails alone (default: ray yes, local stops the run)
 
     [output]
     dir = "edgeship-out"
@@ -114,6 +118,10 @@ class ValidateTable(Table):
     latency_from: str | list[str] = []
     device: str | None = None
     input_range: str | list[float] | None = None
+    executor: Literal["local", "ray"] = "local"
+    address: str | None = None
+    workers: PositiveInt | None = None
+    skip_bad_images: bool | None = None  # None: the executor's default (local: stop; ray: fail the image alone)
 
 
 class OutputTable(Table):
@@ -168,6 +176,10 @@ class RunConfig:
     baseline: str | None = None
     latency_from: list[str] = field(default_factory=list)
     device: str | None = None
+    executor: str = "local"
+    address: str | None = None
+    workers: int | None = None
+    skip_bad_images: bool | None = None
     out: Path = Path("edgeship-out")
     input_range: tuple[float, float] | None = None  # [validate] input_range (edgeship.data)
     calibration_input_range: tuple[float, float] | None = None  # [quantize] input_range
@@ -211,7 +223,8 @@ def load_config(path: str | Path | None) -> RunConfig:
         max_size=q.max_size,
         data=rel(v.data), policy=rel(v.policy), require=list(v.require), threads=v.threads,
         iterations=v.iterations, kernel_path_samples=v.kernel_path_samples, allow_modified=v.allow_modified,
-        baseline=rel(v.baseline), device=v.device,
+        baseline=rel(v.baseline), device=v.device, executor=v.executor, address=v.address, workers=v.workers,
+        skip_bad_images=v.skip_bad_images,
         latency_from=[str(rel(x)) for x in ([v.latency_from] if isinstance(v.latency_from, str) else v.latency_from)],
         input_range=parse_input_range(v.input_range, f"{p}: [validate] input_range"),
         calibration_input_range=parse_input_range(q.input_range, f"{p}: [quantize] input_range"),
@@ -261,7 +274,8 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
                       require=config.require, threads=config.threads, iterations=config.iterations,
                       kernel_path_samples=config.kernel_path_samples, allow_modified=config.allow_modified,
                       baseline=config.baseline, latency_from=config.latency_from, device=config.device,
-                      input_range=config.input_range)
+                      input_range=config.input_range, executor=config.executor, address=config.address,
+                      workers=config.workers, skip_bad_images=config.skip_bad_images)
     echo(f"validated on {report.data['count']} images in {time.perf_counter() - t0:.1f} s")
     echo(summary_table(report))
     if report.baseline is not None:

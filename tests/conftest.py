@@ -72,4 +72,19 @@ def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BILINEAR)) for im in images])
 
 
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for every Ray test (startup takes seconds): 2 CPUs, no dashboard, workers' logs kept
+    out of the test output. Skipped, saying why, when Ray is not installed."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[test]' (the 'ray' extra)")
+    import logging
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
 macos_only = pytest.mark.skipif(sys.platform != "darwin", reason="Core ML prediction needs macOS")

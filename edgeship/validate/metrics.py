@@ -263,3 +263,60 @@ def nearest_neighbour_agreement(ref: np.ndarray, out: np.ndarray) -> float | Non
         return sim.argmax(axis=1)
 
     return float(np.mean(nearest(ref) == nearest(out)))
+
+
+class Stream:
+    """Mergeable streaming statistics, the state every accumulating metric keeps (:class:`compare.Comparison`).
+
+    Three kinds of partials, each mergeable so that statistics gathered over shards of a data set and merged equal
+    the statistics of the whole, bit for bit (what the Ray executor relies on, ``edgeship.validate.executors``):
+
+    - ``count(name, n)``: integers (equal values, value counts), summed;
+    - ``add(name, x)``: one float partial sum per batch (signal and noise power, sum of absolute errors), kept as a
+      list and totalled with :func:`math.fsum` (the correctly rounded sum, so independent of the grouping and order
+      of the partials);
+    - ``extend(name, array)``: per-sample arrays ((n,) per batch: max error, cosine, agreement, margin, ...),
+      concatenated in sample order, so every mean, max or bin count over them is the whole set's.
+
+    ``merge(other)`` appends ``other``'s partials after this one's: merge shards in data-set order. Merging is
+    exact when each shard covers whole batches of the single stream (per-batch sums are then the same numbers).
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.sums: dict[str, list[float]] = {}
+        self.samples: dict[str, list[np.ndarray]] = {}
+
+    def count(self, name: str, n: int) -> None:
+        self.counts[name] = self.counts.get(name, 0) + int(n)
+
+    def add(self, name: str, x: float) -> None:
+        self.sums.setdefault(name, []).append(float(x))
+
+    def extend(self, name: str, values: np.ndarray) -> None:
+        self.samples.setdefault(name, []).append(np.asarray(values))
+
+    def total(self, name: str) -> float:
+        import math
+
+        return math.fsum(self.sums.get(name, ()))
+
+    def n(self, name: str) -> int:
+        return self.counts.get(name, 0)
+
+    def values(self, name: str) -> np.ndarray:
+        """The per-sample values of ``name`` over every batch, in sample order ((0,) when none)."""
+        parts = self.samples.get(name)
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def has(self, name: str) -> bool:
+        return bool(self.samples.get(name))
+
+    def merge(self, other: "Stream") -> "Stream":
+        for k, v in other.counts.items():
+            self.count(k, v)
+        for k, s in other.sums.items():
+            self.sums.setdefault(k, []).extend(s)
+        for k, a in other.samples.items():
+            self.samples.setdefault(k, []).extend(a)
+        return self

@@ -33,13 +33,11 @@ from edgeship.manifest import MANIFEST_NAME, ArtifactRecord, Manifest, tool_vers
 from edgeship.models.loading import DEMO_DIR, LoadedModel, load_model
 from edgeship.models.spec import Preprocessing
 from edgeship.types import Format, Precision
-from edgeship.validate.compare import Comparison, label_permutation
-from edgeship.validate.latency import measure, peak_rss_bytes, reset_peak_rss
+from edgeship.validate.executors import Executor, get_executor
 from edgeship.validate.policy import Policy, load_policy
 from edgeship.validate.results import ArtifactResult, Report, Status
-from edgeship.runtimes.runner import Runner, Unavailable
-from edgeship.runtimes import KERNEL_PATHS, RUNTIME_NAMES, kernel_path_runner, runner_for
-from edgeship.runtimes.keras import KerasRunner
+from edgeship.validate.shard import Job
+from edgeship.runtimes import RUNTIME_NAMES
 
 DEMO_HELDOUT = DEMO_DIR / "heldout"
 _SUFFIX_FORMATS = {".tflite": Format.TFLITE, ".onnx": Format.ONNX, ".mlpackage": Format.COREML}
@@ -70,6 +68,10 @@ def validate(
     trust_model: bool = False,
     progress: bool = True,
     kernel_path_samples: int = 500,
+    executor: "str | Executor" = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    skip_bad_images: bool | None = None,
     allow_modified: bool = False,
     baseline: str | Path | None = None,
     latency_from: Sequence[str | Path] = (),
@@ -97,15 +99,22 @@ def validate(
     Both are read before anything runs, so a bad path fails at once.
 
     ``output_kind`` (probabilities, logits, multilabel, embedding) overrides the kind the manifest recorded at
-    export (else the reference model's detected kind); it picks the metrics and the policy's gate tables."""
-    from tqdm import tqdm
+    export (else the reference model's detected kind); it picks the metrics and the policy's gate tables.
 
-    from edgeship.data import open_data
+    ``executor``: "local" (default: this process) or "ray" (shards over a Ray cluster at ``address``, ``workers``
+    shard tasks in flight; :mod:`edgeship.validate.ray_executor`), or an :class:`Executor`. Both give the same
+    figures (latency aside). ``skip_bad_images``: an image that cannot be read is failed alone and listed in
+    ``report.data["failed_samples"]`` with its reason (True; the Ray executor's default: one bad file in tens of
+    thousands should not cost the cluster run), or stops the run with one :class:`UserError` line (False; the local
+    executor's default, so a release is never judged on fewer images than its data set without being told)."""
+    from edgeship.data import open_data, parse_input_range
 
     if kernel_path_samples < 0:
         raise UserError(f"--kernel-path-samples must be 0 (off) or more, got {kernel_path_samples}")
     if threads < 1 or iterations < 1:
         raise UserError(f"--threads and --iterations must be 1 or more, got threads {threads}, iterations {iterations}")
+    if not isinstance(executor, Executor):
+        executor = get_executor(executor, address=address, workers=workers)
     policy = policy if isinstance(policy, Policy) else load_policy(policy)
     entries = resolve_artifacts(artifacts)
     device_figures = _device_figures(entries, latency_from, device)
@@ -133,99 +142,68 @@ def validate(
     if source.count == 0:
         raise UserError(f"no samples in {source.source}")
 
-    reference_runner = KerasRunner(ref_model, threads=threads).open()
     # Agreement by confidence: the reference's top-1 margin, on its probabilities (its own, or softmaxed logits)
     confidence = dict(probabilities=spec.outputs_probabilities, margin_bins=policy.margin_bins,
                       confident_margin=policy.confident_margin, kind=spec.output_kind,
                       threshold=policy.label_threshold)
-    results: dict[int, ArtifactResult] = {}
-    runners: dict[int, Runner] = {}
-    comparisons: dict[int, Comparison] = {}
-    second: dict[int, tuple[Runner, Comparison]] = {}  # each int8 file's second kernel path
+    # Integrity: a file recorded in a manifest must be the file recorded, else it fails unopened (or, with
+    # allow_modified, is validated as it is and says so)
+    integrity: dict[int, str] = {}
+    refused: dict[int, str] = {}
     for i, entry in enumerate(entries):
-        results[i] = ArtifactResult(path=str(entry.path), format=str(entry.format), precision=str(entry.precision),
-                                    runtime=RUNTIME_NAMES[entry.format], status=Status.PASSED, threads=threads,
-                                    size_bytes=size_on_disk(entry.path) if entry.path.exists() else None)
         if entry.record is not None and entry.manifest_dir is not None:
             modified = entry.record.check_file(entry.manifest_dir)
-            results[i].integrity = "verified" if modified is None else f"modified: {modified}"
+            integrity[i] = "verified" if modified is None else f"modified: {modified}"
             if modified is not None and not allow_modified:
-                results[i].status, results[i].reason = Status.FAILED, modified
-                continue
-        try:
-            runner = runner_for(entry.format, entry.path, spec.preprocessing, threads).open()
-            comparisons[i] = Comparison(list(spec.labels), label_permutation(list(spec.labels), runner.labels),
-                                        **confidence)
-            runners[i] = runner
-            results[i].reason = getattr(runner, "note", None)  # e.g. coreml-reference: not Apple's kernels
-            if results[i].integrity.startswith("modified"):
-                results[i].reason = "; ".join(filter(None, ["modified since the manifest, validated as it is "
-                                                            "(--allow-modified)", results[i].reason]))
-            results[i].latency_ms.load = runner.load_ms
-            other = kernel_path_runner(entry.format, entry.precision, entry.path, spec.preprocessing, threads)
-            if other is not None and kernel_path_samples > 0:
-                second[i] = (other.open(), Comparison(list(spec.labels), record_flips=False, **confidence))
-                results[i].kernel_path = f"{other.runtime}: {KERNEL_PATHS[entry.format][1]}"
-        except Unavailable as e:
-            results[i].status, results[i].reason = Status.SKIPPED, str(e)
-        except UserError as e:
-            results[i].status, results[i].reason = Status.FAILED, str(e)
+                refused[i] = modified
+    job = Job(entries=entries, reference=ref_model.source_path, trust_model=trust_model, spec=spec,
+              data=source.source, count=source.count, threads=threads, iterations=iterations, warmup=warmup,
+              batch_size=batch_size, kernel_path_samples=kernel_path_samples, confidence=confidence,
+              refused=refused, input_range=parse_input_range(input_range),
+              skip_bad_images=(executor.name == "ray") if skip_bad_images is None else skip_bad_images)
+    outcome = executor.run(job, ref_model, progress=progress)
+    merged, timings = outcome.partial, outcome.timings
 
-    bar = tqdm(total=source.count, desc="validate", unit="img", disable=None if progress else True, leave=False)
-    first_batch = None
-    for batch in source.batches(batch_size):
-        first_batch = first_batch if first_batch is not None else batch.images[:1]
-        ref = reference_runner.predict(batch.images)
-        for i, runner in list(runners.items()):
-            try:
-                if results[i].latency_ms.first is None:
-                    runner.infer(runner.feed(batch.images[:1]))
-                    results[i].latency_ms.first = (runner.last_run_s or 0.0) * 1e3
-                out = runner.predict(batch.images)
-                comparisons[i].update(ref, out, batch.images, batch.labels, batch.sources, batch.offset)
-                take = min(len(batch.images), kernel_path_samples - batch.offset)
-                if i in second and take > 0:
-                    other, comparison = second[i]
-                    comparison.update(out[:take], other.predict(batch.images[:take]), batch.images[:take], None,
-                                      batch.sources[:take], batch.offset)
-                    results[i].kernel_path_samples += take
-            except UserError as e:
-                _fail(results[i], str(e), runners, i, second)
-            except Exception as e:  # the runtime crashed on this artifact: fail it, keep validating the others
-                _fail(results[i], f"{runner.runtime} failed to run it: {type(e).__name__}: "
-                      f"{str(e).splitlines()[0][:200] if str(e) else ''}", runners, i, second)
-        bar.update(len(batch.images))
-    bar.close()
-
-    for i, runner in runners.items():
-        r = results[i]
-        r.metrics = comparisons[i].metrics()
-        if i in second:
-            other, comparison = second.pop(i)
-            other.close()
-            paths = comparison.metrics()
+    results: dict[int, ArtifactResult] = {}
+    ran: list[int] = []  # artifacts that ran through the whole set
+    for i, entry in enumerate(entries):
+        part = merged.artifacts[i]
+        r = results[i] = ArtifactResult(
+            path=str(entry.path), format=str(entry.format), precision=str(entry.precision),
+            runtime=RUNTIME_NAMES[entry.format], status=part.status, threads=threads,
+            size_bytes=size_on_disk(entry.path) if entry.path.exists() else None)
+        r.reason = part.reason if part.status is not Status.PASSED else part.note
+        if i in integrity:
+            r.integrity = integrity[i]
+            if r.integrity.startswith("modified") and part.status is Status.PASSED:
+                r.reason = "; ".join(filter(None, ["modified since the manifest, validated as it is "
+                                                   "(--allow-modified)", r.reason]))
+        r.latency_ms.load, r.latency_ms.first = part.load_ms, part.first_ms
+        r.kernel_path = part.kernel_path
+        if part.status is not Status.PASSED or part.comparison is None:
+            continue
+        ran.append(i)
+        r.metrics = part.comparison.metrics()
+        if part.second is not None:
+            paths = part.second.metrics()
             r.metrics.kernel_path_top1_agreement = paths.top1_agreement
             r.metrics.kernel_path_equal_values = paths.equal_values
             r.metrics.kernel_path_sqnr_db = paths.sqnr_db
-        r.flips = comparisons[i].flips
-        r.flips_by_margin = comparisons[i].flips_by_margin()
-        r.input_feed = runner.input_feed
-        r.sample_errors = comparisons[i].sample_errors()
-        assert first_batch is not None
-        feed = runner.feed(first_batch)
-        first, load = r.latency_ms.first, r.latency_ms.load
-        reset_peak_rss()  # so the mark read below is this artifact's timing, not the shared comparison loop
-        r.latency_ms, _ = measure(runner, feed, warmup=warmup, iterations=iterations)
-        r.latency_ms.first, r.latency_ms.load = first, load
-        r.iterations = iterations
-        r.peak_rss_bytes = peak_rss_bytes()
+        r.kernel_path_samples = part.kernel_path_samples
+        r.flips = part.comparison.flips
+        r.flips_by_margin = part.comparison.flips_by_margin()
+        r.input_feed = part.input_feed
+        r.sample_errors = part.comparison.sample_errors()
+        if i in timings:
+            t = timings[i]
+            r.latency_ms, r.iterations, r.peak_rss_bytes = t.latency, t.iterations, t.peak_rss_bytes
         r.layer_sqnr = _layer_sqnr(entries[i].path)
-        runner.close()
-    p50_of = {f"{results[i].format}.{results[i].precision}": results[i].latency_ms.p50 for i in runners
+    notes = {i: merged.artifacts[i].note for i in ran}
+    p50_of = {f"{results[i].format}.{results[i].precision}": results[i].latency_ms.p50 for i in ran
               if results[i].latency_ms.p50 is not None}
     for i, figures in device_figures.items():
         results[i].device_latency = figures
-    for i in runners:
+    for i in ran:
         r = results[i]
         r.gates = (policy.gate_metrics(r.format, r.precision, r.metrics, spec.output_kind)
                    + policy.gate_latency(f"{r.format}.{r.precision}", r.latency_ms, p50_of)
@@ -233,7 +211,7 @@ def validate(
         failed = [g for g in r.gates if not g.passed]
         if failed:
             r.status = Status.FAILED
-            note = getattr(runners[i], "note", None)  # coreml-reference: says what ran it
+            note = notes[i]  # coreml-reference: says what ran it
             if any(g.name.startswith("kernel_path_") for g in failed):
                 note = (f"{r.runtime} on {describe_machine().int8_kernel_family} disagrees with {r.kernel_path}; "
                         "a kernel that saturates on this CPU answers so: see the file's portability record")
@@ -248,13 +226,21 @@ def validate(
         data=source.describe(), preprocessing=spec.preprocessing.to_dict(), labels=list(spec.labels),
         artifacts=artifacts, required_formats=[str(f) for f in required], allow_modified=allow_modified,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), edgeship_version=__version__,
-        versions=tool_versions(), machine=describe_machine().to_dict(),
+        versions=tool_versions(), machine=outcome.machine or describe_machine().to_dict(),
         confidence={"margin": "top-1 minus runner-up probability, "
                               + ("the model's own (it ends in a softmax)" if spec.outputs_probabilities
                                  else "from the softmax of its logits"),
                     "bins": list(policy.margin_bins), "confident_margin": policy.confident_margin},
         output_kind=str(spec.output_kind),
+        executor=outcome.info,
     )
+    if merged.conversions:  # the decoder's conversions: at opening (here) and where the images were read (shards)
+        counts = dict(report.data.get("input_conversions") or {})
+        for k, n in merged.conversions.items():
+            counts[k] = counts.get(k, 0) + n
+        report.data["input_conversions"] = dict(sorted(counts.items()))
+    if merged.failed_samples:
+        report.data["failed_samples"] = [{"source": src, "reason": why} for src, why in merged.failed_samples]
     if baseline_report is not None:
         from edgeship.validate.baseline import compare_with_baseline
 
@@ -280,14 +266,6 @@ def _device_figures(entries: list[ArtifactEntry], logs: Sequence[str | Path],
     for figures in read_benchmark_logs(logs, device):
         out.setdefault(match_artifact(figures, names), []).append(figures)
     return out
-
-
-def _fail(result: ArtifactResult, reason: str, runners: dict[int, Runner], i: int,
-          second: dict[int, tuple[Runner, Comparison]]) -> None:
-    result.status, result.reason = Status.FAILED, reason
-    runners.pop(i).close()
-    if i in second:
-        second.pop(i)[0].close()
 
 
 def resolve_artifacts(paths: Sequence[str | Path]) -> list[ArtifactEntry]:

@@ -35,6 +35,8 @@ Schema ``schema_version`` 2 (stable keys; new keys may be added, none removed or
       "machine": {"cpu_model": "AMD EPYC", "architecture": "x86_64", "cores": 2, "isa": ["sse4_1", "avx2"],
                   "int8_kernel_family": "x86 AVX2 (no VNNI)", "os": "Linux-...", "python": "3.11.7"},
       "confidence": {"margin": "...", "bins": [0.1, 0.3], "confident_margin": 0.3},
+      "executor": {"name": "local"} | {"name": "ray", "workers": 2, "shards": 8, "nodes": ["10.0.0.5"],
+                   "latency_node": {"node_id": "...", "ip": "...", "hostname": "...", "pid": 123}, ...},
       "allow_modified": false,
       "output_kind": "probabilities" | "logits" | "multilabel" | "embedding",
       "versions": {"edgeship": "0.1.0", "onnxruntime": "1.31.1", "ai-edge-litert": "2.3.0", ...},
@@ -50,6 +52,8 @@ second kernel path of its own runtime (ORT's unfused graph, LiteRT's reference k
 16-bit, palette, cmyk, grayscale, alpha_dropped, icc_to_srgb, exif_rotated, input_range...) and ``confidence``
 were added within version 2 (keys added, none removed or renamed): what each artifact was fed (raw uint8 pixels as
 MediaPipe feeds a uint8 input, or re-quantised floats), and top-1 flips told apart by the reference's confidence.
+``executor`` and ``data.failed_samples`` (``[{"source", "reason"}]``, the images that could not be read, each failed
+alone) were added within version 2; with the Ray executor, ``machine`` is the node that measured latency.
 ``integrity`` (per artifact) and ``allow_modified`` were added within version 2: whether each file is the one its
 manifest records (size and sha256), and whether ``--allow-modified`` let modified files be validated.
 
@@ -249,6 +253,9 @@ class Report:
     machine: dict[str, Any] = field(default_factory=dict)  # edgeship.machine.Machine.to_dict(); {} if not recorded
     # How confidence is measured: {"margin": what the margin is taken of, "bins": edges, "confident_margin": t}
     confidence: dict[str, Any] = field(default_factory=dict)
+    # How it ran: {"name": "local"} or, for Ray, {"name": "ray", "address", "workers", "shards", "nodes",
+    # "latency_node": {"node_id", "ip", "hostname", "pid"}, ...}; {} if not recorded
+    executor: dict[str, Any] = field(default_factory=dict)
     allow_modified: bool = False  # --allow-modified: files differing from their manifest record were validated
     # --baseline: what this run was compared with (edgeship.validate.baseline.compare_with_baseline); None without
     # one. {"path", "created", "edgeship_version", "machine", "missing": [{"format", "precision", "runtime",
@@ -289,6 +296,7 @@ class Report:
             "required_formats": list(self.required_formats),
             "machine": dict(self.machine),
             "confidence": dict(self.confidence),
+            "executor": dict(self.executor),
             "allow_modified": self.allow_modified,
             "output_kind": self.output_kind,
             "versions": self.versions,

@@ -114,6 +114,16 @@ def to_markdown(report: Report) -> str:
     measured_on = _measured_on(report)
     if measured_on:
         out.append(f"- **Measured on:** {_md(measured_on)}")
+    ex = report.executor or {}
+    if ex.get("name") == "ray":
+        node = ex.get("latency_node") or {}
+        out.append(f"- **Executor:** Ray ({_md(str(ex.get('address')))}), {ex.get('workers')} workers, "
+                   f"{ex.get('shards')} shards on {_md(', '.join(ex.get('nodes') or []))}; latency timed once on node "
+                   f"{_md(str(node.get('hostname')))} ({_md(str(node.get('ip')))}, {_md(str(node.get('node_id'))[:12])})")
+    failed = report.data.get("failed_samples") or []
+    if failed:
+        out.append(f"- **Unreadable samples:** {len(failed)}, left out (first: {_md(failed[0]['source'])}: "
+                   f"{_md(failed[0]['reason'])})")
     if report.created or report.edgeship_version:
         out.append(f"- **Created:** {_md(report.created or NA)} by edgeship {_md(report.edgeship_version or NA)}")
     out.append("")

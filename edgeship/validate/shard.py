@@ -1,0 +1,286 @@
+"""What one worker does, whatever the executor: open the artifacts, run a shard of the data set through the one
+comparison loop, measure latency.
+
+A :class:`Job` says what to validate and is plain data (paths, the manifest's entries, the reference's source and
+spec, settings): it pickles, so an executor can ship it to another process or machine, where a :class:`Session`
+opens the runners itself (runners are never pickled). ``Session.compare(start, stop)`` returns a :class:`Partial`
+of mergeable statistics (:class:`edgeship.validate.compare.Comparison`, a :class:`edgeship.validate.metrics.Stream`
+inside); partials of consecutive shards merged in order equal the partial of the whole set, figure by figure.
+``Session.measure`` times each artifact once (:func:`edgeship.validate.latency.measure`).
+
+Faults: an artifact that cannot be opened is skipped (runtime unavailable here) or failed with its reason; one whose
+runtime crashes on a batch is failed with its reason, the others go on; an image that cannot be read fails that
+image (``Partial.failed_samples``: source and reason), not the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from edgeship.errors import UserError
+from edgeship.models.spec import ModelSpec
+from edgeship.validate.compare import Comparison, label_permutation
+from edgeship.validate.results import Latency, Status
+
+
+@dataclass
+class Job:
+    """Everything a worker needs to validate a shard, as plain picklable data."""
+
+    entries: list[Any]  # edgeship.validate.pipeline.ArtifactEntry
+    reference: str  # the reference's source: a file path or "registry:<variant>"
+    trust_model: bool
+    spec: ModelSpec  # the reference's spec as validate() settled it (the manifest's preprocessing and labels)
+    data: str  # the data set (folder or .npy/.npz), already resolved
+    count: int  # samples in the data set
+    threads: int = 1
+    iterations: int = 50
+    warmup: int = 5
+    batch_size: int = 32
+    kernel_path_samples: int = 500
+    confidence: dict[str, Any] = field(default_factory=dict)  # Comparison's probabilities, margin_bins, ...
+    refused: dict[int, str] = field(default_factory=dict)  # artifacts failed before opening (integrity): reason
+    input_range: tuple[float, float] | None = None  # how an array's values map to pixels (edgeship.data)
+    # An image that cannot be read: False stops the run with its one line (exit 2); True fails that image alone
+    # (listed with its reason in Partial.failed_samples) and validates the rest
+    skip_bad_images: bool = False
+
+
+@dataclass
+class ArtifactPartial:
+    """One artifact's share of a shard: its status, and its comparisons when it ran."""
+
+    status: Status = Status.PASSED
+    reason: str | None = None
+    note: str | None = None  # the runner's note (e.g. coreml-reference: not Apple's kernels)
+    load_ms: float | None = None
+    first_ms: float | None = None
+    kernel_path: str | None = None
+    comparison: Comparison | None = None
+    second: Comparison | None = None  # its second kernel path against its first (int8 files)
+    kernel_path_samples: int = 0
+    input_feed: str | None = None
+
+    def merge(self, other: "ArtifactPartial") -> "ArtifactPartial":
+        """Append the next shard's share: a failure or skip in any shard wins (first reason kept)."""
+        if self.status is not Status.PASSED:
+            return self
+        if other.status is not Status.PASSED:
+            self.status, self.reason, self.comparison, self.second = other.status, other.reason, None, None
+            return self
+        if self.comparison is None:
+            self.comparison, self.second = other.comparison, other.second
+        elif other.comparison is not None:
+            self.comparison.merge(other.comparison)
+            if self.second is not None and other.second is not None:
+                self.second.merge(other.second)
+        self.kernel_path_samples += other.kernel_path_samples
+        for name in ("note", "load_ms", "first_ms", "kernel_path", "input_feed"):
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(other, name))
+        return self
+
+
+@dataclass
+class Partial:
+    """A shard's results: per artifact (by its index in ``Job.entries``), plus the images that failed."""
+
+    start: int
+    stop: int
+    artifacts: dict[int, ArtifactPartial]
+    failed_samples: list[tuple[str, str]] = field(default_factory=list)
+    node: dict[str, Any] = field(default_factory=dict)  # where it ran (set by the Ray executor)
+    conversions: dict[str, int] = field(default_factory=dict)  # the decoder's conversions in this shard (counts)
+
+    def merge(self, other: "Partial") -> "Partial":
+        """Append the next shard (``other.start == self.stop``)."""
+        if other.start != self.stop:
+            raise ValueError(f"shards must be merged in order: {self.start}-{self.stop} then {other.start}-{other.stop}")
+        for i, a in other.artifacts.items():
+            self.artifacts[i] = self.artifacts[i].merge(a) if i in self.artifacts else a
+        self.failed_samples += other.failed_samples
+        for k, n in other.conversions.items():
+            self.conversions[k] = self.conversions.get(k, 0) + n
+        self.stop = other.stop
+        return self
+
+
+@dataclass
+class Timing:
+    """One artifact's latency (ms), the process's peak RSS while it was timed, and the iterations timed."""
+
+    latency: Latency
+    peak_rss_bytes: int | None
+    iterations: int
+
+
+def merge_partials(partials: list[Partial]) -> Partial:
+    """Partials of consecutive shards (any order given; sorted by start) merged into the whole set's."""
+    ordered = sorted(partials, key=lambda p: p.start)
+    whole = ordered[0]
+    for p in ordered[1:]:
+        whole.merge(p)
+    return whole
+
+
+class Session:
+    """The artifacts of a :class:`Job` opened in this process: the reference, each artifact's runner and its second
+    kernel path. ``reference``: an already loaded :class:`LoadedModel` (the local executor's), else loaded from
+    ``job.reference``."""
+
+    def __init__(self, job: Job, reference: Any = None) -> None:
+        from edgeship.models.loading import load_model
+        from edgeship.runtimes import KERNEL_PATHS, kernel_path_runner, runner_for
+        from edgeship.runtimes.keras import KerasRunner
+        from edgeship.runtimes.runner import Unavailable
+
+        self.job = job
+        if reference is None:
+            src = job.reference
+            reference = load_model(src.split(":", 1)[1] if src.startswith("registry:") else src,
+                                   trust_model=job.trust_model)
+            reference.spec = job.spec
+        spec = self.spec = job.spec
+        self.reference_runner = KerasRunner(reference, threads=job.threads).open()
+        self.first_image: np.ndarray | None = None
+        self._source: Any = None
+        self.runners: dict[int, Any] = {}
+        self.second: dict[int, Any] = {}
+        self.base: dict[int, ArtifactPartial] = {}  # what opening each artifact gave: status, reason, load time
+        self._permutations: dict[int, np.ndarray | None] = {}
+        for i, entry in enumerate(job.entries):
+            base = self.base[i] = ArtifactPartial()
+            if i in job.refused:
+                base.status, base.reason = Status.FAILED, job.refused[i]
+                continue
+            try:
+                runner = runner_for(entry.format, entry.path, spec.preprocessing, job.threads).open()
+                self._permutations[i] = label_permutation(list(spec.labels), runner.labels)
+                self.runners[i] = runner
+                base.note = getattr(runner, "note", None)
+                base.load_ms = runner.load_ms
+                other = kernel_path_runner(entry.format, entry.precision, entry.path, spec.preprocessing, job.threads)
+                if other is not None and job.kernel_path_samples > 0:
+                    self.second[i] = other.open()
+                    base.kernel_path = f"{other.runtime}: {KERNEL_PATHS[entry.format][1]}"
+            except Unavailable as e:
+                base.status, base.reason = Status.SKIPPED, str(e)
+            except UserError as e:
+                base.status, base.reason = Status.FAILED, str(e)
+
+    def source(self) -> Any:
+        """The data set, opened once per session (a folder is listed once, an array memory-mapped once)."""
+        if self._source is None:
+            from edgeship.data import open_data
+
+            self._source = open_data(self.job.data, self.spec.input_shape[:2], self.spec.labels,
+                                     input_range=self.job.input_range)
+        return self._source
+
+    def _partial(self, i: int) -> ArtifactPartial:
+        b = self.base[i]
+        part = ArtifactPartial(status=b.status, reason=b.reason, note=b.note, load_ms=b.load_ms,
+                               first_ms=b.first_ms, kernel_path=b.kernel_path)
+        if b.status is Status.PASSED:
+            labels = list(self.spec.labels)
+            part.comparison = Comparison(labels, self._permutations[i], **self.job.confidence)
+            if i in self.second:
+                part.second = Comparison(labels, record_flips=False, **self.job.confidence)
+        return part
+
+    def compare(self, start: int = 0, stop: int | None = None,
+                on_batch: Callable[[int], None] | None = None) -> Partial:
+        """Samples ``start`` to ``stop`` (a shard; ``start`` on a batch boundary) through the comparison loop: the
+        reference answers each batch, every open runner answers the same batch, a Comparison per artifact
+        accumulates. ``on_batch(n)`` after each batch (progress)."""
+        job = self.job
+        stop = job.count if stop is None else stop
+        source = self.source()
+        before = dict(source.conversions)
+        parts = {i: self._partial(i) for i in self.base}
+        failed_samples: list[tuple[str, str]] = []
+        for batch in source.batches(job.batch_size, start, stop, skip_bad=job.skip_bad_images):
+            failed_samples += batch.failed
+            n = len(batch.images)
+            if n:
+                if self.first_image is None:
+                    self.first_image = batch.images[:1]
+                self._batch(batch, parts)
+            if on_batch is not None:
+                on_batch(n + len(batch.failed))
+        for i, part in parts.items():
+            if part.status is Status.PASSED and i in self.runners:
+                part.input_feed = getattr(self.runners[i], "input_feed", None)
+        done = {k: n - before.get(k, 0) for k, n in source.conversions.items() if n - before.get(k, 0)}
+        return Partial(start, stop, parts, failed_samples, conversions=done)
+
+    def _batch(self, batch: Any, parts: dict[int, ArtifactPartial]) -> None:
+        kps = self.job.kernel_path_samples
+        ref = self.reference_runner.predict(batch.images)
+        for i, runner in list(self.runners.items()):
+            part = parts[i]
+            try:
+                if self.base[i].first_ms is None:
+                    runner.infer(runner.feed(batch.images[:1]))
+                    self.base[i].first_ms = part.first_ms = (runner.last_run_s or 0.0) * 1e3
+                out = runner.predict(batch.images)
+                part.comparison.update(ref, out, batch.images, batch.labels, batch.sources, batch.positions)
+                take = min(len(batch.images), kps - batch.offset)
+                if i in self.second and take > 0:
+                    part.second.update(out[:take], self.second[i].predict(batch.images[:take]), batch.images[:take],
+                                       None, batch.sources[:take], batch.offset)
+                    part.kernel_path_samples += take
+            except UserError as e:
+                self._fail(i, part, str(e))
+            except Exception as e:  # the runtime crashed on this artifact: fail it, keep validating the others
+                self._fail(i, part, f"{runner.runtime} failed to run it: {type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:200] if str(e) else ''}")
+
+    def _fail(self, i: int, part: ArtifactPartial, reason: str) -> None:
+        for b in (self.base[i], part):
+            b.status, b.reason = Status.FAILED, reason
+        part.comparison = part.second = None
+        self.runners.pop(i).close()
+        if i in self.second:
+            self.second.pop(i).close()
+
+    def measure(self, which: list[int] | None = None) -> dict[int, Timing]:
+        """Latency of each open artifact (or those in ``which``), one after the other, on the data set's first
+        image, then each runner is closed. Only the backend's inference call is timed
+        (:func:`edgeship.validate.latency.measure`); the peak RSS is reset before each artifact."""
+        from edgeship.validate.latency import measure, peak_rss_bytes, reset_peak_rss
+
+        job = self.job
+        if self.first_image is None:
+            batches = self.source().batches(1, skip_bad=True)
+            self.first_image = next((b.images[:1] for b in batches if len(b.images)), None)
+        timings: dict[int, Timing] = {}
+        for i in list(self.runners):
+            if which is not None and i not in which:
+                continue
+            runner = self.runners.pop(i)
+            if i in self.second:
+                self.second.pop(i).close()
+            if self.first_image is None:  # no readable sample at all
+                runner.close()
+                continue
+            if self.base[i].first_ms is None:
+                runner.infer(runner.feed(self.first_image))
+                self.base[i].first_ms = (runner.last_run_s or 0.0) * 1e3
+            feed = runner.feed(self.first_image)
+            reset_peak_rss()  # so the mark read below is this artifact's timing, not the shared comparison loop
+            latency, _ = measure(runner, feed, warmup=job.warmup, iterations=job.iterations)
+            latency.first, latency.load = self.base[i].first_ms, self.base[i].load_ms
+            timings[i] = Timing(latency, peak_rss_bytes(), job.iterations)
+            runner.close()
+        return timings
+
+    def close(self) -> None:
+        for r in [*self.runners.values(), *self.second.values()]:
+            r.close()
+        self.runners.clear()
+        self.second.clear()
+        self.reference_runner.close()

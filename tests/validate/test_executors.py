@@ -1,0 +1,211 @@
+"""Executors: mergeable statistics (merge of shards == the whole), the Ray executor's report equal to the local one
+figure by figure, a killed worker survived, a bad image failed alone, and the local executor importing no Ray.
+
+The Ray tests share one local Ray cluster (``ray_cluster`` in tests/conftest.py); they skip, saying why, when Ray
+is not installed (``pip install -e '.[test]'`` installs it)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgeship.errors import UserError
+from edgeship.models.loading import DEMO_DIR
+from edgeship.validate import compare as cmp
+from edgeship.validate.compare import Comparison
+
+LABELS = [str(i) for i in range(10)]
+
+
+def _comparison(ref, out, truth, batches, probabilities=False):
+    c = Comparison(LABELS, probabilities=probabilities)
+    images = np.zeros((len(ref), 4, 4, 3), np.uint8)
+    for a, b in batches:
+        c.update(ref[a:b], out[a:b], images[a:b], truth[a:b], [f"s{i}" for i in range(a, b)], a)
+    return c
+
+
+def test_merge_of_shards_equals_the_whole_figure_by_figure():
+    """Outputs noisy enough that many top-1s flip (> MAX_THUMBNAILS flips, so the thumbnail rule is exercised),
+    cut into shards on batch boundaries; merging the shards' comparisons in order gives every figure exactly."""
+    rng = np.random.default_rng(0)
+    n, bs = 300, 16
+    ref = rng.normal(size=(n, 10)).astype(np.float32)
+    out = (ref + rng.normal(scale=0.6, size=ref.shape)).astype(np.float32)
+    out[:7] = ref[:7]  # some equal values
+    truth = rng.integers(0, 10, n)
+    batches = [(a, min(n, a + bs)) for a in range(0, n, bs)]
+    whole = _comparison(ref, out, truth, batches)
+    cuts = [0, 3, 4, 11, len(batches)]  # shards of 3, 1, 7 and 8 batches
+    shards = [_comparison(ref, out, truth, batches[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+    merged = shards[0]
+    for s in shards[1:]:
+        merged.merge(s)
+    assert len(whole.flips) > cmp.MAX_THUMBNAILS
+    assert merged.metrics() == whole.metrics()
+    assert merged.flips_by_margin() == whole.flips_by_margin()
+    assert merged.sample_errors() == whole.sample_errors()
+    assert [(f.index, f.source, f.reference, f.artifact, f.truth, f.margin, f.thumbnail_png) for f in merged.flips] \
+        == [(f.index, f.source, f.reference, f.artifact, f.truth, f.margin, f.thumbnail_png) for f in whole.flips]
+    # and the metrics are the one-shot functions' on the whole arrays
+    m = whole.metrics()
+    assert m.max_abs_error == pytest.approx(float(np.max(np.abs(out.astype(np.float64) - ref))))
+    assert m.top1_agreement == pytest.approx(float(np.mean(ref.argmax(1) == out.argmax(1))))
+
+
+def test_local_executor_imports_no_ray():
+    code = ("import sys; import edgeship.cli, edgeship.pipeline, edgeship.validate.pipeline, "
+            "edgeship.validate.executors, edgeship.validate.shard; "
+            "from edgeship.validate.executors import get_executor; get_executor('local'); "
+            "edgeship.cli.build_parser().parse_args(['validate', '--artifacts', 'x.tflite']); "
+            "assert 'ray' not in sys.modules, 'ray was imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_executor_choice_from_config_cli_and_api(tmp_path, capsys):
+    from edgeship.cli import main
+    from edgeship.pipeline import load_config
+    from edgeship.validate.executors import LocalExecutor, get_executor
+
+    toml = tmp_path / "edgeship.toml"
+    toml.write_text('[validate]\nexecutor = "ray"\naddress = "10.0.0.5:6379"\nworkers = 3\n')
+    cfg = load_config(toml)
+    assert (cfg.executor, cfg.address, cfg.workers) == ("ray", "10.0.0.5:6379", 3)
+    assert load_config(None).executor == "local"
+    assert isinstance(get_executor("local"), LocalExecutor)
+    with pytest.raises(UserError, match="unknown executor"):
+        get_executor("dask")
+    assert main(["validate", "--artifacts", "x.tflite", "--address", "h:1"]) == 2
+    assert "--executor ray only" in capsys.readouterr().err
+
+
+def test_a_bad_image_fails_alone(tmp_path, int8_files):
+    """A corrupt file in the data set is failed with its reason; the others are validated (skip_bad_images, the Ray
+    executor's default; without it the local executor stops with one line, tests/test_bad_input_catalogue_inputs)."""
+    import shutil
+
+    from edgeship.validate.pipeline import validate
+
+    data = tmp_path / "data"
+    for label in ("three", "seven"):
+        (data / label).mkdir(parents=True)
+        for f in sorted((DEMO_DIR / "heldout" / label).glob("*.png"))[:6]:
+            shutil.copy(f, data / label / f.name)
+    (data / "three" / "0000_broken.png").write_bytes(b"\x89PNG not really")
+    tflite, _ = int8_files
+    report = validate([tflite], data=data, iterations=2, progress=False, kernel_path_samples=0, skip_bad_images=True)
+    assert report.data["count"] == 13
+    (failed,) = report.data["failed_samples"]
+    assert failed["source"] == "three/0000_broken.png" and "cannot decode" in failed["reason"]
+    (a,) = report.artifacts
+    assert a.status.value == "passed" and a.metrics.top1_agreement is not None
+    assert sum(b["samples"] for b in a.flips_by_margin) == 12
+    from edgeship.validate.reports import to_markdown
+
+    assert "Unreadable samples:** 1" in to_markdown(report)
+
+
+# ------------------------------------------------------------------------------------------------- Ray
+@pytest.fixture(scope="module")
+def int8_files(tmp_path_factory):
+    """An int8 TFLite of the demo and the int8 ONNX rewritten from it (calibrated on 32 images: ~10 s)."""
+    from edgeship.export.common import ModelInfo
+    from edgeship.models.loading import load_model
+    from edgeship.quantize.calibration import load_calibration
+    from edgeship.quantize.onnx import onnx_from_tflite
+    from edgeship.quantize.tflite import calibrate, quantize_calibrated
+
+    loaded = load_model()
+    cal = load_calibration(None, loaded.spec, num_samples=32, seed=0)
+    int8 = quantize_calibrated(calibrate(loaded, cal.inputs), io_dtype="uint8",
+                               input_range=loaded.spec.preprocessing.value_range, relu6_fixed=True)
+    out = tmp_path_factory.mktemp("int8")
+    tfl, onx = out / "demo_int8.tflite", out / "demo_int8.onnx"
+    tfl.write_bytes(int8.model)
+    onx.write_bytes(onnx_from_tflite(int8.model, loaded, ModelInfo.default_for(loaded.spec.name, 10)))
+    return tfl, onx
+
+
+def _figures(report) -> dict:
+    """The report without what legitimately differs between runs: latency, memory, time and place, executor."""
+    d = report.to_dict()
+    for key in ("created", "machine", "executor"):
+        d.pop(key)
+    for a in d["artifacts"]:
+        a.pop("latency_ms")
+        a.pop("peak_rss_bytes")
+    d["thumbnails"] = [[f.thumbnail_png for f in a.flips] for a in report.artifacts]
+    return d
+
+
+@pytest.fixture(scope="module")
+def local_report(int8_files):
+    from edgeship.validate.pipeline import validate
+
+    return validate(list(int8_files), iterations=3, progress=False, kernel_path_samples=100)
+
+
+def test_ray_report_equals_local_figure_by_figure(ray_cluster, int8_files, local_report):
+    """The demo held-out set (360 images) in 6 shards of 64 over 2 workers: every figure equals the local run's;
+    latency was measured once, on a node the report names."""
+    from edgeship.validate.pipeline import validate
+    from edgeship.validate.ray_executor import RayExecutor
+
+    report = validate(list(int8_files), iterations=3, progress=False, kernel_path_samples=100,
+                      executor=RayExecutor(workers=2, shard_size=64))
+    assert report.executor["name"] == "ray" and report.executor["shards"] == 6
+    assert report.executor["latency_node"]["node_id"] and report.executor["latency_node"]["ip"]
+    assert all(a.latency_ms.p50 > 0 and a.iterations == 3 for a in report.artifacts)
+    from edgeship.validate.reports import to_markdown
+
+    assert f"latency timed once on node {report.executor['latency_node']['hostname']}" in to_markdown(report)
+    flips = sum(len(a.flips) for a in local_report.artifacts)
+    assert flips > 0 and all(a.kernel_path_samples == 100 for a in local_report.artifacts)  # both paths exercised
+    assert _figures(report) == _figures(local_report)
+
+
+def test_a_killed_worker_is_retried(ray_cluster, int8_files, local_report, tmp_path):
+    """The first shard task kills its own worker process (os._exit, once: a marker file says it happened); Ray
+    re-runs it (max_retries) and the report is still the local one."""
+    from edgeship.validate.pipeline import validate
+    from edgeship.validate.ray_executor import FAULT_ENV, RayExecutor
+
+    marker = tmp_path / "died-once"
+    executor = RayExecutor(workers=2, shard_size=128, max_retries=2,
+                           runtime_env={"env_vars": {FAULT_ENV: str(marker)}})
+    report = validate(list(int8_files), iterations=3, progress=False, kernel_path_samples=100, executor=executor)
+    assert marker.exists(), "no worker was killed"
+    assert _figures(report) == _figures(local_report)
+
+
+def test_ctrl_c_cancels_the_shards_and_writes_nothing(ray_cluster, int8_files, tmp_path):
+    """An interrupt (SIGINT's KeyboardInterrupt, raised here by a timer) while shards run: it propagates, the
+    tasks in flight are cancelled (the cluster's CPUs come back), and no report file is left."""
+    import signal
+    import time
+
+    from edgeship.validate.pipeline import validate
+    from edgeship.validate.ray_executor import RayExecutor
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.alarm(4)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            validate(list(int8_files), iterations=3, progress=False, kernel_path_samples=360,
+                     report_dir=tmp_path / "report", executor=RayExecutor(workers=2, shard_size=32))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    # the report directory may exist (validate checks it is writable before the work), but holds nothing
+    assert not [f for f in tmp_path.rglob("*") if f.is_file()]
+    deadline = time.time() + 30
+    while ray_cluster.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray_cluster.available_resources().get("CPU", 0) == 2, "cancelled shards still hold CPUs"
