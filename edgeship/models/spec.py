@@ -99,6 +99,12 @@ class ModelSpec:
     output_name: str = "logits"
     # True when the model's last layer is a softmax: the outputs are probabilities, not logits.
     outputs_probabilities: bool = False
+    # What the model's own graph does to its input before the first conv (edgeship.models.innorm), as found at
+    # load; None when it does nothing there. A model that normalises inside takes raw 0-255 pixels.
+    in_graph_normalisation: str | None = None
+    # --bake-preprocessing: the declared preprocessing, now the first ops of the exported model
+    # (edgeship.models.bake); ``preprocessing`` is then the identity. None when nothing was baked.
+    baked_preprocessing: Preprocessing | None = None
 
     def __post_init__(self) -> None:
         labels = tuple(self.labels) or tuple(str(i) for i in range(self.num_classes))
@@ -119,7 +125,7 @@ class ModelSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The model's description (preprocessing and labels are recorded beside it, at the manifest's top)."""
-        return {
+        d: dict[str, Any] = {
             "name": self.name,
             "family": self.family,
             "alpha": self.alpha,
@@ -127,6 +133,11 @@ class ModelSpec:
             "num_classes": self.num_classes,
             "outputs_probabilities": self.outputs_probabilities,
         }
+        if self.in_graph_normalisation:
+            d["in_graph_normalisation"] = self.in_graph_normalisation
+        if self.baked_preprocessing is not None:
+            d["baked_preprocessing"] = self.baked_preprocessing.to_dict()
+        return d
 
 
 def read_labels(path: "str | os.PathLike[str]") -> tuple[str, ...]:

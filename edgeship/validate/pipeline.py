@@ -92,6 +92,11 @@ def validate(
         # fed what its own metadata says, so an artifact whose metadata drifted from the declaration fails.
         ref_model.spec = ref_model.spec.replace(preprocessing=Preprocessing.from_dict(manifest.preprocessing),
                                                 labels=tuple(manifest.labels))
+        baked = manifest.model.get("baked_preprocessing")
+        if baked:  # --bake-preprocessing: the files begin with it, so the reference must too
+            from edgeship.models.bake import bake_like
+
+            ref_model = bake_like(ref_model, Preprocessing.from_dict(baked))
     spec = ref_model.spec
     source = open_data(data, spec.input_shape[:2], spec.labels, default=DEMO_HELDOUT)
     if source.count == 0:
@@ -287,16 +292,20 @@ def _reference(reference: Any, entries: list[ArtifactEntry], trust_model: bool) 
     if isinstance(reference, LoadedModel):
         return reference
     if reference is not None:
-        return load_model(reference, trust_model=trust_model)
+        return load_model(reference, trust_model=trust_model, echo=_quiet)
     manifest = next((e.manifest for e in entries if e.manifest), None)
     if manifest is not None:
         src = str(manifest.source.get("path", ""))
         if src.startswith("registry:"):
-            return load_model(src.split(":", 1)[1])
+            return load_model(src.split(":", 1)[1], echo=_quiet)
         if Path(src).exists():
-            return load_model(src, trust_model=trust_model)
+            return load_model(src, trust_model=trust_model, echo=_quiet)
         raise UserError(f"the manifest's source model {src or '(none)'} is not here: pass --reference")
     return load_model(None)
+
+
+def _quiet(_: str) -> None:
+    """The reference's in-graph normalisation was announced at export; the manifest's preprocessing rules here."""
 
 
 def _layer_sqnr(path: Path) -> dict[str, float] | None:
