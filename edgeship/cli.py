@@ -144,6 +144,10 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kernel-path-samples", type=int, default=500, metavar="N",
                    help="samples each int8 file also runs through a second kernel path of its runtime (ORT unfused, "
                         "LiteRT reference kernels) to show it answers alike on any CPU (default 500; 0: off)")
+    g.add_argument("--expect-accuracy", type=float, metavar="FRACTION",
+                   help="the preprocessing contract: the float model, fed the declared preprocessing, must reach this "
+                        "top-1 accuracy on the (labelled) data, e.g. 0.9; catches a wrong declaration such as a "
+                        "channel swap that every file would share")
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -154,7 +158,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     report = validate(args.artifacts, reference=args.reference, data=args.data, policy=args.policy,
                       report_dir=args.report, require=Format.parse_list(args.require, "format") if args.require else (),
                       threads=args.threads, iterations=args.iterations, trust_model=args.trust_model,
-                      kernel_path_samples=args.kernel_path_samples)
+                      kernel_path_samples=args.kernel_path_samples, expect_accuracy=args.expect_accuracy)
     print(summary_table(report))
     if args.report:
         print(f"reports in {args.report}: report.json report.md report.html junit.xml")

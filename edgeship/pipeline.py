@@ -7,6 +7,10 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     path = "models/classifier.keras"     # or a variant name; default: the embedded demo
     labels = "models/labels.txt"
     trust = false
+    mean = [123.675, 116.28, 103.53]     # declared preprocessing, 0-255 pixel units (one number or three);
+    std = [58.395, 57.12, 57.375]        # default: the model's own (found in its graph, else (x - 127.5) / 127.5)
+    bgr = false                          # the model expects BGR channel order
+    bake_preprocessing = false           # make mean/std/BGR the model's first op: files take raw RGB pixels
 
     [export]
     formats = ["tflite", "onnx", "coreml"]
@@ -35,6 +39,7 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     threads = 1
     iterations = 50
     kernel_path_samples = 500            # int8 files also through a second kernel path (0: off)
+    expect_accuracy = 0.9                # the contract check: the reference's top-1 accuracy on labelled data
 
     [output]
     dir = "edgeship-out"
@@ -54,12 +59,12 @@ from edgeship.types import Format
 from edgeship.validate.results import Report
 
 _KNOWN = {
-    "model": {"path", "labels", "trust"},
+    "model": {"path", "labels", "trust", "mean", "std", "bgr", "bake_preprocessing"},
     "export": {"formats", "precisions", "onnx_layout"},
     "quantize": {"formats", "calibration", "num_samples", "relu6_fixed", "seed", "precisions", "onnx_method",
                  "bias_correction", "weight_rounding", "cross_layer_equalization", "activation_ranges", "keep_float",
                  "max_drop", "max_size"},
-    "validate": {"data", "policy", "require", "threads", "iterations", "kernel_path_samples"},
+    "validate": {"data", "policy", "require", "threads", "iterations", "kernel_path_samples", "expect_accuracy"},
     "output": {"dir"},
 }
 
@@ -69,6 +74,10 @@ class RunConfig:
     model: str | None = None
     labels: str | None = None
     trust_model: bool = False
+    mean: tuple[float, float, float] | None = None  # None: the model's own
+    std: tuple[float, float, float] | None = None
+    bgr: bool = False
+    bake_preprocessing: bool = False
     formats: list[str] = field(default_factory=lambda: [f.value for f in Format])
     precisions: list[str] | None = None
     onnx_layout: str = "nhwc"
@@ -92,6 +101,7 @@ class RunConfig:
     threads: int = 1
     iterations: int = 50
     kernel_path_samples: int = 500
+    expect_accuracy: float | None = None
     out: Path = Path("edgeship-out")
 
 
@@ -133,9 +143,24 @@ def load_config(path: str | Path | None) -> RunConfig:
         data=rel(v.get("data")), policy=rel(v.get("policy")),
         require=list(v.get("require", [])), threads=int(v.get("threads", 1)), iterations=int(v.get("iterations", 50)),
         kernel_path_samples=int(v.get("kernel_path_samples", 500)),
+        mean=_triplet(m.get("mean"), f"{p}: [model] mean"), std=_triplet(m.get("std"), f"{p}: [model] std"),
+        bgr=bool(m.get("bgr", False)), bake_preprocessing=bool(m.get("bake_preprocessing", False)),
+        expect_accuracy=None if v.get("expect_accuracy") is None else float(v["expect_accuracy"]),
         out=Path(rel(o.get("dir")) or "edgeship-out"),
     )
     return cfg
+
+
+def _triplet(value: Any, what: str) -> tuple[float, float, float] | None:
+    """A number or a list of three numbers (0-255 pixel units) -> three floats; None stays None."""
+    if value is None:
+        return None
+    values = value if isinstance(value, list) else [value]
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise UserError(f"{what} must be a number or a list of three numbers (0-255 pixel units), got {value!r}")
+    return (float(values[0]), float(values[1]), float(values[2]))
 
 
 def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
@@ -145,7 +170,18 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
     from edgeship.validate.reports import summary_table
 
     start = time.perf_counter()
-    loaded = load_model(config.model, trust_model=config.trust_model, labels=config.labels)
+    from edgeship.models.loading import declare_preprocessing
+
+    notes: list[str] = []
+    loaded = load_model(config.model, trust_model=config.trust_model, labels=config.labels, echo=notes.append)
+    declare_preprocessing(loaded, mean=config.mean, std=config.std, bgr=config.bgr,
+                          what="[model] mean/std/bgr")
+    for note in notes:
+        echo(note)
+    if config.bake_preprocessing:
+        from edgeship.models.bake import bake_preprocessing
+
+        loaded = bake_preprocessing(loaded)
     spec = loaded.spec
     echo(f"edgeship run: {spec.name} ({loaded.source_path}; {spec.input_shape[0]}x{spec.input_shape[1]}, "
          f"{spec.num_classes} classes) -> {config.out}")
@@ -170,7 +206,7 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
     report_dir = config.out / "report"
     report = validate([config.out], reference=loaded, data=config.data, policy=config.policy, report_dir=report_dir,
                       require=config.require, threads=config.threads, iterations=config.iterations,
-                      kernel_path_samples=config.kernel_path_samples)
+                      kernel_path_samples=config.kernel_path_samples, expect_accuracy=config.expect_accuracy)
     echo(f"validated on {report.data['count']} images in {time.perf_counter() - t0:.1f} s")
     echo(summary_table(report))
     echo(f"reports: {report_dir}/report.md  report.html  report.json  junit.xml")

@@ -34,6 +34,7 @@ from edgeship.models.loading import DEMO_DIR, LoadedModel, load_model
 from edgeship.models.spec import Preprocessing
 from edgeship.types import Format, Precision
 from edgeship.validate.compare import Comparison, label_permutation
+from edgeship.validate.contract import ContractCheck
 from edgeship.validate.latency import measure, peak_rss_bytes, reset_peak_rss
 from edgeship.validate.policy import Policy, load_policy
 from edgeship.validate.results import ArtifactResult, Report, Status
@@ -69,19 +70,25 @@ def validate(
     trust_model: bool = False,
     progress: bool = True,
     kernel_path_samples: int = 500,
+    expect_accuracy: float | None = None,
 ) -> Report:
     """Validate ``artifacts`` (files, or directories holding a manifest.json) and return the report; with
     ``report_dir``, also write report.json, report.md, report.html and junit.xml there.
 
     ``kernel_path_samples``: how many samples (the first ones) each int8 file's second kernel path runs on; 0 turns
     the portability comparison off. LiteRT's reference kernels are slow (measured: 90 ms an image on a
-    MobileNetV2-1.0 at 160x160, XNNPACK 6 ms), hence the cap."""
+    MobileNetV2-1.0 at 160x160, XNNPACK 6 ms), hence the cap.
+
+    The preprocessing contract (:mod:`edgeship.validate.contract`) is checked on the reference's own answers;
+    ``expect_accuracy`` (a fraction) adds its top-1 accuracy on labelled data to it; ``report.contract``."""
     from tqdm import tqdm
 
     from edgeship.data import open_data
 
     if kernel_path_samples < 0:
         raise UserError(f"--kernel-path-samples must be 0 (off) or more, got {kernel_path_samples}")
+    if expect_accuracy is not None and not 0 < expect_accuracy <= 1:
+        raise UserError(f"--expect-accuracy is a fraction in (0, 1] (0.9 for 90 %), got {expect_accuracy}")
     entries = resolve_artifacts(artifacts)
     required = [Format.parse(r, "format") if isinstance(r, str) else Format(r) for r in require]
     policy = policy if isinstance(policy, Policy) else load_policy(policy)
@@ -101,6 +108,9 @@ def validate(
     source = open_data(data, spec.input_shape[:2], spec.labels, default=DEMO_HELDOUT)
     if source.count == 0:
         raise UserError(f"no samples in {source.source}")
+    contract = ContractCheck(policy.contract, spec.outputs_probabilities, expect_accuracy,
+                             skip="random weights (a registry variant) answer alike for every input"
+                             if ref_model.source_path.startswith("registry:") else None)
 
     reference_runner = KerasRunner(ref_model, threads=threads).open()
     # Agreement by confidence: the reference's top-1 margin, on its probabilities (its own, or softmaxed logits)
@@ -135,6 +145,7 @@ def validate(
     for batch in source.batches(batch_size):
         first_batch = first_batch if first_batch is not None else batch.images[:1]
         ref = reference_runner.predict(batch.images)
+        contract.update(ref, batch.labels)
         for i, runner in list(runners.items()):
             try:
                 if results[i].latency_ms.first is None:
@@ -195,6 +206,10 @@ def validate(
                         "a kernel that saturates on this CPU answers so: see the file's portability record")
             r.reason = "; ".join(g.describe() for g in failed) + (f" ({note})" if note else "")
 
+    contract_result = contract.result()
+    if expect_accuracy is not None and contract_result.metrics.get("accuracy_top1") is None and contract_result.samples:
+        raise UserError(f"--expect-accuracy needs labelled data (class folders or an .npz with labels); "
+                        f"{source.source} has none")
     missing = [f for f in required if all(e.format is not f for e in entries)]
     artifacts = [results[i] for i in range(len(entries))] + [
         ArtifactResult(path="", format=str(f), precision="-", runtime=RUNTIME_NAMES[f], status=Status.FAILED,
@@ -205,6 +220,7 @@ def validate(
         artifacts=artifacts, required_formats=[str(f) for f in required],
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), edgeship_version=__version__,
         versions=tool_versions(), machine=describe_machine().to_dict(),
+        contract=contract_result,
         confidence={"margin": "top-1 minus runner-up probability, "
                               + ("the model's own (it ends in a softmax)" if spec.outputs_probabilities
                                  else "from the softmax of its logits"),

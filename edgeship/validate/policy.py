@@ -26,6 +26,8 @@ class Policy:
     # answer counts as confident (the confident_flips metric)
     margin_bins: tuple[float, ...] = MARGIN_BINS
     confident_margin: float = CONFIDENT_MARGIN
+    # [contract]: limits of the preprocessing contract check (edgeship.validate.contract)
+    contract: dict[str, float] = field(default_factory=dict)
 
     def limits_for(self, fmt: str, precision: str) -> dict[Metric, float]:
         merged = {**self.metric_limits.get(precision, {}), **self.metric_limits.get(f"{fmt}.{precision}", {})}
@@ -69,6 +71,7 @@ def load_policy(path: str | Path | None = None) -> Policy:
     for key, budgets in user.latency.items():
         policy.latency[key] = {**policy.latency.get(key, {}), **budgets}
     _confidence(policy, read_structured(Path(path), "policy").get("confidence", {}), Path(path))  # key by key
+    policy.contract = {**policy.contract, **user.contract}
     policy.source = str(path)
     return policy
 
@@ -100,6 +103,8 @@ def _parse(path: Path) -> Policy:
                 policy.metric_limits[f"{key}.{prec}"] = limits(table, f"{key}.{prec}")
         elif key == "confidence":
             _confidence(policy, value, path)
+        elif key == "contract":
+            policy.contract = _contract(value, path)
         elif key == "latency":
             for fmt, per in value.items():
                 for prec, budgets in per.items():
@@ -110,8 +115,20 @@ def _parse(path: Path) -> Policy:
                     policy.latency[f"{fmt}.{prec}"] = dict(budgets)
         else:
             raise UserError(f"{path}: unknown table [{key}]: use a precision ({', '.join(sorted(precisions))}), "
-                            "a format.precision, confidence, or latency")
+                            "a format.precision, confidence, contract, or latency")
     return policy
+
+
+def _contract(table: Any, path: Path) -> dict[str, float]:
+    """``[contract]``: min_samples, max_top1_share, min_mean_margin (edgeship.validate.contract)."""
+    from edgeship.validate.contract import CONTRACT_KEYS
+
+    if not isinstance(table, dict) or set(table) - set(CONTRACT_KEYS):
+        raise UserError(f"{path}: [contract] takes {', '.join(CONTRACT_KEYS)} (numbers)")
+    for k, v in table.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise UserError(f"{path}: [contract] {k} must be a number >= 0, got {v!r}")
+    return {k: float(v) for k, v in table.items()}
 
 
 def _confidence(policy: Policy, table: Any, path: Path) -> None:

@@ -171,10 +171,14 @@ class Report:
     machine: dict[str, Any] = field(default_factory=dict)  # edgeship.machine.Machine.to_dict(); {} if not recorded
     # How confidence is measured: {"margin": what the margin is taken of, "bins": edges, "confident_margin": t}
     confidence: dict[str, Any] = field(default_factory=dict)
+    # The preprocessing contract check (edgeship.validate.contract.ContractResult), or None when not run
+    contract: Any = None
 
     @property
     def passed(self) -> bool:
         if any(a.status is Status.FAILED for a in self.artifacts):
+            return False
+        if self.contract is not None and Status(self.contract.status) is Status.FAILED:
             return False
         required = set(self.required_formats)
         return not any(a.status is Status.SKIPPED and a.format in required for a in self.artifacts)
@@ -196,6 +200,7 @@ class Report:
             "required_formats": list(self.required_formats),
             "machine": dict(self.machine),
             "confidence": dict(self.confidence),
+            **({"contract": self.contract.to_dict()} if self.contract is not None else {}),
             "versions": self.versions,
             "passed": self.passed,
         }

@@ -101,6 +101,8 @@ def to_markdown(report: Report) -> str:
         else:
             text_md = _md(text)
         out.append(f"- **{name}:** {text_md}")
+    if report.contract is not None:
+        out.append(f"- **Preprocessing contract:** {_md(report.contract.describe())}")
     measured_on = _measured_on(report)
     if measured_on:
         out.append(f"- **Measured on:** {_md(measured_on)}")
@@ -212,7 +214,11 @@ def summary_table(report: Report) -> str:
             out.extend(indent + (label if j == 0 else " " * len(label)) + w for j, w in enumerate(wrapped))
     if not report.artifacts:
         out.append("(no artifacts)")
+    if report.contract is not None:  # the preprocessing contract (edgeship.validate.contract)
+        out.extend(textwrap.wrap(_one_line(report.contract.describe()), TABLE_WIDTH))
     verdict = f"{_verdict(report)}: {_counts_text(report)}"
+    if report.contract is not None and report.contract.status == "failed":
+        verdict += " (preprocessing contract failed)"
     if _required_skipped(report):
         verdict += f" (required format skipped: {', '.join(_one_line(f) for f in _required_skipped(report))})"
     out.append(truncate(verdict, TABLE_WIDTH))
