@@ -108,6 +108,9 @@ def validate(
     source = open_data(data, spec.input_shape[:2], spec.labels, default=DEMO_HELDOUT)
     if source.count == 0:
         raise UserError(f"no samples in {source.source}")
+    if expect_accuracy is not None and not source.labeled:
+        raise UserError(f"--expect-accuracy needs labelled data (class folders or an .npz with labels); "
+                        f"{source.source} has none")
     contract = ContractCheck(policy.contract, spec.outputs_probabilities, expect_accuracy,
                              skip="random weights (a registry variant) answer alike for every input"
                              if ref_model.source_path.startswith("registry:") else None)
@@ -207,9 +210,6 @@ def validate(
             r.reason = "; ".join(g.describe() for g in failed) + (f" ({note})" if note else "")
 
     contract_result = contract.result()
-    if expect_accuracy is not None and contract_result.metrics.get("accuracy_top1") is None and contract_result.samples:
-        raise UserError(f"--expect-accuracy needs labelled data (class folders or an .npz with labels); "
-                        f"{source.source} has none")
     missing = [f for f in required if all(e.format is not f for e in entries)]
     artifacts = [results[i] for i in range(len(entries))] + [
         ArtifactResult(path="", format=str(f), precision="-", runtime=RUNTIME_NAMES[f], status=Status.FAILED,

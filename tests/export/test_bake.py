@@ -78,52 +78,86 @@ def test_declared_models_answer_like_the_demo(made):
         assert np.array_equal(np.asarray(loaded.keras_model(pre.apply(images))).argmax(1), want)
 
 
-def test_per_channel_tflite_warned_and_refused_by_mediapipe_unbaked(made, tmp_path):
-    paths, images, _ = made
+@pytest.fixture(scope="module")
+def baked_perchannel(made, tmp_path_factory):
+    """The per-channel model baked, exported to TFLite fp32 and Core ML, and quantised to int8 TFLite."""
+    from edgeship.quantize import quantize
+
+    paths, _, _ = made
+    out = tmp_path_factory.mktemp("baked")
+    loaded = bake_preprocessing(_load(*paths["perchannel"]))
     warnings = []
-    result = export(loaded=_load(*paths["perchannel"]), formats=["tflite"], out=tmp_path, progress=False,
-                    warn=warnings.append)
-    assert len(warnings) == 1 and "per-channel mean/std" in warnings[0] and "--bake-preprocessing" in warnings[0]
-    with pytest.raises(Exception, match="Per-channel image normalization is not available"):
-        _mediapipe_top1(result.paths[0], images[:1])
+    result = export(loaded=loaded, formats=["tflite", "coreml"], out=out, progress=False, warn=warnings.append)
+    q = quantize(loaded=loaded, formats=["tflite"], out=out, num_samples=16, progress=False)
+    files = {"fp32": next(p for p in result.paths if p.suffix == ".tflite"),
+             "int8": next(p for p in q.paths if p.suffix == ".tflite")}
+    return loaded, out, files, warnings
 
 
-@pytest.mark.parametrize("kind", ["perchannel", "bgr"])
-def test_baked_tflite_gives_keras_answers_in_mediapipe(made, tmp_path, kind):
+def test_baked_model_begins_with_the_declared_preprocessing(made, baked_perchannel):
+    paths, images, want = made
+    loaded, _, _, warnings = baked_perchannel
+    assert warnings == []  # nothing left for MediaPipe to refuse
+    assert loaded.spec.preprocessing == Preprocessing.identity()
+    assert loaded.spec.baked_preprocessing == paths["perchannel"][1]
+    assert loaded.keras_model.layers[1].name == LAYER_NAME
+    assert np.array_equal(np.asarray(loaded.keras_model(images.astype(np.float32))).argmax(1), want)
+
+
+def test_baked_per_channel_tflite_gives_keras_answers_in_mediapipe(made, baked_perchannel):
+    from ai_edge_litert.interpreter import Interpreter
+
     from edgeship.runtimes.litert import LiteRTRunner
 
-    paths, images, want = made
-    loaded = bake_preprocessing(_load(*paths[kind]))
-    assert loaded.spec.preprocessing == Preprocessing.identity() and loaded.spec.baked_preprocessing == paths[kind][1]
-    assert loaded.keras_model.layers[1].name == LAYER_NAME
-    warnings = []
-    result = export(loaded=loaded, formats=["tflite"], out=tmp_path, progress=False, warn=warnings.append)
-    assert warnings == []
-    runner = LiteRTRunner(result.paths[0], Preprocessing()).open()
+    _, images, want = made
+    _, _, files, _ = baked_perchannel
+    runner = LiteRTRunner(files["fp32"], Preprocessing()).open()
     assert runner.preprocessing == Preprocessing.identity()  # the metadata: mean 0, std 1, RGB
     runner.close()
+    assert np.array_equal(_mediapipe_top1(files["fp32"], images), want)
+    detail = Interpreter(model_path=str(files["int8"])).get_input_details()[0]
+    assert detail["dtype"] == np.uint8 and detail["quantization"] == (1.0, 0)  # raw pixels as they are
+    assert np.mean(_mediapipe_top1(files["int8"], images) == want) >= 0.9
+
+
+def test_per_channel_tflite_warned_and_refused_by_mediapipe_unbaked(made, baked_perchannel, tmp_path):
+    """Unbaked, the export warns in one line, and MediaPipe refuses a file whose metadata declares per-channel
+    mean/std (the refusal is the metadata's: it is written here onto the baked graph, saving a conversion)."""
+    from edgeship.export import _warn_mediapipe
+    from edgeship.export.common import ModelInfo
+    from edgeship.export.tflite_metadata import add_metadata
+    from edgeship.types import Format
+
+    paths, images, _ = made
+    unbaked = _load(*paths["perchannel"])
+    warnings = []
+    _warn_mediapipe(unbaked, [Format.TFLITE], warnings.append)
+    assert len(warnings) == 1 and "per-channel mean/std" in warnings[0] and "--bake-preprocessing" in warnings[0]
+    _, _, files, _ = baked_perchannel
+    path = tmp_path / "perchannel.tflite"
+    path.write_bytes(add_metadata(files["fp32"].read_bytes(), unbaked.spec, ModelInfo("perchannel")))
+    with pytest.raises(Exception, match="Per-channel image normalization is not available"):
+        _mediapipe_top1(path, images[:1])
+
+
+def test_baked_bgr_tflite_gives_keras_answers_in_mediapipe(made, tmp_path):
+    paths, images, want = made
+    loaded = bake_preprocessing(_load(*paths["bgr"]))
+    assert loaded.spec.preprocessing == Preprocessing.identity()
+    result = export(loaded=loaded, formats=["tflite"], out=tmp_path, progress=False, warn=pytest.fail)
     assert np.array_equal(_mediapipe_top1(result.paths[0], images), want)
 
 
-def test_baked_files_validate_against_the_source_model(made, tmp_path, capsys):
+def test_baked_files_validate_against_the_source_model(made, baked_perchannel, capsys):
     """The manifest records what was baked, so `edgeship validate` rebuilds the same reference from the source
-    .keras; Core ML's image input is then scale 1, bias 0, RGB; int8's uint8 input takes raw pixels (scale 1)."""
+    .keras; Core ML's image input is scale 1, bias 0, RGB (the reference executor feeds it so)."""
     from edgeship.cli import main
-    from edgeship.quantize import quantize
 
-    paths, images, want = made
-    loaded = bake_preprocessing(_load(*paths["perchannel"]))
-    export(loaded=loaded, formats=["tflite", "coreml"], out=tmp_path, progress=False)
-    q = quantize(loaded=loaded, formats=["tflite"], out=tmp_path, num_samples=16, progress=False)
-    int8 = next(p for p in q.paths if p.suffix == ".tflite")
-    from ai_edge_litert.interpreter import Interpreter
-
-    detail = Interpreter(model_path=str(int8)).get_input_details()[0]
-    assert detail["dtype"] == np.uint8 and detail["quantization"] == (1.0, 0)
-    assert np.mean(_mediapipe_top1(int8, images) == want) >= 0.9
-    np.savez(tmp_path / "data.npz", images=images)
-    code = main(["validate", "--artifacts", str(tmp_path), "--data", str(tmp_path / "data.npz"), "--iterations", "2",
+    _, images, _ = made
+    _, out, _, _ = baked_perchannel
+    np.savez(out / "data.npz", images=images)
+    code = main(["validate", "--artifacts", str(out), "--data", str(out / "data.npz"), "--iterations", "2",
                  "--kernel-path-samples", "0"])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    assert "coreml  fp16" in out and "tflite  int8" in out
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "coreml  fp16" in text and "tflite  int8" in text and "tflite  fp32" in text

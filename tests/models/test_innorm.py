@@ -92,8 +92,7 @@ def test_v3_include_preprocessing_found_in_its_savedmodel(tmp_path):
                                             include_preprocessing=True)
     with silenced():
         model.export(str(tmp_path / "v3"))
-    model.save(tmp_path / "v3.keras")
-    for path in (tmp_path / "v3", tmp_path / "v3.keras"):
+    for path in (tmp_path / "v3",):
         loaded = load_model(path, echo=lambda _: None)
         assert loaded.in_graph is not None, path
         np.testing.assert_allclose(loaded.in_graph.preprocessing.mean, (127.5,) * 3, rtol=1e-5)

@@ -47,14 +47,22 @@ def _validate(capsys, *argv):
     return code, capsys.readouterr()
 
 
-def test_in_graph_preprocess_input_files_are_right_for_raw_pixels(tutorial, capsys, tmp_path):
+@pytest.fixture(scope="module")
+def tutorial_export(tutorial, tmp_path_factory):
     from edgeship.export import export
 
-    out, data = tutorial
+    out, _ = tutorial
     notes = []
     loaded = load_model(out / "tutorial.keras", echo=notes.append)
+    exported = tmp_path_factory.mktemp("tutorial_export")
+    export(loaded=loaded, formats=["tflite"], out=exported, progress=False)
+    return loaded, notes, exported
+
+
+def test_in_graph_preprocess_input_files_are_right_for_raw_pixels(tutorial, tutorial_export, capsys):
+    _, data = tutorial
+    loaded, notes, tmp_path = tutorial_export
     assert loaded.spec.preprocessing == Preprocessing.identity() and "TrueDivide/Subtract" in notes[0]
-    export(loaded=loaded, formats=["tflite"], out=tmp_path, progress=False)
     code, io = _validate(capsys, "--artifacts", str(tmp_path), "--data", str(data), "--expect-accuracy", "0.9")
     assert code == 0, io.out
     assert "preprocessing contract passed" in io.out
@@ -65,13 +73,21 @@ def test_in_graph_preprocess_input_files_are_right_for_raw_pixels(tutorial, caps
     runner.close()
 
 
-def test_declared_double_normalisation_fails_the_contract(tutorial, capsys, tmp_path):
-    from edgeship.export import export
+def test_declared_double_normalisation_fails_the_contract(tutorial, tutorial_export, capsys, tmp_path):
+    """What edgeship wrote before issue 13: the same graph with (x - 127.5) / 127.5 declared on top, in the
+    file's metadata and in the manifest (the reference is then fed that too, so the file agrees with it)."""
+    from edgeship.export.common import ModelInfo
+    from edgeship.export.tflite_metadata import add_metadata
+    from edgeship.manifest import Manifest
 
-    out, data = tutorial
-    loaded = load_model(out / "tutorial.keras", echo=lambda _: None)
-    loaded.spec = loaded.spec.replace(preprocessing=Preprocessing())  # the old default, declared on top
-    export(loaded=loaded, formats=["tflite"], out=tmp_path, progress=False)
+    _, data = tutorial
+    loaded, _, exported = tutorial_export
+    old = loaded.spec.replace(preprocessing=Preprocessing())
+    manifest = Manifest.load(exported)
+    (record,) = manifest.artifacts
+    (tmp_path / record.path).write_bytes(add_metadata((exported / record.path).read_bytes(), old, ModelInfo("t")))
+    manifest.preprocessing = old.preprocessing.to_dict()
+    manifest.save(tmp_path)
     code, io = _validate(capsys, "--artifacts", str(tmp_path), "--data", str(data))
     assert code == 1, io.out
     assert "tflite  fp32" in io.out and "passed" in io.out.split("\n")[2]  # the file agrees with its reference...
@@ -79,17 +95,19 @@ def test_declared_double_normalisation_fails_the_contract(tutorial, capsys, tmp_
     assert "(preprocessing contract failed)" in io.out.strip().splitlines()[-1]
 
 
-def test_expect_accuracy_needs_labels_and_a_fraction(tutorial, capsys, tmp_path):
-    from edgeship.export import export
-
+def test_expect_accuracy_needs_labels_and_a_fraction(tutorial, tutorial_export, capsys):
     out, _ = tutorial
-    export(loaded=load_model(out / "tutorial.keras", echo=lambda _: None), formats=["onnx"], out=tmp_path,
-           progress=False)
-    code, io = _validate(capsys, "--artifacts", str(tmp_path), "--data", str(out / "unlabelled.npy"),
+    exported = tutorial_export[2]
+    code, io = _validate(capsys, "--artifacts", str(exported), "--data", str(out / "unlabelled.npy"),
                          "--expect-accuracy", "0.9")
     assert code == 2 and "needs labelled data" in io.err and len(io.err.strip().splitlines()) == 1
-    code, io = _validate(capsys, "--artifacts", str(tmp_path), "--expect-accuracy", "90")
+    code, io = _validate(capsys, "--artifacts", str(exported), "--expect-accuracy", "90")
     assert code == 2 and "fraction" in io.err
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    return load_model()
 
 
 @pytest.mark.parametrize("declared, expect, status, gate", [
@@ -99,9 +117,9 @@ def test_expect_accuracy_needs_labels_and_a_fraction(tutorial, capsys, tmp_path)
     (Preprocessing(color="bgr"), 0.9, Status.FAILED, "accuracy_top1"),  # a channel swap: only accuracy sees it
     (Preprocessing(color="bgr"), None, Status.PASSED, None),
 ])
-def test_contract_check_on_the_demo(demo_heldout, declared, expect, status, gate):
+def test_contract_check_on_the_demo(demo_heldout, demo_model, declared, expect, status, gate):
     images, truth, _ = demo_heldout
-    demo = load_model()
+    demo = demo_model
     check = ContractCheck(load_policy().contract, demo.spec.outputs_probabilities, expect)
     for i in range(0, len(images), 16):
         check.update(np.asarray(demo.keras_model(declared.apply(images[i:i + 16]))), truth[i:i + 16])
@@ -118,3 +136,20 @@ def test_contract_is_skipped_for_random_weights_and_few_samples():
     few = ContractCheck(load_policy().contract, False)
     few.update(np.eye(4)[[0] * 5], None)
     assert few.result().status is Status.SKIPPED and "min_samples" in few.result().reason
+
+
+def test_run_config_preprocessing_keys(tmp_path):
+    """`edgeship run` takes [model] mean, std, bgr, bake_preprocessing and [validate] expect_accuracy."""
+    from edgeship.errors import UserError
+    from edgeship.pipeline import load_config
+
+    (tmp_path / "edgeship.toml").write_text('[model]\nmean = [123.675, 116.28, 103.53]\nstd = 58\nbgr = true\n'
+                                            'bake_preprocessing = true\n[validate]\nexpect_accuracy = 0.9\n')
+    cfg = load_config(tmp_path / "edgeship.toml")
+    assert cfg.mean == (123.675, 116.28, 103.53) and cfg.std == (58.0, 58.0, 58.0)
+    assert cfg.bgr and cfg.bake_preprocessing and cfg.expect_accuracy == 0.9
+    default = load_config(None)
+    assert default.mean is None and not default.bake_preprocessing and default.expect_accuracy is None
+    (tmp_path / "bad.toml").write_text('[model]\nmean = [1, 2]\n')
+    with pytest.raises(UserError, match=r"\[model\] mean must be a number or a list of three"):
+        load_config(tmp_path / "bad.toml")

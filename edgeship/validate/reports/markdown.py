@@ -78,6 +78,8 @@ def inputs_lines(report: Report) -> list[tuple[str, str]]:
     if report.labels:
         shown = ", ".join(report.labels[:10]) + (", …" if len(report.labels) > 10 else "")
         lines.append(("Labels", f"{len(report.labels)} classes: {shown}"))
+    if report.contract is not None:  # edgeship.validate.contract
+        lines.append(("Preprocessing contract", report.contract.describe()))
     return lines
 
 
@@ -101,8 +103,6 @@ def to_markdown(report: Report) -> str:
         else:
             text_md = _md(text)
         out.append(f"- **{name}:** {text_md}")
-    if report.contract is not None:
-        out.append(f"- **Preprocessing contract:** {_md(report.contract.describe())}")
     measured_on = _measured_on(report)
     if measured_on:
         out.append(f"- **Measured on:** {_md(measured_on)}")
