@@ -87,12 +87,12 @@ def detect(km: Any, *, saved_model: bool = False) -> InGraphNormalisation | None
             return None
     try:
         probe = _pre_conv_function(km)
+        if probe is None:
+            return None
+        fn, ops, conv_name = probe
+        pre = _fit_affine(fn, tuple(km.input_shape[1:]))
     except Exception:  # tracing is best effort; the model itself is loaded and checked elsewhere
         return None
-    if probe is None:
-        return None
-    fn, ops, conv_name = probe
-    pre = _fit_affine(fn, tuple(km.input_shape[1:]))
     if pre is None or is_identity(pre):
         return None
     names = _layer_names(km)
@@ -143,7 +143,6 @@ def _pre_conv_function(km: Any) -> tuple[Any, list[str], str] | None:
         concrete = t.function(lambda x: km(x, training=False)).get_concrete_function(t.TensorSpec(shape, t.float32))
         frozen = convert_variables_to_constants_v2(concrete)
     graph_def = frozen.graph.as_graph_def()
-    nodes = {n.name: n for n in graph_def.node}
     consumers: dict[str, list[Any]] = {}
     for n in graph_def.node:
         for inp in n.input:
@@ -162,7 +161,7 @@ def _pre_conv_function(km: Any) -> tuple[Any, list[str], str] | None:
             if c.op in _CONV_OPS:
                 conv = c
                 break
-            if c.op not in ("Identity", "IdentityN", "NoOp") and c.op not in ops:
+            if c.op not in ("Identity", "IdentityN", "NoOp", "Const") and c.op not in ops:
                 ops.append(c.op)
             queue.append(c)
     if conv is None:
@@ -177,7 +176,6 @@ def _pre_conv_function(km: Any) -> tuple[Any, list[str], str] | None:
     wrapped = t.compat.v1.wrap_function(import_graph, [])
     g = wrapped.graph
     fn = wrapped.prune(g.as_graph_element(placeholders[0].name + ":0"), g.as_graph_element(tensor_name))
-    del nodes
     return fn, ops, conv.name.split("/")[-2] if "/" in conv.name else conv.name
 
 
