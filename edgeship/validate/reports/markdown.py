@@ -79,7 +79,7 @@ def inputs_lines(report: Report) -> list[tuple[str, str]]:
         shown = ", ".join(report.labels[:10]) + (", …" if len(report.labels) > 10 else "")
         lines.append(("Labels", f"{len(report.labels)} classes: {shown}"))
     if report.contract is not None:  # edgeship.validate.contract
-        lines.append(("Preprocessing contract", report.contract.describe()))
+        lines.append(("Preprocessing contract", report.contract.describe().removeprefix("preprocessing contract ")))
     return lines
 
 
