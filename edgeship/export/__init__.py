@@ -109,7 +109,8 @@ def _warn_mediapipe(loaded: LoadedModel, formats: Sequence[Format], warn: Callab
 
     problem = mediapipe_problem(loaded.spec.preprocessing)
     if Format.TFLITE in formats and problem:
-        warn(f"the .tflite declares {problem}, which MediaPipe's ImageClassifier cannot apply (it refuses the file); "
+        warn(f"the .tflite declares {problem}, which MediaPipe's ImageClassifier cannot apply (it refuses per-channel "
+             "normalisation and feeds RGB); "
              "--bake-preprocessing ([model] bake_preprocessing) makes it the model's first op instead")
 
 
