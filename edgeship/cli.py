@@ -58,6 +58,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean in 0-255 pixel units (V1/V2 default 127.5)")
     g.add_argument("--std", metavar="S[,S,S]", help="per-channel std in 0-255 pixel units (V1/V2 default 127.5)")
     g.add_argument("--bgr", action="store_true", help="the model expects BGR channel order")
+    g.add_argument("--bake-preprocessing", action="store_true",
+                   help="make the normalisation and channel order the model's first ops, so every file takes raw "
+                        "0-255 RGB pixels (mean 0, std 1; uint8 for int8): for MediaPipe, which cannot express "
+                        "per-channel mean/std or BGR, and Core ML, whose image scale is one number")
     _output_kind_arg(g)
 
 
@@ -69,22 +73,19 @@ def _output_kind_arg(g: Any) -> None:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from edgeship.models.loading import load_model
+    from edgeship.models.loading import declare_preprocessing, load_model
     from edgeship.models.spec import parse_triplet
 
-    loaded = load_model(args.model, trust_model=args.trust_model, labels=args.labels)
-    pre = loaded.spec.preprocessing
-    changes: dict[str, Any] = {}
-    if args.mean:
-        changes["mean"] = parse_triplet(args.mean, "--mean")
-    if args.std:
-        changes["std"] = parse_triplet(args.std, "--std")
-    if args.bgr:
-        changes["color"] = "bgr"
-    if changes:
-        from dataclasses import replace
+    notes: list[str] = []  # what was found in the graph: said once the declaration is known not to clash with it
+    loaded = load_model(args.model, trust_model=args.trust_model, labels=args.labels, echo=notes.append)
+    declare_preprocessing(loaded, mean=parse_triplet(args.mean, "--mean") if args.mean else None,
+                          std=parse_triplet(args.std, "--std") if args.std else None, bgr=args.bgr)
+    for note in notes:
+        print(f"edgeship: {note}", file=sys.stderr)
+    if getattr(args, "bake_preprocessing", False):
+        from edgeship.models.bake import bake_preprocessing
 
-        loaded.spec = loaded.spec.replace(preprocessing=replace(pre, **changes))
+        loaded = bake_preprocessing(loaded)
     if getattr(args, "output_kind", None):
         loaded.spec = loaded.spec.with_output_kind(args.output_kind)
     return loaded
@@ -186,6 +187,10 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
                    help="samples each int8 file also runs through a second kernel path of its runtime (ORT unfused, "
                         "LiteRT reference kernels) to show it answers alike on any CPU (default 500; 0: off)")
     _output_kind_arg(g)
+    g.add_argument("--expect-accuracy", type=float, metavar="FRACTION",
+                   help="the preprocessing contract: the float model, fed the declared preprocessing, must reach this "
+                        "top-1 accuracy on the (labelled) data, e.g. 0.9; catches a wrong declaration such as a "
+                        "channel swap that every file would share")
     _release_args(g)
 
 
@@ -237,7 +242,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                       threads=args.threads, iterations=args.iterations, trust_model=args.trust_model,
                       kernel_path_samples=args.kernel_path_samples, allow_modified=args.allow_modified,
                       baseline=args.baseline, latency_from=args.latency_from, device=args.device,
-                      input_range=args.input_range, output_kind=args.output_kind, **_executor_kwargs(args))
+                      input_range=args.input_range, output_kind=args.output_kind, expect_accuracy=args.expect_accuracy,
+                      **_executor_kwargs(args))
     print(summary_table(report))
     _print_baseline(report)
     if args.report:

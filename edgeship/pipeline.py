@@ -8,6 +8,10 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     labels = "models/labels.txt"
     trust = false                        # a TOML boolean: true runs code from the model (Lambda, custom, any op)
     # output_kind = "embedding"          # probabilities, logits, multilabel or embedding (default: detected)
+    mean = [123.675, 116.28, 103.53]     # declared preprocessing, 0-255 pixel units (one number or three);
+    std = [58.395, 57.12, 57.375]        # default: the model's own (found in its graph, else (x - 127.5) / 127.5)
+    bgr = false                          # the model expects BGR channel order
+    bake_preprocessing = false           # make mean/std/BGR the model's first op: files take raw RGB pixels
 
     [export]
     formats = ["tflite", "onnx", "coreml"]
@@ -48,6 +52,7 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     address = "head-node:6379"           # with executor = "ray": the cluster (default: a local Ray for the run)
     workers = 4                          # with executor = "ray": shard tasks in flight (default: CPUs / threads)
     skip_bad_images = true               # an unreadable image fails alone (default: ray yes, local stops the run)
+    expect_accuracy = 0.9                # the contract check: the reference's top-1 accuracy on labelled data
 
     [output]
     dir = "edgeship-out"
@@ -59,7 +64,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 from edgeship.errors import UserError
 from edgeship.fileio import read_structured
@@ -77,6 +82,10 @@ class ModelTable(Table):
     path: str | None = None
     labels: str | None = None
     trust: bool = False
+    mean: float | list[float] | None = None  # 0-255 pixel units: one number or three (None: the model's own)
+    std: float | list[float] | None = None
+    bgr: bool = False
+    bake_preprocessing: bool = False
     output_kind: str | None = None  # edgeship.types.OutputKind.parse: probabilities, logits, multilabel, embedding
 
 
@@ -121,6 +130,7 @@ class ValidateTable(Table):
     executor: Literal["local", "ray"] = "local"
     address: str | None = None
     workers: PositiveInt | None = None
+    expect_accuracy: Fraction | None = None  # the contract check's accuracy (fraction)
     skip_bad_images: bool | None = None  # None: the executor's default (local: stop; ray: fail the image alone)
 
 
@@ -147,6 +157,10 @@ class RunConfig:
     labels: str | None = None
     trust_model: bool = False
     output_kind: str | None = None  # probabilities | logits | multilabel | embedding (None: detected)
+    mean: tuple[float, float, float] | None = None  # None: the model's own
+    std: tuple[float, float, float] | None = None
+    bgr: bool = False
+    bake_preprocessing: bool = False
     formats: list[str] = field(default_factory=lambda: [f.value for f in Format])
     precisions: list[str] | None = None
     onnx_layout: str = "nhwc"
@@ -180,6 +194,7 @@ class RunConfig:
     address: str | None = None
     workers: int | None = None
     skip_bad_images: bool | None = None
+    expect_accuracy: float | None = None
     out: Path = Path("edgeship-out")
     input_range: tuple[float, float] | None = None  # [validate] input_range (edgeship.data)
     calibration_input_range: tuple[float, float] | None = None  # [quantize] input_range
@@ -228,8 +243,22 @@ def load_config(path: str | Path | None) -> RunConfig:
         latency_from=[str(rel(x)) for x in ([v.latency_from] if isinstance(v.latency_from, str) else v.latency_from)],
         input_range=parse_input_range(v.input_range, f"{p}: [validate] input_range"),
         calibration_input_range=parse_input_range(q.input_range, f"{p}: [quantize] input_range"),
+        mean=_triplet(m.mean, f"{p}: [model] mean"), std=_triplet(m.std, f"{p}: [model] std"),
+        bgr=m.bgr, bake_preprocessing=m.bake_preprocessing, expect_accuracy=v.expect_accuracy,
         out=Path(rel(o.dir) or "edgeship-out"),
     )
+
+
+def _triplet(value: Any, what: str) -> tuple[float, float, float] | None:
+    """A number or a list of three numbers (0-255 pixel units) -> three floats; None stays None."""
+    if value is None:
+        return None
+    values = value if isinstance(value, list) else [value]
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise UserError(f"{what} must be a number or a list of three numbers (0-255 pixel units), got {value!r}")
+    return (float(values[0]), float(values[1]), float(values[2]))
 
 
 def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
@@ -242,9 +271,19 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
 
     start = time.perf_counter()
     ensure_output_dir(config.out / "report", option="--out")  # before the long work: exit 3 now, not at the end
-    loaded = load_model(config.model, trust_model=config.trust_model, labels=config.labels)
+    from edgeship.models.loading import declare_preprocessing
+
+    notes: list[str] = []
+    loaded = load_model(config.model, trust_model=config.trust_model, labels=config.labels, echo=notes.append)
+    declare_preprocessing(loaded, mean=config.mean, std=config.std, bgr=config.bgr, what="[model] mean/std/bgr")
+    for note in notes:
+        echo(note)
     if config.output_kind:
         loaded.spec = loaded.spec.with_output_kind(config.output_kind)
+    if config.bake_preprocessing:
+        from edgeship.models.bake import bake_preprocessing
+
+        loaded = bake_preprocessing(loaded)
     spec = loaded.spec
     echo(f"edgeship run: {spec.name} ({loaded.source_path}; {spec.input_shape[0]}x{spec.input_shape[1]}, "
          f"{spec.num_classes} classes) -> {config.out}")
@@ -275,7 +314,8 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
                       kernel_path_samples=config.kernel_path_samples, allow_modified=config.allow_modified,
                       baseline=config.baseline, latency_from=config.latency_from, device=config.device,
                       input_range=config.input_range, executor=config.executor, address=config.address,
-                      workers=config.workers, skip_bad_images=config.skip_bad_images)
+                      workers=config.workers, skip_bad_images=config.skip_bad_images,
+                      expect_accuracy=config.expect_accuracy)
     echo(f"validated on {report.data['count']} images in {time.perf_counter() - t0:.1f} s")
     echo(summary_table(report))
     if report.baseline is not None:

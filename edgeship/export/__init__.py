@@ -9,9 +9,10 @@ Python API::
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from edgeship.errors import UserError
 from edgeship.export.common import FLOAT_PRECISIONS, ModelInfo, artifact_name, plan
@@ -45,6 +46,7 @@ def export(
     labels: str | Path | None = None,
     loaded: LoadedModel | None = None,
     progress: bool = True,
+    warn: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export ``model`` (None: the embedded demo; a registry name; a path; a keras.Model) to ``formats``.
 
@@ -59,6 +61,7 @@ def export(
     jobs = plan(fmts, precs)
     out_dir = ensure_output_dir(Path(out))
     loaded = loaded or load_model(model, trust_model=trust_model, labels=labels)
+    _warn_mediapipe(loaded, fmts, warn or (lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr)))
     info = info or ModelInfo.default_for(loaded.spec.name, loaded.spec.num_classes)
     manifest = open_manifest(out_dir, loaded)
     result = ExportResult(out_dir, out_dir / MANIFEST_NAME, manifest)
@@ -98,6 +101,17 @@ def _export_one(loaded: LoadedModel, fmt: Format, precision: Precision, path: Pa
             return {"input": spec.input_name, "input_type": "image", "output": "classLabel",
                     "deployment_target": deployment_target}
     raise UserError(f"unknown format {fmt}")  # pragma: no cover - Format.parse guards this
+
+
+def _warn_mediapipe(loaded: LoadedModel, formats: Sequence[Format], warn: Callable[[str], None]) -> None:
+    """One line when the .tflite will carry a preprocessing MediaPipe's ImageClassifier refuses."""
+    from edgeship.models.bake import mediapipe_problem
+
+    problem = mediapipe_problem(loaded.spec.preprocessing)
+    if Format.TFLITE in formats and problem:
+        warn(f"the .tflite declares {problem}, which MediaPipe's ImageClassifier cannot apply (it refuses per-channel "
+             "normalisation and feeds RGB); "
+             "--bake-preprocessing ([model] bake_preprocessing) makes it the model's first op instead")
 
 
 def open_manifest(out_dir: Path, loaded: LoadedModel) -> Manifest:

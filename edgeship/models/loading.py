@@ -14,7 +14,7 @@ import json
 import re
 import sys
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -40,6 +40,8 @@ class LoadedModel:
     source_sha256: str | None
     # What loading changed or found, one line each (a Keras 2 file's translated config differences); also printed
     notes: list[str] = field(default_factory=list)
+    # the normalisation the model's own graph applies (edgeship.models.innorm.InGraphNormalisation), or None
+    in_graph: Any = None
 
     def source_dict(self) -> dict[str, Any]:
         return {"path": self.source_path, "sha256": self.source_sha256}
@@ -51,37 +53,101 @@ def load_model(
     trust_model: bool = False,
     labels: str | Path | None = None,
     preprocessing: Preprocessing | None = None,
+    echo: Any = None,
 ) -> LoadedModel:
     """``model``: None (the embedded demo), a registry name, a path (.keras, .h5, SavedModel dir), or an already
-    built ``keras.Model``. ``labels``/``preprocessing`` override what is derived from the model."""
+    built ``keras.Model``. ``labels``/``preprocessing`` override what is derived from the model.
+
+    Normalisation inside the model's graph (:mod:`edgeship.models.innorm`) is looked for in every source format;
+    when found, the preprocessing becomes the identity (raw 0-255 pixels) and ``echo`` (default: a line on
+    stderr; pass ``lambda _: None`` to keep quiet) says what was found. A ``preprocessing`` that normalises on
+    top of it raises :class:`UserError` (see :func:`declare_preprocessing`)."""
     from edgeship.fileio import sha256_path
+    from edgeship.models.innorm import InGraphNormalisation, detect
 
     notes: list[str] = []
     demo = model is None
     if demo:
         model = DEMO_MODEL
+    in_graph = None
     if not isinstance(model, (str, Path)):
         km, src, sha = model, f"python:{getattr(model, 'name', 'model')}", None
         spec = derive_spec(km, name=getattr(km, "name", "model"))
+        in_graph = detect(km)
     elif isinstance(model, str) and not Path(model).exists() and looks_like_variant_name(model):
         variant = get_variant(model)
         km, src, sha = variant.build(), f"registry:{variant.name}", None
         spec = variant.spec()
+        if spec.in_graph_normalisation:
+            in_graph = InGraphNormalisation(Preprocessing(), "MobileNetV3's include_preprocessing (a Rescaling layer)")
     else:
         path = Path(model)
         km = _load_path(path, trust_model, notes)
         src, sha = str(path), sha256_path(path)
         spec = derive_spec(km, name=path.stem if path.is_file() else path.name)
+        in_graph = None if demo else detect(km, saved_model=path.is_dir())
         beside = path.parent / "labels.txt" if path.is_file() else path / "labels.txt"
         if labels is None and beside.is_file():
             labels = beside
+    if in_graph is not None and not spec.in_graph_normalisation:
+        spec = spec.replace(preprocessing=replace(Preprocessing.identity(), layout=spec.preprocessing.layout),
+                            in_graph_normalisation=in_graph.describe())
+        if preprocessing is None:
+            (echo or _note)(f"{spec.name} normalises its own input ({in_graph.describe()}): its files take raw 0-255 "
+                            "RGB pixels (preprocessing set to the identity)")
     if demo:
         spec = spec.replace(name=DEMO_NAME)
     if labels is not None:
         spec = spec.replace(labels=read_labels(labels))
+    loaded = LoadedModel(km, spec, src, sha, notes, in_graph)
     if preprocessing is not None:
-        spec = spec.replace(preprocessing=preprocessing)
-    return LoadedModel(km, spec, src, sha, notes)
+        check_declared(loaded, preprocessing, "the declared preprocessing")
+        loaded.spec = spec.replace(preprocessing=preprocessing)
+    return loaded
+
+
+def _note(message: str) -> None:
+    print(f"edgeship: {message}", file=sys.stderr)
+
+
+def declare_preprocessing(loaded: LoadedModel, *, mean: tuple[float, float, float] | None = None,
+                          std: tuple[float, float, float] | None = None, bgr: bool = False,
+                          what: str = "--mean/--std/--bgr") -> None:
+    """Apply the user's declared preprocessing (0-255 pixel units; each given value replaces the model's own) to
+    ``loaded.spec``. Raises :class:`UserError` (one line) when the declaration normalises a model whose graph
+    already normalises (mean/std on top of in-graph arithmetic), or reverses the channels of a graph that already
+    reverses them: the files would normalise twice (issue 13)."""
+    changes: dict[str, Any] = {}
+    if mean is not None:
+        changes["mean"] = mean
+    if std is not None:
+        changes["std"] = std
+    if bgr:
+        changes["color"] = "bgr"
+    if not changes:
+        return
+    declared = replace(loaded.spec.preprocessing, **changes)
+    check_declared(loaded, declared, what)
+    loaded.spec = loaded.spec.replace(preprocessing=declared)
+
+
+def check_declared(loaded: LoadedModel, declared: Preprocessing, what: str) -> None:
+    """UserError when ``declared`` and the model's graph both normalise, or both reverse the channel order."""
+    from edgeship.models.innorm import formula
+    from edgeship.types import ColorOrder
+
+    found = loaded.in_graph
+    if found is None:
+        return
+    scales = lambda p: any(abs(m) > 1e-6 for m in p.mean) or any(abs(s - 1) > 1e-6 for s in p.std)  # noqa: E731
+    if scales(declared) and scales(found.preprocessing):
+        raise UserError(
+            f"{loaded.spec.name} already normalises its input inside ({found.describe()}), and {what} declares "
+            f"{formula(replace(declared, color='rgb'))} on top: drop {what} (its files take raw 0-255 pixels)")
+    if declared.color is ColorOrder.BGR and found.preprocessing.color is ColorOrder.BGR:
+        raise UserError(
+            f"{loaded.spec.name} already reverses RGB to BGR inside ({found.describe()}), and {what} declares BGR "
+            f"too: drop the BGR declaration (its files take RGB pixels)")
 
 
 def derive_spec(km: Any, name: str) -> ModelSpec:

@@ -56,6 +56,8 @@ class Variant:
             input_shape=(self.resolution, self.resolution, 3),
             num_classes=classes,
             preprocessing=self.preprocessing(),
+            in_graph_normalisation=("MobileNetV3's include_preprocessing (a Rescaling layer): (x - 127.5) / 127.5"
+                                    if self.is_v3 else None),
         )
 
     def build(self, classes: int = 1000, seed: int = 0) -> Any:

@@ -104,6 +104,12 @@ class ModelSpec:
     # What the output means (OutputKind); None: probabilities if outputs_probabilities, else logits. When given,
     # it wins and outputs_probabilities follows it.
     output_kind: OutputKind | None = None
+    # What the model's own graph does to its input before the first conv (edgeship.models.innorm), as found at
+    # load; None when it does nothing there. A model that normalises inside takes raw 0-255 pixels.
+    in_graph_normalisation: str | None = None
+    # --bake-preprocessing: the declared preprocessing, now the first ops of the exported model
+    # (edgeship.models.bake); ``preprocessing`` is then the identity. None when nothing was baked.
+    baked_preprocessing: Preprocessing | None = None
 
     def __post_init__(self) -> None:
         labels = tuple(self.labels) or tuple(str(i) for i in range(self.num_classes))
@@ -141,7 +147,7 @@ class ModelSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The model's description (preprocessing and labels are recorded beside it, at the manifest's top)."""
-        return {
+        d: dict[str, Any] = {
             "name": self.name,
             "family": self.family,
             "alpha": self.alpha,
@@ -150,6 +156,11 @@ class ModelSpec:
             "outputs_probabilities": self.outputs_probabilities,
             "output_kind": str(self.output_kind),
         }
+        if self.in_graph_normalisation:
+            d["in_graph_normalisation"] = self.in_graph_normalisation
+        if self.baked_preprocessing is not None:
+            d["baked_preprocessing"] = self.baked_preprocessing.to_dict()
+        return d
 
 
 def read_labels(path: "str | os.PathLike[str]") -> tuple[str, ...]:

@@ -32,7 +32,7 @@ from edgeship.machine import describe_machine
 from edgeship.manifest import MANIFEST_NAME, ArtifactRecord, Manifest, tool_versions
 from edgeship.models.loading import DEMO_DIR, LoadedModel, load_model
 from edgeship.models.spec import Preprocessing
-from edgeship.types import Format, Precision
+from edgeship.types import Format, OutputKind, Precision
 from edgeship.validate.executors import Executor, get_executor
 from edgeship.validate.policy import Policy, load_policy
 from edgeship.validate.results import ArtifactResult, Report, Status
@@ -78,6 +78,7 @@ def validate(
     device: str | None = None,
     input_range: str | tuple[float, float] | None = None,
     output_kind: str | None = None,
+    expect_accuracy: float | None = None,
 ) -> Report:
     """Validate ``artifacts`` (files, or directories holding a manifest.json) and return the report; with
     ``report_dir``, also write report.json, report.md, report.html and junit.xml there.
@@ -86,6 +87,9 @@ def validate(
     the portability comparison off. LiteRT's reference kernels are slow (measured: 90 ms an image on a
     MobileNetV2-1.0 at 160x160, XNNPACK 6 ms), hence the cap. ``input_range``: how an .npy/.npz's values map to
     pixels 0-255 (:func:`edgeship.data.open_data`); the decoder's conversions are in ``report.data``.
+
+    The preprocessing contract (:mod:`edgeship.validate.contract`) is checked on the reference's own answers;
+    ``expect_accuracy`` (a fraction) adds its top-1 accuracy on labelled data to it; ``report.contract``.
 
     Integrity: an artifact recorded in a manifest is validated only if it is the file recorded (size and sha256);
     otherwise it fails with what differs, unless ``allow_modified`` (then its ``integrity`` and reason say so).
@@ -115,6 +119,8 @@ def validate(
         raise UserError(f"--threads and --iterations must be 1 or more, got threads {threads}, iterations {iterations}")
     if not isinstance(executor, Executor):
         executor = get_executor(executor, address=address, workers=workers)
+    if expect_accuracy is not None and not 0 < expect_accuracy <= 1:
+        raise UserError(f"--expect-accuracy is a fraction in (0, 1] (0.9 for 90 %), got {expect_accuracy}")
     policy = policy if isinstance(policy, Policy) else load_policy(policy)
     entries = resolve_artifacts(artifacts)
     device_figures = _device_figures(entries, latency_from, device)
@@ -137,10 +143,24 @@ def validate(
             ref_model.spec = ref_model.spec.with_output_kind(manifest.model["output_kind"])
     if output_kind is not None:
         ref_model.spec = ref_model.spec.with_output_kind(output_kind)
+        baked = manifest.model.get("baked_preprocessing")
+        if baked:  # --bake-preprocessing: the files begin with it, so the reference must too
+            from edgeship.models.bake import bake_like
+
+            ref_model = bake_like(ref_model, Preprocessing.from_dict(baked))
     spec = ref_model.spec
     source = open_data(data, spec.input_shape[:2], spec.labels, default=DEMO_HELDOUT, input_range=input_range)
     if source.count == 0:
         raise UserError(f"no samples in {source.source}")
+    if expect_accuracy is not None and not source.labeled:
+        raise UserError(f"--expect-accuracy needs labelled data (class folders or an .npz with labels); "
+                        f"{source.source} has none")
+    skip = ("random weights (a registry variant) answer alike for every input"
+            if ref_model.source_path.startswith("registry:") else
+            None if spec.output_kind in (OutputKind.PROBABILITIES, OutputKind.LOGITS) else
+            f"a {spec.output_kind} output has no class answers to judge")
+    contract = dict(limits=policy.contract, probabilities=spec.outputs_probabilities,
+                    expect_accuracy=expect_accuracy, skip=skip)
 
     # Agreement by confidence: the reference's top-1 margin, on its probabilities (its own, or softmaxed logits)
     confidence = dict(probabilities=spec.outputs_probabilities, margin_bins=policy.margin_bins,
@@ -160,7 +180,8 @@ def validate(
               data=source.source, count=source.count, threads=threads, iterations=iterations, warmup=warmup,
               batch_size=batch_size, kernel_path_samples=kernel_path_samples, confidence=confidence,
               refused=refused, input_range=parse_input_range(input_range),
-              skip_bad_images=(executor.name == "ray") if skip_bad_images is None else skip_bad_images)
+              skip_bad_images=(executor.name == "ray") if skip_bad_images is None else skip_bad_images,
+              contract=contract, baked=manifest.model.get("baked_preprocessing") if manifest is not None else None)
     outcome = executor.run(job, ref_model, progress=progress)
     merged, timings = outcome.partial, outcome.timings
 
@@ -227,6 +248,7 @@ def validate(
         artifacts=artifacts, required_formats=[str(f) for f in required], allow_modified=allow_modified,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), edgeship_version=__version__,
         versions=tool_versions(), machine=outcome.machine or describe_machine().to_dict(),
+        contract=merged.contract.result() if merged.contract is not None else None,
         confidence={"margin": "top-1 minus runner-up probability, "
                               + ("the model's own (it ends in a softmax)" if spec.outputs_probabilities
                                  else "from the softmax of its logits"),
@@ -352,16 +374,20 @@ def _reference(reference: Any, entries: list[ArtifactEntry], trust_model: bool) 
     if isinstance(reference, LoadedModel):
         return reference
     if reference is not None:
-        return load_model(reference, trust_model=trust_model)
+        return load_model(reference, trust_model=trust_model, echo=_quiet)
     manifest = next((e.manifest for e in entries if e.manifest), None)
     if manifest is not None:
         src = str(manifest.source.get("path", ""))
         if src.startswith("registry:"):
-            return load_model(src.split(":", 1)[1])
+            return load_model(src.split(":", 1)[1], echo=_quiet)
         if Path(src).exists():
-            return load_model(src, trust_model=trust_model)
+            return load_model(src, trust_model=trust_model, echo=_quiet)
         raise UserError(f"the manifest's source model {src or '(none)'} is not here: pass --reference")
     return load_model(None)
+
+
+def _quiet(_: str) -> None:
+    """The reference's in-graph normalisation was announced at export; the manifest's preprocessing rules here."""
 
 
 def _layer_sqnr(path: Path) -> dict[str, float] | None:

@@ -44,6 +44,8 @@ class Policy:
     baseline: dict[str, float] = field(default_factory=dict)
     fail_on_missing: bool = False
     device_latency: dict[str, dict[str, float]] = field(default_factory=dict)  # "tflite.int8" -> budgets
+    # [contract]: limits of the preprocessing contract check (edgeship.validate.contract)
+    contract: dict[str, float] = field(default_factory=dict)
 
     def gate_device_latency(self, key: str, entries: list[Any]) -> list[GateResult]:
         """``[device_latency.FORMAT.PRECISION]`` budgets against each device's figures (a figure the log does not
@@ -124,6 +126,7 @@ def load_policy(path: str | Path | None = None) -> Policy:
             policy.margin_bins = tuple(confidence.margin_bins)
         if confidence.confident_margin is not None:
             policy.confident_margin = confidence.confident_margin
+    policy.contract = {**policy.contract, **user.contract}
     policy.source = str(path)
     return policy
 
@@ -208,6 +211,14 @@ DeviceLatencyTable = create_model("DeviceLatencyTable", __base__=Table,
                                   **{f.value: (DevicePerFormat | None, None) for f in Format})  # type: ignore
 
 
+class ContractLimits(Table):
+    """``[contract]``: limits of the preprocessing contract check (:mod:`edgeship.validate.contract`)."""
+
+    min_samples: NonNegative | None = None
+    max_top1_share: Fraction | None = None
+    min_mean_margin: Fraction | None = None
+
+
 EmbeddingTable = create_model("EmbeddingTable", __base__=Table,
                               **{p.value: (MetricLimits | None, None) for p in Precision})  # type: ignore
 MultilabelTable = create_model("MultilabelTable", __base__=EmbeddingTable,
@@ -218,6 +229,7 @@ PolicyFile = create_model(
     "PolicyFile", __base__=Table, confidence=(Confidence | None, None), latency=(LatencyTable | None, None),
     baseline=(BaselineBudgets | None, None), device_latency=(DeviceLatencyTable | None, None),
     multilabel=(MultilabelTable | None, None), embedding=(EmbeddingTable | None, None),
+    contract=(ContractLimits | None, None),
     **{p.value: (MetricLimits | None, None) for p in Precision},
     **{f.value: (FormatLimits | None, None) for f in Format})  # type: ignore[call-overload]
 
@@ -228,7 +240,7 @@ def _check_file(path: Path) -> Any:
     if unknown:
         raise UserError(f"{path}: unknown table [{unknown[0]}]: use a precision "
                         f"({', '.join(p.value for p in Precision)}), a format.precision, confidence, latency, "
-                        "device_latency, baseline, multilabel(.precision) or embedding.precision")
+                        "device_latency, baseline, contract, multilabel(.precision) or embedding.precision")
     return data, check(PolicyFile, data, path)
 
 
@@ -271,6 +283,8 @@ def _parse(path: Path) -> Policy:
             budgets = getattr(per, p.value) if per is not None else None
             if budgets is not None:
                 policy.device_latency[f"{f.value}.{p.value}"] = budgets.model_dump(exclude_none=True)
+    if parsed.contract is not None:
+        policy.contract = {k: float(v) for k, v in parsed.contract.model_dump(exclude_none=True).items()}
     if parsed.baseline is not None:
         dumped = parsed.baseline.model_dump(exclude_none=True)
         fail_on_missing = dumped.pop("fail_on_missing", None)

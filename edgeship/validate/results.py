@@ -263,10 +263,14 @@ class Report:
     baseline: dict[str, Any] | None = None
     # What the output means (probabilities, logits, multilabel, embedding): it chose the metrics and gate tables
     output_kind: str = "logits"
+    # The preprocessing contract check (edgeship.validate.contract.ContractResult), or None when not run
+    contract: Any = None
 
     @property
     def passed(self) -> bool:
         if any(a.status is Status.FAILED for a in self.artifacts):
+            return False
+        if self.contract is not None and Status(self.contract.status) is Status.FAILED:
             return False
         if self.baseline and self.baseline.get("fail_on_missing") and self.baseline.get("missing"):
             return False
@@ -281,7 +285,8 @@ class Report:
         if self.passed:
             return 0
         missing = bool(self.baseline and self.baseline.get("fail_on_missing") and self.baseline.get("missing"))
-        return 1 if missing or any(a.status is Status.FAILED for a in self.artifacts) else 3
+        contract = self.contract is not None and Status(self.contract.status) is Status.FAILED
+        return 1 if missing or contract or any(a.status is Status.FAILED for a in self.artifacts) else 3
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -299,6 +304,7 @@ class Report:
             "executor": dict(self.executor),
             "allow_modified": self.allow_modified,
             "output_kind": self.output_kind,
+            **({"contract": self.contract.to_dict()} if self.contract is not None else {}),
             "versions": self.versions,
             "baseline": None if self.baseline is None else dict(self.baseline),
             "passed": self.passed,

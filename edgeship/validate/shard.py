@@ -47,6 +47,9 @@ class Job:
     # An image that cannot be read: False stops the run with its one line (exit 2); True fails that image alone
     # (listed with its reason in Partial.failed_samples) and validates the rest
     skip_bad_images: bool = False
+    # the preprocessing contract check's arguments (edgeship.validate.contract.ContractCheck), None: not checked
+    contract: dict[str, Any] | None = None
+    baked: dict[str, Any] | None = None  # --bake-preprocessing: the preprocessing the files begin with (manifest)
 
 
 @dataclass
@@ -94,6 +97,7 @@ class Partial:
     failed_samples: list[tuple[str, str]] = field(default_factory=list)
     node: dict[str, Any] = field(default_factory=dict)  # where it ran (set by the Ray executor)
     conversions: dict[str, int] = field(default_factory=dict)  # the decoder's conversions in this shard (counts)
+    contract: Any = None  # the reference's answers for the contract check (ContractCheck, mergeable)
 
     def merge(self, other: "Partial") -> "Partial":
         """Append the next shard (``other.start == self.stop``)."""
@@ -102,6 +106,8 @@ class Partial:
         for i, a in other.artifacts.items():
             self.artifacts[i] = self.artifacts[i].merge(a) if i in self.artifacts else a
         self.failed_samples += other.failed_samples
+        if other.contract is not None:
+            self.contract = other.contract if self.contract is None else self.contract.merge(other.contract)
         for k, n in other.conversions.items():
             self.conversions[k] = self.conversions.get(k, 0) + n
         self.stop = other.stop
@@ -142,6 +148,11 @@ class Session:
             src = job.reference
             reference = load_model(src.split(":", 1)[1] if src.startswith("registry:") else src,
                                    trust_model=job.trust_model)
+            if job.baked:  # the files begin with the declared preprocessing, so the reference must too
+                from edgeship.models.bake import bake_like
+                from edgeship.models.spec import Preprocessing
+
+                reference = bake_like(reference, Preprocessing.from_dict(job.baked))
             reference.spec = job.spec
         spec = self.spec = job.spec
         self.reference_runner = KerasRunner(reference, threads=job.threads).open()
@@ -201,6 +212,10 @@ class Session:
         source = self.source()
         before = dict(source.conversions)
         parts = {i: self._partial(i) for i in self.base}
+        if job.contract is not None:
+            from edgeship.validate.contract import ContractCheck
+
+            self.contract = ContractCheck(**job.contract)
         failed_samples: list[tuple[str, str]] = []
         for batch in source.batches(job.batch_size, start, stop, skip_bad=job.skip_bad_images):
             failed_samples += batch.failed
@@ -215,11 +230,14 @@ class Session:
             if part.status is Status.PASSED and i in self.runners:
                 part.input_feed = getattr(self.runners[i], "input_feed", None)
         done = {k: n - before.get(k, 0) for k, n in source.conversions.items() if n - before.get(k, 0)}
-        return Partial(start, stop, parts, failed_samples, conversions=done)
+        contract, self.contract = self.contract, None
+        return Partial(start, stop, parts, failed_samples, conversions=done, contract=contract)
 
     def _batch(self, batch: Any, parts: dict[int, ArtifactPartial]) -> None:
         kps = self.job.kernel_path_samples
         ref = self.reference_runner.predict(batch.images)
+        if self.contract is not None:
+            self.contract.update(ref, batch.labels)
         for i, runner in list(self.runners.items()):
             part = parts[i]
             try:

@@ -88,6 +88,8 @@ def inputs_lines(report: Report) -> list[tuple[str, str]]:
     if report.labels:
         shown = ", ".join(report.labels[:10]) + (", …" if len(report.labels) > 10 else "")
         lines.append(("Labels", f"{len(report.labels)} classes: {shown}"))
+    if report.contract is not None:  # edgeship.validate.contract
+        lines.append(("Preprocessing contract", report.contract.describe().removeprefix("preprocessing contract ")))
     return lines
 
 
@@ -296,7 +298,11 @@ def summary_table(report: Report) -> str:
             out.extend(indent + (label if j == 0 else " " * len(label)) + w for j, w in enumerate(wrapped))
     if not report.artifacts:
         out.append("(no artifacts)")
+    if report.contract is not None:  # the preprocessing contract (edgeship.validate.contract)
+        out.extend(textwrap.wrap(_one_line(report.contract.describe()), TABLE_WIDTH))
     verdict = f"{_verdict(report)}: {_counts_text(report)}"
+    if report.contract is not None and report.contract.status == "failed":
+        verdict += " (preprocessing contract failed)"
     if _required_skipped(report):
         verdict += f" (required format skipped: {', '.join(_one_line(f) for f in _required_skipped(report))})"
     out.append(truncate(verdict, TABLE_WIDTH))
