@@ -198,22 +198,16 @@ COLUMNS = [("variant", "variant"), ("format", "format"), ("precision", "precisio
            ("top1_agreement", "top-1 agreement"), ("sqnr_db", "SQNR (dB)"), ("status", "status")]
 
 
+#: How each column of the sweep table is shown (units: M multiply-adds, k parameters, MB, ms, %, dB)
+_CELL_FORMATS = {"macs": lambda v: f"{v / 1e6:.1f}", "params": lambda v: f"{v / 1e3:.0f}",
+                 "size_bytes": lambda v: f"{v / 1e6:.2f}", "p50_ms": lambda v: f"{v:.2f}",
+                 "top1_agreement": lambda v: f"{v:.1%}", "sqnr_db": lambda v: f"{v:.1f}"}
+
+
 def _cell(key: str, value: Any) -> str:
     if value is None:
         return "-"
-    if key == "macs":
-        return f"{value / 1e6:.1f}"
-    if key == "params":
-        return f"{value / 1e3:.0f}"
-    if key == "size_bytes":
-        return f"{value / 1e6:.2f}"
-    if key == "p50_ms":
-        return f"{value:.2f}"
-    if key == "top1_agreement":
-        return f"{value:.1%}"
-    if key == "sqnr_db":
-        return f"{value:.1f}"
-    return str(value)
+    return _CELL_FORMATS.get(key, str)(value)
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

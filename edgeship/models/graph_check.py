@@ -20,7 +20,7 @@ Sources: the op names are TensorFlow's registered op names (``tf.raw_ops``); the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from edgeship.errors import UserError
 
@@ -99,20 +99,22 @@ def _unsafe_ops(mg) -> Iterable[tuple[str, str]]:
                 yield node.op, f"function '{fname}'"
 
 
-def _backward(roots: list[str], nodes: dict) -> set[str]:
-    """Names of the outer-graph nodes ``roots`` depend on (data and control inputs), roots included."""
+def _reach(roots: Iterable[str], edges: Any) -> set[str]:
+    """Every name reachable from ``roots`` (included) through ``edges(name)`` (an iterable of names)."""
     seen: set[str] = set()
-    stack = [r for r in roots if r in nodes]
+    stack = list(roots)
     while stack:
         name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        for inp in nodes[name].input:
-            src = inp.lstrip("^").split(":")[0]
-            if src in nodes:
-                stack.append(src)
+        if name not in seen:
+            seen.add(name)
+            stack.extend(edges(name))
     return seen
+
+
+def _backward(roots: list[str], nodes: dict) -> set[str]:
+    """Names of the outer-graph nodes ``roots`` depend on (data and control inputs), roots included."""
+    inputs = lambda name: (s for s in (i.lstrip("^").split(":")[0] for i in nodes[name].input) if s in nodes)  # noqa: E731
+    return _reach([r for r in roots if r in nodes], inputs)
 
 
 def _called(nodes: Iterable) -> set[str]:
@@ -128,12 +130,6 @@ def _called(nodes: Iterable) -> set[str]:
 
 
 def _closure(roots: set[str], library: dict) -> set[str]:
-    seen: set[str] = set()
-    stack = [r for r in roots if r in library]
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        stack += [f for f in _called(library[name].node_def) if f in library and f not in seen]
-    return seen
+    """The library functions ``roots`` call, directly or not, roots included."""
+    return _reach([r for r in roots if r in library],
+                  lambda name: (f for f in _called(library[name].node_def) if f in library))
