@@ -49,14 +49,15 @@ def bake_preprocessing(loaded: LoadedModel) -> LoadedModel:
     spec = loaded.spec.replace(preprocessing=replace(Preprocessing.identity(), layout=pre.layout),
                                baked_preprocessing=pre)
     return LoadedModel(baked_model(loaded.keras_model, pre), spec, loaded.source_path, loaded.source_sha256,
-                       loaded.in_graph)
+                       notes=list(loaded.notes), in_graph=loaded.in_graph)
 
 
 def bake_like(loaded: LoadedModel, baked: Preprocessing) -> LoadedModel:
     """The validator's reference for files made with ``--bake-preprocessing``: the source model with ``baked``
     (from the manifest) as its first op, fed raw pixels like the files."""
     return bake_preprocessing(LoadedModel(loaded.keras_model, loaded.spec.replace(preprocessing=baked),
-                                          loaded.source_path, loaded.source_sha256, loaded.in_graph))
+                                          loaded.source_path, loaded.source_sha256, notes=list(loaded.notes),
+                                          in_graph=loaded.in_graph))
 
 
 def baked_model(km: Any, pre: Preprocessing) -> Any:

@@ -141,13 +141,13 @@ def validate(
                                                 labels=tuple(manifest.labels))
         if manifest.model.get("output_kind"):
             ref_model.spec = ref_model.spec.with_output_kind(manifest.model["output_kind"])
-    if output_kind is not None:
-        ref_model.spec = ref_model.spec.with_output_kind(output_kind)
         baked = manifest.model.get("baked_preprocessing")
         if baked:  # --bake-preprocessing: the files begin with it, so the reference must too
             from edgeship.models.bake import bake_like
 
             ref_model = bake_like(ref_model, Preprocessing.from_dict(baked))
+    if output_kind is not None:
+        ref_model.spec = ref_model.spec.with_output_kind(output_kind)
     spec = ref_model.spec
     source = open_data(data, spec.input_shape[:2], spec.labels, default=DEMO_HELDOUT, input_range=input_range)
     if source.count == 0:
