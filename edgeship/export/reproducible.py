@@ -8,7 +8,9 @@ What differed between two runs of the same export (measured on the demo, tf2onnx
   (``const_fold_opt__601``, ``Mean_Squeeze__653``, the batch dimension's ``unk__654``) and the initializers' order
   differ. :func:`canonical_onnx` renames every generated name (tf2onnx's ``<base>__<n>`` suffix) by order of first
   use in the node list and orders the initializers the same way; names from the source model, the graph's inputs
-  and outputs are kept.
+  and outputs are kept. The graph's ``doc_string`` ("converted from b'__inference_<lambda>_25831'") carries
+  TensorFlow's process-wide function counter, so it depends on what the process traced before (an export after
+  other work in the same process differed): the counter is dropped.
 * **Core ML** ``Manifest.json``: coremltools' model-package writer gives each item a random UUID (``uuid4``);
   :func:`canonical_mlpackage` replaces them with UUIDs derived from the item's path (``uuid5``), and rewrites the
   manifest in the writer's own layout (sorted keys, 4-space indent).
@@ -41,6 +43,7 @@ def canonical_onnx(proto: Any) -> Any:
     uses over the nodes in order (inputs, then outputs, then the node's name). Subgraphs (If/Loop bodies) are left
     as they are: MobileNets have none."""
     graph = proto.graph
+    graph.doc_string = re.sub(r"_\d+(?='?$)", "", graph.doc_string)  # "..._<lambda>_25831'" -> "..._<lambda>'"
     keep = {v.name for v in graph.input} | {v.name for v in graph.output}
     initializers = {t.name for t in graph.initializer}
     mapping: dict[str, str] = {}

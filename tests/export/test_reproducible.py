@@ -111,3 +111,14 @@ def _figures(report: dict) -> dict:
     report["artifacts"] = [{k: (Path(v).name if k == "path" else v) for k, v in art.items()
                             if k not in ("latency_ms", "peak_rss_bytes")} for art in report["artifacts"]]
     return report
+
+
+def test_graph_doc_string_loses_tensorflows_process_counter():
+    """tf2onnx writes the traced function's name, numbered by a process-wide counter, into the graph's doc_string:
+    an export after other work in the same process differed from a fresh one (found by the full suite)."""
+    import onnx
+
+    from edgeship.export.reproducible import canonical_onnx
+
+    graph = onnx.helper.make_graph([], "g", [], [], doc_string="converted from b'__inference_<lambda>_25831'")
+    assert canonical_onnx(onnx.helper.make_model(graph)).graph.doc_string == "converted from b'__inference_<lambda>'"
