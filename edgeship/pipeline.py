@@ -28,7 +28,7 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     bias_correction = true               # correct the mean output shift of int8 weights
     weight_rounding = "nearest"          # or "adaptive": int8 steps chosen on the calibration set (AdaRound)
     cross_layer_equalization = false     # equalise depthwise -> pointwise pairs first (edgeship.quantize.equalization)
-    activation_ranges = "mse"            # or minmax/percentile: per-tensor range search (edgeship.quantize.ranges)
+    activation_ranges = "minmax"         # or mse/percentile: per-tensor range search (edgeship.quantize.ranges)
     int8_bias_correction = false         # correct the int8 TFLite's biases op by op (edgeship.quantize.int8_bias_correction)
     raw_input_compensation = false       # the uint8 input's half-step zero point (edgeship.quantize.raw_input)
     keep_float = "auto"                  # the float fallback: "auto" or a number of ops (default: none)
@@ -106,7 +106,7 @@ class QuantizeTable(Table):
     bias_correction: bool = True
     weight_rounding: Literal["nearest", "adaptive"] = "nearest"
     cross_layer_equalization: bool = False
-    activation_ranges: Literal["minmax", "mse", "percentile"] = "mse"
+    activation_ranges: Literal["minmax", "mse", "percentile"] = "minmax"
     int8_bias_correction: bool = False
     raw_input_compensation: bool = False
     keep_float: Literal["auto"] | PositiveInt | None = None
@@ -174,7 +174,7 @@ class RunConfig:
     bias_correction: bool = True
     weight_rounding: str = "nearest"
     cross_layer_equalization: bool = False
-    activation_ranges: str = "mse"
+    activation_ranges: str = "minmax"
     int8_bias_correction: bool = False
     raw_input_compensation: bool = False
     keep_float: str | int | None = None

@@ -119,8 +119,8 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=20, help="timed runs per file for p50 (default 20)")
     ap.add_argument("--peer", action="store_true", help="also the TFLite converter's default int8")
     ap.add_argument("--no-opencv", action="store_true", help="leave out Debian's opencv-doc photos")
-    ap.add_argument("--activation-ranges", default="mse", choices=["minmax", "mse", "percentile"],
-                    help="quantize's activation_ranges (default mse, quantize's default)")
+    ap.add_argument("--activation-ranges", default="minmax", choices=["minmax", "mse", "percentile"],
+                    help="quantize's activation_ranges (default minmax, quantize's default)")
     ap.add_argument("--no-relu6-fixed", dest="relu6_fixed", action="store_false",
                     help="calibrate (or, with --activation-ranges, search) the ReLU6 outputs too")
     ap.add_argument("--out", type=Path, help="keep the files here (default: a temporary directory)")

@@ -36,7 +36,7 @@ def test_files_recipes_and_manifest(quantized):
         assert recipe["calibration"]["count"] == 64 and len(recipe["calibration"]["sha256"]) == 64
         assert recipe["options"]["relu6_fixed"] is True and recipe["options"]["input_range"] == [-1.0, 1.0]
         sources = {p["range_source"] for p in recipe["tensors"].values()}
-        assert {"fixed", "mse", "weights"} <= sources  # the default activation_ranges="mse"
+        assert {"fixed", "calibrated", "weights"} <= sources  # the default activation_ranges="minmax"
         # the static portability check, recorded: every kernel path of the file's runtime, all safe
         check = recipe["portability"]
         assert check["safe"] is True and check["layers"] == 53 and len(check["paths"]) >= 3

@@ -141,9 +141,9 @@ def test_the_option_reaches_the_cli_and_the_config(tmp_path):
     from edgeship.pipeline import load_config
 
     parse = build_parser().parse_args
-    assert parse(["quantize"]).activation_ranges == "mse"
+    assert parse(["quantize"]).activation_ranges == "minmax"
     assert parse(["quantize", "--activation-ranges", "mse"]).activation_ranges == "mse"
     config = tmp_path / "edgeship.toml"
     config.write_text('[quantize]\nactivation_ranges = "percentile"\n')
     assert load_config(config).activation_ranges == "percentile"
-    assert load_config(None).activation_ranges == "mse"
+    assert load_config(None).activation_ranges == "minmax"
