@@ -104,10 +104,10 @@ def load_policy(path: str | Path | None = None) -> Policy:
     """The shipped defaults, with the user's file (if any) merged over them table by table, key by key. A value of
     the wrong type, an unknown table/metric/budget, or a limit outside its metric's meaning (an agreement of 99 or
     -1, a negative drop, a latency ratio to an artifact kind that does not exist) is one :class:`UserError` line."""
-    policy = _parse(DEFAULT_POLICY)
+    policy, _ = _parse(DEFAULT_POLICY)
     if path is None:
         return policy
-    user = _parse(Path(path))
+    user, parsed = _parse(Path(path))  # parsed: what the user's file itself states (a key left out: None)
     for key, limits in user.metric_limits.items():
         policy.metric_limits[key] = {**policy.metric_limits.get(key, {}), **limits}
     for key, budgets in user.latency.items():
@@ -115,7 +115,6 @@ def load_policy(path: str | Path | None = None) -> Policy:
     for key, budgets in user.device_latency.items():
         policy.device_latency[key] = {**policy.device_latency.get(key, {}), **budgets}
     policy.baseline = {**policy.baseline, **user.baseline}  # key by key: a key left out keeps the shipped value
-    parsed = _check_file(Path(path))[1]
     if parsed.baseline is not None and parsed.baseline.fail_on_missing is not None:
         policy.fail_on_missing = parsed.baseline.fail_on_missing
     if parsed.multilabel is not None and parsed.multilabel.threshold is not None:
@@ -153,8 +152,15 @@ def _limit_type(metric: Metric) -> Any:
 
 MetricLimits = create_model("MetricLimits", __base__=Table,
                             **{m.value: (_limit_type(m) | None, None) for m in Metric})  # type: ignore[call-overload]
-FormatLimits = create_model("FormatLimits", __base__=Table,
-                            **{p.value: (MetricLimits | None, None) for p in Precision})  # type: ignore[call-overload]
+
+
+def _keyed(name: str, value: Any, keys: Any) -> Any:
+    """A schema table whose optional keys are ``keys`` (strings, or enums by value), each holding ``value``."""
+    return create_model(name, __base__=Table,  # type: ignore[call-overload]
+                        **{getattr(k, "value", k): (value | None, None) for k in keys})
+
+
+FormatLimits = _keyed("FormatLimits", MetricLimits, Precision)
 ArtifactKind = Literal[tuple(f"{f.value}.{p.value}" for f in Format for p in Precision)]  # type: ignore[valid-type]
 
 
@@ -171,10 +177,7 @@ class Budgets(Table):
     p50_ratio: Ratio | None = None
 
 
-LatencyPerFormat = create_model("LatencyPerFormat", __base__=Table,
-                                **{p.value: (Budgets | None, None) for p in Precision})  # type: ignore[call-overload]
-LatencyTable = create_model("LatencyTable", __base__=Table,
-                            **{f.value: (LatencyPerFormat | None, None) for f in Format})  # type: ignore[call-overload]
+LatencyTable = _keyed("LatencyTable", _keyed("LatencyPerFormat", Budgets, Precision), Format)
 
 
 def _increasing_margins(bins: list[float]) -> list[float]:
@@ -203,12 +206,8 @@ class BaselineBudgets(Table):
     fail_on_missing: bool | None = None
 
 
-DeviceBudgets = create_model("DeviceBudgets", __base__=Table,
-                             **{k: (Positive | None, None) for k in DEVICE_LATENCY_KEYS})  # type: ignore[call-overload]
-DevicePerFormat = create_model("DevicePerFormat", __base__=Table,
-                               **{p.value: (DeviceBudgets | None, None) for p in Precision})  # type: ignore
-DeviceLatencyTable = create_model("DeviceLatencyTable", __base__=Table,
-                                  **{f.value: (DevicePerFormat | None, None) for f in Format})  # type: ignore
+DeviceLatencyTable = _keyed("DeviceLatencyTable", _keyed(
+    "DevicePerFormat", _keyed("DeviceBudgets", Positive, DEVICE_LATENCY_KEYS), Precision), Format)
 
 
 class ContractLimits(Table):
@@ -219,8 +218,7 @@ class ContractLimits(Table):
     min_mean_margin: Fraction | None = None
 
 
-EmbeddingTable = create_model("EmbeddingTable", __base__=Table,
-                              **{p.value: (MetricLimits | None, None) for p in Precision})  # type: ignore
+EmbeddingTable = _keyed("EmbeddingTable", MetricLimits, Precision)
 MultilabelTable = create_model("MultilabelTable", __base__=EmbeddingTable,
                                threshold=(Annotated[float, Field(gt=0, lt=1)] | None, None))  # type: ignore
 
@@ -250,25 +248,29 @@ def _in_file_order(table: Any, raw: dict[str, Any]) -> dict[str, Any]:
     return {k: dumped[k] for k in raw if k in dumped}
 
 
-def _parse(path: Path) -> Policy:
+def _per_artifact(table: Any) -> Any:
+    """("format.precision", entry) for each entry of a [FORMAT.PRECISION]-keyed table (None: none)."""
+    for f in Format:
+        per = getattr(table, f.value) if table is not None else None
+        for p in Precision:
+            entry = getattr(per, p.value) if per is not None else None
+            if entry is not None:
+                yield f"{f.value}.{p.value}", entry
+
+
+def _parse(path: Path) -> tuple[Policy, Any]:
+    """The policy file at ``path`` alone, and its validated schema object (what the file itself states)."""
     data, parsed = _check_file(path)
     policy = Policy(source=str(path))
     for p in Precision:
         limits = getattr(parsed, p.value)
         if limits is not None:
             policy.metric_limits[p.value] = _in_file_order(limits, data[p.value])
-    for f in Format:
-        per = getattr(parsed, f.value)
-        for p in Precision:
-            limits = getattr(per, p.value) if per is not None else None
-            if limits is not None:
-                policy.metric_limits[f"{f.value}.{p.value}"] = _in_file_order(limits, data[f.value][p.value])
-    for f in Format:
-        per = getattr(parsed.latency, f.value) if parsed.latency is not None else None
-        for p in Precision:
-            budgets = getattr(per, p.value) if per is not None else None
-            if budgets is not None:
-                policy.latency[f"{f.value}.{p.value}"] = budgets.model_dump(exclude_none=True)
+    for key, limits in _per_artifact(parsed):
+        fmt, prec = key.split(".")
+        policy.metric_limits[key] = _in_file_order(limits, data[fmt][prec])
+    for key, budgets in _per_artifact(parsed.latency):
+        policy.latency[key] = budgets.model_dump(exclude_none=True)
     for kind in _KIND_TABLES:
         table = getattr(parsed, kind)
         for p in Precision:
@@ -277,12 +279,8 @@ def _parse(path: Path) -> Policy:
                 policy.metric_limits[f"{kind}.{p.value}"] = _in_file_order(limits, data[kind][p.value])
         if kind == OutputKind.MULTILABEL.value and table is not None and table.threshold is not None:
             policy.label_threshold = table.threshold
-    for f in Format:
-        per = getattr(parsed.device_latency, f.value) if parsed.device_latency is not None else None
-        for p in Precision:
-            budgets = getattr(per, p.value) if per is not None else None
-            if budgets is not None:
-                policy.device_latency[f"{f.value}.{p.value}"] = budgets.model_dump(exclude_none=True)
+    for key, budgets in _per_artifact(parsed.device_latency):
+        policy.device_latency[key] = budgets.model_dump(exclude_none=True)
     if parsed.contract is not None:
         policy.contract = {k: float(v) for k, v in parsed.contract.model_dump(exclude_none=True).items()}
     if parsed.baseline is not None:
@@ -296,4 +294,4 @@ def _parse(path: Path) -> Policy:
             policy.margin_bins = tuple(parsed.confidence.margin_bins)
         if parsed.confidence.confident_margin is not None:
             policy.confident_margin = parsed.confidence.confident_margin
-    return policy
+    return policy, parsed
