@@ -2,7 +2,8 @@
 (:mod:`edgeship.quantize.onnx_qdq`), so the two files compute with the same int8 parameters and answer alike.
 
 Measured on the demo (uint8 I/O, 360 held-out images): 100 % of output values identical to LiteRT's (XNNPACK);
-in ORT's optimised graph 52 QLinearConv, 10 QLinearAdd, 1 QLinearGlobalAveragePool and 1 QGemm, no float
+in ORT's optimised graph 52 QLinearConv, 1 QLinearGlobalAveragePool, 1 QGemm and the 10 residual adds in
+XNNPACK's integer arithmetic (:mod:`edgeship.quantize.onnx_qdq`), no float
 Conv/MatMul/Gemm, no Clip. The path it replaces, ``tf2onnx.convert.from_tflite``, kept Clip nodes between
 DequantizeLinear and QuantizeLinear (ORT ran it ~3x slower than LiteRT runs the .tflite) and agreed on 94.75 %;
 it stays as ``converter="tf2onnx"`` and as the fallback for a TFLite op the rewrite does not know.

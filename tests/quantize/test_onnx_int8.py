@@ -261,3 +261,88 @@ def test_quantize_onnx_static_from_a_float_onnx(demo, tmp_path):
     assert np.mean(probs.argmax(1) == reference.argmax(1)) >= 0.9
     with pytest.raises(UserError, match="calibration method"):
         quantize_onnx_static(float_path, cal.inputs[:2], tmp_path / "x.onnx", method="kl")
+
+
+#: Scales and (uint8) zero points of an ADD for which ONNX Runtime's QLinearAdd (22-bit multipliers) and XNNPACK's
+#: add (21-bit) round 11 of the 65,536 input pairs apart (found by a search over random parameters, 2026-11-30).
+TIE_ADD = {"a": (0.17489321529865265, 129), "b": (0.2489299476146698, 135), "out": (0.22622598707675934, 114)}
+
+
+def _exhaustive_add_tflite(tmp_path) -> bytes:
+    """A .tflite computing ``x + c``: x a (1, 256, 256, 1) uint8 input holding its row index, c an int8 constant
+    holding its column index, so the ADD meets every pair of 8-bit operands once, at :data:`TIE_ADD`'s
+    parameters (written into the converted file)."""
+    import keras
+    import tensorflow as tf
+
+    const = np.linspace(-1, 1, 256 * 256, dtype=np.float32).reshape(1, 256, 256, 1)
+    inp = keras.Input((256, 256, 1), dtype="float32")
+    model = keras.Model(inp, keras.layers.Lambda(lambda t: t + tf.constant(const))(inp))
+    rng = np.random.default_rng(0)
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([rng.uniform(-1, 1, (1, 256, 256, 1)).astype(np.float32)] for _ in range(4))
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = conv.inference_output_type = tf.uint8
+    from edgeship._tf import silenced
+
+    with silenced():
+        model_obj = flatbuffer_utils.read_model_from_bytearray(bytearray(conv.convert()))
+    sg = model_obj.subgraphs[0]
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model_obj.operatorCodes]
+    (add,) = [op for op in sg.operators if codes[op.opcodeIndex] == schema.BuiltinOperator.ADD]
+    x_i, c_i = [int(i) for i in add.inputs]
+    if model_obj.buffers[sg.tensors[x_i].buffer].data is not None:
+        x_i, c_i = c_i, x_i
+    out_i = int(add.outputs[0])
+
+    def set_q(i: int, scale: float, zp_uint8: int) -> None:
+        t = sg.tensors[i]
+        signed = t.type == schema.TensorType.INT8
+        t.quantization.scale = np.array([scale], np.float32)
+        t.quantization.zeroPoint = np.array([zp_uint8 - 128 if signed else zp_uint8], np.int64)
+
+    set_q(c_i, *TIE_ADD["b"])
+    model_obj.buffers[sg.tensors[c_i].buffer].data = np.tile(np.arange(-128, 128, dtype=np.int8), 256).view(np.uint8)
+    for i in (int(sg.inputs[0]), x_i):  # the graph input and its int8 copy: the same scale, so values pass as they are
+        set_q(i, *TIE_ADD["a"])
+    for i in (out_i, int(sg.outputs[0])):
+        set_q(i, *TIE_ADD["out"])
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model_obj))
+
+
+def test_add_equals_litert_on_every_pair_of_operands(tmp_path):
+    """The rewrite's ADD is XNNPACK's integer add: all 65,536 operand pairs give LiteRT's value, at parameters where
+    ORT's own QLinearAdd (what DQ -> Add -> Q fuses into) does not."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from edgeship.quantize.onnx_qdq import qdq_from_tflite
+    from edgeship.quantize.portability import portable_onnx
+
+    tfl = tmp_path / "add.tflite"
+    tfl.write_bytes(_exhaustive_add_tflite(tmp_path))
+    x = np.repeat(np.arange(256, dtype=np.uint8), 256).reshape(1, 256, 256, 1)
+    expected = _litert(tfl, x).astype(int).ravel()
+    rows, cols = np.repeat(np.arange(256), 256), np.tile(np.arange(256), 256)  # the uint8 operands a, b
+
+    proto = qdq_from_tflite(tfl.read_bytes(), input_name="x", output_name="y")
+    portable_onnx(proto, "the add")
+    got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert not any(n.op_type == "QLinearAdd" for n in onnx.load_from_string(proto.SerializeToString()).graph.node)
+    mismatched = np.flatnonzero(got.astype(int).ravel() != expected)
+    assert mismatched.size == 0, f"{mismatched.size} operand pairs differ from LiteRT, e.g. {rows[mismatched[:3]]}, {cols[mismatched[:3]]}"
+
+    # ORT's fused QLinearAdd at the same parameters: some pairs round apart (why ADD is written out in integers)
+    (sa, za), (sb, zb), (so, zo) = TIE_ADD["a"], TIE_ADD["b"], TIE_ADD["out"]
+    node = helper.make_node("QLinearAdd", ["a", "sa", "za", "b", "sb", "zb", "so", "zo"], ["c"], domain="com.microsoft")
+    inits = [helper.make_tensor(k, TensorProto.FLOAT, [], [v]) for k, v in (("sa", sa), ("sb", sb), ("so", so))]
+    inits += [helper.make_tensor(k, TensorProto.UINT8, [], [v]) for k, v in (("za", za), ("zb", zb), ("zo", zo))]
+    vec = lambda n: helper.make_tensor_value_info(n, TensorProto.UINT8, [None])  # noqa: E731
+    graph = helper.make_graph([node], "qlinear_add", [vec("a"), vec("b")], [vec("c")], inits)
+    qladd = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                              ir_version=8)
+    fused = ort.InferenceSession(qladd.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"a": rows.astype(np.uint8), "b": cols.astype(np.uint8)})[0].astype(int)
+    assert 0 < np.sum(fused != expected) < 100
