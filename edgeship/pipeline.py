@@ -26,10 +26,11 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     precisions = ["int8", "w8", "w8a8"]  # default: each format's (int8 TFLite/ONNX, Core ML w8 and w8a8)
     onnx_method = "tflite"               # or minmax/entropy/percentile: ONNX Runtime's quantize_static
     bias_correction = true               # correct the mean output shift of int8 weights
-    weight_rounding = "nearest"          # or "adaptive": int8 steps chosen on the calibration set (AdaRound)
+    ptq = "thorough"                     # or "fast": the preset the next three options default to (edgeship.quantize.PTQ_PRESETS)
+    weight_rounding = "adaptive"         # or "nearest" (faster): int8 steps chosen on the calibration set (AdaRound)
     cross_layer_equalization = false     # equalise depthwise -> pointwise pairs first (edgeship.quantize.equalization)
-    activation_ranges = "minmax"         # or mse/percentile: per-tensor range search (edgeship.quantize.ranges)
-    int8_bias_correction = false         # correct the int8 TFLite's biases op by op (edgeship.quantize.int8_bias_correction)
+    activation_ranges = "mse"            # or minmax/percentile: per-tensor range search (edgeship.quantize.ranges)
+    int8_bias_correction = true          # correct the int8 TFLite's biases op by op (edgeship.quantize.int8_bias_correction)
     raw_input_compensation = false       # the uint8 input's half-step zero point (edgeship.quantize.raw_input)
     keep_float = "auto"                  # the float fallback: "auto" or a number of ops (default: none)
     max_drop = 0.01                      # with keep_float = "auto": the top-1 disagreement allowed
@@ -104,10 +105,11 @@ class QuantizeTable(Table):
     precisions: list[Literal["int8", "w8", "w8a8", "fp16"]] | None = None
     onnx_method: Literal["tflite", "minmax", "entropy", "percentile"] = "tflite"
     bias_correction: bool = True
-    weight_rounding: Literal["nearest", "adaptive"] = "nearest"
+    ptq: Literal["thorough", "fast"] = "thorough"
+    weight_rounding: Literal["nearest", "adaptive"] | None = None
     cross_layer_equalization: bool = False
-    activation_ranges: Literal["minmax", "mse", "percentile"] = "minmax"
-    int8_bias_correction: bool = False
+    activation_ranges: Literal["minmax", "mse", "percentile"] | None = None
+    int8_bias_correction: bool | None = None
     raw_input_compensation: bool = False
     keep_float: Literal["auto"] | PositiveInt | None = None
     max_drop: Fraction = 0.01
@@ -172,10 +174,11 @@ class RunConfig:
     quantize_precisions: list[str] | None = None  # None: each format's defaults
     onnx_method: str = "tflite"
     bias_correction: bool = True
-    weight_rounding: str = "nearest"
+    ptq: str = "thorough"
+    weight_rounding: str | None = None  # None: the ptq preset's
     cross_layer_equalization: bool = False
-    activation_ranges: str = "minmax"
-    int8_bias_correction: bool = False
+    activation_ranges: str | None = None
+    int8_bias_correction: bool | None = None
     raw_input_compensation: bool = False
     keep_float: str | int | None = None
     max_drop: float = 0.01
@@ -231,7 +234,7 @@ def load_config(path: str | Path | None) -> RunConfig:
         formats=list(e.formats) if e.formats is not None else RunConfig().formats, precisions=e.precisions,
         onnx_layout=e.onnx_layout, quantize_formats=q.formats,
         calibration=rel(q.calibration), num_samples=q.num_samples, relu6_fixed=q.relu6_fixed, seed=q.seed,
-        quantize_precisions=q.precisions, onnx_method=q.onnx_method, weight_rounding=q.weight_rounding,
+        quantize_precisions=q.precisions, onnx_method=q.onnx_method, ptq=q.ptq, weight_rounding=q.weight_rounding,
         cross_layer_equalization=q.cross_layer_equalization, activation_ranges=q.activation_ranges,
         bias_correction=q.bias_correction, int8_bias_correction=q.int8_bias_correction,
         raw_input_compensation=q.raw_input_compensation, keep_float=q.keep_float, max_drop=q.max_drop,
@@ -302,7 +305,7 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
                      weight_rounding=config.weight_rounding, activation_ranges=config.activation_ranges,
                      cross_layer_equalization=config.cross_layer_equalization,
                      bias_correction=config.bias_correction, keep_float=config.keep_float,
-                     int8_bias_correction=config.int8_bias_correction,
+                     int8_bias_correction=config.int8_bias_correction, ptq=config.ptq,
                      raw_input_compensation=config.raw_input_compensation,
                      max_drop=config.max_drop, max_size=config.max_size,
                      input_range=config.calibration_input_range)

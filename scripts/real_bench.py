@@ -119,19 +119,22 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=20, help="timed runs per file for p50 (default 20)")
     ap.add_argument("--peer", action="store_true", help="also the TFLite converter's default int8")
     ap.add_argument("--no-opencv", action="store_true", help="leave out Debian's opencv-doc photos")
-    ap.add_argument("--activation-ranges", default="minmax", choices=["minmax", "mse", "percentile"],
-                    help="quantize's activation_ranges (default minmax, quantize's default)")
+    ap.add_argument("--ptq", default="thorough", choices=["thorough", "fast"],
+                    help="quantize's preset (default thorough, quantize's default); the options below override it")
+    ap.add_argument("--activation-ranges", default=None, choices=["minmax", "mse", "percentile"],
+                    help="quantize's activation_ranges (default: the preset's)")
     ap.add_argument("--no-relu6-fixed", dest="relu6_fixed", action="store_false",
                     help="calibrate (or, with --activation-ranges, search) the ReLU6 outputs too")
     ap.add_argument("--out", type=Path, help="keep the files here (default: a temporary directory)")
     ap.add_argument("--json", type=Path, help="write the results as JSON")
-    ap.add_argument("--weight-rounding", default="nearest", choices=["nearest", "adaptive"],
-                    help="int8 weight rounding of the quantised files (default nearest)")
+    ap.add_argument("--weight-rounding", default=None, choices=["nearest", "adaptive"],
+                    help="int8 weight rounding of the quantised files (default: the preset's)")
     ap.add_argument("--cross-layer-equalization", action="store_true",
                     help="equalise the depthwise -> pointwise pairs first (quantize's cross_layer_equalization)")
     ap.add_argument("--precision", help="comma-separated precisions to quantise (default: each format's)")
-    ap.add_argument("--int8-bias-correction", action="store_true",
-                    help="correct the int8 TFLite's biases op by op (edgeship.quantize.int8_bias_correction)")
+    ap.add_argument("--int8-bias-correction", action=argparse.BooleanOptionalAction, default=None,
+                    help="correct the int8 TFLite's biases op by op (edgeship.quantize.int8_bias_correction; "
+                         "default: the preset's)")
     ap.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
                     help="no bias correction of the weights' rounding (Keras level)")
     args = ap.parse_args()
@@ -186,7 +189,7 @@ def main() -> int:
              cross_layer_equalization=args.cross_layer_equalization,
              precisions=args.precision.split(",") if args.precision else None,
              activation_ranges=args.activation_ranges, relu6_fixed=args.relu6_fixed,
-             int8_bias_correction=args.int8_bias_correction, bias_correction=args.bias_correction)
+             int8_bias_correction=args.int8_bias_correction, bias_correction=args.bias_correction, ptq=args.ptq)
     timings["quantize_s"] = time.perf_counter() - t
     log(f"quantised in {timings['quantize_s']:.1f} s")
 

@@ -168,7 +168,7 @@ def compute_statistics(job: Job, keep_float: str | int | None, max_drop: float, 
     if job.ranges["relu6_fixed"] and not int8.relu6_tensors:
         job.warn("the model has no ReLU6 outputs: the fixed-range mode has nothing to do, every activation was "
                  "calibrated")
-    method = job.options.get("activation_ranges", "minmax")
+    method = job.options.get("activation_ranges", "minmax")  # quantize() resolved it from the ptq preset
     if method != "minmax":  # search the ranges of the tensors left to calibration, then quantise with them
         from edgeship.quantize.ranges import choose_ranges
 

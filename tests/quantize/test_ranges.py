@@ -117,7 +117,8 @@ def test_the_stage_records_the_searched_ranges(tmp_path):
     from edgeship.quantize import quantize
 
     result = quantize(out=tmp_path, formats=["tflite"], precisions=["int8"], num_samples=32, progress=False,
-                      bias_correction=False, activation_ranges="mse")
+                      bias_correction=False, activation_ranges="mse", weight_rounding="nearest",
+                      int8_bias_correction=False)  # the ranges alone
     recipe = json.loads(result.recipes[0].read_text())
     assert recipe["options"]["activation_ranges"] == "mse"
     searched = {n: t for n, t in recipe["tensors"].items() if t["range_source"] == "mse" and "range" in t}
@@ -139,11 +140,18 @@ def test_an_unknown_method_is_a_user_error():
 def test_the_option_reaches_the_cli_and_the_config(tmp_path):
     from edgeship.cli import build_parser
     from edgeship.pipeline import load_config
+    from edgeship.quantize import resolve_ptq
 
     parse = build_parser().parse_args
-    assert parse(["quantize"]).activation_ranges == "minmax"
-    assert parse(["quantize", "--activation-ranges", "mse"]).activation_ranges == "mse"
+    args = parse(["quantize"])
+    assert (args.ptq, args.activation_ranges) == ("thorough", None)  # None: the preset decides
+    assert resolve_ptq(args.ptq, activation_ranges=args.activation_ranges)["activation_ranges"] == "mse"
+    args = parse(["quantize", "--ptq", "fast", "--activation-ranges", "percentile"])
+    assert resolve_ptq(args.ptq, activation_ranges=args.activation_ranges) == {
+        "activation_ranges": "percentile", "weight_rounding": "nearest", "int8_bias_correction": False}
     config = tmp_path / "edgeship.toml"
-    config.write_text('[quantize]\nactivation_ranges = "percentile"\n')
-    assert load_config(config).activation_ranges == "percentile"
-    assert load_config(None).activation_ranges == "minmax"
+    config.write_text('[quantize]\nactivation_ranges = "percentile"\nptq = "fast"\n')
+    assert (load_config(config).activation_ranges, load_config(config).ptq) == ("percentile", "fast")
+    assert (load_config(None).activation_ranges, load_config(None).ptq) == (None, "thorough")
+    with pytest.raises(UserError, match="thorough, fast"):
+        resolve_ptq("best")
