@@ -155,3 +155,21 @@ def test_the_option_reaches_the_cli_and_the_config(tmp_path):
     assert (load_config(None).activation_ranges, load_config(None).ptq) == (None, "thorough")
     with pytest.raises(UserError, match="thorough, fast"):
         resolve_ptq("best")
+
+
+def test_the_thorough_preset_warns_when_the_calibration_set_is_small(tmp_path):
+    """Adaptive rounding and int8 bias correction are fitted to the calibration set: fewer than 64 images get a
+    warning (raised here to stop the run right after the calibration set is read)."""
+    from edgeship.quantize import quantize
+
+    class Warned(Exception):
+        pass
+
+    def warn(msg: str) -> None:
+        raise Warned(msg)
+
+    with pytest.raises(Warned, match="adaptive rounding and int8 bias correction .* 32 images may be too few"):
+        quantize(formats=["tflite"], precisions=["int8"], num_samples=32, out=tmp_path, progress=False, warn=warn)
+    with pytest.raises(Warned, match="^int8 bias correction .* 16 images"):
+        quantize(formats=["tflite"], precisions=["int8"], num_samples=16, out=tmp_path, progress=False, warn=warn,
+                 weight_rounding="nearest")
