@@ -135,12 +135,18 @@ def test_the_onnx_carries_the_tflite_parameters(make):
     assert sorted(b.tobytes() for b in int32_biases) == sorted(b.tobytes() for b in tfl_biases)
     onnx_params = {(np.float32(inits[n.input[1]]).tobytes(), int(inits[n.input[2]]))
                    for n in graph.node if n.op_type == "QuantizeLinear"}
-    assert onnx_params <= act_params and len(onnx_params) >= 10
+    saturate = (np.float32(1.0).tobytes(), 0)  # an integer ADD's last step: the integer result saturated to uint8
+    adds = sum(1 for op in sg.operators if type(op.builtinOptions).__name__ == "AddOptionsT")
+    assert adds == 10 and saturate in onnx_params
+    assert sum(1 for n in graph.node if n.op_type == "QuantizeLinear"
+               and (np.float32(inits[n.input[1]]).tobytes(), int(inits[n.input[2]])) == saturate) == adds
+    assert onnx_params - {saturate} <= act_params and len(onnx_params) >= 10
 
 
 def test_ort_runs_every_conv_and_the_classifier_in_int8(make):
     """In the graph ORT executes: one QLinearConv per TFLite convolution, the FC as QGemm, no float
-    Conv/MatMul/Gemm, no Clip, no Transpose or Clip between a DequantizeLinear and a QuantizeLinear."""
+    Conv/MatMul/Gemm, no Clip, no Transpose or Clip between a DequantizeLinear and a QuantizeLinear, no
+    DequantizeLinear left, and a QuantizeLinear only where an integer ADD saturates its result."""
     import onnx
 
     from edgeship.quantize.onnx_qdq import fusion_report, ort_optimized_graph
@@ -148,6 +154,7 @@ def test_ort_runs_every_conv_and_the_classifier_in_int8(make):
     tfl, onx = make()
     ops = flatbuffer_utils.read_model_from_bytearray(bytearray(tfl.read_bytes())).subgraphs[0].operators
     convs = sum(1 for op in ops if type(op.builtinOptions).__name__ in ("Conv2DOptionsT", "DepthwiseConv2DOptionsT"))
+    adds = sum(1 for op in ops if type(op.builtinOptions).__name__ == "AddOptionsT")
     assert convs == 52
     source = onnx.load(str(onx)).graph
     assert not [n for n in source.node if n.op_type == "Clip"]  # ReLU6 clamps = the quantised range: dropped
@@ -161,7 +168,8 @@ def test_ort_runs_every_conv_and_the_classifier_in_int8(make):
         assert report["float_compute"] == 0 and report["clips"] == 0 and not report["stranded"], (level, report)
         assert report["qlinear_conv"] == convs, report
         assert report["op_counts"].get("QGemm", 0) + report["op_counts"].get("QLinearMatMul", 0) == 1, report
-        assert not {"DequantizeLinear", "QuantizeLinear"} & set(report["op_counts"]), report
+        assert "DequantizeLinear" not in report["op_counts"], report
+        assert report["op_counts"].get("QuantizeLinear", 0) == adds == 10, report  # the integer adds' saturation
 
 
 def test_the_validator_reads_it_and_it_agrees_with_float(demo, make):
