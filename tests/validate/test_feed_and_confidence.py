@@ -43,14 +43,10 @@ def int8_demo(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def float_demo(int8_demo, tmp_path_factory):
-    """The demo's fp32 TFLite (exported once for the module)."""
-    from edgeship.export import export
-
-    loaded = int8_demo[0]
-    out = tmp_path_factory.mktemp("float")
-    result = export(loaded=loaded, formats=["tflite"], out=out, progress=False)
-    return out / result.manifest.artifacts[0].path
+def float_demo(demo_export):
+    """The demo's fp32 TFLite (the session's one export, conftest.py)."""
+    result = demo_export(formats=["tflite"])
+    return result.out_dir / result.manifest.artifacts[0].path
 
 
 def test_uint8_data_are_fed_raw_and_float_data_requantised(int8_demo):

@@ -18,11 +18,10 @@ from edgeship.validate.results import Status
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(demo_export):
+    """The demo's default float files (the session's one export, conftest.py)."""
     loaded = load_model()
-    out = tmp_path_factory.mktemp("exp")
-    export(loaded=loaded, out=out, formats=["tflite", "onnx", "coreml"], progress=False)
-    return loaded, out
+    return loaded, demo_export(formats=["tflite", "onnx", "coreml"]).out_dir
 
 
 def _run(capsys, *args):
