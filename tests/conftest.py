@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,18 +30,92 @@ def demo_heldout():
 
 
 @pytest.fixture(scope="session")
-def demo_release(tmp_path_factory):
+def demo_float_exports(tmp_path_factory):
+    """The demo exported once for the session to every float file edgeship makes (TFLite fp32 and fp16, ONNX fp32,
+    Core ML fp32 and fp16; 5 conversions): (loaded demo, ExportResult). Read-only: tests take the files they need
+    through ``demo_export`` (a directory of their own), not from here."""
+    from edgeship.export import export
+    from edgeship.models.loading import load_model
+    from edgeship.types import Format
+
+    loaded = load_model()
+    out = tmp_path_factory.mktemp("demo_float")
+    return loaded, export(loaded=loaded, out=out, formats=list(Format), precisions=["fp32", "fp16"], progress=False)
+
+
+@pytest.fixture(scope="session")
+def demo_export(demo_float_exports, tmp_path_factory):
+    """``demo_export(formats=..., precisions=..., out=None) -> ExportResult``: a directory holding what
+    ``export(formats=..., precisions=...)`` of the demo makes, with the manifest it writes (same records, same order),
+    copied from the session's one float export instead of converting again (the conversions are deterministic:
+    tests/export/test_reproducible.py). ``out``: where (a new temporary directory when None); the caller owns it."""
+    import shutil
+
+    from edgeship.export import ExportResult
+    from edgeship.export.common import plan
+    from edgeship.manifest import MANIFEST_NAME, Manifest
+    from edgeship.types import Format, Precision
+
+    _, source = demo_float_exports
+
+    def make(formats=tuple(Format), precisions=None, out=None) -> ExportResult:
+        jobs = plan([Format(f) for f in formats], [Precision(p) for p in precisions] if precisions else None)
+        out = Path(out) if out is not None else tmp_path_factory.mktemp("demo_export")
+        out.mkdir(parents=True, exist_ok=True)
+        by_job = {(a.format, a.precision): a for a in source.manifest.artifacts}
+        manifest = Manifest.load(source.out_dir)
+        manifest.artifacts = []
+        result = ExportResult(out, out / MANIFEST_NAME, manifest)
+        for job in jobs:
+            record = by_job[job]
+            src, dest = source.out_dir / record.path, out / record.path
+            if src.is_dir():
+                shutil.copytree(src, dest)
+            else:
+                shutil.copy2(src, dest)
+            manifest.add(record)
+            result.paths.append(dest)
+        manifest.save(out)
+        return result
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def demo_calibrated():
+    """One calibration of the demo for the session (32 calibration images, seed 0; a TFLite conversion, the slow
+    step): (loaded demo, the Calibration, the calibrated float flatbuffer for ``quantize_calibrated``)."""
+    from edgeship.models.loading import load_model
+    from edgeship.quantize.calibration import load_calibration
+    from edgeship.quantize.tflite import calibrate
+
+    loaded = load_model()
+    cal = load_calibration(None, loaded.spec, num_samples=32, seed=0)
+    return loaded, cal, calibrate(loaded, cal.inputs)
+
+
+@pytest.fixture(scope="session")
+def demo_onnx_nchw(tmp_path_factory):
+    """The demo's ONNX with an NCHW input, exported once for the session (ExportResult; read-only)."""
+    from edgeship.export import export
+    from edgeship.models.loading import load_model
+
+    out = tmp_path_factory.mktemp("demo_nchw")
+    return export(loaded=load_model(), out=out, formats=["onnx"], onnx_layout="nchw", progress=False)
+
+
+@pytest.fixture(scope="session")
+def demo_release(tmp_path_factory, demo_export):
     """One exported + quantised demo release for the session: (directory with manifest.json, fp32 and int8 TFLite;
     an .npy of 8 held-out images). Read-only: copy it before changing anything."""
     from PIL import Image
 
-    from edgeship.export import export
     from edgeship.models.loading import load_model
     from edgeship.quantize import quantize
 
     root = tmp_path_factory.mktemp("demo_release")
     loaded = load_model()
-    export(loaded=loaded, out=root / "out", formats=["tflite"], progress=False)
+    demo_export(formats=["tflite"], out=root / "out")
     quantize(loaded=loaded, out=root / "out", formats=["tflite"], num_samples=16, bias_correction=False)
     files = sorted(HELDOUT.rglob("*.png"))[::45][:8]
     np.save(root / "data.npy", np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]))

@@ -55,11 +55,10 @@ def _one_line(code: int, err: str, expected_code: int, *needles: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory) -> Path:
-    """The demo exported to a float TFLite, once: what the validate cases check data against."""
-    out = tmp_path_factory.mktemp("catalogue") / "art"
-    assert main(["export", "--formats", "tflite", "--out", str(out)]) == 0
-    return out
+def artifacts(demo_export) -> Path:
+    """The demo exported to a float TFLite (what ``edgeship export --formats tflite`` writes; the session's one
+    export, conftest.py): what the validate cases check data against."""
+    return demo_export(formats=["tflite"]).out_dir
 
 
 # ------------------------------------------------------------------------------------------------ data cases

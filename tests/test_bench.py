@@ -44,3 +44,17 @@ def test_bench_quick(tmp_path):
             assert ("MET" in row) if t["met"] else ("MISS" in row), row
     assert "MET" in stdout or "MISS" in stdout
     assert "[" in proc.stderr and "done" in proc.stderr  # progress lines went to stderr
+
+    # The bench's demo run is `edgeship run` without a config (pipeline.run(RunConfig(out=...)) in a fresh process;
+    # tests/validate/test_validate_cli.py checks the CLI hands it that config): the whole default pipeline on the
+    # demo, checked here so the suite runs it once.
+    work = Path(re.search(r"work dir (\S+)", proc.stderr).group(1))
+    demo = work / "demo_run0" / "report"
+    assert (demo / "report.html").exists() and (demo / "report.md").exists() and (demo / "junit.xml").exists()
+    report = json.loads((demo / "report.json").read_text())
+    rows = {(a["format"], a["precision"]): a for a in report["artifacts"]}
+    assert set(rows) == {("tflite", "fp32"), ("onnx", "fp32"), ("coreml", "fp16"),  # float, then quantised
+                         ("tflite", "int8"), ("onnx", "int8"), ("coreml", "w8"), ("coreml", "w8a8")}
+    assert all(a["status"] == "passed" for a in report["artifacts"]), report["artifacts"]  # Core ML by reference
+    assert report["passed"] is True and report["data"]["count"] == 360
+    assert rows[("coreml", "w8a8")]["layer_sqnr"]  # the per-layer report of the quantise stage, read back

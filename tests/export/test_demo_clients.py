@@ -6,18 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeship.export import export
 from edgeship.models.loading import load_model
 from edgeship.types import Format
 from tests.conftest import macos_only
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory, demo_heldout):
+def demo(demo_export, demo_heldout):
+    """Every float file of the demo (the session's one export, ``demo_export`` in conftest.py)."""
     images, truth, labels = demo_heldout
     loaded = load_model()
-    out = tmp_path_factory.mktemp("demo")
-    result = export(loaded=loaded, out=out, formats=list(Format), precisions=["fp32", "fp16"], progress=False)
+    result = demo_export(formats=list(Format), precisions=["fp32", "fp16"])
     keras_top1 = np.asarray(loaded.keras_model(loaded.spec.preprocessing.apply(images))).argmax(1)
     return loaded, result, images, truth, keras_top1
 
@@ -66,14 +65,14 @@ def test_fp16_tflite_agrees_on_top1(demo):
     assert np.array_equal(top1, keras_top1)
 
 
-def test_onnx_nchw_layout(demo, tmp_path):
+def test_onnx_nchw_layout(demo, demo_onnx_nchw):
     import onnxruntime as ort
 
     loaded, _, images, _, keras_top1 = demo
-    result = export(loaded=loaded, out=tmp_path, formats=["onnx"], onnx_layout="nchw", progress=False)
+    result = demo_onnx_nchw
     (rec,) = result.manifest.artifacts
     assert rec.options["layout"] == "nchw" and rec.path.endswith("_nchw.onnx")
-    sess = ort.InferenceSession(str(tmp_path / rec.path), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(result.out_dir / rec.path), providers=["CPUExecutionProvider"])
     assert sess.get_inputs()[0].shape[1:] == [3, 96, 96]
     x = np.transpose(loaded.spec.preprocessing.apply(images), (0, 3, 1, 2))
     (logits,) = sess.run(None, {"image": np.ascontiguousarray(x)})

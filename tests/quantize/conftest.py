@@ -11,16 +11,14 @@ from edgeship.types import Layout
 
 
 @pytest.fixture(scope="session")
-def demo():
+def demo(demo_calibrated):
+    """(loaded demo, Calibration, calibrated flatbuffer, held-out images): the session's one calibration
+    (``demo_calibrated`` in tests/conftest.py, shared with the validate tests)."""
     from edgeship.data import load_image_folder
-    from edgeship.models.loading import load_model
-    from edgeship.quantize.calibration import load_calibration
-    from edgeship.quantize.tflite import calibrate
 
-    loaded = load_model()
-    cal = load_calibration(None, loaded.spec, num_samples=32, seed=0)
+    loaded, cal, calibrated = demo_calibrated
     heldout = load_image_folder(DEMO_DIR / "heldout", loaded.spec.input_shape[:2], loaded.spec.labels).images
-    return loaded, cal, calibrate(loaded, cal.inputs), heldout
+    return loaded, cal, calibrated, heldout
 
 
 @pytest.fixture(scope="session")

@@ -44,8 +44,9 @@ def demo_loaded():
 
 
 @pytest.fixture(scope="module")
-def made(demo_loaded, tmp_path_factory):
-    """Per deployment target: (float fp16 package, w8 package, recipe); exported and quantised once."""
+def made(demo_loaded, tmp_path_factory, demo_export):
+    """Per deployment target: (float fp16 package, w8 package, recipe); exported and quantised once (iOS16, the
+    export's default: the session's one export, conftest.py)."""
     from edgeship.export import export
     from edgeship.quantize.coreml import quantize_coreml_w8
 
@@ -54,8 +55,11 @@ def made(demo_loaded, tmp_path_factory):
     def get(target: str = "iOS16"):
         if target not in cache:
             out = tmp_path_factory.mktemp(f"coreml_{target}")
-            result = export(loaded=demo_loaded, formats=["coreml"], out=out, deployment_target=target,
-                            progress=False)
+            if target == "iOS16":
+                result = demo_export(formats=["coreml"], out=out)
+            else:
+                result = export(loaded=demo_loaded, formats=["coreml"], out=out, deployment_target=target,
+                                progress=False)
             fp16 = result.paths[0]
             w8 = out / "edgeship_demo_w8.mlpackage"
             cache[target] = (fp16, w8, quantize_coreml_w8(fp16, w8))

@@ -194,7 +194,7 @@ def test_a_precision_no_format_makes_is_refused(capsys, tmp_path):
     assert not any(tmp_path.iterdir())  # nothing half-written
 
 
-def test_onnx_from_ort_quantize_static_on_request(capsys, tmp_path):
+def test_onnx_from_ort_quantize_static_on_request(capsys, tmp_path, demo_export):
     """--onnx-method minmax: ONNX Runtime's own QDQ quantisation of the float ONNX export (exported on the way),
     recorded as such; it runs in the validator and agrees with float, but is not the .tflite's twin."""
     import onnx
@@ -220,9 +220,7 @@ def test_onnx_from_ort_quantize_static_on_request(capsys, tmp_path):
     # one (it was once exported while the correction was in force)
     from onnx import numpy_helper
 
-    from edgeship.export import export
-
-    direct = export(formats=["onnx"], out=tmp_path / "direct", progress=False).paths[0]
+    direct = demo_export(formats=["onnx"]).paths[0]  # export(formats=["onnx"]) of the demo (conftest.py)
     # (tf2onnx numbers its constants per process, so the two are compared as multisets of arrays, not by name)
     weights = [sorted((a.shape, a.dtype.str, a.tobytes()) for a in
                       (numpy_helper.to_array(i) for i in onnx.load(str(p)).graph.initializer))

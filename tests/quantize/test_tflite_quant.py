@@ -18,23 +18,18 @@ N_CALIBRATION = 32
 
 
 @pytest.fixture(scope="module")
-def demo():
-    from edgeship.data import load_image_folder
-    from edgeship.models.loading import load_model
-
-    loaded = load_model()
-    labels = loaded.spec.labels
-    cal = load_image_folder(DEMO_DIR / "calibration", (96, 96), class_names=labels)
-    pick = np.random.default_rng(0).permutation(len(cal.images))[:N_CALIBRATION]  # every class, not one folder
-    return loaded, loaded.spec.preprocessing.apply(cal.images[pick])
+def demo(demo_calibrated):
+    """The demo and N_CALIBRATION calibration images, preprocessed: a seeded random pick (every class, not one
+    folder), the session's one calibration set (``demo_calibrated`` in tests/conftest.py)."""
+    loaded, cal, _ = demo_calibrated
+    assert len(cal.inputs) == N_CALIBRATION
+    return loaded, cal.inputs
 
 
 @pytest.fixture(scope="module")
-def calibrated(demo) -> bytes:
-    from edgeship.quantize.tflite import calibrate
-
-    loaded, calibration = demo
-    return calibrate(loaded, calibration)
+def calibrated(demo_calibrated) -> bytes:
+    """``calibrate(loaded, calibration)`` of ``demo``: the session's (a conversion, the slow step)."""
+    return demo_calibrated[2]
 
 
 @pytest.fixture(scope="module")

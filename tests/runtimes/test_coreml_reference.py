@@ -22,14 +22,14 @@ N_COMPARED = 6  # images per variant through the executor (a 224 V3 takes ~40 ms
 
 
 @pytest.fixture(scope="session")
-def demo_packages(tmp_path_factory):
-    """The trained demo exported to Core ML fp32 and fp16, and the fp16 one quantised to W8 (int8 weights):
-    (loaded model, {precision: path})."""
+def demo_packages(demo_export):
+    """The trained demo exported to Core ML fp32 and fp16 (the session's one export, conftest.py), and the fp16 one
+    quantised to W8 (int8 weights): (loaded model, {precision: path})."""
     from edgeship.quantize.coreml import quantize_coreml_w8
 
     loaded = load_model()
-    out = tmp_path_factory.mktemp("demo_coreml")
-    result = export(loaded=loaded, out=out, formats=["coreml"], precisions=["fp32", "fp16"], progress=False)
+    result = demo_export(formats=["coreml"], precisions=["fp32", "fp16"])
+    out = result.out_dir
     paths = {p.name.rsplit("_", 1)[1].split(".")[0]: p for p in result.paths}
     paths["w8"] = out / "edgeship_demo_w8.mlpackage"
     quantize_coreml_w8(paths["fp16"], paths["w8"])

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from edgeship.errors import UserError
-from edgeship.export import export
 from edgeship.models.loading import load_model
 from edgeship.types import Format, Layout
 from edgeship.runtimes.runner import Unavailable
@@ -21,13 +20,12 @@ from edgeship.runtimes.onnxrt import OnnxRuntimeRunner
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, demo_heldout):
+def files(demo_export, demo_onnx_nchw, demo_heldout):
+    """The demo's default float files and its NCHW ONNX (the session's exports, conftest.py)."""
     loaded = load_model()
-    out = tmp_path_factory.mktemp("runners")
-    res = export(loaded=loaded, out=out, formats=list(Format), progress=False)
-    nchw = export(loaded=loaded, out=out / "nchw", formats=["onnx"], onnx_layout="nchw", progress=False)
-    paths = {a.format.value: out / a.path for a in res.manifest.artifacts}
-    paths["onnx_nchw"] = nchw.paths[0]
+    res = demo_export(formats=list(Format))
+    paths = {a.format.value: res.out_dir / a.path for a in res.manifest.artifacts}
+    paths["onnx_nchw"] = demo_onnx_nchw.paths[0]
     images, _, _ = demo_heldout
     reference = KerasRunner(loaded).open().predict(images)
     return loaded, paths, images, reference

@@ -111,17 +111,15 @@ def test_a_bad_image_fails_alone(tmp_path, int8_files):
 
 # ------------------------------------------------------------------------------------------------- Ray
 @pytest.fixture(scope="module")
-def int8_files(tmp_path_factory):
-    """An int8 TFLite of the demo and the int8 ONNX rewritten from it (calibrated on 32 images: ~10 s)."""
+def int8_files(tmp_path_factory, demo_calibrated):
+    """An int8 TFLite of the demo and the int8 ONNX rewritten from it (calibrated on 32 images: the session's one
+    calibration, ``demo_calibrated`` in tests/conftest.py)."""
     from edgeship.export.common import ModelInfo
-    from edgeship.models.loading import load_model
-    from edgeship.quantize.calibration import load_calibration
     from edgeship.quantize.onnx import onnx_from_tflite
-    from edgeship.quantize.tflite import calibrate, quantize_calibrated
+    from edgeship.quantize.tflite import quantize_calibrated
 
-    loaded = load_model()
-    cal = load_calibration(None, loaded.spec, num_samples=32, seed=0)
-    int8 = quantize_calibrated(calibrate(loaded, cal.inputs), io_dtype="uint8",
+    loaded, _, calibrated = demo_calibrated
+    int8 = quantize_calibrated(calibrated, io_dtype="uint8",
                                input_range=loaded.spec.preprocessing.value_range, relu6_fixed=True)
     out = tmp_path_factory.mktemp("int8")
     tfl, onx = out / "demo_int8.tflite", out / "demo_int8.onnx"

@@ -9,7 +9,7 @@ import pytest
 from edgeship.data import load_image_folder
 from edgeship.errors import UserError
 from edgeship.export.common import ModelInfo
-from edgeship.models.loading import DEMO_DIR, load_model
+from edgeship.models.loading import DEMO_DIR
 from edgeship.runtimes.runner import FEED_FLOAT, FEED_RAW, FEED_REQUANTISED
 from edgeship.validate.compare import Comparison
 from edgeship.validate.metrics import flips_by_margin, top1_margin
@@ -21,17 +21,16 @@ FAST = dict(iterations=2, warmup=1, progress=False, kernel_path_samples=0)
 
 
 @pytest.fixture(scope="module")
-def int8_demo(tmp_path_factory):
-    """The demo model, a uint8-input int8 TFLite of it (8 calibration images, metadata kept), and 40 held-out
-    images as uint8 and as float32 .npy files."""
+def int8_demo(tmp_path_factory, demo_calibrated):
+    """The demo model, a uint8-input int8 TFLite of it (``quantize_tflite`` = calibrate + quantize_calibrated, from the
+    session's one calibration on 32 images, ``demo_calibrated`` in tests/conftest.py; metadata kept), and 40
+    held-out images as uint8 and as float32 .npy files."""
     from edgeship.export.tflite_metadata import add_metadata
-    from edgeship.quantize.calibration import load_calibration
-    from edgeship.quantize.tflite import quantize_tflite
+    from edgeship.quantize.tflite import quantize_calibrated
 
-    loaded = load_model()
+    loaded, _, calibrated = demo_calibrated
     out = tmp_path_factory.mktemp("feed")
-    cal = load_calibration(None, loaded.spec, num_samples=8, seed=0)
-    int8 = quantize_tflite(loaded, cal.inputs, input_range=loaded.spec.preprocessing.value_range)
+    int8 = quantize_calibrated(calibrated, input_range=loaded.spec.preprocessing.value_range)
     path = out / "demo_int8.tflite"
     path.write_bytes(add_metadata(int8.model, loaded.spec, ModelInfo("demo")))
     held = load_image_folder(DEMO_DIR / "heldout", (96, 96), loaded.spec.labels)
@@ -43,14 +42,10 @@ def int8_demo(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def float_demo(int8_demo, tmp_path_factory):
-    """The demo's fp32 TFLite (exported once for the module)."""
-    from edgeship.export import export
-
-    loaded = int8_demo[0]
-    out = tmp_path_factory.mktemp("float")
-    result = export(loaded=loaded, formats=["tflite"], out=out, progress=False)
-    return out / result.manifest.artifacts[0].path
+def float_demo(demo_export):
+    """The demo's fp32 TFLite (the session's one export, conftest.py)."""
+    result = demo_export(formats=["tflite"])
+    return result.out_dir / result.manifest.artifacts[0].path
 
 
 def test_uint8_data_are_fed_raw_and_float_data_requantised(int8_demo):

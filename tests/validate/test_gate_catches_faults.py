@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from edgeship.data import load_image_folder
-from edgeship.export import export
 from edgeship.export.common import ModelInfo
 from edgeship.export.tflite_metadata import add_metadata
 from edgeship.models.loading import DEMO_DIR, load_model
@@ -21,10 +20,11 @@ FAST = dict(iterations=3, warmup=1, progress=False)
 
 
 @pytest.fixture(scope="module")
-def clean(tmp_path_factory):
+def clean(demo_export):
+    """The demo's fp32 TFLite and ONNX (the session's one export, conftest.py)."""
     loaded = load_model()
-    out = tmp_path_factory.mktemp("clean")
-    result = export(loaded=loaded, out=out, formats=["tflite", "onnx"], progress=False)
+    result = demo_export(formats=["tflite", "onnx"])
+    out = result.out_dir
     paths = {a.format.value: out / a.path for a in result.manifest.artifacts}
     return loaded, out, paths
 

@@ -18,11 +18,10 @@ from edgeship.validate.results import Status
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(demo_export):
+    """The demo's default float files (the session's one export, conftest.py)."""
     loaded = load_model()
-    out = tmp_path_factory.mktemp("exp")
-    export(loaded=loaded, out=out, formats=["tflite", "onnx", "coreml"], progress=False)
-    return loaded, out
+    return loaded, demo_export(formats=["tflite", "onnx", "coreml"]).out_dir
 
 
 def _run(capsys, *args):
@@ -147,16 +146,26 @@ def test_bad_input_is_one_line_exit_2(capsys, exported, tmp_path):
               "unknown keys ['agreement']")
 
 
-def test_run_without_arguments_runs_the_demo(capsys, tmp_path):
+def test_run_without_arguments_runs_the_demo(capsys, tmp_path, monkeypatch):
+    """``edgeship run --out DIR`` without a config hands ``edgeship.pipeline.run`` the default RunConfig (the embedded
+    demo, every format) with that output directory, prints its lines and exits with the report's code. The run of
+    that RunConfig itself (export, quantise, validate: 7 rows, all passed, the four reports) is asserted on the one
+    scripts/bench.py --quick makes in a fresh process (tests/test_bench.py), so the suite pays for the whole demo
+    pipeline once, not twice."""
+    import edgeship.pipeline as pipeline
+
+    seen = []
+
+    def run(config, echo):
+        seen.append(config)
+        echo("PASSED in 1.0 s")
+        return type("Report", (), {"exit_code": len(seen) - 1})()
+
+    monkeypatch.setattr(pipeline, "run", run)
     code, stdout, err = _run(capsys, "run", "--out", str(tmp_path / "o"))
-    assert code == 0, err
-    assert "PASSED" in stdout and (tmp_path / "o" / "report" / "report.html").exists()
-    data = json.loads((tmp_path / "o" / "report" / "report.json").read_text())
-    rows = {(a["format"], a["precision"]): a for a in data["artifacts"]}
-    assert set(rows) == {("tflite", "fp32"), ("onnx", "fp32"), ("coreml", "fp16"),  # float, then quantised
-                         ("tflite", "int8"), ("onnx", "int8"), ("coreml", "w8"), ("coreml", "w8a8")}
-    assert all(a["status"] == "passed" for a in data["artifacts"])  # Core ML too (by reference off macOS)
-    assert rows[("coreml", "w8a8")]["layer_sqnr"]  # the per-layer report of the quantise stage, read back
+    assert code == 0 and "PASSED" in stdout, err
+    assert seen[0] == pipeline.RunConfig(out=tmp_path / "o") and seen[0].model is None  # the demo, the defaults
+    assert _run(capsys, "run", "--out", str(tmp_path / "o"))[0] == 1  # the report's exit code, as it is
 
 
 def test_run_config(capsys, tmp_path):
