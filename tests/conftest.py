@@ -116,7 +116,7 @@ def demo_release(tmp_path_factory, demo_export):
     root = tmp_path_factory.mktemp("demo_release")
     loaded = load_model()
     demo_export(formats=["tflite"], out=root / "out")
-    quantize(loaded=loaded, out=root / "out", formats=["tflite"], num_samples=16, bias_correction=False)
+    quantize(loaded=loaded, out=root / "out", formats=["tflite"], num_samples=16, bias_correction=False, ptq="fast")
     files = sorted(HELDOUT.rglob("*.png"))[::45][:8]
     np.save(root / "data.npy", np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]))
     return root / "out", root / "data.npy"

@@ -47,7 +47,7 @@ def _ship(loaded: LoadedModel, tmp, labelled: bool = True, formats=("tflite", "o
     t0 = time.perf_counter()
     export(loaded=loaded, formats=list(formats), out=out)
     t1 = time.perf_counter()
-    quantize(loaded=loaded, formats=list(formats), out=out, num_samples=16, progress=False,
+    quantize(loaded=loaded, formats=list(formats), out=out, num_samples=16, progress=False, ptq="fast",
              bias_correction=False, warn=lambda msg: None)
     t2 = time.perf_counter()
     images, labels = _heldout(loaded.spec.input_shape[:2])

@@ -62,7 +62,7 @@ def test_correction_removes_the_shift_it_targets_on_heldout_images(demo, demo_he
 def test_the_stage_corrects_int8_weights_only_and_says_so(tmp_path):
     from edgeship.quantize import quantize
 
-    kw = dict(formats=["tflite"], precisions=["int8", "fp16"], num_samples=32, progress=False)
+    kw = dict(formats=["tflite"], precisions=["int8", "fp16"], num_samples=32, progress=False, ptq="fast")
     on = quantize(out=tmp_path / "on", **kw)
     off = quantize(out=tmp_path / "off", bias_correction=False, **kw)
     recipes = {p.name: json.loads(r.read_text()) for p, r in zip(on.paths, on.recipes)}

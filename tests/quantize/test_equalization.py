@@ -73,7 +73,7 @@ def test_the_stage_equalises_int8_weights_only_and_says_so(tmp_path):
     from edgeship.quantize import quantize
 
     on = quantize(out=tmp_path / "on", formats=["tflite"], precisions=["int8", "fp16"], num_samples=32,
-                  progress=False, cross_layer_equalization=True)
+                  progress=False, cross_layer_equalization=True, ptq="fast")
     recipes = {p.name: json.loads(r.read_text()) for p, r in zip(on.paths, on.recipes)}
     int8, fp16 = recipes["edgeship_demo_int8.tflite"], recipes["edgeship_demo_fp16.tflite"]
     assert int8["options"]["cross_layer_equalization"] is True and int8["cross_layer_equalization"]["pairs"] == 17

@@ -98,7 +98,7 @@ def test_quantize_writes_the_nested_report(nested, tmp_path):
 
     loaded, xs, *_ = nested
     np.save(tmp_path / "cal.npy", ((xs + 1) * 127.5).astype(np.uint8))
-    result = quantize(loaded=loaded, calibration=tmp_path / "cal.npy", formats=["tflite"], precisions=["int8"],
+    result = quantize(loaded=loaded, calibration=tmp_path / "cal.npy", formats=["tflite"], precisions=["int8"], ptq="fast",
                       out=tmp_path / "out", num_samples=16, progress=False, bias_correction=False)
     report = json.loads((result.paths[0].with_name(result.paths[0].name + ".layers.json")).read_text())["sqnr_db"]
     assert "tiny_b/dw_relu" in report and "pool_b" in report

@@ -36,7 +36,11 @@ def test_files_recipes_and_manifest(quantized):
         assert recipe["calibration"]["count"] == 64 and len(recipe["calibration"]["sha256"]) == 64
         assert recipe["options"]["relu6_fixed"] is True and recipe["options"]["input_range"] == [-1.0, 1.0]
         sources = {p["range_source"] for p in recipe["tensors"].values()}
-        assert {"fixed", "calibrated", "weights"} <= sources  # the default activation_ranges="minmax"
+        assert {"fixed", "mse", "weights"} <= sources  # the default ptq="thorough": mse activation ranges
+        options = recipe["options"]
+        assert (options["ptq"], options["activation_ranges"], options["weight_rounding"],
+                options["int8_bias_correction"]) == ("thorough", "mse", "adaptive", True)
+        assert recipe["weight_rounding"]["images"] == 64 and recipe["int8_bias_correction"]["ops"] == 53
         # the static portability check, recorded: every kernel path of the file's runtime, all safe
         check = recipe["portability"]
         assert check["safe"] is True and check["layers"] == 53 and len(check["paths"]) >= 3
@@ -94,7 +98,7 @@ def test_int8_agrees_with_float_on_heldout(quantized):
 
 
 def test_quantize_cli(capsys, tmp_path):
-    assert main(["quantize", "--formats", "tflite", "--num-samples", "16", "--out", str(tmp_path)]) == 0
+    assert main(["quantize", "--formats", "tflite", "--num-samples", "16", "--ptq", "fast", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "fixed without calibration" in printed and "edgeship_demo_int8.tflite" in printed
 
@@ -161,7 +165,7 @@ def test_a_model_without_relu6_says_the_fixed_mode_has_nothing_to_do(tmp_path):
     from edgeship.models.loading import DEMO_LABELS
 
     warnings = []
-    result = quantize(model=model, labels=DEMO_LABELS, formats=["tflite"], out=tmp_path, num_samples=8,
+    result = quantize(model=model, labels=DEMO_LABELS, formats=["tflite"], out=tmp_path, num_samples=8, ptq="fast",
                       progress=False, warn=warnings.append)
     assert any("no ReLU6" in w and "nothing to do" in w for w in warnings)
     assert result.paths and result.calibrated_tensors
@@ -173,7 +177,7 @@ def test_tflite_dynamic_range_and_fp16_on_request(tmp_path):
 
     from edgeship.validate import validate
 
-    result = quantize(formats=["tflite", "onnx"], precisions=["w8", "fp16"], out=tmp_path, progress=False)
+    result = quantize(formats=["tflite", "onnx"], precisions=["w8", "fp16"], out=tmp_path, progress=False, ptq="fast")
     assert [p.name for p in result.paths] == ["edgeship_demo_w8.tflite", "edgeship_demo_fp16.tflite"]  # ONNX: int8 only
     types = {}
     for path in result.paths:
@@ -201,7 +205,7 @@ def test_onnx_from_ort_quantize_static_on_request(capsys, tmp_path, demo_export)
 
     from edgeship.validate import validate
 
-    assert main(["quantize", "--formats", "onnx", "--onnx-method", "minmax", "--num-samples", "32",
+    assert main(["quantize", "--formats", "onnx", "--onnx-method", "minmax", "--num-samples", "32", "--ptq", "fast",
                  "--out", str(tmp_path)]) == 0
     assert "fixed without calibration" not in capsys.readouterr().out  # no int8 TFLite was calibrated for it
     path = tmp_path / "edgeship_demo_int8.onnx"

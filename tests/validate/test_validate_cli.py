@@ -170,7 +170,8 @@ def test_run_without_arguments_runs_the_demo(capsys, tmp_path, monkeypatch):
 
 def test_run_config(capsys, tmp_path):
     (tmp_path / "edgeship.toml").write_text(
-        '[export]\nformats = ["onnx"]\n[validate]\niterations = 3\nkernel_path_samples = 0\n[output]\ndir = "build"\n')
+        '[export]\nformats = ["onnx"]\n[quantize]\nptq = "fast"\n[validate]\niterations = 3\nkernel_path_samples = 0\n'
+        '[output]\ndir = "build"\n')
     code, stdout, err = _run(capsys, "run", str(tmp_path / "edgeship.toml"))
     assert code == 0, err
     assert (tmp_path / "build" / "edgeship_demo_fp32.onnx").exists()
@@ -183,7 +184,7 @@ def test_run_config(capsys, tmp_path):
 def test_run_config_with_quantize(capsys, tmp_path):
     """The whole pipeline: export, quantise, validate, with the shipped gates."""
     (tmp_path / "edgeship.toml").write_text(
-        '[export]\nformats = ["tflite"]\n[quantize]\nformats = ["tflite"]\nnum_samples = 32\n'
+        '[export]\nformats = ["tflite"]\n[quantize]\nformats = ["tflite"]\nnum_samples = 32\nptq = "fast"\n'
         '[validate]\niterations = 3\n[output]\ndir = "build"\n')
     code, stdout, err = _run(capsys, "run", str(tmp_path / "edgeship.toml"))
     assert code == 0, stdout + err
@@ -214,8 +215,9 @@ def test_run_config_quantize_keys(tmp_path):
     cfg = load_config(tmp_path / "edgeship.toml")
     assert cfg.quantize_precisions == ["w8"] and cfg.onnx_method == "entropy" and cfg.weight_rounding == "adaptive"
     assert cfg.int8_bias_correction and cfg.raw_input_compensation
-    assert not load_config(None).int8_bias_correction and not load_config(None).raw_input_compensation
-    assert load_config(None).weight_rounding == "nearest"
+    default = load_config(None)  # the ptq preset decides the three options it covers
+    assert (default.ptq, default.weight_rounding, default.int8_bias_correction) == ("thorough", None, None)
+    assert not default.raw_input_compensation
     assert load_config(None).quantize_precisions is None and load_config(None).onnx_method == "tflite"
     (tmp_path / "bad.toml").write_text('[quantize]\nprecision = ["w8"]\n')
     with pytest.raises(UserError, match=r"unknown keys \['precision'\]"):
