@@ -79,12 +79,18 @@ def test_a_signal_during_a_write_leaves_the_old_file_and_no_temp(tmp_path, signu
         (tmp / "Data").mkdir(parents=True)
         (tmp / "Data" / "w.bin").write_bytes(b"old")
     before = sha256_path(target)
-    with sigterm_as_interrupt(), pytest.raises(Terminated if signum == "SIGTERM" else KeyboardInterrupt):
-        with atomic_path(target) as tmp:
-            (tmp / "Data").mkdir(parents=True)
-            (tmp / "Data" / "w.bin").write_bytes(b"ha")
-            os.kill(os.getpid(), getattr(signal, signum))
-            for _ in range(1000):  # the handler runs at the next bytecode boundary
-                pass
+    # Python's own SIGINT handler, whatever the test run inherited: a run started in the background of a shell
+    # without job control (nohup, `cmd &` in a script) starts with SIGINT ignored, and Python then installs none
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with sigterm_as_interrupt(), pytest.raises(Terminated if signum == "SIGTERM" else KeyboardInterrupt):
+            with atomic_path(target) as tmp:
+                (tmp / "Data").mkdir(parents=True)
+                (tmp / "Data" / "w.bin").write_bytes(b"ha")
+                os.kill(os.getpid(), getattr(signal, signum))
+                for _ in range(1000):  # the handler runs at the next bytecode boundary
+                    pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert sha256_path(target) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.mlpackage"]
