@@ -26,7 +26,7 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     precisions = ["int8", "w8", "w8a8"]  # default: each format's (int8 TFLite/ONNX, Core ML w8 and w8a8)
     onnx_method = "tflite"               # or minmax/entropy/percentile: ONNX Runtime's quantize_static
     bias_correction = true               # correct the mean output shift of int8 weights
-    ptq = "thorough"                     # or "fast": the preset the next three options default to (edgeship.quantize.PTQ_PRESETS)
+    ptq = "thorough"                     # or "fast": sets weight_rounding, activation_ranges, int8_bias_correction unless given (edgeship.quantize.PTQ_PRESETS)
     weight_rounding = "adaptive"         # or "nearest" (faster): int8 steps chosen on the calibration set (AdaRound)
     cross_layer_equalization = false     # equalise depthwise -> pointwise pairs first (edgeship.quantize.equalization)
     activation_ranges = "mse"            # or minmax/percentile: per-tensor range search (edgeship.quantize.ranges)

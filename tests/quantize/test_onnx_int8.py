@@ -276,7 +276,7 @@ def test_quantize_onnx_static_from_a_float_onnx(demo, tmp_path):
 TIE_ADD = {"a": (0.17489321529865265, 129), "b": (0.2489299476146698, 135), "out": (0.22622598707675934, 114)}
 
 
-def _exhaustive_add_tflite(tmp_path) -> bytes:
+def _exhaustive_add_tflite() -> bytes:
     """A .tflite computing ``x + c``: x a (1, 256, 256, 1) uint8 input holding its row index, c an int8 constant
     holding its column index, so the ADD meets every pair of 8-bit operands once, at :data:`TIE_ADD`'s
     parameters (written into the converted file)."""
@@ -330,7 +330,7 @@ def test_add_equals_litert_on_every_pair_of_operands(tmp_path):
     from edgeship.quantize.portability import portable_onnx
 
     tfl = tmp_path / "add.tflite"
-    tfl.write_bytes(_exhaustive_add_tflite(tmp_path))
+    tfl.write_bytes(_exhaustive_add_tflite())
     x = np.repeat(np.arange(256, dtype=np.uint8), 256).reshape(1, 256, 256, 1)
     expected = _litert(tfl, x).astype(int).ravel()
     rows, cols = np.repeat(np.arange(256), 256), np.tile(np.arange(256), 256)  # the uint8 operands a, b
