@@ -507,7 +507,7 @@ def _show_captured(e: BaseException) -> None:
     """What the converters printed while failing (kept quiet otherwise): shown with the traceback."""
     for exc in (e, e.__cause__, e.__context__):
         if exc is not None and getattr(exc, "captured_output", None):
-            sys.stderr.write(exc.captured_output)
+            sys.stderr.write(getattr(exc, "captured_output"))
             break
 
 

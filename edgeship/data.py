@@ -78,7 +78,7 @@ def decode_image(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, list[st
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
-                im = Image.open(path)
+                im: Image.Image = Image.open(path)
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
                 import re
 
@@ -309,6 +309,8 @@ class ArraySource(DataSource):
     ``class_names``: the model's labels (or their count): label names in an ``.npz`` are mapped through them.
     ``use_labels=False`` (calibration): stored labels are not read."""
 
+    _label_conversion: str | None = None  # set while the labels are read: how they were converted
+
     def __init__(self, path: Path, size: tuple[int, int], class_names: "Sequence[str] | int",
                  input_range: tuple[float, float] | None = None, use_labels: bool = True) -> None:
         path = Path(path)
@@ -358,7 +360,7 @@ class ArraySource(DataSource):
             labels = _labels(path, labels, len(images), num_classes, names, self)
         self.images, self.labels = images, labels
         super().__init__(str(path), len(images), labels is not None, pixels)
-        if labels is not None and getattr(self, "_label_conversion", None):
+        if labels is not None and self._label_conversion:
             self.conversions[self._label_conversion] = len(images)
 
     def take(self, index: "slice | np.ndarray") -> np.ndarray:

@@ -91,7 +91,7 @@ def _pid_alive(pid: int) -> bool:
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Remove the temporaries of :func:`atomic_path` left in ``folder`` by processes that no longer run (killed
     outright); return what was removed. A temporary of a running process (this one or another) is left alone."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(Path(folder).iterdir())
     except OSError:

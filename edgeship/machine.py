@@ -214,7 +214,7 @@ def probe(system: str | None = None, cpuinfo: Path = CPUINFO) -> Machine:
     """:func:`describe_machine` without the cache; ``system`` (``platform.system()``) and ``cpuinfo`` for tests."""
     system = platform.system() if system is None else system
     arch = _safe(platform.machine) or UNKNOWN
-    model, flags = UNKNOWN, set()
+    model, flags = UNKNOWN, set[str]()
     try:
         if system == "Linux":
             model, flags = parse_cpuinfo(cpuinfo.read_text(encoding="utf-8", errors="replace"))

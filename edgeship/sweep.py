@@ -53,7 +53,8 @@ def variants(config: SweepConfig) -> list[str]:
     """The registry names of the grid, in grid order; combinations the registry lacks are refused with the list."""
     from edgeship.models.registry import VARIANTS, Variant
 
-    names, missing = [], []
+    names: list[str] = []
+    missing: list[str] = []
     for family in config.families:
         minimal = family.endswith("_minimalistic")
         base = family.removesuffix("_minimalistic")

@@ -111,7 +111,7 @@ def _operations(km: Any) -> Any:
 
 
 def _layers_before_first_conv(km: Any) -> list[Any] | None:
-    before = []
+    before: list[Any] = []
     for layer in _operations(km):
         name = type(layer).__name__
         if name in _CONV_LAYERS:
@@ -224,7 +224,9 @@ def _fit_affine(fn: Any, input_shape: tuple[int, ...]) -> Preprocessing | None:
     std = 1.0 / diag
     mean = -b * std
     # Preprocessing's mean/std are in the model's channel order: (pixel[p(c)] - mean[c]) / std[c]
-    return Preprocessing(mean=tuple(_tidy(m) for m in mean), std=tuple(_tidy(s) for s in std), color=color)
+    m0, m1, m2 = (_tidy(m) for m in mean)
+    s0, s1, s2 = (_tidy(s) for s in std)
+    return Preprocessing(mean=(m0, m1, m2), std=(s0, s1, s2), color=color)
 
 
 def _tidy(v: float) -> float:

@@ -143,7 +143,7 @@ def check_declared(loaded: LoadedModel, declared: Preprocessing, what: str) -> N
     if scales(declared) and scales(found.preprocessing):
         raise UserError(
             f"{loaded.spec.name} already normalises its input inside ({found.describe()}), and {what} declares "
-            f"{formula(replace(declared, color='rgb'))} on top: drop {what} (its files take raw 0-255 pixels)")
+            f"{formula(replace(declared, color=ColorOrder.RGB))} on top: drop {what} (its files take raw 0-255 pixels)")
     if declared.color is ColorOrder.BGR and found.preprocessing.color is ColorOrder.BGR:
         raise UserError(
             f"{loaded.spec.name} already reverses RGB to BGR inside ({found.describe()}), and {what} declares BGR "

@@ -55,7 +55,7 @@ class Preprocessing:
 
     def apply(self, rgb: np.ndarray) -> np.ndarray:
         """Normalise a batch of RGB images (N, H, W, 3), 0-255, into the model's float input."""
-        x = np.asarray(rgb, dtype=np.float32)
+        x: np.ndarray = np.asarray(rgb, dtype=np.float32)
         if x.ndim != 4 or x.shape[-1] != 3:
             raise UserError(f"expected RGB images of shape (N, H, W, 3), got {x.shape}")
         if self.color is ColorOrder.BGR:
@@ -133,10 +133,10 @@ class ModelSpec:
 
     def with_output_kind(self, kind: "OutputKind | str") -> "ModelSpec":
         """This spec with another output kind (its output name follows unless it was set to something else)."""
-        kind = OutputKind.parse(str(kind), "output kind")
-        name = kind.tensor_name if self.output_name == OutputKind(self.output_kind).tensor_name else self.output_name
-        return dataclasses.replace(self, output_kind=kind, output_name=name,
-                                   outputs_probabilities=kind is OutputKind.PROBABILITIES)
+        parsed: OutputKind = OutputKind.parse(str(kind), "output kind")
+        name = parsed.tensor_name if self.output_name == OutputKind(self.output_kind).tensor_name else self.output_name
+        return dataclasses.replace(self, output_kind=parsed, output_name=name,
+                                   outputs_probabilities=parsed is OutputKind.PROBABILITIES)
 
     @property
     def resolution(self) -> int:
