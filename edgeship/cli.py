@@ -58,6 +58,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean in 0-255 pixel units (V1/V2 default 127.5)")
     g.add_argument("--std", metavar="S[,S,S]", help="per-channel std in 0-255 pixel units (V1/V2 default 127.5)")
     g.add_argument("--bgr", action="store_true", help="the model expects BGR channel order")
+    g.add_argument("--force-preprocessing", action="store_true",
+                   help="accept a --mean/--std outside every image-model convention (0-1 units, a std below 1, a "
+                        "mean outside 0-255), which is refused otherwise")
     g.add_argument("--bake-preprocessing", action="store_true",
                    help="make the normalisation and channel order the model's first ops, so every file takes raw "
                         "0-255 RGB pixels (mean 0, std 1; uint8 for int8): for MediaPipe, which cannot express "
@@ -74,12 +77,16 @@ def _output_kind_arg(g: Any) -> None:
 
 def _load(args: argparse.Namespace) -> Any:
     from edgeship.models.loading import declare_preprocessing, load_model
-    from edgeship.models.spec import parse_triplet
+    from edgeship.models.spec import check_declared_units, parse_triplet
 
+    mean = parse_triplet(args.mean, "--mean") if args.mean else None
+    std = parse_triplet(args.std, "--std") if args.std else None
+    force = getattr(args, "force_preprocessing", False)
+    if not force:  # before the model loads: a declaration in the wrong units fails in a second, not after export
+        check_declared_units(mean, std)
     notes: list[str] = []  # what was found in the graph: said once the declaration is known not to clash with it
     loaded = load_model(args.model, trust_model=args.trust_model, labels=args.labels, echo=notes.append)
-    declare_preprocessing(loaded, mean=parse_triplet(args.mean, "--mean") if args.mean else None,
-                          std=parse_triplet(args.std, "--std") if args.std else None, bgr=args.bgr)
+    declare_preprocessing(loaded, mean=mean, std=std, bgr=args.bgr, force=force)
     for note in notes:
         print(f"edgeship: {note}", file=sys.stderr)
     if getattr(args, "bake_preprocessing", False):

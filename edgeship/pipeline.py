@@ -12,6 +12,7 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     std = [58.395, 57.12, 57.375]        # default: the model's own (found in its graph, else (x - 127.5) / 127.5)
     bgr = false                          # the model expects BGR channel order
     bake_preprocessing = false           # make mean/std/BGR the model's first op: files take raw RGB pixels
+    force_preprocessing = false          # accept a mean/std outside every convention (refused otherwise: 0-1 units)
 
     [export]
     formats = ["tflite", "onnx", "coreml"]
@@ -87,6 +88,7 @@ class ModelTable(Table):
     std: float | list[float] | None = None
     bgr: bool = False
     bake_preprocessing: bool = False
+    force_preprocessing: bool = False  # accept a mean/std outside every image-model convention (0-1 units, ...)
     output_kind: str | None = None  # edgeship.types.OutputKind.parse: probabilities, logits, multilabel, embedding
 
 
@@ -163,6 +165,7 @@ class RunConfig:
     std: tuple[float, float, float] | None = None
     bgr: bool = False
     bake_preprocessing: bool = False
+    force_preprocessing: bool = False  # accept a mean/std outside every convention (edgeship.models.spec)
     formats: list[str] = field(default_factory=lambda: [f.value for f in Format])
     precisions: list[str] | None = None
     onnx_layout: str = "nhwc"
@@ -215,6 +218,11 @@ def load_config(path: str | Path | None) -> RunConfig:
         raise UserError(f"{p}: unknown table [{unknown[0]}]; use {', '.join(f'[{t}]' for t in ConfigFile.model_fields)}")
     c = check(ConfigFile, data, p)
     base = p.parent
+    if not c.model.force_preprocessing:  # the units, before any work (edgeship.models.spec.check_declared_units)
+        from edgeship.models.spec import check_declared_units
+
+        check_declared_units(_triplet(c.model.mean, f"{p}: [model] mean"), _triplet(c.model.std, f"{p}: [model] std"),
+                             f"{p}: [model] mean/std")
 
     def rel(value: str | None) -> str | None:
         """Paths are relative to the config file; a variant name stays a name."""
@@ -247,7 +255,8 @@ def load_config(path: str | Path | None) -> RunConfig:
         input_range=parse_input_range(v.input_range, f"{p}: [validate] input_range"),
         calibration_input_range=parse_input_range(q.input_range, f"{p}: [quantize] input_range"),
         mean=_triplet(m.mean, f"{p}: [model] mean"), std=_triplet(m.std, f"{p}: [model] std"),
-        bgr=m.bgr, bake_preprocessing=m.bake_preprocessing, expect_accuracy=v.expect_accuracy,
+        bgr=m.bgr, bake_preprocessing=m.bake_preprocessing, force_preprocessing=m.force_preprocessing,
+        expect_accuracy=v.expect_accuracy,
         out=Path(rel(o.dir) or "edgeship-out"),
     )
 
@@ -273,12 +282,17 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
     from edgeship.fileio import ensure_output_dir
 
     start = time.perf_counter()
+    if not config.force_preprocessing:  # the declared units, before any work
+        from edgeship.models.spec import check_declared_units
+
+        check_declared_units(config.mean, config.std, "[model] mean/std")
     ensure_output_dir(config.out / "report", option="--out")  # before the long work: exit 3 now, not at the end
     from edgeship.models.loading import declare_preprocessing
 
     notes: list[str] = []
     loaded = load_model(config.model, trust_model=config.trust_model, labels=config.labels, echo=notes.append)
-    declare_preprocessing(loaded, mean=config.mean, std=config.std, bgr=config.bgr, what="[model] mean/std/bgr")
+    declare_preprocessing(loaded, mean=config.mean, std=config.std, bgr=config.bgr, what="[model] mean/std/bgr",
+                          force=config.force_preprocessing)
     for note in notes:
         echo(note)
     if config.output_kind:

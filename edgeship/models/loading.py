@@ -112,11 +112,16 @@ def _note(message: str) -> None:
 
 def declare_preprocessing(loaded: LoadedModel, *, mean: tuple[float, float, float] | None = None,
                           std: tuple[float, float, float] | None = None, bgr: bool = False,
-                          what: str = "--mean/--std/--bgr") -> None:
+                          what: str = "--mean/--std/--bgr", force: bool = False) -> None:
     """Apply the user's declared preprocessing (0-255 pixel units; each given value replaces the model's own) to
     ``loaded.spec``. Raises :class:`UserError` (one line) when the declaration normalises a model whose graph
     already normalises (mean/std on top of in-graph arithmetic), or reverses the channels of a graph that already
-    reverses them: the files would normalise twice (issue 13)."""
+    reverses them: the files would normalise twice (issue 13). A mean/std outside every image-model convention
+    (0-1 units, :func:`edgeship.models.spec.check_declared_units`) is refused unless ``force``."""
+    if not force:
+        from edgeship.models.spec import check_declared_units
+
+        check_declared_units(mean, std, what.replace("/--bgr", "").replace("/bgr", ""))
     changes: dict[str, Any] = {}
     if mean is not None:
         changes["mean"] = mean

@@ -211,8 +211,56 @@ def parse_triplet(text: str, what: str) -> tuple[float, float, float]:
         raise UserError(f"{what} must be one number or three comma-separated numbers, got '{text}'") from None
     if len(vals) == 1:
         vals *= 3
-    if len(vals) != 3:
+    if len(vals) != 3 or not all(np.isfinite(vals)):
         raise UserError(f"{what} must be one number or three comma-separated numbers, got '{text}'")
     return (vals[0], vals[1], vals[2])
 
 
+
+
+#: The plausible declared normalisation of an image model whose clients feed 0-255 pixels (issue 23): every
+#: convention in use lies inside — raw pixels (mean 0, std 1), x / 255 (std 255), (x - 127.5) / 127.5, ImageNet
+#: mean/std in pixel units (std about 58), Caffe-style mean subtraction (std 1). A std below 1 stretches the 255
+#: pixel steps over more than 255 units (0-1-unit ImageNet std 0.229 gives values up to 1,111), above 510 it
+#: squeezes them into less than half a unit; a mean outside the pixel range puts every pixel on one side of it.
+STD_BOUNDS = (1.0, 510.0)
+MEAN_BOUNDS = (0.0, 255.0)
+
+
+def check_declared_units(mean: tuple[float, float, float] | None, std: tuple[float, float, float] | None,
+                         what: str = "--mean/--std") -> None:
+    """Refuse (one :class:`UserError` line naming the likely fix) a declared mean/std, in 0-255 pixel units, whose
+    normalised range no image model uses (:data:`STD_BOUNDS`, :data:`MEAN_BOUNDS`). None means "not declared".
+    Called before any model is loaded; ``--force-preprocessing`` skips it."""
+    m = tuple(mean) if mean is not None else None
+    s = tuple(std) if std is not None else None
+    values = [v for v in (m or ()) + (s or ())]
+    if any(not np.isfinite(v) for v in values):
+        raise UserError(f"{what} must be finite numbers, got mean {m}, std {s}")
+    if s is not None and any(v <= 0 for v in s):
+        raise UserError(f"{what}: std must be positive, got {list(s)}")
+    unit01 = (m is None or all(0 <= v <= 1 for v in m)) and (s is None or all(0 < v < 1 for v in s))
+    if s is not None and unit01 and any(v < STD_BOUNDS[0] for v in s):
+        mean255 = ",".join(f"{v * 255:g}" for v in m) if m is not None else None
+        std255 = ",".join(f"{v * 255:g}" for v in s)
+        lo_m = m if m is not None else (127.5,) * 3
+        top = max((255 - a) / b for a, b in zip(lo_m, s))
+        fix = (f"--mean {mean255} --std {std255}" if mean255 else f"--std {std255}")
+        raise UserError(
+            f"{what} look like 0-1 units ({'' if m is None else f'mean {_fmt(m)}, '}std {_fmt(s)}), but edgeship's are in 0-255 pixel units: "
+            f"the files would feed the model values up to {top:,.0f}. Declare {fix} (each times 255), or pass "
+            f"--force-preprocessing ([model] force_preprocessing = true) if the model really takes that")
+    if s is not None and not all(STD_BOUNDS[0] <= v <= STD_BOUNDS[1] for v in s):
+        raise UserError(
+            f"{what}: std {_fmt(s)} (0-255 pixel units) is outside {STD_BOUNDS[0]:g}-{STD_BOUNDS[1]:g}, where every "
+            f"image-model convention lies (1 raw pixels, 58 ImageNet, 127.5 for [-1, 1], 255 for [0, 1]): check the "
+            f"units, or pass --force-preprocessing ([model] force_preprocessing = true)")
+    if m is not None and not all(MEAN_BOUNDS[0] <= v <= MEAN_BOUNDS[1] for v in m):
+        raise UserError(
+            f"{what}: mean {_fmt(m)} is outside the 0-255 pixel range (0 for [0, 1] or raw pixels, 127.5 for "
+            f"[-1, 1], about 124,116,104 for ImageNet): check the units, or pass --force-preprocessing "
+            f"([model] force_preprocessing = true)")
+
+
+def _fmt(values: tuple[float, ...] | None) -> str:
+    return "-" if values is None else ",".join(f"{v:g}" for v in values)
