@@ -304,6 +304,9 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
     spec = loaded.spec
     echo(f"edgeship run: {spec.name} ({loaded.source_path}; {spec.input_shape[0]}x{spec.input_shape[1]}, "
          f"{spec.num_classes} classes) -> {config.out}")
+    from edgeship.models.loading import describe_input
+
+    echo(describe_input(loaded))
     t0 = time.perf_counter()
     result = export(loaded=loaded, formats=config.formats, out=config.out, precisions=config.precisions,
                     onnx_layout=config.onnx_layout)

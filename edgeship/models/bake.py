@@ -48,8 +48,12 @@ def bake_preprocessing(loaded: LoadedModel) -> LoadedModel:
         return loaded
     spec = loaded.spec.replace(preprocessing=replace(Preprocessing.identity(), layout=pre.layout),
                                baked_preprocessing=pre)
+    from edgeship.models.innorm import formula
+
     return LoadedModel(baked_model(loaded.keras_model, pre), spec, loaded.source_path, loaded.source_sha256,
-                       notes=list(loaded.notes), in_graph=loaded.in_graph)
+                       notes=list(loaded.notes), in_graph=loaded.in_graph, labels_source=loaded.labels_source,
+                       preprocessing_source=f"baked into the files' first op ({formula(pre)}, "
+                                            f"{loaded.preprocessing_source})")
 
 
 def bake_like(loaded: LoadedModel, baked: Preprocessing) -> LoadedModel:
@@ -57,7 +61,8 @@ def bake_like(loaded: LoadedModel, baked: Preprocessing) -> LoadedModel:
     (from the manifest) as its first op, fed raw pixels like the files."""
     return bake_preprocessing(LoadedModel(loaded.keras_model, loaded.spec.replace(preprocessing=baked),
                                           loaded.source_path, loaded.source_sha256, notes=list(loaded.notes),
-                                          in_graph=loaded.in_graph))
+                                          in_graph=loaded.in_graph, labels_source=loaded.labels_source,
+                                          preprocessing_source="recorded in the manifest at export"))
 
 
 def baked_model(km: Any, pre: Preprocessing) -> Any:

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator
 from edgeship.errors import UserError
 from edgeship.models.registry import get_variant, looks_like_variant_name
 from edgeship.models.spec import ModelSpec, Preprocessing, read_labels
-from edgeship.types import OutputKind
+from edgeship.types import ColorOrder, OutputKind
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
 DEMO_MODEL = DEMO_DIR / "model.keras"
@@ -42,6 +42,10 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
     # the normalisation the model's own graph applies (edgeship.models.innorm.InGraphNormalisation), or None
     in_graph: Any = None
+    # Where spec.preprocessing and spec.labels came from, said once by every command that makes or judges files
+    # (describe_input) and recorded with them: "found in the graph (...)", "declared (--mean/--std)", "assumed ...".
+    preprocessing_source: str = "assumed: nothing declared and no normalisation found in the graph"
+    labels_source: str = "none: classes are numbered 0..K-1"
 
     def source_dict(self) -> dict[str, Any]:
         return {"path": self.source_path, "sha256": self.source_sha256}
@@ -97,13 +101,43 @@ def load_model(
                             "RGB pixels (preprocessing set to the identity)")
     if demo:
         spec = spec.replace(name=DEMO_NAME)
+    labels_source = LoadedModel.labels_source
     if labels is not None:
         spec = spec.replace(labels=read_labels(labels))
-    loaded = LoadedModel(km, spec, src, sha, notes, in_graph)
+        labels_source = ("the demo's labels.txt" if demo else "labels.txt beside the model"
+                         if Path(labels) == beside_labels(model) else f"{labels}")
+    loaded = LoadedModel(km, spec, src, sha, notes, in_graph, labels_source=labels_source)
+    if in_graph is not None:
+        loaded.preprocessing_source = f"found in the graph ({in_graph.describe()})"
+    elif demo:
+        loaded.preprocessing_source = "the demo's training (edgeship/demo/demo.json)"
+    elif src.startswith("registry:"):
+        loaded.preprocessing_source = "the keras.applications convention of the variant"
     if preprocessing is not None:
         check_declared(loaded, preprocessing, "the declared preprocessing")
         loaded.spec = spec.replace(preprocessing=preprocessing)
+        loaded.preprocessing_source = "declared"
     return loaded
+
+
+def beside_labels(model: Any) -> Path | None:
+    """The labels.txt a model file's folder (or SavedModel directory) may hold, for a path; None otherwise."""
+    if not isinstance(model, (str, Path)):
+        return None
+    path = Path(model)
+    return path.parent / "labels.txt" if path.is_file() else path / "labels.txt"
+
+
+def describe_input(loaded: LoadedModel) -> str:
+    """One line: the preprocessing the files expect and where it came from, the colour order, the pixel range, and
+    where the labels came from (issue 23: every command that makes or judges files says it once)."""
+    from edgeship.models.innorm import formula
+
+    spec = loaded.spec
+    pre = spec.preprocessing
+    return (f"input: {formula(replace(pre, color=ColorOrder.RGB))} per channel on {pre.color.value.upper()} pixels "
+            f"0-255 (normalised range {pre.value_range[0]:g} to {pre.value_range[1]:g}), "
+            f"{loaded.preprocessing_source}; labels: {loaded.labels_source} ({spec.num_classes} classes)")
 
 
 def _note(message: str) -> None:
@@ -134,6 +168,7 @@ def declare_preprocessing(loaded: LoadedModel, *, mean: tuple[float, float, floa
     declared = replace(loaded.spec.preprocessing, **changes)
     check_declared(loaded, declared, what)
     loaded.spec = loaded.spec.replace(preprocessing=declared)
+    loaded.preprocessing_source = f"declared ({what})"
 
 
 def check_declared(loaded: LoadedModel, declared: Preprocessing, what: str) -> None:

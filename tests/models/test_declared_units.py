@@ -108,3 +108,19 @@ def test_pipeline_run_checks_units_before_any_work(tmp_path):
     with pytest.raises(UserError, match="0-1 units"):
         run(RunConfig(mean=IMAGENET_01[0], std=IMAGENET_01[1], out=out), echo=lambda s: None)
     assert not out.exists()
+
+
+def test_every_command_can_say_what_the_files_expect_and_where_it_came_from():
+    """describe_input: the preprocessing, colour order, pixel range and labels, each with its source (item 3)."""
+    from edgeship.models.loading import declare_preprocessing, describe_input, load_model
+
+    demo = load_model(None)
+    line = describe_input(demo)
+    assert "(x - 127.5) / 127.5" in line and "RGB" in line and "-1 to 1" in line
+    assert "the demo's training" in line and "labels: the demo's labels.txt (10 classes)" in line
+    declare_preprocessing(demo, mean=(0.0,) * 3, std=(255.0,) * 3, bgr=True)
+    line = describe_input(demo)
+    assert "x / 255" in line and "BGR" in line and "0 to 1" in line and "declared (--mean/--std/--bgr)" in line
+    bare = load_model(demo.keras_model)  # a keras.Model given in Python: nothing declared, nothing in the graph
+    line = describe_input(bare)
+    assert "assumed: nothing declared" in line and "labels: none" in line
