@@ -7,11 +7,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.edgeship-installed
 OUT    ?= edgeship-out
 
-.PHONY: setup demo test bench clean help
+.PHONY: setup demo test typecheck bench clean help
 
 help:
 	@echo "make demo   - set up and run the pipeline on the embedded demo model (artifacts in $(OUT)/)"
 	@echo "make test   - set up and run the tests"
+	@echo "make typecheck - run mypy on the package (CI runs it before the tests)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "edgeship needs Python 3.11 (TensorFlow 2.21 stack); found " + sys.version.split()[0]'
@@ -27,6 +28,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+typecheck: setup
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(OUT) .pytest_cache build *.egg-info
