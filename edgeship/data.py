@@ -13,8 +13,16 @@ Decoder policy (Pillow; the same for export's data, calibration and validation):
 * **Size limit.** An image above :data:`MAX_IMAGE_PIXELS` (Pillow's own decompression-bomb threshold, 89.5
   Mpixel) is refused with one line (exit 2) before it is decoded — Pillow's ``DecompressionBombError`` and
   ``DecompressionBombWarning`` become that line.
-* **Resize.** Bilinear to the model's input size, without cropping. A folder's class subfolders give the labels,
-  in sorted order unless the model's label list names them.
+* **Resize.** Bilinear to the model's input size, without cropping.
+
+Folder layouts (the one statement of them; ``--data`` and ``--calibration`` alike):
+
+* **Validation data** (``--data``): either every image directly in the folder (unlabelled), or every image in a
+  class folder, ``DATA/<class>/<image>`` (labelled: the folder names the class, matched to the model's labels, in
+  sorted order when the model has none). Anything else — an image beside the class folders, a folder two levels
+  deep — is refused with one line naming a misplaced file, never read as unlabelled (which would silently drop
+  the accuracy gates).
+* **Calibration data** (``--calibration``): every image under the folder, at any depth; folder names are not read.
 
 Arrays (``.npy``/``.npz``): uint8 0-255 pixels, or integer/float arrays whose values lie in 0-255 (float arrays stay
 floats). Anything else — uint16 0-65535, floats in 0-1 or -1..1, bool, strings, pickled objects — is refused naming
@@ -176,6 +184,24 @@ def _icc_to_srgb(im: "Image.Image", icc: bytes, done: list[str]) -> "Image.Image
     return out
 
 
+def check_flat(root: Path, files: Sequence[Path]) -> None:
+    """Refuse (one :class:`UserError` line) a validation folder that is neither flat nor class folders (module
+    docstring, "Folder layouts"): ``files`` are the images under ``root`` and not all one class-folder level deep."""
+    top = [f for f in files if f.parent == root]
+    deep = [f for f in files if f.parent != root and f.parent.parent != root]
+    if deep:
+        example = deep[0].relative_to(root)
+        raise UserError(
+            f"{root}: {len(deep)} image(s) sit two or more folders deep (e.g. {example}): validation data are either "
+            f"all images in one folder (unlabelled) or all in class folders DATA/<class>/<image> (labelled)")
+    if top and len(top) != len(files):
+        classes = sorted({f.parent.name for f in files if f.parent != root})
+        raise UserError(
+            f"{root}: {len(top)} image(s) (e.g. {top[0].name}) sit beside the class folders "
+            f"({', '.join(classes[:3])}{', ...' if len(classes) > 3 else ''}): move them into their class folder or "
+            f"remove them (a mixed folder would be read as unlabelled, without the accuracy gates)")
+
+
 def load_image_folder(root: Path, size: tuple[int, int], class_names: Sequence[str] | None = None) -> ImageSet:
     """All images under ``root`` in memory; ``root/<class>/<image>`` gives labels (see :class:`FolderSource`)."""
     source = FolderSource(root, size, class_names)
@@ -234,6 +260,8 @@ class FolderSource(DataSource):
         self.root, self.size = Path(root), size
         self.files = image_files(self.root)
         labeled = use_labels and all(f.parent.parent == self.root for f in self.files)
+        if use_labels and not labeled:
+            check_flat(self.root, self.files)
         self.labels = None
         if labeled:
             class_names = class_names or sorted({f.parent.name for f in self.files})

@@ -97,6 +97,11 @@ DATA_CASES = [
      ["too large to decode", "182 Mpixel", "huge.png"]),
     ("png-90-mpixel-over-limit", lambda t: _images(t, {"one/a.png": None, "one/b.png": _png_header(10_000, 9_000)}),
      [], ["too large to decode", "b.png"]),
+    # a stray image beside the class folders once made the whole set unlabelled: the accuracy gates vanished (issue 29)
+    ("stray-image-beside-class-folders", lambda t: _images(t, {"three/a.png": None, "stray.png": None}), [],
+     ["beside the class folders", "stray.png", "three"]),
+    ("images-two-folders-deep", lambda t: _images(t, {"three/a.png": None, "three/sub/b.png": None}), [],
+     ["two or more folders deep", "three/sub/b.png"]),
     ("truncated-png", lambda t: _images(t, {"two/x.png": _png_header(96, 96)[:20]}), [],
      ["cannot decode image", "x.png"]),
     ("text-file-named-jpg", lambda t: _images(t, {"two/x.jpg": b"hello, not a JPEG"}), [],

@@ -154,3 +154,28 @@ def test_input_range_in_the_config(tmp_path):
     cfg.write_text("[validate]\ninput_range = [1]\n")
     with pytest.raises(UserError, match=r"\[validate\] input_range must be two numbers"):
         load_config(cfg)
+
+
+def _folder(root, names):
+    for name in names:
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(p)
+    return root
+
+
+def test_the_two_validation_layouts_and_calibration_takes_any(tmp_path):
+    """Validation: flat (unlabelled) or class folders (labelled); anything else refused, never read as unlabelled
+    (a stray image beside the class folders used to drop the accuracy gates silently). Calibration: any depth."""
+    flat = FolderSource(_folder(tmp_path / "flat", ["a.png", "b.png"]), (8, 8), None)
+    assert not flat.labeled
+    classes = FolderSource(_folder(tmp_path / "classes", ["cat/a.png", "dog/b.png"]), (8, 8), None)
+    assert classes.labeled and list(classes.labels) == [0, 1]
+    mixed = _folder(tmp_path / "mixed", ["cat/a.png", "dog/b.png", "stray.png"])
+    with pytest.raises(UserError, match=r"1 image\(s\) \(e.g. stray.png\) sit beside the class folders \(cat, dog\)"):
+        FolderSource(mixed, (8, 8), None)
+    deep = _folder(tmp_path / "deep", ["cat/a.png", "cat/2024/b.png"])
+    with pytest.raises(UserError, match="two or more folders deep"):
+        FolderSource(deep, (8, 8), None)
+    for root in (mixed, deep):  # calibration reads every image under the folder, whatever the layout
+        assert FolderSource(root, (8, 8), None, use_labels=False).count == (3 if root == mixed else 2)
