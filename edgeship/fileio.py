@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -130,9 +131,51 @@ def sha256_path(path: Path) -> str:
 
 
 def _hash_file_into(h: "hashlib._Hash", path: Path) -> None:
-    with open(path, "rb") as f:
+    with open_regular(path, "file") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+
+
+def _kind(mode: int) -> str:
+    import stat
+
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "directory")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def open_regular(path: Path, what: str) -> "io.BufferedReader":
+    """``path`` opened for reading in binary, refused at once (one :class:`UserError` line) unless it is a regular
+    file: a FIFO or a device would block a read forever or never end (``/dev/zero``), issue 29. The open itself
+    cannot block (``O_NONBLOCK``: a FIFO with no writer opens at once); the mode is checked on the open descriptor
+    (``fstat``), so the file checked is the file read."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise UserError(f"{what} {path} is a {_kind(mode)}, not a regular file: pass the file itself")
+        os.set_blocking(fd, True)
+        return io.open(fd, "rb", closefd=True)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular_bytes(path: Path, what: str, max_bytes: int | None = None) -> bytes:
+    """The bytes of regular file ``path`` (:func:`open_regular`), at most ``max_bytes`` (more: one
+    :class:`UserError` line) so a side file or config cannot exhaust memory."""
+    with open_regular(path, what) as f:
+        data = f.read(-1 if max_bytes is None else max_bytes + 1)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise UserError(f"{what} {path} is larger than {max_bytes / 1e6:g} MB: not a file edgeship writes or reads")
+    return data
 
 
 def size_on_disk(path: Path) -> int:
@@ -235,6 +278,10 @@ def _remove(p: Path) -> None:
         p.unlink()
 
 
+#: The largest config, policy, manifest or report edgeship reads (a real one is a few hundred kB at most)
+STRUCTURED_MAX_BYTES = 64 * 1024 * 1024
+
+
 def read_structured(path: Path, what: str, missing: str | None = None) -> dict:
     """A TOML or JSON file (by suffix) as a dict; a missing or malformed file is one clear :class:`UserError`.
     ``missing`` replaces the 'not found' message."""
@@ -243,12 +290,16 @@ def read_structured(path: Path, what: str, missing: str | None = None) -> dict:
 
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        if not path.exists() and not path.is_symlink():
+            raise FileNotFoundError(path)
+        text = read_regular_bytes(path, what, STRUCTURED_MAX_BYTES).decode("utf-8")
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except FileNotFoundError:
         raise UserError(missing or f"{what} not found: {path}") from None
     except PermissionError as e:  # the environment's (exit 3), not a malformed file
         raise EnvironmentProblem(f"cannot read {what} {path}: {e.strerror}; check its permissions") from None
+    except RecursionError:  # a document nested thousands deep (json's and tomllib's parsers recurse)
+        raise UserError(f"cannot read {what} {path}: nested too deep to be a file edgeship reads") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError and TOMLDecodeError are ValueErrors
         raise UserError(f"cannot read {what} {path}: {e}") from None
     if not isinstance(data, dict):

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from edgeship.fileio import atomic_path, sha256_path, write_bytes_atomic
@@ -94,3 +97,49 @@ def test_a_signal_during_a_write_leaves_the_old_file_and_no_temp(tmp_path, signu
         signal.signal(signal.SIGINT, previous)
     assert sha256_path(target) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.mlpackage"]
+
+
+# ------------------------------------------------------------------ reads that cannot hang (issue 29, item 3)
+def test_special_files_are_refused_at_once_never_read(tmp_path):
+    """A FIFO (no writer: a read would block forever), a device (/dev/zero never ends) or a directory given where a
+    file is read is one UserError line, at once; a document nested 200,000 deep is one line, not a RecursionError."""
+    import json as _json
+
+    from edgeship.errors import UserError
+    from edgeship.fileio import read_regular_bytes, read_structured, sha256_path
+    from edgeship.models.spec import read_labels
+
+    fifo = tmp_path / "manifest.json"
+    os.mkfifo(fifo)
+    for read in (lambda p: read_structured(p, "manifest"), lambda p: read_labels(p), sha256_path,
+                 lambda p: read_regular_bytes(p, "side file")):
+        with pytest.raises(UserError, match="is a FIFO, not a regular file"):
+            read(fifo)
+    with pytest.raises(UserError, match="is a character device"):
+        sha256_path(Path("/dev/zero"))
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(UserError, match="nested too deep"):
+        read_structured(deep, "manifest")
+    big = tmp_path / "big.json"
+    big.write_text(_json.dumps({"x": "y" * 100}))
+    with pytest.raises(UserError, match="larger than"):
+        read_regular_bytes(big, "side file", max_bytes=50)
+
+
+def test_labels_as_json_list_and_a_pickle_refused_with_the_command(tmp_path):
+    import json as _json
+    import pickle
+
+    from edgeship.errors import UserError
+    from edgeship.models.spec import read_labels
+
+    (tmp_path / "labels.json").write_text(_json.dumps(["n02085620-Chihuahua", "n02085782-Japanese_spaniel"]))
+    assert read_labels(tmp_path / "labels.json") == ("n02085620-Chihuahua", "n02085782-Japanese_spaniel")
+    (tmp_path / "bad.json").write_text(_json.dumps({"0": "cat"}))
+    with pytest.raises(UserError, match="JSON list of class names"):
+        read_labels(tmp_path / "bad.json")
+    (tmp_path / "label_encoder.pkl").write_bytes(pickle.dumps(["cat", "dog"]))
+    with pytest.raises(UserError, match="is a Python pickle, which edgeship never loads") as e:
+        read_labels(tmp_path / "label_encoder.pkl")
+    assert "classes_" in str(e.value) and "> labels.txt" in str(e.value)

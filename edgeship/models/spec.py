@@ -170,24 +170,36 @@ def read_labels(path: "str | os.PathLike[str]") -> tuple[str, ...]:
     splits on U+2028, U+2029, U+0085, form feeds and other separators, and so would turn one label into two.
     Spaces and tabs around a label are dropped; blank trailing lines are ignored. A label holding a control
     character (Unicode category Cc: a lone ``\\r``, a form feed, NUL...) is refused naming its line, since every
-    format would ship it invisibly. The labels shipped in each format are this list, byte for byte.
+    format would ship it invisibly. The labels shipped in each format are this list, byte for byte. A ``.json`` file
+    is a JSON list of names instead. A Python pickle (a scikit-learn ``LabelEncoder``) is refused with the one-line
+    command that turns it into a labels.txt: unpickling runs code, and edgeship never does it.
 
-    Raises :class:`UserError` (file missing, not UTF-8, empty, a control character)."""
+    Raises :class:`UserError` (file missing or not a regular file, not UTF-8, empty, a control character, a
+    pickle)."""
     import unicodedata
     from pathlib import Path
 
+    from edgeship.fileio import read_regular_bytes
+
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"label file {p} is a directory: give a text file, one label per line")
     try:
-        text = p.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise UserError(f"label file not found: {p}") from None
-    except IsADirectoryError:
-        raise UserError(f"label file {p} is a directory: give a text file, one label per line") from None
-    except UnicodeDecodeError as e:
-        line = p.read_bytes()[: e.start].count(b"\n") + 1
-        raise UserError(f"label file {p} is not UTF-8 (line {line}): save it as UTF-8") from None
+        data = read_regular_bytes(p, "label file", max_bytes=64 * 1024 * 1024)
     except OSError as e:
         raise UserError(f"cannot read label file {p}: {e.strerror or e}") from None
+    if data[:1] == b"\x80" and data[-1:] == b".":  # a pickle (protocol 2+): e.g. a scikit-learn LabelEncoder
+        raise UserError(
+            f"label file {p} is a Python pickle, which edgeship never loads (unpickling runs code): write the "
+            f"class names one per line, e.g. python -c \"import pickle; print(*pickle.load(open('{p.name}', 'rb'))"
+            f".classes_, sep='\\n')\" > labels.txt")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise UserError(f"label file {p} is not UTF-8 (line {line}): save it as UTF-8") from None
+    if p.suffix.lower() == ".json":
+        return _json_labels(p, text)
     lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
     while lines and not lines[-1].strip(" \t"):
         lines.pop()
@@ -201,6 +213,19 @@ def read_labels(path: "str | os.PathLike[str]") -> tuple[str, ...]:
                     "\x00": "a NUL"}.get(bad, "a control character")
             raise UserError(f"label file {p}, line {number}: the label holds {what} (U+{ord(bad):04X}); remove it")
     return labels
+
+
+def _json_labels(p: Any, text: str) -> tuple[str, ...]:
+    """A ``.json`` label file: a list of class names (strings), in class-index order."""
+    import json
+
+    try:
+        names = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise UserError(f"label file {p} is not valid JSON ({str(e)[:80]}): write a JSON list of class names") from None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise UserError(f"label file {p} must hold a non-empty JSON list of class names (strings), in class order")
+    return tuple(names)
 
 
 def parse_triplet(text: str, what: str) -> tuple[float, float, float]:
