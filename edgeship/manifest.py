@@ -14,10 +14,11 @@ Schema (``schema_version`` 1)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -104,8 +105,27 @@ class Manifest:
         }
 
     def save(self, directory: Path) -> Path:
-        path = Path(directory) / MANIFEST_NAME
-        write_bytes_atomic(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
+        """Write the manifest atomically, under an exclusive lock on ``directory`` (``flock``): two processes
+        recording into one directory (two exports into one ``--out``) both keep their records. A record another
+        process saved meanwhile for the same model (same source, preprocessing and labels) whose file still exists
+        is kept ahead of this one's (this one's wins for the same path); one for another model is replaced, as a
+        sequential export of another model replaces it (issue 29, item 5)."""
+        directory = Path(directory)
+        path = directory / MANIFEST_NAME
+        with directory_lock(directory):
+            merged = list(self.artifacts)
+            if path.exists():
+                try:
+                    disk = Manifest.load(directory)
+                except UserError:
+                    disk = None
+                if disk is not None and (disk.source, disk.preprocessing, disk.labels) == (
+                        self.source, self.preprocessing, self.labels):
+                    mine = {a.path for a in self.artifacts}
+                    theirs = [a for a in disk.artifacts if a.path not in mine and (directory / a.path).exists()]
+                    merged = theirs + merged
+            self.artifacts = merged
+            write_bytes_atomic(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
         return path
 
     @staticmethod
@@ -143,6 +163,28 @@ class Manifest:
                             "re-export") from None
         except (KeyError, ValueError, TypeError, AttributeError) as e:
             raise UserError(f"{path} is not a valid edgeship manifest ({type(e).__name__}: {e}): re-export") from None
+
+
+@contextlib.contextmanager
+def directory_lock(directory: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``directory`` itself (no lock file is left beside the artifacts); waits for the
+    holder. Filesystems without ``flock`` (some network mounts) go unlocked rather than failing the write."""
+    import fcntl
+    import os
+
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def tool_versions() -> dict[str, str]:
