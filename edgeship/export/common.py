@@ -1,5 +1,6 @@
-"""What every exporter shares: the human fields each format carries, precisions each format supports (policy as
-data), artifact naming, and turning a converter's exception into one line that names the failing layer."""
+"""What every exporter shares: the human fields each format carries, the export stage's table of the precisions
+each format supports and its file suffix (read from :data:`edgeship.formats.FORMATS`), artifact naming, and turning
+a converter's exception into one line that names the failing layer."""
 
 from __future__ import annotations
 
