@@ -114,21 +114,46 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------- export
 def _cmd_export(args: argparse.Namespace) -> int:
-    from edgeship.export import ModelInfo, export
+    from edgeship.export import ModelInfo, export_with
+    from edgeship.export.options import ExportOptions
     from edgeship.types import Format, Precision
 
-    formats = Format.parse_list(args.formats, "format")
-    precisions = Precision.parse_list(args.precision, "precision") if args.precision else None
+    options = ExportOptions.of(formats=Format.parse_list(args.formats, "format"),
+                               precisions=Precision.parse_list(args.precision, "precision") if args.precision else None,
+                               onnx_layout=args.onnx_layout, opset=args.opset, deployment_target=args.deployment_target)
     loaded = _load(args)
     info = ModelInfo(
         name=args.name or loaded.spec.name,
         description=args.description or ModelInfo.default_for(loaded.spec.name, loaded.spec.num_classes).description,
         version=args.version, author=args.author, license=args.license,
     )
-    result = export(formats=formats, out=args.out, precisions=precisions, onnx_layout=args.onnx_layout,
-                    opset=args.opset, deployment_target=args.deployment_target, info=info, loaded=loaded)
+    result = export_with(options, out=args.out, info=info, loaded=loaded)
     _print_artifacts(result)
     return 0
+
+
+def _export_args(g: Any) -> None:
+    """The export options' arguments: choices and defaults from :class:`edgeship.export.options.ExportOptions`."""
+    from edgeship.export.options import FLOAT_PRECISION_CHOICES, MAX_OPSET, CoreMLTarget, ExportOptions
+    from edgeship.formats import FORMATS
+    from edgeship.types import Format, Layout
+
+    default = ExportOptions()
+    names = ",".join(f.value for f in Format)
+    g.add_argument("--formats", default=",".join(f.value for f in default.formats),
+                   help=f"comma-separated: {names} (default: all)")
+    per_format = ", ".join(f"{f.value} {spec.default_precision}" for f, spec in FORMATS.items())
+    floats = ", ".join(map(str, FLOAT_PRECISION_CHOICES))
+    g.add_argument("--precision", help=f"comma-separated float precisions: {floats} (default: each format's own: "
+                                       f"{per_format})")
+    g.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output directory (default: {DEFAULT_OUT})")
+    g.add_argument("--onnx-layout", default=default.onnx_layout.value, choices=[m.value for m in Layout],
+                   help=f"ONNX input layout (default {default.onnx_layout})")
+    g.add_argument("--opset", type=int, default=default.opset, help=f"ONNX opset (default {default.opset}, at most "
+                                                                    f"{MAX_OPSET})")
+    g.add_argument("--deployment-target", default=default.deployment_target.value,
+                   help=f"Core ML minimum deployment target: {', '.join(m.value for m in CoreMLTarget)} "
+                        f"(default {default.deployment_target})")
 
 
 def _print_artifacts(result: Any) -> None:
@@ -328,14 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Export a trained model to float TFLite, ONNX and Core ML, with each "
                                    "ecosystem's metadata, and record them in DIR/manifest.json.")
     _model_args(p)
-    g = p.add_argument_group("export")
-    g.add_argument("--formats", default="tflite,onnx,coreml", help="comma-separated: tflite,onnx,coreml (default: all)")
-    g.add_argument("--precision", help="comma-separated float precisions: fp32, fp16 (default: TFLite and ONNX "
-                                       "fp32, Core ML fp16)")
-    g.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output directory (default: {DEFAULT_OUT})")
-    g.add_argument("--onnx-layout", default="nhwc", choices=["nhwc", "nchw"], help="ONNX input layout (default nhwc)")
-    g.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17, at most 18)")
-    g.add_argument("--deployment-target", default="iOS16", help="Core ML minimum deployment target (default iOS16)")
+    _export_args(p.add_argument_group("export"))
     g = p.add_argument_group("model card")
     g.add_argument("--name", help="model name in the metadata (default: the model's)")
     g.add_argument("--description", help="short description")

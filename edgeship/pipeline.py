@@ -14,10 +14,12 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     bake_preprocessing = false           # make mean/std/BGR the model's first op: files take raw RGB pixels
     force_preprocessing = false          # accept a mean/std outside every convention (refused otherwise: 0-1 units)
 
-    [export]
+    [export]                             # edgeship.export.options.ExportOptions
     formats = ["tflite", "onnx", "coreml"]
     precisions = ["fp32", "fp16"]        # default: each format's own (TFLite/ONNX fp32, Core ML fp16)
     onnx_layout = "nhwc"
+    opset = 17                           # ONNX opset, 13 to 18
+    deployment_target = "iOS16"          # Core ML: iOS15 to iOS18
 
     [quantize]
     formats = ["tflite", "onnx", "coreml"]   # default: the exported formats; [] skips quantising
@@ -69,6 +71,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from edgeship.errors import UserError
+from edgeship.export.options import ExportOptions
 from edgeship.fileio import read_structured
 from edgeship.models.registry import looks_like_variant_name
 from edgeship.schema import Fraction, NonNegativeInt, PositiveInt, Table, check
@@ -79,7 +82,8 @@ FormatName = Literal[tuple(f.value for f in Format)]  # type: ignore[valid-type]
 
 
 # The schema of edgeship.toml: one class per table (edgeship.schema.Table: strict types, unknown keys refused). To
-# add a key, add a field here (and to RunConfig / load_config).
+# add a key, add a field here (and to RunConfig / load_config). [export] is the export stage's own options object
+# (edgeship.export.options.ExportOptions): a key added there is a TOML key, a CLI argument and an export() keyword.
 class ModelTable(Table):
     path: str | None = None
     labels: str | None = None
@@ -90,12 +94,6 @@ class ModelTable(Table):
     bake_preprocessing: bool = False
     force_preprocessing: bool = False  # accept a mean/std outside every image-model convention (0-1 units, ...)
     output_kind: str | None = None  # edgeship.types.OutputKind.parse: probabilities, logits, multilabel, embedding
-
-
-class ExportTable(Table):
-    formats: list[FormatName] | None = None
-    precisions: list[Literal["fp32", "fp16"]] | None = None
-    onnx_layout: Literal["nhwc", "nchw"] = "nhwc"
 
 
 class QuantizeTable(Table):
@@ -149,7 +147,7 @@ with warnings.catch_warnings():  # the table named "validate" shadows pydantic's
         """An ``edgeship.toml``: every table optional."""
 
         model: ModelTable = ModelTable()
-        export: ExportTable = ExportTable()
+        export: ExportOptions = ExportOptions()
         quantize: QuantizeTable = QuantizeTable()
         validate: ValidateTable = ValidateTable()  # type: ignore[assignment]
         output: OutputTable = OutputTable()
@@ -166,9 +164,7 @@ class RunConfig:
     bgr: bool = False
     bake_preprocessing: bool = False
     force_preprocessing: bool = False  # accept a mean/std outside every convention (edgeship.models.spec)
-    formats: list[str] = field(default_factory=lambda: [f.value for f in Format])
-    precisions: list[str] | None = None
-    onnx_layout: str = "nhwc"
+    export: ExportOptions = field(default_factory=ExportOptions)
     quantize_formats: list[str] | None = None  # None: the exported formats
     calibration: str | None = None
     num_samples: int = 200
@@ -239,8 +235,7 @@ def load_config(path: str | Path | None) -> RunConfig:
     return RunConfig(
         model=rel(m.path), labels=rel(m.labels), trust_model=m.trust,
         output_kind=None if m.output_kind is None else str(OutputKind.parse(m.output_kind, f"{p}: [model] output_kind")),
-        formats=list(e.formats) if e.formats is not None else RunConfig().formats, precisions=e.precisions,
-        onnx_layout=e.onnx_layout, quantize_formats=q.formats,
+        export=e, quantize_formats=q.formats,
         calibration=rel(q.calibration), num_samples=q.num_samples, relu6_fixed=q.relu6_fixed, seed=q.seed,
         quantize_precisions=q.precisions, onnx_method=q.onnx_method, ptq=q.ptq, weight_rounding=q.weight_rounding,
         cross_layer_equalization=q.cross_layer_equalization, activation_ranges=q.activation_ranges,
@@ -274,7 +269,7 @@ def _triplet(value: Any, what: str) -> tuple[float, float, float] | None:
 
 
 def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
-    from edgeship.export import export
+    from edgeship.export import export_with
     from edgeship.models.loading import load_model
     from edgeship.validate.pipeline import validate
     from edgeship.validate.reports import summary_table
@@ -308,10 +303,9 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
 
     echo(describe_input(loaded))
     t0 = time.perf_counter()
-    result = export(loaded=loaded, formats=config.formats, out=config.out, precisions=config.precisions,
-                    onnx_layout=config.onnx_layout)
+    result = export_with(config.export, loaded=loaded, out=config.out)
     echo(f"exported {len(result.paths)} artifacts in {time.perf_counter() - t0:.1f} s")
-    quantize_formats = config.formats if config.quantize_formats is None else config.quantize_formats
+    quantize_formats = list(config.export.formats) if config.quantize_formats is None else config.quantize_formats
     if quantize_formats:
         from edgeship.quantize import quantize
 

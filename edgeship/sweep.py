@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgeship.errors import UserError
+from edgeship.formats import FORMATS
 
-FLOAT_PRECISIONS = ("fp32", "fp16")
+#: The precisions a variant exports (the rest it quantises): every format's float precisions
+FLOAT_PRECISIONS = tuple(dict.fromkeys(p.value for spec in FORMATS.values() for p in spec.float_precisions))
 SYNTH_IMAGES = 16
 
 
@@ -93,6 +95,7 @@ def run_variant(name: str, config: SweepConfig, data: str) -> list[dict[str, Any
     quiet_environment()
     from edgeship.models.catalog import describe_models
     from edgeship.models.registry import VARIANTS
+    from edgeship.export.options import ExportOptions
     from edgeship.pipeline import RunConfig, run
 
     v = VARIANTS[name]
@@ -104,7 +107,7 @@ def run_variant(name: str, config: SweepConfig, data: str) -> list[dict[str, Any
         floats = [p for p in config.precisions if p in FLOAT_PRECISIONS]
         quant = [p for p in config.precisions if p not in FLOAT_PRECISIONS]
         run_config = RunConfig(
-            model=name, formats=list(config.formats), precisions=floats or None,
+            model=name, export=ExportOptions.of(formats=list(config.formats), precisions=floats or None),
             quantize_formats=list(config.formats) if quant else [], quantize_precisions=quant or None,
             calibration=data, num_samples=config.num_samples, data=data, threads=config.threads,
             iterations=config.iterations, kernel_path_samples=0, out=config.out / "variants" / name)

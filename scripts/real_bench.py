@@ -55,12 +55,14 @@ def equal_share(a: Path, b: Path, images: np.ndarray, preprocessing: Any) -> flo
     """Share of output values of file ``b`` exactly equal to file ``a``'s on ``images``, each run in its own
     runtime (LiteRT with XNNPACK, ONNX Runtime with its default optimisation) and fed by edgeship's runners as a
     client would feed it."""
+    from edgeship.formats import format_of
     from edgeship.runtimes import runner_for
-    from edgeship.types import Format
 
     outs = []
     for path in (a, b):
-        runner = runner_for(Format.TFLITE if path.suffix == ".tflite" else Format.ONNX, path, preprocessing).open()
+        fmt = format_of(path.suffix)
+        assert fmt is not None, path
+        runner = runner_for(fmt, path, preprocessing).open()
         try:
             outs.append(runner.predict(images))
         finally:

@@ -5,6 +5,10 @@ Python API::
     from edgeship.export import export
     result = export(model=None, formats=["tflite", "onnx", "coreml"], out="edgeship-out")
     print(result.paths)
+
+The options are one typed object (:class:`edgeship.export.options.ExportOptions`, also the ``[export]`` table of
+``edgeship.toml`` and the CLI's export arguments); ``export``'s keyword arguments build it. Each format's exporter
+is named by its declaration (:data:`edgeship.formats.FORMATS`).
 """
 
 from __future__ import annotations
@@ -12,16 +16,20 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from edgeship.errors import UserError
 from edgeship.export.common import FLOAT_PRECISIONS, ModelInfo, artifact_name, plan
+from edgeship.export.options import ExportOptions
 from edgeship.fileio import atomic_path, ensure_output_dir, sha256_path, size_on_disk
+from edgeship.formats import FORMATS
 from edgeship.manifest import MANIFEST_NAME, ArtifactRecord, Manifest, tool_versions
-from edgeship.models.loading import LoadedModel, load_model
 from edgeship.types import Format, Layout, Precision
 
-__all__ = ["export", "ExportResult", "ModelInfo", "FLOAT_PRECISIONS", "open_manifest"]
+if TYPE_CHECKING:
+    from edgeship.models.loading import LoadedModel
+
+__all__ = ["export", "export_with", "ExportOptions", "ExportResult", "ModelInfo", "FLOAT_PRECISIONS", "open_manifest"]
 
 
 @dataclass
@@ -34,73 +42,64 @@ class ExportResult:
 
 def export(
     model: str | Path | Any | None = None,
-    formats: Sequence[Format | str] = (Format.TFLITE, Format.ONNX, Format.COREML),
+    formats: Sequence[Format | str] | None = None,
     out: str | Path = "edgeship-out",
     *,
     precisions: Sequence[Precision | str] | None = None,
-    onnx_layout: Layout | str = Layout.NHWC,
-    opset: int = 17,
-    deployment_target: str = "iOS16",
+    onnx_layout: Layout | str | None = None,
+    opset: int | None = None,
+    deployment_target: str | None = None,
     info: ModelInfo | None = None,
     trust_model: bool = False,
     labels: str | Path | None = None,
     loaded: LoadedModel | None = None,
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
+    options: ExportOptions | None = None,
 ) -> ExportResult:
-    """Export ``model`` (None: the embedded demo; a registry name; a path; a keras.Model) to ``formats``.
+    """Export ``model`` (None: the embedded demo; a registry name; a path; a keras.Model) to ``formats`` (None:
+    every format).
 
     ``precisions``: float precisions to make; each format makes those it supports (TFLite fp32/fp16, ONNX fp32,
-    Core ML fp16/fp32); by default TFLite fp32, ONNX fp32 and Core ML fp16.
+    Core ML fp16/fp32); by default TFLite fp32, ONNX fp32 and Core ML fp16. ``formats``, ``precisions``,
+    ``onnx_layout``, ``opset`` and ``deployment_target`` are :class:`ExportOptions`' fields (None: its default);
+    ``options``, when given, is used instead of them.
     """
+    options = options or ExportOptions.of(formats=None if formats is None else list(formats), precisions=precisions,
+                                          onnx_layout=onnx_layout, opset=opset, deployment_target=deployment_target)
+    return export_with(options, model, out, info=info, trust_model=trust_model, labels=labels, loaded=loaded,
+                       progress=progress, warn=warn)
+
+
+def export_with(options: ExportOptions, model: str | Path | Any | None = None, out: str | Path = "edgeship-out", *,
+                info: ModelInfo | None = None, trust_model: bool = False, labels: str | Path | None = None,
+                loaded: LoadedModel | None = None, progress: bool = True,
+                warn: Callable[[str], None] | None = None) -> ExportResult:
+    """:func:`export` with its options as one object: each (format, precision) of ``options`` through its format's
+    exporter (:data:`edgeship.formats.FORMATS`), recorded in ``out``'s manifest after each file."""
     from tqdm import tqdm
 
-    fmts = [Format.parse(f, "format") if isinstance(f, str) else Format(f) for f in formats]
-    precs = [Precision.parse(p, "precision") if isinstance(p, str) else Precision(p) for p in precisions or []]
-    layout = Layout.parse(onnx_layout, "ONNX layout") if isinstance(onnx_layout, str) else Layout(onnx_layout)
-    jobs = plan(fmts, precs)
+    from edgeship.models.loading import load_model
+
+    jobs = plan(list(options.formats), list(options.precisions or []))
     out_dir = ensure_output_dir(Path(out))
     loaded = loaded or load_model(model, trust_model=trust_model, labels=labels)
-    _warn_mediapipe(loaded, fmts, warn or (lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr)))
+    _warn_mediapipe(loaded, options.formats, warn or (lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr)))
     info = info or ModelInfo.default_for(loaded.spec.name, loaded.spec.num_classes)
     manifest = open_manifest(out_dir, loaded)
     result = ExportResult(out_dir, out_dir / MANIFEST_NAME, manifest)
     bar = tqdm(jobs, desc="export", unit="artifact", disable=None if progress else True, leave=False)
     for fmt, precision in bar:
         bar.set_postfix_str(f"{fmt} {precision}")
-        name = artifact_name(loaded.spec.name, fmt, precision, "_nchw" if fmt is Format.ONNX and layout is Layout.NCHW else "")
+        name = artifact_name(loaded.spec.name, fmt, precision, options.file_suffix(fmt))
         path = out_dir / name
-        options = _export_one(loaded, fmt, precision, path, info, layout=layout, opset=opset,
-                              deployment_target=deployment_target)
+        with atomic_path(path) as tmp:
+            record = FORMATS[fmt].exporter(loaded, precision, info, tmp, options)
         manifest.add(ArtifactRecord(path=name, format=fmt, precision=precision, sha256=sha256_path(path),
-                                    size_bytes=size_on_disk(path), options=options))
+                                    size_bytes=size_on_disk(path), options=record))
         result.paths.append(path)
         manifest.save(out_dir)  # after each artifact, so a later failure keeps the record of what was made
     return result
-
-
-def _export_one(loaded: LoadedModel, fmt: Format, precision: Precision, path: Path, info: ModelInfo, *,
-                layout: Layout, opset: int, deployment_target: str) -> dict[str, Any]:
-    spec = loaded.spec
-    io = {"input": spec.input_name, "output": spec.output_name, "input_dtype": "float32"}
-    with atomic_path(path) as tmp:
-        if fmt is Format.TFLITE:
-            from edgeship.export.tflite import export_tflite
-
-            tmp.write_bytes(export_tflite(loaded, precision, info))
-            return {**io, "layout": "nhwc", "metadata": "tflite"}
-        if fmt is Format.ONNX:
-            from edgeship.export.onnx import export_onnx
-
-            tmp.write_bytes(export_onnx(loaded, info, layout=layout, opset=opset))
-            return {**io, "layout": str(layout), "opset": opset}
-        if fmt is Format.COREML:
-            from edgeship.export.coreml import export_coreml
-
-            export_coreml(loaded, precision, info, tmp, deployment_target=deployment_target)
-            return {"input": spec.input_name, "input_type": "image", "output": "classLabel",
-                    "deployment_target": deployment_target}
-    raise UserError(f"unknown format {fmt}")  # pragma: no cover - Format.parse guards this
 
 
 def _warn_mediapipe(loaded: LoadedModel, formats: Sequence[Format], warn: Callable[[str], None]) -> None:

@@ -1,5 +1,6 @@
-"""What every exporter shares: the human fields each format carries, precisions each format supports (policy as
-data), artifact naming, and turning a converter's exception into one line that names the failing layer."""
+"""What every exporter shares: the human fields each format carries, the export stage's table of the precisions
+each format supports and its file suffix (read from :data:`edgeship.formats.FORMATS`), artifact naming, and turning
+a converter's exception into one line that names the failing layer."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from edgeship import __version__
 from edgeship.errors import ConversionError, UserError
+from edgeship.formats import FORMATS
 from edgeship.types import Format, Precision
 
 
@@ -31,15 +33,11 @@ class ModelInfo:
         )
 
 
-# Which float precisions each exporter makes, and the one it makes when none is asked for.
-FLOAT_PRECISIONS: dict[Format, tuple[Precision, ...]] = {
-    Format.TFLITE: (Precision.FP32, Precision.FP16),
-    Format.ONNX: (Precision.FP32,),
-    Format.COREML: (Precision.FP16, Precision.FP32),
-}
-DEFAULT_PRECISION: dict[Format, Precision] = {f: p[0] for f, p in FLOAT_PRECISIONS.items()}
-EXTENSIONS: dict[Format, str] = {Format.TFLITE: ".tflite", Format.ONNX: ".onnx", Format.COREML: ".mlpackage"}
-
+# Which float precisions each exporter makes, the one it makes when none is asked for, and its file's suffix: read
+# from the format declarations (edgeship.formats).
+FLOAT_PRECISIONS: dict[Format, tuple[Precision, ...]] = {f: spec.float_precisions for f, spec in FORMATS.items()}
+DEFAULT_PRECISION: dict[Format, Precision] = {f: spec.default_precision for f, spec in FORMATS.items()}
+EXTENSIONS: dict[Format, str] = {f: spec.suffix for f, spec in FORMATS.items()}
 
 def plan(formats: list[Format], precisions: list[Precision] | None) -> list[tuple[Format, Precision]]:
     """The (format, precision) pairs to export. With no precisions, each format's default; otherwise every asked
@@ -63,6 +61,11 @@ def plan(formats: list[Format], precisions: list[Precision] | None) -> list[tupl
 def artifact_name(model_name: str, fmt: Format, precision: Precision, suffix: str = "") -> str:
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name).strip("._") or "model"
     return f"{safe}_{precision}{suffix}{EXTENSIONS[fmt]}"
+
+
+def io_record(spec: Any) -> dict[str, str]:
+    """The input and output names a float file's manifest record keeps (a :class:`~edgeship.models.spec.ModelSpec`)."""
+    return {"input": spec.input_name, "output": spec.output_name, "input_dtype": "float32"}
 
 
 # How each converter names the op type it cannot handle.

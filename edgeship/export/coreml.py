@@ -17,11 +17,12 @@ from typing import Any
 from edgeship import __version__
 from edgeship.errors import UserError
 from edgeship.export.common import ModelInfo, conversion_error
+from edgeship.export.options import CoreMLTarget, ExportOptions
 from edgeship.models.loading import LoadedModel
 from edgeship.types import ColorOrder, Format, Precision
 
-DEFAULT_TARGET = "iOS16"
-TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18")
+DEFAULT_TARGET = str(ExportOptions.model_fields["deployment_target"].default)
+TARGETS = tuple(t.value for t in CoreMLTarget)
 
 
 def export_coreml(loaded: LoadedModel, precision: Precision, info: ModelInfo, path: Path,
@@ -70,6 +71,14 @@ def export_coreml(loaded: LoadedModel, precision: Precision, info: ModelInfo, pa
     from edgeship.export.reproducible import canonical_mlpackage
 
     canonical_mlpackage(path)  # byte-identical reruns: no random UUIDs, maps in key order
+
+
+def export_file(loaded: LoadedModel, precision: Precision, info: ModelInfo, path: Path,
+                options: ExportOptions) -> dict[str, Any]:
+    """The exporter of :data:`edgeship.formats.FORMATS`: writes the .mlpackage at ``path``; its manifest options."""
+    target = str(options.deployment_target)
+    export_coreml(loaded, precision, info, path, deployment_target=target)
+    return {"input": loaded.spec.input_name, "input_type": "image", "output": "classLabel", "deployment_target": target}
 
 
 def describe(mlmodel: Any, loaded: LoadedModel, info: ModelInfo) -> None:

@@ -8,24 +8,26 @@ preprocessing in ``metadata_props``, checked with ``onnx.checker`` (full check).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from edgeship import __version__
 from edgeship.errors import UserError
-from edgeship.export.common import ModelInfo, conversion_error
+from edgeship.export.common import ModelInfo, conversion_error, io_record
 from edgeship.export.reproducible import canonical_onnx
+from edgeship.export.options import MAX_OPSET, MIN_OPSET, ExportOptions
 from edgeship.models.loading import LoadedModel
-from edgeship.types import Format, Layout
+from edgeship.types import Format, Layout, Precision
 
-DEFAULT_OPSET = 17
-MAX_OPSET = 18  # tf2onnx 1.17's highest
+DEFAULT_OPSET: int = ExportOptions.model_fields["opset"].default
 
 
 def export_onnx(loaded: LoadedModel, info: ModelInfo, layout: Layout = Layout.NHWC, opset: int = DEFAULT_OPSET) -> bytes:
     from edgeship._tf import import_quietly, silenced, tf
 
-    if not 13 <= opset <= MAX_OPSET:
-        raise UserError(f"ONNX opset {opset} is not supported: choose 13 to {MAX_OPSET} (default {DEFAULT_OPSET})")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UserError(f"ONNX opset {opset} is not supported: choose {MIN_OPSET} to {MAX_OPSET} "
+                        f"(default {DEFAULT_OPSET})")
     t = tf()
     tf2onnx = import_quietly("tf2onnx")
     onnx = import_quietly("onnx")
@@ -49,6 +51,13 @@ def export_onnx(loaded: LoadedModel, info: ModelInfo, layout: Layout = Layout.NH
     except onnx.checker.ValidationError as e:
         raise conversion_error(model, Format.ONNX, e) from e
     return proto.SerializeToString()
+
+
+def export_file(loaded: LoadedModel, precision: Precision, info: ModelInfo, path: Path,
+                options: ExportOptions) -> dict[str, Any]:
+    """The exporter of :data:`edgeship.formats.FORMATS`: writes the .onnx at ``path``; its manifest options."""
+    path.write_bytes(export_onnx(loaded, info, layout=options.onnx_layout, opset=options.opset))
+    return {**io_record(loaded.spec), "layout": str(options.onnx_layout), "opset": options.opset}
 
 
 def rename_output(proto: Any, new: str) -> None:

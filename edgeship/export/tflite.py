@@ -7,11 +7,15 @@ Keras 3 models (it goes through ``model.export``), so a concrete-function conver
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
-from edgeship.export.common import ModelInfo, conversion_error
+from edgeship.export.common import ModelInfo, conversion_error, io_record
 from edgeship.models.loading import LoadedModel
 from edgeship.types import Format, Precision
+
+if TYPE_CHECKING:
+    from edgeship.export.options import ExportOptions
 
 
 def convert(loaded: LoadedModel, precision: Precision, configure: Callable[[Any], None] | None = None) -> bytes:
@@ -49,3 +53,10 @@ def export_tflite(loaded: LoadedModel, precision: Precision, info: ModelInfo) ->
     from edgeship.export.tflite_metadata import add_metadata
 
     return add_metadata(convert(loaded, precision), loaded.spec, info)
+
+
+def export_file(loaded: LoadedModel, precision: Precision, info: ModelInfo, path: Path,
+                options: ExportOptions) -> dict[str, Any]:
+    """The exporter of :data:`edgeship.formats.FORMATS`: writes the .tflite at ``path``; its manifest options."""
+    path.write_bytes(export_tflite(loaded, precision, info))
+    return {**io_record(loaded.spec), "layout": "nhwc", "metadata": "tflite"}

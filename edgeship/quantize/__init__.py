@@ -22,23 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from edgeship.formats import FORMATS
 from edgeship.quantize.common import LAYER_SAMPLES
 from edgeship.types import Format, Precision
 
-#: The precisions this stage can produce per format, the default ones first (policy as data, like
-#: export.FLOAT_PRECISIONS). TFLite ``w8`` is the converter's dynamic-range mode (int8 weights, float
-#: activations quantised on the fly); ``fp16`` its float16-weight mode.
-QUANTIZED_PRECISIONS: dict[Format, tuple[Precision, ...]] = {
-    Format.TFLITE: (Precision.INT8, Precision.W8, Precision.FP16),
-    Format.ONNX: (Precision.INT8,),
-    Format.COREML: (Precision.W8, Precision.W8A8),
-}
-#: What ``quantize`` makes when no precision is asked for.
-DEFAULT_PRECISIONS: dict[Format, tuple[Precision, ...]] = {
-    Format.TFLITE: (Precision.INT8,),
-    Format.ONNX: (Precision.INT8,),
-    Format.COREML: (Precision.W8, Precision.W8A8),
-}
+#: The precisions this stage can produce per format, the default ones first, and what it makes when no precision is
+#: asked for: read from the format declarations (:data:`edgeship.formats.FORMATS`).
+QUANTIZED_PRECISIONS: dict[Format, tuple[Precision, ...]] = {f: spec.quantized_precisions for f, spec in FORMATS.items()}
+DEFAULT_PRECISIONS: dict[Format, tuple[Precision, ...]] = {f: spec.default_quantized for f, spec in FORMATS.items()}
 
 __all__ = ["DEFAULT_PRECISIONS", "PTQ_PRESETS", "QUANTIZED_PRECISIONS", "QUANTIZERS", "quantize", "QuantizeResult", "plan",
            "resolve_ptq"]
@@ -62,12 +53,9 @@ def plan(formats: Sequence[Format], precisions: Sequence[Precision | str] | None
 #: The precisions whose weights are per-channel int8 (the ones bias correction applies to).
 CORRECTED = frozenset({Precision.INT8, Precision.W8, Precision.W8A8})
 
-#: The quantiser of each format (:mod:`edgeship.quantize.common`: ``(job, precision, tmp) -> Made``).
-QUANTIZERS: dict[Format, Callable[[], Callable[..., Any]]] = {
-    Format.TFLITE: lambda: _load("edgeship.quantize.tflite", "quantize_tflite_file"),
-    Format.ONNX: lambda: _load("edgeship.quantize.onnx", "quantize_onnx_file"),
-    Format.COREML: lambda: _load("edgeship.quantize.coreml", "quantize_coreml_file"),
-}
+#: The quantiser of each format (:mod:`edgeship.quantize.common`: ``(job, precision, tmp) -> Made``), imported when
+#: first used (coremltools and TF load only when needed).
+QUANTIZERS: dict[Format, Callable[[], Callable[..., Any]]] = {f: spec.quantizer.load for f, spec in FORMATS.items()}
 
 
 #: The post-training quantisation presets (``ptq``): the options each sets unless given explicitly. "thorough"
@@ -92,12 +80,6 @@ def resolve_ptq(ptq: str = "thorough", **explicit: Any) -> dict[str, Any]:
     if key not in PTQ_PRESETS:
         raise UserError(f"unknown --ptq preset '{ptq}': choose from {', '.join(PTQ_PRESETS)}")
     return {**PTQ_PRESETS[key], **{k: v for k, v in explicit.items() if v is not None}}
-
-
-def _load(module: str, name: str) -> Callable[..., Any]:
-    import importlib
-
-    return getattr(importlib.import_module(module), name)  # lazily: coremltools and TF load only when needed
 
 
 @dataclass

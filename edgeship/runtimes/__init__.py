@@ -6,7 +6,8 @@ the other for it.
 - one module per runtime: ``keras``, ``litert`` (XNNPACK, and reference kernels), ``onnxrt`` (optimised, and
   unfused), ``coreml`` (macOS), ``coreml_reference`` (the NumPy ML Program executor, :mod:`.mlprogram`).
 
-This module is the table (policy as data): which runner opens a file of each format, and the name reports use.
+This module is the table the stages use, read from the format declarations (:data:`edgeship.formats.FORMATS`):
+which runner opens a file of each format, the name reports use, and each format's second kernel path.
 
 Core ML runs in Core ML itself on macOS; elsewhere, where ``MLModel.predict`` cannot run, its ML Program is
 executed by edgeship's NumPy reference executor (``coreml-reference``; see :mod:`edgeship.runtimes.mlprogram`).
@@ -14,10 +15,10 @@ executed by edgeship's NumPy reference executor (``coreml-reference``; see :mod:
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Callable
 
+from edgeship.formats import FORMATS
 from edgeship.models.spec import Preprocessing
 from edgeship.types import Format, Precision
 from edgeship.runtimes.runner import Runner
@@ -36,57 +37,13 @@ def kernel_path_runner(fmt: Format, precision: Precision, path: Path, preprocess
     return KERNEL_PATHS[fmt][0]()(path, preprocessing, threads)
 
 
-def _litert_reference() -> type[Runner]:
-    from edgeship.runtimes.litert import LiteRTReferenceRunner
-
-    return LiteRTReferenceRunner
-
-
-def _ort_unfused() -> type[Runner]:
-    from edgeship.runtimes.onnxrt import OnnxRuntimeUnfusedRunner
-
-    return OnnxRuntimeUnfusedRunner
-
-
-def _litert() -> type[Runner]:
-    from edgeship.runtimes.litert import LiteRTRunner
-
-    return LiteRTRunner
-
-
-def _ort() -> type[Runner]:
-    from edgeship.runtimes.onnxrt import OnnxRuntimeRunner
-
-    return OnnxRuntimeRunner
-
-
-def _coreml() -> type[Runner]:
-    if not _HAS_CORE_ML:
-        return _coreml_reference()
-    from edgeship.runtimes.coreml import CoreMLRunner
-
-    return CoreMLRunner
-
-
-def _coreml_reference() -> type[Runner]:
-    from edgeship.runtimes.coreml_reference import CoreMLReferenceRunner
-
-    return CoreMLReferenceRunner
-
-
-_HAS_CORE_ML = sys.platform == "darwin"  # coremltools can predict only on macOS
-
-
-_FACTORIES: dict[Format, Callable[[], type[Runner]]] = {Format.TFLITE: _litert, Format.ONNX: _ort, Format.COREML: _coreml}
-RUNTIME_NAMES: dict[Format, str] = {Format.TFLITE: "litert", Format.ONNX: "onnxruntime",
-                                    Format.COREML: "coreml" if _HAS_CORE_ML else "coreml-reference"}
+#: The Runner class of each format on this platform (a lazy import each).
+_FACTORIES: dict[Format, Callable[[], type[Runner]]] = {f: spec.runtime.runner.load for f, spec in FORMATS.items()}
+RUNTIME_NAMES: dict[Format, str] = {f: spec.runtime.name for f, spec in FORMATS.items()}
 
 #: Portability: an int8 file also runs through a second kernel path of its runtime, one whose arithmetic does not
 #: depend on the CPU's 8-bit instructions, and the two must agree (policy: kernel_path_* gates). A kernel that
 #: saturates on this CPU (edgeship.quantize.portability) shows up as disagreement. (runner, what it compares)
 KERNEL_PATHS: dict[Format, tuple[Callable[[], type[Runner]], str]] = {
-    Format.TFLITE: (_litert_reference, "LiteRT reference kernels (BUILTIN_REF, int32 loops) against XNNPACK"),
-    Format.ONNX: (_ort_unfused, "ONNX Runtime unfused graph (ORT_DISABLE_ALL: DequantizeLinear, float op, "
-                                "QuantizeLinear) against its fused int8 kernels"),
-}
+    f: (spec.kernel_path.runner.load, spec.kernel_path.what) for f, spec in FORMATS.items() if spec.kernel_path}
 KERNEL_PATH_PRECISIONS = frozenset({Precision.INT8})

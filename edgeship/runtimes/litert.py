@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from edgeship.errors import UserError
-from edgeship.types import ColorOrder
+from edgeship.types import ColorOrder, Precision
 from edgeship.runtimes.runner import InputInfo, Quantization, Runner
 
 
@@ -87,3 +87,18 @@ class LiteRTReferenceRunner(LiteRTRunner):
 
     runtime = "litert-reference"
     reference_kernels = True
+
+
+def guess_precision(path: Any) -> Precision:
+    """For a .tflite no manifest records: int8 if its tensors are 8-bit, fp16 if its weights are fp16."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    try:
+        model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
+    except Exception:
+        return Precision.FP32  # unreadable: the runner will fail it with the reason
+    types = {t.type for g in model.subgraphs for t in g.tensors}
+    if types & {schema.TensorType.INT8, schema.TensorType.UINT8}:
+        return Precision.INT8
+    return Precision.FP16 if schema.TensorType.FLOAT16 in types else Precision.FP32

