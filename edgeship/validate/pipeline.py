@@ -204,12 +204,7 @@ def validate(
         if part.status is not Status.PASSED or part.comparison is None:
             continue
         ran.append(i)
-        r.metrics = part.comparison.metrics()
-        if part.second is not None:
-            paths = part.second.metrics()
-            r.metrics.kernel_path_top1_agreement = paths.top1_agreement
-            r.metrics.kernel_path_equal_values = paths.equal_values
-            r.metrics.kernel_path_sqnr_db = paths.sqnr_db
+        r.metrics = part.comparison.metrics(part.second)
         r.kernel_path_samples = part.kernel_path_samples
         r.flips = part.comparison.flips
         r.flips_by_margin = part.comparison.flips_by_margin()
