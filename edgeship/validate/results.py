@@ -72,6 +72,9 @@ from typing import TYPE_CHECKING, Any
 
 from edgeship.validate.metrics import REGISTRY
 
+if TYPE_CHECKING:
+    from edgeship.validate.contract import ContractResult
+
 SCHEMA_VERSION = 2
 
 
@@ -257,7 +260,7 @@ class Report:
     # What the output means (probabilities, logits, multilabel, embedding): it chose the metrics and gate tables
     output_kind: str = "logits"
     # The preprocessing contract check (edgeship.validate.contract.ContractResult), or None when not run
-    contract: Any = None
+    contract: ContractResult | None = None
 
     @property
     def passed(self) -> bool:
