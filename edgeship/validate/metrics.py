@@ -232,7 +232,7 @@ class Batch:
 
 
 @dataclass(frozen=True)
-class Partial:
+class Statistic:
     """A statistic kept over the batches: how it merges, and its value for one batch (None: nothing to add, e.g.
     no labels). ``first``: keep only the first so many samples (SAMPLES partials)."""
 
@@ -246,26 +246,26 @@ def _labelled(fn: Callable[[Batch], object]) -> Callable[[Batch], object]:
 
 
 #: Every partial statistic a metric may read, by name (the keys of :class:`Stream`).
-PARTIALS: dict[str, Partial] = {
-    "max_abs": Partial(Merge.SAMPLES, lambda b: b.err.max(axis=1)),
-    "sum_abs": Partial(Merge.SUM, lambda b: float(b.err.sum())),
-    "values": Partial(Merge.COUNT, lambda b: b.err.size),
-    "equal": Partial(Merge.COUNT, lambda b: int(np.count_nonzero(b.err == 0))),
-    "signal": Partial(Merge.SUM, lambda b: float(np.sum(b.ref.astype(np.float64) ** 2))),
-    "noise": Partial(Merge.SUM, lambda b: float(np.sum(b.err**2))),
-    "cos": Partial(Merge.SAMPLES, lambda b: per_sample_cosine(b.ref, b.out)),
-    "decisions_equal": Partial(Merge.COUNT, lambda b: b.decisions[0]),
-    "decisions": Partial(Merge.COUNT, lambda b: b.decisions[1]),
-    "ref_ap": Partial(Merge.HISTOGRAM, _labelled(lambda b: (b.ref, b.truth))),
-    "out_ap": Partial(Merge.HISTOGRAM, _labelled(lambda b: (b.out, b.truth))),
-    "ref_emb": Partial(Merge.SAMPLES, lambda b: np.asarray(b.ref, np.float32), first=MAX_NEIGHBOUR_SAMPLES),
-    "out_emb": Partial(Merge.SAMPLES, lambda b: np.asarray(b.out, np.float32), first=MAX_NEIGHBOUR_SAMPLES),
-    "top5": Partial(Merge.SAMPLES, lambda b: per_sample_top5_overlap(b.ref, b.out)),
-    "agree": Partial(Merge.SAMPLES, lambda b: b.top1[0] == b.top1[1]),
-    "margin": Partial(Merge.SAMPLES, lambda b: b.margin),
-    "ref_correct": Partial(Merge.SAMPLES, _labelled(lambda b: b.top1[0] == b.truth)),
-    "out_correct": Partial(Merge.SAMPLES, _labelled(lambda b: b.top1[1] == b.truth)),
-    "out_correct5": Partial(Merge.SAMPLES, _labelled(Batch.correct5)),
+PARTIALS: dict[str, Statistic] = {
+    "max_abs": Statistic(Merge.SAMPLES, lambda b: b.err.max(axis=1)),
+    "sum_abs": Statistic(Merge.SUM, lambda b: float(b.err.sum())),
+    "values": Statistic(Merge.COUNT, lambda b: b.err.size),
+    "equal": Statistic(Merge.COUNT, lambda b: int(np.count_nonzero(b.err == 0))),
+    "signal": Statistic(Merge.SUM, lambda b: float(np.sum(b.ref.astype(np.float64) ** 2))),
+    "noise": Statistic(Merge.SUM, lambda b: float(np.sum(b.err**2))),
+    "cos": Statistic(Merge.SAMPLES, lambda b: per_sample_cosine(b.ref, b.out)),
+    "decisions_equal": Statistic(Merge.COUNT, lambda b: b.decisions[0]),
+    "decisions": Statistic(Merge.COUNT, lambda b: b.decisions[1]),
+    "ref_ap": Statistic(Merge.HISTOGRAM, _labelled(lambda b: (b.ref, b.truth))),
+    "out_ap": Statistic(Merge.HISTOGRAM, _labelled(lambda b: (b.out, b.truth))),
+    "ref_emb": Statistic(Merge.SAMPLES, lambda b: np.asarray(b.ref, np.float32), first=MAX_NEIGHBOUR_SAMPLES),
+    "out_emb": Statistic(Merge.SAMPLES, lambda b: np.asarray(b.out, np.float32), first=MAX_NEIGHBOUR_SAMPLES),
+    "top5": Statistic(Merge.SAMPLES, lambda b: per_sample_top5_overlap(b.ref, b.out)),
+    "agree": Statistic(Merge.SAMPLES, lambda b: b.top1[0] == b.top1[1]),
+    "margin": Statistic(Merge.SAMPLES, lambda b: b.margin),
+    "ref_correct": Statistic(Merge.SAMPLES, _labelled(lambda b: b.top1[0] == b.truth)),
+    "out_correct": Statistic(Merge.SAMPLES, _labelled(lambda b: b.top1[1] == b.truth)),
+    "out_correct5": Statistic(Merge.SAMPLES, _labelled(Batch.correct5)),
 }
 
 

@@ -191,8 +191,8 @@ def _integrity(entries: list[ArtifactEntry], allow_modified: bool) -> tuple[dict
     return integrity, refused
 
 
-def _job(o: ValidateOptions, entries: list[ArtifactEntry], ref_model: LoadedModel, trust_model: bool, source: DataSource,
-         policy: Policy, refused: dict[int, str], executor: Executor) -> Job:
+def _job(o: ValidateOptions, entries: list[ArtifactEntry], ref_model: LoadedModel, trust_model: bool,
+         source: DataSource, policy: Policy, refused: dict[int, str], executor: Executor) -> Job:
     """The plain-data job every executor runs: the artifacts, the settled reference, the data and the settings
     of the comparison (agreement by confidence, the output kind's threshold) and of the contract check."""
     from edgeship.data import parse_input_range
@@ -324,7 +324,8 @@ def _device_figures(entries: list[ArtifactEntry], logs: Sequence[str | Path],
     return out
 
 
-def _reference(reference: str | Path | LoadedModel | None, entries: list[ArtifactEntry], trust_model: bool) -> LoadedModel:
+def _reference(reference: str | Path | LoadedModel | None, entries: list[ArtifactEntry],
+               trust_model: bool) -> LoadedModel:
     if isinstance(reference, LoadedModel):
         return reference
     if reference is not None:
