@@ -47,9 +47,9 @@ def resolve_artifacts(paths: Sequence[str | Path]) -> list[ArtifactEntry]:
         if not p.exists():
             raise UserError(f"artifact not found: {p}")
         _check_kind(p, fmt, f"--artifacts {p} was given")
-        manifest, record = _manifest_beside(p)
-        entries.append(ArtifactEntry(p, fmt, record.precision if record else guess_precision(fmt, p), manifest,
-                                     p.parent if manifest else None, record))
+        beside, record = _manifest_beside(p)
+        entries.append(ArtifactEntry(p, fmt, record.precision if record else guess_precision(fmt, p), beside,
+                                     p.parent if beside else None, record))
     return entries
 
 
