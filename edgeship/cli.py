@@ -203,6 +203,9 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------- validate
 def _validate_args(p: argparse.ArgumentParser) -> None:
+    """Validate's options (choices and defaults from :class:`edgeship.validate.options.ValidateOptions`)."""
+    from edgeship.validate.options import default as option
+
     g = p.add_argument_group("validation")
     g.add_argument("--data", metavar="DATA", help="a folder of images (class subfolders give labels) or an "
                                                   ".npy/.npz array (default: the demo held-out set)")
@@ -210,14 +213,17 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--policy", metavar="FILE", help="TOML release gates merged over the defaults")
     g.add_argument("--require", default="", metavar="FORMATS",
                    help="comma-separated formats that must run here: skipped ones then fail the run")
-    g.add_argument("--threads", type=_count(1), default=1, help="threads per runtime (default 1)")
-    g.add_argument("--iterations", type=_count(1), default=50, help="timed inferences per artifact (default 50)")
+    g.add_argument("--threads", type=_count(1), default=option("threads"),
+                   help=f"threads per runtime (default {option('threads')})")
+    g.add_argument("--iterations", type=_count(1), default=option("iterations"),
+                   help=f"timed inferences per artifact (default {option('iterations')})")
     g.add_argument("--allow-modified", action="store_true",
                    help="validate artifacts that differ from their manifest record (sha256, size) instead of failing "
                         "them; the report records it")
-    g.add_argument("--kernel-path-samples", type=_count(0), default=500, metavar="N",
+    g.add_argument("--kernel-path-samples", type=_count(0), default=option("kernel_path_samples"), metavar="N",
                    help="samples each int8 file also runs through a second kernel path of its runtime (ORT unfused, "
-                        "LiteRT reference kernels) to show it answers alike on any CPU (default 500; 0: off)")
+                        "LiteRT reference kernels) to show it answers alike on any CPU "
+                        f"(default {option('kernel_path_samples')}; 0: off)")
     _output_kind_arg(g)
     g.add_argument("--expect-accuracy", type=float, metavar="FRACTION",
                    help="the preprocessing contract: the float model, fed the declared preprocessing, must reach this "
@@ -244,8 +250,10 @@ def _input_range_arg(g: "argparse._ArgumentGroup") -> None:
 
 
 def _executor_args(p: argparse.ArgumentParser) -> None:
+    from edgeship.validate.options import ExecutorName, default as option
+
     g = p.add_argument_group("executor")
-    g.add_argument("--executor", default="local", choices=["local", "ray"],
+    g.add_argument("--executor", default=option("executor"), choices=[e.value for e in ExecutorName],
                    help="local (default: this process) or ray: shards of the data set over a Ray cluster, merged "
                         "into the same figures (pip install 'edgeship[ray]')")
     g.add_argument("--address", metavar="ADDR", help="with --executor ray: the cluster to join, e.g. HOST:6379 "
@@ -299,12 +307,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.out:
         config.out = Path(args.out)
-    if args.baseline:
-        config.baseline = args.baseline
-    if args.latency_from:
-        config.latency_from = list(args.latency_from)
-    if args.device:
-        config.device = args.device
+    given = {"baseline": args.baseline, "latency_from": list(args.latency_from) or None, "device": args.device}
+    config.validate = config.validate.model_copy(update={k: v for k, v in given.items() if v})
     return run(config, echo=print).exit_code
 
 

@@ -76,6 +76,7 @@ from edgeship.fileio import read_structured
 from edgeship.models.registry import looks_like_variant_name
 from edgeship.schema import Fraction, NonNegativeInt, PositiveInt, Table, check
 from edgeship.types import Format
+from edgeship.validate.options import ValidateOptions
 from edgeship.validate.results import Report
 
 FormatName = Literal[tuple(f.value for f in Format)]  # type: ignore[valid-type]
@@ -117,25 +118,6 @@ class QuantizeTable(Table):
     input_range: str | list[float] | None = None  # "LO,HI" or [LO, HI]: edgeship.data.parse_input_range
 
 
-class ValidateTable(Table):
-    data: str | None = None
-    policy: str | None = None
-    require: list[FormatName] = []
-    threads: PositiveInt = 1
-    iterations: PositiveInt = 50
-    kernel_path_samples: NonNegativeInt = 500
-    allow_modified: bool = False
-    baseline: str | None = None
-    latency_from: str | list[str] = []
-    device: str | None = None
-    input_range: str | list[float] | None = None
-    executor: Literal["local", "ray"] = "local"
-    address: str | None = None
-    workers: PositiveInt | None = None
-    expect_accuracy: Fraction | None = None  # the contract check's accuracy (fraction)
-    skip_bad_images: bool | None = None  # None: the executor's default (local: stop; ray: fail the image alone)
-
-
 class OutputTable(Table):
     dir: str | None = None
 
@@ -149,7 +131,7 @@ with warnings.catch_warnings():  # the table named "validate" shadows pydantic's
         model: ModelTable = ModelTable()
         export: ExportOptions = ExportOptions()
         quantize: QuantizeTable = QuantizeTable()
-        validate: ValidateTable = ValidateTable()  # type: ignore[assignment]
+        validate: ValidateOptions = ValidateOptions()  # type: ignore[assignment]
         output: OutputTable = OutputTable()
 
 
@@ -182,24 +164,21 @@ class RunConfig:
     keep_float: str | int | None = None
     max_drop: float = 0.01
     max_size: str | int | None = None
-    data: str | None = None
-    policy: str | None = None
-    require: list[str] = field(default_factory=list)
-    threads: int = 1
-    iterations: int = 50
-    kernel_path_samples: int = 500
-    allow_modified: bool = False
-    baseline: str | None = None
-    latency_from: list[str] = field(default_factory=list)
-    device: str | None = None
-    executor: str = "local"
-    address: str | None = None
-    workers: int | None = None
-    skip_bad_images: bool | None = None
-    expect_accuracy: float | None = None
+    validate: ValidateOptions = field(default_factory=ValidateOptions)  # [validate], paths made relative
     out: Path = Path("edgeship-out")
-    input_range: tuple[float, float] | None = None  # [validate] input_range (edgeship.data)
     calibration_input_range: tuple[float, float] | None = None  # [quantize] input_range
+
+    def __getattr__(self, name: str) -> Any:
+        """The validate options read as before (``config.baseline``); set them through ``validate``."""
+        if name != "validate" and name in ValidateOptions.model_fields:
+            return getattr(self.validate, name)
+        raise AttributeError(f"'RunConfig' object has no attribute '{name}'")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ValidateOptions.model_fields:  # would be shadowed, never used: say where it goes
+            raise AttributeError(f"RunConfig.{name} is a validate option: config.validate = "
+                                 f"config.validate.model_copy(update={{'{name}': ...}})")
+        super().__setattr__(name, value)
 
 
 def load_config(path: str | Path | None) -> RunConfig:
@@ -242,16 +221,12 @@ def load_config(path: str | Path | None) -> RunConfig:
         bias_correction=q.bias_correction, int8_bias_correction=q.int8_bias_correction,
         raw_input_compensation=q.raw_input_compensation, keep_float=q.keep_float, max_drop=q.max_drop,
         max_size=q.max_size,
-        data=rel(v.data), policy=rel(v.policy), require=list(v.require), threads=v.threads,
-        iterations=v.iterations, kernel_path_samples=v.kernel_path_samples, allow_modified=v.allow_modified,
-        baseline=rel(v.baseline), device=v.device, executor=v.executor, address=v.address, workers=v.workers,
-        skip_bad_images=v.skip_bad_images,
-        latency_from=[str(rel(x)) for x in ([v.latency_from] if isinstance(v.latency_from, str) else v.latency_from)],
-        input_range=parse_input_range(v.input_range, f"{p}: [validate] input_range"),
+        validate=v.model_copy(update=dict(
+            data=rel(v.data), policy=rel(v.policy), baseline=rel(v.baseline), latency_from=[str(rel(x)) for x in v.logs],
+            input_range=parse_input_range(v.input_range, f"{p}: [validate] input_range"))),
         calibration_input_range=parse_input_range(q.input_range, f"{p}: [quantize] input_range"),
         mean=_triplet(m.mean, f"{p}: [model] mean"), std=_triplet(m.std, f"{p}: [model] std"),
         bgr=m.bgr, bake_preprocessing=m.bake_preprocessing, force_preprocessing=m.force_preprocessing,
-        expect_accuracy=v.expect_accuracy,
         out=Path(rel(o.dir) or "edgeship-out"),
     )
 
@@ -271,7 +246,7 @@ def _triplet(value: Any, what: str) -> tuple[float, float, float] | None:
 def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
     from edgeship.export import export_with
     from edgeship.models.loading import load_model
-    from edgeship.validate.pipeline import validate
+    from edgeship.validate.pipeline import validate_with
     from edgeship.validate.reports import summary_table
 
     from edgeship.fileio import ensure_output_dir
@@ -323,13 +298,7 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
         echo(f"quantised {len(q.paths)} artifacts in {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
     report_dir = config.out / "report"
-    report = validate([config.out], reference=loaded, data=config.data, policy=config.policy, report_dir=report_dir,
-                      require=config.require, threads=config.threads, iterations=config.iterations,
-                      kernel_path_samples=config.kernel_path_samples, allow_modified=config.allow_modified,
-                      baseline=config.baseline, latency_from=config.latency_from, device=config.device,
-                      input_range=config.input_range, executor=config.executor, address=config.address,
-                      workers=config.workers, skip_bad_images=config.skip_bad_images,
-                      expect_accuracy=config.expect_accuracy)
+    report = validate_with([config.out], config.validate, reference=loaded, report_dir=report_dir)
     echo(f"validated on {report.data['count']} images in {time.perf_counter() - t0:.1f} s")
     echo(summary_table(report))
     if report.baseline is not None:

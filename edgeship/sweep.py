@@ -97,6 +97,7 @@ def run_variant(name: str, config: SweepConfig, data: str) -> list[dict[str, Any
     from edgeship.models.registry import VARIANTS
     from edgeship.export.options import ExportOptions
     from edgeship.pipeline import RunConfig, run
+    from edgeship.validate.options import ValidateOptions
 
     v = VARIANTS[name]
     head = {"variant": name, "family": v.full_family, "alpha": v.alpha, "resolution": v.resolution}
@@ -109,8 +110,9 @@ def run_variant(name: str, config: SweepConfig, data: str) -> list[dict[str, Any
         run_config = RunConfig(
             model=name, export=ExportOptions.of(formats=list(config.formats), precisions=floats or None),
             quantize_formats=list(config.formats) if quant else [], quantize_precisions=quant or None,
-            calibration=data, num_samples=config.num_samples, data=data, threads=config.threads,
-            iterations=config.iterations, kernel_path_samples=0, out=config.out / "variants" / name)
+            calibration=data, num_samples=config.num_samples, out=config.out / "variants" / name,
+            validate=ValidateOptions(data=None if data is None else str(data), threads=config.threads,
+                                     iterations=config.iterations, kernel_path_samples=0))
         report = run(run_config, echo=lambda _: None)
     except UserError as e:
         return [head | {"status": "failed", "reason": str(e)}]

@@ -7,12 +7,16 @@ Python API::
     print(report.passed)
 """
 
-__all__ = ["validate"]
+__all__ = ["ValidateOptions", "validate", "validate_with"]
 
 
 def __getattr__(name: str):  # lazy: keep `import edgeship.validate` light
-    if name == "validate":
-        from edgeship.validate.pipeline import validate
+    if name in ("validate", "validate_with"):
+        from edgeship.validate import pipeline
 
-        return validate
+        return getattr(pipeline, name)
+    if name == "ValidateOptions":
+        from edgeship.validate.options import ValidateOptions
+
+        return ValidateOptions
     raise AttributeError(name)

@@ -34,6 +34,7 @@ from edgeship.errors import UserError
 from edgeship.fileio import read_structured
 from edgeship.validate.policy import Policy
 from edgeship.validate.results import ArtifactResult, BaselineCheck, GateResult, Report, Status
+from edgeship.validate.units import NA, fmt_db, fmt_mb, fmt_ms, fmt_pct, fmt_pp
 
 REPORT_NAME = "report.json"
 #: The packages whose version decides a runtime's speed (keys of report.json's ``versions``).
@@ -248,8 +249,6 @@ def compare_with_baseline(report: Report, baseline: str | Path | tuple[Path, dic
 
 
 def _fmt(figure: str, x: float | None) -> str:
-    from edgeship.validate.reports.common import fmt_db, fmt_mb, fmt_ms, fmt_pct
-
     if figure in ("accuracy_top1", "top1_agreement"):
         return fmt_pct(x)
     if figure == "sqnr_db":
@@ -261,8 +260,6 @@ def _fmt(figure: str, x: float | None) -> str:
 
 def fmt_change(c: BaselineCheck) -> str:
     """``"drop 2.2 pp"``, ``"+12.0 %"``, ``"drop 1.5 dB"``; "n/a" when not computed."""
-    from edgeship.validate.reports.common import NA, fmt_pp
-
     if c.change is None:
         return NA
     if c.kind == "growth":
@@ -273,8 +270,6 @@ def fmt_change(c: BaselineCheck) -> str:
 
 
 def fmt_budget(c: BaselineCheck) -> str:
-    from edgeship.validate.reports.common import NA, fmt_pp
-
     if c.budget is None:
         return NA
     if c.kind == "growth":

@@ -13,36 +13,22 @@ An executor returns an :class:`Outcome`: the merged :class:`Partial`, the timing
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeship.errors import UserError
-from edgeship.validate.shard import Job, Partial, Session, Timing
+from edgeship.validate.options import ExecutorName
+from edgeship.validate.shard import Executor, Job, Outcome, Session  # noqa: F401  (Executor, Outcome: re-exported)
 
-EXECUTORS = ("local", "ray")
+if TYPE_CHECKING:
+    from edgeship.models.loading import LoadedModel
 
-
-@dataclass
-class Outcome:
-    partial: Partial
-    timings: dict[int, Timing]
-    machine: dict[str, Any] | None = None  # where latency was measured (None: this machine)
-    info: dict[str, Any] = field(default_factory=dict)  # the report's ``executor`` record
-
-
-class Executor(ABC):
-    name: str
-
-    @abstractmethod
-    def run(self, job: Job, reference: Any, progress: bool = True) -> Outcome:
-        """Validate ``job``; ``reference`` is the driver's loaded reference model (a local executor reuses it)."""
+EXECUTORS = tuple(e.value for e in ExecutorName)
 
 
 class LocalExecutor(Executor):
     name = "local"
 
-    def run(self, job: Job, reference: Any, progress: bool = True) -> Outcome:
+    def run(self, job: Job, reference: LoadedModel | None, progress: bool = True) -> Outcome:
         from tqdm import tqdm
 
         session = Session(job, reference)

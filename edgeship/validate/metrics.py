@@ -1,4 +1,8 @@
-"""Comparison metrics: an enum of names plus one pure function each.
+"""Comparison metrics: an enum of names, one pure function each, and the registry (:data:`REGISTRY`, at the end)
+that declares each metric once: direction, unit, output kinds, what it needs, the partial statistics it streams
+(merged across shards by :class:`Stream`) and its value from them. The comparison loop
+(:class:`edgeship.validate.compare.Comparison`), the policy's gates and schema, and the report's ``metrics`` fields
+(:class:`edgeship.validate.results.Metrics`) all read it; a new metric is its :class:`Metric` member and its line.
 
 Every function takes the reference outputs and the artifact's outputs, both (N, classes) float arrays in the
 reference's label order, and returns a float, or None when there is nothing to measure (no samples). Division by
@@ -15,14 +19,18 @@ with margin >= the confident margin whose top-1 changed.
 
 from __future__ import annotations
 
-from enum import Enum
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable, Protocol
 
 import numpy as np
 
 from edgeship.numerics import sqnr_from_powers, top1_agreement  # noqa: F401  (two of this module's metrics)
+from edgeship.types import OutputKind, _StrEnum
+from edgeship.validate.stream import AP_BINS, Merge, PrecisionHistogram, Stream  # noqa: F401  (re-exported)
 
 
-class Metric(str, Enum):
+class Metric(_StrEnum):
     MAX_ABS_ERROR = "max_abs_error"
     MEAN_ABS_ERROR = "mean_abs_error"
     COSINE = "cosine"
@@ -51,53 +59,13 @@ class Metric(str, Enum):
     COSINE_MIN = "cosine_min"
     NEIGHBOUR_AGREEMENT = "neighbour_agreement"
 
-    def __str__(self) -> str:
-        return self.value
-
 
 #: Default margin bins and confident margin (overridden by the policy's ``[confidence]`` table): see policy.toml.
 MARGIN_BINS = (0.1, 0.3)
 CONFIDENT_MARGIN = 0.3
 
-#: Which way each metric must go to pass a gate (policy files give only the limit).
-HIGHER_IS_BETTER: dict[Metric, bool] = {
-    Metric.MAX_ABS_ERROR: False,
-    Metric.MEAN_ABS_ERROR: False,
-    Metric.COSINE: True,
-    Metric.SQNR_DB: True,
-    Metric.TOP1_AGREEMENT: True,
-    Metric.TOP5_OVERLAP: True,
-    Metric.ACCURACY_TOP1: True,
-    Metric.ACCURACY_TOP5: True,
-    Metric.ACCURACY_TOP1_DROP: False,
-    Metric.EQUAL_VALUES: True,
-    Metric.CONFIDENT_FLIPS: False,
-    Metric.KERNEL_PATH_TOP1_AGREEMENT: True,
-    Metric.KERNEL_PATH_EQUAL_VALUES: True,
-    Metric.KERNEL_PATH_SQNR_DB: True,
-    Metric.LABEL_AGREEMENT: True,
-    Metric.MEAN_AVERAGE_PRECISION: True,
-    Metric.MEAN_AVERAGE_PRECISION_DROP: False,
-    Metric.COSINE_MIN: True,
-    Metric.NEIGHBOUR_AGREEMENT: True,
-}
-
-#: The metrics of each output kind (the others stay None for it, so no gate of another kind applies).
-KIND_METRICS: dict[str, tuple[Metric, ...]] = {
-    "classification": (Metric.MAX_ABS_ERROR, Metric.MEAN_ABS_ERROR, Metric.COSINE, Metric.SQNR_DB,
-                       Metric.TOP1_AGREEMENT, Metric.TOP5_OVERLAP, Metric.ACCURACY_TOP1, Metric.ACCURACY_TOP5,
-                       Metric.ACCURACY_TOP1_DROP, Metric.EQUAL_VALUES, Metric.CONFIDENT_FLIPS),
-    "multilabel": (Metric.MAX_ABS_ERROR, Metric.MEAN_ABS_ERROR, Metric.COSINE, Metric.SQNR_DB, Metric.EQUAL_VALUES,
-                   Metric.LABEL_AGREEMENT, Metric.MEAN_AVERAGE_PRECISION, Metric.MEAN_AVERAGE_PRECISION_DROP),
-    "embedding": (Metric.MAX_ABS_ERROR, Metric.MEAN_ABS_ERROR, Metric.COSINE, Metric.COSINE_MIN, Metric.SQNR_DB,
-                  Metric.EQUAL_VALUES, Metric.NEIGHBOUR_AGREEMENT),
-}
-
 #: Default decision threshold of multi-label scores (the policy's ``[multilabel] threshold``).
 LABEL_THRESHOLD = 0.5
-#: Score bins of the average-precision histograms (scores are in [0, 1]); ties within a bin count as one
-#: threshold, so AP is exact to 1/AP_BINS in score.
-AP_BINS = 1000
 #: At most this many samples' embeddings are kept for nearest-neighbour agreement (the first ones).
 MAX_NEIGHBOUR_SAMPLES = 2000
 
@@ -206,48 +174,6 @@ def label_decisions(ref: np.ndarray, out: np.ndarray, threshold: float) -> tuple
     return equal, int(ref.size)
 
 
-class PrecisionHistogram:
-    """Average precision per label from score histograms: per label, how many positive and negative samples
-    scored in each of ``bins`` equal bins of [0, 1]. Batches add (``add``), histograms merge (``merge``: sums), and
-    :meth:`mean_average_precision` ranks the bins from the highest score down, so AP is that of the ranking with
-    ties within a bin (the VOC/COCO-style sum of precision at each recall step, labels without positives left
-    out; Everingham et al. 2010)."""
-
-    def __init__(self, num_labels: int, bins: int = AP_BINS) -> None:
-        self.bins = bins
-        self.positives = np.zeros((num_labels, bins), np.int64)
-        self.negatives = np.zeros((num_labels, bins), np.int64)
-
-    def add(self, scores: np.ndarray, truth: np.ndarray) -> None:
-        """``scores`` (N, labels) in [0, 1] (clipped); ``truth`` (N,) class indices or (N, labels) 0/1."""
-        if truth.ndim == 1:
-            onehot = np.zeros(scores.shape, bool)
-            onehot[np.arange(len(truth)), truth] = True
-        else:
-            onehot = truth.astype(bool)
-        idx = np.clip((np.clip(scores, 0.0, 1.0) * self.bins).astype(np.int64), 0, self.bins - 1)
-        labels = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-        np.add.at(self.positives, (labels[onehot], idx[onehot]), 1)
-        np.add.at(self.negatives, (labels[~onehot], idx[~onehot]), 1)
-
-    def merge(self, other: "PrecisionHistogram") -> None:
-        self.positives += other.positives
-        self.negatives += other.negatives
-
-    def mean_average_precision(self) -> float | None:
-        tp = np.cumsum(self.positives[:, ::-1], axis=1)
-        fp = np.cumsum(self.negatives[:, ::-1], axis=1)
-        total = tp[:, -1]
-        has = total > 0
-        if not has.any():
-            return None
-        with np.errstate(invalid="ignore", divide="ignore"):
-            precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
-        recall_step = np.diff(np.concatenate([np.zeros((len(tp), 1)), tp], axis=1), axis=1)
-        ap = (precision * recall_step).sum(axis=1)[has] / total[has]
-        return float(np.mean(ap))
-
-
 def nearest_neighbour_agreement(ref: np.ndarray, out: np.ndarray) -> float | None:
     """Share of samples whose nearest neighbour by cosine similarity among the other samples is the same in the
     reference's embeddings ``ref`` and the artifact's ``out`` (N, d); None under 2 samples. A retrieval or
@@ -265,58 +191,210 @@ def nearest_neighbour_agreement(ref: np.ndarray, out: np.ndarray) -> float | Non
     return float(np.mean(nearest(ref) == nearest(out)))
 
 
-class Stream:
-    """Mergeable streaming statistics, the state every accumulating metric keeps (:class:`compare.Comparison`).
+# ---- the registry: one declaration per metric, read by the comparison, the policy and the report ------------------
+class Unit(_StrEnum):
+    """What a metric's value (and so a gate's limit) is measured in."""
 
-    Three kinds of partials, each mergeable so that statistics gathered over shards of a data set and merged equal
-    the statistics of the whole, bit for bit (what the Ray executor relies on, ``edgeship.validate.executors``):
+    FRACTION = "fraction"  # a share in [0, 1] (counts over n): limits in [0, 1], gated within FRACTION_SLACK
+    DB = "dB"  # decibels (SQNR)
+    OUTPUT = "output"  # the output's own units (an error): limits >= 0
+    COSINE = "cosine"  # a cosine similarity in [-1, 1]
 
-    - ``count(name, n)``: integers (equal values, value counts), summed;
-    - ``add(name, x)``: one float partial sum per batch (signal and noise power, sum of absolute errors), kept as a
-      list and totalled with :func:`math.fsum` (the correctly rounded sum, so independent of the grouping and order
-      of the partials);
-    - ``extend(name, array)``: per-sample arrays ((n,) per batch: max error, cosine, agreement, margin, ...),
-      concatenated in sample order, so every mean, max or bin count over them is the whole set's.
 
-    ``merge(other)`` appends ``other``'s partials after this one's: merge shards in data-set order. Merging is
-    exact when each shard covers whole batches of the single stream (per-batch sums are then the same numbers).
-    """
+class Batch:
+    """One batch of reference outputs ``ref`` and artifact outputs ``out`` (N, values), in the reference's label
+    order, with the figures several partials share computed once."""
 
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-        self.sums: dict[str, list[float]] = {}
-        self.samples: dict[str, list[np.ndarray]] = {}
+    def __init__(self, ref: np.ndarray, out: np.ndarray, truth: np.ndarray | None, probabilities: bool,
+                 threshold: float) -> None:
+        self.ref, self.out, self.truth = ref, out, truth
+        self.probabilities, self.threshold = probabilities, threshold
 
-    def count(self, name: str, n: int) -> None:
-        self.counts[name] = self.counts.get(name, 0) + int(n)
+    @cached_property
+    def err(self) -> np.ndarray:
+        return np.abs(self.out.astype(np.float64) - self.ref)
 
-    def add(self, name: str, x: float) -> None:
-        self.sums.setdefault(name, []).append(float(x))
+    @cached_property
+    def top1(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.ref.argmax(1), self.out.argmax(1)
 
-    def extend(self, name: str, values: np.ndarray) -> None:
-        self.samples.setdefault(name, []).append(np.asarray(values))
+    @cached_property
+    def margin(self) -> np.ndarray:
+        return top1_margin(self.ref, self.probabilities)
 
-    def total(self, name: str) -> float:
-        import math
+    @cached_property
+    def decisions(self) -> tuple[int, int]:
+        return label_decisions(self.ref, self.out, self.threshold)
 
-        return math.fsum(self.sums.get(name, ()))
+    def correct5(self) -> np.ndarray:
+        k, truth = min(5, self.out.shape[1]), np.asarray(self.truth)
+        return (np.argsort(-self.out, axis=1, kind="stable")[:, :k] == truth[:, None]).any(axis=1)
 
-    def n(self, name: str) -> int:
-        return self.counts.get(name, 0)
 
-    def values(self, name: str) -> np.ndarray:
-        """The per-sample values of ``name`` over every batch, in sample order ((0,) when none)."""
-        parts = self.samples.get(name)
-        return np.concatenate(parts) if parts else np.zeros(0)
+@dataclass(frozen=True)
+class Statistic:
+    """A statistic kept over the batches: how it merges, and its value for one batch (None: nothing to add, e.g.
+    no labels). ``first``: keep only the first so many samples (SAMPLES partials)."""
 
-    def has(self, name: str) -> bool:
-        return bool(self.samples.get(name))
+    merge: Merge
+    batch: Callable[[Batch], object]
+    first: int | None = None
 
-    def merge(self, other: "Stream") -> "Stream":
-        for k, v in other.counts.items():
-            self.count(k, v)
-        for k, s in other.sums.items():
-            self.sums.setdefault(k, []).extend(s)
-        for k, a in other.samples.items():
-            self.samples.setdefault(k, []).extend(a)
-        return self
+
+def _labelled(fn: Callable[[Batch], object]) -> Callable[[Batch], object]:
+    return lambda b: None if b.truth is None else fn(b)
+
+
+#: Every partial statistic a metric may read, by name (the keys of :class:`Stream`).
+PARTIALS: dict[str, Statistic] = {
+    "max_abs": Statistic(Merge.SAMPLES, lambda b: b.err.max(axis=1)),
+    "sum_abs": Statistic(Merge.SUM, lambda b: float(b.err.sum())),
+    "values": Statistic(Merge.COUNT, lambda b: b.err.size),
+    "equal": Statistic(Merge.COUNT, lambda b: int(np.count_nonzero(b.err == 0))),
+    "signal": Statistic(Merge.SUM, lambda b: float(np.sum(b.ref.astype(np.float64) ** 2))),
+    "noise": Statistic(Merge.SUM, lambda b: float(np.sum(b.err**2))),
+    "cos": Statistic(Merge.SAMPLES, lambda b: per_sample_cosine(b.ref, b.out)),
+    "decisions_equal": Statistic(Merge.COUNT, lambda b: b.decisions[0]),
+    "decisions": Statistic(Merge.COUNT, lambda b: b.decisions[1]),
+    "ref_ap": Statistic(Merge.HISTOGRAM, _labelled(lambda b: (b.ref, b.truth))),
+    "out_ap": Statistic(Merge.HISTOGRAM, _labelled(lambda b: (b.out, b.truth))),
+    "ref_emb": Statistic(Merge.SAMPLES, lambda b: np.asarray(b.ref, np.float32), first=MAX_NEIGHBOUR_SAMPLES),
+    "out_emb": Statistic(Merge.SAMPLES, lambda b: np.asarray(b.out, np.float32), first=MAX_NEIGHBOUR_SAMPLES),
+    "top5": Statistic(Merge.SAMPLES, lambda b: per_sample_top5_overlap(b.ref, b.out)),
+    "agree": Statistic(Merge.SAMPLES, lambda b: b.top1[0] == b.top1[1]),
+    "margin": Statistic(Merge.SAMPLES, lambda b: b.margin),
+    "ref_correct": Statistic(Merge.SAMPLES, _labelled(lambda b: b.top1[0] == b.truth)),
+    "out_correct": Statistic(Merge.SAMPLES, _labelled(lambda b: b.top1[1] == b.truth)),
+    "out_correct5": Statistic(Merge.SAMPLES, _labelled(Batch.correct5)),
+}
+
+
+class Accumulated(Protocol):
+    """What a metric's value is read from: a comparison's merged partials and its settings."""
+
+    stream: Stream
+    confident_margin: float
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric: which way passes a gate, its unit, the output kinds it is measured for, what it needs (labels;
+    ``kernel_path``: the figure ``value`` taken on the comparison of an int8 file's second kernel path with its
+    first, so int8 files only), the partials it streams (each merged across shards as :data:`PARTIALS` says) and
+    its value from them (None: not measurable on this data)."""
+
+    higher_is_better: bool
+    unit: Unit
+    kinds: frozenset[OutputKind]
+    partials: tuple[str, ...]
+    value: Callable[[Accumulated], float | None]
+    needs_labels: bool = False
+    kernel_path: bool = False
+
+
+CLASSES, ALL_KINDS = frozenset(k for k in OutputKind if k.is_classification), frozenset(OutputKind)
+_MULTILABEL, _EMBEDDING = frozenset({OutputKind.MULTILABEL}), frozenset({OutputKind.EMBEDDING})
+
+
+def _mean(name: str) -> Callable[[Accumulated], float | None]:
+    return lambda c: float(np.mean(c.stream.values(name))) if c.stream.has(name) else None
+
+
+def _share(count: str, total: str) -> Callable[[Accumulated], float | None]:
+    return lambda c: c.stream.n(count) / c.stream.n(total)
+
+
+def _sqnr(c: Accumulated) -> float | None:
+    return sqnr_from_powers(c.stream.total("signal"), c.stream.total("noise"))
+
+
+def _confident_flips(c: Accumulated) -> float | None:
+    margin, agree = c.stream.values("margin"), c.stream.values("agree").astype(bool)
+    sure = margin >= c.confident_margin
+    return float(np.mean(~agree[sure])) if sure.any() else None
+
+
+def _accuracy_drop(c: Accumulated) -> float | None:
+    # from the counts, not the difference of two rounded shares: 280/300 vs 277/300 is exactly 3/300
+    if not c.stream.has("out_correct"):
+        return None
+    out_hits = c.stream.values("out_correct").astype(bool)
+    ref_hits = int(c.stream.values("ref_correct").astype(bool).sum())
+    return (ref_hits - int(out_hits.sum())) / len(out_hits)
+
+
+def _map(name: str) -> Callable[[Accumulated], float | None]:
+    return lambda c: c.stream.histograms[name].mean_average_precision() if name in c.stream.histograms else None
+
+
+def _map_drop(c: Accumulated) -> float | None:
+    ref_map, out_map = _map("ref_ap")(c), _map("out_ap")(c)
+    return ref_map - out_map if ref_map is not None and out_map is not None else None
+
+
+def _neighbours(c: Accumulated) -> float | None:
+    if not c.stream.has("ref_emb"):
+        return None
+    return nearest_neighbour_agreement(c.stream.values("ref_emb")[:MAX_NEIGHBOUR_SAMPLES],
+                                       c.stream.values("out_emb")[:MAX_NEIGHBOUR_SAMPLES])
+
+
+_F, _HIGH, _LOW = Unit.FRACTION, True, False
+#: The metrics, in report order (``report.json``'s ``metrics`` keys; :class:`edgeship.validate.results.Metrics`).
+#: A new metric is a member of :class:`Metric` and its line here; its gate is a line of the policy.
+REGISTRY: dict[Metric, MetricSpec] = {
+    Metric.MAX_ABS_ERROR: MetricSpec(_LOW, Unit.OUTPUT, ALL_KINDS, ("max_abs",),
+                                     lambda c: float(np.max(c.stream.values("max_abs")))),
+    Metric.MEAN_ABS_ERROR: MetricSpec(_LOW, Unit.OUTPUT, ALL_KINDS, ("sum_abs", "values"),
+                                      lambda c: c.stream.total("sum_abs") / c.stream.n("values")),
+    Metric.COSINE: MetricSpec(_HIGH, Unit.COSINE, ALL_KINDS, ("cos",), _mean("cos")),
+    Metric.SQNR_DB: MetricSpec(_HIGH, Unit.DB, ALL_KINDS, ("signal", "noise"), _sqnr),
+    Metric.TOP1_AGREEMENT: MetricSpec(_HIGH, _F, CLASSES, ("agree",), _mean("agree")),
+    Metric.TOP5_OVERLAP: MetricSpec(_HIGH, _F, CLASSES, ("top5",), _mean("top5")),
+    Metric.ACCURACY_TOP1: MetricSpec(_HIGH, _F, CLASSES, ("out_correct",), _mean("out_correct"),
+                                     needs_labels=True),
+    Metric.ACCURACY_TOP5: MetricSpec(_HIGH, _F, CLASSES, ("out_correct5",), _mean("out_correct5"),
+                                     needs_labels=True),
+    Metric.ACCURACY_TOP1_DROP: MetricSpec(_LOW, _F, CLASSES, ("out_correct", "ref_correct"), _accuracy_drop,
+                                          needs_labels=True),
+    Metric.EQUAL_VALUES: MetricSpec(_HIGH, _F, ALL_KINDS, ("equal", "values"), _share("equal", "values")),
+    Metric.CONFIDENT_FLIPS: MetricSpec(_LOW, _F, CLASSES, ("margin", "agree"), _confident_flips),
+    Metric.KERNEL_PATH_TOP1_AGREEMENT: MetricSpec(_HIGH, _F, CLASSES, ("agree",), _mean("agree"), kernel_path=True),
+    Metric.KERNEL_PATH_EQUAL_VALUES: MetricSpec(_HIGH, _F, ALL_KINDS, ("equal", "values"),
+                                                _share("equal", "values"), kernel_path=True),
+    Metric.KERNEL_PATH_SQNR_DB: MetricSpec(_HIGH, Unit.DB, ALL_KINDS, ("signal", "noise"), _sqnr, kernel_path=True),
+    Metric.LABEL_AGREEMENT: MetricSpec(_HIGH, _F, _MULTILABEL, ("decisions_equal", "decisions"),
+                                       _share("decisions_equal", "decisions")),
+    Metric.MEAN_AVERAGE_PRECISION: MetricSpec(_HIGH, _F, _MULTILABEL, ("out_ap",), _map("out_ap"),
+                                              needs_labels=True),
+    Metric.MEAN_AVERAGE_PRECISION_DROP: MetricSpec(_LOW, _F, _MULTILABEL, ("ref_ap", "out_ap"), _map_drop,
+                                                   needs_labels=True),
+    Metric.COSINE_MIN: MetricSpec(_HIGH, Unit.COSINE, _EMBEDDING, ("cos",),
+                                  lambda c: float(np.min(c.stream.values("cos")))),
+    Metric.NEIGHBOUR_AGREEMENT: MetricSpec(_HIGH, _F, _EMBEDDING, ("ref_emb", "out_emb"), _neighbours),
+}
+
+
+def _check_registry() -> None:
+    """Every metric declared once, reading partials that exist: a half-wired metric fails at import (a bug)."""
+    missing = [str(m) for m in Metric if m not in REGISTRY]
+    unknown = sorted({p for s in REGISTRY.values() for p in s.partials} - set(PARTIALS))
+    if missing or unknown:
+        raise RuntimeError(f"metric registry: no declaration for {missing}, unknown partials {unknown}")
+
+
+_check_registry()
+
+
+def metrics_of(kind: OutputKind | str, kernel_path: bool = False) -> tuple[Metric, ...]:
+    """The metrics measured for ``kind`` (on the artifact's own outputs, or on its second kernel path's)."""
+    kind = OutputKind(kind)
+    return tuple(m for m, s in REGISTRY.items() if kind in s.kinds and s.kernel_path == kernel_path)
+
+
+def partials_of(kind: OutputKind | str) -> tuple[str, ...]:
+    """The partials a comparison of ``kind`` streams: those its metrics read (both comparisons of a file: its
+    own and its second kernel path's), in :data:`PARTIALS` order."""
+    kind = OutputKind(kind)
+    wanted = {p for s in REGISTRY.values() if kind in s.kinds for p in s.partials}
+    return tuple(p for p in PARTIALS if p in wanted)

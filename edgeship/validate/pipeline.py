@@ -21,38 +21,30 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from edgeship import __version__
 from edgeship.errors import UserError
-from edgeship.formats import FORMATS, format_of
 from edgeship.fileio import check_writable_dir, size_on_disk
 from edgeship.machine import describe_machine
-from edgeship.manifest import MANIFEST_NAME, ArtifactRecord, Manifest, tool_versions
+from edgeship.manifest import Manifest, tool_versions
 from edgeship.models.loading import DEMO_DIR, LoadedModel, load_model
-from edgeship.models.spec import Preprocessing
-from edgeship.types import Format, OutputKind, Precision
-from edgeship.validate.executors import Executor, get_executor
+from edgeship.models.spec import ModelSpec, Preprocessing
+from edgeship.schema import check
+from edgeship.types import Format, OutputKind
+from edgeship.validate.artifacts import ArtifactEntry, guess_precision, resolve_artifacts  # noqa: F401  (API)
+from edgeship.validate.executors import Executor, Outcome, get_executor
+from edgeship.validate.options import ExecutorName, ValidateOptions
 from edgeship.validate.policy import Policy, load_policy
-from edgeship.validate.results import ArtifactResult, Report, Status
+from edgeship.validate.results import ArtifactResult, DeviceLatency, Report, Status
 from edgeship.validate.shard import Job
 from edgeship.runtimes import RUNTIME_NAMES
 
+if TYPE_CHECKING:
+    from edgeship.data import DataSource
+
 DEMO_HELDOUT = DEMO_DIR / "heldout"
-_SUFFIXES = ", ".join(spec.suffix for spec in FORMATS.values())  # ".tflite, .onnx, .mlpackage"
-_DIRECTORY_SUFFIXES = {spec.suffix for spec in FORMATS.values() if spec.directory}  # one artifact, not a folder
-
-
-@dataclass
-class ArtifactEntry:
-    path: Path
-    format: Format
-    precision: Precision
-    manifest: Manifest | None = None
-    manifest_dir: Path | None = None
-    record: ArtifactRecord | None = None  # what the manifest says the file is (sha256, size); None: not recorded
 
 
 def validate(
@@ -83,59 +75,87 @@ def validate(
     expect_accuracy: float | None = None,
 ) -> Report:
     """Validate ``artifacts`` (files, or directories holding a manifest.json) and return the report; with
-    ``report_dir``, also write report.json, report.md, report.html and junit.xml there.
+    ``report_dir``, also write report.json, report.md, report.html and junit.xml there (checked writable before
+    any work: :class:`EnvironmentProblem`).
 
-    ``kernel_path_samples``: how many samples (the first ones) each int8 file's second kernel path runs on; 0 turns
-    the portability comparison off. LiteRT's reference kernels are slow (measured: 90 ms an image on a
-    MobileNetV2-1.0 at 160x160, XNNPACK 6 ms), hence the cap. ``input_range``: how an .npy/.npz's values map to
-    pixels 0-255 (:func:`edgeship.data.open_data`); the decoder's conversions are in ``report.data``.
+    A thin adapter: the keywords are the fields of :class:`ValidateOptions` (documented there; a bad value is one
+    :class:`UserError` line), ``policy`` and ``executor`` may also be a loaded :class:`Policy` or an
+    :class:`Executor`, and :func:`validate_with` does the work. Not options of the stage: the reference (a path,
+    a registry name or a loaded model; default: the manifest's source), ``trust_model``, ``progress``, and
+    ``output_kind`` (probabilities, logits, multilabel, embedding), which overrides the kind the manifest recorded
+    at export (else the reference model's detected kind) and picks the metrics and the policy's gate tables."""
+    text = lambda v: None if v is None else str(v)  # noqa: E731  (paths are strings in the options)
+    options = check(ValidateOptions, dict(
+        data=text(data), policy=None if isinstance(policy, Policy) else text(policy),
+        require=[Format.parse(r, "format") if isinstance(r, str) else Format(r) for r in require],
+        threads=threads, iterations=iterations, warmup=warmup, batch_size=batch_size,
+        kernel_path_samples=kernel_path_samples, allow_modified=allow_modified, baseline=text(baseline),
+        latency_from=[str(x) for x in latency_from], device=device, input_range=input_range,
+        executor=executor.name if isinstance(executor, Executor) else ExecutorName.parse(executor, "executor"),
+        address=address, workers=workers, skip_bad_images=skip_bad_images, expect_accuracy=expect_accuracy,
+    ), "validate()", "validate")
+    return validate_with(artifacts, options, reference=reference, report_dir=report_dir, trust_model=trust_model,
+                         progress=progress, output_kind=output_kind,
+                         policy=policy if isinstance(policy, Policy) else None,
+                         executor=executor if isinstance(executor, Executor) else None)
 
-    The preprocessing contract (:mod:`edgeship.validate.contract`) is checked on the reference's own answers;
-    ``expect_accuracy`` (a fraction) adds its top-1 accuracy on labelled data to it; ``report.contract``.
 
-    Integrity: an artifact recorded in a manifest is validated only if it is the file recorded (size and sha256);
-    otherwise it fails with what differs, unless ``allow_modified`` (then its ``integrity`` and reason say so).
-    Manifest paths outside their directory, and listed files that are missing or of the wrong kind, are
-    :class:`UserError`. ``report_dir`` is checked writable before any work (:class:`EnvironmentProblem`).
+def validate_with(artifacts: Sequence[str | Path], options: ValidateOptions, *,
+                  reference: str | Path | LoadedModel | None = None, report_dir: str | Path | None = None,
+                  trust_model: bool = False, progress: bool = True, output_kind: str | None = None,
+                  policy: Policy | None = None, executor: Executor | None = None) -> Report:
+    """The stage's core (:func:`validate` is its keyword adapter). ``policy`` and ``executor``: already loaded ones,
+    used instead of ``options.policy`` and ``options.executor``."""
+    from edgeship.data import open_data
 
-    ``baseline``: a previous report.json (or a directory holding one): each artifact is also checked against the
-    same format and precision there under the policy's ``[baseline]`` budgets (:mod:`edgeship.validate.baseline`).
-    ``latency_from``: LiteRT ``benchmark_model`` logs from a real device named ``device``; each joins the artifact
-    whose file it ran, gated by ``[device_latency.FORMAT.PRECISION]`` (:mod:`edgeship.validate.device_latency`).
-    Both are read before anything runs, so a bad path fails at once.
-
-    ``output_kind`` (probabilities, logits, multilabel, embedding) overrides the kind the manifest recorded at
-    export (else the reference model's detected kind); it picks the metrics and the policy's gate tables.
-
-    ``executor``: "local" (default: this process) or "ray" (shards over a Ray cluster at ``address``, ``workers``
-    shard tasks in flight; :mod:`edgeship.validate.ray_executor`), or an :class:`Executor`. Both give the same
-    figures (latency aside). ``skip_bad_images``: an image that cannot be read is failed alone and listed in
-    ``report.data["failed_samples"]`` with its reason (True; the Ray executor's default: one bad file in tens of
-    thousands should not cost the cluster run), or stops the run with one :class:`UserError` line (False; the local
-    executor's default, so a release is never judged on fewer images than its data set without being told)."""
-    from edgeship.data import open_data, parse_input_range
-
-    if kernel_path_samples < 0:
-        raise UserError(f"--kernel-path-samples must be 0 (off) or more, got {kernel_path_samples}")
-    if threads < 1 or iterations < 1:
-        raise UserError(f"--threads and --iterations must be 1 or more, got threads {threads}, iterations {iterations}")
-    if not isinstance(executor, Executor):
-        executor = get_executor(executor, address=address, workers=workers)
-    if expect_accuracy is not None and not 0 < expect_accuracy <= 1:
-        raise UserError(f"--expect-accuracy is a fraction in (0, 1] (0.9 for 90 %), got {expect_accuracy}")
-    policy = policy if isinstance(policy, Policy) else load_policy(policy)
+    o = options
+    if executor is None:
+        executor = get_executor(o.executor, address=o.address, workers=o.workers)
+    if o.expect_accuracy is not None and not 0 < o.expect_accuracy <= 1:
+        raise UserError(f"--expect-accuracy is a fraction in (0, 1] (0.9 for 90 %), got {o.expect_accuracy}")
+    policy = policy if policy is not None else load_policy(o.policy)
     entries = resolve_artifacts(artifacts)
-    device_figures = _device_figures(entries, latency_from, device)
+    device_figures = _device_figures(entries, o.logs, o.device)
     baseline_report = None
-    if baseline is not None:
+    if o.baseline is not None:
         from edgeship.validate.baseline import load_baseline
 
-        baseline_report = load_baseline(baseline)
-    required = [Format.parse(r, "format") if isinstance(r, str) else Format(r) for r in require]
+        baseline_report = load_baseline(o.baseline)
     if report_dir is not None:  # before the long work: a report that cannot be written fails now, not at the end
         check_writable_dir(Path(report_dir), option="--report")
+    ref_model = _settled_reference(reference, entries, trust_model, output_kind)
+    spec = ref_model.spec
+    source = open_data(o.data, spec.input_shape[:2], spec.labels, default=DEMO_HELDOUT, input_range=o.input_range)
+    if source.count == 0:
+        raise UserError(f"no samples in {source.source}")
+    if o.expect_accuracy is not None and not source.labeled:
+        raise UserError(f"--expect-accuracy needs labelled data (class folders or an .npz with labels); "
+                        f"{source.source} has none")
+    integrity, refused = _integrity(entries, o.allow_modified)
+    job = _job(o, entries, ref_model, trust_model, source, policy, refused, executor)
+    outcome = executor.run(job, ref_model, progress=progress)
+    results, ran = _results(entries, outcome, o.threads, integrity)
+    for i, figures in device_figures.items():
+        results[i].device_latency = figures
+    _gate(results, ran, policy, spec, {i: outcome.partial.artifacts[i].note for i in ran})
+    report = _report(results, entries, o, ref_model, source, policy, outcome)
+    if baseline_report is not None:
+        from edgeship.validate.baseline import compare_with_baseline
+
+        compare_with_baseline(report, baseline_report, policy)
+    if report_dir is not None:
+        from edgeship.validate.reports import write_reports
+
+        write_reports(report, Path(report_dir))
+    return report
+
+
+def _settled_reference(reference: str | Path | LoadedModel | None, entries: list[ArtifactEntry], trust_model: bool,
+                       output_kind: str | None) -> LoadedModel:
+    """The reference model, its spec settled as the files were declared: the manifest's preprocessing, labels,
+    output kind and baked preprocessing (unless a loaded model was given), then ``output_kind``."""
     ref_model = _reference(reference, entries, trust_model)
-    manifest = next((e.manifest for e in entries if e.manifest), None)
+    manifest = _manifest(entries)
     if manifest is not None and not isinstance(reference, LoadedModel):
         # The preprocessing and labels declared at export are the truth the reference is fed; each artifact is
         # fed what its own metadata says, so an artifact whose metadata drifted from the declaration fails.
@@ -150,26 +170,16 @@ def validate(
             ref_model = bake_like(ref_model, Preprocessing.from_dict(baked))
     if output_kind is not None:
         ref_model.spec = ref_model.spec.with_output_kind(output_kind)
-    spec = ref_model.spec
-    source = open_data(data, spec.input_shape[:2], spec.labels, default=DEMO_HELDOUT, input_range=input_range)
-    if source.count == 0:
-        raise UserError(f"no samples in {source.source}")
-    if expect_accuracy is not None and not source.labeled:
-        raise UserError(f"--expect-accuracy needs labelled data (class folders or an .npz with labels); "
-                        f"{source.source} has none")
-    skip = ("random weights (a registry variant) answer alike for every input"
-            if ref_model.source_path.startswith("registry:") else
-            None if spec.output_kind in (OutputKind.PROBABILITIES, OutputKind.LOGITS) else
-            f"a {spec.output_kind} output has no class answers to judge")
-    contract = dict(limits=policy.contract, probabilities=spec.outputs_probabilities,
-                    expect_accuracy=expect_accuracy, skip=skip)
+    return ref_model
 
-    # Agreement by confidence: the reference's top-1 margin, on its probabilities (its own, or softmaxed logits)
-    confidence = dict(probabilities=spec.outputs_probabilities, margin_bins=policy.margin_bins,
-                      confident_margin=policy.confident_margin, kind=spec.output_kind,
-                      threshold=policy.label_threshold)
-    # Integrity: a file recorded in a manifest must be the file recorded, else it fails unopened (or, with
-    # allow_modified, is validated as it is and says so)
+
+def _manifest(entries: list[ArtifactEntry]) -> Manifest | None:
+    return next((e.manifest for e in entries if e.manifest), None)
+
+
+def _integrity(entries: list[ArtifactEntry], allow_modified: bool) -> tuple[dict[int, str], dict[int, str]]:
+    """A file recorded in a manifest must be the file recorded, else it fails unopened (or, with
+    ``allow_modified``, is validated as it is and says so): ({index: integrity}, {index: why refused})."""
     integrity: dict[int, str] = {}
     refused: dict[int, str] = {}
     for i, entry in enumerate(entries):
@@ -178,19 +188,43 @@ def validate(
             integrity[i] = "verified" if modified is None else f"modified: {modified}"
             if modified is not None and not allow_modified:
                 refused[i] = modified
-    job = Job(entries=entries, reference=ref_model.source_path, trust_model=trust_model, spec=spec,
-              data=source.source, count=source.count, threads=threads, iterations=iterations, warmup=warmup,
-              batch_size=batch_size, kernel_path_samples=kernel_path_samples, confidence=confidence,
-              refused=refused, input_range=parse_input_range(input_range),
-              skip_bad_images=(executor.name == "ray") if skip_bad_images is None else skip_bad_images,
-              contract=contract, baked=manifest.model.get("baked_preprocessing") if manifest is not None else None)
-    outcome = executor.run(job, ref_model, progress=progress)
-    merged, timings = outcome.partial, outcome.timings
+    return integrity, refused
 
+
+def _job(o: ValidateOptions, entries: list[ArtifactEntry], ref_model: LoadedModel, trust_model: bool,
+         source: DataSource, policy: Policy, refused: dict[int, str], executor: Executor) -> Job:
+    """The plain-data job every executor runs: the artifacts, the settled reference, the data and the settings
+    of the comparison (agreement by confidence, the output kind's threshold) and of the contract check."""
+    from edgeship.data import parse_input_range
+
+    spec = ref_model.spec
+    skip = ("random weights (a registry variant) answer alike for every input"
+            if ref_model.source_path.startswith("registry:") else
+            None if spec.output_kind in (OutputKind.PROBABILITIES, OutputKind.LOGITS) else
+            f"a {spec.output_kind} output has no class answers to judge")
+    contract = dict(limits=policy.contract, probabilities=spec.outputs_probabilities,
+                    expect_accuracy=o.expect_accuracy, skip=skip)
+    # Agreement by confidence: the reference's top-1 margin, on its probabilities (its own, or softmaxed logits)
+    confidence = dict(probabilities=spec.outputs_probabilities, margin_bins=policy.margin_bins,
+                      confident_margin=policy.confident_margin, kind=spec.output_kind,
+                      threshold=policy.label_threshold)
+    manifest = _manifest(entries)
+    return Job(entries=entries, reference=ref_model.source_path, trust_model=trust_model,
+               spec=spec, data=source.source, count=source.count, threads=o.threads, iterations=o.iterations,
+               warmup=o.warmup, batch_size=o.batch_size, kernel_path_samples=o.kernel_path_samples,
+               confidence=confidence, refused=refused, input_range=parse_input_range(o.input_range),
+               skip_bad_images=(executor.name == "ray") if o.skip_bad_images is None else o.skip_bad_images,
+               contract=contract, baked=manifest.model.get("baked_preprocessing") if manifest is not None else None)
+
+
+def _results(entries: list[ArtifactEntry], outcome: Outcome, threads: int,
+             integrity: dict[int, str]) -> tuple[dict[int, ArtifactResult], list[int]]:
+    """Each artifact's result from the merged partial and the timings, and the indices of those that ran through
+    the whole set (the ones gated)."""
     results: dict[int, ArtifactResult] = {}
-    ran: list[int] = []  # artifacts that ran through the whole set
+    ran: list[int] = []
     for i, entry in enumerate(entries):
-        part = merged.artifacts[i]
+        part = outcome.partial.artifacts[i]
         r = results[i] = ArtifactResult(
             path=str(entry.path), format=str(entry.format), precision=str(entry.precision),
             runtime=RUNTIME_NAMES[entry.format], status=part.status, threads=threads,
@@ -206,31 +240,31 @@ def validate(
         if part.status is not Status.PASSED or part.comparison is None:
             continue
         ran.append(i)
-        r.metrics = part.comparison.metrics()
-        if part.second is not None:
-            paths = part.second.metrics()
-            r.metrics.kernel_path_top1_agreement = paths.top1_agreement
-            r.metrics.kernel_path_equal_values = paths.equal_values
-            r.metrics.kernel_path_sqnr_db = paths.sqnr_db
+        r.metrics = part.comparison.metrics(part.second)
         r.kernel_path_samples = part.kernel_path_samples
         r.flips = part.comparison.flips
         r.flips_by_margin = part.comparison.flips_by_margin()
         r.input_feed = part.input_feed
         r.sample_errors = part.comparison.sample_errors()
-        if i in timings:
-            t = timings[i]
+        if i in outcome.timings:
+            t = outcome.timings[i]
             r.latency_ms, r.iterations, r.peak_rss_bytes = t.latency, t.iterations, t.peak_rss_bytes
         r.layer_sqnr = _layer_sqnr(entries[i].path)
-    notes = {i: merged.artifacts[i].note for i in ran}
-    p50_of = {f"{results[i].format}.{results[i].precision}": results[i].latency_ms.p50 for i in ran
-              if results[i].latency_ms.p50 is not None}
-    for i, figures in device_figures.items():
-        results[i].device_latency = figures
+    return results, ran
+
+
+def _gate(results: dict[int, ArtifactResult], ran: list[int], policy: Policy, spec: ModelSpec,
+          notes: dict[int, str | None]) -> None:
+    """The policy's metric, latency and device-latency gates of each artifact that ran; a failed gate fails it
+    with every failed gate in its reason."""
+    p50_of = {f"{results[i].format}.{results[i].precision}": p50 for i in ran
+              if (p50 := results[i].latency_ms.p50) is not None}
     for i in ran:
         r = results[i]
+        key = f"{r.format}.{r.precision}"
         r.gates = (policy.gate_metrics(r.format, r.precision, r.metrics, spec.output_kind)
-                   + policy.gate_latency(f"{r.format}.{r.precision}", r.latency_ms, p50_of)
-                   + policy.gate_device_latency(f"{r.format}.{r.precision}", r.device_latency))
+                   + policy.gate_latency(key, r.latency_ms, p50_of)
+                   + policy.gate_device_latency(key, r.device_latency))
         failed = [g for g in r.gates if not g.passed]
         if failed:
             r.status = Status.FAILED
@@ -240,14 +274,20 @@ def validate(
                         "a kernel that saturates on this CPU answers so: see the file's portability record")
             r.reason = "; ".join(g.describe() for g in failed) + (f" ({note})" if note else "")
 
-    missing = [f for f in required if all(e.format is not f for e in entries)]
+
+def _report(results: dict[int, ArtifactResult], entries: list[ArtifactEntry], o: ValidateOptions,
+            ref_model: LoadedModel, source: DataSource, policy: Policy, outcome: Outcome) -> Report:
+    """The report: the artifacts (and a failed line per required format not given), what was validated against
+    what, where and how."""
+    spec, merged = ref_model.spec, outcome.partial
+    missing = [f for f in o.require if all(e.format is not f for e in entries)]
     artifacts = [results[i] for i in range(len(entries))] + [
         ArtifactResult(path="", format=str(f), precision="-", runtime=RUNTIME_NAMES[f], status=Status.FAILED,
                        reason=f"--require {f}, but no {f} artifact was given") for f in missing]
     report = Report(
         reference={"path": ref_model.source_path, "sha256": ref_model.source_sha256},
         data=source.describe(), preprocessing=spec.preprocessing.to_dict(), labels=list(spec.labels),
-        artifacts=artifacts, required_formats=[str(f) for f in required], allow_modified=allow_modified,
+        artifacts=artifacts, required_formats=[str(f) for f in o.require], allow_modified=o.allow_modified,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), edgeship_version=__version__,
         versions=tool_versions(), machine=outcome.machine or describe_machine().to_dict(),
         contract=merged.contract.result() if merged.contract is not None else None,
@@ -265,19 +305,11 @@ def validate(
         report.data["input_conversions"] = dict(sorted(counts.items()))
     if merged.failed_samples:
         report.data["failed_samples"] = [{"source": src, "reason": why} for src, why in merged.failed_samples]
-    if baseline_report is not None:
-        from edgeship.validate.baseline import compare_with_baseline
-
-        compare_with_baseline(report, baseline_report, policy)
-    if report_dir is not None:
-        from edgeship.validate.reports import write_reports
-
-        write_reports(report, Path(report_dir))
     return report
 
 
 def _device_figures(entries: list[ArtifactEntry], logs: Sequence[str | Path],
-                    device: str | None) -> dict[int, list[Any]]:
+                    device: str | None) -> dict[int, list[DeviceLatency]]:
     """``--latency-from`` logs parsed and matched to the artifacts by the file name they ran: {entry index: figures}."""
     if not logs:
         if device:
@@ -286,76 +318,14 @@ def _device_figures(entries: list[ArtifactEntry], logs: Sequence[str | Path],
     from edgeship.validate.device_latency import match_artifact, read_benchmark_logs
 
     names = [(e.path.name, str(e.format), str(e.precision)) for e in entries]
-    out: dict[int, list[Any]] = {}
+    out: dict[int, list[DeviceLatency]] = {}
     for figures in read_benchmark_logs(logs, device):
         out.setdefault(match_artifact(figures, names), []).append(figures)
     return out
 
 
-def resolve_artifacts(paths: Sequence[str | Path]) -> list[ArtifactEntry]:
-    """Files by suffix, and directories through their manifest.json (every artifact it lists)."""
-    if not paths:
-        raise UserError(f"no artifacts given: pass files ({_SUFFIXES}) or a directory with manifest.json")
-    entries: list[ArtifactEntry] = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir() and p.suffix not in _DIRECTORY_SUFFIXES:
-            manifest = Manifest.load(p)
-            if not manifest.artifacts:
-                raise UserError(f"{p / MANIFEST_NAME} lists no artifacts: export first")
-            for a in manifest.artifacts:
-                path = Manifest.artifact_path(p, a)
-                _check_kind(path, a.format, f"{p / MANIFEST_NAME} lists {a.path}")
-                entries.append(ArtifactEntry(path, a.format, a.precision, manifest, p, a))
-            continue
-        fmt = format_of(p.suffix)
-        if fmt is None:
-            raise UserError(f"{p}: not an artifact edgeship validates ({_SUFFIXES}, or a directory "
-                            "with manifest.json)")
-        if not p.exists():
-            raise UserError(f"artifact not found: {p}")
-        _check_kind(p, fmt, f"--artifacts {p} was given")
-        manifest, record = _manifest_beside(p)
-        entries.append(ArtifactEntry(p, fmt, record.precision if record else guess_precision(fmt, p), manifest,
-                                     p.parent if manifest else None, record))
-    return entries
-
-
-def _check_kind(path: Path, fmt: Format, what: str) -> None:
-    """A .tflite/.onnx is a file and an .mlpackage a directory (:data:`edgeship.formats.FORMATS`); anything else
-    is one line (exit 2)."""
-    if not path.exists():
-        raise UserError(f"{what}, but it is missing: re-export, or validate the files that are there")
-    want_dir = FORMATS[fmt].directory
-    if path.is_dir() != want_dir:
-        raise UserError(f"{what}, but {path} is a {'directory' if path.is_dir() else 'file'}; a {fmt} artifact is "
-                        f"a {f'directory ({FORMATS[fmt].suffix})' if want_dir else 'file'}: re-export")
-
-
-def _manifest_beside(path: Path) -> tuple[Manifest | None, ArtifactRecord | None]:
-    if not (path.parent / MANIFEST_NAME).exists():
-        return None, None
-    try:
-        manifest = Manifest.load(path.parent)
-    except UserError:
-        return None, None
-    for a in manifest.artifacts:
-        try:
-            if Manifest.artifact_path(path.parent, a).resolve() == path.resolve():
-                return manifest, a
-        except UserError:
-            continue
-    return None, None
-
-
-def guess_precision(fmt: Format, path: Path) -> Precision:
-    """For a file without a manifest: its format's probe (int8 if its input or weights are 8-bit, fp16 if its
-    weights are fp16), else the format's default float precision."""
-    probe = FORMATS[fmt].precision_probe
-    return probe(path) if probe is not None else FORMATS[fmt].default_precision
-
-
-def _reference(reference: Any, entries: list[ArtifactEntry], trust_model: bool) -> LoadedModel:
+def _reference(reference: str | Path | LoadedModel | None, entries: list[ArtifactEntry],
+               trust_model: bool) -> LoadedModel:
     if isinstance(reference, LoadedModel):
         return reference
     if reference is not None:

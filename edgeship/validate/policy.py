@@ -13,7 +13,7 @@ from edgeship.errors import UserError
 from edgeship.fileio import read_structured
 from edgeship.schema import Fraction, NonNegative, Positive, Table, check
 from edgeship.types import Format, OutputKind, Precision
-from edgeship.validate.metrics import CONFIDENT_MARGIN, HIGHER_IS_BETTER, LABEL_THRESHOLD, MARGIN_BINS, Metric
+from edgeship.validate.metrics import CONFIDENT_MARGIN, LABEL_THRESHOLD, MARGIN_BINS, REGISTRY, Metric, Unit
 
 #: Output kinds with their own gate tables ([multilabel.PRECISION], [embedding.PRECISION]); probabilities and logits
 #: are gated by the precision tables.
@@ -76,8 +76,11 @@ class Policy:
         for metric, limit in self.limits_for(fmt, precision, kind).items():
             value = getattr(metrics, metric.value)
             if value is None:
-                continue  # e.g. accuracy without labels: nothing to gate
-            higher = HIGHER_IS_BETTER[metric]
+                # Not measurable on this data (accuracy without labels, no confident sample, kernel paths off), or
+                # a [FORMAT.PRECISION] gate of another output kind; a gate that can never be measured for its
+                # table is refused when the policy is read (_refuse_unmeasurable)
+                continue
+            higher = REGISTRY[metric].higher_is_better
             slack = FRACTION_SLACK if metric in FRACTION_METRICS else 0.0
             passed = value >= limit - slack if higher else value <= limit + slack
             gates.append(GateResult(metric.value, float(value), limit, ">=" if higher else "<=", bool(passed)))
@@ -133,21 +136,16 @@ def load_policy(path: str | Path | None = None) -> Policy:
 # ---- the policy file's schema (edgeship.schema.Table: strict types, unknown keys refused) -------------------------
 #: Metrics that are shares in [0, 1] (agreement, accuracy, drop, share of values or of flips): their limits must be
 #: too, and their gates compare counts over n, so a count exactly at the limit passes whatever its float rounding.
-FRACTION_METRICS = frozenset({
-    Metric.TOP1_AGREEMENT, Metric.TOP5_OVERLAP, Metric.ACCURACY_TOP1, Metric.ACCURACY_TOP5,
-    Metric.ACCURACY_TOP1_DROP, Metric.EQUAL_VALUES, Metric.CONFIDENT_FLIPS, Metric.KERNEL_PATH_TOP1_AGREEMENT,
-    Metric.KERNEL_PATH_EQUAL_VALUES, Metric.LABEL_AGREEMENT, Metric.MEAN_AVERAGE_PRECISION,
-    Metric.MEAN_AVERAGE_PRECISION_DROP, Metric.NEIGHBOUR_AGREEMENT})
-_LIMIT_TYPES: dict[Metric, Any] = {Metric.MAX_ABS_ERROR: NonNegative, Metric.MEAN_ABS_ERROR: NonNegative,
-                                   Metric.COSINE: Annotated[float, Field(ge=-1, le=1)],
-                                   Metric.COSINE_MIN: Annotated[float, Field(ge=-1, le=1)]}
+FRACTION_METRICS = frozenset(m for m, spec in REGISTRY.items() if spec.unit is Unit.FRACTION)
+_LIMIT_TYPES: dict[Unit, Any] = {Unit.FRACTION: Fraction, Unit.OUTPUT: NonNegative, Unit.DB: float,
+                                 Unit.COSINE: Annotated[float, Field(ge=-1, le=1)]}
 #: A gate on a fraction passes within this of its limit: counts over n samples differ by at least 1/n >> 1e-9, so
 #: the slack absorbs float rounding (280/300 - 277/300 = 0.010000000000000009 meets "<= 0.01") and nothing else.
 FRACTION_SLACK = 1e-9
 
 
 def _limit_type(metric: Metric) -> Any:
-    return Fraction if metric in FRACTION_METRICS else _LIMIT_TYPES.get(metric, float)
+    return _LIMIT_TYPES[REGISTRY[metric].unit]
 
 
 MetricLimits = create_model("MetricLimits", __base__=Table,
@@ -294,4 +292,30 @@ def _parse(path: Path) -> tuple[Policy, Any]:
             policy.margin_bins = tuple(parsed.confidence.margin_bins)
         if parsed.confidence.confident_margin is not None:
             policy.confident_margin = parsed.confidence.confident_margin
+    for key, limits in policy.metric_limits.items():
+        for name in limits:
+            why = _never_measured(key, Metric(name))
+            if why:
+                raise UserError(f"{path}: [{key}] {name} {why}: remove the gate")
     return policy, parsed
+
+
+def _never_measured(table: str, metric: Metric) -> str | None:
+    """Why the gate ``metric`` of the table ``table`` ("int8", "embedding.int8", "tflite.int8") can never be
+    measured for the artifacts that table gates (None: it can be, on some data). A precision table gates
+    probabilities and logits, a kind table its kind, a format table every kind of its format and precision."""
+    from edgeship.runtimes import KERNEL_PATH_PRECISIONS, KERNEL_PATHS
+
+    spec = REGISTRY[metric]
+    head, _, tail = table.rpartition(".")
+    precision = Precision(tail)
+    kinds = ({OutputKind(head)} if head in _KIND_TABLES else set(OutputKind) if head
+             else {k for k in OutputKind if k.is_classification})
+    if not kinds & spec.kinds:
+        measured = ", ".join(str(k) for k in OutputKind if k in spec.kinds)
+        return f"is never measured for {' or '.join(sorted(str(k) for k in kinds))} outputs (only for {measured})"
+    if spec.kernel_path and (precision not in KERNEL_PATH_PRECISIONS
+                             or (head in {f.value for f in Format} and Format(head) not in KERNEL_PATHS)):
+        paths = ", ".join(f"{f}.{p}" for f in KERNEL_PATHS for p in KERNEL_PATH_PRECISIONS)
+        return f"is measured on a second kernel path, which only {paths} files have"
+    return None

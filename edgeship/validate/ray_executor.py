@@ -27,11 +27,13 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeship.errors import UserError
-from edgeship.validate.executors import Executor, Outcome
-from edgeship.validate.shard import Job, Partial, Session, Timing, merge_partials
+from edgeship.validate.shard import Executor, Job, Outcome, Partial, Session, Timing, merge_partials
+
+if TYPE_CHECKING:
+    from edgeship.models.loading import LoadedModel
 
 FAULT_ENV = "EDGESHIP_FAULT_EXIT_ONCE"
 SHARDS_PER_WORKER = 4
@@ -164,7 +166,7 @@ class RayExecutor(Executor):
                             "or leave --address out for a local one") from None
         return True
 
-    def run(self, job: Job, reference: Any, progress: bool = True) -> Outcome:
+    def run(self, job: Job, reference: LoadedModel | None, progress: bool = True) -> Outcome:
         ray = import_ray()
         if reference is not None and str(job.reference).startswith("python:"):
             raise UserError("the Ray executor reopens the reference in each worker: pass it as a file or variant "

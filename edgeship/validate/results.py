@@ -66,9 +66,14 @@ passed.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, make_dataclass
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from edgeship.validate.metrics import REGISTRY
+
+if TYPE_CHECKING:
+    from edgeship.validate.contract import ContractResult
 
 SCHEMA_VERSION = 2
 
@@ -95,31 +100,22 @@ class GateResult:
         return f"{self.name} {value} {'meets' if self.passed else 'misses'} {self.op} {self.limit:g}"
 
 
-@dataclass
-class Metrics:
-    max_abs_error: float | None = None
-    mean_abs_error: float | None = None
-    cosine: float | None = None
-    sqnr_db: float | None = None
-    top1_agreement: float | None = None
-    top5_overlap: float | None = None
-    accuracy_top1: float | None = None
-    accuracy_top5: float | None = None
-    accuracy_top1_drop: float | None = None  # reference accuracy minus this artifact's, in [0, 1] units
-    equal_values: float | None = None  # share of output values exactly equal to the reference's
-    # Share of confident samples (reference top-1 margin >= Report.confidence["confident_margin"]) whose top-1 changed
-    confident_flips: float | None = None
-    # The artifact's second kernel path against its first (ArtifactResult.kernel_path says which): int8 files only
-    kernel_path_top1_agreement: float | None = None
-    kernel_path_equal_values: float | None = None
-    kernel_path_sqnr_db: float | None = None
-    # Multi-label outputs (per-label decisions at the policy's threshold; mAP on labelled data) and embeddings
-    # (lowest per-sample cosine; nearest-neighbour agreement across the data set): see metrics.Metric
-    label_agreement: float | None = None
-    mean_average_precision: float | None = None
-    mean_average_precision_drop: float | None = None
-    cosine_min: float | None = None
-    neighbour_agreement: float | None = None
+class _MetricValues:
+    """For type checkers: every registered metric reads and writes as ``float | None``."""
+
+    if TYPE_CHECKING:
+        def __init__(self, **values: float | None) -> None: ...
+        def __getattr__(self, name: str) -> float | None: ...
+        def __setattr__(self, name: str, value: float | None) -> None: ...
+
+
+#: One field per metric of :data:`edgeship.validate.metrics.REGISTRY`, in its order, each ``float | None`` (None:
+#: not measured): the ``metrics`` of ``report.json``. Generated, so a new metric is declared in one place.
+if TYPE_CHECKING:
+    Metrics = _MetricValues
+else:
+    Metrics = make_dataclass("Metrics", [(str(metric), "float | None", field(default=None)) for metric in REGISTRY],
+                             bases=(_MetricValues,), namespace={"__module__": __name__})
 
 
 @dataclass
@@ -264,7 +260,7 @@ class Report:
     # What the output means (probabilities, logits, multilabel, embedding): it chose the metrics and gate tables
     output_kind: str = "logits"
     # The preprocessing contract check (edgeship.validate.contract.ContractResult), or None when not run
-    contract: Any = None
+    contract: ContractResult | None = None
 
     @property
     def passed(self) -> bool:

@@ -15,22 +15,30 @@ image (``Partial.failed_samples``: source and reason), not the run.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from edgeship.errors import UserError
 from edgeship.models.spec import ModelSpec
+from edgeship.validate.artifacts import ArtifactEntry
 from edgeship.validate.compare import Comparison, label_permutation
 from edgeship.validate.results import Latency, Status
+
+if TYPE_CHECKING:
+    from edgeship.data import Batch, DataSource
+    from edgeship.models.loading import LoadedModel
+    from edgeship.runtimes.runner import Runner
+    from edgeship.validate.contract import ContractCheck
 
 
 @dataclass
 class Job:
     """Everything a worker needs to validate a shard, as plain picklable data."""
 
-    entries: list[Any]  # edgeship.validate.pipeline.ArtifactEntry
+    entries: list[ArtifactEntry]
     reference: str  # the reference's source: a file path or "registry:<variant>"
     trust_model: bool
     spec: ModelSpec  # the reference's spec as validate() settled it (the manifest's preprocessing and labels)
@@ -97,7 +105,7 @@ class Partial:
     failed_samples: list[tuple[str, str]] = field(default_factory=list)
     node: dict[str, Any] = field(default_factory=dict)  # where it ran (set by the Ray executor)
     conversions: dict[str, int] = field(default_factory=dict)  # the decoder's conversions in this shard (counts)
-    contract: Any = None  # the reference's answers for the contract check (ContractCheck, mergeable)
+    contract: ContractCheck | None = None  # the reference's answers for the contract check (mergeable)
 
     def merge(self, other: "Partial") -> "Partial":
         """Append the next shard (``other.start == self.stop``)."""
@@ -137,7 +145,7 @@ class Session:
     kernel path. ``reference``: an already loaded :class:`LoadedModel` (the local executor's), else loaded from
     ``job.reference``."""
 
-    def __init__(self, job: Job, reference: Any = None) -> None:
+    def __init__(self, job: Job, reference: LoadedModel | None = None) -> None:
         from edgeship.models.loading import load_model
         from edgeship.runtimes import KERNEL_PATHS, kernel_path_runner, runner_for
         from edgeship.runtimes.keras import KerasRunner
@@ -157,11 +165,12 @@ class Session:
         spec = self.spec = job.spec
         self.reference_runner = KerasRunner(reference, threads=job.threads).open()
         self.first_image: np.ndarray | None = None
-        self._source: Any = None
-        self.runners: dict[int, Any] = {}
-        self.second: dict[int, Any] = {}
+        self._source: DataSource | None = None
+        self.runners: dict[int, Runner] = {}
+        self.second: dict[int, Runner] = {}
         self.base: dict[int, ArtifactPartial] = {}  # what opening each artifact gave: status, reason, load time
         self._permutations: dict[int, np.ndarray | None] = {}
+        self.contract: ContractCheck | None = None  # this shard's contract check (compare)
         for i, entry in enumerate(job.entries):
             base = self.base[i] = ArtifactPartial()
             if i in job.refused:
@@ -182,7 +191,7 @@ class Session:
             except UserError as e:
                 base.status, base.reason = Status.FAILED, str(e)
 
-    def source(self) -> Any:
+    def source(self) -> DataSource:
         """The data set, opened once per session (a folder is listed once, an array memory-mapped once)."""
         if self._source is None:
             from edgeship.data import open_data
@@ -233,7 +242,7 @@ class Session:
         contract, self.contract = self.contract, None
         return Partial(start, stop, parts, failed_samples, conversions=done, contract=contract)
 
-    def _batch(self, batch: Any, parts: dict[int, ArtifactPartial]) -> None:
+    def _batch(self, batch: Batch, parts: dict[int, ArtifactPartial]) -> None:
         kps = self.job.kernel_path_samples
         ref = self.reference_runner.predict(batch.images)
         if self.contract is not None:
@@ -302,3 +311,20 @@ class Session:
         self.runners.clear()
         self.second.clear()
         self.reference_runner.close()
+
+
+# ---- the executor interface (edgeship.validate.executors: local; edgeship.validate.ray_executor: ray) ------------
+@dataclass
+class Outcome:
+    partial: Partial
+    timings: dict[int, Timing]
+    machine: dict[str, Any] | None = None  # where latency was measured (None: this machine)
+    info: dict[str, Any] = field(default_factory=dict)  # the report's ``executor`` record
+
+
+class Executor(ABC):
+    name: str
+
+    @abstractmethod
+    def run(self, job: Job, reference: LoadedModel | None, progress: bool = True) -> Outcome:
+        """Validate ``job``; ``reference`` is the driver's loaded reference model (a local executor reuses it)."""

@@ -151,3 +151,17 @@ def test_output_kind_in_the_config_and_the_cli(tmp_path):
     for cmd in (["export"], ["quantize"], ["validate", "--artifacts", "x.tflite"]):
         args = build_parser().parse_args([*cmd, "--output-kind", "multilabel"])
         assert args.output_kind == "multilabel"
+
+
+@pytest.mark.parametrize("kind", list(OutputKind))
+def test_a_comparison_measures_exactly_its_kinds_registered_metrics(kind):
+    rng = np.random.default_rng(3)
+    ref = rng.uniform(0, 1, (12, 4))
+    out = ref + rng.normal(scale=0.05, size=ref.shape)
+    c = Comparison(list("abcd"), kind=kind, probabilities=kind is OutputKind.PROBABILITIES, confident_margin=0.01)
+    second = Comparison(list("abcd"), kind=kind, record_flips=False)
+    for comp in (c, second):
+        comp.update(ref, out, np.zeros((12, 4, 4, 3), np.uint8), rng.integers(0, 4, 12), [""] * 12, 0)
+    r = c.metrics(second)
+    measured = {name for name, value in vars(r).items() if value is not None}
+    assert measured == {str(x) for x in m.metrics_of(kind)} | {str(x) for x in m.metrics_of(kind, kernel_path=True)}

@@ -58,3 +58,41 @@ def test_bad_policies_are_one_clear_error(tmp_path, text, needle):
     f.write_text(text)
     with pytest.raises(UserError, match=needle):
         load_policy(f)
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("[embedding.int8]\naccuracy_top1 = 0.9\n",
+     r"\[embedding.int8\] accuracy_top1 is never measured for embedding outputs \(only for probabilities, logits\)"),
+    ("[fp32]\nneighbour_agreement = 0.9\n", r"\[fp32\] neighbour_agreement is never measured for logits or "),
+    ("[multilabel.int8]\ntop1_agreement = 0.9\n", r"\[multilabel.int8\] top1_agreement is never measured"),
+    ("[fp32]\nkernel_path_sqnr_db = 12\n", r"\[fp32\] kernel_path_sqnr_db is measured on a second kernel path"),
+    ("[coreml.int8]\nkernel_path_sqnr_db = 12\n", r"\[coreml.int8\] kernel_path_sqnr_db is measured on a second"),
+    ("[int8]\ntop1_accuracy = 0.9\n", r"\[int8\] has unknown keys \['top1_accuracy'\]"),
+])
+def test_a_gate_that_can_never_be_measured_is_refused(tmp_path, text, needle):
+    f = tmp_path / "p.toml"
+    f.write_text(text)
+    with pytest.raises(UserError, match=needle) as e:
+        load_policy(f)
+    assert "\n" not in str(e.value)
+
+
+def test_gates_that_can_be_measured_somewhere_are_kept(tmp_path):
+    f = tmp_path / "p.toml"
+    f.write_text("[tflite.int8]\nneighbour_agreement = 0.9\nkernel_path_top1_agreement = 0.9\n"
+                 "[embedding.fp32]\ncosine = 0.99\n")
+    p = load_policy(f)
+    assert {m.value for m in p.limits_for("tflite", "int8", "embedding")} >= {"neighbour_agreement", "cosine"}
+
+
+def test_the_registry_declares_every_metric_once_and_drives_the_report_fields(monkeypatch):
+    from dataclasses import fields
+
+    from edgeship.validate import metrics as m
+
+    assert [f.name for f in fields(Metrics)] == [str(x) for x in m.Metric] == [str(x) for x in m.REGISTRY]
+    half = dict(m.REGISTRY)
+    del half[m.Metric.COSINE_MIN]
+    monkeypatch.setattr(m, "REGISTRY", half)
+    with pytest.raises(RuntimeError, match="no declaration for \\['cosine_min'\\]"):
+        m._check_registry()

@@ -1,0 +1,137 @@
+"""The plots of report.html, drawn with matplotlib (imported only here, lazily) and inlined as base64 PNG: latency
+per artifact, the per-sample error distribution, the per-layer SQNR of quantised files."""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from typing import Any, Callable
+
+from edgeship.validate.reports.common import LAYER_PLOT_MAX, _finite, _h, _one_line, log
+from edgeship.validate.reports.markdown import truncate
+from edgeship.validate.results import ArtifactResult, Status
+
+_STATUS_COLOURS = {Status.PASSED: "#2da44e", Status.FAILED: "#cf222e", Status.SKIPPED: "#8c959f"}
+
+
+def _img(b64_png: str, alt: str, cls: str = "plot") -> str:
+    return f'<img class="{cls}" src="data:image/png;base64,{b64_png}" alt="{_h(alt)}">'
+
+
+def _render_png(draw: Callable[[Any], None], size: tuple[float, float]) -> str:
+    """Draw on a fresh matplotlib Figure and return it as base64 PNG.
+
+    Uses :class:`matplotlib.figure.Figure` directly, not pyplot: no global backend switch, no figure manager
+    holding figures open (nothing to close), safe from threads; savefig renders with Agg. The PNG carries no
+    Software/date metadata. Text from outside goes through :func:`_axis_label`, which escapes ``$``."""
+    import matplotlib
+
+    from matplotlib.figure import Figure
+
+    with matplotlib.rc_context({"font.size": 9}):
+        fig = Figure(figsize=size, dpi=100, layout="constrained")
+        draw(fig)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", metadata={"Software": None})
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _plot_or_note(draw: Callable[[Any], None], size: tuple[float, float], alt: str) -> str:
+    try:
+        return _img(_render_png(draw, size), alt)
+    except ImportError as e:
+        return f'<p class="muted">Plot unavailable: matplotlib is not installed ({_h(e)}).</p>'
+    except Exception as e:  # a plotting bug must not cost the release its report
+        log.warning("report.html: could not draw %s: %s", alt, e, exc_info=True)
+        return f'<p class="muted">Plot unavailable ({_h(type(e).__name__)}: {_h(e)}).</p>'
+
+
+def _axis_label(text: str, width: int = 42) -> str:
+    """Text from outside for a matplotlib label: one line, shortened, ``$`` escaped (matplotlib would parse
+    ``$...$`` as math and fail on unbalanced markup)."""
+    return truncate(_one_line(text), width).replace("$", r"\$")
+
+
+def _latency_plot(artifacts: list[ArtifactResult]) -> Callable[[Any], None]:
+    rows = [a for a in artifacts if _finite(a.latency_ms.p50)]
+
+    def draw(fig: Any) -> None:
+        ax = fig.add_subplot()
+        y = list(range(len(rows)))
+        p50 = [float(a.latency_ms.p50) for a in rows]
+        p90 = [float(a.latency_ms.p90) if _finite(a.latency_ms.p90) else v for a, v in zip(rows, p50)]
+        whisker = [max(hi - lo, 0.0) for lo, hi in zip(p50, p90)]
+        ax.barh(y, p50, xerr=[[0.0] * len(rows), whisker], capsize=4, height=0.6,
+                color=[_STATUS_COLOURS[Status(a.status)] for a in rows], error_kw={"elinewidth": 1.2})
+        ax.set_yticks(y, [_axis_label(a.name) for a in rows])
+        ax.invert_yaxis()
+        for yi, lo, hi in zip(y, p50, p90):
+            ax.text(max(lo, hi), yi, f"  {lo:.2f} ms", va="center", fontsize=8)
+        right = max(max(p50), max(p90)) if rows else 1.0
+        ax.set_xlim(0, right * 1.25 if right > 0 else 1.0)
+        ax.set_xlabel("latency, ms (bar: p50, whisker: p90)")
+        ax.grid(axis="x", alpha=0.3)
+
+    return draw
+
+
+def _error_plot(artifacts: list[ArtifactResult]) -> Callable[[Any], None]:
+    rows = [(a, [float(e) for e in a.sample_errors if _finite(e)]) for a in artifacts]
+    rows = [(a, errs) for a, errs in rows if errs]
+
+    def draw(fig: Any) -> None:
+        ax = fig.add_subplot()
+        positives = [e for _, errs in rows for e in errs if e > 0]
+        log_scale = bool(positives) and max(positives) / min(positives) > 100
+        note = ""
+        data = [errs for _, errs in rows]
+        if log_scale:
+            floor = min(positives) / 2
+            if any(e <= 0 for errs in data for e in errs):
+                note = f"; zeros drawn at {floor:.2g}"
+            data = [[e if e > 0 else floor for e in errs] for errs in data]
+        bp = ax.boxplot(data, orientation="horizontal", tick_labels=[_axis_label(a.name) for a, _ in rows],
+                        patch_artist=True, widths=0.55, flierprops={"markersize": 3, "alpha": 0.5})
+        for patch, (a, _) in zip(bp["boxes"], rows):
+            patch.set_facecolor(_STATUS_COLOURS[Status(a.status)])
+            patch.set_alpha(0.45)
+        if log_scale:
+            ax.set_xscale("log")
+        ax.invert_yaxis()
+        ax.set_xlabel(f"per-sample max |artifact - reference|{' (log scale' + note + ')' if log_scale else ''}")
+        ax.grid(axis="x", alpha=0.3)
+
+    return draw
+
+
+def _layer_rows(layer_sqnr: dict[str, float]) -> tuple[list[tuple[str, float]], str]:
+    """The layers to draw and a caption. Infinite SQNR (a bit-exact layer) is drawn capped; NaN is dropped."""
+    items = [(str(k), float(v)) for k, v in layer_sqnr.items() if v is not None and not math.isnan(float(v))]
+    if len(items) <= LAYER_PLOT_MAX:
+        return items, f"{len(items)} layers, in network order"
+    lowest = sorted(items, key=lambda kv: kv[1])[:LAYER_PLOT_MAX]
+    return lowest, f"the {LAYER_PLOT_MAX} lowest of {len(items)} layers"
+
+
+def _layer_plot(a: ArtifactResult) -> tuple[Callable[[Any], None], tuple[float, float], str]:
+    rows, caption = _layer_rows(a.layer_sqnr or {})
+
+    def draw(fig: Any) -> None:
+        ax = fig.add_subplot()
+        finite = [v for _, v in rows if math.isfinite(v)]
+        cap = (max(finite) if finite else 0.0) + 10.0
+        values = [v if math.isfinite(v) else (cap if v > 0 else 0.0) for _, v in rows]
+        y = list(range(len(rows)))
+        ax.barh(y, values, height=0.7, color="#0969da")
+        ax.set_yticks(y, [_axis_label(k, 36) for k, _ in rows], fontsize=7)
+        ax.invert_yaxis()
+        for yi, (_, v), shown in zip(y, rows, values):
+            if not math.isfinite(v):
+                ax.text(shown, yi, " inf", va="center", fontsize=7)
+        ax.set_xlabel("SQNR, dB (higher is better)")
+        ax.set_title(f"{_axis_label(a.name, 60)}: {caption}", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+
+    height = min(1.6 + 0.17 * max(len(rows), 1), 10.0)
+    return draw, (8.0, height), caption
