@@ -206,7 +206,7 @@ def load_image_folder(root: Path, size: tuple[int, int], class_names: Sequence[s
     """All images under ``root`` in memory; ``root/<class>/<image>`` gives labels (see :class:`FolderSource`)."""
     source = FolderSource(root, size, class_names)
     batches = list(source.batches(256))
-    labels = None if source.labels is None else np.concatenate([b.labels for b in batches])  # type: ignore[misc]
+    labels = None if source.labels is None else np.concatenate([b.labels for b in batches if b.labels is not None])
     return ImageSet(images=np.concatenate([b.images for b in batches]), labels=labels, paths=list(source.files))
 
 

@@ -218,7 +218,7 @@ def _fit_affine(fn: Any, input_shape: tuple[int, ...]) -> Preprocessing | None:
         return None
     # linearity: a mixed image must give a*x + b
     x = np.asarray([37.0, 201.0, 119.0])
-    y = run(tuple(x))  # type: ignore[arg-type]
+    y = run(tuple(x))
     if y is None or not np.allclose(y, a @ x + b, atol=_RTOL * max(1.0, np.abs(a @ x + b).max())):
         return None
     std = 1.0 / diag

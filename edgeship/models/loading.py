@@ -213,7 +213,7 @@ def derive_spec(km: Any, name: str) -> ModelSpec:
     preprocessing = Preprocessing.identity() if rescales_inside else Preprocessing()
     return ModelSpec(
         name=name,
-        input_shape=in_shape,  # type: ignore[arg-type]
+        input_shape=in_shape,
         num_classes=int(out_shape[-1]),
         preprocessing=preprocessing,
         output_kind=detect_output_kind(km, layers, preprocessing)[0],

@@ -107,7 +107,7 @@ class ContractCheck:
         if n < self.limits["min_samples"]:
             return ContractResult(Status.SKIPPED, f"{n} samples, fewer than the {self.limits['min_samples']:g} it "
                                                   "needs ([contract] min_samples)", n, metrics)
-        gates = [GateResult("mean_margin", metrics["mean_margin"], self.limits["min_mean_margin"], ">=",  # type: ignore[arg-type]
+        gates = [GateResult("mean_margin", metrics["mean_margin"], self.limits["min_mean_margin"], ">=",
                             metrics["mean_margin"] >= self.limits["min_mean_margin"])]  # type: ignore[operator]
         one_class = labels is not None and len(np.unique(labels)) == 1
         if not one_class:  # data of a single labelled class may rightly give one answer

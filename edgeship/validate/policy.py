@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, create_model
 
@@ -159,7 +159,10 @@ def _keyed(name: str, value: Any, keys: Any) -> Any:
 
 
 FormatLimits = _keyed("FormatLimits", MetricLimits, Precision)
-ArtifactKind = Literal[tuple(f"{f.value}.{p.value}" for f in Format for p in Precision)]  # type: ignore[valid-type]
+if TYPE_CHECKING:  # the values are built from the enums at run time, which a type checker cannot follow
+    ArtifactKind = str
+else:
+    ArtifactKind = Literal[tuple(f"{f.value}.{p.value}" for f in Format for p in Precision)]
 
 
 class Ratio(Table):
@@ -218,7 +221,7 @@ class ContractLimits(Table):
 
 EmbeddingTable = _keyed("EmbeddingTable", MetricLimits, Precision)
 MultilabelTable = create_model("MultilabelTable", __base__=EmbeddingTable,
-                               threshold=(Annotated[float, Field(gt=0, lt=1)] | None, None))  # type: ignore
+                               threshold=(Annotated[float, Field(gt=0, lt=1)] | None, None))
 
 
 PolicyFile = create_model(

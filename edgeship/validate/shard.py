@@ -254,9 +254,10 @@ class Session:
                     runner.infer(runner.feed(batch.images[:1]))
                     self.base[i].first_ms = part.first_ms = (runner.last_run_s or 0.0) * 1e3
                 out = runner.predict(batch.images)
+                assert part.comparison is not None and (i not in self.second or part.second is not None)
                 part.comparison.update(ref, out, batch.images, batch.labels, batch.sources, batch.positions)
                 take = min(len(batch.images), kps - batch.offset)
-                if i in self.second and take > 0:
+                if i in self.second and take > 0 and part.second is not None:
                     part.second.update(out[:take], self.second[i].predict(batch.images[:take]), batch.images[:take],
                                        None, batch.sources[:take], batch.offset)
                     part.kernel_path_samples += take

@@ -121,7 +121,7 @@ def _flip_figure(f: Flip) -> str:
                + (f", margin {f.margin:.2f}" if f.margin is not None else ""))
     alt = f"sample {f.index}: {caption}"
     mime = _thumbnail_mime(f.thumbnail_png) if f.thumbnail_png else None
-    if mime:
+    if mime and f.thumbnail_png:
         pic = f'<img src="data:{mime};base64,{base64.b64encode(f.thumbnail_png).decode("ascii")}" alt="{_h(alt)}">'
     else:
         pic = f'<div class="missing">{"no thumbnail" if not f.thumbnail_png else "unreadable thumbnail"}</div>'
@@ -135,8 +135,9 @@ def _machine_section(report: Report) -> str:
     rows = []
     for key, text in _machine_items(report):
         cell = _h(text)
-        if key == "int8_kernel_family" and text in {f.value for f in KernelFamily}:
-            cell += f'<br><span class="muted">{_h(KernelFamily(text).__doc__)}</span>'
+        family = next((f for f in KernelFamily if key == "int8_kernel_family" and f.value == text), None)
+        if family is not None:
+            cell += f'<br><span class="muted">{_h(family.__doc__)}</span>'
         rows.append([_h(MACHINE_LABELS.get(key, key)), cell])
     versions = [[_h(k), _h(v)] for k, v in _runtime_versions(report).items()]
     if not rows and not versions:

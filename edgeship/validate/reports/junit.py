@@ -124,7 +124,7 @@ def to_junit(report: Report) -> str:
         elif a.status == Status.FAILED and not _failing_gates(a):
             fail(runs, reason or "artifact failed", "error", details + f"reason: {reason}\n")
         else:
-            props = {"input_feed": a.input_feed, "confident_flips": a.metrics.confident_flips,
+            figures = {"input_feed": a.input_feed, "confident_flips": a.metrics.confident_flips,
                      **{f"flips.{_margin_bin_name(b)}": f"{b['flips']} of {b['samples']}" for b in a.flips_by_margin},
                      **{f"device.{d.label}.{k}": getattr(d, k) for d in a.device_latency
                         for k in ("p50_ms", "mean_ms", "std_ms", "min_ms", "p95_ms", "max_ms", "first_ms", "init_ms",
@@ -132,11 +132,11 @@ def to_junit(report: Report) -> str:
                      "baseline": a.baseline_status,
                      **{f"baseline.{c.figure}" + (f".{c.device}" if c.device else ""): check_text(c)
                         for c in a.baseline_checks}}
-            if any(v is not None for v in props.values()):
-                el = ET.SubElement(runs, "properties")
-                for k, v in props.items():
+            if any(v is not None for v in figures.values()):
+                holder = ET.SubElement(runs, "properties")
+                for k, v in figures.items():
                     if v is not None:
-                        ET.SubElement(el, "property", name=_clean(k), value=_one_line(_fmt_meta(v)))
+                        ET.SubElement(holder, "property", name=_clean(k), value=_one_line(_fmt_meta(v)))
             out = ET.SubElement(runs, "system-out")
             out.text = _clean(details + (f"reason: {reason}\n" if reason else ""))
         for g in a.gates:

@@ -59,8 +59,8 @@ def _latency_plot(artifacts: list[ArtifactResult]) -> Callable[[Any], None]:
     def draw(fig: Any) -> None:
         ax = fig.add_subplot()
         y = list(range(len(rows)))
-        p50 = [float(a.latency_ms.p50) for a in rows]
-        p90 = [float(a.latency_ms.p90) if _finite(a.latency_ms.p90) else v for a, v in zip(rows, p50)]
+        p50 = [float(a.latency_ms.p50 or 0.0) for a in rows]  # rows: finite p50 only
+        p90 = [float(a.latency_ms.p90 or 0.0) if _finite(a.latency_ms.p90) else v for a, v in zip(rows, p50)]
         whisker = [max(hi - lo, 0.0) for lo, hi in zip(p50, p90)]
         ax.barh(y, p50, xerr=[[0.0] * len(rows), whisker], capsize=4, height=0.6,
                 color=[_STATUS_COLOURS[Status(a.status)] for a in rows], error_kw={"elinewidth": 1.2})
