@@ -48,11 +48,13 @@ class LineProgress:
     every ``heartbeat`` seconds while a step runs. ``set_postfix_str`` names the step running now."""
 
     def __init__(self, iterable: Iterable[Any] | None = None, total: int | None = None, desc: str = "",
-                 unit: str = "step", stream: TextIO | None = None, heartbeat: float = HEARTBEAT_S) -> None:
+                 unit: str = "step", stream: TextIO | None = None, heartbeat: float = HEARTBEAT_S,
+                 steps: bool = True) -> None:
         self.iterable = iterable
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
-        self.total, self.desc, self.unit = total, desc, unit
+        self.total, self.desc, self.unit, self.steps = total, desc, unit, steps
+        self._closed = False
         self.stream = stream or sys.stderr
         self.n = 0
         self.step = ""
@@ -76,7 +78,8 @@ class LineProgress:
         while not self._stop.wait(every):
             with self._lock:
                 now = time.monotonic()
-                what = f"'{self.step}'" if self.step else f"{self._count()} {self.unit}s done"
+                what = (f"'{self.step}'" if self.step else f"{self._count()} {self.unit}s done" if self.steps
+                        else f"{self._count()} {self.unit}s")
                 self._say(f"still working: {what} for {now - self.step_start:.0f} s "
                           f"({now - self.start:.0f} s so far)")
 
@@ -87,6 +90,8 @@ class LineProgress:
     def update(self, n: int = 1) -> None:
         with self._lock:
             self.n += n
+            if not self.steps:  # many small items (images): the heartbeat and the closing line say it
+                return
             now = time.monotonic()
             what = f"{self.step} done" if self.step else f"{self._count()} {self.unit}s done"
             count = f" ({self._count()}" if self.step else " ("
@@ -96,6 +101,10 @@ class LineProgress:
 
     def close(self) -> None:
         self._stop.set()
+        with self._lock:
+            if not self.steps and not self._closed and self.n:
+                self._say(f"{self._count()} {self.unit}s done in {time.monotonic() - self.start:.1f} s")
+            self._closed = True
 
     def __iter__(self) -> Iterator[Any]:
         try:
@@ -138,14 +147,15 @@ class _Off:
 
 
 def progress(iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str = "", unit: str = "step",
-             enabled: bool = True, comparable: bool = True, stream: TextIO | None = None) -> Any:
+             enabled: bool = True, comparable: bool = True, steps: bool = True, stream: TextIO | None = None) -> Any:
     """Progress over ``iterable`` (or ``total`` steps, advanced with ``update``): a tqdm bar, log lines or nothing
-    (:func:`mode`). ``comparable``: the steps take about the same time, so a bar may show an ETA."""
+    (:func:`mode`). ``comparable``: the steps take about the same time, so a bar may show an ETA. ``steps=False``:
+    many small items (images), which in line mode get the heartbeat and one closing line rather than a line each."""
     how = mode(enabled, stream)
     if how == "off":
         return _Off(iterable)
     if how == "lines":
-        return LineProgress(iterable, total=total, desc=desc, unit=unit, stream=stream)
+        return LineProgress(iterable, total=total, desc=desc, unit=unit, stream=stream, steps=steps)
     from tqdm import tqdm
 
     fmt = None if comparable else "{desc}: {n_fmt}/{total_fmt} {unit}s [{elapsed}{postfix}]"

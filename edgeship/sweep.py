@@ -133,7 +133,7 @@ def run_variant(name: str, config: SweepConfig, data: str) -> list[dict[str, Any
 def sweep(config: SweepConfig, progress: bool = True, echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Run the grid on Ray (``config.address``, else a local Ray for the sweep) and write the table and the plot
     into ``config.out``; returns the rows."""
-    from tqdm import tqdm
+    from edgeship.progress import progress as progress_bar
 
     from edgeship.validate.ray_executor import import_ray
 
@@ -159,7 +159,7 @@ def sweep(config: SweepConfig, progress: bool = True, echo: Callable[[str], None
     rows: dict[str, list[dict[str, Any]]] = {}
     pending: dict[Any, str] = {}
     todo = list(names)
-    bar = tqdm(total=len(names), desc="sweep", unit="variant", disable=None if progress else True, leave=False)
+    bar = progress_bar(total=len(names), desc="sweep", unit="variant", enabled=progress)
     try:
         while todo or pending:
             while todo and len(pending) < workers:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 from edgeship._tf import quiet_environment
 
 quiet_environment()
+# Progress lines (edgeship/progress.py) stay out of the stderr the tests assert on; tests/test_progress.py tests them
+os.environ.setdefault("EDGESHIP_PROGRESS", "off")
 
 from edgeship.models.loading import DEMO_DIR, walk_layers  # noqa: E402
 

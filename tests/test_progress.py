@@ -47,3 +47,16 @@ def test_off_prints_nothing_and_iterates(monkeypatch):
     monkeypatch.setenv("EDGESHIP_PROGRESS", "lines")
     assert list(progress([1, 2], desc="export", unit="artifact", stream=out)) == [1, 2]
     assert out.getvalue().count("artifacts done in") == 2
+
+
+def test_image_streams_beat_and_close_with_one_line():
+    out = io.StringIO()
+    bar = LineProgress(total=1000, desc="validate", unit="image", stream=out, heartbeat=0.2, steps=False)
+    for _ in range(10):
+        bar.update(32)
+    time.sleep(0.3)
+    bar.close()
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert any("still working: 320/1000 images" in line for line in lines)  # no line per batch, a heartbeat
+    assert lines[-1].startswith("edgeship: validate: 320/1000 images done in ") and len(lines) <= 4

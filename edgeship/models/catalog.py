@@ -19,12 +19,12 @@ _CACHE_VERSION = 1
 
 def describe_models(names: Sequence[str], *, trust_model: bool = False, layers: bool = False,
                     progress: bool = True) -> list[dict[str, Any]]:
-    from tqdm import tqdm
+    from edgeship.progress import progress as progress_bar
 
     targets: list[str] = list(names) or list(VARIANTS)
     cache = _Cache()
     rows = []
-    for target in tqdm(targets, desc="counting", unit="model", disable=None if progress else True, leave=False):
+    for target in progress_bar(targets, desc="counting", unit="model", enabled=progress, comparable=False):
         variant = VARIANTS.get(target)
         if variant is not None and not layers and (hit := cache.get(variant.name)) is not None:
             rows.append(_variant_row(variant) | hit)

@@ -29,12 +29,11 @@ class LocalExecutor(Executor):
     name = "local"
 
     def run(self, job: Job, reference: LoadedModel | None, progress: bool = True) -> Outcome:
-        from tqdm import tqdm
+        from edgeship.progress import progress as progress_bar
 
         session = Session(job, reference)
         try:
-            with tqdm(total=job.count, desc="validate", unit="img", disable=None if progress else True,
-                      leave=False) as bar:
+            with progress_bar(total=job.count, desc="validate", unit="image", enabled=progress, steps=False) as bar:
                 partial = session.compare(0, job.count, on_batch=bar.update)
             timings = session.measure()
         finally:

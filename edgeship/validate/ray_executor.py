@@ -179,7 +179,7 @@ class RayExecutor(Executor):
                 ray.shutdown()
 
     def _run(self, ray: Any, job: Job, progress: bool) -> Outcome:
-        from tqdm import tqdm
+        from edgeship.progress import progress as progress_bar
 
         cpus = int(ray.cluster_resources().get("CPU", 1))
         if cpus < job.threads:
@@ -198,8 +198,8 @@ class RayExecutor(Executor):
         overhead: list[float] = []
         todo = list(enumerate(bounds))
         t_start = time.perf_counter()
-        bar = tqdm(total=job.count, desc=f"validate (ray, {workers} workers)", unit="img",
-                   disable=None if progress else True, leave=False)
+        bar = progress_bar(total=job.count, desc=f"validate (ray, {workers} workers)", unit="image", enabled=progress,
+                           steps=False)
         try:
             while todo or pending:
                 while todo and len(pending) < workers:
