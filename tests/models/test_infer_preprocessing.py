@@ -1,0 +1,129 @@
+"""Preprocessing inferred from the model's behaviour (edgeship.models.infer_preprocessing, issue 23 item 2), on the
+demo model and its held-out digits: the correct declaration holds, planted wrong ones are caught naming the right
+one, nothing declared infers the demo's convention, and a random-init model (whose outputs barely depend on the
+input) leaves it undecided. Each (convention, view) of a model runs once: the tests share a memoised predict."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from edgeship.models import infer_preprocessing as ip
+from edgeship.models.spec import Preprocessing
+
+CORRECT = Preprocessing()  # the demo was trained on (x - 127.5) / 127.5, RGB
+PLANTED = {
+    "[0, 1] instead of [-1, 1]": Preprocessing(mean=(0.0,) * 3, std=(255.0,) * 3),
+    "raw pixels": Preprocessing.identity(),
+    "BGR": Preprocessing(color="bgr"),
+}
+
+
+def _memoised(model: Any) -> Callable[[np.ndarray], np.ndarray]:
+    inner = ip.as_predict(model)
+    cache: dict[bytes, np.ndarray] = {}
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        key = hashlib.sha1(np.ascontiguousarray(x).tobytes()).digest()
+        if key not in cache:
+            cache[key] = inner(x)
+        return cache[key]
+    return predict
+
+
+@pytest.fixture(scope="module")
+def demo() -> dict[str, Any]:
+    from edgeship.data import load_image_folder
+    from edgeship.models.loading import DEMO_DIR, load_model
+
+    loaded = load_model(echo=lambda _: None)
+    ds = load_image_folder(DEMO_DIR / "heldout", (96, 96), class_names=loaded.spec.labels)
+    return {"predict": _memoised(loaded), "images": ds.images, "labels": ds.labels,
+            "probabilities": loaded.spec.outputs_probabilities}
+
+
+def _infer(demo: dict[str, Any], labelled: bool, **kw: Any) -> ip.InferenceResult:
+    return ip.infer_preprocessing(demo["predict"], demo["images"], labels=demo["labels"] if labelled else None,
+                                  probabilities=demo["probabilities"], **kw)
+
+
+@pytest.mark.parametrize("labelled", [True, False], ids=["labels", "no-labels"])
+def test_correct_declaration_holds(demo: dict[str, Any], labelled: bool) -> None:
+    r = _infer(demo, labelled, declared=CORRECT, source="declared")
+    assert r.verdict is ip.Verdict.OK, r.message
+    assert r.best.declared and r.best.name == "[-1, 1]"
+    assert r.chosen == CORRECT
+    assert r.samples == (ip.MAX_IMAGES if labelled else ip.MAX_IMAGES_UNLABELLED)
+    assert [c.score for c in r.candidates] == sorted((c.score for c in r.candidates), reverse=True)
+
+
+@pytest.mark.parametrize("labelled", [True, False], ids=["labels", "no-labels"])
+@pytest.mark.parametrize("planted", sorted(PLANTED))
+def test_planted_wrong_declaration_is_caught(demo: dict[str, Any], labelled: bool, planted: str) -> None:
+    declared = PLANTED[planted]
+    r = _infer(demo, labelled, declared=declared, source="declared")
+    assert r.verdict is ip.Verdict.WRONG, r.message
+    assert not bool(r)
+    assert r.best.name == "[-1, 1]" and r.declared.preprocessing == declared
+    assert r.best.score > r.declared.score
+    # one line naming both figures and the fix
+    assert "\n" not in r.message and "(x - 127.5) / 127.5" in r.message and "--mean 127.5 --std 127.5" in r.message
+    if labelled:
+        assert f"{r.declared.score:.1%}" in r.message and f"{r.best.score:.1%}" in r.message
+        assert r.p_value < ip.ALPHA
+    if declared.color.value == "bgr":
+        assert "without --bgr" in r.message
+
+
+@pytest.mark.parametrize("labelled", [True, False], ids=["labels", "no-labels"])
+def test_nothing_declared_infers_the_demo_convention(demo: dict[str, Any], labelled: bool) -> None:
+    r = _infer(demo, labelled, source="assumed")
+    assert r.verdict is ip.Verdict.INFERRED, r.message
+    assert r.chosen == CORRECT and r.best.name == "[-1, 1]"
+    assert "inferred (x - 127.5) / 127.5" in r.message
+
+
+def test_a_declaration_outside_the_conventions_is_ranked_too(demo: dict[str, Any]) -> None:
+    """A declared mean/std that is no listed convention joins the ranking as "declared" (and loses here)."""
+    odd = Preprocessing(mean=(100.0, 100.0, 100.0), std=(30.0, 30.0, 30.0))
+    r = _infer(demo, True, declared=odd, source="declared")
+    assert any(c.name == "declared" and c.declared for c in r.candidates)
+    assert r.verdict is ip.Verdict.WRONG and r.best.name == "[-1, 1]", r.message
+
+
+@pytest.mark.parametrize("labelled", [True, False], ids=["labels", "no-labels"])
+def test_random_init_model_is_undecided(demo: dict[str, Any], labelled: bool) -> None:
+    from edgeship._tf import keras
+
+    k = keras()
+    k.utils.set_random_seed(0)
+    model = k.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weights=None, classes=10,
+                                       classifier_activation=None)
+    r = ip.infer_preprocessing(model, demo["images"], labels=demo["labels"] if labelled else None,
+                               probabilities=False, source="assumed", max_images=32)
+    assert r.verdict is ip.Verdict.UNDECIDED, r.message
+    assert r.chosen is None and not bool(r)
+    assert "declare the model's preprocessing" in r.message
+
+
+def test_mcnemar_exact() -> None:
+    better = np.array([True] * 10 + [False] * 0 + [True] * 5)
+    worse = np.array([False] * 10 + [True] * 0 + [True] * 5)
+    assert ip.mcnemar_p(better, worse) == pytest.approx(2.0 ** -10)
+    assert ip.mcnemar_p(worse, better) == 1.0
+    assert ip.mcnemar_p(better, better) == 1.0
+
+
+def test_mutual_information_extremes() -> None:
+    k = 4
+    confident_diverse = np.eye(k)[None].repeat(2, 0)  # (V, N, K): each image sure, all different
+    collapsed = np.tile(np.eye(k)[:1], (k, 1))[None]  # every image the same class
+    flat = np.full((1, k, k), 1.0 / k)
+    assert ip.mutual_information(confident_diverse) == pytest.approx(np.log(k))
+    assert ip.mutual_information(collapsed) == pytest.approx(0.0)
+    assert ip.mutual_information(flat) == pytest.approx(0.0)
+    unstable = np.stack([np.eye(k), np.roll(np.eye(k), 1, axis=0)])  # a view changes every answer
+    assert ip.mutual_information(unstable) < ip.mutual_information(confident_diverse) - 0.5
