@@ -94,15 +94,20 @@ def test_a_declaration_outside_the_conventions_is_ranked_too(demo: dict[str, Any
     assert r.verdict is ip.Verdict.WRONG and r.best.name == "[-1, 1]", r.message
 
 
-@pytest.mark.parametrize("labelled", [True, False], ids=["labels", "no-labels"])
-def test_random_init_model_is_undecided(demo: dict[str, Any], labelled: bool) -> None:
+@pytest.fixture(scope="module")
+def random_init() -> Any:
     from edgeship._tf import keras
 
     k = keras()
     k.utils.set_random_seed(0)
     model = k.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weights=None, classes=10,
                                        classifier_activation=None)
-    r = ip.infer_preprocessing(model, demo["images"], labels=demo["labels"] if labelled else None,
+    return _memoised(model)  # one traced function for both tests
+
+
+@pytest.mark.parametrize("labelled", [True, False], ids=["labels", "no-labels"])
+def test_random_init_model_is_undecided(demo: dict[str, Any], random_init: Any, labelled: bool) -> None:
+    r = ip.infer_preprocessing(random_init, demo["images"], labels=demo["labels"] if labelled else None,
                                probabilities=False, source="assumed", max_images=32)
     assert r.verdict is ip.Verdict.UNDECIDED, r.message
     assert r.chosen is None and not bool(r)
