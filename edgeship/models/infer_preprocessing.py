@@ -272,6 +272,7 @@ def infer_preprocessing(
     min_accuracy_gain: float = MIN_ACCURACY_GAIN,
     min_score_gain: float = MIN_SCORE_GAIN,
     views: Sequence[str] = VIEWS,
+    keras_model: Any = None,
 ) -> InferenceResult:
     """Rank the conventions by how well the reference does on ``images`` fed each, and judge the declared one.
 
@@ -281,7 +282,9 @@ def infer_preprocessing(
     indices, or None. ``probabilities``: the outputs are probabilities (True) or logits (False). ``declared``: the
     preprocessing in use; ``source``: where it came from — ``declared`` / ``found in the graph`` are judged (ok or
     wrong); ``assumed`` (nothing declared nor found) lets a clear winner be ``inferred``, else ``undecided``.
-    At most ``max_images`` images are used (evenly spaced; default :data:`MAX_IMAGES` with labels,
+    ``keras_model``: the Keras model for the first-BatchNorm fit when ``model`` is a bare predict function
+    (:func:`edgeship.models.infer_scores.first_bn_probe`; default ``model`` itself). At most ``max_images`` images
+    are used (evenly spaced; default :data:`MAX_IMAGES` with labels,
     :data:`MAX_IMAGES_UNLABELLED` without); without labels each is also run under each of
     ``views`` (:data:`AUGMENTATIONS`), so the model runs ``(conventions + 1) x (1 + len(views)) x max_images``
     images at most."""
@@ -316,7 +319,7 @@ def infer_preprocessing(
         flat = pre.apply(stack.reshape(-1, *imgs.shape[1:]))
         out = np.asarray(predict(flat))
         stacks[name] = _probabilities(out.reshape(len(flat), -1), probabilities).reshape(len(stack), len(imgs), -1)
-    probe = None if labelled else first_bn_probe(model)
+    probe = None if labelled else first_bn_probe(model if keras_model is None else keras_model)
     fig_fit = False
     cands = []
     for name, pre in named:

@@ -124,10 +124,12 @@ def run(m: dict[str, Any], labelled: bool, views: tuple[str, ...], max_images: i
     labels = m["labels"] if labelled else None
     t0 = time.perf_counter()
     nothing = ip.infer_preprocessing(predict, m["images"], declared=Preprocessing(), source="assumed",
-                                     labels=labels, probabilities=m["probs"], max_images=max_images, views=views)
+                                     labels=labels, probabilities=m["probs"], max_images=max_images, views=views,
+                                     keras_model=m["km"])
     seconds = time.perf_counter() - t0
     declared = {name: ip.infer_preprocessing(predict, m["images"], declared=pre, source="declared", labels=labels,
-                                             probabilities=m["probs"], max_images=max_images, views=views)
+                                             probabilities=m["probs"], max_images=max_images, views=views,
+                                             keras_model=m["km"])
                 for name, pre in ip.CONVENTIONS}
     return {"nothing": nothing, "declared": declared, "seconds": seconds}
 
@@ -189,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{ul.declared.score:.2f} | {verdict_cell(ul, correct[model])} |")
         la = lab["nothing"] if lab is not None else None
         ul = unl["nothing"]
-        say(f"| {model} | *nothing declared* | | {(str(la.verdict) + ' ' + la.best.name) if la is not None else '-'} | | "
+        say(f"| {model} | *nothing declared* | | {(str(la.verdict) + (' ' + la.best.name if la.verdict is ip.Verdict.INFERRED else '')) if la is not None else '-'} | | "
             f"{ul.verdict} {ul.best.name if ul.verdict is ip.Verdict.INFERRED else ''} |")
     say()
     say("### Catch rates")

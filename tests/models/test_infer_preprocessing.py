@@ -45,14 +45,22 @@ def demo() -> dict[str, Any]:
             "probabilities": loaded.spec.outputs_probabilities}
 
 
-def _infer(demo: dict[str, Any], labelled: bool, **kw: Any) -> ip.InferenceResult:
-    return ip.infer_preprocessing(demo["predict"], demo["images"], labels=demo["labels"] if labelled else None,
-                                  probabilities=demo["probabilities"], **kw)
+MODES = ["labels", "no-labels", "no-labels-mi-only"]
 
 
-@pytest.mark.parametrize("labelled", [True, False], ids=["labels", "no-labels"])
-def test_correct_declaration_holds(demo: dict[str, Any], labelled: bool) -> None:
-    r = _infer(demo, labelled, declared=CORRECT, source="declared")
+def _infer(demo: dict[str, Any], mode: "str | bool", **kw: Any) -> ip.InferenceResult:
+    """``mode``: "labels" (accuracy), "no-labels" (mutual information and the first-BatchNorm fit),
+    "no-labels-mi-only" (a bare predict function: the mutual information alone)."""
+    mode = {True: "labels", False: "no-labels"}.get(mode, mode)  # type: ignore[arg-type]
+    return ip.infer_preprocessing(demo["predict"], demo["images"], labels=demo["labels"] if mode == "labels" else None,
+                                  probabilities=demo["probabilities"],
+                                  keras_model=demo["model"] if mode == "no-labels" else None, **kw)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_correct_declaration_holds(demo: dict[str, Any], mode: str) -> None:
+    labelled = mode == "labels"
+    r = _infer(demo, mode, declared=CORRECT, source="declared")
     assert r.verdict is ip.Verdict.OK, r.message
     assert r.best.declared and r.best.name == "[-1, 1]"
     assert r.chosen == CORRECT
@@ -60,17 +68,20 @@ def test_correct_declaration_holds(demo: dict[str, Any], labelled: bool) -> None
     assert [c.score for c in r.candidates] == sorted((c.score for c in r.candidates), reverse=True)
 
 
-@pytest.mark.parametrize("labelled", [True, False], ids=["labels", "no-labels"])
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("planted", sorted(PLANTED))
-def test_planted_wrong_declaration_is_caught(demo: dict[str, Any], labelled: bool, planted: str) -> None:
+def test_planted_wrong_declaration_is_caught(demo: dict[str, Any], mode: str, planted: str) -> None:
+    labelled = mode == "labels"
     declared = PLANTED[planted]
-    r = _infer(demo, labelled, declared=declared, source="declared")
+    r = _infer(demo, mode, declared=declared, source="declared")
     assert r.verdict is ip.Verdict.WRONG, r.message
     assert not bool(r)
     assert r.best.name == "[-1, 1]" and r.declared.preprocessing == declared
     assert r.best.score > r.declared.score
     # one line naming both figures and the fix
     assert "\n" not in r.message and "(x - 127.5) / 127.5" in r.message and "--mean 127.5 --std 127.5" in r.message
+    if mode == "no-labels":  # the first-BatchNorm fit decided and is quoted
+        assert "misfit" in r.message and "bn_misfit" in r.declared.figures
     if labelled:
         assert f"{r.declared.score:.1%}" in r.message and f"{r.best.score:.1%}" in r.message
         assert r.p_value < ip.ALPHA
@@ -78,9 +89,9 @@ def test_planted_wrong_declaration_is_caught(demo: dict[str, Any], labelled: boo
         assert "without --bgr" in r.message
 
 
-@pytest.mark.parametrize("labelled", [True, False], ids=["labels", "no-labels"])
-def test_nothing_declared_infers_the_demo_convention(demo: dict[str, Any], labelled: bool) -> None:
-    r = _infer(demo, labelled, source="assumed")
+@pytest.mark.parametrize("mode", MODES)
+def test_nothing_declared_infers_the_demo_convention(demo: dict[str, Any], mode: str) -> None:
+    r = _infer(demo, mode, source="assumed")
     assert r.verdict is ip.Verdict.INFERRED, r.message
     assert r.chosen == CORRECT and r.best.name == "[-1, 1]"
     assert "inferred (x - 127.5) / 127.5" in r.message
