@@ -136,7 +136,8 @@ class InferenceResult:
     """The ranking (best first), the declared candidate, the verdict and its one-line message.
 
     ``p_value`` / ``gain``: the test of the best against the declared (``ok``/``wrong``) or against the runner-up
-    (nothing declared). ``chosen``: the preprocessing to use: the declared one when ``ok``, the winner when
+    (nothing declared); when the first-BatchNorm fit decided, ``gain`` is its misfit gain and ``p_value`` 0 (a
+    threshold, no test). ``chosen``: the preprocessing to use: the declared one when ``ok``, the winner when
     ``inferred``, None when ``wrong`` or ``undecided`` (``best`` then names the better one)."""
 
     verdict: Verdict

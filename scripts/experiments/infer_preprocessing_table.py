@@ -191,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{ul.declared.score:.2f} | {verdict_cell(ul, correct[model])} |")
         la = lab["nothing"] if lab is not None else None
         ul = unl["nothing"]
-        say(f"| {model} | *nothing declared* | | {(str(la.verdict) + (' ' + la.best.name if la.verdict is ip.Verdict.INFERRED else '')) if la is not None else '-'} | | "
-            f"{ul.verdict} {ul.best.name if ul.verdict is ip.Verdict.INFERRED else ''} |")
+        said = lambda r: "-" if r is None else f"{r.verdict}" + (  # noqa: E731
+            f" {r.best.name}" if r.verdict is ip.Verdict.INFERRED else "")
+        say(f"| {model} | *nothing declared* | | {said(la)} | | {said(ul)} |")
     say()
     say("### Catch rates")
     say()
