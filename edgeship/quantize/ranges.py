@@ -32,9 +32,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from edgeship.errors import UserError
+from edgeship.quantize.options import ActivationRanges
 
-RANGE_METHODS = ("minmax", "mse", "percentile")
 BINS = 4096
 #: Clip fractions of the observed min (and, independently, max) the MSE search tries: 1.0 (no clip) down to 0.1.
 CLIP_FRACTIONS = np.round(np.linspace(1.0, 0.1, 46), 4)
@@ -158,7 +157,7 @@ def choose_ranges(calibrated: bytes, inputs: np.ndarray, method: str, skip: Iter
     """{tensor name: {"range": [lo, hi], "observed": [min, max], "method": method}} for every calibrated
     activation of ``calibrated`` but the graph input and ``skip`` (the tensors whose range is fixed), chosen by
     ``method`` ("mse" or "percentile") on ``inputs``; "minmax" returns {}. Raises UserError for another method."""
-    method = parse_range_method(method)
+    method = ActivationRanges.parse(str(method), "activation range method").value
     if method == "minmax":
         return {}
     from ai_edge_litert.tools import flatbuffer_utils
@@ -174,13 +173,6 @@ def choose_ranges(calibrated: bytes, inputs: np.ndarray, method: str, skip: Iter
         lo, hi = search_mse(hist) if method == "mse" else search_percentile(hist, percentile)
         out[name] = {"range": [lo, hi], "observed": [hist.lo, hist.hi], "method": method}
     return out
-
-
-def parse_range_method(value: str) -> str:
-    method = str(value).strip().lower()
-    if method not in RANGE_METHODS:
-        raise UserError(f"unknown activation range method '{value}': choose from {', '.join(RANGE_METHODS)}")
-    return method
 
 
 def apply_ranges(model: Any, ranges: Mapping[str, Mapping[str, Any]]) -> list[str]:
