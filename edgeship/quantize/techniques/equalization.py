@@ -47,7 +47,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from edgeship.models.loading import LoadedModel, walk_layers
-from edgeship.quantize.bias_correction import visit_layer_inputs
+from edgeship.quantize.techniques.bias_correction import visit_layer_inputs
 
 __all__ = ["PAIR_KINDS", "Equalization", "Pair", "equalized", "find_pairs", "measure_pre_relu_max", "plan_equalization",
            "plan_scales"]

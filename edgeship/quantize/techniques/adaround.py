@@ -6,7 +6,7 @@ the step below or the step above so that ``||W x - Q(W) x||^2`` is smallest over
 linear op that loss is a quadratic form: with ``E = Q(W) - W`` (one row per output channel, one column per input
 tap: ``kh * kw * C_in`` for a conv, ``kh * kw`` for a depthwise channel, ``C_in`` for a dense layer) and
 ``H = sum over positions of x x^T`` (the input patches' second moment, measured once on the calibration set, each
-layer fed its float input as :func:`edgeship.quantize.bias_correction.measure_shifts` does), the loss of an output
+layer fed its float input as :func:`edgeship.quantize.techniques.bias_correction.measure_shifts` does), the loss of an output
 channel is ``e H e^T``; channels are independent.
 
 The search (not AdaRound's soft relaxation): AdaRound relaxes each up/down choice with a rectified sigmoid and runs
@@ -26,7 +26,7 @@ Each channel's largest-magnitude weight keeps its value (+-127 steps), so ``max|
 ``linear_symmetric``) then reproduces the chosen integers, in every format, BatchNormalization folding included
 (folding scales a channel's weights and its ``max|w|`` alike). :func:`adaptively_rounded` puts the chosen kernels in
 the Keras model for the duration of a block; bias correction then removes what mean shift is left (its shift
-measured against the trained weights: :func:`edgeship.quantize.bias_correction.measure_shifts`'s ``quantized``).
+measured against the trained weights: :func:`edgeship.quantize.techniques.bias_correction.measure_shifts`'s ``quantized``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from edgeship.models.loading import LoadedModel, walk_layers
-from edgeship.quantize.bias_correction import LAYER_TYPES, visit_layer_inputs
+from edgeship.quantize.techniques.bias_correction import LAYER_TYPES, visit_layer_inputs
 
 __all__ = ["Rounding", "adaptively_rounded", "choose_rounding", "input_moments", "round_rows"]
 

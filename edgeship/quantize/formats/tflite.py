@@ -49,7 +49,7 @@ class TFLiteQuantResult:
 
     ``tensor_params``: per activation ``{"scale": [s], "zero_point": [z], "range_source": "fixed"|"calibrated"}``,
     or ``"range_source": "mse"|"percentile"`` with ``"range"`` (the [lo, hi] chosen) and ``"observed_range"`` (the
-    calibration's min/max) for a tensor whose range was searched (:mod:`edgeship.quantize.ranges`);
+    calibration's min/max) for a tensor whose range was searched (:mod:`edgeship.quantize.techniques.ranges`);
     per weight/bias tensor a per-channel summary ``{"range_source": "weights", "channels": n,
     "quantized_dimension": d, "scale_min": ..., "scale_max": ..., "zero_point": [distinct values]}`` (the full
     per-channel lists would make a manifest megabytes long on a large MobileNet).
@@ -116,8 +116,8 @@ def quantize_calibrated(calibrated: bytes, *, io_dtype: str = "uint8", relu6_fix
     """Step 2: pin the ReLU6 outputs to [0, 6] (unless ``relu6_fixed=False``) and quantise with the MLIR
     quantiser, exactly as ``TFLiteConverter`` does after its own calibration. ``keep_float``: ops (named by
     their output tensor) the quantiser leaves in float, with DEQUANTIZE/QUANTIZE around them
-    (see :mod:`edgeship.quantize.fallback`). ``activation_ranges``: ``{tensor name: {"range": [lo, hi],
-    "method": "mse"|"percentile", ...}}`` (:func:`edgeship.quantize.ranges.choose_ranges`) replacing the
+    (see :mod:`edgeship.quantize.techniques.fallback`). ``activation_ranges``: ``{tensor name: {"range": [lo, hi],
+    "method": "mse"|"percentile", ...}}`` (:func:`edgeship.quantize.techniques.ranges.choose_ranges`) replacing the
     calibrated min/max of those tensors (never of a fixed one); their ``range_source`` becomes the method."""
     from edgeship._tf import silenced, tf
 
@@ -127,7 +127,7 @@ def quantize_calibrated(calibrated: bytes, *, io_dtype: str = "uint8", relu6_fix
     fixed = set(relu6)
     sources: dict[str, str] = {}
     if activation_ranges:
-        from edgeship.quantize.ranges import apply_ranges
+        from edgeship.quantize.techniques.ranges import apply_ranges
 
         chosen = {n: r for n, r in activation_ranges.items() if n not in fixed}
         sources = {n: str(chosen[n].get("method", "searched")) for n in apply_ranges(model, chosen)}

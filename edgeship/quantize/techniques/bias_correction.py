@@ -67,7 +67,7 @@ def measure_shifts(loaded: LoadedModel, inputs: np.ndarray,
     cause, over ``inputs`` (the preprocessed float32 calibration batch (N, H, W, C)), each layer fed its float
     input: one pass of the float model, with each quantisable layer's ``call`` wrapped for the pass.
     ``quantized``: {layer name: the kernel the files will carry, on the int8 grid} where it is not the
-    round-to-nearest one (:mod:`edgeship.quantize.adaround`); the shift is measured against the trained kernel."""
+    round-to-nearest one (:mod:`edgeship.quantize.techniques.adaround`); the shift is measured against the trained kernel."""
     layers = [la for la in walk_layers(loaded.keras_model) if type(la).__name__ in LAYER_TYPES
               and la.get_weights()]
     sums: dict[str, np.ndarray] = {}
