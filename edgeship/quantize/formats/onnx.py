@@ -56,7 +56,7 @@ def quantize_onnx_file(job: Job, precision: Precision, tmp: Path) -> Made:
     tmp.write_bytes(data)
     recipe["tensors"] = job.stats.int8.tensor_params
     recipe["source"] = (f"tf2onnx.convert.from_tflite of the int8 TFLite ({fell_back[0]})" if fell_back else
-                        "the int8 TFLite rewritten op by op as ONNX QDQ (edgeship.quantize.formats.onnx_qdq): its int8 "
+                        "the int8 TFLite rewritten op by op as ONNX QDQ (edgeship.quantize.onnx_qdq): its int8 "
                         "parameters, uint8 activations (zero point + 128), weights stored as uint8 with zero point "
                         "128 (U8U8, edgeship.quantize.portability), NCHW inside")
     return Made(recipe, {"input_dtype": job.ranges["io_dtype"], "layout": "nhwc", **job.options},
