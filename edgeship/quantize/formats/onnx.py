@@ -55,6 +55,7 @@ def quantize_onnx_file(job: Job, precision: Precision, tmp: Path) -> Made:
     recipe["portability"] = portability_record(Format.ONNX, data)
     tmp.write_bytes(data)
     recipe["tensors"] = job.stats.int8.tensor_params
+    # (the text names the rewrite's module as before quantize/formats/ existed: recipes stay byte-identical)
     recipe["source"] = (f"tf2onnx.convert.from_tflite of the int8 TFLite ({fell_back[0]})" if fell_back else
                         "the int8 TFLite rewritten op by op as ONNX QDQ (edgeship.quantize.onnx_qdq): its int8 "
                         "parameters, uint8 activations (zero point + 128), weights stored as uint8 with zero point "

