@@ -246,20 +246,15 @@ def _finite(v: float) -> float | None:
 
 def predict(model: bytes, inputs: np.ndarray) -> np.ndarray:
     """Float outputs of a .tflite (float or 8-bit I/O) for preprocessed inputs, one sample at a time."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    from edgeship._tf import silenced
     from edgeship.quantize.layers import quantise_input
+    from edgeship.runtimes.probe import LiteRTProbe
 
-    with silenced((2,)):
-        interp = Interpreter(model_content=model)
-        interp.allocate_tensors()
-    i, o = interp.get_input_details()[0], interp.get_output_details()[0]
+    probe = LiteRTProbe(model, preserve_tensors=False)  # outputs only: LiteRT's ordinary interpreter
+    i, o = probe.input, probe.output
     outs = []
     for x in inputs:
-        interp.set_tensor(i["index"], quantise_input(x[None].astype(np.float32), i))
-        interp.invoke()
-        y = interp.get_tensor(o["index"]).astype(np.float32)
+        probe.run(quantise_input(x[None].astype(np.float32), i))
+        y = probe.tensor(o["index"]).astype(np.float32)
         if o["dtype"] != np.float32:
             scale, zp = o["quantization"]
             y = (y - zp) * scale

@@ -73,20 +73,6 @@ def _op_table(model: Any) -> list[dict[str, Any]]:
     return ops
 
 
-def _interpreters(float_model: bytes, int8_model: bytes) -> tuple[Any, Any]:
-    from ai_edge_litert.interpreter import Interpreter
-
-    from edgeship._tf import silenced
-
-    with silenced((2,)), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
-        fi = Interpreter(model_content=float_model, experimental_preserve_all_tensors=True)
-        qi = Interpreter(model_content=int8_model, experimental_preserve_all_tensors=True)
-        fi.allocate_tensors()
-        qi.allocate_tensors()
-    return fi, qi
-
-
 def mean_errors(float_model: bytes, int8_model: bytes, inputs: np.ndarray, names: list[str],
                 clamps: dict[str, tuple[float, float]] | None = None,
                 raw: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -97,24 +83,24 @@ def mean_errors(float_model: bytes, int8_model: bytes, inputs: np.ndarray, names
     validator do); without it the int8 input is the float input re-quantised."""
     from edgeship.quantize.layers import quantise_input
 
-    fi, qi = _interpreters(float_model, int8_model)
-    f_idx = {d["name"]: d["index"] for d in fi.get_tensor_details()}
-    q_det = {d["name"]: d for d in qi.get_tensor_details()}
+    from edgeship.runtimes.probe import LiteRTProbe
+
+    fi, qi = LiteRTProbe(float_model), LiteRTProbe(int8_model)
+    f_idx = fi.index
+    q_det = {d["name"]: d for d in qi.tensors}
     wanted = [n for n in names if n in f_idx and n in q_det]
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, np.ndarray] = {}
-    q_in = qi.get_input_details()[0]
+    q_in = qi.input
     for k, x in enumerate(inputs):
         x = x[None].astype(np.float32)
-        fi.set_tensor(fi.get_input_details()[0]["index"], x)
+        fi.run(x)
         pixels = raw is not None and q_in["dtype"] == np.uint8
-        qi.set_tensor(q_in["index"], raw[k][None].astype(np.uint8) if pixels else quantise_input(x, q_in))
-        fi.invoke()
-        qi.invoke()
+        qi.run(raw[k][None].astype(np.uint8) if pixels else quantise_input(x, q_in))
         for n in wanted:
             d = q_det[n]
-            ref = fi.get_tensor(f_idx[n]).astype(np.float64)
-            q = qi.get_tensor(d["index"])
+            ref = fi.tensor(f_idx[n]).astype(np.float64)
+            q = qi.tensor(d["index"])
             info = np.iinfo(q.dtype)
             scale, zp = d["quantization"]
             deq = (q.astype(np.float64) - zp) * scale

@@ -132,23 +132,16 @@ def calibrated_ranges(calibrated: bytes) -> dict[str, tuple[float, float]]:
 def collect_histograms(calibrated: bytes, inputs: np.ndarray, names: Iterable[str]) -> dict[str, Histogram]:
     """{name: Histogram} of the named activations of the calibrated float flatbuffer over ``inputs`` (the
     preprocessed float32 calibration batch (N, H, W, C)), each over the min/max the calibration recorded."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    from edgeship._tf import silenced
+    from edgeship.runtimes.probe import LiteRTProbe
 
     observed = calibrated_ranges(calibrated)
-    with silenced((2,)), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
-        interp = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
-        interp.allocate_tensors()
-    index = {d["name"]: d["index"] for d in interp.get_tensor_details()}
+    probe = LiteRTProbe(calibrated)
+    index = probe.index
     hists = {n: Histogram(*observed[n], np.zeros(BINS), np.zeros(BINS)) for n in names if n in index and n in observed}
-    feed = interp.get_input_details()[0]["index"]
     for x in inputs:
-        interp.set_tensor(feed, x[None].astype(np.float32))
-        interp.invoke()
+        probe.run(x[None].astype(np.float32))
         for name, hist in hists.items():
-            hist.add(interp.get_tensor(index[name]))
+            hist.add(probe.tensor(index[name]))
     return hists
 
 
