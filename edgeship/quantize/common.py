@@ -24,10 +24,22 @@ if TYPE_CHECKING:  # light at import: the stage's modules load TensorFlow and th
     from edgeship.models.loading import LoadedModel
     from edgeship.quantize.calibration import CalibrationSet
     from edgeship.quantize.options import OnnxMethod
-    from edgeship.quantize.ptq import Statistics
 
 #: Calibration samples the per-layer SQNR is measured on (every intermediate tensor is kept per sample).
 LAYER_SAMPLES = 32
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """The calibration, done once (:func:`edgeship.quantize.ptq.compute_statistics`): the int8 TFLite every int8
+    file derives from (the ONNX carries its parameters; a ``TFLiteQuantResult``), its per-layer SQNR against
+    float (dB), the float fallback (a ``techniques.fallback.Fallback``) when layers were kept in float, and the
+    flatbuffer steps' ``records`` in the order the recipes write them."""
+
+    int8: Any
+    layer_sqnr: dict[str, float] = field(default_factory=dict)
+    fallback: Any = None
+    records: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -35,7 +47,7 @@ class Job:
     """What a quantiser is given, for one file. ``options``: the run's options as the recipes record them;
     ``ranges``: the int8 TFLite's conversion options (``io_dtype``, ``relu6_fixed``, ``input_range``);
     ``floats``: the float exports to start from (:class:`FloatArtifacts`, through :meth:`float_artifact`);
-    ``stats``: the statistics computed once (:class:`edgeship.quantize.ptq.Statistics`; None when no file derives
+    ``stats``: the statistics computed once (:class:`Statistics`; None when no file derives
     from the int8 TFLite); ``weights``: the records of the weight steps in force for this file
     (:func:`edgeship.quantize.ptq.weights_applied`; empty for a file without int8 weights)."""
 
@@ -71,9 +83,7 @@ class Job:
         force, and for a file derived from the int8 TFLite the flatbuffer steps' records."""
         recipe: dict[str, Any] = {"calibration": self.cal.describe(), "options": self.options, **self.weights}
         if from_int8_tflite and self.stats is not None:
-            first, last = self.stats.records()
-            recipe.update(first)
-            recipe.update(last)
+            recipe.update(self.stats.records)
         return recipe
 
 

@@ -12,7 +12,6 @@ with int8 weights is made: :func:`weights_applied` is that one visible, scoped s
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from edgeship.quantize.steps import FlatbufferContext, Need
@@ -23,6 +22,7 @@ if TYPE_CHECKING:
     from edgeship.export.common import ModelInfo
     from edgeship.models.loading import LoadedModel
     from edgeship.quantize.calibration import CalibrationSet
+    from edgeship.quantize.common import Statistics
     from edgeship.quantize.options import QuantizeOptions
 
 #: The steps on the float weights, in the order they are fitted and applied (each measured after the ones before).
@@ -30,30 +30,6 @@ WEIGHT_STEPS = (equalization.STEP, adaround.STEP, bias_correction.STEP)
 #: The steps on the int8 flatbuffer, in the order they run (the int8 bias correction before the raw-input
 #: compensation: it is measured with the float feed).
 FLATBUFFER_STEPS = (fallback.STEP, int8_bias_correction.STEP, raw_input.STEP)
-
-
-@dataclass(frozen=True)
-class Statistics:
-    """The calibration, done once: the int8 TFLite every int8 file derives from (the ONNX carries its
-    parameters, a ``TFLiteQuantResult``), the flatbuffer steps' outputs by name, and the per-layer SQNR against
-    float (dB)."""
-
-    int8: Any
-    outputs: Mapping[str, Any] = field(default_factory=dict)
-    layer_sqnr: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def fallback(self) -> Any:
-        """The float fallback (``techniques.fallback.Fallback``), when layers were kept in float."""
-        return self.outputs.get(fallback.STEP.name)
-
-    def records(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The flatbuffer steps' recipe records: (written with the others, written last)."""
-        first = {s.name: s.describe(self.outputs[s.name]) for s in FLATBUFFER_STEPS
-                 if s.name in self.outputs and not s.recipe_last}
-        last = {s.name: s.describe(self.outputs[s.name]) for s in FLATBUFFER_STEPS
-                if s.name in self.outputs and s.recipe_last}
-        return first, last
 
 
 def needs(options: QuantizeOptions, need: Need) -> bool:
@@ -100,7 +76,7 @@ def compute_statistics(loaded: LoadedModel, info: ModelInfo, cal: CalibrationSet
     :mod:`edgeship.quantize.techniques.ranges`), run the enabled :data:`FLATBUFFER_STEPS` on it, and measure each
     layer's SQNR (layers named inside nested models too: :class:`edgeship.quantize.layers.LayerNames`) against
     ``trained`` (the trained model's calibrated float flatbuffer; None: the calibrated one is the trained one)."""
-    from edgeship.quantize.common import LAYER_SAMPLES
+    from edgeship.quantize.common import LAYER_SAMPLES, Statistics
     from edgeship.quantize.formats.tflite import calibrate, quantize_calibrated
     from edgeship.quantize.layers import layer_sqnr
 
@@ -125,4 +101,6 @@ def compute_statistics(loaded: LoadedModel, info: ModelInfo, cal: CalibrationSet
         if step.enabled(options):
             int8, outputs[step.name] = step.run(ctx, int8)
     sqnr = layer_sqnr(trained, int8.model, cal.inputs, max_samples=LAYER_SAMPLES, keras_model=loaded.keras_model)
-    return Statistics(int8, outputs, sqnr)
+    records = {s.name: s.describe(outputs[s.name]) for s in sorted(FLATBUFFER_STEPS, key=lambda s: s.recipe_last)
+               if s.name in outputs}  # (sorted is stable: the float fallback's record last, where it always was)
+    return Statistics(int8, sqnr, outputs.get(fallback.STEP.name), records)
