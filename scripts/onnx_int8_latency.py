@@ -1,7 +1,7 @@
 """Is the int8 ONNX as fast in ONNX Runtime as the int8 TFLite in LiteRT, and does it answer the same?
 
 For each model: the int8 TFLite (edgeship's quantiser: fixed ReLU6 ranges, per-channel weights, uint8 I/O) and
-the int8 ONNX rewritten from it (``edgeship.quantize.onnx``). One interleaved run per thread count: rounds
+the int8 ONNX rewritten from it (``edgeship.quantize.formats.onnx``). One interleaved run per thread count: rounds
 alternate a block of LiteRT ``invoke()`` calls and a block of ORT ``run()`` calls (the order flips every round),
 same uint8 input, each call timed with ``time.perf_counter``; the table gives the medians and ORT/LiteRT
 (target <= 1.1). Then the op types of the graph ORT executes (``optimized_model_filepath``, ORT_ENABLE_ALL) with
@@ -37,9 +37,9 @@ quiet_environment()
 from edgeship.export.common import ModelInfo  # noqa: E402
 from edgeship.models.loading import DEMO_DIR, load_model  # noqa: E402
 from edgeship.quantize.calibration import load_calibration  # noqa: E402
-from edgeship.quantize.onnx import onnx_from_tflite  # noqa: E402
-from edgeship.quantize.onnx_qdq import fusion_report, ort_optimized_graph  # noqa: E402
-from edgeship.quantize.tflite import calibrate, quantize_calibrated  # noqa: E402
+from edgeship.quantize.formats.onnx import onnx_from_tflite  # noqa: E402
+from edgeship.quantize.formats.onnx_qdq import fusion_report, ort_optimized_graph  # noqa: E402
+from edgeship.quantize.formats.tflite import calibrate, quantize_calibrated  # noqa: E402
 
 
 def build(name: str, samples: int, workdir: Path, tf2onnx: bool,

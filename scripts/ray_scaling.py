@@ -64,7 +64,7 @@ def synthesise(count: int, seed: int = 0) -> Path:
 def int8_tflite() -> Path:
     from edgeship.models.loading import load_model
     from edgeship.quantize.calibration import load_calibration
-    from edgeship.quantize.tflite import calibrate, quantize_calibrated
+    from edgeship.quantize.formats.tflite import calibrate, quantize_calibrated
 
     path = CACHE / "demo_int8.tflite"
     if not path.exists():

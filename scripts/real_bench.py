@@ -135,7 +135,7 @@ def main() -> int:
                     help="equalise the depthwise -> pointwise pairs first (quantize's cross_layer_equalization)")
     ap.add_argument("--precision", help="comma-separated precisions to quantise (default: each format's)")
     ap.add_argument("--int8-bias-correction", action=argparse.BooleanOptionalAction, default=None,
-                    help="correct the int8 TFLite's biases op by op (edgeship.quantize.int8_bias_correction; "
+                    help="correct the int8 TFLite's biases op by op (edgeship.quantize.techniques.int8_bias_correction; "
                          "default: the preset's)")
     ap.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
                     help="no bias correction of the weights' rounding (Keras level)")

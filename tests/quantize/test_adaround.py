@@ -1,4 +1,4 @@
-"""Adaptive rounding (edgeship.quantize.adaround) on the trained demo model: the chosen int8 steps lower the output
+"""Adaptive rounding (edgeship.quantize.techniques.adaround) on the trained demo model: the chosen int8 steps lower the output
 error the rounding targets on held-out images, the trained weights come back exactly, and the TFLite converter's
 own round-to-nearest reproduces the chosen integers in the int8 file (BatchNormalization folded in)."""
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from edgeship.models.loading import walk_layers
-from edgeship.quantize.adaround import adaptively_rounded, choose_rounding, round_rows
-from edgeship.quantize.bias_correction import LAYER_TYPES, quantize_weights
+from edgeship.quantize.techniques.adaround import adaptively_rounded, choose_rounding, round_rows
+from edgeship.quantize.techniques.bias_correction import LAYER_TYPES, quantize_weights
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_adaptive_rounding_lowers_the_output_error_on_heldout_images(demo, demo_
 def test_the_int8_tflite_carries_the_chosen_integers(demo, rounding):
     from ai_edge_litert.tools import flatbuffer_utils
 
-    from edgeship.quantize.tflite import calibrate, quantize_calibrated
+    from edgeship.quantize.formats.tflite import calibrate, quantize_calibrated
 
     loaded, cal, _, _ = demo
     with adaptively_rounded(loaded, rounding):

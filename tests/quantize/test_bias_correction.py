@@ -1,4 +1,4 @@
-"""Empirical bias correction (edgeship.quantize.bias_correction) on the trained demo model: it removes the mean
+"""Empirical bias correction (edgeship.quantize.techniques.bias_correction) on the trained demo model: it removes the mean
 output shift that per-channel int8 weights cause (measured on calibration images, judged on held-out ones), the
 trained weights come back exactly, and the stage records it in every file with int8 weights and in no other."""
 
@@ -9,7 +9,7 @@ import json
 import numpy as np
 
 from edgeship.models.loading import walk_layers
-from edgeship.quantize.bias_correction import LAYER_TYPES, bias_corrected, measure_shifts, quantize_weights
+from edgeship.quantize.techniques.bias_correction import LAYER_TYPES, bias_corrected, measure_shifts, quantize_weights
 
 
 def _weights_only_int8(loaded, x):

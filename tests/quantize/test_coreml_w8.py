@@ -48,7 +48,7 @@ def made(demo_loaded, tmp_path_factory, demo_export):
     """Per deployment target: (float fp16 package, w8 package, recipe); exported and quantised once (iOS16, the
     export's default: the session's one export, conftest.py)."""
     from edgeship.export import export
-    from edgeship.quantize.coreml import quantize_coreml_w8
+    from edgeship.quantize.formats.coreml import quantize_coreml_w8
 
     cache: dict[str, tuple[Path, Path, dict]] = {}
 
@@ -143,7 +143,7 @@ def _dequantise(pkg: Package, producer) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def _max_error(scale: np.ndarray) -> np.ndarray:
-    """Half a quantisation step per channel: the rounding is exact (edgeship.quantize.coreml.exact_symmetric), also
+    """Half a quantisation step per channel: the rounding is exact (edgeship.quantize.formats.coreml.exact_symmetric), also
     from fp16 weights; a +-127 clipped because the stored fp16 scale rounded down is off by < 127 * 2**-12 steps."""
     return scale.astype(np.float64) * 0.5 * (1 + 1e-9)
 
@@ -278,7 +278,7 @@ def test_small_weights_are_reported_not_silently_left_float(tmp_path):
     from coremltools.converters.mil import Builder as mb
 
     from edgeship._tf import silenced
-    from edgeship.quantize.coreml import quantize_coreml_w8
+    from edgeship.quantize.formats.coreml import quantize_coreml_w8
 
     rng = np.random.default_rng(0)
 
@@ -297,7 +297,7 @@ def test_small_weights_are_reported_not_silently_left_float(tmp_path):
 
 def test_ios15_model_is_refused(made, tmp_path):
     from edgeship.errors import UserError
-    from edgeship.quantize.coreml import quantize_coreml_w8
+    from edgeship.quantize.formats.coreml import quantize_coreml_w8
 
     ct = _ct()
     fp16, _, _ = made()
@@ -326,7 +326,7 @@ def test_w8_predicts_the_float_models_labels(made, demo_heldout):
 @pytest.fixture(scope="module")
 def w8a8(made, demo_loaded, tmp_path_factory):
     from edgeship.quantize.calibration import load_calibration
-    from edgeship.quantize.coreml_w8a8 import quantize_coreml_w8a8
+    from edgeship.quantize.formats.coreml_w8a8 import quantize_coreml_w8a8
 
     fp16, _, _ = made()
     cal = load_calibration(None, demo_loaded.spec)  # the default: all 200 demo calibration images
@@ -404,7 +404,7 @@ def test_w8a8_agrees_with_float_on_heldout_through_the_reference_executor(w8a8, 
 def test_percentile_range_is_the_exact_order_statistic():
     """The calibrated range keeps only the tails, yet is exactly the k-th largest/smallest value of all the values
     seen (k = the count beyond the percentile), whatever the tensor size and sample count; 100 is min/max."""
-    from edgeship.quantize.coreml_w8a8 import _Tails
+    from edgeship.quantize.formats.coreml_w8a8 import _Tails
 
     rng = np.random.default_rng(1)
     for shape, n, p in [((7,), 50, 99.0), ((1000,), 200, 99.999), ((3, 5), 3, 90.0), ((10000,), 30, 99.9),
@@ -427,7 +427,7 @@ def test_w8a8_per_layer_report_reads_int8_tensors_back_at_their_own_scale(w8a8, 
     the dequantize that restores its value, so every layer lands in a plausible SQNR band and the error grows
     downstream, as in the TFLite report."""
     from edgeship.quantize.calibration import load_calibration
-    from edgeship.quantize.coreml import coreml_layer_sqnr
+    from edgeship.quantize.formats.coreml import coreml_layer_sqnr
 
     path, _ = w8a8
     fp16, w8, _ = made()

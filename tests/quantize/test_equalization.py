@@ -1,4 +1,4 @@
-"""Cross-layer equalisation (edgeship.quantize.equalization) on the trained demo model: it finds MobileNet's 17
+"""Cross-layer equalisation (edgeship.quantize.techniques.equalization) on the trained demo model: it finds MobileNet's 17
 depthwise -> pointwise pairs, narrows the range imbalance between each depthwise output channel (its
 BatchNormalization folded) and the pointwise input channel it feeds, keeps the float model's outputs (ReLU6 bounds:
 exact on the calibration images, > 40 dB on held-out ones), the trained weights come back exactly, and the stage
@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 
-from edgeship.quantize.equalization import _bn_gain, equalized, find_pairs, plan_equalization, plan_scales
+from edgeship.quantize.techniques.equalization import _bn_gain, equalized, find_pairs, plan_equalization, plan_scales
 
 
 def _sqnr(out, ref):

@@ -1,5 +1,5 @@
 """The float fallback ranks ops by their own contribution to the output error and spends a size budget
-(:mod:`edgeship.quantize.fallback`), on the demo model."""
+(:mod:`edgeship.quantize.techniques.fallback`), on the demo model."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def planted(calibration):
     with large weights is how this arises in trained models). Returns (loaded, calibrated flatbuffer, all-int8
     result, options)."""
     from edgeship.models.loading import layer_paths, load_model
-    from edgeship.quantize.tflite import calibrate, quantize_calibrated
+    from edgeship.quantize.formats.tflite import calibrate, quantize_calibrated
 
     loaded = load_model()  # a fresh copy: the weights are edited
     layers = {p[-1]: la for p, la in layer_paths(loaded.keras_model)}
@@ -57,7 +57,7 @@ def test_own_contribution_ranking_finds_the_planted_layer(planted, calibration):
     """The planted layer makes the error; the layers after it only carry it, and their accumulated SQNR is worse
     than its own. Ranking by accumulated SQNR keeps a later layer; ranking by own contribution keeps the planted
     one, and the output gains more."""
-    from edgeship.quantize.fallback import keep_float, predict
+    from edgeship.quantize.techniques.fallback import keep_float, predict
     from edgeship.quantize.layers import LayerNames, tensor_sqnr
     from edgeship.numerics import sqnr_from_powers
 
@@ -85,7 +85,7 @@ def test_own_contribution_ranking_finds_the_planted_layer(planted, calibration):
 def test_size_budget_is_respected(planted, calibration):
     """With a budget barely above the all-int8 file, "auto" (asked for no disagreement at all) keeps only ops that
     fit, by gain per byte; the file it returns is within the budget, metadata overhead included."""
-    from edgeship.quantize.fallback import AUTO_LIMIT, keep_float
+    from edgeship.quantize.techniques.fallback import AUTO_LIMIT, keep_float
     from edgeship.quantize.layers import tensor_sqnr
 
     loaded, calibrated, first, opts = planted
@@ -103,7 +103,7 @@ def test_size_budget_is_respected(planted, calibration):
 
 def test_budget_below_the_int8_file_is_refused(planted, calibration):
     from edgeship.errors import UserError
-    from edgeship.quantize.fallback import keep_float
+    from edgeship.quantize.techniques.fallback import keep_float
 
     loaded, calibrated, first, opts = planted
     with pytest.raises(UserError, match="smaller than the all-int8 file"):
@@ -113,7 +113,7 @@ def test_budget_below_the_int8_file_is_refused(planted, calibration):
 @pytest.mark.parametrize(("text", "expected"), [("5MB", 5_000_000), ("4.5MiB", int(4.5 * 2**20)), ("800kB", 800_000),
                                                 ("123456", 123456), ("2 GiB", 2 * 2**30)])
 def test_parse_max_size_units(text, expected):
-    from edgeship.quantize.fallback import parse_max_size
+    from edgeship.quantize.techniques.fallback import parse_max_size
 
     assert parse_max_size(text).bytes == expected
 
@@ -121,7 +121,7 @@ def test_parse_max_size_units(text, expected):
 @pytest.mark.parametrize("text", ["lots", "5XB", "-3MB", "0.5x", "x", "0"])
 def test_bad_max_size_is_a_user_error(text):
     from edgeship.errors import UserError
-    from edgeship.quantize.fallback import parse_max_size
+    from edgeship.quantize.techniques.fallback import parse_max_size
 
     with pytest.raises(UserError, match="--max-size"):
         parse_max_size(text)

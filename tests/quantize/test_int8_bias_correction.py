@@ -1,4 +1,4 @@
-"""The int8 TFLite's sequential bias correction (edgeship.quantize.int8_bias_correction) on the demo: it shrinks the
+"""The int8 TFLite's sequential bias correction (edgeship.quantize.techniques.int8_bias_correction) on the demo: it shrinks the
 per-channel mean error of the ops it corrects and raises the held-out output SQNR (~20 s)."""
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ def _output_sqnr(model: bytes, x: np.ndarray, ref: np.ndarray) -> float:
 
 
 def test_int8_bias_correction_shrinks_mean_error_and_raises_sqnr(demo, demo_heldout_x):
-    from edgeship.quantize.int8_bias_correction import _op_table, correct_int8_biases, mean_errors
+    from edgeship.quantize.techniques.int8_bias_correction import _op_table, correct_int8_biases, mean_errors
     from edgeship.quantize.portability import check_tflite
-    from edgeship.quantize.tflite import quantize_calibrated
+    from edgeship.quantize.formats.tflite import quantize_calibrated
     from ai_edge_litert.tools import flatbuffer_utils
 
     loaded, cal, calibrated, _ = demo
@@ -60,7 +60,7 @@ def test_int8_correction_measures_against_the_trained_model_not_the_corrected_on
     -> 79.2 % / 10.6 dB, about the uncorrected file's figures)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    import edgeship.quantize.int8_bias_correction as ibc
+    import edgeship.quantize.techniques.int8_bias_correction as ibc
     from edgeship.models.loading import load_model
     from edgeship.quantize import quantize
 

@@ -37,7 +37,7 @@ def nested():
 
     tf()  # TensorFlow's logging quietened before Keras builds anything
     from edgeship.models.loading import load_model
-    from edgeship.quantize.tflite import calibrate, quantize_calibrated
+    from edgeship.quantize.formats.tflite import calibrate, quantize_calibrated
 
     i = keras.Input((SIZE, SIZE, 3))
     a = keras.layers.GlobalAveragePooling2D(name="pool_a")(_backbone("tiny_a", 1)(i))

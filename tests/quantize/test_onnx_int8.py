@@ -149,7 +149,7 @@ def test_ort_runs_every_conv_and_the_classifier_in_int8(make):
     DequantizeLinear left, and a QuantizeLinear only where an integer ADD saturates its result."""
     import onnx
 
-    from edgeship.quantize.onnx_qdq import fusion_report, ort_optimized_graph
+    from edgeship.quantize.formats.onnx_qdq import fusion_report, ort_optimized_graph
 
     tfl, onx = make()
     ops = flatbuffer_utils.read_model_from_bytearray(bytearray(tfl.read_bytes())).subgraphs[0].operators
@@ -194,7 +194,7 @@ def test_the_validator_reads_it_and_it_agrees_with_float(demo, make):
 def test_a_layer_kept_in_float_stays_float_in_ort(demo, make):
     """ORT's WeightBiasQuantization would quantise a float Conv fed by a scalar DequantizeLinear (per tensor!);
     the rewrite feeds it a per-channel one, so the layer ORT runs is the TFLite's float layer."""
-    from edgeship.quantize.onnx_qdq import fusion_report, ort_optimized_graph
+    from edgeship.quantize.formats.onnx_qdq import fusion_report, ort_optimized_graph
 
     loaded, _, _, heldout = demo
     kept = ("mobilenetv2_0.35_96_1/block_1_project_BN_1/batchnorm/add_1;mobilenetv2_0.35_96_1/block_1_project_1/"
@@ -212,9 +212,9 @@ def test_a_layer_kept_in_float_stays_float_in_ort(demo, make):
 def test_an_op_the_rewrite_does_not_know_falls_back_to_tf2onnx(tmp_path):
     from edgeship._tf import keras
     from edgeship.models.loading import DEMO_LABELS, load_model
-    from edgeship.quantize.onnx import onnx_from_tflite
-    from edgeship.quantize.onnx_qdq import UnsupportedTFLiteOp, qdq_from_tflite
-    from edgeship.quantize.tflite import quantize_tflite
+    from edgeship.quantize.formats.onnx import onnx_from_tflite
+    from edgeship.quantize.formats.onnx_qdq import UnsupportedTFLiteOp, qdq_from_tflite
+    from edgeship.quantize.formats.tflite import quantize_tflite
 
     k = keras()
     inp = k.Input((16, 16, 3))
@@ -244,8 +244,8 @@ def test_quantize_onnx_static_from_a_float_onnx(demo, tmp_path):
     import onnx
 
     from edgeship.export.onnx import export_onnx
-    from edgeship.quantize.onnx import quantize_onnx_static
-    from edgeship.quantize.onnx_qdq import fusion_report, ort_optimized_graph
+    from edgeship.quantize.formats.onnx import quantize_onnx_static
+    from edgeship.quantize.formats.onnx_qdq import fusion_report, ort_optimized_graph
     from edgeship.quantize.portability import check_onnx
     from edgeship.runtimes.onnxrt import OnnxRuntimeRunner
 
@@ -326,7 +326,7 @@ def test_add_equals_litert_on_every_pair_of_operands(tmp_path):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from edgeship.quantize.onnx_qdq import qdq_from_tflite
+    from edgeship.quantize.formats.onnx_qdq import qdq_from_tflite
     from edgeship.quantize.portability import portable_onnx
 
     tfl = tmp_path / "add.tflite"

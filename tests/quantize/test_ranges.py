@@ -1,4 +1,4 @@
-"""Per-tensor activation range search (edgeship.quantize.ranges) on the trained demo model: the quantiser's scale
+"""Per-tensor activation range search (edgeship.quantize.techniques.ranges) on the trained demo model: the quantiser's scale
 and zero point are the ones the search assumes, the MSE ranges lower the int8 error of the tensors they change on
 held-out images (not the calibration images they were chosen on) and raise the int8 output SQNR, and the stage
 records every searched range in the recipe."""
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from edgeship.errors import UserError
-from edgeship.quantize.ranges import Histogram, choose_ranges, quantisation_grid, quantisation_mse, search_mse
-from edgeship.quantize.tflite import quantize_calibrated
+from edgeship.quantize.techniques.ranges import Histogram, choose_ranges, quantisation_grid, quantisation_mse, search_mse
+from edgeship.quantize.formats.tflite import quantize_calibrated
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The raw-input compensation (edgeship.quantize.raw_input): with MobileNet's mean 127.5 a uint8 input's zero point
+"""The raw-input compensation (edgeship.quantize.techniques.raw_input): with MobileNet's mean 127.5 a uint8 input's zero point
 (127) puts every raw pixel half a step high; taking that out of the first layer's bias must remove the mean error of
 that layer's output under raw-pixel feeding (what MediaPipe feeds)."""
 
@@ -9,8 +9,8 @@ import warnings
 import numpy as np
 import pytest
 
-from edgeship.quantize.raw_input import compensate_raw_input
-from edgeship.quantize.tflite import quantize_calibrated
+from edgeship.quantize.techniques.raw_input import compensate_raw_input
+from edgeship.quantize.formats.tflite import quantize_calibrated
 
 
 def _first_layer_bias_error(calibrated: bytes, int8: bytes, tensor: str, images: np.ndarray, pre) -> np.ndarray:

@@ -35,7 +35,7 @@ def calibrated(demo_calibrated) -> bytes:
 @pytest.fixture(scope="module")
 def quantised(calibrated):
     """Every variant from the one calibration (quantising is ~0.1 s; calibrating converts the model, ~10 s)."""
-    from edgeship.quantize.tflite import quantize_calibrated
+    from edgeship.quantize.formats.tflite import quantize_calibrated
 
     made = {}
 
@@ -167,7 +167,7 @@ def test_int8_model_agrees_with_keras_on_the_heldout_set(demo, quantised):
 
 
 def test_quantize_tflite_is_calibrate_then_quantize_and_deterministic(demo, quantised):
-    from edgeship.quantize.tflite import quantize_tflite
+    from edgeship.quantize.formats.tflite import quantize_tflite
 
     loaded, calibration = demo
     r = quantize_tflite(loaded, calibration)  # defaults: uint8 I/O, fixed ReLU6
@@ -177,7 +177,7 @@ def test_quantize_tflite_is_calibrate_then_quantize_and_deterministic(demo, quan
 
 def test_unknown_io_dtype_is_a_user_error(demo):
     from edgeship.errors import UserError
-    from edgeship.quantize.tflite import quantize_tflite
+    from edgeship.quantize.formats.tflite import quantize_tflite
 
     loaded, calibration = demo
     with pytest.raises(UserError, match="io dtype"):
@@ -192,7 +192,7 @@ def test_degenerate_ranges_are_widened_so_litert_opens_the_file():
     from ai_edge_litert.interpreter import Interpreter
 
     from edgeship.models.loading import load_model as _load
-    from edgeship.quantize.tflite import quantize_tflite
+    from edgeship.quantize.formats.tflite import quantize_tflite
 
     loaded = _load("mobilenet_v2_0.35_96")
     images = np.random.default_rng(0).integers(0, 256, (8, 96, 96, 3), dtype=np.uint8)
@@ -231,7 +231,7 @@ def heldout_inputs(demo):
 
 def test_keep_float_count_keeps_exactly_the_worst_layers(calibrated, quantised, demo):
     """The accumulated ranking (worst per-layer SQNR first; the own-contribution one: test_fallback.py)."""
-    from edgeship.quantize.fallback import keep_float
+    from edgeship.quantize.techniques.fallback import keep_float
     from edgeship.quantize.layers import LayerNames, tensor_sqnr
 
     loaded, calibration = demo
@@ -251,7 +251,7 @@ def test_keep_float_count_keeps_exactly_the_worst_layers(calibrated, quantised, 
 def test_keep_float_auto_stops_at_the_target(calibrated, quantised, demo, heldout_inputs):
     """On the 360 held-out images the all-int8 demo disagrees with float on a few; asking for no disagreement at
     all makes "auto" keep layers one by one, and it reports what it reached either way."""
-    from edgeship.quantize.fallback import AUTO_LIMIT, keep_float, predict
+    from edgeship.quantize.techniques.fallback import AUTO_LIMIT, keep_float, predict
     from edgeship.quantize.layers import tensor_sqnr
     from edgeship.numerics import top1_agreement
 
@@ -275,7 +275,7 @@ def test_keep_float_auto_stops_at_the_target(calibrated, quantised, demo, heldou
 @pytest.mark.parametrize("value", ["some", "-1", "1.5"])
 def test_keep_float_rejects_bad_values(value):
     from edgeship.errors import UserError
-    from edgeship.quantize.fallback import parse_keep_float
+    from edgeship.quantize.techniques.fallback import parse_keep_float
 
     with pytest.raises(UserError, match="--keep-float must be 'auto' or a number of layers"):
         parse_keep_float(value)

@@ -25,7 +25,7 @@ N_COMPARED = 6  # images per variant through the executor (a 224 V3 takes ~40 ms
 def demo_packages(demo_export):
     """The trained demo exported to Core ML fp32 and fp16 (the session's one export, conftest.py), and the fp16 one
     quantised to W8 (int8 weights): (loaded model, {precision: path})."""
-    from edgeship.quantize.coreml import quantize_coreml_w8
+    from edgeship.quantize.formats.coreml import quantize_coreml_w8
 
     loaded = load_model()
     result = demo_export(formats=["coreml"], precisions=["fp32", "fp16"])

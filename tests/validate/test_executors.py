@@ -115,8 +115,8 @@ def int8_files(tmp_path_factory, demo_calibrated):
     """An int8 TFLite of the demo and the int8 ONNX rewritten from it (calibrated on 32 images: the session's one
     calibration, ``demo_calibrated`` in tests/conftest.py)."""
     from edgeship.export.common import ModelInfo
-    from edgeship.quantize.onnx import onnx_from_tflite
-    from edgeship.quantize.tflite import quantize_calibrated
+    from edgeship.quantize.formats.onnx import onnx_from_tflite
+    from edgeship.quantize.formats.tflite import quantize_calibrated
 
     loaded, _, calibrated = demo_calibrated
     int8 = quantize_calibrated(calibrated, io_dtype="uint8",

@@ -26,7 +26,7 @@ def int8_demo(tmp_path_factory, demo_calibrated):
     session's one calibration on 32 images, ``demo_calibrated`` in tests/conftest.py; metadata kept), and 40
     held-out images as uint8 and as float32 .npy files."""
     from edgeship.export.tflite_metadata import add_metadata
-    from edgeship.quantize.tflite import quantize_calibrated
+    from edgeship.quantize.formats.tflite import quantize_calibrated
 
     loaded, _, calibrated = demo_calibrated
     out = tmp_path_factory.mktemp("feed")

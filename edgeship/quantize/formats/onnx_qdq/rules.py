@@ -1,6 +1,6 @@
 """The per-op rewrite rules: each TFLite op as DequantizeLinear -> float op -> QuantizeLinear (what ONNX Runtime
 fuses into QLinearConv, QLinearAdd, QGemm, ...), or as a uint8 op where the values pass through unchanged. The op
-mapping is in the package docstring (:mod:`edgeship.quantize.onnx_qdq`)."""
+mapping is in the package docstring (:mod:`edgeship.quantize.formats.onnx_qdq`)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeship.quantize.onnx_qdq.graph import _CLAMPS, Graph, UnsupportedTFLiteOp, _Act, _pads, _safe
-from edgeship.quantize.onnx_qdq.stem import S2D_MAX_CHANNELS, space_to_depth
+from edgeship.quantize.formats.onnx_qdq.graph import _CLAMPS, Graph, UnsupportedTFLiteOp, _Act, _pads, _safe
+from edgeship.quantize.formats.onnx_qdq.stem import S2D_MAX_CHANNELS, space_to_depth
 
 
 class Rewrite(Graph):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeship.quantize.onnx_qdq.graph import Graph, _Act
+from edgeship.quantize.formats.onnx_qdq.graph import Graph, _Act
 
 #: A stride-2 conv over at most this many input channels (the RGB stem) runs as SpaceToDepth + a stride-1 conv.
 S2D_MAX_CHANNELS = 4

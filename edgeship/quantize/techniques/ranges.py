@@ -4,7 +4,7 @@ The TFLite calibration records each activation's min and max over the calibratio
 [min, max] into an int8 scale and zero point (``scale = (max - min) / 255``, the zero point nudged to an integer so
 that 0 is exact: ``FakeQuantSupport.cpp``, ``getNudgedScaleAndZeroPoint``). One outlier value widens the step for
 every other value of the tensor. For the tensors whose range is not fixed by the op (ReLU6 outputs are [0, 6]; see
-:mod:`edgeship.quantize.tflite`), this module measures each tensor's distribution on the calibration set and picks
+:mod:`edgeship.quantize.formats.tflite`), this module measures each tensor's distribution on the calibration set and picks
 a narrower range:
 
 - ``mse``: the [lo, hi] among shrunken versions of the observed range (``lo = f_lo · min``, ``hi = f_hi · max``
@@ -32,9 +32,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from edgeship.errors import UserError
+from edgeship.quantize.options import ActivationRanges
 
-RANGE_METHODS = ("minmax", "mse", "percentile")
 BINS = 4096
 #: Clip fractions of the observed min (and, independently, max) the MSE search tries: 1.0 (no clip) down to 0.1.
 CLIP_FRACTIONS = np.round(np.linspace(1.0, 0.1, 46), 4)
@@ -133,23 +132,16 @@ def calibrated_ranges(calibrated: bytes) -> dict[str, tuple[float, float]]:
 def collect_histograms(calibrated: bytes, inputs: np.ndarray, names: Iterable[str]) -> dict[str, Histogram]:
     """{name: Histogram} of the named activations of the calibrated float flatbuffer over ``inputs`` (the
     preprocessed float32 calibration batch (N, H, W, C)), each over the min/max the calibration recorded."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    from edgeship._tf import silenced
+    from edgeship.runtimes.probe import LiteRTProbe
 
     observed = calibrated_ranges(calibrated)
-    with silenced((2,)), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
-        interp = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
-        interp.allocate_tensors()
-    index = {d["name"]: d["index"] for d in interp.get_tensor_details()}
+    probe = LiteRTProbe(calibrated)
+    index = probe.index
     hists = {n: Histogram(*observed[n], np.zeros(BINS), np.zeros(BINS)) for n in names if n in index and n in observed}
-    feed = interp.get_input_details()[0]["index"]
     for x in inputs:
-        interp.set_tensor(feed, x[None].astype(np.float32))
-        interp.invoke()
+        probe.run(x[None].astype(np.float32))
         for name, hist in hists.items():
-            hist.add(interp.get_tensor(index[name]))
+            hist.add(probe.tensor(index[name]))
     return hists
 
 
@@ -158,7 +150,7 @@ def choose_ranges(calibrated: bytes, inputs: np.ndarray, method: str, skip: Iter
     """{tensor name: {"range": [lo, hi], "observed": [min, max], "method": method}} for every calibrated
     activation of ``calibrated`` but the graph input and ``skip`` (the tensors whose range is fixed), chosen by
     ``method`` ("mse" or "percentile") on ``inputs``; "minmax" returns {}. Raises UserError for another method."""
-    method = parse_range_method(method)
+    method = ActivationRanges.parse(str(method), "activation range method").value
     if method == "minmax":
         return {}
     from ai_edge_litert.tools import flatbuffer_utils
@@ -174,13 +166,6 @@ def choose_ranges(calibrated: bytes, inputs: np.ndarray, method: str, skip: Iter
         lo, hi = search_mse(hist) if method == "mse" else search_percentile(hist, percentile)
         out[name] = {"range": [lo, hi], "observed": [hist.lo, hist.hi], "method": method}
     return out
-
-
-def parse_range_method(value: str) -> str:
-    method = str(value).strip().lower()
-    if method not in RANGE_METHODS:
-        raise UserError(f"unknown activation range method '{value}': choose from {', '.join(RANGE_METHODS)}")
-    return method
 
 
 def apply_ranges(model: Any, ranges: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from edgeship.models.loading import LoadedModel, walk_layers
+from edgeship.quantize.steps import Need, WeightStep
 
 __all__ = ["LAYER_TYPES", "bias_corrected", "measure_shifts", "quantize_weights", "visit_layer_inputs"]
 
@@ -67,7 +68,7 @@ def measure_shifts(loaded: LoadedModel, inputs: np.ndarray,
     cause, over ``inputs`` (the preprocessed float32 calibration batch (N, H, W, C)), each layer fed its float
     input: one pass of the float model, with each quantisable layer's ``call`` wrapped for the pass.
     ``quantized``: {layer name: the kernel the files will carry, on the int8 grid} where it is not the
-    round-to-nearest one (:mod:`edgeship.quantize.adaround`); the shift is measured against the trained kernel."""
+    round-to-nearest one (:mod:`edgeship.quantize.techniques.adaround`); the shift is measured against the trained kernel."""
     layers = [la for la in walk_layers(loaded.keras_model) if type(la).__name__ in LAYER_TYPES
               and la.get_weights()]
     sums: dict[str, np.ndarray] = {}
@@ -144,3 +145,15 @@ def bias_corrected(loaded: LoadedModel, shifts: dict[str, np.ndarray], images: i
     finally:
         for layer, weights in reversed(saved):
             layer.set_weights(weights)
+
+
+def _fit(loaded: LoadedModel, cal: Any, options: Any, fitted: Any) -> dict[str, np.ndarray] | None:
+    """The shifts of the int8 weights the earlier steps chose (adaptive rounding's kernels, when it ran)."""
+    rounding = fitted.get("weight_rounding")
+    return measure_shifts(loaded, cal.inputs, quantized=rounding.kernels if rounding else None) or None
+
+
+#: The PTQ step (:mod:`edgeship.quantize.ptq`): measured against the trained (or equalised) weights.
+STEP = WeightStep("bias_correction", enabled=lambda o: o.bias_correction, fit=_fit,
+                  apply=lambda loaded, shifts, cal: bias_corrected(loaded, shifts, len(cal.images)),
+                  needs=(Need.CALIBRATION, Need.FITTED))

@@ -41,9 +41,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgeship.quantize.onnx_qdq.fusion import FLOAT_COMPUTE, fusion_report, ort_optimized_graph
-from edgeship.quantize.onnx_qdq.graph import UnsupportedTFLiteOp
-from edgeship.quantize.onnx_qdq.stem import S2D_MAX_CHANNELS
+from edgeship.quantize.formats.onnx_qdq.fusion import FLOAT_COMPUTE, fusion_report, ort_optimized_graph
+from edgeship.quantize.formats.onnx_qdq.graph import UnsupportedTFLiteOp
+from edgeship.quantize.formats.onnx_qdq.stem import S2D_MAX_CHANNELS
 from edgeship.types import Layout
 
 __all__ = ["FLOAT_COMPUTE", "S2D_MAX_CHANNELS", "UnsupportedTFLiteOp", "fusion_report", "ort_optimized_graph",
@@ -56,6 +56,6 @@ def qdq_from_tflite(tflite: bytes, *, input_name: str, output_name: str, layout:
 
     ``layout``: the ONNX input's layout (NHWC as the .tflite by default, with one uint8 Transpose in the graph;
     NCHW removes it). The input and output element types are the .tflite's (uint8, int8 or float32)."""
-    from edgeship.quantize.onnx_qdq.rules import Rewrite
+    from edgeship.quantize.formats.onnx_qdq.rules import Rewrite
 
     return Rewrite(tflite, opset).build(input_name, output_name, layout)

@@ -27,11 +27,14 @@ biases. Measured figures: see the README ("Feeding like the client").
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as _tfl
 from ai_edge_litert.tools import flatbuffer_utils
+
+from edgeship.quantize.steps import FlatbufferStep, Need
 
 __all__ = ["compensate_raw_input"]
 
@@ -111,3 +114,15 @@ def compensate_raw_input(model: bytes, input_range: tuple[float, float]) -> tupl
 def _name(tensor: Any) -> str:
     n = tensor.name
     return n.decode() if isinstance(n, bytes) else str(n)
+
+
+def _run(ctx: Any, int8: Any) -> tuple[Any, dict[str, Any]]:
+    model, record = compensate_raw_input(int8.model, ctx.quant_options["input_range"])
+    if not record["applied"]:
+        ctx.warn(f"raw-input compensation not applied: {record['reason']}")
+    return replace(int8, model=model), record
+
+
+#: The PTQ step (:mod:`edgeship.quantize.ptq`).
+STEP = FlatbufferStep("raw_input_compensation", enabled=lambda o: o.raw_input_compensation, run=_run,
+                      needs=(Need.CALIBRATION,))

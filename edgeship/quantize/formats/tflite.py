@@ -31,11 +31,11 @@ from ai_edge_litert.tools import flatbuffer_utils
 from edgeship.errors import UserError
 from edgeship.models.loading import LoadedModel
 from edgeship.quantize.common import Job, Made, portability_record
+from edgeship.quantize.options import IoDtype
 from edgeship.types import Format, Precision
 
 RELU6_RANGE = (0.0, 6.0)
 MIN_RANGE = 1e-3  # narrowest calibrated activation range (see _widen_degenerate_ranges)
-IO_DTYPES = ("uint8", "int8", "float32")
 _QUANTISED_TYPES = (_tfl.TensorType.INT8, _tfl.TensorType.UINT8)
 
 
@@ -49,7 +49,7 @@ class TFLiteQuantResult:
 
     ``tensor_params``: per activation ``{"scale": [s], "zero_point": [z], "range_source": "fixed"|"calibrated"}``,
     or ``"range_source": "mse"|"percentile"`` with ``"range"`` (the [lo, hi] chosen) and ``"observed_range"`` (the
-    calibration's min/max) for a tensor whose range was searched (:mod:`edgeship.quantize.ranges`);
+    calibration's min/max) for a tensor whose range was searched (:mod:`edgeship.quantize.techniques.ranges`);
     per weight/bias tensor a per-channel summary ``{"range_source": "weights", "channels": n,
     "quantized_dimension": d, "scale_min": ..., "scale_max": ..., "zero_point": [distinct values]}`` (the full
     per-channel lists would make a manifest megabytes long on a large MobileNet).
@@ -75,8 +75,7 @@ def quantize_tflite(loaded: LoadedModel, calibration: np.ndarray, *, io_dtype: s
     (1/127.5 and 127 for [-1, 1]), which is what MediaPipe assumes when it feeds raw pixels to a uint8 input
     (with the calibrated range the demo got 0.00732 / 121, and MediaPipe-style accuracy fell 0.3 pt).
     """
-    if io_dtype not in IO_DTYPES:  # before the slow step
-        raise UserError(f"io dtype must be one of {', '.join(IO_DTYPES)}, got '{io_dtype}'")
+    io_dtype = IoDtype.parse(str(io_dtype), "io dtype").value  # before the slow step
     return quantize_calibrated(calibrate(loaded, calibration), io_dtype=io_dtype, relu6_fixed=relu6_fixed,
                                input_range=input_range)
 
@@ -117,19 +116,18 @@ def quantize_calibrated(calibrated: bytes, *, io_dtype: str = "uint8", relu6_fix
     """Step 2: pin the ReLU6 outputs to [0, 6] (unless ``relu6_fixed=False``) and quantise with the MLIR
     quantiser, exactly as ``TFLiteConverter`` does after its own calibration. ``keep_float``: ops (named by
     their output tensor) the quantiser leaves in float, with DEQUANTIZE/QUANTIZE around them
-    (see :mod:`edgeship.quantize.fallback`). ``activation_ranges``: ``{tensor name: {"range": [lo, hi],
-    "method": "mse"|"percentile", ...}}`` (:func:`edgeship.quantize.ranges.choose_ranges`) replacing the
+    (see :mod:`edgeship.quantize.techniques.fallback`). ``activation_ranges``: ``{tensor name: {"range": [lo, hi],
+    "method": "mse"|"percentile", ...}}`` (:func:`edgeship.quantize.techniques.ranges.choose_ranges`) replacing the
     calibrated min/max of those tensors (never of a fixed one); their ``range_source`` becomes the method."""
     from edgeship._tf import silenced, tf
 
-    if io_dtype not in IO_DTYPES:
-        raise UserError(f"io dtype must be one of {', '.join(IO_DTYPES)}, got '{io_dtype}'")
+    io_dtype = IoDtype.parse(str(io_dtype), "io dtype").value
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
     relu6 = _fix_relu6_ranges(model) if relu6_fixed else []
     fixed = set(relu6)
     sources: dict[str, str] = {}
     if activation_ranges:
-        from edgeship.quantize.ranges import apply_ranges
+        from edgeship.quantize.techniques.ranges import apply_ranges
 
         chosen = {n: r for n, r in activation_ranges.items() if n not in fixed}
         sources = {n: str(chosen[n].get("method", "searched")) for n in apply_ranges(model, chosen)}

@@ -1,9 +1,9 @@
 """The int8 ONNX: by default the int8 TFLite rewritten as a QDQ graph that ONNX Runtime fuses into int8 kernels
-(:mod:`edgeship.quantize.onnx_qdq`), so the two files compute with the same int8 parameters and answer alike.
+(:mod:`edgeship.quantize.formats.onnx_qdq`), so the two files compute with the same int8 parameters and answer alike.
 
 Measured on the demo (uint8 I/O, 360 held-out images): 100 % of output values identical to LiteRT's (XNNPACK);
 in ORT's optimised graph 52 QLinearConv, 1 QLinearGlobalAveragePool, 1 QGemm and the 10 residual adds in
-XNNPACK's integer arithmetic (:mod:`edgeship.quantize.onnx_qdq`), no float
+XNNPACK's integer arithmetic (:mod:`edgeship.quantize.formats.onnx_qdq`), no float
 Conv/MatMul/Gemm, no Clip. The path it replaces, ``tf2onnx.convert.from_tflite``, kept Clip nodes between
 DequantizeLinear and QuantizeLinear (ORT ran it ~3x slower than LiteRT runs the .tflite) and agreed on 94.75 %;
 it stays as ``converter="tf2onnx"`` and as the fallback for a TFLite op the rewrite does not know.
@@ -27,10 +27,9 @@ from edgeship.models.loading import LoadedModel
 from edgeship.quantize.common import Job, Made, portability_record
 from edgeship.types import Format, Layout, Precision
 
-__all__ = ["CALIBRATION_METHODS", "CONVERTERS", "onnx_from_tflite", "quantize_onnx_file", "quantize_onnx_static"]
+__all__ = ["CONVERTERS", "onnx_from_tflite", "quantize_onnx_file", "quantize_onnx_static"]
 
 CONVERTERS = ("qdq", "tf2onnx")
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
 def quantize_onnx_file(job: Job, precision: Precision, tmp: Path) -> Made:
@@ -56,6 +55,7 @@ def quantize_onnx_file(job: Job, precision: Precision, tmp: Path) -> Made:
     recipe["portability"] = portability_record(Format.ONNX, data)
     tmp.write_bytes(data)
     recipe["tensors"] = job.stats.int8.tensor_params
+    # (the text names the rewrite's module as before quantize/formats/ existed: recipes stay byte-identical)
     recipe["source"] = (f"tf2onnx.convert.from_tflite of the int8 TFLite ({fell_back[0]})" if fell_back else
                         "the int8 TFLite rewritten op by op as ONNX QDQ (edgeship.quantize.onnx_qdq): its int8 "
                         "parameters, uint8 activations (zero point + 128), weights stored as uint8 with zero point "
@@ -84,7 +84,7 @@ def onnx_from_tflite(tflite: bytes, loaded: LoadedModel, info: ModelInfo, opset:
         raise UserError(f"unknown int8 ONNX converter '{converter}': choose from {', '.join(CONVERTERS)}")
     proto = None
     if converter == "qdq":
-        from edgeship.quantize.onnx_qdq import UnsupportedTFLiteOp, qdq_from_tflite
+        from edgeship.quantize.formats.onnx_qdq import UnsupportedTFLiteOp, qdq_from_tflite
 
         try:
             proto = qdq_from_tflite(tflite, input_name=loaded.spec.input_name, output_name=loaded.spec.output_name,
@@ -162,7 +162,7 @@ def quantize_onnx_static(float_onnx_path: str | Path, calibration_inputs: np.nda
                "percentile": CalibrationMethod.Percentile}
     key = method.strip().lower()
     if key not in methods:
-        raise UserError(f"unknown ONNX calibration method '{method}': choose from {', '.join(CALIBRATION_METHODS)}")
+        raise UserError(f"unknown ONNX calibration method '{method}': choose from {', '.join(methods)}")
     src, out = Path(float_onnx_path), Path(out_path)
     if not src.is_file():
         raise UserError(f"float ONNX model not found: {src}")
