@@ -87,6 +87,9 @@ class Manifest:
     labels: list[str]
     artifacts: list[ArtifactRecord] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
+    # Where the preprocessing and the labels came from (edgeship.models.loading.LoadedModel; issue 23, item 3)
+    preprocessing_source: str | None = None
+    labels_source: str | None = None
 
     def add(self, record: ArtifactRecord) -> None:
         """Add or replace (same path) an artifact record."""
@@ -102,6 +105,8 @@ class Manifest:
             "labels": list(self.labels),
             "artifacts": [a.to_dict() for a in self.artifacts],
             "versions": self.versions,
+            **({"preprocessing_source": self.preprocessing_source} if self.preprocessing_source else {}),
+            **({"labels_source": self.labels_source} if self.labels_source else {}),
         }
 
     def save(self, directory: Path) -> Path:
@@ -157,7 +162,9 @@ class Manifest:
         try:
             return cls(source=d["source"], model=d["model"], preprocessing=d["preprocessing"], labels=list(d["labels"]),
                        artifacts=[ArtifactRecord.from_dict(a) for a in d.get("artifacts", [])],
-                       versions=dict(d.get("versions", {})))
+                       versions=dict(d.get("versions", {})),
+                       preprocessing_source=_text(d.get("preprocessing_source")),
+                       labels_source=_text(d.get("labels_source")))
         except ValidationError as e:
             raise UserError(f"{path} is not a valid edgeship manifest (artifacts: {describe(e, _RecordSchema)}): "
                             "re-export") from None
@@ -185,6 +192,10 @@ def directory_lock(directory: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def tool_versions() -> dict[str, str]:

@@ -118,7 +118,8 @@ def open_manifest(out_dir: Path, loaded: LoadedModel) -> Manifest:
     model must not be listed beside this one's)."""
     fresh = Manifest(source=loaded.source_dict(), model=loaded.spec.to_dict(),
                      preprocessing=loaded.spec.preprocessing.to_dict(), labels=list(loaded.spec.labels),
-                     versions=tool_versions())
+                     versions=tool_versions(), preprocessing_source=loaded.preprocessing_source,
+                     labels_source=loaded.labels_source)
     if not (out_dir / MANIFEST_NAME).exists():
         return fresh
     try:

@@ -38,6 +38,8 @@ class ContractResult:
     samples: int = 0
     metrics: dict[str, float | int | None] = field(default_factory=dict)
     gates: list[GateResult] = field(default_factory=list)
+    # The preprocessing inference (edgeship.models.infer_preprocessing.InferenceResult.to_dict()), when it ran
+    inference: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -55,7 +57,8 @@ class ContractResult:
         text = f"preprocessing contract {status}"
         if seen:
             text += f": the reference fed the declared preprocessing gives {seen}"
-        return text + (f" ({self.reason})" if self.reason else "")
+        held = self.inference is not None and self.inference.get("verdict") in ("ok", "inferred") and not self.reason
+        return text + (f" ({self.reason})" if self.reason else "") + (f"; {self.inference['message']}" if held else "")
 
 
 class ContractCheck:
@@ -124,3 +127,68 @@ class ContractCheck:
         return ContractResult(Status.FAILED, "; ".join(g.describe() for g in failed)
                               + ": the declared preprocessing is not the one the model was trained for (normalised "
                                 "twice, wrong scale or channel order?)", n, metrics, gates)
+
+
+# ------------------------------------------------------------------------------------------------- inference
+#: Images read (evenly spread over the data set) for the preprocessing inference; it keeps at most 96 of them
+SAMPLE_IMAGES = 256
+
+
+def _source_kind(text: str) -> str:
+    """edgeship.models.infer_preprocessing.Source of a LoadedModel.preprocessing_source line."""
+    if text.startswith("assumed"):
+        return "assumed"
+    if text.startswith(("found in the graph", "baked", "recorded in the manifest at export")):
+        return "found in the graph"
+    return "declared"  # declared by the user, the demo's training, a registry variant's convention
+
+
+def sample_images(source: Any, count: int = SAMPLE_IMAGES) -> tuple[np.ndarray, np.ndarray | None]:
+    """Up to ``count`` images (N, H, W, 3) uint8 evenly spread over ``source`` (a :class:`edgeship.data.DataSource`),
+    with their labels (N,) when the data have them."""
+    n = source.count
+    index = np.unique(np.linspace(0, n - 1, min(n, count)).round().astype(int))
+    if hasattr(source, "read"):  # a folder: decode just those images
+        images = np.stack([source.read(int(i)) for i in index])
+        labels = None if source.labels is None else np.asarray(source.labels)[index]
+    else:
+        images = np.asarray(source.take(index))
+        labels = None if source.labels is None else np.asarray(source.labels)[index]
+    if images.dtype != np.uint8:
+        images = np.clip(np.round(images), 0, 255).astype(np.uint8)
+    return images, labels
+
+
+def infer_contract(loaded: Any, source: Any) -> Any:
+    """The preprocessing inference (:func:`edgeship.models.infer_preprocessing.infer_preprocessing`) of the
+    settled reference on the validation data, or None where it does not apply (a registry variant's random weights,
+    an output that is not one class per image, fewer than ``CONTRACT_KEYS['min_samples']`` images)."""
+    from edgeship.models.infer_preprocessing import infer_preprocessing
+
+    spec = loaded.spec
+    if (loaded.source_path.startswith("registry:") or not spec.output_kind.is_classification
+            or source.count < CONTRACT_KEYS["min_samples"]):
+        return None
+    images, labels = sample_images(source)
+    return infer_preprocessing(loaded, images, declared=spec.preprocessing,
+                               source=_source_kind(loaded.preprocessing_source), labels=labels,
+                               probabilities=spec.outputs_probabilities)
+
+
+def with_inference(result: ContractResult | None, inference: Any) -> ContractResult | None:
+    """``result`` judged with the inference too: a declaration clearly beaten (``wrong``), or an assumed one that
+    another convention clearly beats, fails the contract with the inference's one line; ``undecided`` is noted."""
+    if inference is None:
+        return result
+    result = result or ContractResult(Status.PASSED)
+    result.inference = inference.to_dict()
+    verdict = str(inference.verdict)
+    # "inferred": nothing was declared; the files assume the candidate marked declared, so another winner means
+    # every file tells its client to feed the model what it was not trained on
+    beaten = verdict == "wrong" or (verdict == "inferred" and inference.best is not inference.declared)
+    if beaten:
+        result.status = Status.FAILED
+        result.reason = "; ".join(r for r in (result.reason, inference.message) if r)
+    elif verdict == "undecided":
+        result.reason = "; ".join(r for r in (result.reason, inference.message) if r)
+    return result

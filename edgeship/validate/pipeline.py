@@ -36,6 +36,7 @@ from edgeship.types import Format, OutputKind
 from edgeship.validate.artifacts import ArtifactEntry, guess_precision, resolve_artifacts  # noqa: F401  (API)
 from edgeship.validate.executors import Executor, Outcome, get_executor
 from edgeship.validate.options import ExecutorName, ValidateOptions
+from edgeship.validate.contract import infer_contract, with_inference
 from edgeship.validate.policy import Policy, load_policy
 from edgeship.validate.results import ArtifactResult, DeviceLatency, Report, Status
 from edgeship.validate.shard import Job
@@ -43,6 +44,7 @@ from edgeship.runtimes import RUNTIME_NAMES
 
 if TYPE_CHECKING:
     from edgeship.data import DataSource
+    from edgeship.models.infer_preprocessing import InferenceResult
 
 DEMO_HELDOUT = DEMO_DIR / "heldout"
 
@@ -132,13 +134,14 @@ def validate_with(artifacts: Sequence[str | Path], options: ValidateOptions, *,
         raise UserError(f"--expect-accuracy needs labelled data (class folders or an .npz with labels); "
                         f"{source.source} has none")
     integrity, refused = _integrity(entries, o.allow_modified)
+    inference = infer_contract(ref_model, source)  # the declared preprocessing against the common conventions
     job = _job(o, entries, ref_model, trust_model, source, policy, refused, executor)
     outcome = executor.run(job, ref_model, progress=progress)
     results, ran = _results(entries, outcome, o.threads, integrity)
     for i, figures in device_figures.items():
         results[i].device_latency = figures
     _gate(results, ran, policy, spec, {i: outcome.partial.artifacts[i].note for i in ran})
-    report = _report(results, entries, o, ref_model, source, policy, outcome)
+    report = _report(results, entries, o, ref_model, source, policy, outcome, inference)
     if baseline_report is not None:
         from edgeship.validate.baseline import compare_with_baseline
 
@@ -161,6 +164,10 @@ def _settled_reference(reference: str | Path | LoadedModel | None, entries: list
         # fed what its own metadata says, so an artifact whose metadata drifted from the declaration fails.
         ref_model.spec = ref_model.spec.replace(preprocessing=Preprocessing.from_dict(manifest.preprocessing),
                                                 labels=tuple(manifest.labels))
+        if manifest.preprocessing_source:  # where the export got them (edgeship.models.loading.describe_input)
+            ref_model.preprocessing_source = manifest.preprocessing_source
+        if manifest.labels_source:
+            ref_model.labels_source = manifest.labels_source
         if manifest.model.get("output_kind"):
             ref_model.spec = ref_model.spec.with_output_kind(manifest.model["output_kind"])
         baked = manifest.model.get("baked_preprocessing")
@@ -276,7 +283,8 @@ def _gate(results: dict[int, ArtifactResult], ran: list[int], policy: Policy, sp
 
 
 def _report(results: dict[int, ArtifactResult], entries: list[ArtifactEntry], o: ValidateOptions,
-            ref_model: LoadedModel, source: DataSource, policy: Policy, outcome: Outcome) -> Report:
+            ref_model: LoadedModel, source: DataSource, policy: Policy, outcome: Outcome,
+            inference: InferenceResult | None = None) -> Report:
     """The report: the artifacts (and a failed line per required format not given), what was validated against
     what, where and how."""
     spec, merged = ref_model.spec, outcome.partial
@@ -290,7 +298,7 @@ def _report(results: dict[int, ArtifactResult], entries: list[ArtifactEntry], o:
         artifacts=artifacts, required_formats=[str(f) for f in o.require], allow_modified=o.allow_modified,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), edgeship_version=__version__,
         versions=tool_versions(), machine=outcome.machine or describe_machine().to_dict(),
-        contract=merged.contract.result() if merged.contract is not None else None,
+        contract=with_inference(merged.contract.result() if merged.contract is not None else None, inference),
         confidence={"margin": "top-1 minus runner-up probability, "
                               + ("the model's own (it ends in a softmax)" if spec.outputs_probabilities
                                  else "from the softmax of its logits"),
