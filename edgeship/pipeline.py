@@ -69,7 +69,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from edgeship.errors import UserError
 from edgeship.export.options import ExportOptions
@@ -81,7 +81,10 @@ from edgeship.types import Format
 from edgeship.validate.options import ValidateOptions
 from edgeship.validate.results import Report
 
-FormatName = Literal[tuple(f.value for f in Format)]  # type: ignore[valid-type]
+if TYPE_CHECKING:  # built from the enum at run time, which a type checker cannot follow
+    FormatName = str
+else:
+    FormatName = Literal[tuple(f.value for f in Format)]
 
 
 # The schema of edgeship.toml: one class per table (edgeship.schema.Table: strict types, unknown keys refused). To

@@ -87,7 +87,7 @@ def _pre(mean: float | tuple[float, float, float], std: float | tuple[float, flo
          bgr: bool = False) -> Preprocessing:
     m = (mean,) * 3 if isinstance(mean, (int, float)) else mean
     s = (std,) * 3 if isinstance(std, (int, float)) else std
-    return Preprocessing(mean=m, std=s, color=ColorOrder.BGR if bgr else ColorOrder.RGB)  # type: ignore[arg-type]
+    return Preprocessing(mean=m, std=s, color=ColorOrder.BGR if bgr else ColorOrder.RGB)
 
 
 _IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, pixel units (torchvision's 0.485, 0.456, 0.406 x 255)
@@ -242,7 +242,7 @@ def as_predict(model: Any, batch_size: int = 128) -> PredictFn:
     whole ranking costs one trace and no per-layer eager overhead."""
     km = getattr(model, "keras_model", model)
     if not hasattr(km, "predict"):
-        return model  # type: ignore[no-any-return]
+        return model
     from edgeship._tf import tf
 
     call = tf().function(lambda x: km(x, training=False))

@@ -131,6 +131,12 @@ class ModelSpec:
         if self.output_name is None:
             object.__setattr__(self, "output_name", kind.tensor_name)
 
+    @property
+    def output_tensor(self) -> str:
+        """The output's name in every exported file: ``output_name``, which ``__post_init__`` sets from the output
+        kind when it was not given."""
+        return self.output_name or OutputKind(self.output_kind).tensor_name
+
     def with_output_kind(self, kind: "OutputKind | str") -> "ModelSpec":
         """This spec with another output kind (its output name follows unless it was set to something else)."""
         parsed: OutputKind = OutputKind.parse(str(kind), "output kind")

@@ -197,7 +197,8 @@ def _calibration(opts: QuantizeOptions, spec: Any, warn: Callable[[str], None]) 
     from edgeship.quantize.calibration import load_calibration
     from edgeship.quantize.techniques import adaround, int8_bias_correction as int8_correction
 
-    input_range = tuple(opts.input_range) if isinstance(opts.input_range, list) else opts.input_range
+    input_range = (float(opts.input_range[0]), float(opts.input_range[1])) if isinstance(opts.input_range, list) \
+        else opts.input_range
     cal = load_calibration(opts.calibration, spec, num_samples=opts.num_samples, seed=opts.seed, warn=warn,
                            input_range=input_range)
     wanted = {name: samples for name, samples, on in (
@@ -235,6 +236,7 @@ def _yardsticks(loaded: Any, cal: Any, opts: QuantizeOptions, trained_float: boo
 def _recorded_options(opts: QuantizeOptions, samples: int, spec: Any, budget: Any) -> dict[str, Any]:
     """The run's options as every recipe and manifest entry records them (plain strings, this key order)."""
     keep_float = opts.keep_float
+    assert opts.weight_rounding is not None and opts.activation_ranges is not None  # effective: the preset decided
     return {"relu6_fixed": opts.relu6_fixed, "io_dtype": opts.io_dtype.value, "num_samples": samples,
             "seed": opts.seed, "input_range": list(spec.preprocessing.value_range),
             "weights": "int8 per-channel, symmetric", "keep_float": keep_float,

@@ -12,7 +12,7 @@ To add an option: add a field here (type, default); the TOML table has it at onc
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Strict
 
@@ -97,8 +97,11 @@ PTQ_PRESETS: dict[PtqPreset, dict[str, Any]] = {
 
 # Strict tables take only enum members from Python; a TOML string (or a CLI one) must parse into the enum too.
 _Lax = Strict(False)
-QuantizedPrecisionName = Literal[tuple(dict.fromkeys(p.value for ps in QUANTIZED_PRECISIONS.values()
-                                                     for p in ps))]  # type: ignore[valid-type]
+if TYPE_CHECKING:  # built from the tables at run time, which a type checker cannot follow
+    QuantizedPrecisionName = str
+else:
+    QuantizedPrecisionName = Literal[tuple(dict.fromkeys(p.value for ps in QUANTIZED_PRECISIONS.values()
+                                                         for p in ps))]
 
 
 class QuantizeOptions(Table):

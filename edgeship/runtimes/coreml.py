@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +18,10 @@ COMPUTE_UNITS = ("all", "cpu_only", "cpu_and_gpu", "cpu_and_ne")
 class CoreMLRunner(Runner):
     runtime = "coreml"
     compute_units = "cpu_only"
+    _model: Any
+    _input: str
+    _size: tuple[int, int]
+    _probs: str
 
     def _open(self) -> None:
         if sys.platform != "darwin":

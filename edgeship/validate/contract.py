@@ -57,8 +57,9 @@ class ContractResult:
         text = f"preprocessing contract {status}"
         if seen:
             text += f": the reference fed the declared preprocessing gives {seen}"
-        held = self.inference is not None and self.inference.get("verdict") in ("ok", "inferred") and not self.reason
-        return text + (f" ({self.reason})" if self.reason else "") + (f"; {self.inference['message']}" if held else "")
+        inference = self.inference or {}
+        held = inference.get("verdict") in ("ok", "inferred") and not self.reason
+        return text + (f" ({self.reason})" if self.reason else "") + (f"; {inference['message']}" if held else "")
 
 
 class ContractCheck:

@@ -49,8 +49,12 @@ def quantize_onnx_file(job: Job, precision: Precision, tmp: Path) -> Made:
     assert job.stats is not None
     # Rewritten from the very int8 TFLite shipped for Android: the same I/O type and parameters.
     fell_back: list[str] = []
-    data = onnx_from_tflite(job.stats.int8.model, job.loaded, job.info,
-                            warn=lambda msg: (fell_back.append(msg), job.warn(msg)))
+
+    def warn(msg: str) -> None:
+        fell_back.append(msg)
+        job.warn(msg)
+
+    data = onnx_from_tflite(job.stats.int8.model, job.loaded, job.info, warn=warn)
     recipe = job.recipe(from_int8_tflite=True)
     recipe["portability"] = portability_record(Format.ONNX, data)
     tmp.write_bytes(data)
@@ -87,7 +91,7 @@ def onnx_from_tflite(tflite: bytes, loaded: LoadedModel, info: ModelInfo, opset:
         from edgeship.quantize.formats.onnx_qdq import UnsupportedTFLiteOp, qdq_from_tflite
 
         try:
-            proto = qdq_from_tflite(tflite, input_name=loaded.spec.input_name, output_name=loaded.spec.output_name,
+            proto = qdq_from_tflite(tflite, input_name=loaded.spec.input_name, output_name=loaded.spec.output_tensor,
                                     layout=layout, opset=opset)
         except UnsupportedTFLiteOp as e:
             if layout is Layout.NCHW:
@@ -133,7 +137,7 @@ def _tf2onnx_from_tflite(tflite: bytes, loaded: LoadedModel, opset: int) -> Any:
     graph.input[0].name, old_in = loaded.spec.input_name, graph.input[0].name
     for node in graph.node:
         node.input[:] = [loaded.spec.input_name if i == old_in else i for i in node.input]
-    rename_output(proto, loaded.spec.output_name)
+    rename_output(proto, loaded.spec.output_tensor)
     return proto
 
 

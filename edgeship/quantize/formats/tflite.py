@@ -149,11 +149,12 @@ def quantize_calibrated(calibrated: bytes, *, io_dtype: str = "uint8", relu6_fix
                                   disable_per_channel=False, input_data_type=io, output_data_type=io,
                                   denylisted_nodes=list(keep_float) or None)
     result = _describe(bytes(quantised), fixed, sources)
+    searched = activation_ranges or {}
     for name in sources:  # the searched ranges, beside the scale and zero point the quantiser made of them
-        if name in result.tensor_params:
-            result.tensor_params[name]["range"] = [float(v) for v in activation_ranges[name]["range"]]
-            if "observed" in activation_ranges[name]:
-                result.tensor_params[name]["observed_range"] = [float(v) for v in activation_ranges[name]["observed"]]
+        if name in result.tensor_params and name in searched:
+            result.tensor_params[name]["range"] = [float(v) for v in searched[name]["range"]]
+            if "observed" in searched[name]:
+                result.tensor_params[name]["observed_range"] = [float(v) for v in searched[name]["observed"]]
     result.relu6_tensors = relu6
     result.kept_float = list(keep_float)
     return result

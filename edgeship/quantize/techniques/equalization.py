@@ -65,7 +65,7 @@ class Pair:
     bn: Any
     relu: Any
     second: Any
-    scales: np.ndarray = field(default=None)  # type: ignore[assignment]
+    scales: np.ndarray = field(default=None)  # type: ignore[arg-type]
 
 
 def _inputs(layer: Any) -> list[Any]:
@@ -102,7 +102,7 @@ def find_pairs(model: Any, kinds: tuple[str, ...] = ("dw-pw",)) -> list[Pair]:
         if bn is None or type(bn).__name__ != "BatchNormalization" or not (bn.center and bn.scale):
             continue
         relu = only(bn.output)
-        if relu is None or type(relu).__name__ != "ReLU" or getattr(relu, "negative_slope", 0) \
+        if relu is None or type(relu).__name__ != "ReLU" or getattr(relu, "negative_slope", None) \
                 or getattr(relu, "threshold", 0):
             continue
         nxt = only(relu.output)

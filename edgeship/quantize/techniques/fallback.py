@@ -153,7 +153,7 @@ def keep_float(calibrated: bytes, first: TFLiteQuantResult, inputs: np.ndarray, 
     classes) float, which agreement and gains are measured against (default: the calibrated float flatbuffer's,
     which is not the trained model when bias correction edited the weights it was made from). Raises UserError
     for a bad max_drop, budget or rank."""
-    from edgeship.numerics import sqnr_from_powers, top1_agreement
+    from edgeship.numerics import sqnr_from_powers
     from edgeship.quantize.layers import LayerNames
 
     if not 0 <= max_drop < 1:
@@ -168,7 +168,7 @@ def keep_float(calibrated: bytes, first: TFLiteQuantResult, inputs: np.ndarray, 
     candidates = [t for t in sqnr if np.isfinite(sqnr[t]) and names.path(t)]  # ops of a layer, not I/O copies
     reference = (predict(calibrated, inputs) if reference is None
                  else np.asarray(reference, np.float32).reshape(len(inputs), -1))
-    before = float(top1_agreement(reference, predict(first.model, inputs)))
+    before = _agreement((reference, predict(first.model, inputs)))
     ranked = _rank(calibrated, first, inputs, reference, candidates, sqnr, layer, rank, progress, quant_options)
     if limit is not None and rank == "own":  # greedy by gain per byte; free ops (no weights) first
         ranked.sort(key=lambda c: -c.gain_db / max(c.cost_bytes, 1))
@@ -179,7 +179,8 @@ def keep_float(calibrated: bytes, first: TFLiteQuantResult, inputs: np.ndarray, 
     def out_sqnr(outputs: np.ndarray) -> float:
         return sqnr_from_powers(signal, float(np.sum((reference.astype(np.float64) - outputs) ** 2)))
 
-    result, agreement, kept, stopped = first, before, [], False
+    kept: list[Any] = []
+    result, agreement, stopped = first, before, False
     current = out_sqnr(predict(first.model, inputs)) if target is not None else 0.0
     for cand in ranked:
         if len(kept) >= count or (target is not None and agreement >= target):
@@ -196,13 +197,13 @@ def keep_float(calibrated: bytes, first: TFLiteQuantResult, inputs: np.ndarray, 
             trial_sqnr = out_sqnr(outputs)
             if trial_sqnr <= current:
                 continue
-            current, agreement = trial_sqnr, float(top1_agreement(reference, outputs))
+            current, agreement = trial_sqnr, _agreement((reference, outputs))
         kept.append(cand)
         result = trial
         if progress:
             progress(f"float: {cand.layer}")
     if target is None and kept:
-        agreement = float(top1_agreement(reference, predict(result.model, inputs)))
+        agreement = _agreement((reference, predict(result.model, inputs)))
     return Fallback(result, agreement, before, target, [c.layer for c in kept], rank, kept,
                     limit, budget.text if budget else None, size_before, len(result.model) + overhead, stopped,
                     len(ranked))
@@ -287,3 +288,12 @@ def _run(ctx: Any, int8: TFLiteQuantResult) -> tuple[TFLiteQuantResult, Fallback
 STEP = FlatbufferStep("float_fallback", enabled=lambda o: o.keep_float is not None, run=_run,
                       needs=(Need.CALIBRATION, Need.TRAINED_FLOAT, Need.REFERENCE),
                       describe=lambda fb: fb.describe(), recipe_last=True)
+
+
+def _agreement(pair: tuple[np.ndarray, np.ndarray]) -> float:
+    """Top-1 agreement of (reference, outputs), both (N, classes) with N > 0."""
+    from edgeship.numerics import top1_agreement
+
+    value = top1_agreement(*pair)
+    assert value is not None  # calibration inputs are never empty
+    return float(value)

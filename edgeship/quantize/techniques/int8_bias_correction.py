@@ -96,7 +96,7 @@ def mean_errors(float_model: bytes, int8_model: bytes, inputs: np.ndarray, names
         x = x[None].astype(np.float32)
         fi.run(x)
         pixels = raw is not None and q_in["dtype"] == np.uint8
-        qi.run(raw[k][None].astype(np.uint8) if pixels else quantise_input(x, q_in))
+        qi.run(raw[k][None].astype(np.uint8) if pixels and raw is not None else quantise_input(x, q_in))
         for n in wanted:
             d = q_det[n]
             ref = fi.tensor(f_idx[n]).astype(np.float64)

@@ -173,9 +173,10 @@ class MLProgram:
         amortises the executor's per-op overhead. A program written for batch 1 (a reshape to (1, ...)) cannot
         run a chunk: the first chunk's failure, or its first image disagreeing with that image run alone, turns
         batching off for this program, and everything runs image by image."""
-        (image,) = [d for d in self.inputs if d.image is not None] or [None]
-        if image is None or len(self.inputs) != 1:
+        images = [d for d in self.inputs if d.image is not None]
+        if len(images) != 1 or len(self.inputs) != 1:
             raise MLProgramError(f"{self.path.name}: execute_many runs programs with one image input")
+        image = images[0]
         for start in range(0, len(pixels), max(1, batch)):
             stop = min(start + max(1, batch), len(pixels))
             chunk = pixels[start:stop]
