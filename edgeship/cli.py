@@ -129,6 +129,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     )
     result = export_with(options, out=args.out, info=info, loaded=loaded)
     _print_artifacts(result)
+    from edgeship.models.loading import describe_input
+
+    print(describe_input(loaded))  # what the files expect, and where it came from (also in the manifest)
     return 0
 
 
@@ -172,7 +175,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     precisions = Precision.parse_list(args.precision, "precision") if args.precision else None
     options = QuantizeOptions.parse("edgeship quantize", precisions=precisions, **{
         name: getattr(args, name) for name in QuantizeOptions.model_fields if name != "precisions"})
-    result = quantize_with(options, formats, args.out, lambda: _load(args))
+    loaded: list[Any] = []
+    result = quantize_with(options, formats, args.out, lambda: loaded.append(_load(args)) or loaded[-1])
     if result.fixed_tensors or result.calibrated_tensors:
         print(f"ranges: {len(result.fixed_tensors)} tensors fixed without calibration (ReLU6 outputs -> [0, 6], "
               f"the input -> its preprocessing range), {len(result.calibrated_tensors)} calibrated "
@@ -191,6 +195,10 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                   + ", ".join(f"{n} {v:.1f} dB" for n, v in worst(sqnr)))
     for path in result.paths:
         print(f"{path}  (recipe: {path.name}.recipe.json)")
+    if loaded:
+        from edgeship.models.loading import describe_input
+
+        print(describe_input(loaded[-1]))  # what the files expect, and where it came from (also in the manifest)
     return 0
 
 
