@@ -253,7 +253,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         try:
             yield tmp
         except Exception as e:
-            problem = environment_problem(e, str(path))
+            problem = None if isinstance(e, UserError) else environment_problem(e, str(path))  # already one line
             if problem is not None:
                 raise problem from e
             raise
