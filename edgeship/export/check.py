@@ -97,6 +97,10 @@ def problem(fmt: Format, precision: Precision, path: Path, loaded: LoadedModel,
             return f"{runner.runtime} cannot open or run it ({reason})"
     finally:
         runner.close()
+        if fmt is Format.COREML:  # loading the program used coremltools' builder: leave it as a fresh process has it
+            from edgeship.export.reproducible import fresh_mil_names
+
+            fresh_mil_names()
     ref = reference_outputs(loaded) if reference is None else reference
     if got.shape != ref.shape:
         return f"its output has shape {got.shape[1:]}, the Keras model's {ref.shape[1:]}"
