@@ -113,6 +113,8 @@ def environment_problem(e: BaseException, what: str) -> EnvironmentProblem | Non
         return EnvironmentProblem(f"cannot write {what}: {e.strerror or e}; {hint} and run again")
     if "No space left on device" in str(e):  # converters that wrap the OSError in their own exception
         return EnvironmentProblem(f"cannot write {what}: no space left on device; free some disk space and run again")
+    if "Read-only file system" in str(e):
+        return EnvironmentProblem(f"cannot write {what}: read-only file system; choose a writable location and run again")
     return None
 
 
@@ -251,7 +253,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         try:
             yield tmp
         except Exception as e:
-            problem = environment_problem(e, str(path))
+            problem = None if isinstance(e, UserError) else environment_problem(e, str(path))  # already one line
             if problem is not None:
                 raise problem from e
             raise

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from edgeship.errors import UserError
+from edgeship.export import check
 from edgeship.export.common import FLOAT_PRECISIONS, ModelInfo, artifact_name, plan
 from edgeship.export.options import ExportOptions
 from edgeship.fileio import atomic_path, ensure_output_dir, sha256_path, size_on_disk
@@ -84,10 +85,12 @@ def export_with(options: ExportOptions, model: str | Path | Any | None = None, o
     jobs = plan(list(options.formats), list(options.precisions or []))
     out_dir = ensure_output_dir(Path(out))
     loaded = loaded or load_model(model, trust_model=trust_model, labels=labels)
-    _warn_mediapipe(loaded, options.formats, warn or (lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr)))
+    warn = warn or (lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr))
+    _warn_mediapipe(loaded, options.formats, warn)
     info = info or ModelInfo.default_for(loaded.spec.name, loaded.spec.num_classes)
     manifest = open_manifest(out_dir, loaded)
     result = ExportResult(out_dir, out_dir / MANIFEST_NAME, manifest)
+    reference = None  # the Keras model's outputs on the check images, computed once
     bar = tqdm(jobs, desc="export", unit="artifact", disable=None if progress else True, leave=False)
     for fmt, precision in bar:
         bar.set_postfix_str(f"{fmt} {precision}")
@@ -95,6 +98,11 @@ def export_with(options: ExportOptions, model: str | Path | Any | None = None, o
         path = out_dir / name
         with atomic_path(path) as tmp:
             record = FORMATS[fmt].exporter(loaded, precision, info, tmp, options)
+            # A broken file (NaN outputs, a truncated flatbuffer...) is refused here, its temporary removed.
+            reference = reference if reference is not None else check.reference_outputs(loaded)
+            skipped = check.check_float_file(fmt, precision, tmp, name, loaded, reference)
+            if skipped:
+                warn(skipped)
         manifest.add(ArtifactRecord(path=name, format=fmt, precision=precision, sha256=sha256_path(path),
                                     size_bytes=size_on_disk(path), options=record))
         result.paths.append(path)

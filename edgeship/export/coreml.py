@@ -55,6 +55,9 @@ def export_coreml(loaded: LoadedModel, precision: Precision, info: ModelInfo, pa
         name=spec.input_name, shape=(1, h, w, c), scale=scale, bias=bias, channel_first=False,
         color_layout=ct.colorlayout.BGR if pre.color is ColorOrder.BGR else ct.colorlayout.RGB,
     )
+    from edgeship.export.reproducible import canonical_mlpackage, fresh_mil_names
+
+    fresh_mil_names()  # op names must not depend on what this process converted or loaded before
     try:
         with silenced():
             mlmodel = ct.convert(
@@ -68,8 +71,6 @@ def export_coreml(loaded: LoadedModel, precision: Precision, info: ModelInfo, pa
     describe(mlmodel, loaded, info)
     with silenced():
         mlmodel.save(str(path))
-    from edgeship.export.reproducible import canonical_mlpackage
-
     canonical_mlpackage(path)  # byte-identical reruns: no random UUIDs, maps in key order
 
 

@@ -17,6 +17,13 @@ What differed between two runs of the same export (measured on the demo, tf2onnx
 * **Core ML** ``model.mlmodel``: protobuf serialises ``map`` fields (``userDefined`` metadata, the ML Program's
   functions and attributes) in hash order; it is re-serialised with ``deterministic=True`` (map keys sorted).
 
+* **Core ML in one process** ``model.mlmodel``: the MIL builder names unnamed ops from a class-level counter
+  (``Builder.name_count``: ``const_72_to_fp16``). ``coremltools.convert`` clears it only *after* converting, and
+  loading a saved program (``milproto.load``, as edgeship's ML Program executor does to validate or check a Core ML
+  file) fills it again without clearing it: the next export in that process numbered its consts from where the
+  load stopped (``const_73_to_fp16``...). :func:`fresh_mil_names` clears it before each conversion and after each
+  load, so every export starts from the state of a fresh process.
+
 The ``.tflite`` needed nothing (the converter's output was identical). The manifest's and reports' ``created``
 timestamps are the run's, by design.
 """
@@ -115,3 +122,16 @@ def canonical_mlpackage(path: Path) -> None:
         spec = Model_pb2.Model()
         spec.ParseFromString(spec_path.read_bytes())
         spec_path.write_bytes(spec.SerializeToString(deterministic=True))
+
+
+def fresh_mil_names() -> None:
+    """Clear coremltools' process-wide naming state (see the module docstring): what ``coremltools.convert`` itself
+    does when it finishes (``_reset_conversion_state``), done before a conversion and after loading a program."""
+    try:
+        from coremltools.converters.mil.converter import _reset_conversion_state
+    except ImportError:  # a coremltools without it: the counter it clears
+        from coremltools.converters.mil.mil import Builder
+
+        Builder.name_count.clear()
+        return
+    _reset_conversion_state()

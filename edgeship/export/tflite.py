@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from edgeship.export.common import ModelInfo, conversion_error, io_record
+from edgeship.fileio import environment_problem
 from edgeship.models.loading import LoadedModel
 from edgeship.types import Format, Precision
 
@@ -39,14 +40,36 @@ def convert(loaded: LoadedModel, precision: Precision, configure: Callable[[Any]
         with silenced():
             return setup(t.lite.TFLiteConverter.from_keras_model(model)).convert()
     except Exception as first:  # the converter raises ConverterError, ValueError, RuntimeError...
+        problem = environment_problem(first, "the TFLite conversion's temporary files (TMPDIR)")
+        if problem is not None:  # the machine, not the model: no other path would fare better
+            raise problem from first
         try:
-            fn = t.function(lambda image: model(image, training=False),
-                            input_signature=[t.TensorSpec((1, h, w, c), t.float32, name="image")])
             with silenced():
-                return setup(t.lite.TFLiteConverter.from_concrete_functions(
-                    [fn.get_concrete_function()], model)).convert()
-        except Exception:
+                return setup(t.lite.TFLiteConverter.from_concrete_functions([frozen_function(loaded)])).convert()
+        except Exception as second:
+            problem = environment_problem(second, "the TFLite conversion's temporary files (TMPDIR)")
+            if problem is not None:
+                raise problem from second
             raise conversion_error(model, Format.TFLITE, first) from first
+
+
+def frozen_function(loaded: LoadedModel) -> Any:
+    """The model's inference as a concrete function whose variables are constants: the fallback's input.
+
+    Handed to ``from_concrete_functions`` unfrozen (even with the model as ``trackable_obj``), the Keras 3
+    variables were kept as resource variables: the .tflite held 262 ``VAR_HANDLE``/``READ_VARIABLE`` ops and no
+    initialiser, so every read gave uninitialised memory and every image came out NaN. Freezing them first gives
+    the same graph the SavedModel path converts (tests/export/test_tflite_fallback.py compares the outputs)."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from edgeship._tf import tf
+
+    t = tf()
+    model = loaded.keras_model
+    h, w, c = loaded.spec.input_shape
+    fn = t.function(lambda image: model(image, training=False),
+                    input_signature=[t.TensorSpec((1, h, w, c), t.float32, name="image")])
+    return convert_variables_to_constants_v2(fn.get_concrete_function())
 
 
 def export_tflite(loaded: LoadedModel, precision: Precision, info: ModelInfo) -> bytes:

@@ -32,9 +32,8 @@ def two_exports(tmp_path_factory):
     labels.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(LABELS).encode("utf-8") + b"\r\n")
     a, b = tmp / "a", tmp / "b"
     args = ["export", "--labels", str(labels)]
-    # Two fresh processes with different hash seeds: the promise is for a run of the CLI. (In one long-lived process
-    # that has traced other models first, the Core ML program still carries TensorFlow's process-wide function
-    # counter in places: not yet canonicalised, see the README.)
+    # Two fresh processes with different hash seeds: the promise for a run of the CLI. (One long-lived process:
+    # tests/export/test_reproducible_in_process.py.)
     procs = [subprocess.Popen([sys.executable, "-m", "edgeship.cli", *args, "--out", str(out)],
                               env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT)},
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
