@@ -176,7 +176,12 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     options = QuantizeOptions.parse("edgeship quantize", precisions=precisions, **{
         name: getattr(args, name) for name in QuantizeOptions.model_fields if name != "precisions"})
     loaded: list[Any] = []
-    result = quantize_with(options, formats, args.out, lambda: loaded.append(_load(args)) or loaded[-1])
+
+    def load() -> Any:
+        loaded.append(_load(args))
+        return loaded[-1]
+
+    result = quantize_with(options, formats, args.out, load)
     if result.fixed_tensors or result.calibrated_tensors:
         print(f"ranges: {len(result.fixed_tensors)} tensors fixed without calibration (ReLU6 outputs -> [0, 6], "
               f"the input -> its preprocessing range), {len(result.calibrated_tensors)} calibrated "

@@ -43,7 +43,7 @@ def export_onnx(loaded: LoadedModel, info: ModelInfo, layout: Layout = Layout.NH
             )
     except Exception as e:  # tf2onnx raises many types for an unsupported op
         raise conversion_error(model, Format.ONNX, e) from e
-    rename_output(proto, spec.output_name)
+    rename_output(proto, spec.output_tensor)
     set_metadata(proto, loaded, info, layout)
     canonical_onnx(proto)  # byte-identical reruns (edgeship.export.reproducible)
     try:

@@ -126,7 +126,7 @@ def read_metadata(model: bytes) -> dict[str, Any]:
             normalization = {"mean": _floats(unit.options.mean), "std": _floats(unit.options.std)}
     props = inp.content.contentProperties if inp.content else None
     image = isinstance(props, _md.ImagePropertiesT)
-    color_space = _COLOR_SPACE_NAMES.get(props.colorSpace, "UNKNOWN") if image else None
+    color_space = _COLOR_SPACE_NAMES.get(props.colorSpace, "UNKNOWN") if image and props is not None else None
     stats = {"min": _floats(inp.stats.min), "max": _floats(inp.stats.max)} if inp.stats else None
     labels_file = next(
         (_text(f.name) for f in out.associatedFiles or [] if f.type == _md.AssociatedFileType.TENSOR_AXIS_LABELS),
