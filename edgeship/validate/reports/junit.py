@@ -63,7 +63,8 @@ def to_junit(report: Report) -> str:
       the test tab must not be green).
     - one per gate, named after the gate: a ``<failure message=describe()>`` when it missed, ``<skipped>`` when
       the artifact was skipped. Device latency budgets (``device_p50_ms on Pixel 7 (gpu, 4 threads)``) and baseline
-      checks (``baseline_accuracy_top1_drop``) are gates too.
+      checks (``baseline_accuracy_top1_drop``) are gates too. A gate that passed but that its sample cannot decide
+      has a ``<system-out>`` warning; the "runs" case lists each rate metric's counts (``counts.top1_agreement``).
 
     ``runs`` also carries ``device.<device (delegate, threads)>.<figure>`` properties (``--latency-from``) and, with
     a baseline, ``baseline`` ("compared" or "new") and ``baseline.<figure>`` (this run vs the baseline, the change,
@@ -147,7 +148,7 @@ def to_junit(report: Report) -> str:
             if a.status == Status.SKIPPED:
                 skip(tc, reason or "skipped")
             elif not g.passed:
-                fail(tc, g.describe(), "gate", details + g.describe() + "\n")
+                fail(tc, g.describe(), "gate", details)  # the gate's line is the message, once
             elif g.undecided:  # passes with a warning: said in the test case's output
                 ET.SubElement(tc, "system-out").text = _clean(f"warning: {g.describe()}: passes with a warning\n")
     if report.baseline is not None:
