@@ -192,7 +192,8 @@ def _artifact_section(report: Report, i: int, a: ArtifactResult) -> str:
             ["accuracy top-1", _h(fmt_counted(a, "accuracy_top1", m.accuracy_top1))],
             ["accuracy top-5", _h(fmt_counted(a, "accuracy_top5", m.accuracy_top5))],
             ["accuracy top-1 drop", _h(fmt_drop(m.accuracy_top1_drop))], ["equal values", _h(fmt_pct(m.equal_values))],
-            ["confident flips", _h(fmt_counted(a, "confident_flips", m.confident_flips))], ["input feed", _h(a.input_feed or NA)],
+            ["confident flips", _h(fmt_counted(a, "confident_flips", m.confident_flips))],
+            ["input feed", _h(a.input_feed or NA)],
         ]
         metric_rows += [[f"flips, {_h(_margin_bin_name(b))}", _h(f"{b['flips']} of {b['samples']}")]
                         for b in a.flips_by_margin]

@@ -139,7 +139,8 @@ def to_markdown(report: Report) -> str:
             m, lat = a.metrics, a.latency_ms
             out.append(_md_row([
                 _md(f"{a.format} {a.precision}"), _md(a.runtime), _md_status(report, a),
-                fmt_counted(a, "top1_agreement", m.top1_agreement), fmt_counted(a, "confident_flips", m.confident_flips),
+                fmt_counted(a, "top1_agreement", m.top1_agreement),
+                fmt_counted(a, "confident_flips", m.confident_flips),
                 fmt_db(m.sqnr_db), fmt_err(m.max_abs_error), fmt_accuracy_counted(a), fmt_ms(lat.p50),
                 fmt_mb(a.size_bytes),
             ]))
