@@ -121,6 +121,19 @@ class Comparison:
                 setattr(result, metric.value, spec.value(source))
         return result
 
+    def counts(self, second: "Comparison | None" = None) -> dict[str, tuple[int, int]]:
+        """(successes, samples) of each metric that is a share of independent samples (the registry's ``counts``),
+        on the same comparisons as :meth:`metrics`; a metric not measured here is left out."""
+        result = {}
+        for metric, spec in m.REGISTRY.items():
+            source = second if spec.kernel_path else self
+            if (spec.counts is not None and source is not None and source.stream.n("samples")
+                    and OutputKind(self.kind) in spec.kinds):
+                pair = spec.counts(source)
+                if pair is not None:
+                    result[metric.value] = pair
+        return result
+
     def flips_by_margin(self) -> list[dict[str, float | int]]:
         """Samples and flips per bin of the reference's top-1 margin (:func:`metrics.flips_by_margin`)."""
         if not self.stream.has("agree"):

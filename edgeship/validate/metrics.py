@@ -290,6 +290,9 @@ class MetricSpec:
     value: Callable[[Accumulated], float | None]
     needs_labels: bool = False
     kernel_path: bool = False
+    # A share of independent samples: its (successes, samples) from the same partials (None: not measurable), so a
+    # gate on it can say how sure it is (edgeship.numerics.decide_rate). None for figures that are not such a share
+    counts: Callable[[Accumulated], tuple[int, int] | None] | None = None
 
 
 CLASSES, ALL_KINDS = frozenset(k for k in OutputKind if k.is_classification), frozenset(OutputKind)
@@ -302,6 +305,21 @@ def _mean(name: str) -> Callable[[Accumulated], float | None]:
 
 def _share(count: str, total: str) -> Callable[[Accumulated], float | None]:
     return lambda c: c.stream.n(count) / c.stream.n(total)
+
+
+def _hits(name: str) -> Callable[[Accumulated], tuple[int, int] | None]:
+    """(samples whose per-sample boolean ``name`` is true, samples): a share of independent samples as counts."""
+    def counts(c: Accumulated) -> tuple[int, int] | None:
+        hits = c.stream.values(name).astype(bool)
+        return (int(hits.sum()), len(hits)) if len(hits) else None
+    return counts
+
+
+def _confident_flip_counts(c: Accumulated) -> tuple[int, int] | None:
+    # flips among the confident samples only: the samples this share is taken over
+    margin, agree = c.stream.values("margin"), c.stream.values("agree").astype(bool)
+    sure = margin >= c.confident_margin
+    return (int((~agree[sure]).sum()), int(sure.sum())) if sure.any() else None
 
 
 def _sqnr(c: Accumulated) -> float | None:
@@ -339,6 +357,16 @@ def _neighbours(c: Accumulated) -> float | None:
                                        c.stream.values("out_emb")[:MAX_NEIGHBOUR_SAMPLES])
 
 
+def _neighbour_counts(c: Accumulated) -> tuple[int, int] | None:
+    # over the samples it uses (the first MAX_NEIGHBOUR_SAMPLES). Each sample's answer depends on the others'
+    # embeddings, but whether *its* nearest neighbour changed is one yes/no per sample: counted as such
+    share = _neighbours(c)
+    if share is None:
+        return None
+    n = min(len(c.stream.values("ref_emb")), MAX_NEIGHBOUR_SAMPLES)
+    return round(share * n), n
+
+
 _F, _HIGH, _LOW = Unit.FRACTION, True, False
 #: The metrics, in report order (``report.json``'s ``metrics`` keys; :class:`edgeship.validate.results.Metrics`).
 #: A new metric is a member of :class:`Metric` and its line here; its gate is a line of the policy.
@@ -349,20 +377,25 @@ REGISTRY: dict[Metric, MetricSpec] = {
                                       lambda c: c.stream.total("sum_abs") / c.stream.n("values")),
     Metric.COSINE: MetricSpec(_HIGH, Unit.COSINE, ALL_KINDS, ("cos",), _mean("cos")),
     Metric.SQNR_DB: MetricSpec(_HIGH, Unit.DB, ALL_KINDS, ("signal", "noise"), _sqnr),
-    Metric.TOP1_AGREEMENT: MetricSpec(_HIGH, _F, CLASSES, ("agree",), _mean("agree")),
+    Metric.TOP1_AGREEMENT: MetricSpec(_HIGH, _F, CLASSES, ("agree",), _mean("agree"), counts=_hits("agree")),
     Metric.TOP5_OVERLAP: MetricSpec(_HIGH, _F, CLASSES, ("top5",), _mean("top5")),
     Metric.ACCURACY_TOP1: MetricSpec(_HIGH, _F, CLASSES, ("out_correct",), _mean("out_correct"),
-                                     needs_labels=True),
+                                     needs_labels=True, counts=_hits("out_correct")),
     Metric.ACCURACY_TOP5: MetricSpec(_HIGH, _F, CLASSES, ("out_correct5",), _mean("out_correct5"),
-                                     needs_labels=True),
+                                     needs_labels=True, counts=_hits("out_correct5")),
+    # A difference of two paired shares of the same samples, not one binomial share: no counts
     Metric.ACCURACY_TOP1_DROP: MetricSpec(_LOW, _F, CLASSES, ("out_correct", "ref_correct"), _accuracy_drop,
                                           needs_labels=True),
+    # A share of output values, many per sample and correlated within one (the same image's logits): no counts
     Metric.EQUAL_VALUES: MetricSpec(_HIGH, _F, ALL_KINDS, ("equal", "values"), _share("equal", "values")),
-    Metric.CONFIDENT_FLIPS: MetricSpec(_LOW, _F, CLASSES, ("margin", "agree"), _confident_flips),
-    Metric.KERNEL_PATH_TOP1_AGREEMENT: MetricSpec(_HIGH, _F, CLASSES, ("agree",), _mean("agree"), kernel_path=True),
+    Metric.CONFIDENT_FLIPS: MetricSpec(_LOW, _F, CLASSES, ("margin", "agree"), _confident_flips,
+                                       counts=_confident_flip_counts),
+    Metric.KERNEL_PATH_TOP1_AGREEMENT: MetricSpec(_HIGH, _F, CLASSES, ("agree",), _mean("agree"), kernel_path=True,
+                                                  counts=_hits("agree")),
     Metric.KERNEL_PATH_EQUAL_VALUES: MetricSpec(_HIGH, _F, ALL_KINDS, ("equal", "values"),
                                                 _share("equal", "values"), kernel_path=True),
     Metric.KERNEL_PATH_SQNR_DB: MetricSpec(_HIGH, Unit.DB, ALL_KINDS, ("signal", "noise"), _sqnr, kernel_path=True),
+    # (sample, label) decisions, many per sample and correlated within one: no counts
     Metric.LABEL_AGREEMENT: MetricSpec(_HIGH, _F, _MULTILABEL, ("decisions_equal", "decisions"),
                                        _share("decisions_equal", "decisions")),
     Metric.MEAN_AVERAGE_PRECISION: MetricSpec(_HIGH, _F, _MULTILABEL, ("out_ap",), _map("out_ap"),
@@ -371,7 +404,8 @@ REGISTRY: dict[Metric, MetricSpec] = {
                                                    needs_labels=True),
     Metric.COSINE_MIN: MetricSpec(_HIGH, Unit.COSINE, _EMBEDDING, ("cos",),
                                   lambda c: float(np.min(c.stream.values("cos")))),
-    Metric.NEIGHBOUR_AGREEMENT: MetricSpec(_HIGH, _F, _EMBEDDING, ("ref_emb", "out_emb"), _neighbours),
+    Metric.NEIGHBOUR_AGREEMENT: MetricSpec(_HIGH, _F, _EMBEDDING, ("ref_emb", "out_emb"), _neighbours,
+                                           counts=_neighbour_counts),
 }
 
 

@@ -248,6 +248,8 @@ def _results(entries: list[ArtifactEntry], outcome: Outcome, threads: int,
             continue
         ran.append(i)
         r.metrics = part.comparison.metrics(part.second)
+        r.counts = {k: {"successes": hits, "samples": n}
+                    for k, (hits, n) in part.comparison.counts(part.second).items()}
         r.kernel_path_samples = part.kernel_path_samples
         r.flips = part.comparison.flips
         r.flips_by_margin = part.comparison.flips_by_margin()
@@ -269,7 +271,8 @@ def _gate(results: dict[int, ArtifactResult], ran: list[int], policy: Policy, sp
     for i in ran:
         r = results[i]
         key = f"{r.format}.{r.precision}"
-        r.gates = (policy.gate_metrics(r.format, r.precision, r.metrics, spec.output_kind)
+        counts = {k: (c["successes"], c["samples"]) for k, c in r.counts.items()}
+        r.gates = (policy.gate_metrics(r.format, r.precision, r.metrics, spec.output_kind, counts)
                    + policy.gate_latency(key, r.latency_ms, p50_of)
                    + policy.gate_device_latency(key, r.device_latency))
         failed = [g for g in r.gates if not g.passed]

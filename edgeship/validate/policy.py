@@ -3,13 +3,14 @@ any of it with ``--policy FILE``), evaluated against an artifact's metrics and l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, create_model
 
 from edgeship.errors import UserError
+from edgeship.numerics import DEFAULT_CONFIDENCE, decide_rate
 from edgeship.fileio import read_structured
 from edgeship.schema import Fraction, NonNegative, Positive, Table, check
 from edgeship.types import Format, OutputKind, Precision
@@ -46,6 +47,10 @@ class Policy:
     device_latency: dict[str, dict[str, float]] = field(default_factory=dict)  # "tflite.int8" -> budgets
     # [contract]: limits of the preprocessing contract check (edgeship.validate.contract)
     contract: dict[str, float] = field(default_factory=dict)
+    # [statistics]: the one-sided confidence of the Wilson bounds a gate on a share of samples is decided with, and
+    # what an observed pass the sample cannot decide is: "warn" (passes, flagged) or "fail"
+    confidence: float = DEFAULT_CONFIDENCE
+    undecided: str = "warn"
 
     def gate_device_latency(self, key: str, entries: list[Any]) -> list[GateResult]:
         """``[device_latency.FORMAT.PRECISION]`` budgets against each device's figures (a figure the log does not
@@ -70,8 +75,11 @@ class Policy:
         merged = {**base, **self.metric_limits.get(f"{fmt}.{precision}", {})}
         return {Metric(k): float(v) for k, v in merged.items()}
 
-    def gate_metrics(self, fmt: str, precision: str, metrics: Metrics,
-                     kind: str | OutputKind | None = None) -> list[GateResult]:
+    def gate_metrics(self, fmt: str, precision: str, metrics: Metrics, kind: str | OutputKind | None = None,
+                     counts: dict[str, tuple[int, int]] | None = None) -> list[GateResult]:
+        """The metric gates of one artifact. ``counts``: (successes, samples) of the metrics that are shares of
+        independent samples (:meth:`Comparison.counts`); their gates carry them and are decided at the policy's
+        ``[statistics]`` (:meth:`_with_counts`)."""
         gates = []
         for metric, limit in self.limits_for(fmt, precision, kind).items():
             value = getattr(metrics, metric.value)
@@ -83,8 +91,24 @@ class Policy:
             higher = REGISTRY[metric].higher_is_better
             slack = FRACTION_SLACK if metric in FRACTION_METRICS else 0.0
             passed = value >= limit - slack if higher else value <= limit + slack
-            gates.append(GateResult(metric.value, float(value), limit, ">=" if higher else "<=", bool(passed)))
+            gate = GateResult(metric.value, float(value), limit, ">=" if higher else "<=", bool(passed))
+            pair = (counts or {}).get(metric.value)
+            gates.append(self._with_counts(gate, pair, higher) if pair is not None else gate)
         return gates
+
+    def _with_counts(self, gate: GateResult, pair: tuple[int, int], higher: bool) -> GateResult:
+        """``gate`` with its counts and Wilson bounds. The observed verdict stays: a small sample never turns a miss
+        into a pass (a false pass is the worst failure a release gate has); an observed pass that the bounds do
+        not support fails only under ``undecided = "fail"``."""
+        successes, samples = pair
+        d = decide_rate(successes, samples, gate.limit, higher, self.confidence)
+        # the observed verdict is the gate's own (counts at the limit pass within FRACTION_SLACK); where float
+        # rounding puts decide_rate on the other side of the limit, the rate is at the limit: not decided
+        decided = d.decided and d.passed == gate.passed
+        needed = d.needed if d.passed == gate.passed else None
+        passed = gate.passed and (decided or self.undecided != "fail")
+        return replace(gate, passed=passed, successes=successes, samples=samples, confidence=self.confidence,
+                       lower=d.lower, upper=d.upper, decided=decided, needed=None if decided else needed)
 
     def gate_latency(self, key: str, latency: Latency, p50_of: dict[str, float]) -> list[GateResult]:
         gates = []
@@ -129,6 +153,12 @@ def load_policy(path: str | Path | None = None) -> Policy:
         if confidence.confident_margin is not None:
             policy.confident_margin = confidence.confident_margin
     policy.contract = {**policy.contract, **user.contract}
+    statistics = parsed.statistics
+    if statistics is not None:
+        if statistics.confidence is not None:
+            policy.confidence = statistics.confidence
+        if statistics.undecided is not None:
+            policy.undecided = statistics.undecided
     policy.source = str(path)
     return policy
 
@@ -195,6 +225,15 @@ class Confidence(Table):
     confident_margin: Annotated[float, Field(gt=0, le=1)] | None = None
 
 
+class Statistics(Table):
+    """``[statistics]``: ``confidence`` (one-sided, strictly between 0.5 and 1) of the Wilson bounds that decide a
+    gate on a share of samples, and ``undecided`` ("warn" or "fail"): what an observed pass the sample cannot
+    decide is. A key left out keeps the shipped value."""
+
+    confidence: Annotated[float, Field(gt=0.5, lt=1)] | None = None
+    undecided: Literal["warn", "fail"] | None = None
+
+
 class BaselineBudgets(Table):
     """``[baseline]``: budgets of a comparison with a previous report (:mod:`edgeship.validate.baseline`); a budget
     left out is not checked. Drops in the figure's units (fractions for shares, dB for SQNR), growths relative."""
@@ -228,7 +267,7 @@ PolicyFile = create_model(
     "PolicyFile", __base__=Table, confidence=(Confidence | None, None), latency=(LatencyTable | None, None),
     baseline=(BaselineBudgets | None, None), device_latency=(DeviceLatencyTable | None, None),
     multilabel=(MultilabelTable | None, None), embedding=(EmbeddingTable | None, None),
-    contract=(ContractLimits | None, None),
+    contract=(ContractLimits | None, None), statistics=(Statistics | None, None),
     **{p.value: (MetricLimits | None, None) for p in Precision},
     **{f.value: (FormatLimits | None, None) for f in Format})  # type: ignore[call-overload]
 
@@ -239,7 +278,8 @@ def _check_file(path: Path) -> Any:
     if unknown:
         raise UserError(f"{path}: unknown table [{unknown[0]}]: use a precision "
                         f"({', '.join(p.value for p in Precision)}), a format.precision, confidence, latency, "
-                        "device_latency, baseline, contract, multilabel(.precision) or embedding.precision")
+                        "device_latency, baseline, contract, statistics, multilabel(.precision) or "
+                        "embedding.precision")
     return data, check(PolicyFile, data, path)
 
 
@@ -290,6 +330,11 @@ def _parse(path: Path) -> tuple[Policy, Any]:
         if fail_on_missing is not None:
             policy.fail_on_missing = fail_on_missing
         policy.baseline = {k: float(v) for k, v in dumped.items()}
+    if parsed.statistics is not None:
+        if parsed.statistics.confidence is not None:
+            policy.confidence = parsed.statistics.confidence
+        if parsed.statistics.undecided is not None:
+            policy.undecided = parsed.statistics.undecided
     if parsed.confidence is not None:
         if parsed.confidence.margin_bins is not None:
             policy.margin_bins = tuple(parsed.confidence.margin_bins)

@@ -71,6 +71,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from edgeship.validate.metrics import REGISTRY
+from edgeship.validate.units import fmt_pct as _pct
 
 if TYPE_CHECKING:
     from edgeship.validate.contract import ContractResult
@@ -89,15 +90,75 @@ class Status(str, Enum):
 
 @dataclass(frozen=True)
 class GateResult:
+    """One gate's verdict. A gate on a share of independent samples (the registry's ``counts``: top-1 agreement,
+    accuracy, confident flips, ...) also carries its counts and their Wilson bounds, each one-sided at
+    ``confidence`` (:func:`edgeship.numerics.decide_rate`): ``decided`` says whether the bound on the far side of
+    the observed rate agrees with the verdict, ``needed`` about how many samples at the observed rate would decide
+    it. ``passed`` is the verdict: the observed rate, except that an undecided observed pass fails under the
+    policy's ``[statistics] undecided = "fail"``. An observed miss is a failure whether decided or not."""
+
     name: str  # the metric or latency figure gated, e.g. "top1_agreement", "latency_p50_ms"
     value: float | None
     limit: float
     op: str  # "<=" or ">="
     passed: bool
+    successes: int | None = None  # counts of a share of samples; None for every other gate
+    samples: int | None = None
+    confidence: float | None = None
+    lower: float | None = None
+    upper: float | None = None
+    decided: bool | None = None
+    needed: int | None = None
+
+    @property
+    def undecided(self) -> bool:
+        return self.decided is False
+
+    @property
+    def observed_pass(self) -> bool:
+        """Whether the observed value meets the limit (``passed`` before the policy's undecided rule)."""
+        if self.value is None:
+            return False
+        slack = 1e-9 if self.samples is not None else 0.0  # policy.FRACTION_SLACK: counts at the limit pass
+        return self.value >= self.limit - slack if self.op == ">=" else self.value <= self.limit + slack
+
+    def counts_text(self) -> str:
+        """``"97.9 % (47/48)"``; the value alone without counts."""
+        if self.samples is None or self.value is None:
+            return "n/a" if self.value is None else f"{self.value:.6g}"
+        return f"{_pct(self.value)} ({self.successes}/{self.samples})"
+
+    def uncertainty(self) -> str:
+        """Why the sample cannot decide the gate: ``"undecided at 48 samples (90 % bounds 93.3-99.4 %): about 900
+        would tell 97.9 % from 99.5 %"``; "" when decided or without counts."""
+        if not self.undecided or self.value is None or self.confidence is None:
+            return ""
+        bounds = f"{100 * (self.lower or 0.0):.1f}-{100 * (self.upper or 0.0):.1f} %"
+        tell = f"{_pct(self.value)} from {100 * self.limit:g} %"
+        more = (f"about {self.needed:,} would tell {tell}" if self.needed is not None
+                else f"no sample count tells {tell}")
+        return f"undecided at {self.samples} samples ({100 * self.confidence:g} % bounds {bounds}): {more}"
 
     def describe(self) -> str:
-        value = "n/a" if self.value is None else f"{self.value:.6g}"
-        return f"{self.name} {value} {'meets' if self.passed else 'misses'} {self.op} {self.limit:g}"
+        if self.samples is None:
+            value = "n/a" if self.value is None else f"{self.value:.6g}"
+            return f"{self.name} {value} {'meets' if self.passed else 'misses'} {self.op} {self.limit:g}"
+        observed = self.observed_pass
+        text = (f"{self.name} {self.counts_text()} {'meets' if observed else 'misses'} {self.op} "
+                f"{100 * self.limit:g} %")
+        if self.undecided:
+            text += f", {self.uncertainty()}"
+            if observed and not self.passed:
+                text += ' (fails: [statistics] undecided = "fail")'
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """The five keys of every gate, and the counts and decision of a gate on a share of samples."""
+        d = asdict(self)
+        if self.samples is None:
+            for key in ("successes", "samples", "confidence", "lower", "upper", "decided", "needed"):
+                d.pop(key)
+        return d
 
 
 class _MetricValues:
@@ -216,6 +277,8 @@ class ArtifactResult:
     kernel_path_samples: int = 0  # samples run through it
     input_feed: str | None = None  # what the artifact was fed (edgeship.runtimes.runner.INPUT_FEEDS)
     flips_by_margin: list[dict[str, Any]] = field(default_factory=list)  # per reference-margin bin: samples, flips
+    # Each metric that is a share of independent samples: {"top1_agreement": {"successes": 359, "samples": 360}}
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
     # Against the manifest's sha256 and size: "verified", "modified: <what differs>" (failed, or validated as it is
     # with --allow-modified), or "not recorded" (a file given without a manifest listing it)
     integrity: str = "not recorded"
@@ -228,9 +291,19 @@ class ArtifactResult:
     def name(self) -> str:
         return f"{self.format} {self.precision} ({self.runtime})"
 
+    @property
+    def undecided_gates(self) -> list[GateResult]:
+        """Gates whose sample cannot decide them (a pass among them is shown with a warning)."""
+        return [g for g in self.gates if g.undecided]
+
+    def count_of(self, metric: str) -> tuple[int, int] | None:
+        c = self.counts.get(metric)
+        return (c["successes"], c["samples"]) if c else None
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["status"] = str(self.status)
+        d["gates"] = [g.to_dict() for g in self.gates]
         d["flips"] = [{k: v for k, v in f.items() if k != "thumbnail_png"} for f in d["flips"]]
         return d
 

@@ -137,10 +137,38 @@ def _reason_beyond_gates(a: ArtifactResult) -> str | None:
     if not a.reason:
         return None
     failing = _failing_gates(a)
+    if not failing:
+        return a.reason
     rest = a.reason
     for g in failing:
         rest = rest.replace(g.describe(), "")
-    return None if failing and not rest.strip(" ;,\n") else a.reason
+    # what is left beyond the gates (a note such as "(coreml-reference: ...)"), so a gate's line is printed once
+    rest = rest.strip(" ;,\n")
+    if rest.startswith("(") and rest.endswith(")") and rest.count("(") == 1:
+        rest = rest[1:-1]
+    return rest or None
+
+
+def fmt_counted(a: ArtifactResult, metric: str, value: float | None) -> str:
+    """A share with its counts: ``"99.7 % (359/360)"``; the share alone when it has none."""
+    pair = a.count_of(metric)
+    return fmt_pct(value) if pair is None or value is None else f"{fmt_pct(value)} ({pair[0]}/{pair[1]})"
+
+
+def fmt_accuracy_counted(a: ArtifactResult) -> str:
+    """``"98.3 % (354/360) (drop 0.0 pp)"``: :func:`fmt_accuracy` with the accuracy's counts."""
+    m = a.metrics
+    text = fmt_accuracy(m.accuracy_top1, m.accuracy_top1_drop)
+    pair = a.count_of("accuracy_top1")
+    if pair is None or m.accuracy_top1 is None:
+        return text
+    shown = fmt_pct(m.accuracy_top1)
+    return text.replace(shown, f"{shown} ({pair[0]}/{pair[1]})", 1)
+
+
+def undecided_warnings(a: ArtifactResult) -> list[str]:
+    """One line per gate that passed but that the sample cannot decide (``[statistics] undecided = "warn"``)."""
+    return [f"{g.describe()}: passes with a warning" for g in a.gates if g.undecided and g.passed]
 
 
 def _problem_lines(report: Report, a: ArtifactResult) -> list[str]:

@@ -31,7 +31,8 @@ from edgeship.validate.reports.common import (
     _verdict,
     confidence_intro,
     feed_lines,
-    fmt_accuracy,
+    fmt_accuracy_counted,
+    fmt_counted,
     fmt_db,
     fmt_drop,
     fmt_err,
@@ -40,6 +41,7 @@ from edgeship.validate.reports.common import (
     fmt_ms,
     fmt_number,
     fmt_pct,
+    undecided_warnings,
 )
 
 
@@ -61,6 +63,8 @@ td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .skipped{background:#eaeef2;color:#57606a}
 h1 .badge{font-size:1rem;vertical-align:middle}
 tr.gate-failed td{background:#fff5f5}
+tr.gate-undecided td,td.undecided,.undecided{background:#fff8c5}
+.badge.undecided{color:#7d4e00}
 dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:.15rem 1rem;margin:.5rem 0}
 dl.meta dt{font-weight:600}
 dl.meta dd{margin:0;overflow-wrap:anywhere}
@@ -167,30 +171,37 @@ def _artifact_section(report: Report, i: int, a: ArtifactResult) -> str:
     if a.gates:
         rows, classes = [], []
         for g in a.gates:
-            rows.append([f"<code>{_h(g.name)}</code>", _h(fmt_gate_value(g.value)), _h(g.op),
-                         _h(fmt_gate_value(g.limit)),
-                         '<span class="badge passed">meets</span>' if g.passed else
-                         '<span class="badge failed">misses</span>'])
-            classes.append("" if g.passed else "gate-failed")
+            value = g.counts_text() if g.samples is not None else fmt_gate_value(g.value)
+            result = ('<span class="badge passed">meets</span>' if g.passed else
+                      '<span class="badge failed">misses</span>')
+            if g.undecided:
+                result += f' <span class="badge undecided" title="{_h(g.uncertainty())}">undecided</span>'
+            rows.append([f"<code>{_h(g.name)}</code>", _h(value), _h(g.op), _h(fmt_gate_value(g.limit)), result])
+            classes.append("gate-failed" if not g.passed else "gate-undecided" if g.undecided else "")
         out.append(_table(["Gate", "Value", "Op", "Limit", "Result"], rows, {1, 3}, classes))
+        out.extend(f'<p class="reason">Warning: {_h(w)}</p>' for w in undecided_warnings(a))
     elif a.status != Status.SKIPPED:
         out.append('<p class="muted">No gates were evaluated.</p>')
     measured = any(v is not None for v in vars(m).values()) or any(v is not None for v in vars(lat).values())
     if measured:
         metric_rows = [
-            ["top-1 agreement", _h(fmt_pct(m.top1_agreement))], ["top-5 overlap", _h(fmt_pct(m.top5_overlap))],
+            ["top-1 agreement", _h(fmt_counted(a, "top1_agreement", m.top1_agreement))],
+            ["top-5 overlap", _h(fmt_pct(m.top5_overlap))],
             ["max abs error", _h(fmt_err(m.max_abs_error))], ["mean abs error", _h(fmt_err(m.mean_abs_error))],
             ["cosine", _h(fmt_number(m.cosine, ".6f"))], ["SQNR", _h(fmt_db(m.sqnr_db))],
-            ["accuracy top-1", _h(fmt_pct(m.accuracy_top1))], ["accuracy top-5", _h(fmt_pct(m.accuracy_top5))],
+            ["accuracy top-1", _h(fmt_counted(a, "accuracy_top1", m.accuracy_top1))],
+            ["accuracy top-5", _h(fmt_counted(a, "accuracy_top5", m.accuracy_top5))],
             ["accuracy top-1 drop", _h(fmt_drop(m.accuracy_top1_drop))], ["equal values", _h(fmt_pct(m.equal_values))],
-            ["confident flips", _h(fmt_pct(m.confident_flips))], ["input feed", _h(a.input_feed or NA)],
+            ["confident flips", _h(fmt_counted(a, "confident_flips", m.confident_flips))],
+            ["input feed", _h(a.input_feed or NA)],
         ]
         metric_rows += [[f"flips, {_h(_margin_bin_name(b))}", _h(f"{b['flips']} of {b['samples']}")]
                         for b in a.flips_by_margin]
         if a.kernel_path:  # the same file through a second kernel path of its runtime
             metric_rows += [[f"second kernel path ({_h(a.kernel_path_samples)} samples)", _h(a.kernel_path)],
                             ["kernel paths: SQNR", _h(fmt_db(m.kernel_path_sqnr_db))],
-                            ["kernel paths: top-1 agreement", _h(fmt_pct(m.kernel_path_top1_agreement))],
+                            ["kernel paths: top-1 agreement",
+                             _h(fmt_counted(a, "kernel_path_top1_agreement", m.kernel_path_top1_agreement))],
                             ["kernel paths: equal values", _h(fmt_pct(m.kernel_path_equal_values))]]
         lat_rows = [[k, _h(fmt_ms(getattr(lat, k)))] for k in ("load", "first", "p50", "p90", "p99", "mean", "std")]
         out.append('<div class="side-by-side">' + _table(["Metric", "Value"], metric_rows, {1})
@@ -251,10 +262,11 @@ def to_html(report: Report) -> str:
         rows = []
         for i, a in enumerate(arts):
             m, lat = a.metrics, a.latency_ms
+            undecided = ' <span class="badge undecided">undecided</span>' if a.undecided_gates else ""
             rows.append([f'<a href="#artifact-{i}">{_h(a.format)} {_h(a.precision)}</a>', _h(a.runtime),
-                         _badge(report, a), _h(fmt_pct(m.top1_agreement)), _h(fmt_pct(m.confident_flips)),
-                         _h(fmt_db(m.sqnr_db)),
-                         _h(fmt_err(m.max_abs_error)), _h(fmt_accuracy(m.accuracy_top1, m.accuracy_top1_drop)),
+                         _badge(report, a) + undecided, _h(fmt_counted(a, "top1_agreement", m.top1_agreement)),
+                         _h(fmt_counted(a, "confident_flips", m.confident_flips)), _h(fmt_db(m.sqnr_db)),
+                         _h(fmt_err(m.max_abs_error)), _h(fmt_accuracy_counted(a)),
                          _h(fmt_ms(lat.p50)), _h(fmt_mb(a.size_bytes))])
         body.append(_table([_h(c) for c in MD_COLUMNS], rows, {3, 4, 5, 6, 7, 8, 9}))
     else:

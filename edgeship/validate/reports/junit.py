@@ -9,6 +9,7 @@ from edgeship.validate.results import ArtifactResult, BaselineCheck, Report, Sta
 from edgeship.validate.reports.common import (
     _clean,
     _failing_gates,
+    _reason_beyond_gates,
     _fmt_meta,
     _is_required_skip,
     _machine_items,
@@ -62,7 +63,8 @@ def to_junit(report: Report) -> str:
       the test tab must not be green).
     - one per gate, named after the gate: a ``<failure message=describe()>`` when it missed, ``<skipped>`` when
       the artifact was skipped. Device latency budgets (``device_p50_ms on Pixel 7 (gpu, 4 threads)``) and baseline
-      checks (``baseline_accuracy_top1_drop``) are gates too.
+      checks (``baseline_accuracy_top1_drop``) are gates too. A gate that passed but that its sample cannot decide
+      has a ``<system-out>`` warning; the "runs" case lists each rate metric's counts (``counts.top1_agreement``).
 
     ``runs`` also carries ``device.<device (delegate, threads)>.<figure>`` properties (``--latency-from``) and, with
     a baseline, ``baseline`` ("compared" or "new") and ``baseline.<figure>`` (this run vs the baseline, the change,
@@ -125,6 +127,7 @@ def to_junit(report: Report) -> str:
             fail(runs, reason or "artifact failed", "error", details + f"reason: {reason}\n")
         else:
             figures = {"input_feed": a.input_feed, "confident_flips": a.metrics.confident_flips,
+                       **{f"counts.{k}": f"{c['successes']}/{c['samples']}" for k, c in a.counts.items()},
                      **{f"flips.{_margin_bin_name(b)}": f"{b['flips']} of {b['samples']}" for b in a.flips_by_margin},
                      **{f"device.{d.label}.{k}": getattr(d, k) for d in a.device_latency
                         for k in ("p50_ms", "mean_ms", "std_ms", "min_ms", "p95_ms", "max_ms", "first_ms", "init_ms",
@@ -138,13 +141,16 @@ def to_junit(report: Report) -> str:
                     if v is not None:
                         ET.SubElement(holder, "property", name=_clean(k), value=_one_line(_fmt_meta(v)))
             out = ET.SubElement(runs, "system-out")
-            out.text = _clean(details + (f"reason: {reason}\n" if reason else ""))
+            beyond = _reason_beyond_gates(a) or ""  # a failed gate's line is in its own test case, once
+            out.text = _clean(details + (f"reason: {beyond}\n" if beyond else ""))
         for g in a.gates:
             tc = case(classname, g.name)
             if a.status == Status.SKIPPED:
                 skip(tc, reason or "skipped")
             elif not g.passed:
-                fail(tc, g.describe(), "gate", details + g.describe() + "\n")
+                fail(tc, g.describe(), "gate", details)  # the gate's line is the message, once
+            elif g.undecided:  # passes with a warning: said in the test case's output
+                ET.SubElement(tc, "system-out").text = _clean(f"warning: {g.describe()}: passes with a warning\n")
     if report.baseline is not None:
         for m in report.baseline.get("missing", []):
             classname = f"edgeship.{_junit_part(str(m.get('format')))}.{_junit_part(str(m.get('precision')))}"

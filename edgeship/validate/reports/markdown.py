@@ -29,7 +29,8 @@ from edgeship.validate.reports.common import (
     confidence_intro,
     confidence_lines,
     feed_lines,
-    fmt_accuracy,
+    fmt_accuracy_counted,
+    fmt_counted,
     fmt_db,
     fmt_drop,
     fmt_err,
@@ -40,6 +41,7 @@ from edgeship.validate.reports.common import (
     fmt_pp,
     device_rows,
     kernel_path_lines,
+    undecided_warnings,
 )
 
 
@@ -137,10 +139,17 @@ def to_markdown(report: Report) -> str:
             m, lat = a.metrics, a.latency_ms
             out.append(_md_row([
                 _md(f"{a.format} {a.precision}"), _md(a.runtime), _md_status(report, a),
-                fmt_pct(m.top1_agreement), fmt_pct(m.confident_flips), fmt_db(m.sqnr_db), fmt_err(m.max_abs_error),
-                fmt_accuracy(m.accuracy_top1, m.accuracy_top1_drop), fmt_ms(lat.p50), fmt_mb(a.size_bytes),
+                fmt_counted(a, "top1_agreement", m.top1_agreement),
+                fmt_counted(a, "confident_flips", m.confident_flips),
+                fmt_db(m.sqnr_db), fmt_err(m.max_abs_error), fmt_accuracy_counted(a), fmt_ms(lat.p50),
+                fmt_mb(a.size_bytes),
             ]))
         out.append("")
+        warnings = [(a, w) for a in report.artifacts for w in undecided_warnings(a)]
+        if warnings:
+            out += ["**Warning: undecided gates** (the sample is too small to show the gate is met; "
+                    '`[statistics] undecided = "fail"` fails them):', ""]
+            out += [f"- ⚠ {_md(a.name)}: {_md_code(w)}" for a, w in warnings] + [""]
         kind = getattr(report, "output_kind", "logits")
         if kind in _KIND_HEADINGS:
             out += [f"**Output: {kind}** ("
@@ -240,6 +249,7 @@ def baseline_markdown(report: Report) -> list[str]:
 _TERM_COLUMNS = ["format", "precision", "runtime", "status", "top-1", "max err", "SQNR", "acc drop", "p50", "size"]
 _TERM_RIGHT = {"top-1", "max err", "SQNR", "acc drop", "p50", "size"}
 _TERM_CELL_MAX = 16
+_TERM_COUNTED_MAX = 24  # the top-1 cell with its counts: "99.7 % (35999/36000)"
 
 
 def truncate(s: str, width: int) -> str:
@@ -274,9 +284,13 @@ def summary_table(report: Report) -> str:
         m, lat = a.metrics, a.latency_ms
         status = {Status.PASSED: "passed", Status.FAILED: "FAILED", Status.SKIPPED: "skipped"}[Status(a.status)]
         agree, drop = _kind_cells(kind, m)
+        counted = {"multilabel": None, "embedding": None}.get(kind, "top1_agreement")
+        if counted and a.count_of(counted):
+            agree = fmt_counted(a, counted, getattr(m, counted))
         cells = [a.format, a.precision, a.runtime, status, agree, fmt_err(m.max_abs_error),
                  fmt_db(m.sqnr_db), drop, fmt_ms(lat.p50), fmt_mb(a.size_bytes)]
-        rows.append([truncate(_one_line(c), _TERM_CELL_MAX) for c in cells])
+        rows.append([truncate(_one_line(c), _TERM_COUNTED_MAX if i == 4 else _TERM_CELL_MAX)
+                     for i, c in enumerate(cells)])
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(columns)]
 
     def line(cells: list[str]) -> str:
@@ -287,6 +301,9 @@ def summary_table(report: Report) -> str:
     indent = " " * 4
     for a, row in zip(report.artifacts, rows):
         out.append(line(row))
+        for warning in undecided_warnings(a):  # an observed pass the sample cannot decide: flagged, not hidden
+            wrapped = textwrap.wrap(_one_line(warning), TABLE_WIDTH - len(indent) - 9)
+            out.extend(indent + ("warning: " if j == 0 else " " * 9) + w for j, w in enumerate(wrapped))
         if a.status == Status.PASSED:
             continue
         for i, problem in enumerate(_problem_lines(report, a)):
