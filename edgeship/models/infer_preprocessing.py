@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from enum import Enum
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -41,7 +40,7 @@ from edgeship.models.infer_scores import (_entropy, bn_misfit, bootstrap_p, firs
                                          mutual_information)
 from edgeship.models.innorm import formula
 from edgeship.models.spec import Preprocessing
-from edgeship.types import ColorOrder, Layout
+from edgeship.types import ColorOrder, Layout, _StrEnum
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
@@ -62,25 +61,19 @@ MIN_BN_GAIN = 0.1
 SHIFT_PX = 2
 
 
-class Verdict(str, Enum):
+class Verdict(_StrEnum):
     OK = "ok"
     WRONG = "wrong"
     INFERRED = "inferred"
     UNDECIDED = "undecided"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Source(str, Enum):
+class Source(_StrEnum):
     """Where the preprocessing under test came from."""
 
     GRAPH = "found in the graph"
     DECLARED = "declared"
     ASSUMED = "assumed"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 def _pre(mean: float | tuple[float, float, float], std: float | tuple[float, float, float],
