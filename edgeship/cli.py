@@ -6,6 +6,9 @@ environment (disk full, permission denied, an unwritable output or report direct
 edgeship; 130 interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM). Every failure is one line on stderr without a
 traceback; ``EDGESHIP_DEBUG=1`` shows the traceback. Interrupted or terminated, no temporary or partial file is
 left (:mod:`edgeship.fileio`).
+
+Over 400 lines on purpose: every subcommand's handler beside the argument groups it shares with the others
+(model, data, executor, output); each handler is a few lines over its stage's options object.
 """
 
 from __future__ import annotations

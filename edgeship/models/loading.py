@@ -6,6 +6,9 @@ deserialises anything, and a model holding Lambda layers (marshalled Python byte
 must be imported) is refused; a SavedModel's graph is read from ``saved_model.pb`` before TensorFlow loads it, and
 one holding an op outside the allow-list of pure tensor ops (file I/O, ``PyFunc``, ``PrintV2``...) is refused
 (:mod:`edgeship.models.graph_check`).
+
+Over 400 lines on purpose: the trust boundary (what may run while a file loads) and the three source formats
+(.keras, Keras 2 .h5, SavedModel) stay together, so the boundary is read in one place.
 """
 
 from __future__ import annotations
