@@ -138,39 +138,40 @@ class RunConfig:
     bake_preprocessing: bool = False
     force_preprocessing: bool = False  # accept a mean/std outside every convention (edgeship.models.spec)
     export: ExportOptions = field(default_factory=ExportOptions)
-    quantize_formats: list[str] | None = None  # None: the exported formats
-    calibration: str | None = None
-    num_samples: int = 200
-    relu6_fixed: bool = True
-    seed: int = 0
-    quantize_precisions: list[str] | None = None  # None: each format's defaults
-    onnx_method: str = "tflite"
-    io_dtype: str = "uint8"
-    bias_correction: bool = True
-    ptq: str = "thorough"
-    weight_rounding: str | None = None  # None: the ptq preset's
-    cross_layer_equalization: bool = False
-    activation_ranges: str | None = None
-    int8_bias_correction: bool | None = None
-    raw_input_compensation: bool = False
-    keep_float: str | int | None = None
-    max_drop: float = 0.01
-    max_size: str | int | None = None
+    quantize: QuantizeTable = field(default_factory=lambda: QuantizeTable())  # [quantize]: formats + QuantizeOptions
     validate: ValidateOptions = field(default_factory=ValidateOptions)  # [validate], paths made relative
     out: Path = Path("edgeship-out")
-    calibration_input_range: tuple[float, float] | None = None  # [quantize] input_range
 
     def __getattr__(self, name: str) -> Any:
-        """The validate options read as before (``config.baseline``); set them through ``validate``."""
-        if name != "validate" and name in ValidateOptions.model_fields:
+        """The stage options read as before (``config.baseline``, ``config.ptq``, ``config.quantize_formats``); set
+        them through ``validate`` and ``quantize``."""
+        if name in _QUANTIZE_ALIASES:
+            value = getattr(self.quantize, _QUANTIZE_ALIASES[name])
+            return _range(value) if name == "calibration_input_range" else value
+        if name not in ("validate", "quantize") and name in ValidateOptions.model_fields:
             return getattr(self.validate, name)
+        if name not in ("validate", "quantize") and name in QuantizeTable.model_fields:
+            return getattr(self.quantize, name)
         raise AttributeError(f"'RunConfig' object has no attribute '{name}'")
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ValidateOptions.model_fields:  # would be shadowed, never used: say where it goes
-            raise AttributeError(f"RunConfig.{name} is a validate option: config.validate = "
-                                 f"config.validate.model_copy(update={{'{name}': ...}})")
+        for table, fields in (("validate", ValidateOptions.model_fields),
+                              ("quantize", {**QuantizeTable.model_fields, **dict.fromkeys(_QUANTIZE_ALIASES)})):
+            if name in fields:  # would be shadowed, never used: say where it goes
+                raise AttributeError(f"RunConfig.{name} is a {table} option: config.{table} = "
+                                     f"config.{table}.model_copy(update={{'{name}': ...}})")
         super().__setattr__(name, value)
+
+
+#: RunConfig's former names of three [quantize] keys
+_QUANTIZE_ALIASES = {"quantize_formats": "formats", "quantize_precisions": "precisions",
+                     "calibration_input_range": "input_range"}
+
+
+def _range(value: Any) -> tuple[float, float] | None:
+    from edgeship.data import parse_input_range
+
+    return parse_input_range(value)
 
 
 def load_config(path: str | Path | None) -> RunConfig:
@@ -206,17 +207,12 @@ def load_config(path: str | Path | None) -> RunConfig:
     return RunConfig(
         model=rel(m.path), labels=rel(m.labels), trust_model=m.trust,
         output_kind=None if m.output_kind is None else str(OutputKind.parse(m.output_kind, f"{p}: [model] output_kind")),
-        export=e, quantize_formats=q.formats,
-        calibration=rel(q.calibration), num_samples=q.num_samples, relu6_fixed=q.relu6_fixed, seed=q.seed,
-        quantize_precisions=q.precisions, onnx_method=q.onnx_method, io_dtype=q.io_dtype, ptq=q.ptq, weight_rounding=q.weight_rounding,
-        cross_layer_equalization=q.cross_layer_equalization, activation_ranges=q.activation_ranges,
-        bias_correction=q.bias_correction, int8_bias_correction=q.int8_bias_correction,
-        raw_input_compensation=q.raw_input_compensation, keep_float=q.keep_float, max_drop=q.max_drop,
-        max_size=q.max_size,
+        export=e, quantize=q.model_copy(update=dict(
+            calibration=rel(q.calibration),
+            input_range=parse_input_range(q.input_range, f"{p}: [quantize] input_range"))),
         validate=v.model_copy(update=dict(
             data=rel(v.data), policy=rel(v.policy), baseline=rel(v.baseline), latency_from=[str(rel(x)) for x in v.logs],
             input_range=parse_input_range(v.input_range, f"{p}: [validate] input_range"))),
-        calibration_input_range=parse_input_range(q.input_range, f"{p}: [quantize] input_range"),
         mean=_triplet(m.mean, f"{p}: [model] mean"), std=_triplet(m.std, f"{p}: [model] std"),
         bgr=m.bgr, bake_preprocessing=m.bake_preprocessing, force_preprocessing=m.force_preprocessing,
         out=Path(rel(o.dir) or "edgeship-out"),
@@ -272,21 +268,13 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
     t0 = time.perf_counter()
     result = export_with(config.export, loaded=loaded, out=config.out)
     echo(f"exported {len(result.paths)} artifacts in {time.perf_counter() - t0:.1f} s")
-    quantize_formats = list(config.export.formats) if config.quantize_formats is None else config.quantize_formats
+    quantize_formats = list(config.export.formats if config.quantize.formats is None else config.quantize.formats)
     if quantize_formats:
-        from edgeship.quantize import quantize
+        from edgeship.quantize import QuantizeOptions, quantize_with
 
         t0 = time.perf_counter()
-        q = quantize(loaded=loaded, calibration=config.calibration, formats=quantize_formats, out=config.out,
-                     num_samples=config.num_samples, seed=config.seed, relu6_fixed=config.relu6_fixed,
-                     precisions=config.quantize_precisions, onnx_method=config.onnx_method, io_dtype=config.io_dtype,
-                     weight_rounding=config.weight_rounding, activation_ranges=config.activation_ranges,
-                     cross_layer_equalization=config.cross_layer_equalization,
-                     bias_correction=config.bias_correction, keep_float=config.keep_float,
-                     int8_bias_correction=config.int8_bias_correction, ptq=config.ptq,
-                     raw_input_compensation=config.raw_input_compensation,
-                     max_drop=config.max_drop, max_size=config.max_size,
-                     input_range=config.calibration_input_range)
+        options = QuantizeOptions.parse(**{k: getattr(config.quantize, k) for k in QuantizeOptions.model_fields})
+        q = quantize_with(options, quantize_formats, config.out, lambda: loaded)
         echo(f"quantised {len(q.paths)} artifacts in {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
     report_dir = config.out / "report"

@@ -57,7 +57,8 @@ class LineProgress:
         self._closed = False
         self.stream = stream or sys.stderr
         self.n = 0
-        self.step = ""
+        self.step = ""  # what runs now (the heartbeat says it)
+        self.name = ""  # the running step's name (its closing line says it)
         self.start = self.step_start = time.monotonic()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -84,8 +85,12 @@ class LineProgress:
                           f"({now - self.start:.0f} s so far)")
 
     def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        """Name what runs now: the first name after a finished step names the step (its closing line), later
+        ones (sub-steps) show in the heartbeat."""
         with self._lock:
-            self.step, self.step_start = str(text), time.monotonic()
+            if not self.name:
+                self.name = str(text)
+            self.step = str(text)
 
     def update(self, n: int = 1) -> None:
         with self._lock:
@@ -93,11 +98,11 @@ class LineProgress:
             if not self.steps:  # many small items (images): the heartbeat and the closing line say it
                 return
             now = time.monotonic()
-            what = f"{self.step} done" if self.step else f"{self._count()} {self.unit}s done"
-            count = f" ({self._count()}" if self.step else " ("
-            self._say(f"{what} in {now - self.step_start:.1f} s{count}{', ' if self.step else ''}"
+            what = f"{self.name} done" if self.name else f"{self._count()} {self.unit}s done"
+            count = f" ({self._count()}" if self.name else " ("
+            self._say(f"{what} in {now - self.step_start:.1f} s{count}{', ' if self.name else ''}"
                       f"{now - self.start:.1f} s so far)")
-            self.step, self.step_start = "", now
+            self.step, self.name, self.step_start = "", "", now
 
     def close(self) -> None:
         self._stop.set()

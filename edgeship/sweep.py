@@ -96,7 +96,7 @@ def run_variant(name: str, config: SweepConfig, data: str) -> list[dict[str, Any
     from edgeship.models.catalog import describe_models
     from edgeship.models.registry import VARIANTS
     from edgeship.export.options import ExportOptions
-    from edgeship.pipeline import RunConfig, run
+    from edgeship.pipeline import QuantizeTable, RunConfig, run
     from edgeship.validate.options import ValidateOptions
 
     v = VARIANTS[name]
@@ -109,8 +109,10 @@ def run_variant(name: str, config: SweepConfig, data: str) -> list[dict[str, Any
         quant = [p for p in config.precisions if p not in FLOAT_PRECISIONS]
         run_config = RunConfig(
             model=name, export=ExportOptions.of(formats=list(config.formats), precisions=floats or None),
-            quantize_formats=list(config.formats) if quant else [], quantize_precisions=quant or None,
-            calibration=data, num_samples=config.num_samples, out=config.out / "variants" / name,
+            quantize=QuantizeTable(formats=[str(f) for f in config.formats] if quant else [],
+                                   precisions=[str(q) for q in quant] or None,
+                                   calibration=None if data is None else str(data), num_samples=config.num_samples),
+            out=config.out / "variants" / name,
             validate=ValidateOptions(data=None if data is None else str(data), threads=config.threads,
                                      iterations=config.iterations, kernel_path_samples=0))
         report = run(run_config, echo=lambda _: None)

@@ -78,8 +78,6 @@ def export_with(options: ExportOptions, model: str | Path | Any | None = None, o
                 warn: Callable[[str], None] | None = None) -> ExportResult:
     """:func:`export` with its options as one object: each (format, precision) of ``options`` through its format's
     exporter (:data:`edgeship.formats.FORMATS`), recorded in ``out``'s manifest after each file."""
-    from tqdm import tqdm
-
     from edgeship.models.loading import load_model
 
     jobs = plan(list(options.formats), list(options.precisions or []))
@@ -91,7 +89,9 @@ def export_with(options: ExportOptions, model: str | Path | Any | None = None, o
     manifest = open_manifest(out_dir, loaded)
     result = ExportResult(out_dir, out_dir / MANIFEST_NAME, manifest)
     reference = None  # the Keras model's outputs on the check images, computed once
-    bar = tqdm(jobs, desc="export", unit="artifact", disable=None if progress else True, leave=False)
+    from edgeship.progress import progress as progress_bar
+
+    bar = progress_bar(jobs, desc="export", unit="artifact", enabled=progress, comparable=False)
     for fmt, precision in bar:
         bar.set_postfix_str(f"{fmt} {precision}")
         name = artifact_name(loaded.spec.name, fmt, precision, options.file_suffix(fmt))

@@ -125,8 +125,6 @@ def quantize_with(options: QuantizeOptions, formats: Sequence[Format | str], out
     """The stage's core: quantise the model ``load()`` returns (called once the options and the output directory
     are known good) to ``formats`` as ``options`` say (:func:`quantize` and :class:`QuantizeOptions` document
     them). The PTQ techniques run as the ordered steps of :mod:`edgeship.quantize.ptq`."""
-    from tqdm import tqdm
-
     from edgeship.export import ModelInfo
     from edgeship.export.common import artifact_name
     from edgeship.fileio import atomic_path
@@ -139,7 +137,9 @@ def quantize_with(options: QuantizeOptions, formats: Sequence[Format | str], out
     spec, warn = loaded.spec, warn or (lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr))
     cal = _calibration(opts, spec, warn)
     floats = FloatArtifacts(loaded, out_dir)
-    bar = tqdm(["calibrate", *todo], desc="quantize", unit="step", disable=None if progress else True, leave=False)
+    from edgeship.progress import progress as progress_bar
+
+    bar = progress_bar(["calibrate", *todo], desc="quantize", unit="step", enabled=progress, comparable=False)
     quant_options = {"io_dtype": opts.io_dtype.value, "relu6_fixed": opts.relu6_fixed,
                      "input_range": spec.preprocessing.value_range}
     job = Job(loaded, ModelInfo.default_for(spec.name, spec.num_classes), cal, out_dir,
