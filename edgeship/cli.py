@@ -78,15 +78,23 @@ def _output_kind_arg(g: Any) -> None:
                         "a SavedModel); picks the validation metrics and gates")
 
 
-def _load(args: argparse.Namespace) -> Any:
-    from edgeship.models.loading import declare_preprocessing, load_model
+def _declared(args: argparse.Namespace) -> tuple[Any, Any, bool]:
+    """--mean/--std parsed and their units checked (unless --force-preprocessing): before anything is loaded or
+    written, so a declaration in the wrong units fails in a second with nothing made."""
     from edgeship.models.spec import check_declared_units, parse_triplet
 
     mean = parse_triplet(args.mean, "--mean") if args.mean else None
     std = parse_triplet(args.std, "--std") if args.std else None
-    force = getattr(args, "force_preprocessing", False)
-    if not force:  # before the model loads: a declaration in the wrong units fails in a second, not after export
+    force = bool(getattr(args, "force_preprocessing", False))
+    if not force:
         check_declared_units(mean, std)
+    return mean, std, force
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from edgeship.models.loading import declare_preprocessing, load_model
+
+    mean, std, force = _declared(args)
     notes: list[str] = []  # what was found in the graph: said once the declaration is known not to clash with it
     loaded = load_model(args.model, trust_model=args.trust_model, labels=args.labels, echo=notes.append)
     declare_preprocessing(loaded, mean=mean, std=std, bgr=args.bgr, force=force)
@@ -176,6 +184,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
     formats = Format.parse_list(args.formats, "format")
     precisions = Precision.parse_list(args.precision, "precision") if args.precision else None
+    _declared(args)  # before quantize_with makes the output directory
     options = QuantizeOptions.parse("edgeship quantize", precisions=precisions, **{
         name: getattr(args, name) for name in QuantizeOptions.model_fields if name != "precisions"})
     loaded: list[Any] = []
