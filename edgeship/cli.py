@@ -78,35 +78,28 @@ def _output_kind_arg(g: Any) -> None:
                         "a SavedModel); picks the validation metrics and gates")
 
 
-def _declared(args: argparse.Namespace) -> tuple[Any, Any, bool]:
-    """--mean/--std parsed and their units checked (unless --force-preprocessing): before anything is loaded or
-    written, so a declaration in the wrong units fails in a second with nothing made."""
-    from edgeship.models.spec import check_declared_units, parse_triplet
+def _model_options(args: argparse.Namespace) -> Any:
+    """The model arguments as :class:`edgeship.models.prepare.ModelOptions`, their units checked (unless
+    --force-preprocessing): before anything is loaded or written, so a declaration in the wrong units fails in a
+    second with nothing made."""
+    from edgeship.models.prepare import ModelOptions
+    from edgeship.models.spec import parse_triplet
 
-    mean = parse_triplet(args.mean, "--mean") if args.mean else None
-    std = parse_triplet(args.std, "--std") if args.std else None
-    force = bool(getattr(args, "force_preprocessing", False))
-    if not force:
-        check_declared_units(mean, std)
-    return mean, std, force
+    options = ModelOptions(
+        model=args.model, labels=args.labels, trust_model=args.trust_model,
+        mean=parse_triplet(args.mean, "--mean") if args.mean else None,
+        std=parse_triplet(args.std, "--std") if args.std else None, bgr=args.bgr,
+        force_preprocessing=bool(getattr(args, "force_preprocessing", False)),
+        output_kind=getattr(args, "output_kind", None) or None,
+        bake_preprocessing=bool(getattr(args, "bake_preprocessing", False)))
+    options.check_units()
+    return options
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from edgeship.models.loading import declare_preprocessing, load_model
+    from edgeship.models.prepare import prepare_model
 
-    mean, std, force = _declared(args)
-    notes: list[str] = []  # what was found in the graph: said once the declaration is known not to clash with it
-    loaded = load_model(args.model, trust_model=args.trust_model, labels=args.labels, echo=notes.append)
-    declare_preprocessing(loaded, mean=mean, std=std, bgr=args.bgr, force=force)
-    for note in notes:
-        print(f"edgeship: {note}", file=sys.stderr)
-    if getattr(args, "bake_preprocessing", False):
-        from edgeship.models.bake import bake_preprocessing
-
-        loaded = bake_preprocessing(loaded)
-    if getattr(args, "output_kind", None):
-        loaded.spec = loaded.spec.with_output_kind(args.output_kind)
-    return loaded
+    return prepare_model(_model_options(args), echo=lambda note: print(f"edgeship: {note}", file=sys.stderr))
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -184,7 +177,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
     formats = Format.parse_list(args.formats, "format")
     precisions = Precision.parse_list(args.precision, "precision") if args.precision else None
-    _declared(args)  # before quantize_with makes the output directory
+    _model_options(args)  # the declared units, before quantize_with makes the output directory
     options = QuantizeOptions.parse("edgeship quantize", precisions=precisions, **{
         name: getattr(args, name) for name in QuantizeOptions.model_fields if name != "precisions"})
     loaded: list[Any] = []

@@ -74,6 +74,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 from edgeship.errors import UserError
 from edgeship.export.options import ExportOptions
 from edgeship.fileio import read_structured
+from edgeship.models.prepare import ModelOptions
 from edgeship.models.registry import looks_like_variant_name
 from edgeship.quantize.options import QuantizeOptions
 from edgeship.schema import Fraction, NonNegativeInt, PositiveInt, Table, check
@@ -141,6 +142,12 @@ class RunConfig:
     quantize: QuantizeTable = field(default_factory=lambda: QuantizeTable())  # [quantize]: formats + QuantizeOptions
     validate: ValidateOptions = field(default_factory=ValidateOptions)  # [validate], paths made relative
     out: Path = Path("edgeship-out")
+
+    def model_options(self) -> ModelOptions:
+        """The [model] table as the model stage's options (:class:`edgeship.models.prepare.ModelOptions`)."""
+        return ModelOptions(model=self.model, labels=self.labels, trust_model=self.trust_model, mean=self.mean,
+                            std=self.std, bgr=self.bgr, force_preprocessing=self.force_preprocessing,
+                            output_kind=self.output_kind, bake_preprocessing=self.bake_preprocessing)
 
     def __getattr__(self, name: str) -> Any:
         """The stage options read as before (``config.baseline``, ``config.ptq``, ``config.quantize_formats``); set
@@ -233,32 +240,17 @@ def _triplet(value: Any, what: str) -> tuple[float, float, float] | None:
 
 def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
     from edgeship.export import export_with
-    from edgeship.models.loading import load_model
+    from edgeship.models.prepare import prepare_model
     from edgeship.validate.pipeline import validate_with
     from edgeship.validate.reports import summary_table
 
     from edgeship.fileio import ensure_output_dir
 
     start = time.perf_counter()
-    if not config.force_preprocessing:  # the declared units, before any work
-        from edgeship.models.spec import check_declared_units
-
-        check_declared_units(config.mean, config.std, "[model] mean/std")
+    options = config.model_options()
+    options.check_units("[model] mean/std")  # the declared units, before any work
     ensure_output_dir(config.out / "report", option="--out")  # before the long work: exit 3 now, not at the end
-    from edgeship.models.loading import declare_preprocessing
-
-    notes: list[str] = []
-    loaded = load_model(config.model, trust_model=config.trust_model, labels=config.labels, echo=notes.append)
-    declare_preprocessing(loaded, mean=config.mean, std=config.std, bgr=config.bgr, what="[model] mean/std/bgr",
-                          force=config.force_preprocessing)
-    for note in notes:
-        echo(note)
-    if config.output_kind:
-        loaded.spec = loaded.spec.with_output_kind(config.output_kind)
-    if config.bake_preprocessing:
-        from edgeship.models.bake import bake_preprocessing
-
-        loaded = bake_preprocessing(loaded)
+    loaded = prepare_model(options, what="[model] mean/std/bgr", echo=echo)
     spec = loaded.spec
     echo(f"edgeship run: {spec.name} ({loaded.source_path}; {spec.input_shape[0]}x{spec.input_shape[1]}, "
          f"{spec.num_classes} classes) -> {config.out}")
