@@ -247,10 +247,10 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
     from edgeship.fileio import ensure_output_dir
 
     start = time.perf_counter()
-    options = config.model_options()
-    options.check_units("[model] mean/std")  # the declared units, before any work
+    model_options = config.model_options()
+    model_options.check_units("[model] mean/std")  # the declared units, before any work
     ensure_output_dir(config.out / "report", option="--out")  # before the long work: exit 3 now, not at the end
-    loaded = prepare_model(options, what="[model] mean/std/bgr", echo=echo)
+    loaded = prepare_model(model_options, what="[model] mean/std/bgr", echo=echo)
     spec = loaded.spec
     echo(f"edgeship run: {spec.name} ({loaded.source_path}; {spec.input_shape[0]}x{spec.input_shape[1]}, "
          f"{spec.num_classes} classes) -> {config.out}")

@@ -101,13 +101,3 @@ def describe(mlmodel: Any, loaded: LoadedModel, info: ModelInfo) -> None:
     meta["edgeship.labels"] = json.dumps(list(spec.labels))
 
 
-def classifier_labels(spec: Any) -> list[str]:
-    """The class labels a Core ML client sees: ML Programs keep them as the inline list value of the
-    ``classify`` op's ``classes`` input."""
-    for fn in spec.mlProgram.functions.values():
-        for block in fn.block_specializations.values():
-            for op in block.operations:
-                if op.type == "classify":
-                    values = op.inputs["classes"].arguments[0].value.immediateValue.list.values
-                    return [v.immediateValue.tensor.strings.values[0] for v in values]
-    return []

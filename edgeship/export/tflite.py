@@ -73,7 +73,7 @@ def frozen_function(loaded: LoadedModel) -> Any:
 
 
 def export_tflite(loaded: LoadedModel, precision: Precision, info: ModelInfo) -> bytes:
-    from edgeship.export.tflite_metadata import add_metadata
+    from edgeship.metadata.tflite import add_metadata
 
     return add_metadata(convert(loaded, precision), loaded.spec, info)
 

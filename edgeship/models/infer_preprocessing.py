@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edgeship.models.infer_scores import (_entropy, bn_misfit, bootstrap_p, first_bn_probe, mcnemar_p,
+from edgeship.models.infer_scores import (_entropy, as_predict, bn_misfit, bootstrap_p, first_bn_probe, mcnemar_p,
                                          mutual_information)
 from edgeship.models.innorm import formula
 from edgeship.models.spec import Preprocessing
@@ -226,30 +226,6 @@ def _same(a: Preprocessing, b: Preprocessing) -> bool:
 
 def _spread(n: int, cap: int) -> np.ndarray:
     return np.arange(n) if n <= cap else np.unique(np.linspace(0, n - 1, cap).round().astype(int))
-
-
-def as_predict(model: Any, batch_size: int = 128) -> PredictFn:
-    """A predict function from a :class:`~edgeship.models.loading.LoadedModel`, a Keras model, or a callable.
-
-    A Keras model runs through one traced ``tf.function`` on fixed-size batches (the last one padded), so the
-    whole ranking costs one trace and no per-layer eager overhead."""
-    km = getattr(model, "keras_model", model)
-    if not hasattr(km, "predict"):
-        return model
-    from edgeship._tf import tf
-
-    call = tf().function(lambda x: km(x, training=False))
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        outs = []
-        for i in range(0, len(x), batch_size):
-            chunk = x[i: i + batch_size]
-            pad = batch_size - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-            outs.append(np.asarray(call(chunk))[: batch_size - pad])
-        return np.concatenate(outs)
-    return predict
 
 
 def infer_preprocessing(

@@ -72,7 +72,6 @@ def first_bn_probe(model: Any) -> tuple[Callable[[np.ndarray], np.ndarray], np.n
     DeepInversion). None when the stem is not input -> [padding] -> conv -> BN (something normalises first), or
     the BN still holds its initial statistics (mean 0, variance 1: an untrained model)."""
     from edgeship._tf import keras
-    from edgeship.models.infer_preprocessing import as_predict
 
     km = getattr(model, "keras_model", model)
     while hasattr(km, "layers"):
@@ -99,3 +98,27 @@ def bn_misfit(features: np.ndarray, mean: np.ndarray, var: np.ndarray) -> float:
     eps = 1e-3  # Keras' BatchNormalization epsilon
     kl = 0.5 * (np.log((var + eps) / (v + eps)) + (v + eps + (mu - mean) ** 2) / (var + eps) - 1.0)
     return float(np.median(kl))
+
+
+def as_predict(model: Any, batch_size: int = 128) -> Callable[[np.ndarray], np.ndarray]:
+    """A predict function from a :class:`~edgeship.models.loading.LoadedModel`, a Keras model, or a callable.
+
+    A Keras model runs through one traced ``tf.function`` on fixed-size batches (the last one padded), so the
+    whole ranking costs one trace and no per-layer eager overhead."""
+    km = getattr(model, "keras_model", model)
+    if not hasattr(km, "predict"):
+        return model
+    from edgeship._tf import tf
+
+    call = tf().function(lambda x: km(x, training=False))
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        outs = []
+        for i in range(0, len(x), batch_size):
+            chunk = x[i: i + batch_size]
+            pad = batch_size - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+            outs.append(np.asarray(call(chunk))[: batch_size - pad])
+        return np.concatenate(outs)
+    return predict

@@ -36,7 +36,7 @@ class CoreMLRunner(Runner):
         meta = spec.description.metadata.userDefined
         if "edgeship.preprocessing" in meta:
             self.preprocessing = Preprocessing.from_dict(json.loads(meta["edgeship.preprocessing"]))
-        from edgeship.export.coreml import classifier_labels
+        from edgeship.metadata.coreml import classifier_labels
 
         self.labels = classifier_labels(spec) or None
         image = spec.description.input[0]

@@ -46,7 +46,7 @@ class LiteRTRunner(Runner):
         self._use_metadata(data)
 
     def _use_metadata(self, data: bytes) -> None:
-        from edgeship.export.tflite_metadata import read_metadata
+        from edgeship.metadata.tflite import read_metadata
 
         try:
             meta = read_metadata(data)

@@ -281,11 +281,12 @@ class Accumulated(Protocol):
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """One metric: which way passes a gate, its unit, the output kinds it is measured for, what it needs (labels;
+    """One metric: its name in the reports, which way passes a gate, its unit, the output kinds it is measured for, what it needs (labels;
     ``kernel_path``: the figure ``value`` taken on the comparison of an int8 file's second kernel path with its
     first, so int8 files only), the partials it streams (each merged across shards as :data:`PARTIALS` says) and
     its value from them (None: not measurable on this data)."""
 
+    label: str  # how the reports name it (the HTML's per-artifact table, the Markdown's per-kind lines)
     higher_is_better: bool
     unit: Unit
     kinds: frozenset[OutputKind]
@@ -374,41 +375,60 @@ _F, _HIGH, _LOW = Unit.FRACTION, True, False
 #: The metrics, in report order (``report.json``'s ``metrics`` keys; :class:`edgeship.validate.results.Metrics`).
 #: A new metric is a member of :class:`Metric` and its line here; its gate is a line of the policy.
 REGISTRY: dict[Metric, MetricSpec] = {
-    Metric.MAX_ABS_ERROR: MetricSpec(_LOW, Unit.OUTPUT, ALL_KINDS, ("max_abs",),
-                                     lambda c: float(np.max(c.stream.values("max_abs")))),
-    Metric.MEAN_ABS_ERROR: MetricSpec(_LOW, Unit.OUTPUT, ALL_KINDS, ("sum_abs", "values"),
-                                      lambda c: c.stream.total("sum_abs") / c.stream.n("values")),
-    Metric.COSINE: MetricSpec(_HIGH, Unit.COSINE, ALL_KINDS, ("cos",), _mean("cos")),
-    Metric.SQNR_DB: MetricSpec(_HIGH, Unit.DB, ALL_KINDS, ("signal", "noise"), _sqnr),
-    Metric.TOP1_AGREEMENT: MetricSpec(_HIGH, _F, CLASSES, ("agree",), _mean("agree"), counts=_hits("agree")),
-    Metric.TOP5_OVERLAP: MetricSpec(_HIGH, _F, CLASSES, ("top5",), _mean("top5")),
-    Metric.ACCURACY_TOP1: MetricSpec(_HIGH, _F, CLASSES, ("out_correct",), _mean("out_correct"),
-                                     needs_labels=True, counts=_hits("out_correct")),
-    Metric.ACCURACY_TOP5: MetricSpec(_HIGH, _F, CLASSES, ("out_correct5",), _mean("out_correct5"),
-                                     needs_labels=True, counts=_hits("out_correct5")),
+    Metric.MAX_ABS_ERROR: MetricSpec(
+        "max abs error", _LOW, Unit.OUTPUT, ALL_KINDS, ("max_abs",),
+        lambda c: float(np.max(c.stream.values("max_abs")))),
+    Metric.MEAN_ABS_ERROR: MetricSpec(
+        "mean abs error", _LOW, Unit.OUTPUT, ALL_KINDS, ("sum_abs", "values"),
+        lambda c: c.stream.total("sum_abs") / c.stream.n("values")),
+    Metric.COSINE: MetricSpec(
+        "cosine", _HIGH, Unit.COSINE, ALL_KINDS, ("cos",), _mean("cos")),
+    Metric.SQNR_DB: MetricSpec(
+        "SQNR", _HIGH, Unit.DB, ALL_KINDS, ("signal", "noise"), _sqnr),
+    Metric.TOP1_AGREEMENT: MetricSpec(
+        "top-1 agreement", _HIGH, _F, CLASSES, ("agree",), _mean("agree"), counts=_hits("agree")),
+    Metric.TOP5_OVERLAP: MetricSpec(
+        "top-5 overlap", _HIGH, _F, CLASSES, ("top5",), _mean("top5")),
+    Metric.ACCURACY_TOP1: MetricSpec(
+        "accuracy top-1", _HIGH, _F, CLASSES, ("out_correct",), _mean("out_correct"),
+        needs_labels=True, counts=_hits("out_correct")),
+    Metric.ACCURACY_TOP5: MetricSpec(
+        "accuracy top-5", _HIGH, _F, CLASSES, ("out_correct5",), _mean("out_correct5"),
+        needs_labels=True, counts=_hits("out_correct5")),
     # A difference of two paired shares of the same samples, not one binomial share: no counts
-    Metric.ACCURACY_TOP1_DROP: MetricSpec(_LOW, _F, CLASSES, ("out_correct", "ref_correct"), _accuracy_drop,
-                                          needs_labels=True),
+    Metric.ACCURACY_TOP1_DROP: MetricSpec(
+        "accuracy top-1 drop", _LOW, _F, CLASSES, ("out_correct", "ref_correct"), _accuracy_drop,
+        needs_labels=True),
     # A share of output values, many per sample and correlated within one (the same image's logits): no counts
-    Metric.EQUAL_VALUES: MetricSpec(_HIGH, _F, ALL_KINDS, ("equal", "values"), _share("equal", "values")),
-    Metric.CONFIDENT_FLIPS: MetricSpec(_LOW, _F, CLASSES, ("margin", "agree"), _confident_flips,
-                                       counts=_confident_flip_counts),
-    Metric.KERNEL_PATH_TOP1_AGREEMENT: MetricSpec(_HIGH, _F, CLASSES, ("agree",), _mean("agree"), kernel_path=True,
-                                                  counts=_hits("agree")),
-    Metric.KERNEL_PATH_EQUAL_VALUES: MetricSpec(_HIGH, _F, ALL_KINDS, ("equal", "values"),
-                                                _share("equal", "values"), kernel_path=True),
-    Metric.KERNEL_PATH_SQNR_DB: MetricSpec(_HIGH, Unit.DB, ALL_KINDS, ("signal", "noise"), _sqnr, kernel_path=True),
+    Metric.EQUAL_VALUES: MetricSpec(
+        "equal values", _HIGH, _F, ALL_KINDS, ("equal", "values"), _share("equal", "values")),
+    Metric.CONFIDENT_FLIPS: MetricSpec(
+        "confident flips", _LOW, _F, CLASSES, ("margin", "agree"), _confident_flips,
+        counts=_confident_flip_counts),
+    Metric.KERNEL_PATH_TOP1_AGREEMENT: MetricSpec(
+        "kernel paths: top-1 agreement", _HIGH, _F, CLASSES, ("agree",), _mean("agree"), kernel_path=True,
+        counts=_hits("agree")),
+    Metric.KERNEL_PATH_EQUAL_VALUES: MetricSpec(
+        "kernel paths: equal values", _HIGH, _F, ALL_KINDS, ("equal", "values"),
+        _share("equal", "values"), kernel_path=True),
+    Metric.KERNEL_PATH_SQNR_DB: MetricSpec(
+        "kernel paths: SQNR", _HIGH, Unit.DB, ALL_KINDS, ("signal", "noise"), _sqnr, kernel_path=True),
     # (sample, label) decisions, many per sample and correlated within one: no counts
-    Metric.LABEL_AGREEMENT: MetricSpec(_HIGH, _F, _MULTILABEL, ("decisions_equal", "decisions"),
-                                       _share("decisions_equal", "decisions")),
-    Metric.MEAN_AVERAGE_PRECISION: MetricSpec(_HIGH, _F, _MULTILABEL, ("out_ap",), _map("out_ap"),
-                                              needs_labels=True),
-    Metric.MEAN_AVERAGE_PRECISION_DROP: MetricSpec(_LOW, _F, _MULTILABEL, ("ref_ap", "out_ap"), _map_drop,
-                                                   needs_labels=True),
-    Metric.COSINE_MIN: MetricSpec(_HIGH, Unit.COSINE, _EMBEDDING, ("cos",),
-                                  lambda c: float(np.min(c.stream.values("cos")))),
-    Metric.NEIGHBOUR_AGREEMENT: MetricSpec(_HIGH, _F, _EMBEDDING, ("ref_emb", "out_emb"), _neighbours,
-                                           counts=_neighbour_counts),
+    Metric.LABEL_AGREEMENT: MetricSpec(
+        "label agreement", _HIGH, _F, _MULTILABEL, ("decisions_equal", "decisions"),
+        _share("decisions_equal", "decisions")),
+    Metric.MEAN_AVERAGE_PRECISION: MetricSpec(
+        "mAP", _HIGH, _F, _MULTILABEL, ("out_ap",), _map("out_ap"),
+        needs_labels=True),
+    Metric.MEAN_AVERAGE_PRECISION_DROP: MetricSpec(
+        "mAP drop", _LOW, _F, _MULTILABEL, ("ref_ap", "out_ap"), _map_drop,
+        needs_labels=True),
+    Metric.COSINE_MIN: MetricSpec(
+        "lowest cosine", _HIGH, Unit.COSINE, _EMBEDDING, ("cos",),
+        lambda c: float(np.min(c.stream.values("cos")))),
+    Metric.NEIGHBOUR_AGREEMENT: MetricSpec(
+        "nearest-neighbour agreement", _HIGH, _F, _EMBEDDING, ("ref_emb", "out_emb"), _neighbours,
+        counts=_neighbour_counts),
 }
 
 

@@ -125,7 +125,7 @@ def test_per_channel_tflite_warned_and_refused_by_mediapipe_unbaked(made, baked_
     mean/std (the refusal is the metadata's: it is written here onto the baked graph, saving a conversion)."""
     from edgeship.export import _warn_mediapipe
     from edgeship.export.common import ModelInfo
-    from edgeship.export.tflite_metadata import add_metadata
+    from edgeship.metadata.tflite import add_metadata
     from edgeship.types import Format
 
     paths, images, _ = made

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edgeship.export import export
-from edgeship.export.coreml import classifier_labels
+from edgeship.metadata.coreml import classifier_labels
 from edgeship.fileio import sha256_path
 from edgeship.manifest import Manifest
 from edgeship.models.loading import load_model

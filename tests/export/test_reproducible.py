@@ -66,8 +66,8 @@ def test_labels_are_shipped_byte_identical_in_every_format(two_exports):
     import onnx
     from coremltools.proto import Model_pb2
 
-    from edgeship.export.coreml import classifier_labels
-    from edgeship.export.tflite_metadata import read_metadata
+    from edgeship.metadata.coreml import classifier_labels
+    from edgeship.metadata.tflite import read_metadata
 
     out, _ = two_exports
     want = [label.encode("utf-8") for label in LABELS]

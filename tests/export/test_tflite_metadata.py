@@ -21,8 +21,8 @@ import pytest
 from edgeship._tf import keras, silenced, tf
 from edgeship.errors import UserError
 from edgeship.export.common import ModelInfo
-from edgeship.export.tflite_metadata import add_metadata, min_parser_version, read_metadata
-from edgeship.export.third_party import tflite_metadata_schema_py_generated as md_fb
+from edgeship.metadata.tflite import add_metadata, min_parser_version, read_metadata
+from edgeship.metadata.third_party import tflite_metadata_schema_py_generated as md_fb
 from edgeship.models.spec import ModelSpec, Preprocessing
 
 LABELS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

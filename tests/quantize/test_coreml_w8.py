@@ -210,7 +210,7 @@ def test_every_int8_weight_is_the_exact_rounding_of_the_float_weight(made):
 
 
 def test_model_card_labels_and_image_input_survive(made):
-    from edgeship.export.coreml import classifier_labels
+    from edgeship.metadata.coreml import classifier_labels
 
     fp16, w8, _ = made()
     before, after = Package(fp16).spec, Package(w8).spec

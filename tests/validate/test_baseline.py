@@ -32,7 +32,7 @@ def run(tmp_path_factory):
     from edgeship.data import load_image_folder
     from edgeship.export.common import ModelInfo
     from edgeship.export.tflite import convert
-    from edgeship.export.tflite_metadata import add_metadata
+    from edgeship.metadata.tflite import add_metadata
     from edgeship.models.loading import DEMO_DIR, load_model
     from edgeship._tf import tf
     from edgeship.types import Precision

@@ -77,7 +77,7 @@ def test_declared_double_normalisation_fails_the_contract(tutorial, tutorial_exp
     """What edgeship wrote before issue 13: the same graph with (x - 127.5) / 127.5 declared on top, in the
     file's metadata and in the manifest (the reference is then fed that too, so the file agrees with it)."""
     from edgeship.export.common import ModelInfo
-    from edgeship.export.tflite_metadata import add_metadata
+    from edgeship.metadata.tflite import add_metadata
     from edgeship.manifest import Manifest
 
     _, data = tutorial

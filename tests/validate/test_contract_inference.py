@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from edgeship.export.common import ModelInfo
-from edgeship.export.tflite_metadata import add_metadata
+from edgeship.metadata.tflite import add_metadata
 from edgeship.models.loading import load_model
 from edgeship.models.spec import Preprocessing
 from edgeship.validate.pipeline import validate

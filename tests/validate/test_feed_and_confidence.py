@@ -25,7 +25,7 @@ def int8_demo(tmp_path_factory, demo_calibrated):
     """The demo model, a uint8-input int8 TFLite of it (``quantize_tflite`` = calibrate + quantize_calibrated, from the
     session's one calibration on 32 images, ``demo_calibrated`` in tests/conftest.py; metadata kept), and 40
     held-out images as uint8 and as float32 .npy files."""
-    from edgeship.export.tflite_metadata import add_metadata
+    from edgeship.metadata.tflite import add_metadata
     from edgeship.quantize.formats.tflite import quantize_calibrated
 
     loaded, _, calibrated = demo_calibrated
@@ -160,7 +160,7 @@ def test_confident_flips_gate_fails_above_its_limit(tmp_path):
 def test_confident_answers_that_change_fail_the_release(int8_demo, float_demo, tmp_path):
     """End to end: a float TFLite whose labels are in the wrong order changes confident answers; with only the
     confident_flips gate in force it fails on that gate, and the report splits its flips by margin."""
-    from edgeship.export.tflite_metadata import add_metadata
+    from edgeship.metadata.tflite import add_metadata
 
     loaded, _, u8, _, _ = int8_demo
     good = float_demo

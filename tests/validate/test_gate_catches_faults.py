@@ -10,7 +10,7 @@ import pytest
 
 from edgeship.data import load_image_folder
 from edgeship.export.common import ModelInfo
-from edgeship.export.tflite_metadata import add_metadata
+from edgeship.metadata.tflite import add_metadata
 from edgeship.models.loading import DEMO_DIR, load_model
 from edgeship.models.spec import Preprocessing
 from edgeship.validate.pipeline import validate

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgeship.quantize.formats.coreml import WEIGHT_INPUTS, _keep_card, quantize_coreml_w8
+from edgeship.quantize.formats.coreml_w8 import WEIGHT_INPUTS, _keep_card, quantize_coreml_w8
 
 ACTIVATION_MODE = "linear"  # affine: a ReLU6 output's [0, 6] becomes uint8 with scale 6/255, nothing wasted
 W8A8_SPEC_VERSION = 8  # iOS17: the first with quantize/dequantize ops

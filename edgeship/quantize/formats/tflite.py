@@ -182,7 +182,7 @@ def quantize_tflite_file(job: Job, precision: Precision, tmp: Path) -> Made:
     """The stage's TFLite quantiser (:mod:`edgeship.quantize.common`): the int8 TFLite of the run's statistics,
     statically checked for portability before it is written; or, with no calibration, ``w8``/``fp16``. Each keeps
     edgeship's TFLite metadata (normalisation, labels) so MediaPipe still classifies it."""
-    from edgeship.export.tflite_metadata import add_metadata
+    from edgeship.metadata.tflite import add_metadata
 
     spec = job.loaded.spec
     if precision is not Precision.INT8:

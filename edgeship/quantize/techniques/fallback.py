@@ -264,7 +264,7 @@ def predict(model: bytes, inputs: np.ndarray) -> np.ndarray:
 
 
 def _run(ctx: Any, int8: TFLiteQuantResult) -> tuple[TFLiteQuantResult, Fallback]:
-    from edgeship.export.tflite_metadata import add_metadata
+    from edgeship.metadata.tflite import add_metadata
     from edgeship.quantize.common import LAYER_SAMPLES
     from edgeship.quantize.layers import tensor_sqnr
 

@@ -166,6 +166,34 @@ def fmt_accuracy_counted(a: ArtifactResult) -> str:
     return text.replace(shown, f"{shown} ({pair[0]}/{pair[1]})", 1)
 
 
+def fmt_metric(a: ArtifactResult, metric: Any) -> str:
+    """One metric of ``a`` in the reports' units, chosen by its declaration
+    (:data:`edgeship.validate.metrics.REGISTRY`): a share with its counts, a drop in percentage points, dB, an output
+    error, a cosine to six places; "n/a" when not measured."""
+    from edgeship.validate.metrics import REGISTRY, Unit
+
+    spec, value = REGISTRY[metric], getattr(a.metrics, str(metric))
+    if spec.unit is Unit.FRACTION:
+        return fmt_drop(value) if str(metric).endswith("_drop") else fmt_counted(a, str(metric), value)
+    if spec.unit is Unit.DB:
+        return fmt_db(value)
+    return fmt_err(value) if spec.unit is Unit.OUTPUT else fmt_number(value, ".6f")
+
+
+def metric_cells(a: ArtifactResult, kind: str, *, kernel_path: bool = False,
+                 only_kind: bool = False) -> list[tuple[str, str]]:
+    """(label, text) of every registered metric measured for ``kind`` outputs, in registry order: the figures of the
+    file against the reference, or with ``kernel_path`` those of its second kernel path against its first;
+    ``only_kind``: just the metrics peculiar to ``kind`` (not those every kind has). A metric added to the registry
+    appears here with no change to the writers."""
+    from edgeship.types import OutputKind
+    from edgeship.validate.metrics import ALL_KINDS, REGISTRY
+
+    k = OutputKind(kind) if kind in {o.value for o in OutputKind} else OutputKind.LOGITS
+    return [(spec.label, fmt_metric(a, metric)) for metric, spec in REGISTRY.items()
+            if k in spec.kinds and spec.kernel_path == kernel_path and not (only_kind and spec.kinds == ALL_KINDS)]
+
+
 def undecided_warnings(a: ArtifactResult) -> list[str]:
     """One line per gate that passed but that the sample cannot decide (``[statistics] undecided = "warn"``)."""
     return [f"{g.describe()}: passes with a warning" for g in a.gates if g.undecided and g.passed]

@@ -31,6 +31,7 @@ from edgeship.validate.reports.common import (
     _verdict,
     confidence_intro,
     feed_lines,
+    metric_cells,
     fmt_accuracy_counted,
     fmt_counted,
     fmt_db,
@@ -184,25 +185,14 @@ def _artifact_section(report: Report, i: int, a: ArtifactResult) -> str:
         out.append('<p class="muted">No gates were evaluated.</p>')
     measured = any(v is not None for v in vars(m).values()) or any(v is not None for v in vars(lat).values())
     if measured:
-        metric_rows = [
-            ["top-1 agreement", _h(fmt_counted(a, "top1_agreement", m.top1_agreement))],
-            ["top-5 overlap", _h(fmt_pct(m.top5_overlap))],
-            ["max abs error", _h(fmt_err(m.max_abs_error))], ["mean abs error", _h(fmt_err(m.mean_abs_error))],
-            ["cosine", _h(fmt_number(m.cosine, ".6f"))], ["SQNR", _h(fmt_db(m.sqnr_db))],
-            ["accuracy top-1", _h(fmt_counted(a, "accuracy_top1", m.accuracy_top1))],
-            ["accuracy top-5", _h(fmt_counted(a, "accuracy_top5", m.accuracy_top5))],
-            ["accuracy top-1 drop", _h(fmt_drop(m.accuracy_top1_drop))], ["equal values", _h(fmt_pct(m.equal_values))],
-            ["confident flips", _h(fmt_counted(a, "confident_flips", m.confident_flips))],
-            ["input feed", _h(a.input_feed or NA)],
-        ]
+        kind = getattr(report, "output_kind", "logits")
+        metric_rows = [[_h(label), _h(text)] for label, text in metric_cells(a, kind)]
+        metric_rows.append(["input feed", _h(a.input_feed or NA)])
         metric_rows += [[f"flips, {_h(_margin_bin_name(b))}", _h(f"{b['flips']} of {b['samples']}")]
                         for b in a.flips_by_margin]
         if a.kernel_path:  # the same file through a second kernel path of its runtime
-            metric_rows += [[f"second kernel path ({_h(a.kernel_path_samples)} samples)", _h(a.kernel_path)],
-                            ["kernel paths: SQNR", _h(fmt_db(m.kernel_path_sqnr_db))],
-                            ["kernel paths: top-1 agreement",
-                             _h(fmt_counted(a, "kernel_path_top1_agreement", m.kernel_path_top1_agreement))],
-                            ["kernel paths: equal values", _h(fmt_pct(m.kernel_path_equal_values))]]
+            metric_rows.append([f"second kernel path ({_h(a.kernel_path_samples)} samples)", _h(a.kernel_path)])
+            metric_rows += [[_h(label), _h(text)] for label, text in metric_cells(a, kind, kernel_path=True)]
         lat_rows = [[k, _h(fmt_ms(getattr(lat, k)))] for k in ("load", "first", "p50", "p90", "p99", "mean", "std")]
         out.append('<div class="side-by-side">' + _table(["Metric", "Value"], metric_rows, {1})
                    + _table(["Latency", "Value"], lat_rows, {1}) + "</div>")

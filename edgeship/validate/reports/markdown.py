@@ -41,6 +41,7 @@ from edgeship.validate.reports.common import (
     fmt_pp,
     device_rows,
     kernel_path_lines,
+    metric_cells,
     undecided_warnings,
 )
 
@@ -155,14 +156,11 @@ def to_markdown(report: Report) -> str:
             out += [f"**Output: {kind}** ("
                     + ("decisions at the policy's threshold agreeing with the reference's; mean average precision on "
                        "labelled data" if kind == "multilabel" else
-                       "cosine similarity to the reference's, mean and lowest; nearest neighbour in the data set "
+                       "the lowest cosine similarity to the reference's; nearest neighbour in the data set "
                        "unchanged") + "; the top-1 and accuracy columns do not apply):", ""]
             for a in report.artifacts:
                 m = a.metrics
-                figures = (f"label agreement {fmt_pct(m.label_agreement)}, mAP {fmt_pct(m.mean_average_precision)} "
-                           f"(drop {fmt_drop(m.mean_average_precision_drop)})" if kind == "multilabel" else
-                           f"cosine {fmt_number(m.cosine, '.4f')} (lowest {fmt_number(m.cosine_min, '.4f')}), "
-                           f"nearest-neighbour agreement {fmt_pct(m.neighbour_agreement)}")
+                figures = ", ".join(f"{label} {text}" for label, text in metric_cells(a, kind, only_kind=True))
                 out.append(f"- {_md(f'{a.format} {a.precision}')}: {_md(figures)}")
             out.append("")
         feeds = feed_lines(report)

@@ -37,11 +37,11 @@ from ai_edge_litert import schema_py_generated as _tfl
 from ai_edge_litert.tools import flatbuffer_utils
 
 from edgeship.errors import UserError
-from edgeship.export.common import ModelInfo
-from edgeship.export.third_party import tflite_metadata_schema_py_generated as _md
+from edgeship.metadata.third_party import tflite_metadata_schema_py_generated as _md
 from edgeship.types import ColorOrder
 
 if TYPE_CHECKING:
+    from edgeship.export.common import ModelInfo
     from edgeship.models.spec import ModelSpec
 
 METADATA_NAME = "TFLITE_METADATA"  # the Model.metadata entry MediaPipe and tflite-support look up
