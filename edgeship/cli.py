@@ -96,10 +96,19 @@ def _model_options(args: argparse.Namespace) -> Any:
     return options
 
 
-def _load(args: argparse.Namespace) -> Any:
+def _load(args: argparse.Namespace, settle_on: str | None = None) -> Any:
+    """The model the arguments name, prepared (:func:`edgeship.models.prepare.prepare_model`); ``settle_on``: the
+    argument naming the user's images an assumed preprocessing is settled on (``calibration``), when given."""
     from edgeship.models.prepare import prepare_model
 
-    return prepare_model(_model_options(args), echo=lambda note: print(f"edgeship: {note}", file=sys.stderr))
+    data = getattr(args, settle_on) if settle_on else None
+    if data is not None:
+        from edgeship.data import open_data
+
+        def images(loaded: Any) -> Any:
+            return open_data(data, loaded.spec.input_shape[:2], loaded.spec.labels, input_range=args.input_range)
+    return prepare_model(_model_options(args), echo=lambda note: print(f"edgeship: {note}", file=sys.stderr),
+                         settle_on=images if data is not None else None)
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -183,7 +192,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     loaded: list[Any] = []
 
     def load() -> Any:
-        loaded.append(_load(args))
+        loaded.append(_load(args, settle_on="calibration"))
         return loaded[-1]
 
     result = quantize_with(options, formats, args.out, load)

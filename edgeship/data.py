@@ -252,6 +252,20 @@ class DataSource:
         return {"source": self.source, "count": self.count, "labeled": self.labeled, "pixels": self.pixels,
                 "input_conversions": dict(sorted(self.conversions.items()))}
 
+    def spread(self, count: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Up to ``count`` samples (N, H, W, 3) uint8, evenly spread over the set (every class folder represented),
+        with their labels (N,) when the set has them. Float pixels are rounded to uint8."""
+        index = np.unique(np.linspace(0, self.count - 1, min(self.count, count)).round().astype(int))
+        reader = getattr(self, "read", None)
+        if reader is not None:  # a folder: decode just those images
+            images = np.stack([reader(int(i)) for i in index])
+        else:
+            images = np.asarray(getattr(self, "take")(index))
+        labels = getattr(self, "labels", None)
+        if images.dtype != np.uint8:
+            images = np.clip(np.round(images), 0, 255).astype(np.uint8)
+        return images, None if labels is None else np.asarray(labels)[index]
+
 
 class FolderSource(DataSource):
     """Every image under ``root``, recursively. With ``use_labels`` (validation), ``root/<class>/<image>`` gives

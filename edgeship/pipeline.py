@@ -226,6 +226,19 @@ def load_config(path: str | Path | None) -> RunConfig:
     )
 
 
+def _settle_on(config: RunConfig) -> Callable[[Any], Any] | None:
+    """The user's own validation images (else calibration images), on which an assumed preprocessing is settled before export
+    (:func:`edgeship.models.prepare.settle_preprocessing`); None without them (the demo's digits say nothing of
+    another model's feed)."""
+    v, q = config.validate, config.quantize
+    data, input_range = (v.data, v.input_range) if v.data is not None else (q.calibration, q.input_range)
+    if data is None:
+        return None
+    from edgeship.data import open_data
+
+    return lambda loaded: open_data(data, loaded.spec.input_shape[:2], loaded.spec.labels, input_range=input_range)
+
+
 def _triplet(value: Any, what: str) -> tuple[float, float, float] | None:
     """A number or a list of three numbers (0-255 pixel units) -> three floats; None stays None."""
     if value is None:
@@ -250,7 +263,7 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
     model_options = config.model_options()
     model_options.check_units("[model] mean/std")  # the declared units, before any work
     ensure_output_dir(config.out / "report", option="--out")  # before the long work: exit 3 now, not at the end
-    loaded = prepare_model(model_options, what="[model] mean/std/bgr", echo=echo)
+    loaded = prepare_model(model_options, what="[model] mean/std/bgr", echo=echo, settle_on=_settle_on(config))
     spec = loaded.spec
     echo(f"edgeship run: {spec.name} ({loaded.source_path}; {spec.input_shape[0]}x{spec.input_shape[1]}, "
          f"{spec.num_classes} classes) -> {config.out}")

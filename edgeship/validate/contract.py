@@ -132,7 +132,6 @@ class ContractCheck:
 
 # ------------------------------------------------------------------------------------------------- inference
 #: Images read (evenly spread over the data set) for the preprocessing inference; it keeps at most 96 of them
-SAMPLE_IMAGES = 256
 
 
 def _source_kind(text: str) -> str:
@@ -144,33 +143,18 @@ def _source_kind(text: str) -> str:
     return "declared"  # declared by the user, the demo's training, a registry variant's convention
 
 
-def sample_images(source: Any, count: int = SAMPLE_IMAGES) -> tuple[np.ndarray, np.ndarray | None]:
-    """Up to ``count`` images (N, H, W, 3) uint8 evenly spread over ``source`` (a :class:`edgeship.data.DataSource`),
-    with their labels (N,) when the data have them."""
-    n = source.count
-    index = np.unique(np.linspace(0, n - 1, min(n, count)).round().astype(int))
-    if hasattr(source, "read"):  # a folder: decode just those images
-        images = np.stack([source.read(int(i)) for i in index])
-        labels = None if source.labels is None else np.asarray(source.labels)[index]
-    else:
-        images = np.asarray(source.take(index))
-        labels = None if source.labels is None else np.asarray(source.labels)[index]
-    if images.dtype != np.uint8:
-        images = np.clip(np.round(images), 0, 255).astype(np.uint8)
-    return images, labels
-
-
 def infer_contract(loaded: Any, source: Any) -> Any:
     """The preprocessing inference (:func:`edgeship.models.infer_preprocessing.infer_preprocessing`) of the
     settled reference on the validation data, or None where it does not apply (a registry variant's random weights,
     an output that is not one class per image, fewer than ``CONTRACT_KEYS['min_samples']`` images)."""
     from edgeship.models.infer_preprocessing import infer_preprocessing
 
+    from edgeship.models.prepare import INFERENCE_IMAGES, inference_applies
+
     spec = loaded.spec
-    if (loaded.source_path.startswith("registry:") or not spec.output_kind.is_classification
-            or source.count < CONTRACT_KEYS["min_samples"]):
+    if not inference_applies(loaded, source.count):
         return None
-    images, labels = sample_images(source)
+    images, labels = source.spread(INFERENCE_IMAGES)
     return infer_preprocessing(loaded, images, declared=spec.preprocessing,
                                source=_source_kind(loaded.preprocessing_source), labels=labels,
                                probabilities=spec.outputs_probabilities)
