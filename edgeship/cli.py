@@ -92,7 +92,7 @@ def _model_options(args: argparse.Namespace) -> Any:
         force_preprocessing=bool(getattr(args, "force_preprocessing", False)),
         output_kind=getattr(args, "output_kind", None) or None,
         bake_preprocessing=bool(getattr(args, "bake_preprocessing", False)))
-    options.check_units()
+    options.check()
     return options
 
 
@@ -134,6 +134,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     options = ExportOptions.of(formats=Format.parse_list(args.formats, "format"),
                                precisions=Precision.parse_list(args.precision, "precision") if args.precision else None,
                                onnx_layout=args.onnx_layout, opset=args.opset, deployment_target=args.deployment_target)
+    from edgeship.fileio import check_writable_dir
+
+    check_writable_dir(Path(args.out), option="--out")  # before the model loads: nothing made, exit 3 in a second
     loaded = _load(args)
     info = ModelInfo(
         name=args.name or loaded.spec.name,
@@ -186,7 +189,11 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
     formats = Format.parse_list(args.formats, "format")
     precisions = Precision.parse_list(args.precision, "precision") if args.precision else None
-    _model_options(args)  # the declared units, before quantize_with makes the output directory
+    _model_options(args)  # the declared units and labels, before quantize_with makes the output directory
+    from edgeship.data import check_data
+    from edgeship.quantize.calibration import DEMO_CALIBRATION
+
+    check_data(args.calibration, DEMO_CALIBRATION, args.input_range, use_labels=False)  # before the model loads
     options = QuantizeOptions.parse("edgeship quantize", precisions=precisions, **{
         name: getattr(args, name) for name in QuantizeOptions.model_fields if name != "precisions"})
     loaded: list[Any] = []

@@ -504,17 +504,35 @@ def open_data(path: str | Path | None, size: tuple[int, int], class_names: Seque
     ``input_range``: how an array's values map to pixels (module docstring); arrays only. ``use_labels=False``
     (calibration) ignores folder names and stored labels alike."""
     rng = parse_input_range(input_range)
+    p = check_data(path, default, rng)
+    if p.is_dir():
+        return FolderSource(p, size, class_names, use_labels)
+    return ArraySource(p, size, class_names, rng, use_labels)
+
+
+def check_data(path: str | Path | None, default: Path | None = None,
+               input_range: "str | Sequence[float] | None" = None, use_labels: bool = True) -> Path:
+    """What :func:`open_data` checks before it knows the model (so a caller with slow work ahead checks it first,
+    issue 23, item 4): the path (``default`` when None) exists and is a folder or an .npy/.npz file, an input
+    range is given for arrays only, and with ``use_labels`` a folder is flat or all class folders
+    (:func:`check_flat`). Returns the path. Raises :class:`UserError`, one line."""
     if path is None:
         if default is None:
             raise UserError("no data given: pass --data (a folder of images or an .npy/.npz file)")
         path = default
     p = Path(path)
     if p.is_dir():
-        if rng is not None:
+        if parse_input_range(input_range) is not None:
             raise UserError("--input-range applies to .npy/.npz arrays; images are decoded as 8-bit pixels: drop it")
-        return FolderSource(p, size, class_names, use_labels)
+        if use_labels:
+            files = image_files(p)
+            if not all(f.parent.parent == p for f in files):
+                check_flat(p, files)
+        return p
     if p.suffix.lower() in (".npy", ".npz"):
-        return ArraySource(p, size, class_names, rng, use_labels)
+        if not p.exists():
+            raise UserError(f"data file not found: {p}")
+        return p
     if not p.exists():
         raise UserError(f"data not found: {p}")
     raise UserError(f"{p} is neither a folder of images nor an .npy/.npz file")

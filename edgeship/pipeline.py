@@ -226,6 +226,28 @@ def load_config(path: str | Path | None) -> RunConfig:
     )
 
 
+def _preflight(config: RunConfig, quantize_formats: list[Any], spec: Any = None) -> None:
+    """Everything of ``config`` that can be checked without running a model (issue 23, item 4), so a mistake fails
+    in seconds, not after the export: the [validate] files (:func:`edgeship.validate.pipeline.preflight`), the
+    quantise plan and the calibration set; with the model's ``spec``, the data sets against its labels and size."""
+    from edgeship.data import check_data
+    from edgeship.quantize.calibration import DEMO_CALIBRATION, open_calibration
+    from edgeship.validate.pipeline import preflight
+
+    preflight(config.validate, spec)
+    if not quantize_formats:
+        return
+    from edgeship.quantize import check_plan
+
+    table = config.quantize
+    check_plan(QuantizeOptions.parse(**{k: getattr(table, k) for k in QuantizeOptions.model_fields}).effective(),
+               quantize_formats)
+    if spec is None:
+        check_data(table.calibration, DEMO_CALIBRATION, _range(table.input_range), use_labels=False)
+    else:
+        open_calibration(table.calibration, spec, table.num_samples, _range(table.input_range))
+
+
 def _settle_on(config: RunConfig) -> Callable[[Any], Any] | None:
     """The user's own validation images (else calibration images), on which an assumed preprocessing is settled before export
     (:func:`edgeship.models.prepare.settle_preprocessing`); None without them (the demo's digits say nothing of
@@ -261,9 +283,12 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
 
     start = time.perf_counter()
     model_options = config.model_options()
-    model_options.check_units("[model] mean/std")  # the declared units, before any work
+    model_options.check("[model] mean/std")  # the declared units and the label file, before any work
+    quantize_formats = list(config.export.formats if config.quantize.formats is None else config.quantize.formats)
+    _preflight(config, quantize_formats)  # files, layouts and option combinations before the model loads
     ensure_output_dir(config.out / "report", option="--out")  # before the long work: exit 3 now, not at the end
     loaded = prepare_model(model_options, what="[model] mean/std/bgr", echo=echo, settle_on=_settle_on(config))
+    _preflight(config, quantize_formats, loaded.spec)  # and against the model's labels and size, before export
     spec = loaded.spec
     echo(f"edgeship run: {spec.name} ({loaded.source_path}; {spec.input_shape[0]}x{spec.input_shape[1]}, "
          f"{spec.num_classes} classes) -> {config.out}")
@@ -273,7 +298,6 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
     t0 = time.perf_counter()
     result = export_with(config.export, loaded=loaded, out=config.out)
     echo(f"exported {len(result.paths)} artifacts in {time.perf_counter() - t0:.1f} s")
-    quantize_formats = list(config.export.formats if config.quantize.formats is None else config.quantize.formats)
     if quantize_formats:
         from edgeship.quantize import QuantizeOptions, quantize_with
 

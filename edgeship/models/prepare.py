@@ -40,12 +40,17 @@ class ModelOptions:
     output_kind: str | None = None
     bake_preprocessing: bool = False
 
-    def check_units(self, what: str = "--mean/--std") -> None:
-        """The declared mean/std's units, before any work (UserError, one line; nothing when forced)."""
+    def check(self, what: str = "--mean/--std") -> None:
+        """What can be checked before the model loads (UserError, one line): the declared mean/std's units (unless
+        forced; ``what`` names them) and the label file (found, UTF-8, one label per line)."""
         if not self.force_preprocessing:
             from edgeship.models.spec import check_declared_units
 
             check_declared_units(self.mean, self.std, what)
+        if self.labels is not None:
+            from edgeship.models.spec import read_labels
+
+            read_labels(self.labels)
 
 
 #: Images the preprocessing inference needs before it judges (the contract check's ``min_samples``), and the most
@@ -100,7 +105,7 @@ def prepare_model(options: ModelOptions, *, what: str = "--mean/--std/--bgr",
     an assumed preprocessing the images do not settle."""
     from edgeship.models.loading import declare_preprocessing, load_model
 
-    options.check_units(what.replace("/--bgr", "").replace("/bgr", ""))
+    options.check(what.replace("/--bgr", "").replace("/bgr", ""))
     notes: list[str] = []
     loaded = load_model(options.model, trust_model=options.trust_model, labels=options.labels, echo=notes.append)
     declare_preprocessing(loaded, mean=options.mean, std=options.std, bgr=options.bgr, what=what,

@@ -178,8 +178,18 @@ def quantize_with(options: QuantizeOptions, formats: Sequence[Format | str], out
 
 def _plan_run(opts: QuantizeOptions, formats: Sequence[Format | str], out: str | Path) -> tuple[Any, Path, Any]:
     """What to make, the output directory and the fallback's size budget; the checks before the slow work."""
-    from edgeship.errors import UserError
     from edgeship.fileio import ensure_output_dir
+
+    todo, budget = check_plan(opts, formats)
+    return todo, ensure_output_dir(Path(out)), budget
+
+
+def check_plan(opts: QuantizeOptions, formats: Sequence[Format | str]) -> tuple[list[Any], Any]:
+    """``(the (format, precision) jobs, the float fallback's size budget)`` of quantising ``formats`` as ``opts``
+    say, with nothing made: the option combinations a caller with slow work ahead checks first (``edgeship run``
+    before its export; issue 23, item 4). Raises :class:`edgeship.errors.UserError` (a precision no format here
+    has, a budget without a fallback, an unknown format)."""
+    from edgeship.errors import UserError
     from edgeship.quantize.techniques.fallback import parse_max_size
 
     budget = parse_max_size(opts.max_size)
@@ -188,8 +198,7 @@ def _plan_run(opts: QuantizeOptions, formats: Sequence[Format | str], out: str |
                         f"number of layers)")
     fmts = [Format.parse(f, "format") if isinstance(f, str) and not isinstance(f, Format) else Format(f)
             for f in formats]
-    todo = plan(fmts, opts.precisions)
-    return todo, ensure_output_dir(Path(out)), budget
+    return plan(fmts, opts.precisions), budget
 
 
 def _calibration(opts: QuantizeOptions, spec: Any, warn: Callable[[str], None]) -> Any:

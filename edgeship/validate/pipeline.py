@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from edgeship import __version__
 from edgeship.errors import UserError
@@ -108,13 +108,12 @@ def validate_with(artifacts: Sequence[str | Path], options: ValidateOptions, *,
                   policy: Policy | None = None, executor: Executor | None = None) -> Report:
     """The stage's core (:func:`validate` is its keyword adapter). ``policy`` and ``executor``: already loaded ones,
     used instead of ``options.policy`` and ``options.executor``."""
-    from edgeship.data import open_data
+    from edgeship.data import check_data
 
     o = options
     if executor is None:
         executor = get_executor(o.executor, address=o.address, workers=o.workers)
-    if o.expect_accuracy is not None and not 0 < o.expect_accuracy <= 1:
-        raise UserError(f"--expect-accuracy is a fraction in (0, 1] (0.9 for 90 %), got {o.expect_accuracy}")
+    _check_expect_accuracy(o)
     policy = policy if policy is not None else load_policy(o.policy)
     entries = resolve_artifacts(artifacts)
     device_figures = _device_figures(entries, o.logs, o.device)
@@ -125,14 +124,10 @@ def validate_with(artifacts: Sequence[str | Path], options: ValidateOptions, *,
         baseline_report = load_baseline(o.baseline)
     if report_dir is not None:  # before the long work: a report that cannot be written fails now, not at the end
         check_writable_dir(Path(report_dir), option="--report")
+    check_data(o.data, DEMO_HELDOUT, o.input_range)  # the path and layout before the reference loads
     ref_model = _settled_reference(reference, entries, trust_model, output_kind)
     spec = ref_model.spec
-    source = open_data(o.data, spec.input_shape[:2], spec.labels, default=DEMO_HELDOUT, input_range=o.input_range)
-    if source.count == 0:
-        raise UserError(f"no samples in {source.source}")
-    if o.expect_accuracy is not None and not source.labeled:
-        raise UserError(f"--expect-accuracy needs labelled data (class folders or an .npz with labels); "
-                        f"{source.source} has none")
+    source = open_validation_data(o, spec)
     integrity, refused = _integrity(entries, o.allow_modified)
     inference = infer_contract(ref_model, source)  # the declared preprocessing against the common conventions
     job = _job(o, entries, ref_model, trust_model, source, policy, refused, executor)
@@ -317,6 +312,51 @@ def _report(results: dict[int, ArtifactResult], entries: list[ArtifactEntry], o:
     if merged.failed_samples:
         report.data["failed_samples"] = [{"source": src, "reason": why} for src, why in merged.failed_samples]
     return report
+
+
+def _check_expect_accuracy(o: ValidateOptions) -> None:
+    if o.expect_accuracy is not None and not 0 < o.expect_accuracy <= 1:
+        raise UserError(f"--expect-accuracy is a fraction in (0, 1] (0.9 for 90 %), got {o.expect_accuracy}")
+
+
+def open_validation_data(o: ValidateOptions, spec: Any) -> DataSource:
+    """The validation set ``o.data`` (default: the demo's held-out images) at ``spec``'s input size: a folder's files
+    listed and its layout checked, an array's header read; nothing decoded. Raises :class:`UserError` for a missing
+    path, a mixed layout, class folders unknown to the labels, no samples, or ``--expect-accuracy`` without labels."""
+    from edgeship.data import open_data
+
+    source = open_data(o.data, spec.input_shape[:2], spec.labels, default=DEMO_HELDOUT, input_range=o.input_range)
+    if source.count == 0:
+        raise UserError(f"no samples in {source.source}")
+    if o.expect_accuracy is not None and not source.labeled:
+        raise UserError(f"--expect-accuracy needs labelled data (class folders or an .npz with labels); "
+                        f"{source.source} has none")
+    return source
+
+
+def preflight(o: ValidateOptions, spec: Any = None) -> None:
+    """Everything of ``o`` that can be checked without running a model, for a caller with slow work before
+    validating (``edgeship run`` exports and quantises first; issue 23, item 4): the policy file, ``--latency-from``
+    logs, the baseline report, ``--expect-accuracy``, the data set's path and layout, and with the model's ``spec``
+    the data set against its labels and input size (:func:`open_validation_data`). Raises the :class:`UserError` :func:`validate_with` would raise later."""
+    _check_expect_accuracy(o)
+    load_policy(o.policy)
+    if o.logs:
+        from edgeship.validate.device_latency import read_benchmark_logs
+
+        read_benchmark_logs(o.logs, o.device)
+    elif o.device:
+        _device_figures([], o.logs, o.device)  # --device without logs
+    if o.baseline is not None:
+        from edgeship.validate.baseline import load_baseline
+
+        load_baseline(o.baseline)
+    if spec is None:
+        from edgeship.data import check_data
+
+        check_data(o.data, DEMO_HELDOUT, o.input_range)
+    else:
+        open_validation_data(o, spec)
 
 
 def _device_figures(entries: list[ArtifactEntry], logs: Sequence[str | Path],
