@@ -136,6 +136,8 @@ def _figures(report) -> dict:
     for a in d["artifacts"]:
         a.pop("latency_ms")
         a.pop("peak_rss_bytes")
+    if (d.get("contract") or {}).get("inference"):
+        d["contract"]["inference"].pop("seconds")  # how long the preprocessing inference took
     d["thumbnails"] = [[f.thumbnail_png for f in a.flips] for a in report.artifacts]
     return d
 
