@@ -32,18 +32,43 @@ def demo_heldout():
     return full.images[keep], full.labels[keep], labels
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A directory that ``build(directory)`` fills, made once per test run: with pytest-xdist's workers the first to
+    need it builds it under a file lock and the others reuse it (conversions are deterministic:
+    tests/export/test_reproducible.py). Read-only for the tests that share it."""
+    import shutil
+
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the run's base directory, above each worker's own
+        root = root.parent
+    out = root / f"shared-{name}"
+    with FileLock(f"{out}.lock"):
+        if not (root / f"shared-{name}.complete").exists():
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir(parents=True)
+            build(out)
+            (root / f"shared-{name}.complete").touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def demo_float_exports(tmp_path_factory):
-    """The demo exported once for the session to every float file edgeship makes (TFLite fp32 and fp16, ONNX fp32,
+    """The demo exported once for the test run to every float file edgeship makes (TFLite fp32 and fp16, ONNX fp32,
     Core ML fp32 and fp16; 5 conversions): (loaded demo, ExportResult). Read-only: tests take the files they need
     through ``demo_export`` (a directory of their own), not from here."""
-    from edgeship.export import export
+    from edgeship.export import ExportResult, export
+    from edgeship.manifest import MANIFEST_NAME, Manifest
     from edgeship.models.loading import load_model
     from edgeship.types import Format
 
     loaded = load_model()
-    out = tmp_path_factory.mktemp("demo_float")
-    return loaded, export(loaded=loaded, out=out, formats=list(Format), precisions=["fp32", "fp16"], progress=False)
+    out = built_once(tmp_path_factory, "demo_float", lambda d: export(
+        loaded=loaded, out=d, formats=list(Format), precisions=["fp32", "fp16"], progress=False))
+    manifest = Manifest.load(out)
+    return loaded, ExportResult(out, out / MANIFEST_NAME, manifest, [out / a.path for a in manifest.artifacts])
 
 
 @pytest.fixture(scope="session")
@@ -109,19 +134,21 @@ def demo_onnx_nchw(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_release(tmp_path_factory, demo_export):
-    """One exported + quantised demo release for the session: (directory with manifest.json, fp32 and int8 TFLite;
+    """One exported + quantised demo release for the test run: (directory with manifest.json, fp32 and int8 TFLite;
     an .npy of 8 held-out images). Read-only: copy it before changing anything."""
     from PIL import Image
 
     from edgeship.models.loading import load_model
     from edgeship.quantize import quantize
 
-    root = tmp_path_factory.mktemp("demo_release")
-    loaded = load_model()
-    demo_export(formats=["tflite"], out=root / "out")
-    quantize(loaded=loaded, out=root / "out", formats=["tflite"], num_samples=16, bias_correction=False, ptq="fast")
-    files = sorted(HELDOUT.rglob("*.png"))[::45][:8]
-    np.save(root / "data.npy", np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]))
+    def build(root: Path) -> None:
+        demo_export(formats=["tflite"], out=root / "out")
+        quantize(loaded=load_model(), out=root / "out", formats=["tflite"], num_samples=16, bias_correction=False,
+                 ptq="fast")
+        files = sorted(HELDOUT.rglob("*.png"))[::45][:8]
+        np.save(root / "data.npy", np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]))
+
+    root = built_once(tmp_path_factory, "demo_release", build)
     return root / "out", root / "data.npy"
 
 
@@ -159,7 +186,9 @@ def ray_cluster():
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+        # a small object store: two test workers may each run a cluster (pytest-xdist)
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
+                 object_store_memory=512 * 1024 * 1024)
     yield ray
     if started:
         ray.shutdown()
