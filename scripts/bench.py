@@ -107,7 +107,9 @@ def main() -> int:
         for n in P["sweep"] if fixed else P["sweep_calibrated"]:
             out = work / f"sweep_{'fixed' if fixed else 'cal'}_{n}"
             fmts = ["tflite", "onnx"] + ([] if quick else ["coreml"]) if (fixed and n == top) else ["tflite"]
-            quantize(loaded=demo, formats=fmts, out=out, num_samples=n, relu6_fixed=fixed, progress=False)
+            # --quick: the fast preset (the sweep's figures come from the full run; the demo run above is thorough)
+            quantize(loaded=demo, formats=fmts, out=out, num_samples=n, relu6_fixed=fixed, progress=False,
+                     ptq="fast" if quick else "thorough")
             rep = validate([out], reference=demo, iterations=1, warmup=0, progress=False, kernel_path_samples=0)
             for a in rep.artifacts:
                 m = a.metrics
