@@ -61,7 +61,9 @@ def find_baseline(path: str | Path) -> Path:
 
 
 def load_baseline(path: str | Path) -> tuple[Path, dict[str, Any]]:
-    """The baseline report as a dict (report.json as written; any schema version with ``artifacts``)."""
+    """``(path, the baseline report as a dict)``: a report.json as written, of this edgeship's schema version
+    (:data:`edgeship.validate.results.SCHEMA_VERSION`). Raises :class:`UserError` (one line) for a file that is not
+    a report, or one of another schema version (its keys may mean something else)."""
     p = find_baseline(path)
     if p.suffix == ".json":
         data = read_structured(p, "baseline report")
@@ -74,6 +76,13 @@ def load_baseline(path: str | Path) -> tuple[Path, dict[str, Any]]:
             raise UserError(f"cannot read baseline report {p}: {e}") from None
     if not isinstance(data, dict) or not isinstance(data.get("artifacts"), list):
         raise UserError(f"--baseline {p}: not an edgeship report.json (no 'artifacts' list)")
+    from edgeship.validate.results import SCHEMA_VERSION
+
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:  # its keys mean something else: comparing them could pass a release wrongly
+        raise UserError(f"--baseline {p}: report.json schema_version {version!r}, this edgeship compares "
+                        f"{SCHEMA_VERSION}: validate the baseline release again with this edgeship "
+                        f"(edgeship {data.get('edgeship_version', '?')} wrote it)")
     return p, data
 
 

@@ -191,6 +191,10 @@ def test_bad_baselines_and_policies_are_one_clear_error(tmp_path):
 
     with pytest.raises(UserError, match="not an edgeship report.json"):
         load_baseline(tmp_path)
+    for version in (None, 1, 3, "2"):  # another schema's keys may mean something else: refused, not compared
+        (tmp_path / "report" / "report.json").write_text(json.dumps({"schema_version": version, "artifacts": []}))
+        with pytest.raises(UserError, match=f"schema_version {version!r}, this edgeship compares 2"):
+            load_baseline(tmp_path)
     p = tmp_path / "p.toml"
     for text, needle in [("[baseline]\nsize_grow = 0.1\n", "unknown keys"), ("[baseline]\nsize_growth = -1\n", "greater than or equal to 0"),
                          ("[baseline]\nfail_on_missing = 1\n", "fail_on_missing: input should be a valid boolean"),
