@@ -181,15 +181,21 @@ def _manifest(entries: list[ArtifactEntry]) -> Manifest | None:
 
 def _integrity(entries: list[ArtifactEntry], allow_modified: bool) -> tuple[dict[int, str], dict[int, str]]:
     """A file recorded in a manifest must be the file recorded, else it fails unopened (or, with
-    ``allow_modified``, is validated as it is and says so): ({index: integrity}, {index: why refused})."""
+    ``allow_modified``, is validated as it is and says so); any file whose runtime would read a part from outside it
+    (:func:`edgeship.validate.artifacts.foreign_parts`) fails unopened: ({index: integrity}, {index: why refused})."""
     integrity: dict[int, str] = {}
     refused: dict[int, str] = {}
+    from edgeship.validate.artifacts import foreign_parts
+
     for i, entry in enumerate(entries):
         if entry.record is not None and entry.manifest_dir is not None:
             modified = entry.record.check_file(entry.manifest_dir)
             integrity[i] = "verified" if modified is None else f"modified: {modified}"
             if modified is not None and not allow_modified:
                 refused[i] = modified
+        foreign = foreign_parts(entry.path, entry.format)  # a part its runtime would read from outside it
+        if foreign is not None:
+            refused[i] = foreign
     return integrity, refused
 
 
