@@ -1,5 +1,5 @@
-"""Export never writes a broken model (issue 29, item 4): the TFLite conversion's fallback freezes the variables
-and gives the primary path's model; every float file is checked before it is recorded; a full or read-only TMPDIR
+"""Export never writes a broken model (issue 29, item 4): the TFLite conversion's primary path freezes the
+variables and gives the from_keras_model fallback's model; every float file is checked before it is recorded; a full or read-only TMPDIR
 during conversion is exit 3 with one line, never a fallback."""
 
 from __future__ import annotations
@@ -37,13 +37,15 @@ def _outputs(flatbuffer: bytes, x: np.ndarray) -> np.ndarray:
     return np.stack(rows)
 
 
-def _forbid_savedmodel_path(monkeypatch, exc: BaseException) -> None:
+def _fail_path(monkeypatch, exc: BaseException, path: str = "from_concrete_functions") -> None:
+    """Make one conversion path raise ``exc``: the primary (the frozen concrete function) by default, or the
+    fallback ``from_keras_model`` (the SavedModel round trip)."""
     from edgeship._tf import tf
 
     def fail(*args, **kwargs):
         raise exc
 
-    monkeypatch.setattr(tf().lite.TFLiteConverter, "from_keras_model", fail)
+    monkeypatch.setattr(tf().lite.TFLiteConverter, path, fail)
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +55,16 @@ def demo():
     return load_model()
 
 
-def test_forced_fallback_is_frozen_and_the_same_model(demo, demo_heldout, monkeypatch):
+def test_primary_is_frozen_and_the_fallback_gives_the_same_model(demo, demo_heldout, monkeypatch):
     from edgeship.export.tflite import convert
 
-    primary = convert(demo, Precision.FP32)
     with monkeypatch.context() as m:
-        _forbid_savedmodel_path(m, ValueError("forced: the SavedModel path fails on this model"))
+        _fail_path(m, AssertionError("the fallback ran"), "from_keras_model")
+        primary = convert(demo, Precision.FP32)
+    with monkeypatch.context() as m:
+        _fail_path(m, ValueError("forced: the concrete-function path fails on this model"))
         fallback = convert(demo, Precision.FP32)
-    assert not _ops(fallback) & VARIABLE_OPS, _ops(fallback)
+    assert not _ops(primary) & VARIABLE_OPS, _ops(primary)
     images, _, _ = demo_heldout
     x = demo.spec.preprocessing.apply(images)
     want, got = _outputs(primary, x), _outputs(fallback, x)
@@ -75,12 +79,12 @@ def test_environment_failure_in_conversion_is_exit_3_one_line_and_no_fallback(tm
 
     from edgeship._tf import tf
 
-    _forbid_savedmodel_path(monkeypatch, OSError(err, os.strerror(err), "/tmp/tmpabc/saved_model.pb"))
+    _fail_path(monkeypatch, OSError(err, os.strerror(err), "/tmp/tmpabc/model.mlir"))
 
     def no_fallback(*args, **kwargs):
         raise AssertionError("the fallback ran after an environment failure")
 
-    monkeypatch.setattr(tf().lite.TFLiteConverter, "from_concrete_functions", no_fallback)
+    monkeypatch.setattr(tf().lite.TFLiteConverter, "from_keras_model", no_fallback)
     out = tmp_path / "out"
     assert main(["export", "--formats", "tflite", "--out", str(out)]) == 3
     err_text = capsys.readouterr().err.strip().splitlines()
@@ -89,8 +93,9 @@ def test_environment_failure_in_conversion_is_exit_3_one_line_and_no_fallback(tm
 
 
 def test_converter_wrapped_no_space_message_is_exit_3(tmp_path, monkeypatch, capsys):
-    # The converter wraps the OSError in its own exception: the text is what is left of it.
-    _forbid_savedmodel_path(monkeypatch, RuntimeError("ConverterError: write failed: No space left on device"))
+    # The converter wraps the OSError in its own exception: the text is what is left of it (on both paths).
+    for path in ("from_concrete_functions", "from_keras_model"):
+        _fail_path(monkeypatch, RuntimeError("ConverterError: write failed: No space left on device"), path)
     assert main(["export", "--formats", "tflite", "--out", str(tmp_path / "out")]) == 3
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
