@@ -504,7 +504,7 @@ def open_data(path: str | Path | None, size: tuple[int, int], class_names: Seque
     ``input_range``: how an array's values map to pixels (module docstring); arrays only. ``use_labels=False``
     (calibration) ignores folder names and stored labels alike."""
     rng = parse_input_range(input_range)
-    p = check_data(path, default, rng)
+    p = check_data(path, default, rng, use_labels)
     if p.is_dir():
         return FolderSource(p, size, class_names, use_labels)
     return ArraySource(p, size, class_names, rng, use_labels)

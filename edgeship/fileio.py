@@ -222,7 +222,8 @@ def check_writable_dir(path: Path, option: str = "--report") -> Path:
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise EnvironmentProblem(f"{option} {path}: {parent} is a file, not a directory: choose another {option}")
+        raise EnvironmentProblem(f"cannot write to {option} directory {path}: {parent} is a file, not a directory; "
+                                 f"choose another {option}")
     try:  # a probe directory, removed at once (os.access says yes to root where the filesystem says no)
         os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".edgeship-write-check-"))
     except OSError as e:
