@@ -1,20 +1,22 @@
 """``edgeship models``: parameters and multiply-adds of the registry's variants or of a user's model.
 
-Counting needs the built model, and building all 86 variants takes a while, so the totals of registry variants
-are cached per Keras version in the user's cache directory (``$XDG_CACHE_HOME/edgeship``). The cache only saves
-time: the counts are computed from the built models the first time, and ``--layers`` always builds.
+Counting needs the built model, and building all 86 variants takes about a minute, so the totals of registry
+variants ship as a table, ``variant_counts.json`` beside this module, written by ``scripts/variant_counts.py`` from
+the built models with the same counting code (tests/models/test_catalog.py checks it covers every variant and
+re-counts one of each family). A variant missing from the table, ``--layers`` and a user's model are built and
+counted.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from edgeship.models.registry import VARIANTS, Variant
 
-_CACHE_VERSION = 1
+TABLE_PATH = Path(__file__).with_name("variant_counts.json")
+_TOTALS = ("params", "trainable_params", "macs")
 
 
 def describe_models(names: Sequence[str], *, trust_model: bool = False, layers: bool = False,
@@ -22,18 +24,30 @@ def describe_models(names: Sequence[str], *, trust_model: bool = False, layers: 
     from edgeship.progress import progress as progress_bar
 
     targets: list[str] = list(names) or list(VARIANTS)
-    cache = _Cache()
+    table = _table()
     rows = []
     for target in progress_bar(targets, desc="counting", unit="model", enabled=progress, comparable=False):
         variant = VARIANTS.get(target)
-        if variant is not None and not layers and (hit := cache.get(variant.name)) is not None:
+        if variant is not None and not layers and (hit := table.get(variant.name)) is not None:
             rows.append(_variant_row(variant) | hit)
             continue
         rows.append(_count_row(target, variant, trust_model=trust_model, layers=layers))
-        if variant is not None:
-            cache.put(variant.name, {k: rows[-1][k] for k in ("params", "trainable_params", "macs")})
-    cache.save()
     return rows
+
+
+def count_variant(variant: Variant) -> dict[str, int]:
+    """The totals of a registry variant as the table holds them: {"params", "trainable_params", "macs"} (ints;
+    multiply-adds of one image at the variant's resolution), from the built model."""
+    row = _count_row(variant.name, variant, trust_model=False, layers=False)
+    return {k: int(row[k]) for k in _TOTALS}
+
+
+def _table() -> dict[str, dict[str, int]]:
+    try:
+        data = json.loads(TABLE_PATH.read_text())
+    except (OSError, ValueError):  # pragma: no cover - a broken install: count instead
+        return {}
+    return {name: row for name, row in data.items() if isinstance(row, dict) and set(_TOTALS) <= row.keys()}
 
 
 def _variant_row(v: Variant) -> dict[str, Any]:
@@ -67,38 +81,3 @@ def format_table(rows: list[dict[str, Any]], layers: bool = False) -> str:
                 lines.append(f"    {layer['name']:<44} {layer['kind']:<10} {shape:<16} {layer['params']:>10,} "
                              f"{layer['macs']:>12,}")
     return "\n".join(lines)
-
-
-class _Cache:
-    def __init__(self) -> None:
-        from importlib import metadata
-
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        try:
-            keras_version = metadata.version("keras")
-        except metadata.PackageNotFoundError:  # pragma: no cover
-            keras_version = "unknown"
-        self.path = base / "edgeship" / f"model-counts-v{_CACHE_VERSION}-keras-{keras_version}.json"
-        self.dirty = False
-        try:
-            self.data: dict[str, Any] = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            self.data = {}
-
-    def get(self, name: str) -> dict[str, Any] | None:
-        hit = self.data.get(name)
-        return hit if isinstance(hit, dict) and {"params", "trainable_params", "macs"} <= hit.keys() else None
-
-    def put(self, name: str, value: dict[str, Any]) -> None:
-        self.data[name] = value
-        self.dirty = True
-
-    def save(self) -> None:
-        if not self.dirty:
-            return
-        try:
-            from edgeship.fileio import write_bytes_atomic
-
-            write_bytes_atomic(self.path, json.dumps(self.data, indent=1).encode())
-        except OSError:
-            pass  # a cache we cannot write only costs time
