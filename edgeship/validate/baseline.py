@@ -28,10 +28,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from edgeship.errors import UserError
 from edgeship.fileio import read_structured
+from edgeship.schema import Fraction, NonNegative, NonNegativeInt, check
 from edgeship.validate.policy import Policy
 from edgeship.validate.results import ArtifactResult, BaselineCheck, GateResult, Report, Status
 from edgeship.validate.units import NA, fmt_db, fmt_mb, fmt_ms, fmt_pct, fmt_pp
@@ -83,7 +86,61 @@ def load_baseline(path: str | Path) -> tuple[Path, dict[str, Any]]:
         raise UserError(f"--baseline {p}: report.json schema_version {version!r}, this edgeship compares "
                         f"{SCHEMA_VERSION}: validate the baseline release again with this edgeship "
                         f"(edgeship {data.get('edgeship_version', '?')} wrote it)")
+    check(_BaselineReport, data, f"--baseline {p}")  # every figure compared is a number, or absent
     return p, data
+
+
+class _Figures(BaseModel):
+    """The figures of a baseline report.json the comparison reads, type-checked before any work (issue 29: a NaN,
+    an infinity or a string where a figure belongs ended a run with exit 4 after the work). Other keys are kept
+    unread; a figure is absent, ``null`` or a finite number of its kind (``sqnr_db`` may also be the strings
+    report.json writes for a non-finite value)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+
+
+class _BaselineMetrics(_Figures):
+    accuracy_top1: Fraction | None = None
+    top1_agreement: Fraction | None = None
+    sqnr_db: float | Literal["Infinity", "-Infinity", "NaN"] | None = None
+
+
+class _BaselineLatency(_Figures):
+    p50: NonNegative | None = None
+
+
+class _BaselineDevice(_Figures):
+    device: str | None = None
+    delegate: str | None = None
+    threads: int | None = None
+    p50_ms: NonNegative | None = None
+    mean_ms: NonNegative | None = None
+
+
+class _BaselineArtifact(_Figures):
+    format: str
+    precision: str
+    status: Literal["passed", "failed", "skipped"] | None = None
+    path: str | None = None
+    runtime: str | None = None
+    threads: int | None = None
+    metrics: _BaselineMetrics | None = None
+    size_bytes: NonNegativeInt | None = None
+    latency_ms: _BaselineLatency | None = None
+    device_latency: list[_BaselineDevice] | None = None
+
+
+class _BaselineData(_Figures):
+    count: NonNegativeInt | None = None
+
+
+class _BaselineReport(_Figures):
+    schema_version: int
+    created: str | None = None
+    artifacts: list[_BaselineArtifact]
+    machine: dict[str, Any] | None = None
+    versions: dict[str, Any] | None = None
+    data: _BaselineData | None = None
 
 
 def latency_context(machine: dict[str, Any], versions: dict[str, Any], artifact: dict[str, Any]) -> dict[str, Any]:

@@ -195,6 +195,30 @@ def test_bad_baselines_and_policies_are_one_clear_error(tmp_path):
         (tmp_path / "report" / "report.json").write_text(json.dumps({"schema_version": version, "artifacts": []}))
         with pytest.raises(UserError, match=f"schema_version {version!r}, this edgeship compares 2"):
             load_baseline(tmp_path)
+    # figures that are not numbers of their kind: refused when loaded (before the work), naming the figure
+    good = {"schema_version": 2, "created": "2026-12-01", "data": {"count": 360}, "machine": {}, "versions": {},
+            "artifacts": [{"format": "tflite", "precision": "int8", "status": "passed", "size_bytes": 1000,
+                           "metrics": {"accuracy_top1": 0.9, "top1_agreement": 0.95, "sqnr_db": "Infinity"},
+                           "latency_ms": {"p50": 1.5}, "device_latency": []}]}
+    report = tmp_path / "report" / "report.json"
+    report.write_text(json.dumps(good))
+    load_baseline(tmp_path)
+    for text, needle in [
+            (json.dumps(good).replace('"accuracy_top1": 0.9', '"accuracy_top1": NaN'), "accuracy_top1"),
+            (json.dumps(good).replace('"p50": 1.5', '"p50": Infinity'), "p50"),
+            (json.dumps(good).replace('"top1_agreement": 0.95', '"top1_agreement": "0.95"'), "top1_agreement"),
+            (json.dumps(good).replace('"top1_agreement": 0.95', '"top1_agreement": 95'), "looks like a percent"),
+            (json.dumps(good).replace('"size_bytes": 1000', '"size_bytes": -1'), "size_bytes"),
+            (json.dumps(good).replace('"size_bytes": 1000', '"size_bytes": 10.5'), "size_bytes"),
+            (json.dumps(good).replace('"count": 360', '"count": "360"'), "count"),
+            (json.dumps(good).replace('"metrics": {', '"metrics": [{').replace('"Infinity"}', '"Infinity"}]'),
+             "metrics"),
+            (json.dumps(good).replace('"machine": {}', '"machine": "x"'), "machine"),
+            (json.dumps(good).replace('"device_latency": []', '"device_latency": [{"p50_ms": NaN}]'), "p50_ms")]:
+        report.write_text(text)
+        with pytest.raises(UserError, match=needle) as e:
+            load_baseline(tmp_path)
+        assert "\n" not in str(e.value) and "--baseline" in str(e.value), e.value
     p = tmp_path / "p.toml"
     for text, needle in [("[baseline]\nsize_grow = 0.1\n", "unknown keys"), ("[baseline]\nsize_growth = -1\n", "greater than or equal to 0"),
                          ("[baseline]\nfail_on_missing = 1\n", "fail_on_missing: input should be a valid boolean"),
