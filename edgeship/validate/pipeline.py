@@ -403,12 +403,17 @@ def _quiet(_: str) -> None:
 
 
 def _layer_sqnr(path: Path) -> dict[str, float] | None:
-    """The quantise stage's per-layer SQNR report, if it left one beside the artifact."""
+    """The quantise stage's per-layer SQNR report, if it left one beside the artifact: ``{layer: dB}``. It only
+    feeds a plot, so a side file that is not a regular file of at most 16 MB (a FIFO would block a plain read), not
+    JSON, or not ``{"sqnr_db": {name: number}}`` is left out, never an error (issue 29: a malformed one ended the
+    run with exit 4)."""
+    from edgeship.fileio import read_regular_bytes
+
     report = path.with_name(path.name + ".layers.json")
     if not report.exists():
         return None
     try:
-        data = json.loads(report.read_text())
-        return {str(k): float(v) for k, v in data.get("sqnr_db", {}).items()}
-    except (OSError, ValueError, AttributeError):
+        data = json.loads(read_regular_bytes(report, "per-layer report", 16 * 2**20))
+        return {str(k): float(v) for k, v in data["sqnr_db"].items()}
+    except (OSError, UserError, ValueError, TypeError, AttributeError, KeyError, RecursionError):
         return None

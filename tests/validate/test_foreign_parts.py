@@ -100,3 +100,33 @@ def test_the_hostile_file_fails_alone(demo_release, release, tmp_path):
     assert rows["onnx"].status.value == "failed" and "external file 'weights.bin'" in rows["onnx"].reason
     assert rows["onnx"].metrics.top1_agreement is None  # never run
     assert rows["tflite"].status.value == "passed", rows["tflite"].reason
+
+
+def test_a_malformed_or_special_layers_side_file_is_left_out(tmp_path):
+    """``<artifact>.layers.json`` only feeds a plot: a FIFO (a plain read would block forever), a list, a table of
+    strings, nulls or lists, deep nesting or bad UTF-8 leave the plot out; a good one is read."""
+    import os
+    import signal
+
+    from edgeship.validate.pipeline import _layer_sqnr
+
+    art = tmp_path / "m_int8.tflite"
+    art.write_bytes(b"x")
+    side = tmp_path / "m_int8.tflite.layers.json"
+    side.write_text(json.dumps({"sqnr_db": {"conv1": 31.5, "dense": 12}}))
+    assert _layer_sqnr(art) == {"conv1": 31.5, "dense": 12.0}
+    bad = ["[1, 2]", '{"sqnr_db": [1, 2]}', '{"sqnr_db": {"a": "x"}}', '{"sqnr_db": {"a": null}}',
+           '{"sqnr_db": {"a": [1]}}', '{"other": 1}', "[" * 100_000, "not json"]
+    for text in bad:
+        side.write_text(text)
+        assert _layer_sqnr(art) is None, text
+    side.write_bytes(b'{"sqnr_db": {"\xff": 1}}')
+    assert _layer_sqnr(art) is None
+    side.unlink()
+    os.mkfifo(side)
+    signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(TimeoutError("blocked on the FIFO")))
+    signal.alarm(10)
+    try:
+        assert _layer_sqnr(art) is None
+    finally:
+        signal.alarm(0)
