@@ -48,7 +48,7 @@ import numpy as np
 if TYPE_CHECKING:
     from PIL import Image
 
-from edgeship.errors import UserError
+from edgeship.errors import EnvironmentProblem, UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 #: Largest decoded image, in pixels: Pillow's ``Image.MAX_IMAGE_PIXELS`` default (1024 * 1024 * 1024 // 4 // 3),
@@ -124,6 +124,8 @@ def decode_image(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, list[st
             return np.asarray(rgb, dtype=np.uint8), done
     except UserError:
         raise
+    except PermissionError as e:  # the environment's (exit 3), as for every other file edgeship reads
+        raise EnvironmentProblem(f"cannot read image {path}: {e.strerror}; check its permissions") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:  # SyntaxError: Pillow's broken-file error
         raise UserError(f"cannot decode image {path}: {e}") from None
 

@@ -143,6 +143,38 @@ def test_bad_data_one_line_exit_2_nothing_written(make, extra, needles, artifact
     assert _snapshot(artifacts) == before
 
 
+def test_an_unreadable_image_is_exit_3(artifacts, tmp_path, capsys, monkeypatch):
+    """An image the process may not read is the environment's fault, as for every file edgeship reads: exit 3, one
+    line naming it (issue 29; it was exit 2). Simulated: tests run as root, where chmod does not stop a read."""
+    from PIL import Image
+
+    data = _images(tmp_path, {"one/a.png": None, "two/b.png": None})
+    real = Image.open
+
+    def denied(fp, *args, **kwargs):
+        if str(fp).endswith("b.png"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(fp))
+        return real(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", denied)
+    report = tmp_path / "report"
+    code = main(["validate", "--artifacts", str(artifacts), "--data", str(data), "--report", str(report),
+                 "--iterations", "1", "--kernel-path-samples", "0"])
+    _one_line(code, capsys.readouterr().err, 3, "cannot read image", "b.png", "check its permissions")
+    assert not report.exists()
+
+
+def test_ray_not_installed_is_exit_3(artifacts, tmp_path, capsys, monkeypatch):
+    """--executor ray without Ray installed is a missing library, the environment's (exit 3, as the README's table
+    says), named with the command that installs it, before any work."""
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    data = _images(tmp_path, {"one/a.png": None})
+    code = main(["validate", "--artifacts", str(artifacts), "--data", str(data), "--report", str(tmp_path / "r"),
+                 "--executor", "ray"])
+    _one_line(code, capsys.readouterr().err, 3, "needs Ray, which is not installed", "edgeship[ray]")
+    assert not (tmp_path / "r").exists()
+
+
 def test_bad_calibration_array_is_refused_before_anything_is_written(tmp_path, capsys):
     """The same policy in the quantise stage: a uint16 calibration set is refused, not clipped to white."""
     data = _npy(tmp_path, _U8.astype(np.uint16) * 257)

@@ -29,7 +29,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from edgeship.errors import UserError
+from edgeship.errors import EnvironmentProblem, UserError
 from edgeship.validate.shard import Executor, Job, Outcome, Partial, Session, Timing, merge_partials
 
 if TYPE_CHECKING:
@@ -57,8 +57,8 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise UserError("--executor ray needs Ray: pip install 'edgeship[ray]' (or use the default local executor)") \
-            from None
+        raise EnvironmentProblem("--executor ray needs Ray, which is not installed: pip install 'edgeship[ray]' (or "
+                                 "use the default local executor)") from None
     return ray
 
 
