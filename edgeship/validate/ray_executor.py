@@ -35,6 +35,8 @@ from edgeship.validate.shard import Executor, Job, Outcome, Partial, Session, Ti
 if TYPE_CHECKING:
     from edgeship.models.loading import LoadedModel
 
+#: Tests' fault injection: a shard task whose worker finds this variable kills its own process, once (the marker
+#: file it names does not exist yet, and is then made) or on every try (the value ``always``).
 FAULT_ENV = "EDGESHIP_FAULT_EXIT_ONCE"
 SHARDS_PER_WORKER = 4
 MIN_SHARD_BATCHES = 4  # a shard holds at least this many batches: fewer tasks, less driver overhead
@@ -105,6 +107,8 @@ def _node() -> dict[str, Any]:
 def _shard_task(job: Job, token: str, start: int, stop: int) -> tuple[Partial, float]:
     """Runs in a Ray worker: the shard's partial statistics and the seconds it took in the worker."""
     marker = os.environ.get(FAULT_ENV)
+    if marker == "always":
+        os._exit(1)
     if marker and not os.path.exists(marker):
         open(marker, "w").close()
         os._exit(1)  # the worker dies mid-task: Ray re-runs the task (max_retries)
@@ -147,7 +151,10 @@ class RayExecutor(Executor):
         self.max_retries, self.runtime_env = max_retries, runtime_env
 
     def _connect(self, ray: Any, threads: int) -> bool:
-        """Join or start Ray; True when this run started it (and so shuts it down)."""
+        """Join or start Ray; True when this run started it (and so shuts it down). An ``address`` nothing answers
+        on is refused first, even when Ray is already initialised in this process."""
+        if self.address:
+            probe_address(self.address)
         if ray.is_initialized():
             return False
         import logging
@@ -162,8 +169,8 @@ class RayExecutor(Executor):
                 cpus = None if self.workers is None else self.workers * threads
                 ray.init(num_cpus=cpus, include_dashboard=False, **kwargs)
         except ConnectionError as e:
-            raise UserError(f"cannot reach the Ray cluster at {self.address}: {e}; start one with 'ray start --head' "
-                            "or leave --address out for a local one") from None
+            raise EnvironmentProblem(f"cannot reach the Ray cluster at {self.address}: {e}; start one with "
+                                     "'ray start --head' or leave --address out for a local one") from None
         return True
 
     def run(self, job: Job, reference: LoadedModel | None, progress: bool = True) -> Outcome:
@@ -232,8 +239,28 @@ class RayExecutor(Executor):
         return Outcome(whole, timings, machine, info)
 
 
+def probe_address(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse a ``HOST:PORT`` (or ``ray://HOST:PORT``) nothing answers on within ``timeout_s`` seconds, before
+    ``ray.init``, which retries an unreachable cluster for minutes while printing its own log lines (issue 29:
+    300-400 s). Raises :class:`EnvironmentProblem` (exit 3). ``auto`` and other forms are left to Ray."""
+    import re
+    import socket
+
+    m = re.fullmatch(r"(?:ray://)?(\[[^\]]+\]|[^:/\s]+):(\d{1,5})", address.strip())
+    if not m:
+        return
+    host, port = m.group(1).strip("[]"), int(m.group(2))
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        why = "no answer in {:g} s".format(timeout_s) if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise EnvironmentProblem(f"cannot reach the Ray cluster at {address}: {why}; start one there with "
+                                 "'ray start --head', or leave --address out for a local one") from None
+
+
 def _get(ray: Any, ref: Any) -> Any:
-    """``ray.get``, with edgeship's own errors (bad input) re-raised as themselves."""
+    """``ray.get``, with edgeship's own errors (bad input) re-raised as themselves, and a task whose worker kept
+    dying (after ``max_retries`` re-runs: crashes, OOM kills, lost nodes) as the environment's problem (exit 3)."""
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as e:
@@ -241,3 +268,8 @@ def _get(ray: Any, ref: Any) -> Any:
         if isinstance(cause, UserError):
             raise cause from None
         raise
+    except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError,
+            ray.exceptions.ObjectLostError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise EnvironmentProblem(f"a Ray worker died on every try ({type(e).__name__}: {first[:200]}); check the "
+                                 "cluster's memory and its logs (ray logs), or use the local executor") from None

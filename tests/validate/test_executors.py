@@ -182,6 +182,42 @@ def test_a_killed_worker_is_retried(ray_cluster, int8_files, local_report, tmp_p
     assert _figures(report) == _figures(local_report)
 
 
+def test_a_worker_that_dies_on_every_try_is_exit_3(ray_cluster, int8_files, tmp_path):
+    """Every try of a shard kills its worker: after max_retries Ray gives up, and that is the environment's problem
+    (exit 3, one line naming it), not a bug (it was exit 4)."""
+    from edgeship.errors import EnvironmentProblem
+    from edgeship.validate.pipeline import validate
+    from edgeship.validate.ray_executor import FAULT_ENV, RayExecutor
+
+    executor = RayExecutor(workers=1, max_retries=1, runtime_env={"env_vars": {FAULT_ENV: "always"}})
+    with pytest.raises(EnvironmentProblem, match="a Ray worker died on every try") as e:
+        validate(list(int8_files), iterations=1, progress=False, kernel_path_samples=0, executor=executor)
+    assert e.value.exit_code == 3 and "\n" not in str(e.value)
+
+
+def test_an_unreachable_address_is_exit_3_within_seconds(tmp_path, capsys, int8_files):
+    """--address where no cluster answers: one line, exit 3, in seconds (Ray itself retried for minutes, printing
+    its log lines), nothing written."""
+    import socket
+    import time
+
+    from edgeship.cli import main
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t = time.perf_counter()
+    code = main(["validate", "--artifacts", *map(str, int8_files), "--executor", "ray", "--address", f"127.0.0.1:{port}",
+                 "--report", str(tmp_path / "r"), "--iterations", "1"])
+    took = time.perf_counter() - t
+    err = capsys.readouterr().err
+    assert code == 3, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"cannot reach the Ray cluster at 127.0.0.1:{port}" in lines[0], err
+    assert took < 60, took
+    assert not (tmp_path / "r").exists()
+
+
 def test_ctrl_c_cancels_the_shards_and_writes_nothing(ray_cluster, int8_files, tmp_path):
     """An interrupt (SIGINT's KeyboardInterrupt, raised here by a timer) while shards run: it propagates, the
     tasks in flight are cancelled (the cluster's CPUs come back), and no report file is left."""
