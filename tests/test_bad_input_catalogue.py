@@ -232,6 +232,34 @@ def test_a_tampered_artifact_fails_with_the_reason(capsys, release, tmp_path, ta
     assert report["allow_modified"] is False and _snapshot(directory) == before
 
 
+@pytest.mark.parametrize("swap", ["fp32-over-int8", "removed"])
+def test_a_file_swapped_during_the_run_fails(capsys, release, tmp_path, monkeypatch, swap):
+    """The int8 file is the recorded one when hashed, then replaced (by the better fp32 file) or removed while the
+    runtimes run: it was judged on bytes the manifest does not record, so it fails, naming the change, instead of
+    passing as "verified" (issue 29, item 1). The untouched fp32 file still passes."""
+    from edgeship.validate.executors import LocalExecutor
+
+    directory, data = _copy(release, tmp_path)
+    real_run = LocalExecutor.run
+
+    def run_then_swap(self, job, reference, progress=True):
+        outcome = real_run(self, job, reference, progress)  # the files were hashed before this, then judged here
+        if swap == "removed":
+            (directory / "edgeship_demo_int8.tflite").unlink()
+        else:
+            _fp32_over_int8(directory)
+        return outcome
+
+    monkeypatch.setattr(LocalExecutor, "run", run_then_swap)
+    code, out, err = _validate(capsys, directory, data, "--report", str(tmp_path / "report"))
+    assert code == 1 and "Traceback" not in err, err
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    rows = {a["precision"]: a for a in report["artifacts"]}
+    assert rows["int8"]["status"] == "failed" and "changed while it was validated" in rows["int8"]["reason"]
+    assert rows["int8"]["integrity"].startswith("changed during validation")
+    assert (rows["fp32"]["status"], rows["fp32"]["integrity"]) == ("passed", "verified")
+
+
 def test_an_untouched_release_is_verified_and_passes(capsys, release, tmp_path):
     """The control: files as export and quantise recorded them pass the integrity check (exit 0)."""
     directory, data = release

@@ -132,6 +132,7 @@ def validate_with(artifacts: Sequence[str | Path], options: ValidateOptions, *,
     inference = infer_contract(ref_model, source)  # the declared preprocessing against the common conventions
     job = _job(o, entries, ref_model, trust_model, source, policy, refused, executor)
     outcome = executor.run(job, ref_model, progress=progress)
+    _verify_again(entries, integrity, outcome)
     results, ran = _results(entries, outcome, o.threads, integrity)
     for i, figures in device_figures.items():
         results[i].device_latency = figures
@@ -197,6 +198,27 @@ def _integrity(entries: list[ArtifactEntry], allow_modified: bool) -> tuple[dict
         if foreign is not None:
             refused[i] = foreign
     return integrity, refused
+
+
+def _verify_again(entries: list[ArtifactEntry], integrity: dict[int, str], outcome: Outcome) -> None:
+    """After the run, every file that was "verified" against its manifest is hashed again: one whose bytes changed
+    while it was validated (a swap during the run; on Ray the workers open files seconds later) fails, since what
+    was judged may not be what the manifest records (issue 29, item 1)."""
+    from edgeship.validate.shard import ArtifactPartial
+
+    for i, state in integrity.items():
+        entry = entries[i]
+        if state != "verified" or entry.record is None or entry.manifest_dir is None:
+            continue
+        try:
+            modified = entry.record.check_file(entry.manifest_dir)
+        except (OSError, UserError) as e:  # removed or replaced by something that is not a file
+            modified = f"{entry.record.path} can no longer be read: {e}"
+        if modified is not None:
+            integrity[i] = f"changed during validation: {modified}"
+            outcome.partial.artifacts[i] = ArtifactPartial(
+                status=Status.FAILED, reason=f"changed while it was validated ({modified}): the file judged may not "
+                                             "be the file the manifest records; validate again")
 
 
 def _job(o: ValidateOptions, entries: list[ArtifactEntry], ref_model: LoadedModel, trust_model: bool,
