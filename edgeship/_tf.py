@@ -122,6 +122,7 @@ def import_quietly(module: str) -> ModuleType:
 
     if module in sys.modules:
         return sys.modules[module]
-    tf()
+    if not ("tensorflow" in sys.modules and sys.modules["tensorflow"] is None):  # None: kept out on purpose
+        tf()  # (an artifact's runtime process, edgeship.validate.contained)
     with silenced():
         return importlib.import_module(module)

@@ -365,11 +365,14 @@ def _executor_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-bad-images", action="store_const", const=True, default=None,
                    help="an image that cannot be read fails alone (listed in the report) instead of stopping the run "
                         "(default with --executor ray)")
+    g.add_argument("--in-process", dest="contain", action="store_false", default=option("contain"),
+                   help="run every artifact's runtime in this process (to debug a runtime); by default each runs in "
+                        "a process of its own, so a file that crashes it, exhausts memory or hangs fails alone")
 
 
 def _executor_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"executor": args.executor, "address": args.address, "workers": args.workers,
-            "skip_bad_images": args.skip_bad_images}
+            "skip_bad_images": args.skip_bad_images, "contain": args.contain}
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

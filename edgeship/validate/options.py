@@ -57,7 +57,11 @@ class ValidateOptions(Table):
     ``skip_bad_images``: an image that cannot be read is failed alone and listed in
     ``report.data["failed_samples"]`` with its reason (True; the Ray executor's default: one bad file in tens of
     thousands should not cost the cluster run), or stops the run with one :class:`UserError` line (False; the local
-    executor's default, so a release is never judged on fewer images than its data set without being told)."""
+    executor's default, so a release is never judged on fewer images than its data set without being told).
+
+    ``contain``: each artifact's runtime runs in a child process (:mod:`edgeship.validate.contained`), so a file that
+    crashes its runtime, exhausts memory or hangs (the policy's ``[limits]``) fails alone; False runs them all in
+    this process (for debugging a runtime; then such a file ends the whole validation)."""
 
     data: str | None = None  # images (class folders give labels) or .npy/.npz; None: the demo held-out set
     policy: str | None = None  # a TOML policy merged over the shipped one
@@ -77,6 +81,7 @@ class ValidateOptions(Table):
     workers: PositiveInt | None = None  # executor ray: shard tasks in flight (None: CPUs / threads)
     skip_bad_images: bool | None = None  # None: the executor's default (local: stop; ray: fail the image alone)
     expect_accuracy: Fraction | None = None  # the contract check: the reference's top-1 accuracy on labelled data
+    contain: bool = True  # each artifact's runtime in a process of its own (policy [limits]); False: in this one
 
     @property
     def logs(self) -> list[str]:

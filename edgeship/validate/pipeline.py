@@ -75,6 +75,7 @@ def validate(
     input_range: str | tuple[float, float] | None = None,
     output_kind: str | None = None,
     expect_accuracy: float | None = None,
+    contain: bool = True,
 ) -> Report:
     """Validate ``artifacts`` (files, or directories holding a manifest.json) and return the report; with
     ``report_dir``, also write report.json, report.md, report.html and junit.xml there (checked writable before
@@ -95,6 +96,7 @@ def validate(
         latency_from=[str(x) for x in latency_from], device=device, input_range=input_range,
         executor=executor.name if isinstance(executor, Executor) else ExecutorName.parse(executor, "executor"),
         address=address, workers=workers, skip_bad_images=skip_bad_images, expect_accuracy=expect_accuracy,
+        contain=contain,
     ), "validate()", "validate")
     return validate_with(artifacts, options, reference=reference, report_dir=report_dir, trust_model=trust_model,
                          progress=progress, output_kind=output_kind,
@@ -244,7 +246,8 @@ def _job(o: ValidateOptions, entries: list[ArtifactEntry], ref_model: LoadedMode
                warmup=o.warmup, batch_size=o.batch_size, kernel_path_samples=o.kernel_path_samples,
                confidence=confidence, refused=refused, input_range=parse_input_range(o.input_range),
                skip_bad_images=(executor.name == "ray") if o.skip_bad_images is None else o.skip_bad_images,
-               contract=contract, baked=manifest.model.get("baked_preprocessing") if manifest is not None else None)
+               contract=contract, baked=manifest.model.get("baked_preprocessing") if manifest is not None else None,
+               contain=o.contain, call_seconds=policy.call_seconds, memory_mb=policy.memory_mb)
 
 
 def _results(entries: list[ArtifactEntry], outcome: Outcome, threads: int,
@@ -280,6 +283,8 @@ def _results(entries: list[ArtifactEntry], outcome: Outcome, threads: int,
         r.sample_errors = part.comparison.sample_errors()
         if i in outcome.timings:
             t = outcome.timings[i]
+            if t.failure is not None:  # it ran through the data, then failed while timed: a failed artifact
+                r.status, r.reason = Status.FAILED, f"while timing it: {t.failure}"
             r.latency_ms, r.iterations, r.peak_rss_bytes = t.latency, t.iterations, t.peak_rss_bytes
         r.layer_sqnr = _layer_sqnr(entries[i].path)
     return results, ran
@@ -299,13 +304,15 @@ def _gate(results: dict[int, ArtifactResult], ran: list[int], policy: Policy, sp
                    + policy.gate_latency(key, r.latency_ms, p50_of)
                    + policy.gate_device_latency(key, r.device_latency))
         failed = [g for g in r.gates if not g.passed]
+        prior = r.reason if r.status is Status.FAILED else None  # it failed while timed (Timing.failure)
         if failed:
             r.status = Status.FAILED
             note = notes[i]  # coreml-reference: says what ran it
             if any(g.name.startswith("kernel_path_") for g in failed):
                 note = (f"{r.runtime} on {describe_machine().int8_kernel_family} disagrees with {r.kernel_path}; "
                         "a kernel that saturates on this CPU answers so: see the file's portability record")
-            r.reason = "; ".join(g.describe() for g in failed) + (f" ({note})" if note else "")
+            r.reason = "; ".join(filter(None, [prior, "; ".join(g.describe() for g in failed)
+                                               + (f" ({note})" if note else "")]))
 
 
 def _report(results: dict[int, ArtifactResult], entries: list[ArtifactEntry], o: ValidateOptions,

@@ -12,7 +12,7 @@ from pydantic import AfterValidator, Field, create_model
 from edgeship.errors import UserError
 from edgeship.numerics import DEFAULT_CONFIDENCE, decide_rate
 from edgeship.fileio import read_structured
-from edgeship.schema import Fraction, NonNegative, Positive, Table, check
+from edgeship.schema import Fraction, NonNegative, NonNegativeInt, Positive, Table, check
 from edgeship.types import Format, OutputKind, Precision
 from edgeship.validate.metrics import CONFIDENT_MARGIN, LABEL_THRESHOLD, MARGIN_BINS, REGISTRY, Metric, Unit
 
@@ -51,6 +51,11 @@ class Policy:
     # what an observed pass the sample cannot decide is: "warn" (passes, flagged) or "fail"
     confidence: float = DEFAULT_CONFIDENCE
     undecided: str = "warn"
+    # [limits]: each call into an artifact's runtime (opening it, one batch, its latency run) must answer within
+    # call_seconds; memory_mb caps the address space of the process an artifact runs in (0: no cap)
+    # (edgeship.validate.contained)
+    call_seconds: float = 300.0
+    memory_mb: int = 0
 
     def gate_device_latency(self, key: str, entries: list[Any]) -> list[GateResult]:
         """``[device_latency.FORMAT.PRECISION]`` budgets against each device's figures (a figure the log does not
@@ -159,6 +164,7 @@ def load_policy(path: str | Path | None = None) -> Policy:
             policy.confidence = statistics.confidence
         if statistics.undecided is not None:
             policy.undecided = statistics.undecided
+    _apply_limits(policy, parsed.limits)
     policy.source = str(path)
     return policy
 
@@ -234,6 +240,15 @@ class Statistics(Table):
     undecided: Literal["warn", "fail"] | None = None
 
 
+class Limits(Table):
+    """``[limits]``: ``call_seconds`` (> 0), the longest any call into an artifact's runtime may take before the
+    artifact fails, and ``memory_mb`` (>= 0; 0: none), its process's address-space cap. A key left out keeps the
+    shipped value."""
+
+    call_seconds: Positive | None = None
+    memory_mb: NonNegativeInt | None = None
+
+
 class BaselineBudgets(Table):
     """``[baseline]``: budgets of a comparison with a previous report (:mod:`edgeship.validate.baseline`); a budget
     left out is not checked. Drops in the figure's units (fractions for shares, dB for SQNR), growths relative."""
@@ -267,7 +282,7 @@ PolicyFile = create_model(
     "PolicyFile", __base__=Table, confidence=(Confidence | None, None), latency=(LatencyTable | None, None),
     baseline=(BaselineBudgets | None, None), device_latency=(DeviceLatencyTable | None, None),
     multilabel=(MultilabelTable | None, None), embedding=(EmbeddingTable | None, None),
-    contract=(ContractLimits | None, None), statistics=(Statistics | None, None),
+    contract=(ContractLimits | None, None), statistics=(Statistics | None, None), limits=(Limits | None, None),
     **{p.value: (MetricLimits | None, None) for p in Precision},
     **{f.value: (FormatLimits | None, None) for f in Format})  # type: ignore[call-overload]
 
@@ -278,7 +293,7 @@ def _check_file(path: Path) -> Any:
     if unknown:
         raise UserError(f"{path}: unknown table [{unknown[0]}]: use a precision "
                         f"({', '.join(p.value for p in Precision)}), a format.precision, confidence, latency, "
-                        "device_latency, baseline, contract, statistics, multilabel(.precision) or "
+                        "device_latency, baseline, contract, statistics, limits, multilabel(.precision) or "
                         "embedding.precision")
     return data, check(PolicyFile, data, path)
 
@@ -297,6 +312,14 @@ def _per_artifact(table: Any) -> Any:
             entry = getattr(per, p.value) if per is not None else None
             if entry is not None:
                 yield f"{f.value}.{p.value}", entry
+
+
+def _apply_limits(policy: Policy, limits: Any) -> None:
+    if limits is not None:
+        if limits.call_seconds is not None:
+            policy.call_seconds = float(limits.call_seconds)
+        if limits.memory_mb is not None:
+            policy.memory_mb = int(limits.memory_mb)
 
 
 def _parse(path: Path) -> tuple[Policy, Any]:
@@ -335,6 +358,7 @@ def _parse(path: Path) -> tuple[Policy, Any]:
             policy.confidence = parsed.statistics.confidence
         if parsed.statistics.undecided is not None:
             policy.undecided = parsed.statistics.undecided
+    _apply_limits(policy, parsed.limits)
     if parsed.confidence is not None:
         if parsed.confidence.margin_bins is not None:
             policy.margin_bins = tuple(parsed.confidence.margin_bins)

@@ -58,6 +58,11 @@ class Job:
     # the preprocessing contract check's arguments (edgeship.validate.contract.ContractCheck), None: not checked
     contract: dict[str, Any] | None = None
     baked: dict[str, Any] | None = None  # --bake-preprocessing: the preprocessing the files begin with (manifest)
+    # containment (edgeship.validate.contained): each artifact's runtime in a child process, each call into it
+    # bounded by call_seconds, its address space by memory_mb (0: none); the policy's [limits]
+    contain: bool = True
+    call_seconds: float = 300.0
+    memory_mb: int = 0
 
 
 @dataclass
@@ -129,6 +134,7 @@ class Timing:
     latency: Latency
     peak_rss_bytes: int | None
     iterations: int
+    failure: str | None = None  # the runtime failed while being timed (crash, time or memory limit): the reason
 
 
 def merge_partials(partials: list[Partial]) -> Partial:
@@ -147,9 +153,8 @@ class Session:
 
     def __init__(self, job: Job, reference: LoadedModel | None = None) -> None:
         from edgeship.models.loading import load_model
-        from edgeship.runtimes import KERNEL_PATHS, kernel_path_runner, runner_for
         from edgeship.runtimes.keras import KerasRunner
-        from edgeship.runtimes.runner import Unavailable
+        from edgeship.validate.contained import ArtifactRunners, ContainedRunners
 
         self.job = job
         if reference is None:
@@ -166,30 +171,41 @@ class Session:
         self.reference_runner = KerasRunner(reference, threads=job.threads).open()
         self.first_image: np.ndarray | None = None
         self._source: DataSource | None = None
-        self.runners: dict[int, Runner] = {}
-        self.second: dict[int, Runner] = {}
+        # each artifact's runners: in a child process of its own (job.contain) or in this one
+        self.runners: dict[int, ArtifactRunners | ContainedRunners] = {}
+        self.second: set[int] = set()  # artifacts whose second kernel path is open
         self.base: dict[int, ArtifactPartial] = {}  # what opening each artifact gave: status, reason, load time
         self._permutations: dict[int, np.ndarray | None] = {}
         self.contract: ContractCheck | None = None  # this shard's contract check (compare)
+        opening: dict[int, ArtifactRunners | ContainedRunners] = {}
         for i, entry in enumerate(job.entries):
             base = self.base[i] = ArtifactPartial()
             if i in job.refused:
                 base.status, base.reason = Status.FAILED, job.refused[i]
                 continue
+            args = (entry.format, entry.precision, entry.path, spec.preprocessing, job.threads,
+                    job.kernel_path_samples > 0)
+            opening[i] = (ContainedRunners(*args, call_seconds=job.call_seconds, memory_mb=job.memory_mb)
+                          if job.contain else ArtifactRunners(*args))
+        for i, runners in list(opening.items()):  # contained: every child opens its file at once
             try:
-                runner = runner_for(entry.format, entry.path, spec.preprocessing, job.threads).open()
-                self._permutations[i] = label_permutation(list(spec.labels), runner.labels)
-                self.runners[i] = runner
-                base.note = getattr(runner, "note", None)
-                base.load_ms = runner.load_ms
-                other = kernel_path_runner(entry.format, entry.precision, entry.path, spec.preprocessing, job.threads)
-                if other is not None and job.kernel_path_samples > 0:
-                    self.second[i] = other.open()
-                    base.kernel_path = f"{other.runtime}: {KERNEL_PATHS[entry.format][1]}"
-            except Unavailable as e:
-                base.status, base.reason = Status.SKIPPED, str(e)
-            except UserError as e:
-                base.status, base.reason = Status.FAILED, str(e)
+                runners.start()
+            except Exception as e:
+                self.base[i].status, self.base[i].reason = _opening_failure(e, job.entries[i].format)
+                opening.pop(i).close()
+        for i, runners in opening.items():
+            base = self.base[i]
+            try:
+                opened = runners.open()
+                self._permutations[i] = label_permutation(list(spec.labels), opened.labels)
+            except Exception as e:
+                base.status, base.reason = _opening_failure(e, job.entries[i].format)
+                runners.close()
+                continue
+            self.runners[i] = runners
+            base.note, base.load_ms, base.kernel_path = opened.note, opened.load_ms, opened.kernel_path
+            if opened.kernel_path is not None:
+                self.second.add(i)
 
     def source(self) -> DataSource:
         """The data set, opened once per session (a folder is listed once, an array memory-mapped once)."""
@@ -235,52 +251,54 @@ class Session:
                 self._batch(batch, parts)
             if on_batch is not None:
                 on_batch(n + len(batch.failed))
-        for i, part in parts.items():
-            if part.status is Status.PASSED and i in self.runners:
-                part.input_feed = getattr(self.runners[i], "input_feed", None)
         done = {k: n - before.get(k, 0) for k, n in source.conversions.items() if n - before.get(k, 0)}
         contract, self.contract = self.contract, None
         return Partial(start, stop, parts, failed_samples, conversions=done, contract=contract)
 
     def _batch(self, batch: Batch, parts: dict[int, ArtifactPartial]) -> None:
-        kps = self.job.kernel_path_samples
+        from edgeship.validate.contained import ArtifactFault
+
+        take = max(0, min(len(batch.images), self.job.kernel_path_samples - batch.offset))
+        asked = []
+        for i, runners in list(self.runners.items()):  # contained runners answer while the reference runs here
+            try:
+                runners.submit(batch.images, take if i in self.second else 0, self.base[i].first_ms is None)
+                asked.append(i)
+            except Exception as e:
+                self._fail(i, parts[i], _run_failure(e, self.job.entries[i].format))
         ref = self.reference_runner.predict(batch.images)
         if self.contract is not None:
             self.contract.update(ref, batch.labels)
-        for i, runner in list(self.runners.items()):
+        for i in asked:
             part = parts[i]
             try:
-                if self.base[i].first_ms is None:
-                    runner.infer(runner.feed(batch.images[:1]))
-                    self.base[i].first_ms = part.first_ms = (runner.last_run_s or 0.0) * 1e3
-                out = runner.predict(batch.images)
+                answer = self.runners[i].result()
+                if answer.first_ms is not None:
+                    self.base[i].first_ms = part.first_ms = answer.first_ms
                 assert part.comparison is not None and (i not in self.second or part.second is not None)
-                part.comparison.update(ref, out, batch.images, batch.labels, batch.sources, batch.positions)
-                take = min(len(batch.images), kps - batch.offset)
-                if i in self.second and take > 0 and part.second is not None:
-                    part.second.update(out[:take], self.second[i].predict(batch.images[:take]), batch.images[:take],
-                                       None, batch.sources[:take], batch.offset)
+                part.comparison.update(ref, answer.out, batch.images, batch.labels, batch.sources, batch.positions)
+                part.input_feed = answer.input_feed
+                if answer.second is not None and part.second is not None:
+                    part.second.update(answer.out[:take], answer.second, batch.images[:take], None,
+                                       batch.sources[:take], batch.offset)
                     part.kernel_path_samples += take
-            except UserError as e:
+            except (UserError, ArtifactFault) as e:
                 self._fail(i, part, str(e))
             except Exception as e:  # the runtime crashed on this artifact: fail it, keep validating the others
-                self._fail(i, part, f"{runner.runtime} failed to run it: {type(e).__name__}: "
-                           f"{str(e).splitlines()[0][:200] if str(e) else ''}")
+                self._fail(i, part, _run_failure(e, self.job.entries[i].format))
 
     def _fail(self, i: int, part: ArtifactPartial, reason: str) -> None:
         for b in (self.base[i], part):
             b.status, b.reason = Status.FAILED, reason
         part.comparison = part.second = None
         self.runners.pop(i).close()
-        if i in self.second:
-            self.second.pop(i).close()
+        self.second.discard(i)
 
     def measure(self, which: list[int] | None = None) -> dict[int, Timing]:
         """Latency of each open artifact (or those in ``which``), one after the other, on the data set's first
-        image, then each runner is closed. Only the backend's inference call is timed
-        (:func:`edgeship.validate.latency.measure`); the peak RSS is reset before each artifact."""
-        from edgeship.validate.latency import measure, peak_rss_bytes, reset_peak_rss
-
+        image, then each one's runners are closed. Only the backend's inference call is timed, where the runtime
+        runs (:meth:`edgeship.validate.contained.ArtifactRunners.time`); the peak RSS is that process's, reset
+        before each artifact. An artifact that fails here is left out (its comparison stands)."""
         job = self.job
         if self.first_image is None:
             batches = self.source().batches(1, skip_bad=True)
@@ -289,29 +307,55 @@ class Session:
         for i in list(self.runners):
             if which is not None and i not in which:
                 continue
-            runner = self.runners.pop(i)
-            if i in self.second:
-                self.second.pop(i).close()
-            if self.first_image is None:  # no readable sample at all
-                runner.close()
+            runners = self.runners.pop(i)
+            self.second.discard(i)
+            try:
+                if self.first_image is None:  # no readable sample at all
+                    continue
+                latency, peak, first_ms = runners.time(self.first_image, job.warmup, job.iterations,
+                                                       self.base[i].first_ms is None)
+            except Exception as e:  # the comparison stands, the artifact fails with the reason
+                timings[i] = Timing(Latency(), None, 0, failure=_run_failure(e, job.entries[i].format))
                 continue
-            if self.base[i].first_ms is None:
-                runner.infer(runner.feed(self.first_image))
-                self.base[i].first_ms = (runner.last_run_s or 0.0) * 1e3
-            feed = runner.feed(self.first_image)
-            reset_peak_rss()  # so the mark read below is this artifact's timing, not the shared comparison loop
-            latency, _ = measure(runner, feed, warmup=job.warmup, iterations=job.iterations)
+            finally:
+                runners.close()
+            if first_ms is not None:
+                self.base[i].first_ms = first_ms
             latency.first, latency.load = self.base[i].first_ms, self.base[i].load_ms
-            timings[i] = Timing(latency, peak_rss_bytes(), job.iterations)
-            runner.close()
+            timings[i] = Timing(latency, peak, job.iterations)
         return timings
 
     def close(self) -> None:
-        for r in [*self.runners.values(), *self.second.values()]:
+        for r in self.runners.values():
             r.close()
         self.runners.clear()
         self.second.clear()
         self.reference_runner.close()
+
+
+def _opening_failure(e: Exception, fmt: Any) -> tuple[Status, str]:
+    """The status and reason of an artifact whose opening raised ``e``: skipped when its runtime cannot run here,
+    failed otherwise (a file its runtime refuses, or a crash while opening it)."""
+    from edgeship.runtimes.runner import Unavailable
+    from edgeship.validate.contained import ArtifactFault, describe_exception
+
+    if isinstance(e, Unavailable):
+        return Status.SKIPPED, str(e)
+    if isinstance(e, (UserError, ArtifactFault)):
+        return Status.FAILED, str(e)
+    from edgeship.runtimes import RUNTIME_NAMES
+
+    return Status.FAILED, f"{RUNTIME_NAMES[fmt]} could not open it: {describe_exception(e)}"
+
+
+def _run_failure(e: Exception, fmt: Any) -> str:
+    from edgeship.validate.contained import ArtifactFault, describe_exception
+
+    if isinstance(e, (UserError, ArtifactFault)):
+        return str(e)
+    from edgeship.runtimes import RUNTIME_NAMES
+
+    return f"{RUNTIME_NAMES[fmt]} failed to run it: {describe_exception(e)}"
 
 
 # ---- the executor interface (edgeship.validate.executors: local; edgeship.validate.ray_executor: ray) ------------
