@@ -535,15 +535,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     func: Callable[[argparse.Namespace], int] = args.func
     debug = os.environ.get("EDGESHIP_DEBUG", "") not in ("", "0")
-    from edgeship.fileio import Terminated, sigterm_as_interrupt
+    from edgeship.fileio import TERMINATED, Terminated, sigterm_as_interrupt
 
     try:
         with sigterm_as_interrupt():
             return func(args)
-    except Terminated:
-        print("edgeship: terminated (SIGTERM); no partial file was left", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # SIGINT, or SIGTERM raised as Terminated (fileio)
+        if isinstance(e, Terminated) or TERMINATED["received"]:
+            print("edgeship: terminated (SIGTERM); no partial file was left", file=sys.stderr)
+            return 143
         print("edgeship: interrupted; no partial file was left", file=sys.stderr)
         return 130
     except Exception as e:

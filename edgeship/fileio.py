@@ -43,7 +43,13 @@ class Terminated(KeyboardInterrupt):
     signum = signal.SIGTERM
 
 
+#: Set when SIGTERM arrived: a library that turns the raised Terminated into a plain KeyboardInterrupt (Ray's
+#: ray.wait does) still exits 143, not 130
+TERMINATED = {"received": False}
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
+    TERMINATED["received"] = True
     raise Terminated()
 
 

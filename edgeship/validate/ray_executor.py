@@ -162,12 +162,22 @@ class RayExecutor(Executor):
         verbose = bool(os.environ.get("EDGESHIP_VERBOSE"))
         kwargs: dict[str, Any] = dict(logging_level=logging.INFO if verbose else logging.ERROR,
                                       log_to_driver=verbose)
+        import signal
+        import threading
+
+        main_thread = threading.current_thread() is threading.main_thread()
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}
         try:
             if self.address:
                 ray.init(address=self.address, **kwargs)
             else:
                 cpus = None if self.workers is None else self.workers * threads
                 ray.init(num_cpus=cpus, include_dashboard=False, **kwargs)
+            # ray.init installs its C++ failure handler for SIGTERM in this process, which aborts it (exit 134)
+            # instead of edgeship's cleanup and exit 143: the Python handlers in place before are put back
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
         except ConnectionError as e:
             raise EnvironmentProblem(f"cannot reach the Ray cluster at {self.address}: {e}; start one with "
                                      "'ray start --head' or leave --address out for a local one") from None

@@ -218,6 +218,38 @@ def test_an_unreachable_address_is_exit_3_within_seconds(tmp_path, capsys, int8_
     assert not (tmp_path / "r").exists()
 
 
+def test_sigterm_during_a_ray_run_is_exit_143_in_one_line(int8_files, tmp_path):
+    """SIGTERM (CI's cancel, docker stop) while Ray runs: edgeship's cleanup and exit 143 with its one line, as with
+    the local executor. ray.init installed its C++ failure handler for SIGTERM, which aborted the process (exit 134,
+    Ray's stack dump on stderr)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, EDGESHIP_PROGRESS="lines")
+    proc = subprocess.Popen([sys.executable, "-m", "edgeship", "validate", "--artifacts", *map(str, int8_files),
+                             "--executor", "ray", "--iterations", "1000000", "--report", str(tmp_path / "r")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    seen = ""
+    deadline = time.monotonic() + 240
+    assert proc.stderr is not None
+    while "validate (ray" not in seen and time.monotonic() < deadline:  # the shards are running
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen += line
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=120)
+    err = seen + rest
+    assert proc.returncode == 143, (proc.returncode, err[-2000:])
+    assert err.strip().splitlines()[-1] == "edgeship: terminated (SIGTERM); no partial file was left", err[-2000:]
+    assert "SIGTERM received" not in err and "Traceback" not in err, err[-2000:]
+    assert not (tmp_path / "r").exists()
+
+
 def test_ctrl_c_cancels_the_shards_and_writes_nothing(ray_cluster, int8_files, tmp_path):
     """An interrupt (SIGINT's KeyboardInterrupt, raised here by a timer) while shards run: it propagates, the
     tasks in flight are cancelled (the cluster's CPUs come back), and no report file is left."""
