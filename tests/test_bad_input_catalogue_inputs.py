@@ -350,3 +350,18 @@ def test_16_bit_pngs_validate_exactly_like_their_8_bit_originals_and_are_counted
     assert figures[16][0] == {"16-bit": 10} and figures[8][0] == {"grayscale": 10}
     assert figures[16][1] == figures[8][1]
     assert "converted: 16-bit 10" in (tmp_path / "report16" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("contain", [True, False], ids=["contained", "in-process"])
+def test_an_onnx_file_whose_name_is_not_utf8_validates_quietly(demo_export, tmp_path, capsys, contain):
+    """A file name that is not valid UTF-8 (bytes 0xff): ONNX Runtime's path argument refused it and printed its
+    4-line "EP Error" banner (issue 29); the file is now opened from its bytes, validated, and nothing else printed."""
+    src = demo_export(formats=["onnx"]).out_dir / "edgeship_demo_fp32.onnx"
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/m\xff_fp32.onnx"))
+    shutil.copy(src, odd)
+    code = main(["validate", "--artifacts", str(odd), "--report", str(tmp_path / "r"), "--iterations", "1",
+                 *([] if contain else ["--in-process"])])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err + cap.out
+    assert "EP Error" not in cap.err + cap.out and "Traceback" not in cap.err, cap.err
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["artifacts"][0]["status"] == "passed"

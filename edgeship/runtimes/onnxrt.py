@@ -35,7 +35,10 @@ class OnnxRuntimeRunner(Runner):
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[self.optimization_level]
         try:
-            self._sess = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+            # From the file's bytes, not its path: the bytes read are the ones run (no external data is followed:
+            # edgeship.validate.artifacts refuses it), and a path that is not valid UTF-8 opens too (ORT's path
+            # argument refused it, printing its "EP Error" banner)
+            self._sess = ort.InferenceSession(self.path.read_bytes(), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/InvalidProtobuf types
             raise UserError(f"ONNX Runtime cannot open {self.path.name}: {str(e).splitlines()[0][:200]}") from None
         ins, outs = self._sess.get_inputs(), self._sess.get_outputs()
