@@ -329,6 +329,13 @@ def _serve(fd: int, memory_mb: int) -> int:
         Path("/proc/self/oom_score_adj").write_text("1000")  # the OOM killer's first choice: this, not the validator
     except OSError:
         pass
+    if sys.platform.startswith("linux"):  # killed with the validator, even mid-call (a call that never returns)
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
     if memory_mb > 0:
         import resource
 
