@@ -21,8 +21,8 @@ artifact's runtime and model, without TensorFlow and the reference (which the in
 children run a batch while the parent runs the Keras reference on it, so the comparison loop uses both cores.
 
 The protocol: a socket pair, :class:`multiprocessing.connection.Connection` framing, pickled tuples of plain data
-(numpy arrays, strings, the artifact's :class:`Preprocessing`); the child's stdout is its stderr, so nothing a
-native library prints can corrupt it, and its stderr goes to a temporary file whose last line names a crash.
+(numpy arrays, strings, the artifact's :class:`Preprocessing`), so nothing a native library prints can corrupt it;
+the child's stdout and stderr go to a temporary file whose last line names a crash.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -68,12 +68,22 @@ def describe_exception(e: BaseException, limit: int = 300) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
+def failure_reason(e: BaseException, fmt: Format, opening: bool = False) -> str:
+    """The reason an artifact fails when opening it (``opening``) or running it raised ``e``: edgeship's own
+    one-line errors as they are, anything else as ``<runtime> could not open it|failed to run it: Type: text``."""
+    from edgeship.runtimes import RUNTIME_NAMES
+
+    if isinstance(e, (UserError, ArtifactFault)):
+        return str(e)
+    doing = "could not open it" if opening else "failed to run it"
+    return f"{RUNTIME_NAMES[fmt]} {doing}: {describe_exception(e)}"
+
+
 @dataclass
 class Opened:
-    """What opening an artifact gave: its runtime, its own labels (or None), the runner's note, the load time (ms)
-    and, when its second kernel path is open, what that path is."""
+    """What opening an artifact gave: its own labels (or None), the runner's note, the load time (ms) and, when its
+    second kernel path is open, what that path is."""
 
-    runtime: str
     labels: list[str] | None
     note: str | None
     load_ms: float | None
@@ -120,8 +130,7 @@ class ArtifactRunners:
             if other is not None:
                 self.second = other.open()
                 kernel_path = f"{other.runtime}: {KERNEL_PATHS[fmt][1]}"
-        return Opened(self.runner.runtime, self.runner.labels, getattr(self.runner, "note", None),
-                      self.runner.load_ms, kernel_path)
+        return Opened(self.runner.labels, getattr(self.runner, "note", None), self.runner.load_ms, kernel_path)
 
     def submit(self, images: np.ndarray, take: int, first: bool) -> None:
         """Start answering a batch (RGB images (N, H, W, 3), uint8 or float pixels); :meth:`result` collects."""
@@ -133,13 +142,17 @@ class ArtifactRunners:
         self._pending = None
         return self.answer(images, take, first)
 
+    def _first_ms(self, image: np.ndarray) -> float:
+        """The first inference's time (ms) on one image (1, H, W, 3): what a client's first call costs."""
+        runner = self.runner
+        assert runner is not None
+        runner.infer(runner.feed(image))
+        return (runner.last_run_s or 0.0) * 1e3
+
     def answer(self, images: np.ndarray, take: int, first: bool) -> Answer:
         runner = self.runner
         assert runner is not None
-        first_ms = None
-        if first:
-            runner.infer(runner.feed(images[:1]))
-            first_ms = (runner.last_run_s or 0.0) * 1e3
+        first_ms = self._first_ms(images[:1]) if first else None
         out = runner.predict(images)
         second = self.second.predict(images[:take]) if self.second is not None and take > 0 else None
         return Answer(out, second, first_ms, getattr(runner, "input_feed", None))
@@ -154,10 +167,7 @@ class ArtifactRunners:
         if self.second is not None:
             self.second.close()
             self.second = None
-        first_ms = None
-        if first:
-            runner.infer(runner.feed(image))
-            first_ms = (runner.last_run_s or 0.0) * 1e3
+        first_ms = self._first_ms(image) if first else None
         feed = runner.feed(image)
         reset_peak_rss()  # so the mark read below is this artifact's timing
         latency, _ = measure(runner, feed, warmup=warmup, iterations=iterations)
@@ -175,14 +185,16 @@ class ContainedRunners:
     the child is killed and the artifact failed; ``memory_mb``: the child's address-space cap (0: none)."""
 
     def __init__(self, fmt: Format, precision: Precision, path: Path, preprocessing: Preprocessing, threads: int,
-                 second: bool, call_seconds: float = 300.0, memory_mb: int = 0) -> None:
+                 second: bool, *, call_seconds: float, memory_mb: int) -> None:
         import socket
         from multiprocessing.connection import Connection
 
+        from edgeship.runtimes import RUNTIME_NAMES
+
         self.args = (fmt, precision, Path(path), preprocessing, threads, second)
         self.name = Path(path).name
-        self.runtime = str(fmt)
-        self.call_seconds, self.memory_mb = call_seconds, memory_mb
+        self.runtime = RUNTIME_NAMES[fmt]
+        self.call_seconds = call_seconds
         ours, theirs = socket.socketpair()
         self._log = tempfile.TemporaryFile(prefix="edgeship-runtime-")
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -286,9 +298,7 @@ class ContainedRunners:
     def open(self) -> Opened:
         if not self._started:
             self.start()
-        opened = self._receive("opening it")
-        self.runtime = opened.runtime
-        return opened
+        return self._receive("opening it")
 
     def submit(self, images: np.ndarray, take: int, first: bool) -> None:
         self._send("answer", images, take, first)
@@ -318,12 +328,11 @@ class ContainedRunners:
 
 
 # ---- the child ----------------------------------------------------------------------------------------------------
-def _serve(fd: int, memory_mb: int) -> int:
+def _serve(fd: int, memory_mb: int) -> NoReturn:
     from multiprocessing.connection import Connection
 
     from edgeship.runtimes.runner import Unavailable
 
-    os.dup2(2, 1)  # what a native library prints goes to the log, never into the protocol
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C reaches the whole process group
     try:
         Path("/proc/self/oom_score_adj").write_text("1000")  # the OOM killer's first choice: this, not the validator
@@ -371,13 +380,10 @@ def _serve(fd: int, memory_mb: int) -> int:
         except UserError as e:
             conn.send(("error", ("user", str(e))))
         except Exception as e:  # MemoryError included: under [limits] memory_mb an allocation fails here
-            from edgeship.runtimes import RUNTIME_NAMES
-
-            runtime = RUNTIME_NAMES[runners.args[0]] if runners is not None else "its runtime"
-            doing = "could not open it" if method == "open" else "failed to run it"
             cap = f" (memory_mb = {memory_mb} in the policy's [limits])" if memory_mb and isinstance(
                 e, MemoryError) else ""
-            conn.send(("error", ("fault", f"{runtime} {doing}: {describe_exception(e)}{cap}")))
+            fmt = runners.args[0] if runners is not None else args[0]  # (args of "open" are the runners')
+            conn.send(("error", ("fault", failure_reason(e, fmt, opening=method == "open") + cap)))
     if runners is not None:
         runners.close()
     sys.stdout.flush()
@@ -392,4 +398,4 @@ if __name__ == "__main__":
     from edgeship.validate import contained  # the module by its name, so what is pickled back resolves in the parent
 
     quiet_environment()
-    sys.exit(contained._serve(int(sys.argv[1]), int(sys.argv[2])))
+    contained._serve(int(sys.argv[1]), int(sys.argv[2]))

@@ -256,7 +256,7 @@ class Session:
         return Partial(start, stop, parts, failed_samples, conversions=done, contract=contract)
 
     def _batch(self, batch: Batch, parts: dict[int, ArtifactPartial]) -> None:
-        from edgeship.validate.contained import ArtifactFault
+        from edgeship.validate.contained import failure_reason
 
         take = max(0, min(len(batch.images), self.job.kernel_path_samples - batch.offset))
         asked = []
@@ -265,7 +265,7 @@ class Session:
                 runners.submit(batch.images, take if i in self.second else 0, self.base[i].first_ms is None)
                 asked.append(i)
             except Exception as e:
-                self._fail(i, parts[i], _run_failure(e, self.job.entries[i].format))
+                self._fail(i, parts[i], failure_reason(e, self.job.entries[i].format))
         ref = self.reference_runner.predict(batch.images)
         if self.contract is not None:
             self.contract.update(ref, batch.labels)
@@ -282,10 +282,8 @@ class Session:
                     part.second.update(answer.out[:take], answer.second, batch.images[:take], None,
                                        batch.sources[:take], batch.offset)
                     part.kernel_path_samples += take
-            except (UserError, ArtifactFault) as e:
-                self._fail(i, part, str(e))
-            except Exception as e:  # the runtime crashed on this artifact: fail it, keep validating the others
-                self._fail(i, part, _run_failure(e, self.job.entries[i].format))
+            except Exception as e:  # the runtime failed on this artifact: fail it, keep validating the others
+                self._fail(i, part, failure_reason(e, self.job.entries[i].format))
 
     def _fail(self, i: int, part: ArtifactPartial, reason: str) -> None:
         for b in (self.base[i], part):
@@ -299,6 +297,8 @@ class Session:
         image, then each one's runners are closed. Only the backend's inference call is timed, where the runtime
         runs (:meth:`edgeship.validate.contained.ArtifactRunners.time`); the peak RSS is that process's, reset
         before each artifact. An artifact that fails here is left out (its comparison stands)."""
+        from edgeship.validate.contained import failure_reason
+
         job = self.job
         if self.first_image is None:
             batches = self.source().batches(1, skip_bad=True)
@@ -315,7 +315,7 @@ class Session:
                 latency, peak, first_ms = runners.time(self.first_image, job.warmup, job.iterations,
                                                        self.base[i].first_ms is None)
             except Exception as e:  # the comparison stands, the artifact fails with the reason
-                timings[i] = Timing(Latency(), None, 0, failure=_run_failure(e, job.entries[i].format))
+                timings[i] = Timing(Latency(), None, 0, failure=failure_reason(e, job.entries[i].format))
                 continue
             finally:
                 runners.close()
@@ -337,25 +337,11 @@ def _opening_failure(e: Exception, fmt: Any) -> tuple[Status, str]:
     """The status and reason of an artifact whose opening raised ``e``: skipped when its runtime cannot run here,
     failed otherwise (a file its runtime refuses, or a crash while opening it)."""
     from edgeship.runtimes.runner import Unavailable
-    from edgeship.validate.contained import ArtifactFault, describe_exception
+    from edgeship.validate.contained import failure_reason
 
     if isinstance(e, Unavailable):
         return Status.SKIPPED, str(e)
-    if isinstance(e, (UserError, ArtifactFault)):
-        return Status.FAILED, str(e)
-    from edgeship.runtimes import RUNTIME_NAMES
-
-    return Status.FAILED, f"{RUNTIME_NAMES[fmt]} could not open it: {describe_exception(e)}"
-
-
-def _run_failure(e: Exception, fmt: Any) -> str:
-    from edgeship.validate.contained import ArtifactFault, describe_exception
-
-    if isinstance(e, (UserError, ArtifactFault)):
-        return str(e)
-    from edgeship.runtimes import RUNTIME_NAMES
-
-    return f"{RUNTIME_NAMES[fmt]} failed to run it: {describe_exception(e)}"
+    return Status.FAILED, failure_reason(e, fmt, opening=True)
 
 
 # ---- the executor interface (edgeship.validate.executors: local; edgeship.validate.ray_executor: ray) ------------
