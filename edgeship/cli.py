@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 from edgeship import __version__
 from edgeship.errors import EnvironmentProblem, UserError, from_os_error
+from edgeship.types import OutputKind
 
 DEFAULT_OUT = "edgeship-out"
 INTERNAL_ERROR = 4  # a bug in edgeship: not 1, which a pipeline reads as "a gate failed"
@@ -72,10 +73,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _output_kind_arg(g: Any) -> None:
-    g.add_argument("--output-kind", metavar="KIND", choices=["probabilities", "logits", "multilabel", "embedding"],
-                   help="what the model's output is: probabilities, logits, multilabel (sigmoid scores) or "
-                        "embedding (default: detected from its last layer, or from its outputs on probe images for "
-                        "a SavedModel); picks the validation metrics and gates")
+    g.add_argument("--output-kind", metavar="KIND", choices=[k.value for k in OutputKind],
+                   help="what the model's output is: probabilities, logits, multilabel (sigmoid scores), "
+                        "embedding or regression (values judged one by one) (default: detected from its last layer, "
+                        "or from its outputs on probe images for a SavedModel; an unlabelled linear output is "
+                        "taken as regression); picks the validation metrics and gates")
 
 
 def _model_options(args: argparse.Namespace) -> Any:

@@ -7,7 +7,7 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     path = "models/classifier.keras"     # or a variant name; default: the embedded demo
     labels = "models/labels.txt"
     trust = false                        # a TOML boolean: true runs code from the model (Lambda, custom, any op)
-    # output_kind = "embedding"          # probabilities, logits, multilabel or embedding (default: detected)
+    # output_kind = "embedding"          # probabilities, logits, multilabel, embedding or regression (default: detected)
     mean = [123.675, 116.28, 103.53]     # declared preprocessing, 0-255 pixel units (one number or three);
     std = [58.395, 57.12, 57.375]        # default: the model's own (found in its graph, else (x - 127.5) / 127.5)
     bgr = false                          # the model expects BGR channel order
@@ -100,7 +100,7 @@ class ModelTable(Table):
     bgr: bool = False
     bake_preprocessing: bool = False
     force_preprocessing: bool = False  # accept a mean/std outside every image-model convention (0-1 units, ...)
-    output_kind: str | None = None  # edgeship.types.OutputKind.parse: probabilities, logits, multilabel, embedding
+    output_kind: str | None = None  # edgeship.types.OutputKind.parse: probabilities, logits, multilabel, embedding, regression
 
 
 class QuantizeTable(QuantizeOptions):
@@ -132,7 +132,7 @@ class RunConfig:
     model: str | None = None
     labels: str | None = None
     trust_model: bool = False
-    output_kind: str | None = None  # probabilities | logits | multilabel | embedding (None: detected)
+    output_kind: str | None = None  # probabilities | logits | multilabel | embedding | regression (None: detected)
     mean: tuple[float, float, float] | None = None  # None: the model's own
     std: tuple[float, float, float] | None = None
     bgr: bool = False

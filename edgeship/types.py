@@ -59,6 +59,9 @@ class OutputKind(_StrEnum):
     LOGITS = "logits"  # pre-softmax class scores
     MULTILABEL = "multilabel"  # independent per-label sigmoid scores in [0, 1]
     EMBEDDING = "embedding"  # a feature vector (headless backbone, metric-learning head)
+    # any other tensor of values (box regressions, a flattened detection head, keypoints...), judged value by value;
+    # also what an unlabelled linear output is taken for unless the user says it is a classifier (issue 24)
+    REGRESSION = "regression"
 
     @property
     def is_classification(self) -> bool:
@@ -66,7 +69,20 @@ class OutputKind(_StrEnum):
         return self in (OutputKind.PROBABILITIES, OutputKind.LOGITS)
 
     @property
+    def has_classes(self) -> bool:
+        """Whether each output value is the score of a named class (labels ship with the file, Core ML files are
+        classifiers): probabilities, logits and multi-label scores; an embedding's or a regression's values are
+        not classes."""
+        return self not in (OutputKind.EMBEDDING, OutputKind.REGRESSION)
+
+    @property
+    def own_tables(self) -> bool:
+        """Whether the kind is gated by its own ``[KIND.PRECISION]`` policy tables (multi-label, embedding,
+        regression) rather than the precision tables of classifiers."""
+        return not self.is_classification
+
+    @property
     def tensor_name(self) -> str:
         """The output's name in every exported file and the manifest."""
         return {"probabilities": "probabilities", "logits": "logits", "multilabel": "scores",
-                "embedding": "embedding"}[self.value]
+                "embedding": "embedding", "regression": "output"}[self.value]

@@ -13,7 +13,7 @@ and noise exercises every op as well as photographs do. Fixed seed: the same ima
 The gate is the release policy's (``edgeship/validate/policy.toml``, read as data, not through the validate
 stage): the precision's table (``[fp32]``: max_abs_error 1e-4, times the largest reference output when that is
 above 1, and top-1 equal), ``[multilabel.P]`` /
-``[embedding.P]`` for those outputs, and a ``[FORMAT.P]`` table's overrides. On four images an agreement below
+``[embedding.P]`` / ``[regression.P]`` for those outputs, and a ``[FORMAT.P]`` table's overrides. On four images an agreement below
 1 means "all four"; fp16's only float gate is top-1 agreement, counted on the images whose reference answer is
 confident (``[confidence] confident_margin``), since a tie of the float model itself may flip under fp16 rounding.
 Core ML files run in edgeship's NumPy ML Program executor (``coreml-reference``) on every platform, the same
@@ -54,7 +54,7 @@ def _policy() -> dict[str, Any]:
 def float_gate(fmt: Format, precision: Precision, kind: OutputKind) -> dict[str, float]:
     """The policy's limits for a float file of ``fmt``/``precision`` whose output is ``kind``."""
     policy = _policy()
-    if kind in (OutputKind.MULTILABEL, OutputKind.EMBEDDING):
+    if kind.own_tables:
         gate = dict(policy.get(str(kind), {}).get(str(precision), {}))
     else:
         gate = dict(policy.get(str(precision), {}))
@@ -115,6 +115,13 @@ def problem(fmt: Format, precision: Precision, path: Path, loaded: LoadedModel,
     limit = gate.get("max_abs_error", 0.0) * max(1.0, float(np.max(np.abs(ref))))
     if "max_abs_error" in gate and not err <= limit:
         return f"its outputs differ from the Keras model's by up to {err:.3g} (limit {limit:.3g})"
+    if "max_relative_error" in gate:
+        from edgeship.validate.metrics import relative_error
+
+        rel = relative_error(err, float(ref.min()), float(ref.max()))
+        if not rel <= gate["max_relative_error"]:
+            return (f"its outputs differ from the Keras model's by up to {err:.3g}, {rel:.3g} of their range "
+                    f"(limit {gate['max_relative_error']:g})")
     if "top1_agreement" in gate:
         confident = _confident(ref, kind) if gate["top1_agreement"] < 1 else np.ones(len(ref), bool)
         flips = int(np.sum((got.argmax(1) != ref.argmax(1)) & confident))

@@ -1,4 +1,5 @@
-"""Core ML export: an ML Program ``.mlpackage`` with an image input, a classifier output and the model card.
+"""Core ML export: an ML Program ``.mlpackage`` with an image input, a classifier output (or, for an embedding or a
+regression, one named MultiArray output) and the model card.
 
 The image input's ``ImageType(scale, bias, color_layout)`` is derived from the spec's :class:`Preprocessing`;
 Core ML's scale is one number for all channels, so when the stds differ per channel the normalisation goes into
@@ -19,7 +20,7 @@ from edgeship.errors import UserError
 from edgeship.export.common import ModelInfo, conversion_error
 from edgeship.export.options import CoreMLTarget, ExportOptions
 from edgeship.models.loading import LoadedModel
-from edgeship.types import ColorOrder, Format, Precision
+from edgeship.types import ColorOrder, Format, OutputKind, Precision
 
 DEFAULT_TARGET = str(ExportOptions.model_fields["deployment_target"].default)
 TARGETS = tuple(t.value for t in CoreMLTarget)
@@ -35,10 +36,7 @@ def export_coreml(loaded: LoadedModel, precision: Precision, info: ModelInfo, pa
     t = tf()
     ct = import_quietly("coremltools")
     model, spec = loaded.keras_model, loaded.spec
-    if str(spec.output_kind) == "embedding":
-        raise UserError(f"Core ML export of an embedding output is not supported: edgeship writes Core ML files as "
-                        f"classifiers (a {spec.num_classes}-value feature vector is not {spec.num_classes} classes); "
-                        "export tflite,onnx for this model")
+    classes = OutputKind(spec.output_kind).has_classes
     pre = spec.preprocessing
     h, w, c = spec.input_shape
     scale_bias = pre.scale_bias()
@@ -62,16 +60,30 @@ def export_coreml(loaded: LoadedModel, precision: Precision, info: ModelInfo, pa
         with silenced():
             mlmodel = ct.convert(
                 [fn.get_concrete_function()], source="tensorflow", convert_to="mlprogram", inputs=[image],
-                classifier_config=ct.ClassifierConfig(list(spec.labels)),
+                # a classifier (classLabel + the class-score dictionary) only where the values are class scores;
+                # an embedding or a regression is one named MultiArray output (issue 24)
+                **({"classifier_config": ct.ClassifierConfig(list(spec.labels))} if classes else {}),
                 compute_precision=ct.precision.FLOAT16 if precision is Precision.FP16 else ct.precision.FLOAT32,
                 minimum_deployment_target=getattr(ct.target, deployment_target),
             )
     except Exception as e:  # coremltools raises NotImplementedError, ValueError... per unsupported op
         raise conversion_error(model, Format.COREML, e) from e
+    if not classes:
+        mlmodel = _rename_output(ct, mlmodel, spec.output_tensor)
     describe(mlmodel, loaded, info)
     with silenced():
         mlmodel.save(str(path))
     canonical_mlpackage(path)  # byte-identical reruns: no random UUIDs, maps in key order
+
+
+def _rename_output(ct: Any, mlmodel: Any, name: str) -> Any:
+    """``mlmodel`` with its one output named ``name`` (the TF graph's is "Identity"), as coremltools documents it:
+    ``ct.utils.rename_feature`` on the spec, the ML Program's weights kept."""
+    spec = mlmodel.get_spec()
+    old = spec.description.output[0].name
+    if old != name:
+        ct.utils.rename_feature(spec, old, name)
+    return ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir, skip_model_load=True)
 
 
 def export_file(loaded: LoadedModel, precision: Precision, info: ModelInfo, path: Path,
@@ -79,7 +91,9 @@ def export_file(loaded: LoadedModel, precision: Precision, info: ModelInfo, path
     """The exporter of :data:`edgeship.formats.FORMATS`: writes the .mlpackage at ``path``; its manifest options."""
     target = str(options.deployment_target)
     export_coreml(loaded, precision, info, path, deployment_target=target)
-    return {"input": loaded.spec.input_name, "input_type": "image", "output": "classLabel", "deployment_target": target}
+    spec = loaded.spec
+    output = "classLabel" if OutputKind(spec.output_kind).has_classes else spec.output_tensor
+    return {"input": spec.input_name, "input_type": "image", "output": output, "deployment_target": target}
 
 
 def describe(mlmodel: Any, loaded: LoadedModel, info: ModelInfo) -> None:
@@ -98,6 +112,8 @@ def describe(mlmodel: Any, loaded: LoadedModel, info: ModelInfo) -> None:
     meta["edgeship.version"] = __version__
     meta["edgeship.name"] = info.name
     meta["edgeship.preprocessing"] = json.dumps(pre.to_dict())
-    meta["edgeship.labels"] = json.dumps(list(spec.labels))
+    meta["edgeship.output_kind"] = str(spec.output_kind)
+    if OutputKind(spec.output_kind).has_classes:
+        meta["edgeship.labels"] = json.dumps(list(spec.labels))
 
 

@@ -83,7 +83,7 @@ def set_metadata(proto: Any, loaded: LoadedModel, info: ModelInfo, layout: Layou
         "labels": json.dumps(list(spec.labels)),
         "preprocessing": json.dumps(spec.preprocessing.to_dict()),
         "input_layout": str(layout),
-        "output": str(spec.output_kind),  # probabilities, logits, multilabel or embedding
+        "output": str(spec.output_kind),  # probabilities, logits, multilabel, embedding or regression
     }
     del proto.metadata_props[:]
     for key, value in props.items():

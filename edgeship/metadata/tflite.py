@@ -38,7 +38,7 @@ from ai_edge_litert.tools import flatbuffer_utils
 
 from edgeship.errors import UserError
 from edgeship.metadata.third_party import tflite_metadata_schema_py_generated as _md
-from edgeship.types import ColorOrder
+from edgeship.types import ColorOrder, OutputKind
 
 if TYPE_CHECKING:
     from edgeship.export.common import ModelInfo
@@ -97,6 +97,8 @@ def add_metadata(model: bytes, spec: "ModelSpec", info: ModelInfo) -> bytes:
     tflite.metadata = entries + [entry]
     flat = bytes(flatbuffer_utils.convert_object_to_bytearray(tflite))
 
+    if not OutputKind(spec.output_kind).has_classes:
+        return flat  # an embedding's or a regression's values are not classes: no labels.txt is packed
     labels_txt = ("\n".join(spec.labels) + "\n").encode("utf-8")
     return _append_zip(flat, {LABELS_FILE: labels_txt})
 
@@ -237,16 +239,19 @@ def _model_metadata(spec: "ModelSpec", info: ModelInfo, input_type: int) -> "_md
 
     out = _md.TensorMetadataT()
     kind = str(spec.output_kind)
-    out.name = {"probabilities": "probability", "multilabel": "scores", "embedding": "embedding"}.get(kind, "logits")
+    out.name = {"probabilities": "probability", "multilabel": "scores", "embedding": "embedding",
+                "regression": "output"}.get(kind, "logits")
     out.description = {
         "probabilities": f"Probabilities of {spec.num_classes} classes.",
         "multilabel": f"Independent scores in [0, 1] of {spec.num_classes} labels (sigmoid; multi-label).",
         "embedding": f"A {spec.num_classes}-value feature vector (embedding).",
+        "regression": f"{spec.num_classes} output values (regression; not class scores).",
     }.get(kind, f"Logits of {spec.num_classes} classes.")
     out.content = _md.ContentT()
     out.content.contentPropertiesType = _md.ContentProperties.FeatureProperties
     out.content.contentProperties = _md.FeaturePropertiesT()
-    out.associatedFiles = [] if kind == "embedding" else [labels]  # an embedding's values are not classes
+    # an embedding's or a regression's values are not classes: no label file
+    out.associatedFiles = [labels] if OutputKind(kind).has_classes else []
     if kind in ("probabilities", "multilabel"):
         out.stats = _md.StatsT()
         out.stats.min, out.stats.max = [0.0], [1.0]

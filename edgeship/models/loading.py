@@ -61,9 +61,16 @@ def load_model(
     labels: str | Path | None = None,
     preprocessing: Preprocessing | None = None,
     echo: Any = None,
+    output_kind: str | OutputKind | None = None,
 ) -> LoadedModel:
     """``model``: None (the embedded demo), a registry name, a path (.keras, .h5, SavedModel dir), or an already
-    built ``keras.Model``. ``labels``/``preprocessing`` override what is derived from the model.
+    built ``keras.Model``. ``labels``/``preprocessing`` override what is derived from the model; ``output_kind``
+    (an :class:`OutputKind` value) overrides the detected kind.
+
+    An unlabelled linear output (detected as logits, no labels given or found beside the model) is ambiguous: K
+    linear values may be K class scores or K coordinates (a flattened detection head). It is taken as a
+    ``regression`` output, judged value by value and never shipped as a K-class Core ML classifier with invented
+    labels, and ``echo`` says so, unless ``output_kind`` says otherwise (issue 24).
 
     Normalisation inside the model's graph (:mod:`edgeship.models.innorm`) is looked for in every source format;
     when found, the preprocessing becomes the identity (raw 0-255 pixels) and ``echo`` (default: a line on
@@ -109,6 +116,14 @@ def load_model(
         spec = spec.replace(labels=read_labels(labels))
         labels_source = ("the demo's labels.txt" if demo else "labels.txt beside the model"
                          if Path(labels) == beside_labels(model) else f"{labels}")
+    if output_kind:
+        spec = spec.with_output_kind(output_kind)
+    elif spec.output_kind is OutputKind.LOGITS and labels is None and not src.startswith("registry:"):
+        spec = spec.with_output_kind(OutputKind.REGRESSION)
+        k = spec.num_classes
+        (echo or _note)(f"{spec.name}'s output is {k} linear value{'s' if k != 1 else ''} that no labels name: judged "
+                        "value by value as a regression output (no Core ML classifier); if it is a "
+                        f"{k}-class classifier, give --labels FILE or --output-kind logits")
     loaded = LoadedModel(km, spec, src, sha, notes, in_graph, labels_source=labels_source)
     if in_graph is not None:
         loaded.preprocessing_source = f"found in the graph ({in_graph.describe()})"
@@ -140,7 +155,9 @@ def describe_input(loaded: LoadedModel) -> str:
     pre = spec.preprocessing
     return (f"input: {formula(replace(pre, color=ColorOrder.RGB))} per channel on {pre.color.value.upper()} pixels "
             f"0-255 (normalised range {pre.value_range[0]:g} to {pre.value_range[1]:g}), "
-            f"{loaded.preprocessing_source}; labels: {loaded.labels_source} ({spec.num_classes} classes)")
+            f"{loaded.preprocessing_source}; " + (f"labels: {loaded.labels_source} ({spec.num_classes} classes)"
+                                                  if OutputKind(spec.output_kind).has_classes else
+                                                  f"output: {spec.num_classes} values ({spec.output_kind})"))
 
 
 def _note(message: str) -> None:

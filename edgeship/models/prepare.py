@@ -107,13 +107,12 @@ def prepare_model(options: ModelOptions, *, what: str = "--mean/--std/--bgr",
 
     options.check(what.replace("/--bgr", "").replace("/bgr", ""))
     notes: list[str] = []
-    loaded = load_model(options.model, trust_model=options.trust_model, labels=options.labels, echo=notes.append)
+    loaded = load_model(options.model, trust_model=options.trust_model, labels=options.labels, echo=notes.append,
+                        output_kind=options.output_kind)
     declare_preprocessing(loaded, mean=options.mean, std=options.std, bgr=options.bgr, what=what,
                           force=options.force_preprocessing)
     for note in notes:
         echo(note)
-    if options.output_kind:
-        loaded.spec = loaded.spec.with_output_kind(options.output_kind)
     if settle_on is not None:
         settle_preprocessing(loaded, settle_on(loaded), what=what, echo=echo)
     if options.bake_preprocessing:

@@ -42,7 +42,8 @@ class CoreMLRunner(Runner):
         image = spec.description.input[0]
         self._input = image.name
         self._size = (image.type.imageType.height, image.type.imageType.width)
-        self._probs = spec.description.predictedProbabilitiesName
+        # a classifier's class-score dictionary; else (an embedding, a regression) the first MultiArray output
+        self._probs = spec.description.predictedProbabilitiesName or spec.description.output[0].name
 
     def inputs(self) -> list[InputInfo]:
         h, w = self._size
@@ -63,5 +64,7 @@ class CoreMLRunner(Runner):
 
     def _fetch(self) -> np.ndarray:
         probs = self._result[self._probs]
+        if not isinstance(probs, dict):
+            return np.asarray(probs, dtype=np.float32).reshape(1, -1)
         labels = self.labels or list(probs)
         return np.asarray([[probs[label] for label in labels]], dtype=np.float32)

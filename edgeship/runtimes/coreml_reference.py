@@ -39,10 +39,9 @@ class CoreMLReferenceRunner(Runner):
         meta = program.spec.description.metadata.userDefined
         if "edgeship.preprocessing" in meta:
             self.preprocessing = Preprocessing.from_dict(json.loads(meta["edgeship.preprocessing"]))
-        if program.labels is None:
-            raise UserError(f"{self.path.name} has no classifier output (classify op): edgeship validates "
-                            "image classifiers")
-        self.labels = [str(label) for label in program.labels]
+        # a classifier answers {label: value} in its own label order; a program without one (an embedding, a
+        # regression) answers its first output as it is
+        self.labels = None if program.labels is None else [str(label) for label in program.labels]
         images = [d for d in program.inputs if d.image is not None]
         if len(program.inputs) != 1 or not images:
             raise UserError(f"{self.path.name} has inputs {[d.name for d in program.inputs]}; edgeship validates "

@@ -66,8 +66,10 @@ class ContractCheck:
     """Accumulates the reference's outputs batch by batch (the validator's one loop), then judges them."""
 
     def __init__(self, limits: dict[str, float], probabilities: bool, expect_accuracy: float | None = None,
-                 skip: str | None = None) -> None:
+                 skip: str | None = None, class_answers: bool = True) -> None:
         self.limits = {**CONTRACT_KEYS, **limits}
+        # False for an output without class answers (multi-label, embedding, regression): skipped with no figures
+        self.class_answers = class_answers
         self.probabilities = probabilities
         self.expect_accuracy = expect_accuracy
         self.skip = skip
@@ -107,7 +109,8 @@ class ContractCheck:
         if labels is not None:
             metrics["accuracy_top1"] = float(np.mean(top1 == labels))
         if self.skip:
-            return ContractResult(Status.SKIPPED, self.skip, n, metrics)
+            return ContractResult(Status.SKIPPED, self.skip, n, metrics) if self.class_answers \
+                else ContractResult(Status.SKIPPED, self.skip)
         if n < self.limits["min_samples"]:
             return ContractResult(Status.SKIPPED, f"{n} samples, fewer than the {self.limits['min_samples']:g} it "
                                                   "needs ([contract] min_samples)", n, metrics)

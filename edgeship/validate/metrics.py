@@ -61,6 +61,9 @@ class Metric(_StrEnum):
     # nearest neighbour in the data set (by cosine, itself excluded) is the same sample in both
     COSINE_MIN = "cosine_min"
     NEIGHBOUR_AGREEMENT = "neighbour_agreement"
+    # Regression outputs (any tensor judged value by value): the largest absolute error over the reference's range
+    # (its largest value minus its smallest, over all samples): an error in the output's own scale
+    MAX_RELATIVE_ERROR = "max_relative_error"
 
 
 #: Default margin bins and confident margin (overridden by the policy's ``[confidence]`` table): see policy.toml.
@@ -263,6 +266,8 @@ PARTIALS: dict[str, Statistic] = {
     "out_ap": Statistic(Merge.HISTOGRAM, _labelled(lambda b: (b.out, b.truth))),
     "ref_emb": Statistic(Merge.SAMPLES, lambda b: np.asarray(b.ref, np.float32), first=MAX_NEIGHBOUR_SAMPLES),
     "out_emb": Statistic(Merge.SAMPLES, lambda b: np.asarray(b.out, np.float32), first=MAX_NEIGHBOUR_SAMPLES),
+    "ref_min": Statistic(Merge.SAMPLES, lambda b: b.ref.min(axis=1)),
+    "ref_max": Statistic(Merge.SAMPLES, lambda b: b.ref.max(axis=1)),
     "top5": Statistic(Merge.SAMPLES, lambda b: per_sample_top5_overlap(b.ref, b.out)),
     "agree": Statistic(Merge.SAMPLES, lambda b: b.top1[0] == b.top1[1]),
     "margin": Statistic(Merge.SAMPLES, lambda b: b.margin),
@@ -301,6 +306,7 @@ class MetricSpec:
 
 CLASSES, ALL_KINDS = frozenset(k for k in OutputKind if k.is_classification), frozenset(OutputKind)
 _MULTILABEL, _EMBEDDING = frozenset({OutputKind.MULTILABEL}), frozenset({OutputKind.EMBEDDING})
+_REGRESSION = frozenset({OutputKind.REGRESSION})
 
 
 def _mean(name: str) -> Callable[[Accumulated], float | None]:
@@ -352,6 +358,22 @@ def _map(name: str) -> Callable[[Accumulated], float | None]:
 def _map_drop(c: Accumulated) -> float | None:
     ref_map, out_map = _map("ref_ap")(c), _map("out_ap")(c)
     return ref_map - out_map if ref_map is not None and out_map is not None else None
+
+
+def relative_error(max_abs: float, ref_min: float, ref_max: float) -> float:
+    """``max_abs`` over the reference's range ``ref_max - ref_min``; 0 for no error, inf for an error on a constant
+    reference (the one rule :data:`Metric.MAX_RELATIVE_ERROR` and the export's float check share)."""
+    span = ref_max - ref_min
+    if max_abs == 0:
+        return 0.0
+    return max_abs / span if span > 0 else float("inf")
+
+
+def _relative_error(c: Accumulated) -> float | None:
+    if not c.stream.has("ref_max"):
+        return None
+    return relative_error(float(np.max(c.stream.values("max_abs"))), float(np.min(c.stream.values("ref_min"))),
+                          float(np.max(c.stream.values("ref_max"))))
 
 
 def _neighbours(c: Accumulated) -> float | None:
@@ -424,11 +446,13 @@ REGISTRY: dict[Metric, MetricSpec] = {
         "mAP drop", _LOW, _F, _MULTILABEL, ("ref_ap", "out_ap"), _map_drop,
         needs_labels=True),
     Metric.COSINE_MIN: MetricSpec(
-        "lowest cosine", _HIGH, Unit.COSINE, _EMBEDDING, ("cos",),
+        "lowest cosine", _HIGH, Unit.COSINE, _EMBEDDING | _REGRESSION, ("cos",),
         lambda c: float(np.min(c.stream.values("cos")))),
     Metric.NEIGHBOUR_AGREEMENT: MetricSpec(
         "nearest-neighbour agreement", _HIGH, _F, _EMBEDDING, ("ref_emb", "out_emb"), _neighbours,
         counts=_neighbour_counts),
+    Metric.MAX_RELATIVE_ERROR: MetricSpec(
+        "max error / range", _LOW, Unit.OUTPUT, _REGRESSION, ("max_abs", "ref_min", "ref_max"), _relative_error),
 }
 
 

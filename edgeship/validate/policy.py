@@ -16,9 +16,9 @@ from edgeship.schema import Fraction, NonNegative, NonNegativeInt, Positive, Tab
 from edgeship.types import Format, OutputKind, Precision
 from edgeship.validate.metrics import CONFIDENT_MARGIN, LABEL_THRESHOLD, MARGIN_BINS, REGISTRY, Metric, Unit
 
-#: Output kinds with their own gate tables ([multilabel.PRECISION], [embedding.PRECISION]); probabilities and logits
-#: are gated by the precision tables.
-_KIND_TABLES = (OutputKind.MULTILABEL.value, OutputKind.EMBEDDING.value)
+#: Output kinds with their own gate tables ([multilabel.PRECISION], [embedding.PRECISION], [regression.PRECISION]);
+#: probabilities and logits are gated by the precision tables.
+_KIND_TABLES = tuple(k.value for k in OutputKind if k.own_tables)
 from edgeship.validate.results import GateResult, Latency, Metrics
 
 DEFAULT_POLICY = Path(__file__).with_name("policy.toml")
@@ -72,7 +72,7 @@ class Policy:
     label_threshold: float = LABEL_THRESHOLD
 
     def limits_for(self, fmt: str, precision: str, kind: str | OutputKind | None = None) -> dict[Metric, float]:
-        """The gates of one artifact: its precision's table (or, for a multi-label or embedding output, its kind's
+        """The gates of one artifact: its precision's table (or, for a multi-label, embedding or regression output, its kind's
         ``[KIND.PRECISION]`` table instead), then its ``[FORMAT.PRECISION]`` overrides."""
         kind = str(kind) if kind is not None else None
         base = (self.metric_limits.get(f"{kind}.{precision}", {}) if kind in _KIND_TABLES
@@ -282,6 +282,7 @@ PolicyFile = create_model(
     "PolicyFile", __base__=Table, confidence=(Confidence | None, None), latency=(LatencyTable | None, None),
     baseline=(BaselineBudgets | None, None), device_latency=(DeviceLatencyTable | None, None),
     multilabel=(MultilabelTable | None, None), embedding=(EmbeddingTable | None, None),
+    regression=(EmbeddingTable | None, None),
     contract=(ContractLimits | None, None), statistics=(Statistics | None, None), limits=(Limits | None, None),
     **{p.value: (MetricLimits | None, None) for p in Precision},
     **{f.value: (FormatLimits | None, None) for f in Format})  # type: ignore[call-overload]
@@ -293,8 +294,8 @@ def _check_file(path: Path) -> Any:
     if unknown:
         raise UserError(f"{path}: unknown table [{unknown[0]}]: use a precision "
                         f"({', '.join(p.value for p in Precision)}), a format.precision, confidence, latency, "
-                        "device_latency, baseline, contract, statistics, limits, multilabel(.precision) or "
-                        "embedding.precision")
+                        "device_latency, baseline, contract, statistics, limits, multilabel(.precision), "
+                        "embedding.precision or regression.precision")
     return data, check(PolicyFile, data, path)
 
 

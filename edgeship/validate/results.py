@@ -38,7 +38,7 @@ Schema ``schema_version`` 2 (stable keys; new keys may be added, none removed or
       "executor": {"name": "local"} | {"name": "ray", "workers": 2, "shards": 8, "nodes": ["10.0.0.5"],
                    "latency_node": {"node_id": "...", "ip": "...", "hostname": "...", "pid": 123}, ...},
       "allow_modified": false,
-      "output_kind": "probabilities" | "logits" | "multilabel" | "embedding",
+      "output_kind": "probabilities" | "logits" | "multilabel" | "embedding" | "regression",
       "versions": {"edgeship": "0.1.0", "onnxruntime": "1.31.1", "ai-edge-litert": "2.3.0", ...},
       "passed": true
     }
@@ -58,8 +58,8 @@ alone) were added within version 2; with the Ray executor, ``machine`` is the no
 manifest records (size and sha256), and whether ``--allow-modified`` let modified files be validated.
 
 ``output_kind`` and the metrics ``label_agreement``, ``mean_average_precision(_drop)`` (multi-label outputs),
-``cosine_min`` and ``neighbour_agreement`` (embeddings) were added within version 2; for those two kinds the
-class metrics (top-1, top-5, accuracy, confident flips) are null.
+``cosine_min`` and ``neighbour_agreement`` (embeddings), ``max_relative_error`` (regression outputs) were added
+within version 2; for those three kinds the class metrics (top-1, top-5, accuracy, confident flips) are null.
 ``passed`` is true only when no artifact failed and no required format was skipped: ``skipped`` never counts as
 passed.
 """
@@ -330,7 +330,7 @@ class Report:
     # one. {"path", "created", "edgeship_version", "machine", "missing": [{"format", "precision", "runtime",
     # "path"}], "fail_on_missing", "budgets": {...}}
     baseline: dict[str, Any] | None = None
-    # What the output means (probabilities, logits, multilabel, embedding): it chose the metrics and gate tables
+    # What the output means (probabilities, logits, multilabel, embedding, regression): it chose the metrics and gate tables
     output_kind: str = "logits"
     # The preprocessing contract check (edgeship.validate.contract.ContractResult), or None when not run
     contract: ContractResult | None = None

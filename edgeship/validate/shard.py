@@ -212,8 +212,11 @@ class Session:
         if self._source is None:
             from edgeship.data import open_data
 
+            from edgeship.types import OutputKind
+
             self._source = open_data(self.job.data, self.spec.input_shape[:2], self.spec.labels,
-                                     input_range=self.job.input_range)
+                                     input_range=self.job.input_range,
+                                     use_labels=OutputKind(self.spec.output_kind).has_classes)
         return self._source
 
     def _partial(self, i: int) -> ArtifactPartial:

@@ -123,4 +123,5 @@ def test_every_command_can_say_what_the_files_expect_and_where_it_came_from():
     assert "x / 255" in line and "BGR" in line and "0 to 1" in line and "declared (--mean/--std/--bgr)" in line
     bare = load_model(demo.keras_model)  # a keras.Model given in Python: nothing declared, nothing in the graph
     line = describe_input(bare)
-    assert "assumed: nothing declared" in line and "labels: none" in line
+    # an unlabelled linear output: regression values, not classes numbered 0..K-1 (issue 24)
+    assert "assumed: nothing declared" in line and "output: 10 values (regression)" in line

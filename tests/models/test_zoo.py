@@ -220,7 +220,7 @@ def head_1000_report(tmp_path_factory):
     backbone, _ = _demo_parts()
     inp = k.Input((96, 96, 3))
     model = k.Model(inp, k.layers.Dense(1000)(k.layers.GlobalAveragePooling2D()(backbone(inp))), name="head1000")
-    loaded = load_model(model)
+    loaded = load_model(model, output_kind="logits")  # unlabelled linear: a classifier only when the user says so
     return loaded, _ship(loaded, tmp_path_factory.mktemp("zoo_1000"), labelled=False, formats=("tflite",))
 
 
@@ -270,3 +270,115 @@ def test_v3_minimalistic_at_96(v3_report):
     loaded, report = v3_report
     assert loaded.spec.preprocessing.mean == (0.0, 0.0, 0.0)  # V3 rescales inside: raw pixels in
     _assert_float_passes_int8_measured(report)
+
+
+# ---------------------------------------------------------------------- an unlabelled linear output (issue 24)
+def _ssd_flat():
+    """An SSD-style two-head model flattened to one linear output, the shape that shipped as a "126-class
+    classifier": on the demo's trained backbone (3x3x1280 at 96 px), per cell a box head (4 values: the digit's ink
+    box, normalised) and a class head (10 logits), reshaped, concatenated and flattened to (N, 126). Heads trained
+    for seconds on the calibration images."""
+    from edgeship.data import load_image_folder
+    from edgeship.models.loading import DEMO_DIR
+    from edgeship.models.spec import Preprocessing
+
+    k = keras()
+    k.utils.set_random_seed(0)
+    backbone, _ = _demo_parts()
+    cal = load_image_folder(DEMO_DIR / "calibration", (96, 96), class_names=LABELS)
+    feats = backbone.predict(Preprocessing().apply(cal.images), verbose=0)
+    boxes = []
+    for g in cal.images.mean(-1):
+        ink = np.abs(g - np.median(g)) > 40
+        ys, xs = np.nonzero(ink) if ink.any() else (np.array([0, 95]), np.array([0, 95]))
+        boxes.append([ys.min() / 96, xs.min() / 96, ys.max() / 96, xs.max() / 96])
+    cells = lambda a: np.repeat(np.repeat(np.asarray(a, np.float32)[:, None, None, :], 3, 1), 3, 2)  # noqa: E731
+    fi = k.Input(feats.shape[1:])
+    box_head, cls_head = k.layers.Conv2D(4, 1, name="box_head"), k.layers.Conv2D(10, 1, name="class_head")
+    train = k.Model(fi, [box_head(fi), cls_head(fi)])
+    train.compile(optimizer=k.optimizers.Adam(0.005),
+                  loss=["mse", k.losses.CategoricalCrossentropy(from_logits=True)])
+    train.fit(feats, [cells(boxes), cells(np.eye(10)[cal.labels])], epochs=60, batch_size=50, verbose=0)
+    inp = k.Input((96, 96, 3), name="image")
+    f = backbone(inp)
+    heads = k.layers.Concatenate(name="concat")([k.layers.Reshape((9, 4), name="boxes")(box_head(f)),
+                                                 k.layers.Reshape((9, 10), name="classes")(cls_head(f))])
+    return k.Model(inp, k.layers.Flatten(name="flat")(heads), name="ssd_flat")
+
+
+@pytest.fixture(scope="session")
+def flat_head(tmp_path_factory):
+    notes: list[str] = []
+    loaded = load_model(_ssd_flat(), echo=notes.append)
+    tmp = tmp_path_factory.mktemp("zoo_flat_head")
+    return loaded, notes, _ship(loaded, tmp, labelled=False, formats=("tflite", "onnx", "coreml")), tmp
+
+
+def test_unlabelled_linear_head_is_regression_not_a_classifier(flat_head):
+    """126 linear values with no labels: judged value by value (SQNR, cosine, error over the range), every file
+    passes; no file carries invented labels; the Core ML file is no classifier but one MultiArray named "output"."""
+    import json
+
+    from edgeship.metadata.coreml import classifier_labels
+    from edgeship.metadata.tflite import read_metadata
+
+    loaded, notes, report, tmp = flat_head
+    assert loaded.spec.output_kind is OutputKind.REGRESSION and loaded.spec.num_classes == 126
+    assert len(notes) == 1 and "--output-kind logits" in notes[0] and "126 linear values" in notes[0]
+    assert report.output_kind == "regression"
+    rows = _rows(report)
+    assert {"tflite.fp32", "onnx.fp32", "tflite.int8", "onnx.int8", "coreml.w8"} <= set(rows)
+    for key, a in rows.items():
+        m = a.metrics
+        assert m.top1_agreement is None and m.accuracy_top1 is None, key  # not judged as a classifier
+        assert m.max_relative_error is not None and m.cosine_min is not None, key
+        assert a.status.value == "passed", (key, a.reason)
+    gates = {g.name for g in rows["tflite.int8"].gates}
+    assert {"sqnr_db", "cosine"} <= gates and "top1_agreement" not in gates
+    assert rows["tflite.fp32"].metrics.max_relative_error < 1e-4
+    out = tmp / "out"
+    meta = read_metadata((out / "ssd_flat_fp32.tflite").read_bytes())
+    assert not meta.get("labels")  # no labels.txt packed: the values are not classes
+    import coremltools as ct
+
+    spec = ct.utils.load_spec(str(next(out.glob("ssd_flat_*.mlpackage"))))
+    assert classifier_labels(spec) == [] and not spec.description.predictedFeatureName
+    assert [o.name for o in spec.description.output] == ["output"]
+    assert "edgeship.labels" not in spec.description.metadata.userDefined
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["output_kind"] == "regression"
+
+
+def test_flat_head_with_a_moved_box_edge_fails(flat_head, tmp_path):
+    """A planted fault: the files made from a model whose box edges moved by 3 % of the image, judged against the
+    trained model: the float file fails on its error over the range, in one line."""
+    from edgeship.export import export
+    from edgeship.validate import validate
+
+    loaded, _, _, _ = flat_head
+    k = keras()
+    moved = k.models.clone_model(loaded.keras_model)
+    moved.set_weights(loaded.keras_model.get_weights())
+    w, b = moved.get_layer("box_head").get_weights()
+    b[0] += 0.03  # every cell's top edge (a 1x1 conv shares its bias over the cells)
+    moved.get_layer("box_head").set_weights([w, b])
+    export(loaded=load_model(moved, echo=lambda _: None), formats=["tflite"], out=tmp_path / "out")
+    images, _ = _heldout((96, 96))
+    np.savez(tmp_path / "heldout.npz", images=images)
+    report = validate([tmp_path / "out"], reference=loaded, data=tmp_path / "heldout.npz", iterations=1, warmup=0,
+                      kernel_path_samples=0, progress=False)
+    for key, a in _rows(report).items():
+        assert a.status.value == "failed", key
+        assert "max_relative_error" in a.reason and "\n" not in a.reason, (key, a.reason)
+
+
+def test_unlabelled_linear_head_is_a_classifier_when_the_user_says_so():
+    """--output-kind logits (or labels) makes the same output a classifier, with no regression note."""
+    notes: list[str] = []
+    k = keras()
+    backbone, (w, b) = _demo_parts()
+    inp = k.Input((96, 96, 3))
+    model = k.Model(inp, k.layers.Dense(10)(k.layers.GlobalAveragePooling2D()(backbone(inp))))
+    assert load_model(model, output_kind="logits", echo=notes.append).spec.output_kind is OutputKind.LOGITS
+    assert load_model(model, labels=DEMO_LABELS, echo=notes.append).spec.output_kind is OutputKind.LOGITS
+    assert notes == []

@@ -45,11 +45,17 @@ def test_kind_from_the_last_computing_layer(head, kind):
     assert detect_output_kind(_net(head))[0] is OutputKind(kind)
 
 
-@pytest.mark.parametrize("head,kind", [("softmax", "probabilities"), ("sigmoid", "multilabel"), ("logits", "logits")])
+@pytest.mark.parametrize("head,kind", [("softmax", "probabilities"), ("sigmoid", "multilabel"), ("logits", "logits"),
+                                       ("logits-unlabelled", "regression")])
 def test_kind_of_a_savedmodel_from_its_outputs(tmp_path, head, kind):
+    """An unlabelled linear output is ambiguous (class scores or coordinates): regression unless labels say (issue
+    24)."""
     from tests.models.keras2_files import write_saved_model
 
-    loaded = load_model(write_saved_model(_net(head), tmp_path / "sm"))
+    sm = write_saved_model(_net(head.split("-")[0]), tmp_path / "sm")
+    if head != "logits-unlabelled":
+        (sm / "labels.txt").write_text("".join(f"c{i}\n" for i in range(_net("softmax").output_shape[-1])))
+    loaded = load_model(sm)
     assert loaded.spec.output_kind is OutputKind(kind)
     assert loaded.spec.output_name == OutputKind(kind).tensor_name
 

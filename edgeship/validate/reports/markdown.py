@@ -256,16 +256,20 @@ def truncate(s: str, width: int) -> str:
 
 def _kind_cells(kind: str, m: Any) -> tuple[str, str]:
     """The agreement and drop cells of one row, by output kind: top-1 and accuracy drop for class outputs; label
-    decisions and mAP drop for multi-label scores; mean cosine and nearest-neighbour agreement for embeddings."""
+    decisions and mAP drop for multi-label scores; mean cosine and nearest-neighbour agreement for embeddings; mean
+    cosine and the largest error over the output's range for regressions."""
     if kind == "multilabel":
         return fmt_pct(m.label_agreement), fmt_drop(m.mean_average_precision_drop)
     if kind == "embedding":
         return fmt_number(m.cosine, ".4f"), fmt_pct(m.neighbour_agreement)
+    if kind == "regression":
+        return fmt_number(m.cosine, ".4f"), fmt_number(m.max_relative_error, ".3g")
     return fmt_pct(m.top1_agreement), fmt_drop(m.accuracy_top1_drop)
 
 
 #: The two kind-dependent columns' headings (in place of "top-1" and "acc drop").
-_KIND_HEADINGS = {"multilabel": ("labels", "mAP drop"), "embedding": ("cosine", "NN agree")}
+_KIND_HEADINGS = {"multilabel": ("labels", "mAP drop"), "embedding": ("cosine", "NN agree"),
+                  "regression": ("cosine", "err/range")}
 
 
 def summary_table(report: Report) -> str:
@@ -282,7 +286,7 @@ def summary_table(report: Report) -> str:
         m, lat = a.metrics, a.latency_ms
         status = {Status.PASSED: "passed", Status.FAILED: "FAILED", Status.SKIPPED: "skipped"}[Status(a.status)]
         agree, drop = _kind_cells(kind, m)
-        counted = {"multilabel": None, "embedding": None}.get(kind, "top1_agreement")
+        counted = None if kind in _KIND_HEADINGS else "top1_agreement"
         if counted and a.count_of(counted):
             agree = fmt_counted(a, counted, getattr(m, counted))
         cells = [a.format, a.precision, a.runtime, status, agree, fmt_err(m.max_abs_error),
