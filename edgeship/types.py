@@ -62,6 +62,8 @@ class OutputKind(_StrEnum):
     # any other tensor of values (box regressions, a flattened detection head, keypoints...), judged value by value;
     # also what an unlabelled linear output is taken for unless the user says it is a classifier (issue 24)
     REGRESSION = "regression"
+    # a per-pixel class-score map (N, H, W, classes): semantic segmentation (DeepLab-style heads)
+    SEGMENTATION = "segmentation"
 
     @property
     def is_classification(self) -> bool:
@@ -70,10 +72,16 @@ class OutputKind(_StrEnum):
 
     @property
     def has_classes(self) -> bool:
-        """Whether each output value is the score of a named class (labels ship with the file, Core ML files are
-        classifiers): probabilities, logits and multi-label scores; an embedding's or a regression's values are
-        not classes."""
+        """Whether each output value is the score of a named class (labels ship with the file): probabilities,
+        logits, multi-label scores and segmentation maps; an embedding's or a regression's values are not
+        classes."""
         return self not in (OutputKind.EMBEDDING, OutputKind.REGRESSION)
+
+    @property
+    def per_image(self) -> bool:
+        """Whether the output is one vector of class scores per image (probabilities, logits, multi-label scores):
+        its Core ML file is a classifier, and class folders or stored labels are each image's truth."""
+        return self in (OutputKind.PROBABILITIES, OutputKind.LOGITS, OutputKind.MULTILABEL)
 
     @property
     def own_tables(self) -> bool:
@@ -85,4 +93,4 @@ class OutputKind(_StrEnum):
     def tensor_name(self) -> str:
         """The output's name in every exported file and the manifest."""
         return {"probabilities": "probabilities", "logits": "logits", "multilabel": "scores",
-                "embedding": "embedding", "regression": "output"}[self.value]
+                "embedding": "embedding", "regression": "output", "segmentation": "segmentation"}[self.value]

@@ -1,5 +1,5 @@
-"""Core ML export: an ML Program ``.mlpackage`` with an image input, a classifier output (or, for an embedding or a
-regression, one named MultiArray output) and the model card.
+"""Core ML export: an ML Program ``.mlpackage`` with an image input, a classifier output (or, for a segmentation map,
+an embedding or a regression, one named MultiArray output) and the model card.
 
 The image input's ``ImageType(scale, bias, color_layout)`` is derived from the spec's :class:`Preprocessing`;
 Core ML's scale is one number for all channels, so when the stds differ per channel the normalisation goes into
@@ -36,7 +36,7 @@ def export_coreml(loaded: LoadedModel, precision: Precision, info: ModelInfo, pa
     t = tf()
     ct = import_quietly("coremltools")
     model, spec = loaded.keras_model, loaded.spec
-    classes = OutputKind(spec.output_kind).has_classes
+    classes = OutputKind(spec.output_kind).per_image  # a classifier; else (a map, values) a MultiArray output
     pre = spec.preprocessing
     h, w, c = spec.input_shape
     scale_bias = pre.scale_bias()
@@ -60,8 +60,8 @@ def export_coreml(loaded: LoadedModel, precision: Precision, info: ModelInfo, pa
         with silenced():
             mlmodel = ct.convert(
                 [fn.get_concrete_function()], source="tensorflow", convert_to="mlprogram", inputs=[image],
-                # a classifier (classLabel + the class-score dictionary) only where the values are class scores;
-                # an embedding or a regression is one named MultiArray output (issue 24)
+                # a classifier (classLabel + the class-score dictionary) only for one vector of class scores per
+                # image; a segmentation map, an embedding or a regression is one named MultiArray output (issue 24)
                 **({"classifier_config": ct.ClassifierConfig(list(spec.labels))} if classes else {}),
                 compute_precision=ct.precision.FLOAT16 if precision is Precision.FP16 else ct.precision.FLOAT32,
                 minimum_deployment_target=getattr(ct.target, deployment_target),
@@ -92,7 +92,7 @@ def export_file(loaded: LoadedModel, precision: Precision, info: ModelInfo, path
     target = str(options.deployment_target)
     export_coreml(loaded, precision, info, path, deployment_target=target)
     spec = loaded.spec
-    output = "classLabel" if OutputKind(spec.output_kind).has_classes else spec.output_tensor
+    output = "classLabel" if OutputKind(spec.output_kind).per_image else spec.output_tensor
     return {"input": spec.input_name, "input_type": "image", "output": output, "deployment_target": target}
 
 

@@ -240,12 +240,16 @@ def _model_metadata(spec: "ModelSpec", info: ModelInfo, input_type: int) -> "_md
     out = _md.TensorMetadataT()
     kind = str(spec.output_kind)
     out.name = {"probabilities": "probability", "multilabel": "scores", "embedding": "embedding",
-                "regression": "output"}.get(kind, "logits")
+                "regression": "output", "segmentation": "segmentation"}.get(kind, "logits")
     out.description = {
         "probabilities": f"Probabilities of {spec.num_classes} classes.",
         "multilabel": f"Independent scores in [0, 1] of {spec.num_classes} labels (sigmoid; multi-label).",
         "embedding": f"A {spec.num_classes}-value feature vector (embedding).",
-        "regression": f"{spec.num_classes} output values (regression; not class scores).",
+        "regression": f"{'x'.join(map(str, spec.output_shape or (spec.num_classes,)))} output values (regression; "
+                      "not class scores).",
+        "segmentation": f"Per-pixel scores of {spec.num_classes} classes, "
+                        f"{'x'.join(map(str, spec.output_shape[:2]))} (height x width); the class of a pixel is its "
+                        "largest score.",
     }.get(kind, f"Logits of {spec.num_classes} classes.")
     out.content = _md.ContentT()
     out.content.contentPropertiesType = _md.ContentProperties.FeatureProperties

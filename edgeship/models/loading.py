@@ -124,6 +124,13 @@ def load_model(
         (echo or _note)(f"{spec.name}'s output is {k} linear value{'s' if k != 1 else ''} that no labels name: judged "
                         "value by value as a regression output (no Core ML classifier); if it is a "
                         f"{k}-class classifier, give --labels FILE or --output-kind logits")
+    elif spec.output_kind is OutputKind.REGRESSION and len(spec.output_shape) == 3:
+        if labels is not None:  # labels name the last axis of an (H, W, classes) map: a segmentation
+            spec = spec.with_output_kind(OutputKind.SEGMENTATION)
+        else:
+            (echo or _note)(f"{spec.name}'s output is an {'x'.join(map(str, spec.output_shape))} map that no labels "
+                            "name and no softmax ends: judged value by value as a regression output; if it is a "
+                            "per-pixel class map, give --labels FILE or --output-kind segmentation")
     loaded = LoadedModel(km, spec, src, sha, notes, in_graph, labels_source=labels_source)
     if in_graph is not None:
         loaded.preprocessing_source = f"found in the graph ({in_graph.describe()})"
@@ -226,17 +233,35 @@ def derive_spec(km: Any, name: str) -> ModelSpec:
             "(batch, height, width, 3); re-save the model with a fixed input size"
         )
     out_shape = km.output_shape
-    if isinstance(out_shape, list) or len(out_shape) != 2 or out_shape[-1] is None:
-        raise UserError(f"model '{name}' has output shape {out_shape}: edgeship needs one (batch, classes) output")
+    if isinstance(out_shape, (list, dict)) or (isinstance(out_shape, tuple) and out_shape
+                                                 and isinstance(out_shape[0], (tuple, list))):
+        shapes = out_shape.values() if isinstance(out_shape, dict) else out_shape
+        names = [getattr(t, "name", f"output_{i}") for i, t in enumerate(getattr(km, "outputs", []) or [])]
+        listed = ", ".join(f"{n} {tuple(s)}" for n, s in zip(names or [f"output_{i}" for i in range(len(shapes))],
+                                                             shapes))
+        raise UserError(f"model '{name}' has {len(shapes)} outputs ({listed}): edgeship validates one output per "
+                        "model; concatenate the heads into one output (judged value by value as a regression) or "
+                        "ship each head as its own model")
+    if len(out_shape) < 2 or any(d is None for d in out_shape[1:]):
+        raise UserError(f"model '{name}' has output shape {out_shape}: edgeship needs one output of fixed shape "
+                        "(batch, ...); re-save the model with a fixed input size")
     layers = list(walk_layers(km))
     rescales_inside = any(type(l).__name__ == "Rescaling" for l in layers[:4])
     preprocessing = Preprocessing.identity() if rescales_inside else Preprocessing()
+    kind = detect_output_kind(km, layers, preprocessing)[0]
+    output_shape: tuple[int, ...] = tuple(int(d) for d in out_shape[1:]) if len(out_shape) > 2 else ()
+    if output_shape and kind.per_image:
+        # not one vector: a softmax over the last axis of an (H, W, classes) map is a segmentation; any other map
+        # is a regression until labels name its classes (load_model)
+        kind = (OutputKind.SEGMENTATION if kind is OutputKind.PROBABILITIES and len(output_shape) == 3
+                else OutputKind.REGRESSION)
     return ModelSpec(
         name=name,
         input_shape=in_shape,
         num_classes=int(out_shape[-1]),
         preprocessing=preprocessing,
-        output_kind=detect_output_kind(km, layers, preprocessing)[0],
+        output_kind=kind,
+        output_shape=output_shape,
     )
 
 

@@ -110,6 +110,9 @@ class ModelSpec:
     # --bake-preprocessing: the declared preprocessing, now the first ops of the exported model
     # (edgeship.models.bake); ``preprocessing`` is then the identity. None when nothing was baked.
     baked_preprocessing: Preprocessing | None = None
+    # The output's shape without the batch dimension when it is not one vector ((H, W, classes) for a segmentation
+    # map, (A, 4) for boxes...); () for a (num_classes,) vector. num_classes is its last dimension.
+    output_shape: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         labels = tuple(self.labels) or tuple(str(i) for i in range(self.num_classes))
@@ -127,6 +130,16 @@ class ModelSpec:
                 and self.output_kind is OutputKind.LOGITS:
             object.__setattr__(self, "output_name", kind.tensor_name)  # the default name followed the kind
         object.__setattr__(self, "output_kind", kind)
+        object.__setattr__(self, "output_shape", tuple(int(d) for d in self.output_shape))
+        if kind.per_image and len(self.output_shape) > 1:
+            raise UserError(
+                f"{self.name}: a {kind} output is one score per class, and this model's output has shape "
+                f"{self.output_shape}: give --output-kind segmentation (a per-pixel class map (H, W, classes)) "
+                "or regression (values judged one by one)")
+        if kind is OutputKind.SEGMENTATION and len(self.output_shape) != 3:
+            raise UserError(
+                f"{self.name}: a segmentation output is a per-pixel class map (H, W, classes), and this model's "
+                f"output has shape {self.output_shape or (self.num_classes,)}: give --output-kind regression")
         object.__setattr__(self, "outputs_probabilities", kind is OutputKind.PROBABILITIES)
         if self.output_name is None:
             object.__setattr__(self, "output_name", kind.tensor_name)
@@ -166,6 +179,8 @@ class ModelSpec:
             d["in_graph_normalisation"] = self.in_graph_normalisation
         if self.baked_preprocessing is not None:
             d["baked_preprocessing"] = self.baked_preprocessing.to_dict()
+        if self.output_shape:
+            d["output_shape"] = list(self.output_shape)
         return d
 
 

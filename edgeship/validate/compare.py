@@ -67,12 +67,12 @@ class Comparison:
     def update(self, ref: np.ndarray, out: np.ndarray, images: np.ndarray, truth: np.ndarray | None,
                sources: list[str], offset: int | np.ndarray) -> None:
         """``offset``: the index in the whole set of the batch's first sample, or (n,) the index of each sample."""
-        if self.permutation is not None:
-            out = out[:, self.permutation]
+        if self.permutation is not None:  # the class axis is the last one (of each pixel of a segmentation map)
+            out = out.reshape(len(out), -1, len(self.labels))[:, :, self.permutation].reshape(len(out), -1)
         if out.shape != ref.shape:
             raise UserError(f"the artifact answers with shape {out.shape[1:]}, the reference with {ref.shape[1:]}")
         s = self.stream
-        batch = m.Batch(ref, out, truth, self.probabilities, self.threshold)
+        batch = m.Batch(ref, out, truth, self.probabilities, self.threshold, classes=len(self.labels))
         s.count("samples", len(ref))
         for name in m.partials_of(self.kind):
             partial = m.PARTIALS[name]

@@ -64,6 +64,13 @@ class Metric(_StrEnum):
     # Regression outputs (any tensor judged value by value): the largest absolute error over the reference's range
     # (its largest value minus its smallest, over all samples): an error in the output's own scale
     MAX_RELATIVE_ERROR = "max_relative_error"
+    # Segmentation maps (N, H, W, classes): the share of pixels whose class (the argmax over the last axis) equals
+    # the reference's; the mean over classes of the IoU of the artifact's and the reference's class maps (each
+    # class's intersection and union summed over the data set; classes neither map uses left out), and the lowest
+    # class IoU
+    PIXEL_AGREEMENT = "pixel_agreement"
+    MEAN_IOU = "mean_iou"
+    CLASS_IOU_MIN = "class_iou_min"
 
 
 #: Default margin bins and confident margin (overridden by the policy's ``[confidence]`` table): see policy.toml.
@@ -212,9 +219,25 @@ class Batch:
     order, with the figures several partials share computed once."""
 
     def __init__(self, ref: np.ndarray, out: np.ndarray, truth: np.ndarray | None, probabilities: bool,
-                 threshold: float) -> None:
+                 threshold: float, classes: int | None = None) -> None:
         self.ref, self.out, self.truth = ref, out, truth
         self.probabilities, self.threshold = probabilities, threshold
+        self.classes = classes or (ref.shape[1] if ref.ndim == 2 else 1)
+
+    @cached_property
+    def pixel_classes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(reference, artifact) class per pixel (N, pixels) of a segmentation map flattened to (N, pixels *
+        classes): the argmax over each pixel's ``classes`` scores."""
+        n = len(self.ref)
+        return (self.ref.reshape(n, -1, self.classes).argmax(-1), self.out.reshape(n, -1, self.classes).argmax(-1))
+
+    @cached_property
+    def class_overlap(self) -> tuple[np.ndarray, np.ndarray]:
+        """(intersection, union) pixel counts per sample and class (N, classes) of the two class maps."""
+        r, o = self.pixel_classes
+        k = np.arange(self.classes)
+        rk, ok = r[:, :, None] == k, o[:, :, None] == k
+        return (rk & ok).sum(axis=1), (rk | ok).sum(axis=1)
 
     @cached_property
     def err(self) -> np.ndarray:
@@ -268,6 +291,10 @@ PARTIALS: dict[str, Statistic] = {
     "out_emb": Statistic(Merge.SAMPLES, lambda b: np.asarray(b.out, np.float32), first=MAX_NEIGHBOUR_SAMPLES),
     "ref_min": Statistic(Merge.SAMPLES, lambda b: b.ref.min(axis=1)),
     "ref_max": Statistic(Merge.SAMPLES, lambda b: b.ref.max(axis=1)),
+    "pixels_equal": Statistic(Merge.COUNT, lambda b: int(np.count_nonzero(b.pixel_classes[0] == b.pixel_classes[1]))),
+    "pixels": Statistic(Merge.COUNT, lambda b: b.pixel_classes[0].size),
+    "class_inter": Statistic(Merge.SAMPLES, lambda b: b.class_overlap[0]),
+    "class_union": Statistic(Merge.SAMPLES, lambda b: b.class_overlap[1]),
     "top5": Statistic(Merge.SAMPLES, lambda b: per_sample_top5_overlap(b.ref, b.out)),
     "agree": Statistic(Merge.SAMPLES, lambda b: b.top1[0] == b.top1[1]),
     "margin": Statistic(Merge.SAMPLES, lambda b: b.margin),
@@ -306,7 +333,7 @@ class MetricSpec:
 
 CLASSES, ALL_KINDS = frozenset(k for k in OutputKind if k.is_classification), frozenset(OutputKind)
 _MULTILABEL, _EMBEDDING = frozenset({OutputKind.MULTILABEL}), frozenset({OutputKind.EMBEDDING})
-_REGRESSION = frozenset({OutputKind.REGRESSION})
+_REGRESSION, _SEGMENTATION = frozenset({OutputKind.REGRESSION}), frozenset({OutputKind.SEGMENTATION})
 
 
 def _mean(name: str) -> Callable[[Accumulated], float | None]:
@@ -374,6 +401,29 @@ def _relative_error(c: Accumulated) -> float | None:
         return None
     return relative_error(float(np.max(c.stream.values("max_abs"))), float(np.min(c.stream.values("ref_min"))),
                           float(np.max(c.stream.values("ref_max"))))
+
+
+def class_ious(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
+    """IoU per class from intersection and union pixel counts (classes,), NaN for a class neither map uses."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+
+
+def _ious(c: Accumulated) -> np.ndarray | None:
+    if not c.stream.has("class_inter"):
+        return None
+    ious = class_ious(c.stream.values("class_inter").sum(axis=0), c.stream.values("class_union").sum(axis=0))
+    return ious[~np.isnan(ious)]
+
+
+def _mean_iou(c: Accumulated) -> float | None:
+    ious = _ious(c)
+    return float(np.mean(ious)) if ious is not None and len(ious) else None
+
+
+def _class_iou_min(c: Accumulated) -> float | None:
+    ious = _ious(c)
+    return float(np.min(ious)) if ious is not None and len(ious) else None
 
 
 def _neighbours(c: Accumulated) -> float | None:
@@ -446,11 +496,18 @@ REGISTRY: dict[Metric, MetricSpec] = {
         "mAP drop", _LOW, _F, _MULTILABEL, ("ref_ap", "out_ap"), _map_drop,
         needs_labels=True),
     Metric.COSINE_MIN: MetricSpec(
-        "lowest cosine", _HIGH, Unit.COSINE, _EMBEDDING | _REGRESSION, ("cos",),
+        "lowest cosine", _HIGH, Unit.COSINE, _EMBEDDING | _REGRESSION | _SEGMENTATION, ("cos",),
         lambda c: float(np.min(c.stream.values("cos")))),
     Metric.NEIGHBOUR_AGREEMENT: MetricSpec(
         "nearest-neighbour agreement", _HIGH, _F, _EMBEDDING, ("ref_emb", "out_emb"), _neighbours,
         counts=_neighbour_counts),
+    # pixels, many per sample and correlated within one: no counts
+    Metric.PIXEL_AGREEMENT: MetricSpec(
+        "pixel agreement", _HIGH, _F, _SEGMENTATION, ("pixels_equal", "pixels"), _share("pixels_equal", "pixels")),
+    Metric.MEAN_IOU: MetricSpec(
+        "mIoU (vs reference)", _HIGH, _F, _SEGMENTATION, ("class_inter", "class_union"), _mean_iou),
+    Metric.CLASS_IOU_MIN: MetricSpec(
+        "lowest class IoU", _HIGH, _F, _SEGMENTATION, ("class_inter", "class_union"), _class_iou_min),
     Metric.MAX_RELATIVE_ERROR: MetricSpec(
         "max error / range", _LOW, Unit.OUTPUT, _REGRESSION, ("max_abs", "ref_min", "ref_max"), _relative_error),
 }

@@ -235,7 +235,8 @@ def _job(o: ValidateOptions, entries: list[ArtifactEntry], ref_model: LoadedMode
             None if spec.output_kind in (OutputKind.PROBABILITIES, OutputKind.LOGITS) else
             f"a {spec.output_kind} output has no class answers to judge")
     contract = dict(limits=policy.contract, probabilities=spec.outputs_probabilities,
-                    expect_accuracy=o.expect_accuracy, skip=skip, class_answers=OutputKind(spec.output_kind).is_classification)
+                    expect_accuracy=o.expect_accuracy, skip=skip,
+                    class_answers=OutputKind(spec.output_kind).is_classification)
     # Agreement by confidence: the reference's top-1 margin, on its probabilities (its own, or softmaxed logits)
     confidence = dict(probabilities=spec.outputs_probabilities, margin_bins=policy.margin_bins,
                       confident_margin=policy.confident_margin, kind=spec.output_kind,
@@ -362,9 +363,9 @@ def open_validation_data(o: ValidateOptions, spec: Any) -> DataSource:
 
     from edgeship.types import OutputKind
 
-    # an embedding's or a regression's values are not classes: class folders and stored labels are not read
+    # only a per-image class output has a class per image: otherwise class folders and stored labels are not read
     source = open_data(o.data, spec.input_shape[:2], spec.labels, default=DEMO_HELDOUT, input_range=o.input_range,
-                       use_labels=OutputKind(spec.output_kind).has_classes)
+                       use_labels=OutputKind(spec.output_kind).per_image)
     if source.count == 0:
         raise UserError(f"no samples in {source.source}")
     if o.expect_accuracy is not None and not source.labeled:

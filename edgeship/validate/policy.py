@@ -16,7 +16,8 @@ from edgeship.schema import Fraction, NonNegative, NonNegativeInt, Positive, Tab
 from edgeship.types import Format, OutputKind, Precision
 from edgeship.validate.metrics import CONFIDENT_MARGIN, LABEL_THRESHOLD, MARGIN_BINS, REGISTRY, Metric, Unit
 
-#: Output kinds with their own gate tables ([multilabel.PRECISION], [embedding.PRECISION], [regression.PRECISION]);
+#: Output kinds with their own gate tables ([multilabel.PRECISION], [embedding.PRECISION], [regression.PRECISION],
+#: [segmentation.PRECISION]);
 #: probabilities and logits are gated by the precision tables.
 _KIND_TABLES = tuple(k.value for k in OutputKind if k.own_tables)
 from edgeship.validate.results import GateResult, Latency, Metrics
@@ -282,7 +283,7 @@ PolicyFile = create_model(
     "PolicyFile", __base__=Table, confidence=(Confidence | None, None), latency=(LatencyTable | None, None),
     baseline=(BaselineBudgets | None, None), device_latency=(DeviceLatencyTable | None, None),
     multilabel=(MultilabelTable | None, None), embedding=(EmbeddingTable | None, None),
-    regression=(EmbeddingTable | None, None),
+    regression=(EmbeddingTable | None, None), segmentation=(EmbeddingTable | None, None),
     contract=(ContractLimits | None, None), statistics=(Statistics | None, None), limits=(Limits | None, None),
     **{p.value: (MetricLimits | None, None) for p in Precision},
     **{f.value: (FormatLimits | None, None) for f in Format})  # type: ignore[call-overload]
@@ -295,7 +296,7 @@ def _check_file(path: Path) -> Any:
         raise UserError(f"{path}: unknown table [{unknown[0]}]: use a precision "
                         f"({', '.join(p.value for p in Precision)}), a format.precision, confidence, latency, "
                         "device_latency, baseline, contract, statistics, limits, multilabel(.precision), "
-                        "embedding.precision or regression.precision")
+                        "embedding.precision, regression.precision or segmentation.precision")
     return data, check(PolicyFile, data, path)
 
 

@@ -382,3 +382,119 @@ def test_unlabelled_linear_head_is_a_classifier_when_the_user_says_so():
     assert load_model(model, output_kind="logits", echo=notes.append).spec.output_kind is OutputKind.LOGITS
     assert load_model(model, labels=DEMO_LABELS, echo=notes.append).spec.output_kind is OutputKind.LOGITS
     assert notes == []
+
+
+# ---------------------------------------------------------------------------- a segmentation head (issue 24)
+def _deeplab_lite():
+    """A DeepLabV3-lite head on the demo's trained backbone: a 1x1 conv on the 1/16 feature map (6x6 at 96 px,
+    block_13_expand_relu), bilinear resize to 48x48, softmax over 2 classes (background, ink). The head trained for
+    seconds on the calibration images' ink masks (pixels far from the image's median). Output (N, 48, 48, 2)."""
+    from edgeship.data import load_image_folder
+    from edgeship.models.loading import DEMO_DIR
+    from edgeship.models.spec import Preprocessing
+
+    k = keras()
+    k.utils.set_random_seed(0)
+    demo = load_model().keras_model
+    trunk = k.Model(demo.input, demo.get_layer("block_13_expand_relu").output, name="backbone")
+    cal = load_image_folder(DEMO_DIR / "calibration", (96, 96), class_names=LABELS)
+    feats = trunk.predict(Preprocessing().apply(cal.images), verbose=0)
+    gray = cal.images.astype(np.float32).mean(-1)
+    ink = np.abs(gray - np.median(gray, axis=(1, 2), keepdims=True)) > 40
+    masks = ink.reshape(len(ink), 48, 2, 48, 2).mean(axis=(2, 4)) > 0.5
+    fi = k.Input(feats.shape[1:])
+    conv = k.layers.Conv2D(2, 1, name="classifier")
+    head = [k.layers.Resizing(48, 48, interpolation="bilinear", name="upsample"), k.layers.Softmax(name="softmax")]
+    train = k.Model(fi, head[1](head[0](conv(fi))))
+    train.compile(optimizer=k.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    train.fit(feats, masks.astype(np.int32)[..., None], epochs=40, batch_size=50, verbose=0)
+    inp = k.Input((96, 96, 3), name="image")
+    return k.Model(inp, head[1](head[0](conv(trunk(inp)))), name="deeplab_lite")
+
+
+@pytest.fixture(scope="session")
+def segmentation(tmp_path_factory):
+    (tmp := tmp_path_factory.mktemp("zoo_deeplab")).joinpath("labels.txt").write_text("background\nink\n")
+    model = _deeplab_lite()
+    loaded = load_model(model, labels=tmp / "labels.txt")
+    return loaded, _ship(loaded, tmp, labelled=False, formats=("tflite", "onnx", "coreml")), tmp
+
+
+def test_segmentation_head(segmentation):
+    """A per-pixel softmax map is a segmentation: judged on pixel agreement and mIoU against the reference's class
+    map, every file passes; the TFLite file carries the class labels, the Core ML file one MultiArray output."""
+    from edgeship.metadata.tflite import read_metadata
+
+    loaded, report, tmp = segmentation
+    assert loaded.spec.output_kind is OutputKind.SEGMENTATION and loaded.spec.output_shape == (48, 48, 2)
+    assert report.output_kind == "segmentation"
+    rows = _rows(report)
+    assert {"tflite.fp32", "onnx.fp32", "tflite.int8", "onnx.int8", "coreml.w8"} <= set(rows)
+    for key, a in rows.items():
+        m = a.metrics
+        assert m.top1_agreement is None, key
+        assert m.pixel_agreement is not None and m.mean_iou is not None and m.class_iou_min is not None, key
+        print(key, f"pixels {m.pixel_agreement:.4f} mIoU {m.mean_iou:.4f} lowest {m.class_iou_min:.4f} "
+                   f"SQNR {m.sqnr_db:.1f} dB")
+        if key == "onnx.int8":
+            # KNOWN GAP (issue 24): RESIZE_BILINEAR has no QDQ rewrite, so the int8 ONNX is tf2onnx's conversion, not
+            # the TFLite's twin (2026-12-07: 90.5 % pixels, mIoU 0.80, 14.0 dB against the TFLite's 97.2 %, 0.94,
+            # 24.1 dB). It must fail honestly, naming its gates, never pass by accident of a loose table
+            assert a.status.value in ("passed", "failed") and (a.status.value == "passed" or "pixel_agreement" in
+                                                                a.reason), (key, a.reason)
+            continue
+        assert a.status.value == "passed", (key, a.reason)
+    assert {"pixel_agreement", "mean_iou"} <= {g.name for g in rows["tflite.int8"].gates}
+    assert read_metadata((tmp / "out" / "deeplab_lite_fp32.tflite").read_bytes())["labels"] == ["background", "ink"]
+    import coremltools as ct
+
+    spec = ct.utils.load_spec(str(next((tmp / "out").glob("deeplab_lite_*.mlpackage"))))
+    assert [o.name for o in spec.description.output] == ["segmentation"] and not spec.description.predictedFeatureName
+
+
+def test_segmentation_with_two_classes_swapped_fails(segmentation, tmp_path):
+    """A planted fault: the files of a model whose two mask classes are swapped (the head's output channels
+    exchanged), judged against the trained model: every file fails its pixel agreement, one line each."""
+    from edgeship.export import export
+    from edgeship.validate import validate
+
+    loaded, _, _ = segmentation
+    k = keras()
+    swapped = k.models.clone_model(loaded.keras_model)
+    swapped.set_weights(loaded.keras_model.get_weights())
+    w, b = swapped.get_layer("classifier").get_weights()
+    swapped.get_layer("classifier").set_weights([w[..., ::-1], b[::-1]])
+    faulty = load_model(swapped, output_kind="segmentation", echo=lambda _: None)
+    faulty.spec = faulty.spec.replace(labels=loaded.spec.labels)
+    export(loaded=faulty, formats=["tflite"], out=tmp_path / "out")
+    images, _ = _heldout((96, 96))
+    np.savez(tmp_path / "heldout.npz", images=images)
+    report = validate([tmp_path / "out"], reference=loaded, data=tmp_path / "heldout.npz", iterations=1, warmup=0,
+                      kernel_path_samples=0, progress=False)
+    for key, a in _rows(report).items():
+        assert a.status.value == "failed", key
+        assert "pixel_agreement" in a.reason and "\n" not in a.reason, (key, a.reason)
+        assert a.metrics.pixel_agreement < 0.5 and a.metrics.mean_iou < 0.5, key
+
+
+def test_a_map_refuses_a_per_image_kind():
+    """--output-kind logits on an (H, W, classes) map: one line naming segmentation and regression."""
+    k = keras()
+    inp = k.Input((32, 32, 3))
+    model = k.Model(inp, k.layers.Conv2D(3, 1)(inp))
+    with pytest.raises(UserError) as e:
+        load_model(model, output_kind="logits")
+    assert "segmentation" in str(e.value) and "regression" in str(e.value) and "\n" not in str(e.value)
+    notes: list[str] = []
+    assert load_model(model, echo=notes.append).spec.output_kind is OutputKind.REGRESSION  # unlabelled linear map
+    assert len(notes) == 1 and "--output-kind segmentation" in notes[0]
+
+
+def test_several_outputs_are_refused_naming_them():
+    k = keras()
+    inp = k.Input((32, 32, 3))
+    x = k.layers.GlobalAveragePooling2D()(k.layers.Conv2D(8, 3)(inp))
+    model = k.Model(inp, [k.layers.Dense(4, name="boxes")(x), k.layers.Dense(3, name="scores")(x)])
+    with pytest.raises(UserError) as e:
+        load_model(model)
+    assert "2 outputs" in str(e.value) and "(None, 4)" in str(e.value) and "\n" not in str(e.value)

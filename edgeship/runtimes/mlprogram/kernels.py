@@ -387,3 +387,42 @@ def _dequantize(consts: dict[str, Value]) -> Run:
         return (q.astype(np.float32) - zp) * scale
 
     return run
+
+
+# -- resizing ------------------------------------------------------------------------------------------------------
+def _bilinear_grid(size_in: int, size_out: int, align_corners: bool, half_pixel: bool) -> tuple[np.ndarray, ...]:
+    """(low index, high index, weight of high) of each output position along one axis, as MIL's
+    ``upsample_bilinear`` documents its sampling grid (coremltools ``ops/defs/iOS15/image_resizing.py``; iOS 16 adds
+    ``half_pixel_centers``, default ``not align_corners``): align_corners ``i * (in - 1) / (out - 1)``;
+    half-pixel centres ``(i + 0.5) * in / out - 0.5``; else ``i * in / out``; clamped to ``[0, in - 1]``."""
+    i = np.arange(size_out, dtype=np.float64)
+    if align_corners:
+        grid = i * ((size_in - 1) / (size_out - 1) if size_out > 1 else 0.0)
+    elif half_pixel:
+        grid = (i + 0.5) * (size_in / size_out) - 0.5
+    else:
+        grid = i * (size_in / size_out)
+    grid = np.clip(grid, 0, size_in - 1)
+    lo = np.floor(grid).astype(int)
+    return lo, np.minimum(lo + 1, size_in - 1), grid - lo
+
+
+@kernel("upsample_bilinear")
+def _upsample_bilinear(consts: dict[str, Value]) -> Run:
+    """Bilinear upsampling of the last two axes (H, W) by ``scale_factor_height``/``_width``; output size
+    ``floor(in * scale)``, the grid recomputed from the sizes (MIL's ``recompute_scale_factor`` mode)."""
+    def run(v: dict[str, Value]) -> np.ndarray:
+        x = np.asarray(v["x"])
+        align = bool(_get(v, "align_corners", True))
+        half = bool(_get(v, "half_pixel_centers", not align))
+        h, w = x.shape[-2:]
+        out_h = int(np.floor(h * float(_get(v, "scale_factor_height", 1))))
+        out_w = int(np.floor(w * float(_get(v, "scale_factor_width", 1))))
+        y = x.astype(np.float32)
+        lo, hi, f = _bilinear_grid(h, out_h, align, half)
+        y = y[..., lo, :] * (1 - f[:, None]).astype(np.float32) + y[..., hi, :] * f[:, None].astype(np.float32)
+        lo, hi, f = _bilinear_grid(w, out_w, align, half)
+        y = y[..., lo] * (1 - f).astype(np.float32) + y[..., hi] * f.astype(np.float32)
+        return y.astype(x.dtype)
+
+    return run

@@ -257,11 +257,14 @@ def truncate(s: str, width: int) -> str:
 def _kind_cells(kind: str, m: Any) -> tuple[str, str]:
     """The agreement and drop cells of one row, by output kind: top-1 and accuracy drop for class outputs; label
     decisions and mAP drop for multi-label scores; mean cosine and nearest-neighbour agreement for embeddings; mean
-    cosine and the largest error over the output's range for regressions."""
+    cosine and the largest error over the output's range for regressions; pixel agreement and mIoU against the
+    reference's class map for segmentations."""
     if kind == "multilabel":
         return fmt_pct(m.label_agreement), fmt_drop(m.mean_average_precision_drop)
     if kind == "embedding":
         return fmt_number(m.cosine, ".4f"), fmt_pct(m.neighbour_agreement)
+    if kind == "segmentation":
+        return fmt_pct(m.pixel_agreement), fmt_pct(m.mean_iou)
     if kind == "regression":
         return fmt_number(m.cosine, ".4f"), fmt_number(m.max_relative_error, ".3g")
     return fmt_pct(m.top1_agreement), fmt_drop(m.accuracy_top1_drop)
@@ -269,7 +272,7 @@ def _kind_cells(kind: str, m: Any) -> tuple[str, str]:
 
 #: The two kind-dependent columns' headings (in place of "top-1" and "acc drop").
 _KIND_HEADINGS = {"multilabel": ("labels", "mAP drop"), "embedding": ("cosine", "NN agree"),
-                  "regression": ("cosine", "err/range")}
+                  "regression": ("cosine", "err/range"), "segmentation": ("pixels", "mIoU")}
 
 
 def summary_table(report: Report) -> str:
