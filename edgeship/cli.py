@@ -69,7 +69,22 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="make the normalisation and channel order the model's first ops, so every file takes raw "
                         "0-255 RGB pixels (mean 0, std 1; uint8 for int8): for MediaPipe, which cannot express "
                         "per-channel mean/std or BGR, and Core ML, whose image scale is one number")
+    g.add_argument("--input-size", metavar="HxW", type=_input_size,
+                   help="fix a dynamic input size (a model or SavedModel taking (None, None, None, 3)), e.g. 224x224; "
+                        "refused where the model's own size differs")
     _output_kind_arg(g)
+
+
+def _input_size(text: str) -> tuple[int, int]:
+    """An argparse type: HxW in pixels (a usage error otherwise: one line, exit 2)."""
+    from edgeship.models.setups import parse_input_size
+
+    try:
+        size = parse_input_size(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("--input-size ", "")) from None
+    assert size is not None
+    return size
 
 
 def _output_kind_arg(g: Any) -> None:
@@ -93,7 +108,8 @@ def _model_options(args: argparse.Namespace) -> Any:
         std=parse_triplet(args.std, "--std") if args.std else None, bgr=args.bgr,
         force_preprocessing=bool(getattr(args, "force_preprocessing", False)),
         output_kind=getattr(args, "output_kind", None) or None,
-        bake_preprocessing=bool(getattr(args, "bake_preprocessing", False)))
+        bake_preprocessing=bool(getattr(args, "bake_preprocessing", False)),
+        input_size=getattr(args, "input_size", None))
     options.check()
     return options
 

@@ -8,6 +8,7 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     labels = "models/labels.txt"
     trust = false                        # a TOML boolean: true runs code from the model (Lambda, custom, any op)
     # output_kind = "embedding"          # probabilities, logits, multilabel, embedding or regression (default: detected)
+    # input_size = "224x224"             # or [224, 224]: fixes a dynamic input size (None, None, None, 3)
     mean = [123.675, 116.28, 103.53]     # declared preprocessing, 0-255 pixel units (one number or three);
     std = [58.395, 57.12, 57.375]        # default: the model's own (found in its graph, else (x - 127.5) / 127.5)
     bgr = false                          # the model expects BGR channel order
@@ -101,6 +102,7 @@ class ModelTable(Table):
     bake_preprocessing: bool = False
     force_preprocessing: bool = False  # accept a mean/std outside every image-model convention (0-1 units, ...)
     output_kind: str | None = None  # edgeship.types.OutputKind.parse: probabilities, logits, multilabel, embedding, regression
+    input_size: str | list[int] | None = None  # "HxW" or [H, W]: fixes a dynamic input size (edgeship.models.setups)
 
 
 class QuantizeTable(QuantizeOptions):
@@ -138,6 +140,7 @@ class RunConfig:
     bgr: bool = False
     bake_preprocessing: bool = False
     force_preprocessing: bool = False  # accept a mean/std outside every convention (edgeship.models.spec)
+    input_size: tuple[int, int] | None = None  # (H, W) fixing a dynamic input size
     export: ExportOptions = field(default_factory=ExportOptions)
     quantize: QuantizeTable = field(default_factory=lambda: QuantizeTable())  # [quantize]: formats + QuantizeOptions
     validate: ValidateOptions = field(default_factory=ValidateOptions)  # [validate], paths made relative
@@ -147,7 +150,8 @@ class RunConfig:
         """The [model] table as the model stage's options (:class:`edgeship.models.prepare.ModelOptions`)."""
         return ModelOptions(model=self.model, labels=self.labels, trust_model=self.trust_model, mean=self.mean,
                             std=self.std, bgr=self.bgr, force_preprocessing=self.force_preprocessing,
-                            output_kind=self.output_kind, bake_preprocessing=self.bake_preprocessing)
+                            output_kind=self.output_kind, bake_preprocessing=self.bake_preprocessing,
+                            input_size=self.input_size)
 
     def __getattr__(self, name: str) -> Any:
         """The stage options read as before (``config.baseline``, ``config.ptq``, ``config.quantize_formats``); set
@@ -208,6 +212,7 @@ def load_config(path: str | Path | None) -> RunConfig:
         return str(base / value)
 
     from edgeship.data import parse_input_range
+    from edgeship.models.setups import parse_input_size
     from edgeship.types import OutputKind
 
     m, e, q, v, o = c.model, c.export, c.quantize, c.validate, c.output
@@ -222,6 +227,7 @@ def load_config(path: str | Path | None) -> RunConfig:
             input_range=parse_input_range(v.input_range, f"{p}: [validate] input_range"))),
         mean=_triplet(m.mean, f"{p}: [model] mean"), std=_triplet(m.std, f"{p}: [model] std"),
         bgr=m.bgr, bake_preprocessing=m.bake_preprocessing, force_preprocessing=m.force_preprocessing,
+        input_size=parse_input_size(m.input_size, f"{p}: [model] input_size"),
         out=Path(rel(o.dir) or "edgeship-out"),
     )
 

@@ -11,15 +11,17 @@ concrete function whose argument is named ``image`` gives the input the name cli
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from edgeship import __version__
 from edgeship.errors import UserError
 from edgeship.export.common import ModelInfo, conversion_error
 from edgeship.export.options import CoreMLTarget, ExportOptions
 from edgeship.models.loading import LoadedModel
+from edgeship.models.setups import takes_uint8
 from edgeship.types import ColorOrder, Format, OutputKind, Precision
 
 DEFAULT_TARGET = str(ExportOptions.model_fields["deployment_target"].default)
@@ -57,7 +59,7 @@ def export_coreml(loaded: LoadedModel, precision: Precision, info: ModelInfo, pa
 
     fresh_mil_names()  # op names must not depend on what this process converted or loaded before
     try:
-        with silenced():
+        with silenced(), _uint8_cast_as_float(takes_uint8(model)):
             mlmodel = ct.convert(
                 [fn.get_concrete_function()], source="tensorflow", convert_to="mlprogram", inputs=[image],
                 # a classifier (classLabel + the class-score dictionary) only for one vector of class scores per
@@ -84,6 +86,35 @@ def _rename_output(ct: Any, mlmodel: Any, name: str) -> Any:
     if old != name:
         ct.utils.rename_feature(spec, old, name)
     return ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir, skip_model_load=True)
+
+
+@contextlib.contextmanager
+def _uint8_cast_as_float(active: bool) -> Iterator[None]:
+    """While converting a model with a uint8 input (:func:`edgeship.models.setups.raw_pixels_layer`: float32 pixels
+    rounded and clipped to 0-255, then cast to uint8 for the SavedModel's signature), a TF ``Cast`` to uint8 -- which
+    coremltools' TF frontend refuses -- passes its float32 value on unchanged: the value is already a whole number
+    in 0-255, so the uint8 cast and the model's own cast back to float are both exact, and the graph computes what
+    it computes in TFLite and ONNX. Restored afterwards; other models convert with coremltools' own ``Cast``."""
+    if not active:
+        yield
+        return
+    from coremltools.converters.mil.frontend.tensorflow import tf_op_registry
+    from coremltools.converters.mil.mil import types
+
+    registry = tf_op_registry._TF_OPS_REGISTRY
+    original = registry["Cast"]
+
+    def cast(context: Any, node: Any) -> None:
+        if node.attr.get("DstT") is types.uint8:
+            context.add(node.name, context[node.inputs[0]], is_new_var=False)
+            return
+        original(context, node)
+
+    registry["Cast"] = cast
+    try:
+        yield
+    finally:
+        registry["Cast"] = original
 
 
 def export_file(loaded: LoadedModel, precision: Precision, info: ModelInfo, path: Path,

@@ -161,7 +161,8 @@ def _pre_conv_function(km: Any) -> tuple[Any, list[str], str] | None:
             if c.op in _CONV_OPS:
                 conv = c
                 break
-            if c.op not in ("Identity", "IdentityN", "NoOp", "Const") and c.op not in ops:
+            if (c.op not in ("Identity", "IdentityN", "NoOp", "Const") and c.op not in ops
+                    and "raw_pixels_to_uint8" not in c.name):  # edgeship's own cast for a uint8 input (setups)
                 ops.append(c.op)
             queue.append(c)
     if conv is None:

@@ -31,6 +31,8 @@ DEMO_MODEL = DEMO_DIR / "model.keras"
 DEMO_LABELS = DEMO_DIR / "labels.txt"
 DEMO_NAME = "edgeship_demo"
 
+#: InGraphNormalisation.found of a uint8-input model that does not normalise after the cast (it takes raw pixels)
+UINT8_INPUT = "its uint8 input"
 _KERAS_MODULES = ("keras", "tf_keras", "tensorflow")
 _UNSAFE_CLASSES = ("Lambda", "TFOpLambda", "SlicingOpLambda")
 
@@ -62,6 +64,8 @@ def load_model(
     preprocessing: Preprocessing | None = None,
     echo: Any = None,
     output_kind: str | OutputKind | None = None,
+    input_size: tuple[int, int] | None = None,
+    default_size: tuple[int, int] | None = None,
 ) -> LoadedModel:
     """``model``: None (the embedded demo), a registry name, a path (.keras, .h5, SavedModel dir), or an already
     built ``keras.Model``. ``labels``/``preprocessing`` override what is derived from the model; ``output_kind``
@@ -75,38 +79,60 @@ def load_model(
     Normalisation inside the model's graph (:mod:`edgeship.models.innorm`) is looked for in every source format;
     when found, the preprocessing becomes the identity (raw 0-255 pixels) and ``echo`` (default: a line on
     stderr; pass ``lambda _: None`` to keep quiet) says what was found. A ``preprocessing`` that normalises on
-    top of it raises :class:`UserError` (see :func:`declare_preprocessing`)."""
+    top of it raises :class:`UserError` (see :func:`declare_preprocessing`).
+
+    ``input_size`` (H, W) fixes a dynamic spatial size (refused without it, and on a fixed size it contradicts).
+    What the converters cannot take as it is, the model is rebuilt for (:mod:`edgeship.models.setups`): a uint8
+    input takes float32 raw pixels cast inside (preprocessing: the identity); a float16 compute policy
+    (``mixed_float16``) becomes float32, said through ``echo`` and in ``notes``; several inputs are refused.
+    ``default_size``: the size a dynamic one takes without ``input_size`` (validate: the size of the files)."""
     from edgeship.fileio import sha256_path
-    from edgeship.models.innorm import InGraphNormalisation, detect
+    from edgeship.models.innorm import InGraphNormalisation, detect, is_identity
 
     notes: list[str] = []
     demo = model is None
     if demo:
         model = DEMO_MODEL
     in_graph = None
+    from edgeship.models.setups import fit_for_conversion, takes_uint8
+
+    fitted: list[str] = []  # what fitting the model for the converters changed (mixed_float16), one line each
     if not isinstance(model, (str, Path)):
-        km, src, sha = model, f"python:{getattr(model, 'name', 'model')}", None
-        spec = derive_spec(km, name=getattr(km, "name", "model"))
+        name = getattr(model, "name", "model")
+        km, src, sha = fit_for_conversion(model, f"model '{name}'", input_size, fitted, default_size), f"python:{name}", None
+        spec = derive_spec(km, name=name)
         in_graph = detect(km)
     elif isinstance(model, str) and not Path(model).exists() and looks_like_variant_name(model):
         variant = get_variant(model)
         km, src, sha = variant.build(), f"registry:{variant.name}", None
+        km = fit_for_conversion(km, f"variant {variant.name}", input_size, fitted, default_size)
         spec = variant.spec()
         if spec.in_graph_normalisation:
             in_graph = InGraphNormalisation(Preprocessing(), "MobileNetV3's include_preprocessing (a Rescaling layer)")
     else:
         path = Path(model)
-        km = _load_path(path, trust_model, notes)
+        km = _load_path(path, trust_model, notes, input_size, default_size)
+        km = fit_for_conversion(km, path.name, input_size, fitted, default_size)
         src, sha = str(path), sha256_path(path)
         spec = derive_spec(km, name=path.stem if path.is_file() else path.name)
         in_graph = None if demo else detect(km, saved_model=path.is_dir())
+    for note in fitted:
+        notes.append(note)
+        (echo or _note)(note)
+    uint8 = takes_uint8(km)
+    if uint8 and in_graph is None:  # nothing normalises after the cast: the model takes the raw pixels as they are
+        in_graph = InGraphNormalisation(Preprocessing.identity(), UINT8_INPUT)
         beside = path.parent / "labels.txt" if path.is_file() else path / "labels.txt"
         if labels is None and beside.is_file():
             labels = beside
     if in_graph is not None and not spec.in_graph_normalisation:
         spec = spec.replace(preprocessing=replace(Preprocessing.identity(), layout=spec.preprocessing.layout),
                             in_graph_normalisation=in_graph.describe())
-        if preprocessing is None:
+        if preprocessing is None and uint8:
+            inside = "" if is_identity(in_graph.preprocessing) else f" and normalises them ({in_graph.describe()})"
+            (echo or _note)(f"{spec.name} takes uint8 pixels (cast inside from float32, rounded and clipped){inside}: "
+                            "its files take raw 0-255 RGB pixels (preprocessing set to the identity)")
+        elif preprocessing is None:
             (echo or _note)(f"{spec.name} normalises its own input ({in_graph.describe()}): its files take raw 0-255 "
                             "RGB pixels (preprocessing set to the identity)")
     if demo:
@@ -132,7 +158,9 @@ def load_model(
                             "name and no softmax ends: judged value by value as a regression output; if it is a "
                             "per-pixel class map, give --labels FILE or --output-kind segmentation")
     loaded = LoadedModel(km, spec, src, sha, notes, in_graph, labels_source=labels_source)
-    if in_graph is not None:
+    if uint8 and in_graph is not None and is_identity(in_graph.preprocessing):
+        loaded.preprocessing_source = "the model's uint8 input (raw 0-255 pixels)"
+    elif in_graph is not None:
         loaded.preprocessing_source = f"found in the graph ({in_graph.describe()})"
     elif demo:
         loaded.preprocessing_source = "the demo's training (edgeship/demo/demo.json)"
@@ -211,6 +239,10 @@ def check_declared(loaded: LoadedModel, declared: Preprocessing, what: str) -> N
         raise UserError(
             f"{loaded.spec.name} already normalises its input inside ({found.describe()}), and {what} declares "
             f"{formula(replace(declared, color=ColorOrder.RGB))} on top: drop {what} (its files take raw 0-255 pixels)")
+    if scales(declared) and found.found == UINT8_INPUT:
+        raise UserError(
+            f"{loaded.spec.name} takes uint8 pixels (its input is uint8), and {what} declares "
+            f"{formula(replace(declared, color=ColorOrder.RGB))}: drop {what} (its files take raw 0-255 pixels)")
     if declared.color is ColorOrder.BGR and found.preprocessing.color is ColorOrder.BGR:
         raise UserError(
             f"{loaded.spec.name} already reverses RGB to BGR inside ({found.describe()}), and {what} declares BGR "
@@ -342,7 +374,8 @@ def unique_layer_names(paths: Iterable[tuple[str, ...]]) -> dict[tuple[str, ...]
     return {p: (p[-1] if count[p[-1]] == 1 else "/".join(p)) for p in paths}
 
 
-def _load_path(path: Path, trust_model: bool, notes: list[str] | None = None) -> Any:
+def _load_path(path: Path, trust_model: bool, notes: list[str] | None = None,
+               input_size: tuple[int, int] | None = None, default_size: tuple[int, int] | None = None) -> Any:
     if not path.exists():
         if looks_like_variant_name(str(path)):
             get_variant(str(path))  # raises the 'unknown variant' error with suggestions
@@ -351,12 +384,12 @@ def _load_path(path: Path, trust_model: bool, notes: list[str] | None = None) ->
         if not (path / "saved_model.pb").is_file():
             raise UserError(f"{path} is a directory without saved_model.pb: not a SavedModel")
         if not trust_model:
-            from edgeship._tf import quiet_environment
+            from edgeship._tf import tf
             from edgeship.models.graph_check import check_saved_model_graph
 
-            quiet_environment()
+            tf()  # imported quietly: the graph check's protobuf import would load TF and its log lines (issue 24)
             check_saved_model_graph(path)
-        return _load_saved_model(path)
+        return _load_saved_model(path, input_size, default_size)
     suffix = path.suffix.lower()
     translations: list[Any] = []
     if suffix == ".keras":
@@ -482,9 +515,13 @@ def _is_keras_class(name: str) -> bool:
     return any(hasattr(space, name) for space in spaces)
 
 
-def _load_saved_model(path: Path) -> Any:
-    """Wrap a SavedModel's serving signature as a Keras model. It runs TF graph ops, never Python code."""
+def _load_saved_model(path: Path, input_size: tuple[int, int] | None = None,
+                      default_size: tuple[int, int] | None = None) -> Any:
+    """Wrap a SavedModel's serving signature as a Keras model. It runs TF graph ops, never Python code. A uint8
+    signature (TF-Hub, Object Detection API) gets float32 raw pixels cast inside (rounded, clipped: the layer of
+    :func:`edgeship.models.setups.raw_pixels_layer`); a dynamic height and width are fixed to ``input_size``."""
     from edgeship._tf import keras, silenced, tf
+    from edgeship.models.setups import fixed_shape, raw_pixels_layer, refuse_several_inputs
 
     t, k = tf(), keras()
     try:
@@ -493,12 +530,18 @@ def _load_saved_model(path: Path) -> Any:
             sig = loaded.signatures.get("serving_default")
             if sig is None:
                 raise UserError(f"SavedModel {path} has no 'serving_default' signature")
-            specs = list(sig.structured_input_signature[1].values())
-            if len(specs) != 1:
-                raise UserError(f"SavedModel {path} has {len(specs)} inputs; edgeship needs one image input")
-            shape = tuple(specs[0].shape[1:])
+            inputs = sig.structured_input_signature[1]
+            refuse_several_inputs(f"SavedModel {path.name}'s serving signature",
+                                  [(name, s.shape, s.dtype) for name, s in inputs.items()])
+            spec = next(iter(inputs.values()))
+            if spec.dtype not in (t.float32, t.uint8):
+                raise UserError(f"SavedModel {path.name} takes {spec.dtype.name} images (serving signature input "
+                                f"{spec.shape}): edgeship feeds float32 or uint8 pixels; re-export it with one")
+            shape = fixed_shape(f"SavedModel {path.name}", tuple(spec.shape[1:]) if spec.shape.rank else (),
+                                input_size, default_size)
             inp = k.Input(shape=shape, name="image")
-            out = k.layers.TFSMLayer(str(path), call_endpoint="serving_default")(inp)
+            x = raw_pixels_layer()(name="raw_pixels_to_uint8")(inp) if spec.dtype == t.uint8 else inp
+            out = k.layers.TFSMLayer(str(path), call_endpoint="serving_default")(x)
             if isinstance(out, dict):
                 if len(out) != 1:
                     raise UserError(f"SavedModel {path} has {len(out)} outputs; edgeship needs one (batch, classes)")

@@ -22,13 +22,14 @@ Triplet = tuple[float, float, float]
 @dataclass(frozen=True)
 class ModelOptions:
     """The model stage's options (``[model]``; CLI ``--model --labels --trust-model --mean --std --bgr
-    --force-preprocessing --output-kind --bake-preprocessing``).
+    --force-preprocessing --output-kind --bake-preprocessing --input-size``).
 
     ``model``: a variant name, a path (.keras, .h5, SavedModel directory, .tflite) or None (the embedded demo).
     ``mean``/``std``: the declared normalisation in 0-255 pixel units, three floats each (None: the model's own).
     ``force_preprocessing``: accept a mean/std outside every image-model convention
     (:func:`edgeship.models.spec.check_declared_units`). ``output_kind``: an :class:`edgeship.types.OutputKind`
-    value (None: detected from the model)."""
+    value (None: detected from the model). ``input_size``: (H, W) for a model whose input size is dynamic
+    (``(None, None, None, 3)``; refused without it, and where a fixed size differs)."""
 
     model: str | None = None
     labels: str | None = None
@@ -39,6 +40,7 @@ class ModelOptions:
     force_preprocessing: bool = False
     output_kind: str | None = None
     bake_preprocessing: bool = False
+    input_size: tuple[int, int] | None = None  # (H, W): fixes a dynamic spatial size (edgeship.models.setups)
 
     def check(self, what: str = "--mean/--std") -> None:
         """What can be checked before the model loads (UserError, one line): the declared mean/std's units (unless
@@ -108,7 +110,7 @@ def prepare_model(options: ModelOptions, *, what: str = "--mean/--std/--bgr",
     options.check(what.replace("/--bgr", "").replace("/bgr", ""))
     notes: list[str] = []
     loaded = load_model(options.model, trust_model=options.trust_model, labels=options.labels, echo=notes.append,
-                        output_kind=options.output_kind)
+                        output_kind=options.output_kind, input_size=options.input_size)
     declare_preprocessing(loaded, mean=options.mean, std=options.std, bgr=options.bgr, what=what,
                           force=options.force_preprocessing)
     for note in notes:

@@ -419,15 +419,18 @@ def _reference(reference: str | Path | LoadedModel | None, entries: list[Artifac
                trust_model: bool) -> LoadedModel:
     if isinstance(reference, LoadedModel):
         return reference
-    if reference is not None:
-        return load_model(reference, trust_model=trust_model, echo=_quiet)
     manifest = next((e.manifest for e in entries if e.manifest), None)
+    # a model of dynamic input size (--input-size at export) is reloaded at the size its files were made at
+    shape = manifest.model.get("input_shape") if manifest is not None else None
+    size = (int(shape[0]), int(shape[1])) if isinstance(shape, list) and len(shape) == 3 else None
+    if reference is not None:
+        return load_model(reference, trust_model=trust_model, echo=_quiet, default_size=size)
     if manifest is not None:
         src = str(manifest.source.get("path", ""))
         if src.startswith("registry:"):
             return load_model(src.split(":", 1)[1], echo=_quiet)
         if Path(src).exists():
-            return load_model(src, trust_model=trust_model, echo=_quiet)
+            return load_model(src, trust_model=trust_model, echo=_quiet, default_size=size)
         raise UserError(f"the manifest's source model {src or '(none)'} is not here: pass --reference")
     return load_model(None)
 

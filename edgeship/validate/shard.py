@@ -160,7 +160,8 @@ class Session:
         if reference is None:
             src = job.reference
             reference = load_model(src.split(":", 1)[1] if src.startswith("registry:") else src,
-                                   trust_model=job.trust_model)
+                                   trust_model=job.trust_model,
+                                   default_size=(job.spec.input_shape[0], job.spec.input_shape[1]))
             if job.baked:  # the files begin with the declared preprocessing, so the reference must too
                 from edgeship.models.bake import bake_like
                 from edgeship.models.spec import Preprocessing

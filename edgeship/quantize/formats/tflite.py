@@ -124,7 +124,7 @@ def quantize_calibrated(calibrated: bytes, *, io_dtype: str = "uint8", relu6_fix
     io_dtype = IoDtype.parse(str(io_dtype), "io dtype").value
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
     relu6 = _fix_relu6_ranges(model) if relu6_fixed else []
-    fixed = set(relu6)
+    fixed = set(relu6) | set(_fix_raw_pixel_ranges(model))
     sources: dict[str, str] = {}
     if activation_ranges:
         from edgeship.quantize.techniques.ranges import apply_ranges
@@ -255,12 +255,39 @@ def _fix_relu6_ranges(model: Any) -> list[str]:
     return names
 
 
+def _fix_raw_pixel_ranges(model: Any) -> list[str]:
+    """A uint8-input model (:func:`edgeship.models.setups.raw_pixels_layer`): pin the whole-pixel tensors -- the
+    layer's round and clip, and every float the model's own cast makes of a uint8 -- to [0, 255], which int8 holds
+    exactly (scale 1, zero point -128); a calibrated range (say [0, 253]) would move every pixel off its integer
+    before the uint8 cast truncates it. Returns their names."""
+    sg = model.subgraphs[0]
+    names = []
+    for op in sg.operators:
+        code = _builtin(model, op)
+        inputs = [sg.tensors[int(i)] for i in op.inputs if int(i) >= 0]
+        from_uint8 = code == _tfl.BuiltinOperator.CAST and inputs and inputs[0].type == _tfl.TensorType.UINT8
+        for i in op.outputs:
+            tensor = sg.tensors[int(i)]
+            if not (from_uint8 or "raw_pixels_to_uint8" in _name(tensor)):
+                continue
+            if tensor.type != _tfl.TensorType.FLOAT32 or tensor.quantization is None or tensor.quantization.min is None:
+                continue
+            tensor.quantization.min = np.array([0.0], np.float32)
+            tensor.quantization.max = np.array([255.0], np.float32)
+            names.append(_name(tensor))
+    return names
+
+
 def _describe(quantised: bytes, fixed: set[str], sources: Mapping[str, str] | None = None) -> TFLiteQuantResult:
     """Read the parameters back from the quantised model, so the result reports what is in the file."""
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(quantised))
     sg = model.subgraphs[0]
     constant = {i for i, t in enumerate(sg.tensors) if _has_data(model, t)}
-    activations = [i for i, t in enumerate(sg.tensors) if i not in constant and t.type in _QUANTISED_TYPES]
+    # a tensor of an integer type without quantisation parameters is a true integer, not a quantised one (the uint8
+    # of a uint8-input model's cast, edgeship.models.setups.raw_pixels_layer)
+    activations = [i for i, t in enumerate(sg.tensors) if i not in constant and t.type in _QUANTISED_TYPES
+                   and t.quantization is not None and t.quantization.scale is not None
+                   and len(t.quantization.scale) > 0]
     # A tensor the quantiser added (the QUANTIZE/DEQUANTIZE next to a model input or output) keeps the range of
     # the I/O tensor it converts, so it takes that tensor's source.
     io = {int(i) for i in sg.inputs} | {int(i) for i in sg.outputs}
