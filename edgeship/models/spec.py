@@ -110,6 +110,10 @@ class ModelSpec:
     # --bake-preprocessing: the declared preprocessing, now the first ops of the exported model
     # (edgeship.models.bake); ``preprocessing`` is then the identity. None when nothing was baked.
     baked_preprocessing: Preprocessing | None = None
+    # Quantisation-aware trained: what the model's graph holds of TensorFlow's FakeQuant ops, found at load
+    # ("118 FakeQuant ops: ...", edgeship.models.qat); None for a model without them. Its float files are judged by
+    # the policy's [qat.PRECISION] tables, its int8 files take the trained ranges.
+    qat: str | None = None
 
     def __post_init__(self) -> None:
         labels = tuple(self.labels) or tuple(str(i) for i in range(self.num_classes))
@@ -166,6 +170,8 @@ class ModelSpec:
             d["in_graph_normalisation"] = self.in_graph_normalisation
         if self.baked_preprocessing is not None:
             d["baked_preprocessing"] = self.baked_preprocessing.to_dict()
+        if self.qat:
+            d["qat"] = self.qat
         return d
 
 
