@@ -3,8 +3,8 @@ tfmot support): the embedded demo (MobileNetV2 alpha 0.35, 96 px, digits) rewrit
 QAT scheme rewrites a MobileNetV2 and exports it as a SavedModel:
 
 - each BatchNormalization folded into the convolution before it (tfmot's ``Conv2DBatchNormFold``/inference form);
-- the folded weights fake-quantised: ``Conv2D``/``Dense`` per output channel, symmetric, narrow range
-  (``FakeQuantWithMinMaxVarsPerChannel``), ``DepthwiseConv2D`` per tensor (``FakeQuantWithMinMaxVars``), their
+- the folded weights fake-quantised: ``Conv2D`` per output channel, symmetric, narrow range
+  (``FakeQuantWithMinMaxVarsPerChannel``), ``DepthwiseConv2D`` and ``Dense`` per tensor (``FakeQuantWithMinMaxVars``), their
   ranges the weights' own min/max (tfmot's ``LastValueQuantizer``);
 - the activations fake-quantised where tfmot puts its ``MovingAverageQuantizer``: the model's input, every ReLU6
   output, every projection conv (no activation), every residual Add, the logits; ranges from the demo's calibration
@@ -72,8 +72,9 @@ def _forward(km: Any, folded: dict[str, dict[str, Any]], fq: Any) -> Any:
                 elif kind == "Conv2D":
                     w = fq(f"{name}/kernel", e["kernel"], "w_channel")
                     y = tf.nn.conv2d(x, w, (1, *layer.strides, 1), layer.padding.upper())
-                else:
-                    w = fq(f"{name}/kernel", e["kernel"], "w_channel")
+                else:  # tfmot quantises a Dense kernel per tensor (and the TFLite converter refuses a
+                    # per-channel FakeQuant on a MatMul kernel: "'tfl.transpose' op has mismatched quantized axes")
+                    w = fq(f"{name}/kernel", e["kernel"], "w_tensor")
                     y = tf.matmul(x, w)
                 if e["bias"] is not None:
                     y = y + e["bias"]
