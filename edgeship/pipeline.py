@@ -311,6 +311,8 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
         options = QuantizeOptions.parse(**{k: getattr(config.quantize, k) for k in QuantizeOptions.model_fields})
         q = quantize_with(options, quantize_formats, config.out, lambda: loaded)
         echo(f"quantised {len(q.paths)} artifacts in {time.perf_counter() - t0:.1f} s")
+        for name, why in q.skipped.items():
+            echo(f"{name}: skipped, {why}")
     t0 = time.perf_counter()
     report_dir = config.out / "report"
     report = validate_with([config.out], config.validate, reference=loaded, report_dir=report_dir)

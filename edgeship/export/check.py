@@ -51,11 +51,14 @@ def _policy() -> dict[str, Any]:
         return tomllib.load(f)
 
 
-def float_gate(fmt: Format, precision: Precision, kind: OutputKind) -> dict[str, float]:
-    """The policy's limits for a float file of ``fmt``/``precision`` whose output is ``kind``."""
+def float_gate(fmt: Format, precision: Precision, kind: OutputKind, qat: bool = False) -> dict[str, float]:
+    """The policy's limits for a float file of ``fmt``/``precision`` whose output is ``kind``; ``qat``: of a
+    quantisation-aware trained model (its ``[qat.PRECISION]`` table, see :mod:`edgeship.models.qat`)."""
     policy = _policy()
     if kind.own_tables:
         gate = dict(policy.get(str(kind), {}).get(str(precision), {}))
+    elif qat and str(precision) in policy.get("qat", {}):
+        gate = dict(policy["qat"][str(precision)])
     else:
         gate = dict(policy.get(str(precision), {}))
     gate.update(policy.get(str(fmt), {}).get(str(precision), {}))
@@ -108,7 +111,7 @@ def problem(fmt: Format, precision: Precision, path: Path, loaded: LoadedModel,
     if not np.isfinite(got).all():
         return f"its outputs are not finite ({int(np.size(got) - np.isfinite(got).sum())} of {got.size} NaN or infinite)"
     kind = OutputKind(loaded.spec.output_kind or OutputKind.LOGITS)
-    gate = float_gate(fmt, precision, kind)
+    gate = float_gate(fmt, precision, kind, qat=bool(loaded.spec.qat))
     err = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64))))
     # float32 rounding grows with the values: on noise, logits of a large scale differ by more than 1e-4 in a
     # faithful file; the limit is the policy's for outputs up to 1 (probabilities) and scales with larger ones.
@@ -122,6 +125,11 @@ def problem(fmt: Format, precision: Precision, path: Path, loaded: LoadedModel,
         if not rel <= gate["max_relative_error"]:
             return (f"its outputs differ from the Keras model's by up to {err:.3g}, {rel:.3g} of their range "
                     f"(limit {gate['max_relative_error']:g})")
+    if "sqnr_db" in gate:
+        noise = float(np.sum((got.astype(np.float64) - ref) ** 2))
+        sqnr = 10 * np.log10(float(np.sum(ref.astype(np.float64) ** 2)) / noise) if noise > 0 else float("inf")
+        if not sqnr >= gate["sqnr_db"]:
+            return f"its outputs are {sqnr:.1f} dB from the Keras model's (at least {gate['sqnr_db']:g} dB)"
     if "top1_agreement" in gate:
         confident = _confident(ref, kind) if gate["top1_agreement"] < 1 else np.ones(len(ref), bool)
         flips = int(np.sum((got.argmax(1) != ref.argmax(1)) & confident))

@@ -135,6 +135,8 @@ def load_model(
         elif preprocessing is None:
             (echo or _note)(f"{spec.name} normalises its own input ({in_graph.describe()}): its files take raw 0-255 "
                             "RGB pixels (preprocessing set to the identity)")
+    if not demo and not src.startswith("registry:"):
+        spec = _detect_qat(km, spec, model, echo)
     if demo:
         spec = spec.replace(name=DEMO_NAME)
     labels_source = LoadedModel.labels_source
@@ -171,6 +173,21 @@ def load_model(
         loaded.spec = spec.replace(preprocessing=preprocessing)
         loaded.preprocessing_source = "declared"
     return loaded
+
+
+def _detect_qat(km: Any, spec: ModelSpec, model: Any, echo: Any) -> ModelSpec:
+    """``spec`` with ``qat`` set when the model's graph holds FakeQuant ops (:mod:`edgeship.models.qat`), said in
+    one line."""
+    from edgeship.models import qat
+
+    saved_model = isinstance(model, (str, Path)) and Path(model).is_dir()
+    found = qat.saved_model_fake_quants(Path(model)) if saved_model else qat.keras_fake_quants(km)
+    if not found:
+        return spec
+    (echo or _note)(f"{spec.name} is quantisation-aware trained ({qat.describe(found)}): its int8 files take the "
+                    "trained ranges; its float files compute the same fake quantisation and are judged by the "
+                    "policy's [qat.*] gates")
+    return spec.replace(qat=qat.describe(found))
 
 
 def beside_labels(model: Any) -> Path | None:

@@ -113,6 +113,10 @@ class ModelSpec:
     # The output's shape without the batch dimension when it is not one vector ((H, W, classes) for a segmentation
     # map, (A, 4) for boxes...); () for a (num_classes,) vector. num_classes is its last dimension.
     output_shape: tuple[int, ...] = ()
+    # Quantisation-aware trained: what the model's graph holds of TensorFlow's FakeQuant ops, found at load
+    # ("118 FakeQuant ops: ...", edgeship.models.qat); None for a model without them. Its float files are judged by
+    # the policy's [qat.PRECISION] tables, its int8 files take the trained ranges.
+    qat: str | None = None
 
     def __post_init__(self) -> None:
         labels = tuple(self.labels) or tuple(str(i) for i in range(self.num_classes))
@@ -181,6 +185,8 @@ class ModelSpec:
             d["baked_preprocessing"] = self.baked_preprocessing.to_dict()
         if self.output_shape:
             d["output_shape"] = list(self.output_shape)
+        if self.qat:
+            d["qat"] = self.qat
         return d
 
 

@@ -66,6 +66,9 @@ class QuantizeResult:
     layer_sqnr: dict[str, float] = field(default_factory=dict)  # int8 TFLite/ONNX activations vs float, dB
     layer_reports: dict[str, dict[str, float]] = field(default_factory=dict)  # artifact file name -> {layer: dB}
     fallback: Any = None  # a quantize.techniques.fallback.Fallback when layers were kept in float
+    # files not made, and why: {file name: reason} (a Core ML file whose float program holds an op edgeship's
+    # reference executor has no kernel for cannot be calibrated here)
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def quantize(
@@ -130,6 +133,7 @@ def quantize_with(options: QuantizeOptions, formats: Sequence[Format | str], out
     from edgeship.fileio import atomic_path
     from edgeship.quantize import ptq
     from edgeship.quantize.common import FloatArtifacts, Job, needs_float_export, needs_int8_tflite
+    from edgeship.runtimes.mlprogram.program import UnsupportedOp
 
     opts = options.effective()
     todo, out_dir, budget = _plan_run(opts, formats, out)
@@ -142,8 +146,18 @@ def quantize_with(options: QuantizeOptions, formats: Sequence[Format | str], out
     bar = progress_bar(["calibrate", *todo], desc="quantize", unit="step", enabled=progress, comparable=False)
     quant_options = {"io_dtype": opts.io_dtype.value, "relu6_fixed": opts.relu6_fixed,
                      "input_range": spec.preprocessing.value_range}
+    recorded = _recorded_options(opts, len(cal.images), spec, budget)
+    if spec.qat:  # what acted: the trained ranges and weights, none of edgeship's PTQ techniques
+        from edgeship.quantize.formats.tflite import QAT_RANGES
+
+        warn(f"{spec.name} is quantisation-aware trained: its int8 TFLite (and the ONNX made from it) take the "
+             "trained FakeQuant ranges; edgeship's calibration techniques (ReLU6 fixed ranges, range search, bias "
+             "correction, adaptive rounding) are not applied to them")
+        recorded.update({"activation_ranges": QAT_RANGES, "relu6_fixed": False, "bias_correction": False,
+                         "weight_rounding": "the trained FakeQuant weights", "int8_bias_correction": False,
+                         "cross_layer_equalization": False, "raw_input_compensation": False, "qat": spec.qat})
     job = Job(loaded, ModelInfo.default_for(spec.name, spec.num_classes), cal, out_dir,
-              options=_recorded_options(opts, len(cal.images), spec, budget), ranges=quant_options,
+              options=recorded, ranges=quant_options,
               onnx_method=opts.onnx_method, floats=floats, progress=bar.set_postfix_str, warn=warn)
     result = QuantizeResult(out_dir)
     int8_tflite = any(needs_int8_tflite(f, p, opts.onnx_method) for f, p in todo)
@@ -151,7 +165,9 @@ def quantize_with(options: QuantizeOptions, formats: Sequence[Format | str], out
         bar.set_postfix_str("calibrate")
         # the float exports the quantisers start from, made now from the trained weights (before any step)
         floats.prepare({f for f, p in todo if needs_float_export(f, p, opts.onnx_method)})
-        fitted = ptq.fit_weights(loaded, cal, opts) if any(p in CORRECTED for _, p in todo) else {}
+        # a QAT model's int8 weights and ranges are the trained ones: no weight step (bias correction, AdaRound,
+        # equalisation) is fitted (edgeship.models.qat)
+        fitted = ptq.fit_weights(loaded, cal, opts) if any(p in CORRECTED for _, p in todo) and not spec.qat else {}
         trained, reference = _yardsticks(loaded, cal, opts, bool(fitted) and int8_tflite, int8_tflite, bar)
         if int8_tflite:  # the statistics, once, for every format that derives from the int8 TFLite
             with ptq.weights_applied(loaded, fitted, cal) as weights:
@@ -166,8 +182,15 @@ def quantize_with(options: QuantizeOptions, formats: Sequence[Format | str], out
             bar.set_postfix_str(f"{fmt.value} {precision.value}")
             path = out_dir / artifact_name(spec.name, fmt, precision)
             mine = fitted if precision in CORRECTED else {}  # the weight steps apply to int8 weights only
-            with ptq.weights_applied(loaded, mine, cal) as weights, atomic_path(path) as tmp:
-                made = QUANTIZERS[fmt]()(replace(job, weights=weights), precision, tmp)
+            try:
+                with ptq.weights_applied(loaded, mine, cal) as weights, atomic_path(path) as tmp:
+                    made = QUANTIZERS[fmt]()(replace(job, weights=weights), precision, tmp)
+            except UnsupportedOp as e:  # the reference executor cannot run the float program: this file only
+                reason = f"not made: edgeship's Core ML reference executor cannot run its float program ({e})"
+                warn(f"{path.name} skipped: {reason}")
+                result.skipped[path.name] = reason
+                bar.update()
+                continue
             _record(path, fmt, precision, made, floats.manifest, result, min(LAYER_SAMPLES, len(cal.images)))
             bar.update()
     finally:

@@ -80,6 +80,12 @@ def compute_statistics(loaded: LoadedModel, info: ModelInfo, cal: CalibrationSet
     from edgeship.quantize.formats.tflite import calibrate, quantize_calibrated
     from edgeship.quantize.layers import layer_sqnr
 
+    if loaded.spec.qat:  # the trained FakeQuant ranges: no calibration, no range search, no flatbuffer step
+        from edgeship.quantize.formats.tflite import QAT_RANGES, quantize_qat
+
+        progress("int8 from the QAT ranges")
+        qat = quantize_qat(loaded, io_dtype=quant_options["io_dtype"])
+        return Statistics(qat, {}, None, {"activation_ranges": QAT_RANGES})
     calibrated = calibrate(loaded, cal.inputs)
     trained = trained or calibrated  # the yardstick: the trained model, not the corrected one
     quant = dict(quant_options)

@@ -301,7 +301,8 @@ def _gate(results: dict[int, ArtifactResult], ran: list[int], policy: Policy, sp
         r = results[i]
         key = f"{r.format}.{r.precision}"
         counts = {k: (c["successes"], c["samples"]) for k, c in r.counts.items()}
-        r.gates = (policy.gate_metrics(r.format, r.precision, r.metrics, spec.output_kind, counts)
+        r.gates = (policy.gate_metrics(r.format, r.precision, r.metrics, spec.output_kind, counts,
+                                         qat=bool(spec.qat))
                    + policy.gate_latency(key, r.latency_ms, p50_of)
                    + policy.gate_device_latency(key, r.device_latency))
         failed = [g for g in r.gates if not g.passed]

@@ -20,6 +20,9 @@ from edgeship.validate.metrics import CONFIDENT_MARGIN, LABEL_THRESHOLD, MARGIN_
 #: [segmentation.PRECISION]);
 #: probabilities and logits are gated by the precision tables.
 _KIND_TABLES = tuple(k.value for k in OutputKind if k.own_tables)
+#: The tables of a quantisation-aware trained model's float files ([qat.PRECISION], edgeship.models.qat): they
+#: replace the precision's table for its class outputs.
+QAT_TABLE = "qat"
 from edgeship.validate.results import GateResult, Latency, Metrics
 
 DEFAULT_POLICY = Path(__file__).with_name("policy.toml")
@@ -72,22 +75,25 @@ class Policy:
     # [multilabel] threshold: a multi-label score at or above it is a "yes" (the label_agreement metric)
     label_threshold: float = LABEL_THRESHOLD
 
-    def limits_for(self, fmt: str, precision: str, kind: str | OutputKind | None = None) -> dict[Metric, float]:
-        """The gates of one artifact: its precision's table (or, for a multi-label, embedding or regression output, its kind's
-        ``[KIND.PRECISION]`` table instead), then its ``[FORMAT.PRECISION]`` overrides."""
+    def limits_for(self, fmt: str, precision: str, kind: str | OutputKind | None = None,
+                   qat: bool = False) -> dict[Metric, float]:
+        """The gates of one artifact: its precision's table (or, for a multi-label, embedding, regression or
+        segmentation output, its kind's ``[KIND.PRECISION]`` table instead; for a quantisation-aware trained model's
+        file, ``[qat.PRECISION]`` when the policy has one), then its ``[FORMAT.PRECISION]`` overrides."""
         kind = str(kind) if kind is not None else None
         base = (self.metric_limits.get(f"{kind}.{precision}", {}) if kind in _KIND_TABLES
-                else self.metric_limits.get(precision, {}))
+                else self.metric_limits.get(f"{QAT_TABLE}.{precision}", self.metric_limits.get(precision, {}))
+                if qat else self.metric_limits.get(precision, {}))
         merged = {**base, **self.metric_limits.get(f"{fmt}.{precision}", {})}
         return {Metric(k): float(v) for k, v in merged.items()}
 
     def gate_metrics(self, fmt: str, precision: str, metrics: Metrics, kind: str | OutputKind | None = None,
-                     counts: dict[str, tuple[int, int]] | None = None) -> list[GateResult]:
+                     counts: dict[str, tuple[int, int]] | None = None, qat: bool = False) -> list[GateResult]:
         """The metric gates of one artifact. ``counts``: (successes, samples) of the metrics that are shares of
         independent samples (:meth:`Comparison.counts`); their gates carry them and are decided at the policy's
         ``[statistics]`` (:meth:`_with_counts`)."""
         gates = []
-        for metric, limit in self.limits_for(fmt, precision, kind).items():
+        for metric, limit in self.limits_for(fmt, precision, kind, qat).items():
             value = getattr(metrics, metric.value)
             if value is None:
                 # Not measurable on this data (accuracy without labels, no confident sample, kernel paths off), or
@@ -284,7 +290,8 @@ PolicyFile = create_model(
     baseline=(BaselineBudgets | None, None), device_latency=(DeviceLatencyTable | None, None),
     multilabel=(MultilabelTable | None, None), embedding=(EmbeddingTable | None, None),
     regression=(EmbeddingTable | None, None), segmentation=(EmbeddingTable | None, None),
-    contract=(ContractLimits | None, None), statistics=(Statistics | None, None), limits=(Limits | None, None),
+    qat=(EmbeddingTable | None, None), contract=(ContractLimits | None, None), statistics=(Statistics | None, None),
+    limits=(Limits | None, None),
     **{p.value: (MetricLimits | None, None) for p in Precision},
     **{f.value: (FormatLimits | None, None) for f in Format})  # type: ignore[call-overload]
 
@@ -296,7 +303,7 @@ def _check_file(path: Path) -> Any:
         raise UserError(f"{path}: unknown table [{unknown[0]}]: use a precision "
                         f"({', '.join(p.value for p in Precision)}), a format.precision, confidence, latency, "
                         "device_latency, baseline, contract, statistics, limits, multilabel(.precision), "
-                        "embedding.precision, regression.precision or segmentation.precision")
+                        "embedding.precision, regression.precision, segmentation.precision or qat.precision")
     return data, check(PolicyFile, data, path)
 
 
@@ -337,7 +344,7 @@ def _parse(path: Path) -> tuple[Policy, Any]:
         policy.metric_limits[key] = _in_file_order(limits, data[fmt][prec])
     for key, budgets in _per_artifact(parsed.latency):
         policy.latency[key] = budgets.model_dump(exclude_none=True)
-    for kind in _KIND_TABLES:
+    for kind in (*_KIND_TABLES, QAT_TABLE):
         table = getattr(parsed, kind)
         for p in Precision:
             limits = getattr(table, p.value) if table is not None else None

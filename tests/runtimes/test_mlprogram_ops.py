@@ -275,6 +275,13 @@ ELEMENTWISE = {  # name: (builder on (x, y), reference on (x, y))
                     lambda x, y: np.asarray(_tf().pad(x, [(0, 0), (0, 0), (2, 1), (3, 0)], mode="REFLECT"))),
     "pad_replicate": (lambda mb, x, y: mb.pad(x=x, pad=[1, 0, 2, 2], mode="replicate"),
                       lambda x, y: np.pad(x, [(0, 0), (0, 0), (1, 0), (2, 2)], mode="edge")),
+    # round: halves to even (MIL's value_inference is np.round), which x * 2 (x has exact halves) exercises
+    "round": (lambda mb, x, y: mb.round(x=mb.mul(x=x, y=4.0)), lambda x, y: np.round(x * 4)),
+    "floor": (lambda mb, x, y: mb.floor(x=mb.mul(x=x, y=4.0)), lambda x, y: np.asarray(_tf().math.floor(x * 4))),
+    "ceil": (lambda mb, x, y: mb.ceil(x=mb.mul(x=x, y=4.0)), lambda x, y: np.asarray(_tf().math.ceil(x * 4))),
+    "sign": (lambda mb, x, y: mb.sign(x=mb.round(x=x)), lambda x, y: np.sign(np.round(x))),
+    "floor_div": (lambda mb, x, y: mb.floor_div(x=mb.mul(x=x, y=10.0), y=mb.add(x=y, y=0.0)),
+                  lambda x, y: np.asarray(_tf().math.floordiv(x * 10, y))),
     "cast_fp16": (lambda mb, x, y: mb.cast(x=mb.cast(x=mb.mul(x=x, y=1000.3), dtype="fp16"), dtype="fp32"),
                   lambda x, y: (x * np.float32(1000.3)).astype(np.float16).astype(np.float32)),
 }
@@ -330,6 +337,24 @@ def test_quantize_dequantize_round_half_to_even_and_saturate(tmp_path):
     assert np.any(np.abs(x / 0.125 - np.trunc(x / 0.125)) == 0.5)  # halves are in the test: they round to even
     np.testing.assert_array_equal(values["dq8"], ((q8 - 3) * 0.125).astype(np.float32))
     np.testing.assert_allclose(values["dqc"], (qc - zps.reshape(1, 3, 1, 1)) * scales.reshape(1, 3, 1, 1))
+
+
+def test_round_takes_halves_to_even_like_mil_and_tensorflow(tmp_path):
+    """MIL ``round`` (what coremltools makes of a FakeQuant op: clip, sub, real_div, round, mul, add): halves to
+    even, as coremltools' own value_inference (np.round) and TensorFlow's Round compute it; not half away from
+    zero (C's round) nor half up (FakeQuant's floor(x + 0.5))."""
+    ct = _ct()
+    from coremltools.converters.mil import Builder as mb
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(8,))], opset_version=ct.target.iOS16)
+    def prog(x):
+        return mb.round(x=x, name="r")
+
+    program = save(prog, tmp_path / "round.mlpackage", ct.target.iOS16)
+    x = np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 0.49999997, -3.7], np.float32)
+    got = program.execute({"x": x})["r"]
+    np.testing.assert_array_equal(got, [-2, -2, -0, 0, 2, 2, 0, -4])
+    np.testing.assert_array_equal(got, np.asarray(_tf().math.round(x)))
 
 
 @pytest.mark.parametrize("target", ["iOS16", "iOS18"])

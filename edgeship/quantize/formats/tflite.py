@@ -160,6 +160,36 @@ def quantize_calibrated(calibrated: bytes, *, io_dtype: str = "uint8", relu6_fix
     return result
 
 
+#: What a quantisation-aware trained model's int8 recipe says of its ranges (edgeship.models.qat).
+QAT_RANGES = "QAT ranges (from the model's FakeQuant ops)"
+
+
+def quantize_qat(loaded: LoadedModel, *, io_dtype: str = "uint8") -> TFLiteQuantResult:
+    """The int8 TFLite of a quantisation-aware trained model: the converter's own QAT conversion
+    (``Optimize.DEFAULT`` with no representative dataset), which takes every range from the model's trained
+    FakeQuant ops: nothing is calibrated, no ReLU6 range fixed, no range searched. Every activation's
+    ``range_source`` is "qat"."""
+    from edgeship._tf import tf
+    from edgeship.export.tflite import convert
+
+    t = tf()
+    io = getattr(t, IoDtype.parse(str(io_dtype), "io dtype").value)
+
+    def configure(converter: Any) -> None:
+        converter.optimizations = [t.lite.Optimize.DEFAULT]
+        converter.inference_input_type = io
+        converter.inference_output_type = io
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+        quantised = convert(loaded, Precision.FP32, configure=configure)
+    result = _describe(quantised, set(), None)
+    for params in result.tensor_params.values():
+        if params.get("range_source") == "calibrated":
+            params["range_source"] = "qat"
+    return result
+
+
 def convert_weights_only(loaded: LoadedModel, precision: Precision) -> bytes:
     """The TFLite variants that need no calibration: ``w8``, the converter's dynamic-range mode (int8 weights per
     channel, float activations, quantised on the fly by the kernels that can), and ``fp16`` (float16 weights,

@@ -69,6 +69,14 @@ elementwise("identity", lambda v: v["x"])
 elementwise("leaky_relu", lambda v: np.where(v["x"] >= 0, v["x"], v["x"] * _get(v, "alpha", 0.01)))
 # sigmoid_hard: min(max(alpha * x + beta, 0), 1)
 elementwise("sigmoid_hard", lambda v: np.clip(v["x"] * _get(v, "alpha", 0.2) + _get(v, "beta", 0.5), 0, 1))
+# round: to the nearest integer, halves to even, as MIL's own value_inference (np.round) computes it ("0.5 is
+# rounded to 0", coremltools' iOS15 elementwise_unary.round). coremltools converts TensorFlow's FakeQuant ops to
+# clip -> sub -> real_div -> round -> mul -> add (frontend/tensorflow/ops.py FakeQuantWithMinMaxVars).
+elementwise("round", lambda v: np.round(v["x"]))
+elementwise("floor", lambda v: np.floor(v["x"]))
+elementwise("ceil", lambda v: np.ceil(v["x"]))
+elementwise("sign", lambda v: np.sign(v["x"]))
+elementwise("floor_div", lambda v: np.floor_divide(v["x"], v["y"]))
 # cast: the value as is; the executor converts it to the op's declared output dtype
 elementwise("cast", lambda v: v["x"])
 

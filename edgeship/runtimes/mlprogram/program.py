@@ -14,7 +14,8 @@ from edgeship.runtimes.mlprogram.kernels import KERNELS
 
 # Ops whose result, from fp16 inputs, is always one of the input values (or an fp16 constant): no rounding to do.
 EXACT_OPS = frozenset({"transpose", "reshape", "squeeze", "expand_dims", "concat", "pad", "relu", "relu6", "clip",
-                       "max_pool", "reduce_max", "reduce_min", "maximum", "minimum", "identity", "cast", "abs"})
+                       "max_pool", "reduce_max", "reduce_min", "maximum", "minimum", "identity", "cast", "abs",
+                       "round", "floor", "ceil", "sign"})
 
 _COLOR_SPACES = {10: "GRAYSCALE", 20: "RGB", 30: "BGR", 40: "GRAYSCALE_FLOAT16"}
 
