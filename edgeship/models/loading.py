@@ -116,15 +116,15 @@ def load_model(
         src, sha = str(path), sha256_path(path)
         spec = derive_spec(km, name=path.stem if path.is_file() else path.name)
         in_graph = None if demo else detect(km, saved_model=path.is_dir())
+        beside = path.parent / "labels.txt" if path.is_file() else path / "labels.txt"
+        if labels is None and beside.is_file():
+            labels = beside
     for note in fitted:
         notes.append(note)
         (echo or _note)(note)
     uint8 = takes_uint8(km)
     if uint8 and in_graph is None:  # nothing normalises after the cast: the model takes the raw pixels as they are
         in_graph = InGraphNormalisation(Preprocessing.identity(), UINT8_INPUT)
-        beside = path.parent / "labels.txt" if path.is_file() else path / "labels.txt"
-        if labels is None and beside.is_file():
-            labels = beside
     if in_graph is not None and not spec.in_graph_normalisation:
         spec = spec.replace(preprocessing=replace(Preprocessing.identity(), layout=spec.preprocessing.layout),
                             in_graph_normalisation=in_graph.describe())

@@ -279,9 +279,32 @@ class Rewrite(Graph):
         self.acts[outs[0]] = self.finish(y, outs[0], x.nchw)
 
     def op_softmax(self, op: Any, ins: list[int], outs: list[int]) -> None:
-        if abs(op.builtinOptions.beta - 1.0) > 1e-6 or len(self.shape(ins[0])) != 2:
-            raise UnsupportedTFLiteOp(f"SOFTMAX '{self.tname(outs[0])}' has beta != 1 or is not 2D")
-        self._unary("Softmax", ins, outs, axis=-1)
+        rank = len(self.shape(ins[0]))
+        if abs(op.builtinOptions.beta - 1.0) > 1e-6 or rank not in (2, 4):
+            raise UnsupportedTFLiteOp(f"SOFTMAX '{self.tname(outs[0])}' has beta != 1 or is not 2D or 4D")
+        # TFLite's softmax is over the last axis: a segmentation map's classes, axis 1 when held NCHW
+        self._unary("Softmax", ins, outs, axis=1 if rank == 4 and self.get(ins[0]).nchw else -1)
+
+    def op_resize_bilinear(self, op: Any, ins: list[int], outs: list[int]) -> None:
+        """RESIZE_BILINEAR (DeepLab-style upsampling) as DQ, Resize(linear), Q, on NCHW. TFLite's sampling modes map
+        to ONNX's coordinate transformations: half_pixel_centers -> half_pixel, align_corners -> align_corners, else
+        asymmetric (TFLite ``resize_bilinear.cc``; ONNX Resize, opset 13). Not exact: the int8 kernel interpolates
+        in integers where this interpolates the dequantised values in float (measured on the zoo's DeepLab-lite
+        head: 99.0 % of the values equal, the rest one step apart; the package docstring)."""
+        opts = op.builtinOptions
+        if opts.alignCorners and opts.halfPixelCenters:
+            raise UnsupportedTFLiteOp(f"RESIZE_BILINEAR '{self.tname(outs[0])}' has align_corners and half-pixel "
+                                      "centres both set")
+        mode = "align_corners" if opts.alignCorners else "half_pixel" if opts.halfPixelCenters else "asymmetric"
+        x = self.nchw(self.get(ins[0]), ins[0])
+        _, h, w, _ = self.shape(outs[0])
+        value = self.dq(x)
+        # sizes (N, C, h, w) with the batch taken from the data (dynamic): scales would floor h/in_h * in_h
+        lead = self.node("Slice", [self.node("Shape", [value])[0], self.const("start", np.array([0], np.int64)),
+                                   self.const("end", np.array([2], np.int64))])[0]
+        sizes = self.node("Concat", [lead, self.const("hw", np.array([h, w], np.int64))], axis=0)[0]
+        y = self.node("Resize", [value, "", "", sizes], mode="linear", coordinate_transformation_mode=mode)[0]
+        self.acts[outs[0]] = self.finish(y, outs[0], True)
 
     def op_logistic(self, op, ins, outs):
         self._unary("Sigmoid", ins, outs)
