@@ -18,8 +18,9 @@ so the ONNX and the TFLite compute with the same parameters. The graph is laid o
 Op mapping: CONV_2D/DEPTHWISE_CONV_2D -> DQ,Conv,Q (QLinearConv); ADD -> XNNPACK's integer add in int32/int64
 ONNX arithmetic (:meth:`.rules.Rewrite.integer_add`; an ADD with a float operand: DQ,Add,Q); MEAN over H,W ->
 DQ,GlobalAveragePool,Q (QLinearGlobalAveragePool); FULLY_CONNECTED -> DQ,Gemm,Q (QGemm); AVERAGE_POOL_2D,
-SOFTMAX (2-D, or over the classes of a 4-D map), LOGISTIC, MUL, CONCATENATION, HARD_SWISH, RESIZE_BILINEAR
-(Resize linear, NCHW) -> DQ,op,Q; MAX_POOL_2D, RESHAPE, PAD on uint8 directly;
+SOFTMAX (2-D, or over the classes of a 4-D map), LOGISTIC, MUL, SUB, DIV, MINIMUM, MAXIMUM, CONCATENATION,
+HARD_SWISH, RESIZE_BILINEAR (Resize linear, NCHW) -> DQ,op,Q; ROUND and CAST (a uint8 signature's float island:
+``edgeship.models.setups``) -> Round, Cast in float; MAX_POOL_2D, RESHAPE, PAD on uint8 directly;
 QUANTIZE/DEQUANTIZE at the I/O. A dynamic Reshape's shape computation (SHAPE, STRIDED_SLICE, PACK on int32) is
 dropped: the static shapes stand for it. Anything else raises :class:`UnsupportedTFLiteOp`.
 

@@ -306,6 +306,35 @@ class Rewrite(Graph):
         y = self.node("Resize", [value, "", "", sizes], mode="linear", coordinate_transformation_mode=mode)[0]
         self.acts[outs[0]] = self.finish(y, outs[0], True)
 
+    def op_sub(self, op, ins, outs):
+        # normalisation inside a model ((x - mean) / std before the first conv): DQ, Sub, Q; not exact against an
+        # int8 SUB kernel's fixed-point rounding (one step at ties)
+        self._binary("Sub", op, ins, outs)
+
+    def op_div(self, op, ins, outs):
+        self._binary("Div", op, ins, outs)
+
+    def op_round(self, op, ins, outs):
+        # TFLite's ROUND and ONNX's Round both round half to even (a uint8 signature's float pixels, rounded)
+        self._unary("Round", ins, outs)
+
+    def op_minimum(self, op, ins, outs):
+        self._binary("Min", op, ins, outs)
+
+    def op_maximum(self, op, ins, outs):
+        self._binary("Max", op, ins, outs)
+
+    def op_cast(self, op: Any, ins: list[int], outs: list[int]) -> None:
+        """CAST between float32 and a plain (unquantised) integer type, as a uint8 signature's cast and cast back
+        (``edgeship.models.setups``): ONNX Cast, exact for the whole 0-255 values it carries."""
+        types = {"FLOAT32": 1, "UINT8": 2, "INT8": 3, "INT32": 6}
+        to = types.get(self.ttype(outs[0]))
+        if to is None:
+            raise UnsupportedTFLiteOp(f"CAST '{self.tname(outs[0])}' to {self.ttype(outs[0])}")
+        x = self.get(ins[0])
+        y = self.node("Cast", [self.dq(x)], [self.fresh(_safe(self.tname(outs[0])))], to=to)[0]
+        self.acts[outs[0]] = _Act(y, x.nchw, None, None, to)
+
     def op_logistic(self, op, ins, outs):
         self._unary("Sigmoid", ins, outs)
 
