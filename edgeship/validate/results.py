@@ -58,8 +58,9 @@ alone) were added within version 2; with the Ray executor, ``machine`` is the no
 manifest records (size and sha256), and whether ``--allow-modified`` let modified files be validated.
 
 ``output_kind`` and the metrics ``label_agreement``, ``mean_average_precision(_drop)`` (multi-label outputs),
-``cosine_min`` and ``neighbour_agreement`` (embeddings), ``max_relative_error`` (regression outputs) were added
-within version 2; for those three kinds the class metrics (top-1, top-5, accuracy, confident flips) are null.
+``cosine_min`` and ``neighbour_agreement`` (embeddings), ``max_relative_error`` (regression outputs), ``pixel_agreement``,
+``mean_iou`` and ``class_iou_min`` (segmentation maps) were added
+within version 2; for those four kinds the class metrics (top-1, top-5, accuracy, confident flips) are null.
 ``passed`` is true only when no artifact failed and no required format was skipped: ``skipped`` never counts as
 passed.
 """

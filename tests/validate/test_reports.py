@@ -163,7 +163,8 @@ def test_json_is_strict_and_has_every_stable_key(report):
                 "accuracy_top1", "accuracy_top5", "accuracy_top1_drop", "equal_values", "confident_flips",
                 "kernel_path_top1_agreement", "kernel_path_equal_values", "kernel_path_sqnr_db", "label_agreement",
                 "mean_average_precision", "mean_average_precision_drop", "cosine_min",
-                "neighbour_agreement"} == a["metrics"].keys()
+                "neighbour_agreement", "max_relative_error", "pixel_agreement", "mean_iou",
+                "class_iou_min"} == a["metrics"].keys()
         assert {"load", "first", "p50", "p90", "p99", "mean", "std"} == a["latency_ms"].keys()
     passed, failed, skipped, corrupt = d["artifacts"]
     assert [a["status"] for a in d["artifacts"]] == ["passed", "failed", "skipped", "failed"]
