@@ -501,6 +501,8 @@ REGISTRY: dict[Metric, MetricSpec] = {
     Metric.NEIGHBOUR_AGREEMENT: MetricSpec(
         "nearest-neighbour agreement", _HIGH, _F, _EMBEDDING, ("ref_emb", "out_emb"), _neighbours,
         counts=_neighbour_counts),
+    Metric.MAX_RELATIVE_ERROR: MetricSpec(
+        "max error / range", _LOW, Unit.OUTPUT, _REGRESSION, ("max_abs", "ref_min", "ref_max"), _relative_error),
     # pixels, many per sample and correlated within one: no counts
     Metric.PIXEL_AGREEMENT: MetricSpec(
         "pixel agreement", _HIGH, _F, _SEGMENTATION, ("pixels_equal", "pixels"), _share("pixels_equal", "pixels")),
@@ -508,8 +510,6 @@ REGISTRY: dict[Metric, MetricSpec] = {
         "mIoU (vs reference)", _HIGH, _F, _SEGMENTATION, ("class_inter", "class_union"), _mean_iou),
     Metric.CLASS_IOU_MIN: MetricSpec(
         "lowest class IoU", _HIGH, _F, _SEGMENTATION, ("class_inter", "class_union"), _class_iou_min),
-    Metric.MAX_RELATIVE_ERROR: MetricSpec(
-        "max error / range", _LOW, Unit.OUTPUT, _REGRESSION, ("max_abs", "ref_min", "ref_max"), _relative_error),
 }
 
 
