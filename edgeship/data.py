@@ -51,6 +51,36 @@ if TYPE_CHECKING:
 from edgeship.errors import EnvironmentProblem, UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+#: A segmentation ground-truth mask beside its image: ``photo.jpg`` -> ``photo.mask.png`` (an 8-bit PNG of class
+#: indices, :data:`IGNORE_CLASS` for pixels no class is claimed for, as PASCAL VOC marks them). Never an image.
+MASK_SUFFIX = ".mask.png"
+IGNORE_CLASS = 255
+
+
+def mask_path(image: Path) -> Path:
+    """Where the ground-truth mask of ``image`` sits (:data:`MASK_SUFFIX`)."""
+    return image.with_name(image.stem + MASK_SUFFIX)
+
+
+def read_mask(path: Path, size: tuple[int, int], classes: int) -> np.ndarray:
+    """(H, W) int64 class indices of the mask PNG at ``path`` at ``size`` = (height, width) (nearest neighbour, so
+    no class is invented at edges). Raises :class:`UserError` for an unreadable mask or a value that is neither a
+    class index (0..classes-1) nor :data:`IGNORE_CLASS`."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P"):
+                raise UserError(f"mask {path} is a {im.mode} image: save class indices as an 8-bit gray or palette "
+                                "PNG (one value per pixel)")
+            mask = np.asarray(im.resize((size[1], size[0]), Image.Resampling.NEAREST), dtype=np.int64)
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"cannot read mask {path}: {e}") from None
+    bad = (mask >= classes) & (mask != IGNORE_CLASS)
+    if bad.any():
+        raise UserError(f"mask {path} holds value {int(mask[bad][0])}, not a class index of the model's {classes} "
+                        f"classes (0..{classes - 1}) nor {IGNORE_CLASS} (ignore)")
+    return mask
 #: Largest decoded image, in pixels: Pillow's ``Image.MAX_IMAGE_PIXELS`` default (1024 * 1024 * 1024 // 4 // 3),
 #: above which Pillow itself warns of a decompression bomb (and refuses above twice as many).
 MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
@@ -67,7 +97,8 @@ def image_files(root: Path) -> list[Path]:
     root = Path(root)
     if not root.exists():
         raise UserError(f"image folder not found: {root}")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not p.name.lower().endswith(MASK_SUFFIX))
     if not files:
         raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {root}")
     return files
@@ -275,9 +306,22 @@ class FolderSource(DataSource):
     read, so class folders, ``batch_01/`` sub-folders or any other layout are all fine."""
 
     def __init__(self, root: Path, size: tuple[int, int], class_names: Sequence[str] | None,
-                 use_labels: bool = True) -> None:
+                 use_labels: bool = True, masks: tuple[int, int] | None = None) -> None:
         self.root, self.size = Path(root), size
         self.files = image_files(self.root)
+        self.masks = None
+        if masks is not None:  # a segmentation: each image's truth is its mask beside it, when every image has one
+            have = [mask_path(f).is_file() for f in self.files]
+            if any(have) and not all(have):
+                missing = next(f for f, h in zip(self.files, have) if not h)
+                raise UserError(f"{self.root}: {sum(have)} of {len(have)} images have a ground-truth mask beside them "
+                                f"({missing.relative_to(self.root)} has no {mask_path(missing).name}): give every "
+                                f"image its <name>{MASK_SUFFIX}, or none")
+            self.masks = masks if all(have) else None
+            self.classes = len(class_names or ())
+            self.labels = None
+            super().__init__(str(self.root), len(self.files), self.masks is not None)
+            return
         labeled = use_labels and all(f.parent.parent == self.root for f in self.files)
         if use_labels and not labeled:
             check_flat(self.root, self.files)
@@ -309,6 +353,8 @@ class FolderSource(DataSource):
             files = self.files[first : min(first + batch_size, stop)]
             sources = [f.relative_to(self.root).as_posix() for f in files]
             labels = None if self.labels is None else self.labels[first : first + len(files)]
+            if self.masks is not None:  # (n, h, w) class indices at the model's output map size
+                labels = np.stack([read_mask(mask_path(f), self.masks, self.classes) for f in files])
             if not skip_bad:
                 yield Batch(np.stack([self.read(first + j) for j in range(len(files))]), labels, sources, first)
                 continue
@@ -359,10 +405,12 @@ class ArraySource(DataSource):
     _label_conversion: str | None = None  # set while the labels are read: how they were converted
 
     def __init__(self, path: Path, size: tuple[int, int], class_names: "Sequence[str] | int",
-                 input_range: tuple[float, float] | None = None, use_labels: bool = True) -> None:
+                 input_range: tuple[float, float] | None = None, use_labels: bool = True,
+                 masks: tuple[int, int] | None = None) -> None:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"data file not found: {path}")
+        stored_masks = None
         names = None if isinstance(class_names, int) else list(class_names)
         num_classes = class_names if isinstance(class_names, int) else len(class_names)
         try:
@@ -376,6 +424,8 @@ class ArraySource(DataSource):
                     images = z[key]
                     lkey = next((k for k in ("labels", "y") if k in z), None)
                     labels = z[lkey] if lkey and use_labels else None
+                    if masks is not None and "masks" in z:
+                        stored_masks = z["masks"]
         except UserError:
             raise
         except (ValueError, OSError, EOFError) as e:
@@ -403,7 +453,9 @@ class ArraySource(DataSource):
         else:
             _check_pixel_values(path, images.dtype, lo, hi)
             pixels = "float32" if np.issubdtype(images.dtype, np.floating) else "uint8"
-        if labels is not None:
+        if masks is not None:  # a segmentation: the truth is the "masks" array (N, h, w) of class indices
+            labels = None if stored_masks is None else _masks(path, stored_masks, len(images), masks, num_classes)
+        elif labels is not None:
             labels = _labels(path, labels, len(images), num_classes, names, self)
         self.images, self.labels = images, labels
         super().__init__(str(path), len(images), labels is not None, pixels)
@@ -501,15 +553,30 @@ def _labels(path: Path, labels: np.ndarray, count: int, num_classes: int, names:
 
 def open_data(path: str | Path | None, size: tuple[int, int], class_names: Sequence[str],
               default: Path | None = None, input_range: "str | Sequence[float] | None" = None,
-              use_labels: bool = True) -> DataSource:
+              use_labels: bool = True, masks: tuple[int, int] | None = None) -> DataSource:
     """A folder of images (class subfolders give labels), an .npy/.npz array, or ``default`` when None.
     ``input_range``: how an array's values map to pixels (module docstring); arrays only. ``use_labels=False``
-    (calibration) ignores folder names and stored labels alike."""
+    (calibration) ignores folder names and stored labels alike. ``masks`` = (h, w), a segmentation's output map
+    size: the truth is each image's ground-truth mask instead (``<image>.mask.png`` beside it, :func:`read_mask`,
+    or an .npz's ``masks`` array (N, h, w)), batches' labels (n, h, w) class indices; none: unlabelled."""
     rng = parse_input_range(input_range)
-    p = check_data(path, default, rng, use_labels)
+    p = check_data(path, default, rng, use_labels and masks is None)
     if p.is_dir():
-        return FolderSource(p, size, class_names, use_labels)
-    return ArraySource(p, size, class_names, rng, use_labels)
+        return FolderSource(p, size, class_names, use_labels, masks)
+    return ArraySource(p, size, class_names, rng, use_labels, masks)
+
+
+def _masks(path: Path, masks: np.ndarray, count: int, size: tuple[int, int], classes: int) -> np.ndarray:
+    """An .npz's ground-truth ``masks`` checked: (count, h, w) integers, each a class index or IGNORE_CLASS."""
+    if masks.shape != (count, *size) or not np.issubdtype(masks.dtype, np.integer):
+        raise UserError(f"{path}: masks have shape {masks.shape} ({masks.dtype}); expected ({count}, {size[0]}, "
+                        f"{size[1]}) integer class indices, the model's output map size")
+    masks = masks.astype(np.int64)
+    bad = (masks < 0) | ((masks >= classes) & (masks != IGNORE_CLASS))
+    if bad.any():
+        raise UserError(f"{path}: masks hold {int(masks[bad][0])}, not a class index of the model's {classes} "
+                        f"classes nor {IGNORE_CLASS} (ignore)")
+    return masks
 
 
 def check_data(path: str | Path | None, default: Path | None = None,

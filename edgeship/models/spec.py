@@ -162,6 +162,13 @@ class ModelSpec:
                                    outputs_probabilities=parsed is OutputKind.PROBABILITIES)
 
     @property
+    def mask_size(self) -> tuple[int, int] | None:
+        """(h, w) of a segmentation's class map, at which its ground-truth masks are read; None for other kinds."""
+        if OutputKind(self.output_kind) is not OutputKind.SEGMENTATION:
+            return None
+        return int(self.output_shape[0]), int(self.output_shape[1])
+
+    @property
     def resolution(self) -> int:
         return int(self.input_shape[0])
 

@@ -83,7 +83,7 @@ class ContractCheck:
         ref = np.asarray(ref)
         self._top1.append(ref.argmax(1))
         self._margin.append(top1_margin(ref, self.probabilities))
-        if labels is None:
+        if labels is None or not self.class_answers:  # a segmentation's masks are no class per image
             self._labelled = False
         else:
             self._labels.append(np.asarray(labels))

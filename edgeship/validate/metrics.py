@@ -71,6 +71,10 @@ class Metric(_StrEnum):
     PIXEL_AGREEMENT = "pixel_agreement"
     MEAN_IOU = "mean_iou"
     CLASS_IOU_MIN = "class_iou_min"
+    # With ground-truth masks (labelled data): the artifact's mIoU against the truth, and its drop from the
+    # reference's (pixels marked 255 in a mask, "ignore", left out)
+    MEAN_IOU_TRUTH = "mean_iou_truth"
+    MEAN_IOU_TRUTH_DROP = "mean_iou_truth_drop"
 
 
 #: Default margin bins and confident margin (overridden by the policy's ``[confidence]`` table): see policy.toml.
@@ -234,10 +238,13 @@ class Batch:
     @cached_property
     def class_overlap(self) -> tuple[np.ndarray, np.ndarray]:
         """(intersection, union) pixel counts per sample and class (N, classes) of the two class maps."""
-        r, o = self.pixel_classes
-        k = np.arange(self.classes)
-        rk, ok = r[:, :, None] == k, o[:, :, None] == k
-        return (rk & ok).sum(axis=1), (rk | ok).sum(axis=1)
+        return overlap(*self.pixel_classes, self.classes)
+
+    def truth_overlap(self, which: int) -> tuple[np.ndarray, np.ndarray]:
+        """(intersection, union) per sample and class of the reference's (``which`` 0) or the artifact's (1) class
+        map with the ground-truth masks ``truth`` (N, h, w); ignored pixels (255) count for neither."""
+        truth = np.asarray(self.truth).reshape(len(self.ref), -1)
+        return overlap(self.pixel_classes[which], truth, self.classes, valid=truth != 255)
 
     @cached_property
     def err(self) -> np.ndarray:
@@ -293,6 +300,10 @@ PARTIALS: dict[str, Statistic] = {
     "ref_max": Statistic(Merge.SAMPLES, lambda b: b.ref.max(axis=1)),
     "pixels_equal": Statistic(Merge.COUNT, lambda b: int(np.count_nonzero(b.pixel_classes[0] == b.pixel_classes[1]))),
     "pixels": Statistic(Merge.COUNT, lambda b: b.pixel_classes[0].size),
+    "ref_truth_inter": Statistic(Merge.SAMPLES, _labelled(lambda b: b.truth_overlap(0)[0])),
+    "ref_truth_union": Statistic(Merge.SAMPLES, _labelled(lambda b: b.truth_overlap(0)[1])),
+    "out_truth_inter": Statistic(Merge.SAMPLES, _labelled(lambda b: b.truth_overlap(1)[0])),
+    "out_truth_union": Statistic(Merge.SAMPLES, _labelled(lambda b: b.truth_overlap(1)[1])),
     "class_inter": Statistic(Merge.SAMPLES, lambda b: b.class_overlap[0]),
     "class_union": Statistic(Merge.SAMPLES, lambda b: b.class_overlap[1]),
     "top5": Statistic(Merge.SAMPLES, lambda b: per_sample_top5_overlap(b.ref, b.out)),
@@ -403,6 +414,17 @@ def _relative_error(c: Accumulated) -> float | None:
                           float(np.max(c.stream.values("ref_max"))))
 
 
+def overlap(a: np.ndarray, b: np.ndarray, classes: int,
+            valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(intersection, union) pixel counts (N, classes) of two class maps ``a``, ``b`` (N, pixels) of class indices,
+    over the pixels ``valid`` marks (all when None)."""
+    k = np.arange(classes)
+    ak, bk = a[:, :, None] == k, b[:, :, None] == k
+    if valid is not None:
+        ak, bk = ak & valid[:, :, None], bk & valid[:, :, None]
+    return (ak & bk).sum(axis=1), (ak | bk).sum(axis=1)
+
+
 def class_ious(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
     """IoU per class from intersection and union pixel counts (classes,), NaN for a class neither map uses."""
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -424,6 +446,22 @@ def _mean_iou(c: Accumulated) -> float | None:
 def _class_iou_min(c: Accumulated) -> float | None:
     ious = _ious(c)
     return float(np.min(ious)) if ious is not None and len(ious) else None
+
+
+def _truth_miou(which: str) -> Callable[[Accumulated], float | None]:
+    def value(c: Accumulated) -> float | None:
+        if not c.stream.has(f"{which}_truth_inter"):
+            return None
+        ious = class_ious(c.stream.values(f"{which}_truth_inter").sum(axis=0),
+                          c.stream.values(f"{which}_truth_union").sum(axis=0))
+        ious = ious[~np.isnan(ious)]
+        return float(np.mean(ious)) if len(ious) else None
+    return value
+
+
+def _truth_miou_drop(c: Accumulated) -> float | None:
+    ref, out = _truth_miou("ref")(c), _truth_miou("out")(c)
+    return ref - out if ref is not None and out is not None else None
 
 
 def _neighbours(c: Accumulated) -> float | None:
@@ -510,6 +548,13 @@ REGISTRY: dict[Metric, MetricSpec] = {
         "mIoU (vs reference)", _HIGH, _F, _SEGMENTATION, ("class_inter", "class_union"), _mean_iou),
     Metric.CLASS_IOU_MIN: MetricSpec(
         "lowest class IoU", _HIGH, _F, _SEGMENTATION, ("class_inter", "class_union"), _class_iou_min),
+    Metric.MEAN_IOU_TRUTH: MetricSpec(
+        "mIoU (ground truth)", _HIGH, _F, _SEGMENTATION, ("out_truth_inter", "out_truth_union"), _truth_miou("out"),
+        needs_labels=True),
+    Metric.MEAN_IOU_TRUTH_DROP: MetricSpec(
+        "mIoU drop (ground truth)", _LOW, _F, _SEGMENTATION,
+        ("ref_truth_inter", "ref_truth_union", "out_truth_inter", "out_truth_union"), _truth_miou_drop,
+        needs_labels=True),
 }
 
 

@@ -366,7 +366,7 @@ def open_validation_data(o: ValidateOptions, spec: Any) -> DataSource:
 
     # only a per-image class output has a class per image: otherwise class folders and stored labels are not read
     source = open_data(o.data, spec.input_shape[:2], spec.labels, default=DEMO_HELDOUT, input_range=o.input_range,
-                       use_labels=OutputKind(spec.output_kind).per_image)
+                       use_labels=OutputKind(spec.output_kind).per_image, masks=spec.mask_size)
     if source.count == 0:
         raise UserError(f"no samples in {source.source}")
     if o.expect_accuracy is not None and not source.labeled:

@@ -217,7 +217,8 @@ class Session:
 
             self._source = open_data(self.job.data, self.spec.input_shape[:2], self.spec.labels,
                                      input_range=self.job.input_range,
-                                     use_labels=OutputKind(self.spec.output_kind).per_image)
+                                     use_labels=OutputKind(self.spec.output_kind).per_image,
+                                     masks=self.spec.mask_size)
         return self._source
 
     def _partial(self, i: int) -> ArtifactPartial:

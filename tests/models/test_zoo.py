@@ -399,9 +399,7 @@ def _deeplab_lite():
     trunk = k.Model(demo.input, demo.get_layer("block_13_expand_relu").output, name="backbone")
     cal = load_image_folder(DEMO_DIR / "calibration", (96, 96), class_names=LABELS)
     feats = trunk.predict(Preprocessing().apply(cal.images), verbose=0)
-    gray = cal.images.astype(np.float32).mean(-1)
-    ink = np.abs(gray - np.median(gray, axis=(1, 2), keepdims=True)) > 40
-    masks = ink.reshape(len(ink), 48, 2, 48, 2).mean(axis=(2, 4)) > 0.5
+    masks = _ink_masks(cal.images)
     fi = k.Input(feats.shape[1:])
     conv = k.layers.Conv2D(2, 1, name="classifier")
     head = [k.layers.Resizing(48, 48, interpolation="bilinear", name="upsample"), k.layers.Softmax(name="softmax")]
@@ -410,6 +408,14 @@ def _deeplab_lite():
     train.fit(feats, masks.astype(np.int32)[..., None], epochs=40, batch_size=50, verbose=0)
     inp = k.Input((96, 96, 3), name="image")
     return k.Model(inp, head[1](head[0](conv(trunk(inp)))), name="deeplab_lite")
+
+
+def _ink_masks(images: np.ndarray) -> np.ndarray:
+    """(N, 48, 48) int ground truth of the DeepLab-lite task: 1 where a 2x2 block of the 96x96 image is mostly ink
+    (pixels far from the image's median), else 0."""
+    gray = images.astype(np.float32).mean(-1)
+    ink = np.abs(gray - np.median(gray, axis=(1, 2), keepdims=True)) > 40
+    return (ink.reshape(len(ink), 48, 2, 48, 2).mean(axis=(2, 4)) > 0.5).astype(np.int64)
 
 
 @pytest.fixture(scope="session")
@@ -520,3 +526,46 @@ def test_mediapipe_image_segmenter_opens_the_segmentation_files(segmentation):
                 mask = got.category_mask.numpy_view().reshape(96, 96)
                 agree.append(np.mean(mask == np.repeat(np.repeat(want, 2, 0), 2, 1)))
         assert np.mean(agree) > 0.9, (name, np.mean(agree))
+
+
+def test_segmentation_ground_truth_masks_give_miou_and_its_drop(segmentation, tmp_path):
+    """With ground-truth masks (an .npz "masks" array, or <image>.mask.png beside each image) the files get their
+    mIoU against the truth and its drop from the float model's; the same figures from either layout. A mask with a
+    value that is no class (nor 255, ignore) is refused in one line."""
+    from PIL import Image
+
+    from edgeship.validate import validate
+
+    loaded, _, tmp = segmentation
+    images, _ = _heldout((96, 96), per_class=1)
+    masks = _ink_masks(images)
+    masks[:, :2, :] = 255  # a border nobody is judged on
+    np.savez(tmp_path / "truth.npz", images=images, masks=masks)
+    folder = tmp_path / "truth"
+    folder.mkdir()
+    for i, (image, mask) in enumerate(zip(images, masks)):
+        Image.fromarray(image).save(folder / f"digit{i}.png")
+        Image.fromarray(mask.astype(np.uint8), mode="L").resize((96, 96), Image.Resampling.NEAREST).save(
+            folder / f"digit{i}.mask.png")
+    figures = []
+    for data in (tmp_path / "truth.npz", folder):
+        report = validate([tmp / "out"], reference=loaded, data=data, iterations=1, warmup=0, kernel_path_samples=0,
+                          progress=False, require=[])
+        assert report.data["labeled"] is True and report.data["count"] == 10
+        rows = _rows(report)
+        m = rows["tflite.int8"].metrics
+        assert 0.5 < m.mean_iou_truth <= 1 and abs(m.mean_iou_truth_drop) < 0.05, (m.mean_iou_truth,
+                                                                                   m.mean_iou_truth_drop)
+        assert rows["tflite.fp32"].metrics.mean_iou_truth_drop == pytest.approx(0, abs=1e-3)
+        assert "mean_iou_truth_drop" in {g.name for g in rows["tflite.int8"].gates}
+        figures.append((m.mean_iou_truth, m.mean_iou_truth_drop))
+    assert figures[0] == pytest.approx(figures[1], abs=1e-9)  # the PNG masks read back as the array's
+    masks[0, 10, 10] = 7
+    np.savez(tmp_path / "bad.npz", images=images, masks=masks)
+    with pytest.raises(UserError, match="masks hold 7, not a class index of the model's 2 classes"):
+        validate([tmp / "out"], reference=loaded, data=tmp_path / "bad.npz", iterations=1, warmup=0,
+                 kernel_path_samples=0, progress=False)
+    (folder / "digit0.mask.png").unlink()
+    with pytest.raises(UserError, match="9 of 10 images have a ground-truth mask"):
+        validate([tmp / "out"], reference=loaded, data=folder, iterations=1, warmup=0, kernel_path_samples=0,
+                 progress=False)

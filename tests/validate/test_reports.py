@@ -164,7 +164,7 @@ def test_json_is_strict_and_has_every_stable_key(report):
                 "kernel_path_top1_agreement", "kernel_path_equal_values", "kernel_path_sqnr_db", "label_agreement",
                 "mean_average_precision", "mean_average_precision_drop", "cosine_min",
                 "neighbour_agreement", "max_relative_error", "pixel_agreement", "mean_iou",
-                "class_iou_min"} == a["metrics"].keys()
+                "class_iou_min", "mean_iou_truth", "mean_iou_truth_drop"} == a["metrics"].keys()
         assert {"load", "first", "p50", "p90", "p99", "mean", "std"} == a["latency_ms"].keys()
     passed, failed, skipped, corrupt = d["artifacts"]
     assert [a["status"] for a in d["artifacts"]] == ["passed", "failed", "skipped", "failed"]
