@@ -349,24 +349,34 @@ def test_unlabelled_linear_head_is_regression_not_a_classifier(flat_head):
     assert manifest["model"]["output_kind"] == "regression"
 
 
-def test_flat_head_with_a_moved_box_edge_fails(flat_head, tmp_path):
-    """A planted fault: the files made from a model whose box edges moved by 3 % of the image, judged against the
-    trained model: the float file fails on its error over the range, in one line."""
+def _judge_planted_fault(loaded, layer: str, change, tmp_path):
+    """The TFLite fp32 file of ``loaded``'s model with ``layer``'s weights changed (``change(w, b) -> [w, b]``: the
+    planted fault), validated against the trained model on 30 held-out digits."""
     from edgeship.export import export
     from edgeship.validate import validate
 
-    loaded, _, _, _ = flat_head
-    k = keras()
-    moved = k.models.clone_model(loaded.keras_model)
-    moved.set_weights(loaded.keras_model.get_weights())
-    w, b = moved.get_layer("box_head").get_weights()
-    b[0] += 0.03  # every cell's top edge (a 1x1 conv shares its bias over the cells)
-    moved.get_layer("box_head").set_weights([w, b])
-    export(loaded=load_model(moved, echo=lambda _: None), formats=["tflite"], out=tmp_path / "out")
+    faulty = keras().models.clone_model(loaded.keras_model)
+    faulty.set_weights(loaded.keras_model.get_weights())
+    faulty.get_layer(layer).set_weights(change(*faulty.get_layer(layer).get_weights()))
+    planted = load_model(faulty, output_kind=loaded.spec.output_kind, echo=lambda _: None)
+    planted.spec = planted.spec.replace(labels=loaded.spec.labels)
+    export(loaded=planted, formats=["tflite"], out=tmp_path / "out")
     images, _ = _heldout((96, 96))
     np.savez(tmp_path / "heldout.npz", images=images)
-    report = validate([tmp_path / "out"], reference=loaded, data=tmp_path / "heldout.npz", iterations=1, warmup=0,
-                      kernel_path_samples=0, progress=False)
+    return validate([tmp_path / "out"], reference=loaded, data=tmp_path / "heldout.npz", iterations=1, warmup=0,
+                    kernel_path_samples=0, progress=False)
+
+
+def test_flat_head_with_a_moved_box_edge_fails(flat_head, tmp_path):
+    """A planted fault: the files made from a model whose box edges moved by 3 % of the image, judged against the
+    trained model: the float file fails on its error over the range, in one line."""
+    loaded, _, _, _ = flat_head
+
+    def move_top_edges(w, b):
+        b[0] += 0.03  # every cell's top edge (a 1x1 conv shares its bias over the cells)
+        return [w, b]
+
+    report = _judge_planted_fault(loaded, "box_head", move_top_edges, tmp_path)
     for key, a in _rows(report).items():
         assert a.status.value == "failed", key
         assert "max_relative_error" in a.reason and "\n" not in a.reason, (key, a.reason)
@@ -458,22 +468,8 @@ def test_segmentation_head(segmentation):
 def test_segmentation_with_two_classes_swapped_fails(segmentation, tmp_path):
     """A planted fault: the files of a model whose two mask classes are swapped (the head's output channels
     exchanged), judged against the trained model: every file fails its pixel agreement, one line each."""
-    from edgeship.export import export
-    from edgeship.validate import validate
-
     loaded, _, _ = segmentation
-    k = keras()
-    swapped = k.models.clone_model(loaded.keras_model)
-    swapped.set_weights(loaded.keras_model.get_weights())
-    w, b = swapped.get_layer("classifier").get_weights()
-    swapped.get_layer("classifier").set_weights([w[..., ::-1], b[::-1]])
-    faulty = load_model(swapped, output_kind="segmentation", echo=lambda _: None)
-    faulty.spec = faulty.spec.replace(labels=loaded.spec.labels)
-    export(loaded=faulty, formats=["tflite"], out=tmp_path / "out")
-    images, _ = _heldout((96, 96))
-    np.savez(tmp_path / "heldout.npz", images=images)
-    report = validate([tmp_path / "out"], reference=loaded, data=tmp_path / "heldout.npz", iterations=1, warmup=0,
-                      kernel_path_samples=0, progress=False)
+    report = _judge_planted_fault(loaded, "classifier", lambda w, b: [w[..., ::-1], b[::-1]], tmp_path)
     for key, a in _rows(report).items():
         assert a.status.value == "failed", key
         assert "pixel_agreement" in a.reason and "\n" not in a.reason, (key, a.reason)
