@@ -21,6 +21,12 @@ from edgeship.validate.results import Flip, Metrics
 MAX_FLIPS = 1000
 MAX_THUMBNAILS = 24
 MAX_SAMPLE_ERRORS = 2000
+#: A segmentation sample is recorded (as a :class:`Flip`, with its maps drawn) when at least this share of its
+#: pixels changed class against the reference's map.
+MAP_CHANGE = 0.01
+#: One colour per class for the drawn class maps (cycled past ten classes): the ten of matplotlib's "tab10".
+_PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75],
+                     [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]], np.uint8)
 
 
 def label_permutation(reference: list[str], artifact: list[str] | None) -> np.ndarray | None:
@@ -61,6 +67,7 @@ class Comparison:
     confident_margin: float = m.CONFIDENT_MARGIN
     kind: OutputKind = OutputKind.LOGITS
     threshold: float = m.LABEL_THRESHOLD
+    map_size: tuple[int, int] | None = None  # (h, w) of a segmentation's class map (ModelSpec.mask_size)
     stream: m.Stream = field(default_factory=m.Stream)
     flips: list[Flip] = field(default_factory=list)
 
@@ -88,6 +95,27 @@ class Comparison:
             s.record(name, partial.merge, value)
         if self.record_flips and OutputKind(self.kind).is_classification:
             self._record_flips(batch, images, sources, offset)
+        elif self.record_flips and OutputKind(self.kind) is OutputKind.SEGMENTATION and self.map_size:
+            self._record_map_changes(batch, images, sources, offset)
+
+    def _record_map_changes(self, batch: m.Batch, images: np.ndarray, sources: list[str],
+                            offset: int | np.ndarray) -> None:
+        """Segmentation: each sample whose class map differs from the reference's on MAP_CHANGE of its pixels or
+        more, as a Flip ("class map" -> the share changed), drawn for the first MAX_THUMBNAILS: the image, the
+        reference's map and the artifact's over it, the changed pixels in red."""
+        ref, out = batch.pixel_classes
+        changed = np.mean(ref != out, axis=1)
+        size = self.map_size
+        assert size is not None  # the caller checked
+        for i in np.flatnonzero(changed >= MAP_CHANGE):
+            if len(self.flips) >= MAX_FLIPS:
+                break
+            self.flips.append(Flip(
+                index=int(offset[i]) if isinstance(offset, np.ndarray) else offset + int(i), source=sources[i],
+                reference="class map", artifact=f"{changed[i]:.1%} of pixels changed class",
+                thumbnail_png=(_maps_png(images[i], ref[i], out[i], size)
+                               if len(self.flips) < MAX_THUMBNAILS else None),
+            ))
 
     def _record_flips(self, batch: m.Batch, images: np.ndarray, sources: list[str], offset: int | np.ndarray) -> None:
         (r1, o1), truth = batch.top1, batch.truth
@@ -149,6 +177,27 @@ class Comparison:
         if len(errs) > MAX_SAMPLE_ERRORS:
             errs = errs[np.linspace(0, len(errs) - 1, MAX_SAMPLE_ERRORS).astype(int)]
         return [float(e) for e in errs]
+
+
+def _maps_png(image: np.ndarray, ref: np.ndarray, out: np.ndarray, size: tuple[int, int]) -> bytes:
+    """One PNG, three panels at the image's size: the image; the reference's class map over it; the artifact's
+    class map over it with the pixels whose class changed in red. ``ref``/``out`` (h * w,) class indices."""
+    from PIL import Image
+
+    if image.dtype != np.uint8:
+        image = np.clip(np.round(image), 0, 255).astype(np.uint8)
+    h, w = image.shape[:2]
+
+    def up(a: np.ndarray) -> np.ndarray:  # (h*w,) at the map size -> the image's size, nearest
+        return np.asarray(Image.fromarray(a.reshape(size).astype(np.uint8)).resize((w, h), Image.Resampling.NEAREST))
+
+    r, o = up(ref), up(out)
+    tint = lambda c: (0.5 * image + 0.5 * _PALETTE[c % len(_PALETTE)]).astype(np.uint8)  # noqa: E731
+    changed = tint(o)
+    changed[r != o] = (255, 0, 0)
+    buf = io.BytesIO()
+    Image.fromarray(np.concatenate([image, tint(r), changed], axis=1)).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
 
 
 def _png(image: np.ndarray) -> bytes:

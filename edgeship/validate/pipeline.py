@@ -240,7 +240,7 @@ def _job(o: ValidateOptions, entries: list[ArtifactEntry], ref_model: LoadedMode
     # Agreement by confidence: the reference's top-1 margin, on its probabilities (its own, or softmaxed logits)
     confidence = dict(probabilities=spec.outputs_probabilities, margin_bins=policy.margin_bins,
                       confident_margin=policy.confident_margin, kind=spec.output_kind,
-                      threshold=policy.label_threshold)
+                      threshold=policy.label_threshold, map_size=spec.mask_size)
     manifest = _manifest(entries)
     return Job(entries=entries, reference=ref_model.source_path, trust_model=trust_model,
                spec=spec, data=source.source, count=source.count, threads=o.threads, iterations=o.iterations,

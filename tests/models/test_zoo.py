@@ -474,6 +474,19 @@ def test_segmentation_with_two_classes_swapped_fails(segmentation, tmp_path):
         assert a.status.value == "failed", key
         assert "pixel_agreement" in a.reason and "\n" not in a.reason, (key, a.reason)
         assert a.metrics.pixel_agreement < 0.5 and a.metrics.mean_iou < 0.5, key
+        # every sample's map changed: each recorded, the first drawn (image | reference map | artifact map)
+        assert len(a.flips) == 30 and a.flips[0].reference == "class map" and "pixels changed" in a.flips[0].artifact
+        from PIL import Image
+        import io
+
+        drawn = Image.open(io.BytesIO(a.flips[0].thumbnail_png))
+        assert drawn.size == (3 * 96, 96)
+        assert (np.asarray(drawn)[:, 192:] == (255, 0, 0)).all(axis=-1).mean() > 0.5  # mostly changed: red
+    from edgeship.validate.reports import write_reports
+
+    write_reports(report, tmp_path / "report")
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "Changed class maps" in html and "of pixels changed class" in html and "Flipped samples" not in html
 
 
 def test_a_map_refuses_a_per_image_kind():

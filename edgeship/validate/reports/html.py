@@ -121,8 +121,13 @@ def _dl(pairs: list[tuple[str, str]]) -> str:
     return '<dl class="meta">' + "".join(f"<dt>{_h(k)}</dt><dd>{v}</dd>" for k, v in pairs) + "</dl>"
 
 
+#: The ``reference`` of a segmentation sample's record (edgeship.validate.compare._record_map_changes)
+MAP_FLIP = "class map"
+
+
 def _flip_figure(f: Flip) -> str:
-    caption = (f"{f.reference} → {f.artifact}" + (f" ({f.truth})" if f.truth is not None else "")
+    caption = (f.artifact if f.reference == MAP_FLIP else f"{f.reference} → {f.artifact}"
+               + (f" ({f.truth})" if f.truth is not None else "")
                + (f", margin {f.margin:.2f}" if f.margin is not None else ""))
     alt = f"sample {f.index}: {caption}"
     mime = _thumbnail_mime(f.thumbnail_png) if f.thumbnail_png else None
@@ -293,16 +298,23 @@ def to_html(report: Report) -> str:
         body.append("</section>")
 
     flipped = [a for a in arts if a.flips]
+    maps = getattr(report, "output_kind", "logits") == "segmentation"
     if flipped:
-        body.append('<section id="flips"><h2>Flipped samples</h2>'
-                    '<p class="muted">Top-1 label of the reference → the artifact (ground truth), and the '
-                    f"reference's top-1 margin. {_h(confidence_intro(report))}</p>")
+        if maps:
+            body.append('<section id="flips"><h2>Changed class maps</h2>'
+                        '<p class="muted">Samples whose class map differs from the reference\'s on 1 % of its pixels '
+                        "or more: the image, the reference's class map over it, the artifact's (pixels whose class "
+                        "changed in red).</p>")
+        else:
+            body.append('<section id="flips"><h2>Flipped samples</h2>'
+                        '<p class="muted">Top-1 label of the reference → the artifact (ground truth), and the '
+                        f"reference's top-1 margin. {_h(confidence_intro(report))}</p>")
         for a in flipped:
             # the comparison keeps thumbnails for the first flips only: show those (placeholders only when no
             # flip has one); report.json lists every flip
             shown = [f for f in a.flips if f.thumbnail_png][:HTML_MAX_FLIPS] or a.flips[:HTML_MAX_FLIPS]
             more = f", {len(shown)} shown (all in report.json)" if len(a.flips) > len(shown) else ""
-            body.append(f"<h3>{_h(a.name)}: {len(a.flips)} flipped{more}</h3>")
+            body.append(f"<h3>{_h(a.name)}: {len(a.flips)} {'changed' if maps else 'flipped'}{more}</h3>")
             body.append('<div class="thumbs">' + "".join(_flip_figure(f) for f in shown) + "</div>")
         body.append("</section>")
 
