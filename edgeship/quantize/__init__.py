@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 from edgeship.formats import FORMATS
 from edgeship.quantize.common import LAYER_SAMPLES
-from edgeship.types import Format, Precision
+from edgeship.types import Format, OutputKind, Precision
 
 from edgeship.quantize.options import (DEFAULT_PRECISIONS, PTQ_PRESETS, QUANTIZED_PRECISIONS, QuantizeOptions,
                                        resolve_ptq)
@@ -139,6 +139,13 @@ def quantize_with(options: QuantizeOptions, formats: Sequence[Format | str], out
     todo, out_dir, budget = _plan_run(opts, formats, out)
     loaded = load()
     spec, warn = loaded.spec, warn or (lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr))
+    if opts.keep_float == "auto" and not OutputKind(spec.output_kind).is_classification:
+        from edgeship.errors import UserError
+
+        # the automatic fallback stops at a top-1 agreement (--max-drop), which a map or values do not have
+        raise UserError(f"--keep-float auto keeps layers in float until the top-1 agreement is within --max-drop, "
+                        f"and a {spec.output_kind} output has no top-1: give --keep-float N (the N layers that "
+                        "gain the most SQNR)")
     cal = _calibration(opts, spec, warn)
     floats = FloatArtifacts(loaded, out_dir)
     from edgeship.progress import progress as progress_bar

@@ -578,3 +578,18 @@ def test_segmentation_ground_truth_masks_give_miou_and_its_drop(segmentation, tm
     with pytest.raises(UserError, match="9 of 10 images have a ground-truth mask"):
         validate([tmp / "out"], reference=loaded, data=folder, iterations=1, warmup=0, kernel_path_samples=0,
                  progress=False)
+
+
+def test_keep_float_auto_is_refused_where_there_is_no_top1(tmp_path):
+    """The automatic float fallback stops at a top-1 agreement: on a regression output it is refused in one line,
+    before any calibration or file."""
+    from edgeship.quantize import quantize
+
+    k = keras()
+    inp = k.Input((32, 32, 3))
+    model = k.Model(inp, k.layers.Dense(6)(k.layers.GlobalAveragePooling2D()(k.layers.Conv2D(4, 3)(inp))))
+    loaded = load_model(model, echo=lambda _: None)
+    with pytest.raises(UserError) as e:
+        quantize(loaded=loaded, formats=["tflite"], out=tmp_path / "out", keep_float="auto", progress=False)
+    assert "regression output has no top-1" in str(e.value) and "--keep-float N" in str(e.value)
+    assert not list(tmp_path.rglob("*.tflite"))
