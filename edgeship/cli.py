@@ -90,9 +90,10 @@ def _input_size(text: str) -> tuple[int, int]:
 def _output_kind_arg(g: Any) -> None:
     g.add_argument("--output-kind", metavar="KIND", choices=[k.value for k in OutputKind],
                    help="what the model's output is: probabilities, logits, multilabel (sigmoid scores), "
-                        "embedding or regression (values judged one by one) (default: detected from its last layer, "
-                        "or from its outputs on probe images for a SavedModel; an unlabelled linear output is "
-                        "taken as regression); picks the validation metrics and gates")
+                        "embedding, segmentation (an (H, W, classes) map) or regression (values judged one by one) "
+                        "(default: detected from its last layer, or from its outputs on probe images for a "
+                        "SavedModel; an unlabelled linear output is taken as regression); picks the validation "
+                        "metrics and gates")
 
 
 def _model_options(args: argparse.Namespace) -> Any:
@@ -224,7 +225,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     if result.fixed_tensors or result.calibrated_tensors:
         print(f"ranges: {len(result.fixed_tensors)} tensors fixed without calibration (ReLU6 outputs -> [0, 6], "
               f"the input -> its preprocessing range), {len(result.calibrated_tensors)} calibrated "
-              f"(--activation-ranges {args.activation_ranges})")
+              f"(--activation-ranges {options.effective().activation_ranges})")
     fb = result.fallback
     if fb is not None:
         print(f"kept in float: {', '.join(fb.kept) or 'nothing'} (top-1 agreement with float on the calibration "

@@ -71,8 +71,8 @@ def read_mask(path: Path, size: tuple[int, int], classes: int) -> np.ndarray:
     try:
         with Image.open(path) as im:
             if im.mode not in ("L", "P"):
-                raise UserError(f"mask {path} is a {im.mode} image: save class indices as an 8-bit gray or palette "
-                                "PNG (one value per pixel)")
+                raise UserError(f"mask {path} is an image in {im.mode} mode: save class indices as an 8-bit gray or "
+                                "palette PNG (one value per pixel)")
             mask = np.asarray(im.resize((size[1], size[0]), Image.Resampling.NEAREST), dtype=np.int64)
     except (UnidentifiedImageError, OSError) as e:
         raise UserError(f"cannot read mask {path}: {e}") from None

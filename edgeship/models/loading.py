@@ -156,7 +156,7 @@ def load_model(
         if labels is not None:  # labels name the last axis of an (H, W, classes) map: a segmentation
             spec = spec.with_output_kind(OutputKind.SEGMENTATION)
         else:
-            (echo or _note)(f"{spec.name}'s output is an {'x'.join(map(str, spec.output_shape))} map that no labels "
+            (echo or _note)(f"{spec.name}'s output is a {'x'.join(map(str, spec.output_shape))} map that no labels "
                             "name and no softmax ends: judged value by value as a regression output; if it is a "
                             "per-pixel class map, give --labels FILE or --output-kind segmentation")
     loaded = LoadedModel(km, spec, src, sha, notes, in_graph, labels_source=labels_source)
@@ -285,7 +285,8 @@ def derive_spec(km: Any, name: str) -> ModelSpec:
     if isinstance(out_shape, (list, dict)) or (isinstance(out_shape, tuple) and out_shape
                                                  and isinstance(out_shape[0], (tuple, list))):
         shapes = out_shape.values() if isinstance(out_shape, dict) else out_shape
-        names = [getattr(t, "name", f"output_{i}") for i, t in enumerate(getattr(km, "outputs", []) or [])]
+        # the layers the outputs come from, as the user named them (the tensors are "keras_tensor_7"...)
+        names = list(getattr(km, "output_names", None) or [])
         listed = ", ".join(f"{n} {tuple(s)}" for n, s in zip(names or [f"output_{i}" for i in range(len(shapes))],
                                                              shapes))
         raise UserError(f"model '{name}' has {len(shapes)} outputs ({listed}): edgeship validates one output per "

@@ -509,7 +509,7 @@ def test_several_outputs_are_refused_naming_them():
     model = k.Model(inp, [k.layers.Dense(4, name="boxes")(x), k.layers.Dense(3, name="scores")(x)])
     with pytest.raises(UserError) as e:
         load_model(model)
-    assert "2 outputs" in str(e.value) and "(None, 4)" in str(e.value) and "\n" not in str(e.value)
+    assert "2 outputs" in str(e.value) and "boxes (None, 4)" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_mediapipe_image_segmenter_opens_the_segmentation_files(segmentation):

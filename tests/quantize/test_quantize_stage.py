@@ -101,6 +101,7 @@ def test_quantize_cli(capsys, tmp_path):
     assert main(["quantize", "--formats", "tflite", "--num-samples", "16", "--ptq", "fast", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "fixed without calibration" in printed and "edgeship_demo_int8.tflite" in printed
+    assert "(--activation-ranges minmax)" in printed  # what the fast preset resolved to, not the unset flag (None)
 
 
 def test_calibration_picks_are_deterministic_and_warn_when_short(tmp_path):
