@@ -160,7 +160,7 @@ def test_a_uint8_keras_input_gets_the_same_treatment():
     inp = k.Input((96, 96, 3), dtype="uint8", name="pixels")
     model = k.Model(inp, demo(k.layers.Rescaling(1 / 127.5, -1.0)(inp)), name="uint8_keras")
     notes: list[str] = []
-    loaded = load_model(model, echo=notes.append)
+    loaded = load_model(model, echo=notes.append, labels=DEMO_LABELS)
     assert loaded.spec.preprocessing.mean == (0, 0, 0)
     assert len(notes) == 1 and "takes uint8 pixels" in notes[0]
     images, _ = _heldout((96, 96), per_class=1)

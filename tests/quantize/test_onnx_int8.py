@@ -220,16 +220,16 @@ def test_an_op_the_rewrite_does_not_know_falls_back_to_tf2onnx(tmp_path):
     inp = k.Input((16, 16, 3))
     a = k.layers.Conv2D(8, 3, padding="same", activation="relu6")(inp)
     b = k.layers.Conv2D(8, 1, activation="relu6")(inp)
-    x = k.layers.Subtract()([a, b])  # SUB: not in the rewrite
+    x = k.layers.Activation("tanh")(k.layers.Add()([a, b]))  # TANH: not in the rewrite
     model = k.Model(inp, k.layers.Dense(10)(k.layers.GlobalAveragePooling2D()(x)))
     loaded = load_model(model, labels=DEMO_LABELS)
     calibration = np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 3)).astype(np.float32)
     tflite = quantize_tflite(loaded, calibration).model
-    with pytest.raises(UnsupportedTFLiteOp, match="SUB"):
+    with pytest.raises(UnsupportedTFLiteOp, match="TANH"):
         qdq_from_tflite(tflite, input_name="image", output_name="out")
     warnings = []
     data = onnx_from_tflite(tflite, loaded, ModelInfo.default_for("m", 10), warn=warnings.append)
-    assert len(warnings) == 1 and "SUB" in warnings[0] and "tf2onnx" in warnings[0]
+    assert len(warnings) == 1 and "TANH" in warnings[0] and "tf2onnx" in warnings[0]
     (tmp_path / "m.onnx").write_bytes(data)
     x = np.random.default_rng(1).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
     assert _ort(tmp_path / "m.onnx", x).shape == (2, 10)
