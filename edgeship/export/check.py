@@ -126,9 +126,10 @@ def problem(fmt: Format, precision: Precision, path: Path, loaded: LoadedModel,
             return (f"its outputs differ from the Keras model's by up to {err:.3g}, {rel:.3g} of their range "
                     f"(limit {gate['max_relative_error']:g})")
     if "sqnr_db" in gate:
-        noise = float(np.sum((got.astype(np.float64) - ref) ** 2))
-        sqnr = 10 * np.log10(float(np.sum(ref.astype(np.float64) ** 2)) / noise) if noise > 0 else float("inf")
-        if not sqnr >= gate["sqnr_db"]:
+        from edgeship.validate.metrics import sqnr_db
+
+        sqnr = sqnr_db(ref, got)
+        if not (sqnr is not None and sqnr >= gate["sqnr_db"]):
             return f"its outputs are {sqnr:.1f} dB from the Keras model's (at least {gate['sqnr_db']:g} dB)"
     if "top1_agreement" in gate:
         confident = _confident(ref, kind) if gate["top1_agreement"] < 1 else np.ones(len(ref), bool)
