@@ -240,11 +240,12 @@ class Batch:
         """(intersection, union) pixel counts per sample and class (N, classes) of the two class maps."""
         return overlap(*self.pixel_classes, self.classes)
 
-    def truth_overlap(self, which: int) -> tuple[np.ndarray, np.ndarray]:
-        """(intersection, union) per sample and class of the reference's (``which`` 0) or the artifact's (1) class
-        map with the ground-truth masks ``truth`` (N, h, w); ignored pixels (255) count for neither."""
+    @cached_property
+    def truth_overlaps(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(intersection, union) per sample and class of the reference's ([0]) and the artifact's ([1]) class map
+        with the ground-truth masks ``truth`` (N, h, w); ignored pixels (255) count for neither."""
         truth = np.asarray(self.truth).reshape(len(self.ref), -1)
-        return overlap(self.pixel_classes[which], truth, self.classes, valid=truth != 255)
+        return [overlap(maps, truth, self.classes, valid=truth != 255) for maps in self.pixel_classes]
 
     @cached_property
     def err(self) -> np.ndarray:
@@ -300,10 +301,10 @@ PARTIALS: dict[str, Statistic] = {
     "ref_max": Statistic(Merge.SAMPLES, lambda b: b.ref.max(axis=1)),
     "pixels_equal": Statistic(Merge.COUNT, lambda b: int(np.count_nonzero(b.pixel_classes[0] == b.pixel_classes[1]))),
     "pixels": Statistic(Merge.COUNT, lambda b: b.pixel_classes[0].size),
-    "ref_truth_inter": Statistic(Merge.SAMPLES, _labelled(lambda b: b.truth_overlap(0)[0])),
-    "ref_truth_union": Statistic(Merge.SAMPLES, _labelled(lambda b: b.truth_overlap(0)[1])),
-    "out_truth_inter": Statistic(Merge.SAMPLES, _labelled(lambda b: b.truth_overlap(1)[0])),
-    "out_truth_union": Statistic(Merge.SAMPLES, _labelled(lambda b: b.truth_overlap(1)[1])),
+    "ref_truth_inter": Statistic(Merge.SAMPLES, _labelled(lambda b: b.truth_overlaps[0][0])),
+    "ref_truth_union": Statistic(Merge.SAMPLES, _labelled(lambda b: b.truth_overlaps[0][1])),
+    "out_truth_inter": Statistic(Merge.SAMPLES, _labelled(lambda b: b.truth_overlaps[1][0])),
+    "out_truth_union": Statistic(Merge.SAMPLES, _labelled(lambda b: b.truth_overlaps[1][1])),
     "class_inter": Statistic(Merge.SAMPLES, lambda b: b.class_overlap[0]),
     "class_union": Statistic(Merge.SAMPLES, lambda b: b.class_overlap[1]),
     "top5": Statistic(Merge.SAMPLES, lambda b: per_sample_top5_overlap(b.ref, b.out)),
@@ -431,10 +432,12 @@ def class_ious(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
         return np.where(union > 0, inter / np.maximum(union, 1), np.nan)
 
 
-def _ious(c: Accumulated) -> np.ndarray | None:
-    if not c.stream.has("class_inter"):
+def _ious(c: Accumulated, prefix: str = "class") -> np.ndarray | None:
+    """The IoU of each class some map uses, from the ``{prefix}_inter`` / ``{prefix}_union`` partials summed over
+    the data (None: not streamed)."""
+    if not c.stream.has(f"{prefix}_inter"):
         return None
-    ious = class_ious(c.stream.values("class_inter").sum(axis=0), c.stream.values("class_union").sum(axis=0))
+    ious = class_ious(c.stream.values(f"{prefix}_inter").sum(axis=0), c.stream.values(f"{prefix}_union").sum(axis=0))
     return ious[~np.isnan(ious)]
 
 
@@ -450,12 +453,8 @@ def _class_iou_min(c: Accumulated) -> float | None:
 
 def _truth_miou(which: str) -> Callable[[Accumulated], float | None]:
     def value(c: Accumulated) -> float | None:
-        if not c.stream.has(f"{which}_truth_inter"):
-            return None
-        ious = class_ious(c.stream.values(f"{which}_truth_inter").sum(axis=0),
-                          c.stream.values(f"{which}_truth_union").sum(axis=0))
-        ious = ious[~np.isnan(ious)]
-        return float(np.mean(ious)) if len(ious) else None
+        ious = _ious(c, f"{which}_truth")
+        return float(np.mean(ious)) if ious is not None and len(ious) else None
     return value
 
 
