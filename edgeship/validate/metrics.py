@@ -243,9 +243,11 @@ class Batch:
     @cached_property
     def truth_overlaps(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """(intersection, union) per sample and class of the reference's ([0]) and the artifact's ([1]) class map
-        with the ground-truth masks ``truth`` (N, h, w); ignored pixels (255) count for neither."""
+        with the ground-truth masks ``truth`` (N, h, w); ignored pixels (``IGNORE_CLASS``, 255) count for neither."""
+        from edgeship.data import IGNORE_CLASS
+
         truth = np.asarray(self.truth).reshape(len(self.ref), -1)
-        return [overlap(maps, truth, self.classes, valid=truth != 255) for maps in self.pixel_classes]
+        return [overlap(maps, truth, self.classes, valid=truth != IGNORE_CLASS) for maps in self.pixel_classes]
 
     @cached_property
     def err(self) -> np.ndarray:
