@@ -216,3 +216,22 @@ def pytest_collection_modifyitems(config, items):
         rel = Path(str(item.path)).relative_to(root).as_posix() if str(item.path).startswith(str(root)) else ""
         return rank.get(rel, len(SLOW_FILES))
     items.sort(key=key)  # stable: each file's tests keep their order
+
+
+#: Seconds per test file (setup + call + teardown of its tests, summed), gathered on the controller from every
+#: worker's reports, printed beside --durations' 30 slowest tests: the figure to look at when the suite grows.
+_FILE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    name = report.nodeid.split("::")[0]
+    _FILE_SECONDS[name] = _FILE_SECONDS.get(name, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _FILE_SECONDS:
+        return
+    total = sum(_FILE_SECONDS.values())
+    terminalreporter.section(f"slowest test files (of {total / 60:.1f} worker-minutes in all)")
+    for name, seconds in sorted(_FILE_SECONDS.items(), key=lambda kv: -kv[1])[:20]:
+        terminalreporter.write_line(f"{seconds:8.1f}s  {name}")
