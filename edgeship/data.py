@@ -13,7 +13,9 @@ Decoder policy (Pillow; the same for export's data, calibration and validation):
 * **Size limit.** An image above :data:`MAX_IMAGE_PIXELS` (Pillow's own decompression-bomb threshold, 89.5
   Mpixel) is refused with one line (exit 2) before it is decoded — Pillow's ``DecompressionBombError`` and
   ``DecompressionBombWarning`` become that line.
-* **Resize.** Bilinear to the model's input size, without cropping.
+* **Resize.** Bilinear to the model's input size: ``stretch`` (default) scales each axis, ``center-crop`` first takes
+  the largest centred crop of the input's aspect (:class:`edgeship.types.Resize`; ``--resize``, recorded in the
+  manifest at export and used by calibration and validation alike).
 
 Folder layouts (the one statement of them; ``--data`` and ``--calibration`` alike):
 
@@ -62,10 +64,10 @@ def mask_path(image: Path) -> Path:
     return image.with_name(image.stem + MASK_SUFFIX)
 
 
-def read_mask(path: Path, size: tuple[int, int], classes: int) -> np.ndarray:
+def read_mask(path: Path, size: tuple[int, int], classes: int, resize: str = "stretch") -> np.ndarray:
     """(H, W) int64 class indices of the mask PNG at ``path`` at ``size`` = (height, width) (nearest neighbour, so
-    no class is invented at edges). Raises :class:`UserError` for an unreadable mask or a value that is neither a
-    class index (0..classes-1) nor :data:`IGNORE_CLASS`."""
+    no class is invented at edges), fitted as its image is (``resize``). Raises :class:`UserError` for an
+    unreadable mask or a value that is neither a class index (0..classes-1) nor :data:`IGNORE_CLASS`."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -73,7 +75,7 @@ def read_mask(path: Path, size: tuple[int, int], classes: int) -> np.ndarray:
             if im.mode not in ("L", "P"):
                 raise UserError(f"mask {path} is an image in {im.mode} mode: save class indices as an 8-bit gray or "
                                 "palette PNG (one value per pixel)")
-            mask = np.asarray(im.resize((size[1], size[0]), Image.Resampling.NEAREST), dtype=np.int64)
+            mask = np.asarray(fit(im, size, resize, nearest=True), dtype=np.int64)
     except (UnidentifiedImageError, OSError) as e:
         raise UserError(f"cannot read mask {path}: {e}") from None
     bad = (mask >= classes) & (mask != IGNORE_CLASS)
@@ -110,9 +112,33 @@ def _too_large(path: Path, pixels: int | None) -> UserError:
                      "(decompression-bomb guard); resize it first")
 
 
-def decode_image(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
-    """(H, W, 3) uint8 sRGB at ``size`` = (height, width), and the conversions applied (names as in the module
-    docstring). Raises :class:`UserError` for an undecodable, too large or float image."""
+def fit(im: "Image.Image", size: tuple[int, int], resize: str = "stretch", nearest: bool = False) -> "Image.Image":
+    """``im`` at ``size`` = (height, width), bilinear: stretched, or (``center-crop``) its largest centred crop of
+    that aspect scaled (:class:`edgeship.types.Resize`); ``nearest`` for class masks. Raises :class:`UserError` for an unknown ``resize``."""
+    from PIL import Image
+
+    from edgeship.types import Resize
+
+    how = Resize.parse(str(resize), "resize")
+    box = None
+    if how is Resize.CENTER_CROP:
+        w, h = im.size
+        target = size[1] / size[0]  # width / height
+        if w / h > target:  # too wide: crop the sides
+            cw = max(1, round(h * target))
+            box = ((w - cw) / 2, 0.0, (w + cw) / 2, float(h))
+        elif w / h < target:  # too tall: crop top and bottom
+            ch = max(1, round(w / target))
+            box = (0.0, (h - ch) / 2, float(w), (h + ch) / 2)
+    if im.size == (size[1], size[0]) and box is None:
+        return im
+    return im.resize((size[1], size[0]), Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR, box=box)
+
+
+def decode_image(path: Path, size: tuple[int, int], resize: str = "stretch") -> tuple[np.ndarray, list[str]]:
+    """(H, W, 3) uint8 sRGB at ``size`` = (height, width), fitted by ``resize`` (:func:`fit`), and the conversions
+    applied (names as in the module docstring). Raises :class:`UserError` for an undecodable, too large or float
+    image, or an unknown ``resize``."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     done: list[str] = []
@@ -150,9 +176,7 @@ def decode_image(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, list[st
                 rgb = _icc_to_srgb(rgb, icc, done) or rgb
             if rgb is None:
                 rgb = _to_rgb8(im, path, done)
-            if rgb.size != (size[1], size[0]):
-                rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8), done
+            return np.asarray(fit(rgb, size, resize), dtype=np.uint8), done
     except UserError:
         raise
     except PermissionError as e:  # the environment's (exit 3), as for every other file edgeship reads
@@ -161,9 +185,9 @@ def decode_image(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, list[st
         raise UserError(f"cannot decode image {path}: {e}") from None
 
 
-def read_image(path: Path, size: tuple[int, int]) -> np.ndarray:
+def read_image(path: Path, size: tuple[int, int], resize: str = "stretch") -> np.ndarray:
     """(H, W, 3) uint8 RGB at ``size`` = (height, width), by :func:`decode_image`'s policy."""
-    return decode_image(path, size)[0]
+    return decode_image(path, size, resize)[0]
 
 
 def _to_rgb8(im: "Image.Image", path: Path, done: list[str]) -> "Image.Image":
@@ -238,9 +262,10 @@ def check_flat(root: Path, files: Sequence[Path]) -> None:
             f"remove them (a mixed folder would be read as unlabelled, without the accuracy gates)")
 
 
-def load_image_folder(root: Path, size: tuple[int, int], class_names: Sequence[str] | None = None) -> ImageSet:
+def load_image_folder(root: Path, size: tuple[int, int], class_names: Sequence[str] | None = None,
+                      resize: str = "stretch") -> ImageSet:
     """All images under ``root`` in memory; ``root/<class>/<image>`` gives labels (see :class:`FolderSource`)."""
-    source = FolderSource(root, size, class_names)
+    source = FolderSource(root, size, class_names, resize=resize)
     batches = list(source.batches(256))
     labels = None if source.labels is None else np.concatenate([b.labels for b in batches if b.labels is not None])
     return ImageSet(images=np.concatenate([b.images for b in batches]), labels=labels, paths=list(source.files))
@@ -282,7 +307,9 @@ class DataSource:
         raise NotImplementedError
 
     def describe(self) -> dict[str, object]:
+        resize = getattr(self, "resize", None)  # images only: arrays are at the input size already
         return {"source": self.source, "count": self.count, "labeled": self.labeled, "pixels": self.pixels,
+                **({"resize": resize} if resize else {}),
                 "input_conversions": dict(sorted(self.conversions.items()))}
 
     def spread(self, count: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -306,8 +333,8 @@ class FolderSource(DataSource):
     read, so class folders, ``batch_01/`` sub-folders or any other layout are all fine."""
 
     def __init__(self, root: Path, size: tuple[int, int], class_names: Sequence[str] | None,
-                 use_labels: bool = True, masks: tuple[int, int] | None = None) -> None:
-        self.root, self.size = Path(root), size
+                 use_labels: bool = True, masks: tuple[int, int] | None = None, resize: str = "stretch") -> None:
+        self.root, self.size, self.resize = Path(root), size, str(resize)
         self.files = image_files(self.root)
         self.masks = None
         if masks is not None:  # a segmentation: each image's truth is its mask beside it, when every image has one
@@ -340,7 +367,7 @@ class FolderSource(DataSource):
 
     def read(self, i: int) -> np.ndarray:
         """Image ``i`` decoded by the policy, its conversions counted."""
-        image, done = decode_image(self.files[i], self.size)
+        image, done = decode_image(self.files[i], self.size, self.resize)
         self.conversions.update(done)
         return image
 
@@ -354,7 +381,7 @@ class FolderSource(DataSource):
             sources = [f.relative_to(self.root).as_posix() for f in files]
             labels = None if self.labels is None else self.labels[first : first + len(files)]
             if self.masks is not None:  # (n, h, w) class indices at the model's output map size
-                labels = np.stack([read_mask(mask_path(f), self.masks, self.classes) for f in files])
+                labels = np.stack([read_mask(mask_path(f), self.masks, self.classes, self.resize) for f in files])
             if not skip_bad:
                 yield Batch(np.stack([self.read(first + j) for j in range(len(files))]), labels, sources, first)
                 continue
@@ -553,16 +580,17 @@ def _labels(path: Path, labels: np.ndarray, count: int, num_classes: int, names:
 
 def open_data(path: str | Path | None, size: tuple[int, int], class_names: Sequence[str],
               default: Path | None = None, input_range: "str | Sequence[float] | None" = None,
-              use_labels: bool = True, masks: tuple[int, int] | None = None) -> DataSource:
+              use_labels: bool = True, masks: tuple[int, int] | None = None, resize: str = "stretch") -> DataSource:
     """A folder of images (class subfolders give labels), an .npy/.npz array, or ``default`` when None.
     ``input_range``: how an array's values map to pixels (module docstring); arrays only. ``use_labels=False``
     (calibration) ignores folder names and stored labels alike. ``masks`` = (h, w), a segmentation's output map
     size: the truth is each image's ground-truth mask instead (``<image>.mask.png`` beside it, :func:`read_mask`,
-    or an .npz's ``masks`` array (N, h, w)), batches' labels (n, h, w) class indices; none: unlabelled."""
+    or an .npz's ``masks`` array (N, h, w)), batches' labels (n, h, w) class indices; none: unlabelled.
+    ``resize``: how images of another size or aspect are fitted (:func:`fit`). Raises :class:`UserError`."""
     rng = parse_input_range(input_range)
     p = check_data(path, default, rng, use_labels and masks is None)
     if p.is_dir():
-        return FolderSource(p, size, class_names, use_labels, masks)
+        return FolderSource(p, size, class_names, use_labels, masks, resize=resize)
     return ArraySource(p, size, class_names, rng, use_labels, masks)
 
 

@@ -3,13 +3,20 @@
 Schema (``schema_version`` 1)::
 
     {"schema_version": 1, "edgeship_version": "...",
-     "source": {"path": "...", "sha256": "..."},
+     "source": {"path": "...", "sha256": "...", "relative_path": "..."},
+     "resize": "stretch",
      "model": {name, family, alpha, input_shape, num_classes, ...},
      "preprocessing": {"mean": [...], "std": [...], "color": "rgb", "layout": "nhwc"},
      "labels": ["...", ...],
      "artifacts": [{"path": "model.tflite", "format": "tflite", "precision": "fp32", "sha256": "...",
                     "size_bytes": 123, "options": {...}}],
      "versions": {"tensorflow": "...", "tf2onnx": "...", ...}}
+
+``source.path`` is the model as export was given it (relative to where export ran); ``source.relative_path`` (newer
+manifests) is the same file relative to the manifest's directory, so validation finds it from any directory, and
+``source.sha256`` is checked when validation takes its reference from the manifest (:func:`Manifest.source_model`).
+``resize`` (newer manifests; absent: ``stretch``): how images of another size or aspect are fitted to the input
+(:class:`edgeship.types.Resize`), which validation and calibration then use.
 """
 
 from __future__ import annotations
@@ -90,6 +97,7 @@ class Manifest:
     # Where the preprocessing and the labels came from (edgeship.models.loading.LoadedModel; issue 23, item 3)
     preprocessing_source: str | None = None
     labels_source: str | None = None
+    resize: str | None = None  # edgeship.types.Resize; None (an older manifest): stretch
 
     def add(self, record: ArtifactRecord) -> None:
         """Add or replace (same path) an artifact record."""
@@ -107,7 +115,30 @@ class Manifest:
             "versions": self.versions,
             **({"preprocessing_source": self.preprocessing_source} if self.preprocessing_source else {}),
             **({"labels_source": self.labels_source} if self.labels_source else {}),
+            **({"resize": self.resize} if self.resize else {}),
         }
+
+    def source_model(self, directory: Path) -> Path | None:
+        """The source model file recorded, found from any working directory: ``source.relative_path`` (relative to
+        ``directory``, the manifest's), else ``source.path`` (an older manifest: relative to where export ran);
+        None when neither exists. When ``source.sha256`` is recorded the file must match it: a different file is
+        one :class:`UserError` line (exit 2) naming both hashes."""
+        from edgeship.fileio import sha256_path
+
+        rel, given = self.source.get("relative_path"), self.source.get("path")
+        candidates = [Path(directory) / rel] if isinstance(rel, str) and rel else []
+        candidates += [Path(given)] if isinstance(given, str) and given else []
+        path = next((c for c in candidates if c.exists()), None)
+        if path is None:
+            return None
+        recorded = self.source.get("sha256")
+        if isinstance(recorded, str) and recorded:
+            digest = sha256_path(path)
+            if digest != recorded:
+                raise UserError(f"{path} is not the model {Path(directory) / MANIFEST_NAME} records (sha256 "
+                                f"{digest[:12]}..., recorded {recorded[:12]}...): pass --reference with the model the "
+                                "files were made from, or re-export")
+        return path
 
     def save(self, directory: Path) -> Path:
         """Write the manifest atomically, under an exclusive lock on ``directory`` (``flock``): two processes
@@ -164,7 +195,7 @@ class Manifest:
                        artifacts=[ArtifactRecord.from_dict(a) for a in d.get("artifacts", [])],
                        versions=dict(d.get("versions", {})),
                        preprocessing_source=_text(d.get("preprocessing_source")),
-                       labels_source=_text(d.get("labels_source")))
+                       labels_source=_text(d.get("labels_source")), resize=_text(d.get("resize")))
         except ValidationError as e:
             raise UserError(f"{path} is not a valid edgeship manifest (artifacts: {describe(e, _RecordSchema)}): "
                             "re-export") from None

@@ -9,6 +9,7 @@ Example ``edgeship.toml`` (every key optional; relative paths are relative to th
     trust = false                        # a TOML boolean: true runs code from the model (Lambda, custom, any op)
     # output_kind = "embedding"          # probabilities, logits, multilabel, embedding or regression (default: detected)
     # input_size = "224x224"             # or [224, 224]: fixes a dynamic input size (None, None, None, 3)
+    # resize = "center-crop"             # how other-sized images are fitted: "stretch" (default) or "center-crop"
     mean = [123.675, 116.28, 103.53]     # declared preprocessing, 0-255 pixel units (one number or three);
     std = [58.395, 57.12, 57.375]        # default: the model's own (found in its graph, else (x - 127.5) / 127.5)
     bgr = false                          # the model expects BGR channel order
@@ -103,6 +104,7 @@ class ModelTable(Table):
     force_preprocessing: bool = False  # accept a mean/std outside every image-model convention (0-1 units, ...)
     output_kind: str | None = None  # edgeship.types.OutputKind.parse: probabilities, logits, multilabel, embedding, regression
     input_size: str | list[int] | None = None  # "HxW" or [H, W]: fixes a dynamic input size (edgeship.models.setups)
+    resize: str = "stretch"  # or "center-crop": how other-sized images are fitted (edgeship.types.Resize)
 
 
 class QuantizeTable(QuantizeOptions):
@@ -141,6 +143,7 @@ class RunConfig:
     bake_preprocessing: bool = False
     force_preprocessing: bool = False  # accept a mean/std outside every convention (edgeship.models.spec)
     input_size: tuple[int, int] | None = None  # (H, W) fixing a dynamic input size
+    resize: str = "stretch"  # how images of another size or aspect are fitted (edgeship.types.Resize)
     export: ExportOptions = field(default_factory=ExportOptions)
     quantize: QuantizeTable = field(default_factory=lambda: QuantizeTable())  # [quantize]: formats + QuantizeOptions
     validate: ValidateOptions = field(default_factory=ValidateOptions)  # [validate], paths made relative
@@ -151,7 +154,7 @@ class RunConfig:
         return ModelOptions(model=self.model, labels=self.labels, trust_model=self.trust_model, mean=self.mean,
                             std=self.std, bgr=self.bgr, force_preprocessing=self.force_preprocessing,
                             output_kind=self.output_kind, bake_preprocessing=self.bake_preprocessing,
-                            input_size=self.input_size)
+                            input_size=self.input_size, resize=self.resize)
 
     def __getattr__(self, name: str) -> Any:
         """The stage options read as before (``config.baseline``, ``config.ptq``, ``config.quantize_formats``); set
@@ -213,7 +216,7 @@ def load_config(path: str | Path | None) -> RunConfig:
 
     from edgeship.data import parse_input_range
     from edgeship.models.setups import parse_input_size
-    from edgeship.types import OutputKind
+    from edgeship.types import OutputKind, Resize
 
     m, e, q, v, o = c.model, c.export, c.quantize, c.validate, c.output
     return RunConfig(
@@ -228,6 +231,7 @@ def load_config(path: str | Path | None) -> RunConfig:
         mean=_triplet(m.mean, f"{p}: [model] mean"), std=_triplet(m.std, f"{p}: [model] std"),
         bgr=m.bgr, bake_preprocessing=m.bake_preprocessing, force_preprocessing=m.force_preprocessing,
         input_size=parse_input_size(m.input_size, f"{p}: [model] input_size"),
+        resize=str(Resize.parse(m.resize, f"{p}: [model] resize")),
         out=Path(rel(o.dir) or "edgeship-out"),
     )
 
@@ -264,7 +268,8 @@ def _settle_on(config: RunConfig) -> Callable[[Any], Any] | None:
         return None
     from edgeship.data import open_data
 
-    return lambda loaded: open_data(data, loaded.spec.input_shape[:2], loaded.spec.labels, input_range=input_range)
+    return lambda loaded: open_data(data, loaded.spec.input_shape[:2], loaded.spec.labels, input_range=input_range,
+                                    resize=config.resize)
 
 
 def _triplet(value: Any, what: str) -> tuple[float, float, float] | None:
@@ -286,6 +291,7 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
     from edgeship.validate.reports import summary_table
 
     from edgeship.fileio import ensure_output_dir
+    from edgeship.progress import counted
 
     start = time.perf_counter()
     model_options = config.model_options()
@@ -303,14 +309,14 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
     echo(describe_input(loaded))
     t0 = time.perf_counter()
     result = export_with(config.export, loaded=loaded, out=config.out)
-    echo(f"exported {len(result.paths)} artifacts in {time.perf_counter() - t0:.1f} s")
+    echo(f"exported {counted(len(result.paths), 'artifact')} in {time.perf_counter() - t0:.1f} s")
     if quantize_formats:
         from edgeship.quantize import QuantizeOptions, quantize_with
 
         t0 = time.perf_counter()
         options = QuantizeOptions.parse(**{k: getattr(config.quantize, k) for k in QuantizeOptions.model_fields})
         q = quantize_with(options, quantize_formats, config.out, lambda: loaded)
-        echo(f"quantised {len(q.paths)} artifacts in {time.perf_counter() - t0:.1f} s")
+        echo(f"quantised {counted(len(q.paths), 'artifact')} in {time.perf_counter() - t0:.1f} s")
         for name, why in q.skipped.items():
             echo(f"{name}: skipped, {why}")
     t0 = time.perf_counter()

@@ -151,6 +151,11 @@ class _Off:
         pass
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and ``noun`` in the right number: "1 artifact", "2 artifacts", "0 variants"."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def progress(iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str = "", unit: str = "step",
              enabled: bool = True, comparable: bool = True, steps: bool = True, stream: TextIO | None = None) -> Any:
     """Progress over ``iterable`` (or ``total`` steps, advanced with ``update``): a tqdm bar, log lines or nothing

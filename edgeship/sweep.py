@@ -118,6 +118,7 @@ def run_variant(name: str, config: SweepConfig, data: str) -> list[dict[str, Any
         report = run(run_config, echo=lambda _: None)
     except UserError as e:
         return [head | {"status": "failed", "reason": str(e)}]
+    head["report"] = str(run_config.out / "report" / "report.html")
     rows = []
     for a in report.artifacts:
         row = head | {"format": a.format, "precision": a.precision, "runtime": a.runtime,
@@ -135,7 +136,7 @@ def run_variant(name: str, config: SweepConfig, data: str) -> list[dict[str, Any
 def sweep(config: SweepConfig, progress: bool = True, echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Run the grid on Ray (``config.address``, else a local Ray for the sweep) and write the table and the plot
     into ``config.out``; returns the rows."""
-    from edgeship.progress import progress as progress_bar
+    from edgeship.progress import counted, progress as progress_bar
 
     from edgeship.validate.ray_executor import import_ray
 
@@ -156,8 +157,8 @@ def sweep(config: SweepConfig, progress: bool = True, echo: Callable[[str], None
     task = ray.remote(run_variant).options(num_cpus=config.threads, max_retries=config.max_retries,
                                            retry_exceptions=False)
     workers = config.workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // config.threads)
-    echo(f"edgeship sweep: {len(names)} variants x {', '.join(config.precisions)} on {workers} Ray workers "
-         f"-> {config.out}")
+    echo(f"edgeship sweep: {counted(len(names), 'variant')} x {', '.join(config.precisions)} on "
+         f"{counted(workers, 'Ray worker')} -> {config.out}")
     rows: dict[str, list[dict[str, Any]]] = {}
     pending: dict[Any, str] = {}
     todo = list(names)
@@ -185,9 +186,45 @@ def sweep(config: SweepConfig, progress: bool = True, echo: Callable[[str], None
         bar.close()
         if started:
             ray.shutdown()
+        _no_colour_reset_at_exit()
     table = [r for n in names for r in rows[n]]
     write_outputs(table, config)
     return table
+
+
+def _no_colour_reset_at_exit() -> None:
+    """Ray's bundled colorama (``colorama.init`` in its CLI logger) registers an exit hook that writes ``ESC[0m``
+    to stdout; edgeship prints no colour, so the hook only left a stray escape after the table: unregistered."""
+    import atexit
+    import sys
+
+    for name in ("colorama.initialise", "ray.thirdparty_files.colorama.initialise"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "reset_all"):
+            atexit.unregister(module.reset_all)
+
+
+def failed_variants(rows: list[dict[str, Any]]) -> list[str]:
+    """The variants with a failed row (a conversion error, a gate), in table order."""
+    return list(dict.fromkeys(r["variant"] for r in rows if r.get("status") == "failed"))
+
+
+def text_table(rows: list[dict[str, Any]]) -> str:
+    """The sweep table as aligned plain text for a terminal or a log (sweep.md holds the Markdown), each failed
+    row's reason indented below it."""
+    cols = [(k, t) for k, t in COLUMNS if any(k in r for r in rows)]
+    cells = [[_cell(k, r.get(k)) for k, _ in cols] for r in rows]
+    widths = [max([len(t)] + [len(c[i]) for c in cells]) for i, (_, t) in enumerate(cols)]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()
+
+    out = [line([t for _, t in cols]), line(["-" * w for w in widths])]
+    for r, c in zip(rows, cells):
+        out.append(line(c))
+        if r.get("reason"):
+            out.append(f"    reason: {' '.join(str(r['reason']).split())}")
+    return "\n".join(out)
 
 
 def _remove_partials(out: Path, cancelled: list[Any], ray: Any) -> None:

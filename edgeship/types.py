@@ -46,6 +46,17 @@ class Layout(_StrEnum):
     NCHW = "nchw"
 
 
+class Resize(_StrEnum):
+    """How an image of another size or aspect is fitted to the model's input (:func:`edgeship.data.decode_image`):
+    ``stretch`` scales each axis to the input (edgeship's default, and what its validated figures assume unless the
+    manifest records otherwise: MediaPipe's ImageClassifier and TFLite's task library also stretch);
+    ``center-crop`` takes the largest centred crop of the input's aspect, then scales it (iOS Vision's default,
+    ``VNImageCropAndScaleOption.centerCrop``)."""
+
+    STRETCH = "stretch"
+    CENTER_CROP = "center-crop"
+
+
 class ColorOrder(_StrEnum):
     RGB = "rgb"
     BGR = "bgr"

@@ -124,10 +124,16 @@ def _warn_mediapipe(loaded: LoadedModel, formats: Sequence[Format], warn: Callab
 def open_manifest(out_dir: Path, loaded: LoadedModel) -> Manifest:
     """The directory's manifest if it records the same source model, else a fresh one (artifacts of another
     model must not be listed beside this one's)."""
-    fresh = Manifest(source=loaded.source_dict(), model=loaded.spec.to_dict(),
+    source = loaded.source_dict()
+    if source.get("sha256") and Path(str(source.get("path"))).exists():  # a file: found from the manifest too
+        import os
+
+        source["relative_path"] = Path(os.path.relpath(Path(source["path"]).resolve(),
+                                                       Path(out_dir).resolve())).as_posix()
+    fresh = Manifest(source=source, model=loaded.spec.to_dict(),
                      preprocessing=loaded.spec.preprocessing.to_dict(), labels=list(loaded.spec.labels),
                      versions=tool_versions(), preprocessing_source=loaded.preprocessing_source,
-                     labels_source=loaded.labels_source)
+                     labels_source=loaded.labels_source, resize=getattr(loaded, "resize", None) or "stretch")
     if not (out_dir / MANIFEST_NAME).exists():
         return fresh
     try:

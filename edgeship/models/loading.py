@@ -51,6 +51,8 @@ class LoadedModel:
     # (describe_input) and recorded with them: "found in the graph (...)", "declared (--mean/--std)", "assumed ...".
     preprocessing_source: str = "assumed: nothing declared and no normalisation found in the graph"
     labels_source: str = "none: classes are numbered 0..K-1"
+    # How images of another size or aspect are fitted to the input (edgeship.types.Resize), recorded in the manifest
+    resize: str = "stretch"
 
     def source_dict(self) -> dict[str, Any]:
         return {"path": self.source_path, "sha256": self.source_sha256}

@@ -29,7 +29,8 @@ class ModelOptions:
     ``force_preprocessing``: accept a mean/std outside every image-model convention
     (:func:`edgeship.models.spec.check_declared_units`). ``output_kind``: an :class:`edgeship.types.OutputKind`
     value (None: detected from the model). ``input_size``: (H, W) for a model whose input size is dynamic
-    (``(None, None, None, 3)``; refused without it, and where a fixed size differs)."""
+    (``(None, None, None, 3)``; refused without it, and where a fixed size differs). ``resize``: how images of
+    another size or aspect are fitted to the input (:class:`edgeship.types.Resize`), recorded in the manifest."""
 
     model: str | None = None
     labels: str | None = None
@@ -41,6 +42,7 @@ class ModelOptions:
     output_kind: str | None = None
     bake_preprocessing: bool = False
     input_size: tuple[int, int] | None = None  # (H, W): fixes a dynamic spatial size (edgeship.models.setups)
+    resize: str | None = None  # how other-sized images are fitted (edgeship.types.Resize; None: stretch)
 
     def check(self, what: str = "--mean/--std") -> None:
         """What can be checked before the model loads (UserError, one line): the declared mean/std's units (unless
@@ -106,11 +108,13 @@ def prepare_model(options: ModelOptions, *, what: str = "--mean/--std/--bgr",
     for a missing or unreadable model, a declaration in the wrong units, or one that would normalise twice, and for
     an assumed preprocessing the images do not settle."""
     from edgeship.models.loading import declare_preprocessing, load_model
+    from edgeship.types import Resize
 
     options.check(what.replace("/--bgr", "").replace("/bgr", ""))
     notes: list[str] = []
     loaded = load_model(options.model, trust_model=options.trust_model, labels=options.labels, echo=notes.append,
                         output_kind=options.output_kind, input_size=options.input_size)
+    loaded.resize = str(Resize.parse(options.resize or "stretch", "--resize"))  # settle_on's images are fitted so
     declare_preprocessing(loaded, mean=options.mean, std=options.std, bgr=options.bgr, what=what,
                           force=options.force_preprocessing)
     for note in notes:
@@ -120,5 +124,6 @@ def prepare_model(options: ModelOptions, *, what: str = "--mean/--std/--bgr",
     if options.bake_preprocessing:
         from edgeship.models.bake import bake_preprocessing
 
-        loaded = bake_preprocessing(loaded)
+        resize, loaded = loaded.resize, bake_preprocessing(loaded)
+        loaded.resize = resize
     return loaded

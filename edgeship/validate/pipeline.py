@@ -76,6 +76,7 @@ def validate(
     output_kind: str | None = None,
     expect_accuracy: float | None = None,
     contain: bool = True,
+    resize: str | None = None,
 ) -> Report:
     """Validate ``artifacts`` (files, or directories holding a manifest.json) and return the report; with
     ``report_dir``, also write report.json, report.md, report.html and junit.xml there (checked writable before
@@ -86,7 +87,10 @@ def validate(
     :class:`Executor`, and :func:`validate_with` does the work. Not options of the stage: the reference (a path,
     a registry name or a loaded model; default: the manifest's source), ``trust_model``, ``progress``, and
     ``output_kind`` (probabilities, logits, multilabel, embedding), which overrides the kind the manifest recorded
-    at export (else the reference model's detected kind) and picks the metrics and the policy's gate tables."""
+    at export (else the reference model's detected kind) and picks the metrics and the policy's gate tables, and
+    ``resize`` (stretch or center-crop), how images of another size are fitted, which overrides the manifest's
+    record (else stretch). Raises :class:`UserError` for bad input (one line: an unknown ``resize``, a model the
+    manifest's sha256 does not match...) and :class:`EnvironmentProblem` for an unwritable ``report_dir``."""
     text = lambda v: None if v is None else str(v)  # noqa: E731  (paths are strings in the options)
     options = check(ValidateOptions, dict(
         data=text(data), policy=None if isinstance(policy, Policy) else text(policy),
@@ -99,7 +103,7 @@ def validate(
         contain=contain,
     ), "validate()", "validate")
     return validate_with(artifacts, options, reference=reference, report_dir=report_dir, trust_model=trust_model,
-                         progress=progress, output_kind=output_kind,
+                         progress=progress, output_kind=output_kind, resize=resize,
                          policy=policy if isinstance(policy, Policy) else None,
                          executor=executor if isinstance(executor, Executor) else None)
 
@@ -107,9 +111,12 @@ def validate(
 def validate_with(artifacts: Sequence[str | Path], options: ValidateOptions, *,
                   reference: str | Path | LoadedModel | None = None, report_dir: str | Path | None = None,
                   trust_model: bool = False, progress: bool = True, output_kind: str | None = None,
-                  policy: Policy | None = None, executor: Executor | None = None) -> Report:
+                  policy: Policy | None = None, executor: Executor | None = None, resize: str | None = None) -> Report:
     """The stage's core (:func:`validate` is its keyword adapter). ``policy`` and ``executor``: already loaded ones,
-    used instead of ``options.policy`` and ``options.executor``."""
+    used instead of ``options.policy`` and ``options.executor``; ``resize``: as :func:`validate`'s (None: the
+    manifest's, else the loaded reference's, else stretch)."""
+    from edgeship.types import Resize
+
     from edgeship.data import check_data
 
     o = options
@@ -127,9 +134,14 @@ def validate_with(artifacts: Sequence[str | Path], options: ValidateOptions, *,
     if report_dir is not None:  # before the long work: a report that cannot be written fails now, not at the end
         check_writable_dir(Path(report_dir), option="--report")
     check_data(o.data, DEMO_HELDOUT, o.input_range)  # the path and layout before the reference loads
+    if resize is not None:
+        Resize.parse(str(resize), "--resize")  # before the reference loads
     ref_model = _settled_reference(reference, entries, trust_model, output_kind)
     spec = ref_model.spec
-    source = open_validation_data(o, spec)
+    manifest = _manifest(entries)
+    resize = str(Resize.parse(str(resize or (manifest.resize if manifest is not None else None)
+                                  or getattr(ref_model, "resize", None) or "stretch"), "--resize"))
+    source = open_validation_data(o, spec, resize)
     integrity, refused = _integrity(entries, o.allow_modified)
     inference = infer_contract(ref_model, source)  # the declared preprocessing against the common conventions
     job = _job(o, entries, ref_model, trust_model, source, policy, refused, executor)
@@ -246,6 +258,7 @@ def _job(o: ValidateOptions, entries: list[ArtifactEntry], ref_model: LoadedMode
                spec=spec, data=source.source, count=source.count, threads=o.threads, iterations=o.iterations,
                warmup=o.warmup, batch_size=o.batch_size, kernel_path_samples=o.kernel_path_samples,
                confidence=confidence, refused=refused, input_range=parse_input_range(o.input_range),
+               resize=str(getattr(source, "resize", "stretch")),
                skip_bad_images=(executor.name == "ray") if o.skip_bad_images is None else o.skip_bad_images,
                contract=contract, baked=manifest.model.get("baked_preprocessing") if manifest is not None else None,
                contain=o.contain, call_seconds=policy.call_seconds, memory_mb=policy.memory_mb)
@@ -356,17 +369,18 @@ def _check_expect_accuracy(o: ValidateOptions) -> None:
         raise UserError(f"--expect-accuracy is a fraction in (0, 1] (0.9 for 90 %), got {o.expect_accuracy}")
 
 
-def open_validation_data(o: ValidateOptions, spec: Any) -> DataSource:
+def open_validation_data(o: ValidateOptions, spec: Any, resize: str = "stretch") -> DataSource:
     """The validation set ``o.data`` (default: the demo's held-out images) at ``spec``'s input size: a folder's files
     listed and its layout checked, an array's header read; nothing decoded. Raises :class:`UserError` for a missing
-    path, a mixed layout, class folders unknown to the labels, no samples, or ``--expect-accuracy`` without labels."""
+    path, a mixed layout, class folders unknown to the labels, no samples, or ``--expect-accuracy`` without labels.
+    ``resize``: how images of another size or aspect are fitted (:func:`edgeship.data.fit`)."""
     from edgeship.data import open_data
 
     from edgeship.types import OutputKind
 
     # only a per-image class output has a class per image: otherwise class folders and stored labels are not read
     source = open_data(o.data, spec.input_shape[:2], spec.labels, default=DEMO_HELDOUT, input_range=o.input_range,
-                       use_labels=OutputKind(spec.output_kind).per_image, masks=spec.mask_size)
+                       use_labels=OutputKind(spec.output_kind).per_image, masks=spec.mask_size, resize=resize)
     if source.count == 0:
         raise UserError(f"no samples in {source.source}")
     if o.expect_accuracy is not None and not source.labeled:
@@ -430,8 +444,10 @@ def _reference(reference: str | Path | LoadedModel | None, entries: list[Artifac
         src = str(manifest.source.get("path", ""))
         if src.startswith("registry:"):
             return load_model(src.split(":", 1)[1], echo=_quiet)
-        if Path(src).exists():
-            return load_model(src, trust_model=trust_model, echo=_quiet, default_size=size)
+        where = next((e.manifest_dir for e in entries if e.manifest is manifest and e.manifest_dir), Path("."))
+        found = manifest.source_model(where)  # relative to the manifest, else to here; its sha256 checked
+        if found is not None:
+            return load_model(found, trust_model=trust_model, echo=_quiet, default_size=size)
         raise UserError(f"the manifest's source model {src or '(none)'} is not here: pass --reference")
     return load_model(None)
 

@@ -52,6 +52,7 @@ class Job:
     confidence: dict[str, Any] = field(default_factory=dict)  # Comparison's probabilities, margin_bins, ...
     refused: dict[int, str] = field(default_factory=dict)  # artifacts failed before opening (integrity): reason
     input_range: tuple[float, float] | None = None  # how an array's values map to pixels (edgeship.data)
+    resize: str = "stretch"  # how images of another size are fitted (edgeship.types.Resize)
     # An image that cannot be read: False stops the run with its one line (exit 2); True fails that image alone
     # (listed with its reason in Partial.failed_samples) and validates the rest
     skip_bad_images: bool = False
@@ -216,7 +217,7 @@ class Session:
             from edgeship.types import OutputKind
 
             self._source = open_data(self.job.data, self.spec.input_shape[:2], self.spec.labels,
-                                     input_range=self.job.input_range,
+                                     input_range=self.job.input_range, resize=self.job.resize,
                                      use_labels=OutputKind(self.spec.output_kind).per_image,
                                      masks=self.spec.mask_size)
         return self._source
