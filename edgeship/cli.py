@@ -56,8 +56,7 @@ def _count(minimum: int) -> Callable[[str], int]:
 def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", metavar="NAME|PATH",
-                   help="a variant name from 'edgeship models', or a .keras / .h5 / SavedModel path "
-                        "(default: the embedded demo model)")
+                   help="a .keras / .h5 / SavedModel path or a variant name (default: the embedded demo model)")
     g.add_argument("--trust-model", action="store_true",
                    help="allow a model with Lambda layers or custom code (runs code from the file)")
     g.add_argument("--labels", metavar="FILE", help="class labels, one per line (default: labels.txt beside the model)")
@@ -182,7 +181,7 @@ def _export_args(g: Any) -> None:
     per_format = ", ".join(f"{f.value} {spec.default_precision}" for f, spec in FORMATS.items())
     floats = ", ".join(map(str, FLOAT_PRECISION_CHOICES))
     g.add_argument("--precisions", metavar="LIST",
-                   help=f"comma-separated float precisions: {floats} (default: each format's own: {per_format})")
+                   help=f"comma-separated: {floats} (default: each format's own: {per_format})")
     _alias(g, "--precision", "precisions")
     _out_arg(g)
     g.add_argument("--onnx-layout", default=default.onnx_layout.value, choices=[m.value for m in Layout],
@@ -307,8 +306,8 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
     from edgeship.validate.options import default as option
 
     g = p.add_argument_group("validation")
-    g.add_argument("--data", metavar="DATA", help="a folder of images (class subfolders give labels) or an "
-                                                  ".npy/.npz array (default: the demo held-out set)")
+    g.add_argument("--data", metavar="DATA", help="images (class folders give labels) or .npy/.npz (default: the "
+                                                  "demo held-out set)")
     _input_range_arg(g)
     _resize_arg(g, recorded=True)
     g.add_argument("--policy", metavar="FILE", help="TOML release gates merged over the defaults")
@@ -350,7 +349,7 @@ def _resize_arg(g: "argparse._ArgumentGroup", recorded: bool = False) -> None:
 
     default = "the manifest's, else stretch" if recorded else Resize.STRETCH.value
     g.add_argument("--resize", choices=[r.value for r in Resize], default=None,
-                   help=f"fit other-sized images to the input: stretch or center-crop (default: {default})")
+                   help=f"fit other-sized images: stretch or center-crop; the figures assume it (default: {default})")
 
 
 def _alias(g: Any, old: str, dest: str) -> None:
@@ -395,18 +394,23 @@ def default_report_dir(artifact: str | Path) -> Path:
     return (path if (path / MANIFEST_NAME).is_file() else path.parent) / REPORT_SUBDIR
 
 
-def _validate_paths(args: argparse.Namespace) -> tuple[list[str], Path | None]:
-    """The artifacts (positionals and ``--artifacts``) and the report directory (None: ``--no-report``). Raises
-    :class:`UserError` for no artifacts, or ``--out`` with ``--no-report``."""
+def _validate_paths(args: argparse.Namespace) -> tuple[list[str], Path | None, str]:
+    """The artifacts (positionals and ``--artifacts``), the report directory (None: ``--no-report``) and the option
+    that names it (``--out``, or ``--report`` when that spelling was given). Raises :class:`UserError` for no
+    artifacts, two report directories, or one with ``--no-report``."""
     paths = list(args.artifacts or []) + list(getattr(args, "artifacts_option", None) or [])
     if not paths:
         raise UserError("no artifacts given: edgeship validate DIR_OR_FILES... (an export's --out directory, or "
                         ".tflite/.onnx/.mlpackage files)")
+    old = getattr(args, "report", None)
+    if old and args.out and Path(old) != Path(args.out):
+        raise UserError(f"--out {args.out} and --report {old} both name the report directory: give one (--out)")
+    option, out = ("--report", old) if old else ("--out", args.out)
     if args.no_report:
-        if args.out:
-            raise UserError("--out names the report directory and --no-report skips the report: give one of them")
-        return paths, None
-    return paths, Path(args.out) if args.out else default_report_dir(paths[0])
+        if out:
+            raise UserError(f"{option} names the report directory and --no-report skips the report: give one of them")
+        return paths, None, option
+    return paths, Path(out) if out else default_report_dir(paths[0]), option
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -415,9 +419,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from edgeship.validate.pipeline import validate
     from edgeship.validate.reports import summary_table
 
-    paths, report_dir = _validate_paths(args)
+    paths, report_dir, option = _validate_paths(args)
     if report_dir is not None:  # before any work, naming the option that moves it
-        check_writable_dir(report_dir, option="--out" if args.out else "report (the default --out)")
+        check_writable_dir(report_dir, option=option)
     report = validate(paths, reference=args.reference, data=args.data, policy=args.policy, resize=args.resize,
                       report_dir=report_dir, require=Format.parse_list(args.require, "format") if args.require else (),
                       threads=args.threads, iterations=args.iterations, trust_model=args.trust_model,
@@ -573,9 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "the demo model)")
     p.add_argument("--trust-model", action="store_true", help="allow a reference with Lambda layers or custom code")
     g = p.add_argument_group("report")
-    g.add_argument("--out", metavar="DIR", help="write report.json, report.md, report.html, junit.xml here "
-                                                f"(default: {REPORT_SUBDIR}/ in the first artifact's directory)")
-    _alias(g, "--report", "out")
+    g.add_argument("--out", metavar="DIR", help="where report.json/.md/.html and junit.xml go (default: "
+                                                f"{REPORT_SUBDIR}/ in the first artifact's directory)")
+    _alias(g, "--report", "report")  # the former spelling: errors name it when it was the one typed
     g.add_argument("--no-report", action="store_true", help="write no report files (the table and exit code only)")
     _validate_args(p)
     _executor_args(p)
@@ -592,9 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precisions", default="fp32,int8", help="comma-separated precisions (default fp32,int8)")
     _alias(p, "--precision", "precisions")
     p.add_argument("--formats", default="tflite", help="comma-separated formats (default tflite)")
-    p.add_argument("--data", metavar="DATA", help="images (no class folders) or .npy/.npz at each resolution: "
-                                                  "agreement and SQNR against each variant's float (default: 16 "
-                                                  "demo images, for calibration and latency only)")
+    p.add_argument("--data", metavar="DATA", help="images or .npy/.npz for agreement and SQNR (default: 16 demo "
+                                                  "images, latency only)")
     p.add_argument("--num-samples", type=_count(1), default=32, help="calibration samples (default 32)")
     p.add_argument("--iterations", type=_count(1), default=20, help="timed inferences per artifact (default 20)")
     p.add_argument("--threads", type=_count(1), default=1, help="threads per runtime, and CPUs per task (default 1)")
@@ -613,8 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
     _out_arg(p, None, f"output directory (default: the config's, or {DEFAULT_OUT})")
     _model_args(p)
     g = p.add_argument_group("data (override the config's)")
-    g.add_argument("--data", metavar="DATA", help="validation images (class folders give labels) or .npy/.npz "
-                                                  "(default: the config's, or the demo held-out set)")
+    g.add_argument("--data", metavar="DATA", help="validation images or .npy/.npz (default: the config's, or the "
+                                                  "demo held-out set)")
     g.add_argument("--calibration", metavar="DATA", help="calibration images or .npy/.npz (default: the config's, "
                                                          "or the demo calibration set)")
     _release_args(p.add_argument_group("release over release, devices (override the config's [validate])"))

@@ -110,7 +110,7 @@ USAGE = [
     (["validate", "--artifacts", "x.tflite", "--threads", "two"], "'two' is not a whole number"),
     (["validate", "--artifacts", "x.tflite", "--kernel-path-samples", "-1"], "must be 0 or more"),
     (["quantize", "--num-samples", "0"], "--num-samples: must be 1 or more"),
-    (["validate"], "required: --artifacts"),
+    (["validate"], "no artifacts given"),
     (["frobnicate"], "invalid choice"),
 ]
 

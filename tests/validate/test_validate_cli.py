@@ -190,7 +190,7 @@ def test_run_config_with_quantize(capsys, tmp_path):
         '[validate]\niterations = 3\n[output]\ndir = "build"\n')
     code, stdout, err = _run(capsys, "run", str(tmp_path / "edgeship.toml"))
     assert code == 0, stdout + err
-    assert "quantised 1 artifacts" in stdout
+    assert "quantised 1 artifact in" in stdout
     data = json.loads((tmp_path / "build" / "report" / "report.json").read_text())
     assert {(a["format"], a["precision"], a["status"]) for a in data["artifacts"]} == {
         ("tflite", "fp32", "passed"), ("tflite", "int8", "passed")}
