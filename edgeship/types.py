@@ -49,9 +49,9 @@ class Layout(_StrEnum):
 class Resize(_StrEnum):
     """How an image of another size or aspect is fitted to the model's input (:func:`edgeship.data.decode_image`):
     ``stretch`` scales each axis to the input (edgeship's default, and what its validated figures assume unless the
-    manifest records otherwise: MediaPipe's ImageClassifier and TFLite's task library also stretch);
-    ``center-crop`` takes the largest centred crop of the input's aspect, then scales it (iOS Vision's default,
-    ``VNImageCropAndScaleOption.centerCrop``)."""
+    manifest records otherwise); ``center-crop`` takes the largest centred crop of the input's aspect, then scales
+    it (iOS Vision's default, ``VNImageCropAndScaleOption.centerCrop``). Other clients (MediaPipe) have rules of
+    their own: validate with the one the app's client applies."""
 
     STRETCH = "stretch"
     CENTER_CROP = "center-crop"
