@@ -118,6 +118,15 @@ class Manifest:
             **({"resize": self.resize} if self.resize else {}),
         }
 
+    def same_model(self, other: "Manifest") -> bool:
+        """Do both record the same model, preprocessing and labels? The model is the same file when both record
+        its sha256 (wherever it was, and wherever the manifest moved: ``relative_path`` is not compared), else
+        the same ``source.path``."""
+        a, b = self.source, other.source
+        same = a.get("sha256") == b.get("sha256") if a.get("sha256") and b.get("sha256") else (
+            a.get("path") == b.get("path") and a.get("sha256") == b.get("sha256"))
+        return same and (self.preprocessing, self.labels) == (other.preprocessing, other.labels)
+
     def source_model(self, directory: Path) -> Path | None:
         """The source model file recorded, found from any working directory: ``source.relative_path`` (relative to
         ``directory``, the manifest's), else ``source.path`` (an older manifest: relative to where export ran);
@@ -155,8 +164,7 @@ class Manifest:
                     disk = Manifest.load(directory)
                 except UserError:
                     disk = None
-                if disk is not None and (disk.source, disk.preprocessing, disk.labels) == (
-                        self.source, self.preprocessing, self.labels):
+                if disk is not None and disk.same_model(self):
                     mine = {a.path for a in self.artifacts}
                     theirs = [a for a in disk.artifacts if a.path not in mine and (directory / a.path).exists()]
                     merged = theirs + merged

@@ -64,3 +64,19 @@ def test_the_directory_lock_excludes_another_process(tmp_path):
         waited = time.monotonic() - t0
     holder.join(60)
     assert waited > 0.5  # it waited for the holder (1.5 s) rather than writing beside it
+
+
+def test_the_same_model_is_the_same_sha256_wherever_the_manifest_moved(tmp_path):
+    """``source.relative_path`` depends on where the manifest is (issue 27, item 5): a release copied elsewhere and
+    quantised there keeps its float records, as the model (its sha256) is the same."""
+    moved = dict(SOURCE, relative_path="../../model.keras")
+    a = _manifest(dict(SOURCE, relative_path="../model.keras"))
+    a.add(_record(tmp_path, "m_fp32.tflite", Format.TFLITE))
+    a.save(tmp_path)
+    b = _manifest(moved)
+    assert b.same_model(Manifest.load(tmp_path))
+    b.add(_record(tmp_path, "m_int8.tflite", Format.TFLITE))
+    b.save(tmp_path)
+    assert [r.path for r in Manifest.load(tmp_path).artifacts] == ["m_fp32.tflite", "m_int8.tflite"]
+    assert not _manifest({"path": "model.keras", "sha256": "3" * 64}).same_model(b)
+    assert not _manifest({"path": "model.keras"}).same_model(_manifest({"path": "other.keras"}))

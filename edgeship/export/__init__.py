@@ -140,6 +140,6 @@ def open_manifest(out_dir: Path, loaded: LoadedModel) -> Manifest:
         old = Manifest.load(out_dir)
     except UserError:
         return fresh
-    if old.source == fresh.source and old.preprocessing == fresh.preprocessing and old.labels == fresh.labels:
+    if old.same_model(fresh):
         fresh.artifacts = [a for a in old.artifacts if (out_dir / a.path).exists()]
     return fresh
