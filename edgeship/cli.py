@@ -222,8 +222,10 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
     result = quantize_with(options, formats, args.out, load)
     if result.fixed_tensors or result.calibrated_tensors:
-        print(f"ranges: {len(result.fixed_tensors)} tensors fixed without calibration (ReLU6 outputs -> [0, 6], "
-              f"the input -> its preprocessing range), {len(result.calibrated_tensors)} calibrated "
+        from edgeship.progress import counted
+
+        print(f"ranges: {counted(len(result.fixed_tensors), 'tensor')} fixed without calibration (ReLU6 outputs -> "
+              f"[0, 6], the input -> its preprocessing range), {len(result.calibrated_tensors)} calibrated "
               f"(--activation-ranges {options.effective().activation_ranges})")
     fb = result.fallback
     if fb is not None:

