@@ -149,7 +149,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from edgeship.types import Format, Precision
 
     options = ExportOptions.of(formats=Format.parse_list(args.formats, "format"),
-                               precisions=Precision.parse_list(args.precisions, "precision") if args.precisions else None,
+                               precisions=Precision.parse_list(args.precisions, "precision") if args.precisions
+                               else None,
                                onnx_layout=args.onnx_layout, opset=args.opset, deployment_target=args.deployment_target)
     from edgeship.fileio import check_writable_dir
 
@@ -555,7 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--license", default="", help="license")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("quantize", parents=[common], help="int8 TFLite and ONNX, Core ML w8 and w8a8, from one calibration set",
+    p = sub.add_parser("quantize", parents=[common],
+                       help="int8 TFLite and ONNX, Core ML w8 and w8a8, from one calibration set",
                        description="Quantise a model for all formats from one calibration set: full-integer "
                                    "int8 TFLite (per-channel weights), an int8 ONNX with the TFLite's exact "
                                    "parameters, Core ML w8 (weights int8, per channel) and w8a8 (activations "
@@ -565,7 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     _quantize_args(p)
     p.set_defaults(func=_cmd_quantize)
 
-    p = sub.add_parser("validate", parents=[common], usage="%(prog)s [options] DIR_OR_FILES...", help="run every artifact against the float model and gate the release",
+    p = sub.add_parser("validate", parents=[common], usage="%(prog)s [options] DIR_OR_FILES...",
+                       help="run every artifact against the float model and gate the release",
                        description="Run each artifact in its own runtime on real inputs, compare it with the "
                                    "float reference, apply the release gates and write reports. Exit 0 when every "
                                    "gate passes, 1 when one fails, 2 for bad input, 3 for the environment (disk, "
@@ -587,7 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     _executor_args(p)
     p.set_defaults(func=_cmd_validate)
 
-    p = sub.add_parser("sweep", parents=[common], help="a grid of variants x precisions on Ray: MACs, size, latency (and agreement)",
+    p = sub.add_parser("sweep", parents=[common],
+                       help="a grid of variants x precisions on Ray: MACs, size, latency (and agreement)",
                        description="Run the pipeline of 'edgeship run' on every variant of a grid (family x "
                                    "alpha x resolution; random weights) and precision, one Ray task per variant, "
                                    "and write one table (Markdown, JSON, HTML) and a latency plot. Exits 1 when a "

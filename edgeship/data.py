@@ -114,7 +114,8 @@ def _too_large(path: Path, pixels: int | None) -> UserError:
 
 def fit(im: "Image.Image", size: tuple[int, int], resize: str = "stretch", nearest: bool = False) -> "Image.Image":
     """``im`` at ``size`` = (height, width), bilinear: stretched, or (``center-crop``) its largest centred crop of
-    that aspect scaled (:class:`edgeship.types.Resize`); ``nearest`` for class masks. Raises :class:`UserError` for an unknown ``resize``."""
+    that aspect scaled (:class:`edgeship.types.Resize`); ``nearest`` for class masks. Raises :class:`UserError`
+    for an unknown ``resize``."""
     from PIL import Image
 
     from edgeship.types import Resize
