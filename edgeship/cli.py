@@ -439,7 +439,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
     """A commented starter edgeship.toml for the model (:func:`edgeship.starter.write_starter`; safe loading)."""
     from edgeship.starter import write_starter
 
-    write_starter(args.out, model=args.model, force=args.force)
+    write_starter(args.out, model=args.model, force=args.force, input_size=args.input_size)
     return 0
 
 
@@ -560,6 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "(default: the embedded demo model)")
     p.add_argument("--out", default="edgeship.toml", metavar="FILE", help="the file to write (default edgeship.toml)")
     p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    p.add_argument("--input-size", metavar="HxW", type=_input_size,
+                   help="fix a dynamic input size (a model taking (None, None, None, 3)), e.g. 224x224")
     p.set_defaults(func=_cmd_init)
     return parser
 

@@ -198,13 +198,18 @@ def _relative(path: Path, out_dir: Path) -> str:
     return Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix()
 
 
-def render_starter(loaded: LoadedModel, model: str | None, out: Path) -> str:
+def render_starter(loaded: LoadedModel, model: str | None, out: Path,
+                   input_size: tuple[int, int] | None = None) -> str:
     """The starter ``edgeship.toml`` text for ``loaded`` (loaded from ``model``; None: the embedded demo) to be
     written at ``out``: every table and key of the config (:data:`KEYS`), the settled ones as values, the others
-    commented out. Paths are relative to ``out``'s folder."""
+    commented out. Paths are relative to ``out``'s folder; ``input_size`` (H, W), the size that fixed a dynamic
+    input, is written as ``[model] input_size``."""
     from edgeship import __version__
 
     values, notes, header = _settled(loaded, model, out.parent)
+    if input_size is not None:
+        values["model"]["input_size"] = f"{input_size[0]}x{input_size[1]}"
+        notes["model"]["input_size"] = "fixes the model's dynamic input size (None, None, None, 3)"
     mine = model is not None and not loaded.source_path.startswith("registry:")
     lines = [f"# edgeship.toml: the starter 'edgeship init' (edgeship {__version__}) wrote.",
              *(f"# {line}" for line in header),
@@ -226,9 +231,10 @@ def render_starter(loaded: LoadedModel, model: str | None, out: Path) -> str:
 
 
 def write_starter(out: str | Path = "edgeship.toml", model: str | None = None, force: bool = False,
-                  echo: Any = print) -> Path:
+                  echo: Any = print, input_size: tuple[int, int] | None = None) -> Path:
     """Write the starter ``edgeship.toml`` for ``model`` (a .keras/.h5/SavedModel path or a variant name; None:
     the embedded demo) at ``out``, atomically (:func:`edgeship.fileio.write_bytes_atomic`), and return its path.
+    ``input_size`` (H, W) fixes a dynamic input size, as ``[model] input_size`` (written as a value then).
 
     Raises :class:`UserError` (exit 2, one line) when ``out`` exists and ``force`` is False, when ``out`` is a
     directory, and for a model that cannot be loaded in safe mode (missing, not a model, or holding code that would
@@ -243,8 +249,14 @@ def write_starter(out: str | Path = "edgeship.toml", model: str | None = None, f
     if (path.exists() or path.is_symlink()) and not force:
         raise UserError(f"{path} exists: pass --force to overwrite it")
     notes: list[str] = []
-    loaded = load_model(model, trust_model=False, echo=notes.append)
-    text = render_starter(loaded, model, path)
+    try:
+        loaded = load_model(model, trust_model=False, echo=notes.append, input_size=input_size)
+    except UserError as e:
+        if "--trust-model" not in str(e):
+            raise
+        raise UserError(f"{e}; edgeship init reads models in safe mode only: write the demo's starter "
+                        "('edgeship init') and set [model] path and trust = true in it by hand") from None
+    text = render_starter(loaded, model, path, input_size)
     write_bytes_atomic(path, text.encode("utf-8"))
     echo(f"wrote {path} for {loaded.spec.name}: "
          + ("set [quantize] calibration and [validate] data to your images, then run: "

@@ -124,5 +124,21 @@ def test_model_holding_code_is_refused_and_nothing_written(tmp_path, capsys):
     out = tmp_path / "edgeship.toml"
     assert main(["init", "--model", str(tmp_path / "lambda.keras"), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "Lambda" in err, err
+    assert err.count("\n") == 0 and "Lambda" in err and "safe mode" in err, err
     assert not out.exists() and not list(tmp_path.glob(".*partial*"))
+
+
+def test_dynamic_input_size_is_fixed_and_written(tmp_path, capsys):
+    from edgeship._tf import keras
+
+    k = keras()
+    inp = k.Input((None, None, 3))
+    x = k.layers.GlobalAveragePooling2D()(k.layers.Conv2D(4, 3)(inp))
+    model = k.Model(inp, k.layers.Dense(3, activation="softmax")(x))
+    model.save(tmp_path / "dynamic.keras")
+    out = tmp_path / "edgeship.toml"
+    assert main(["init", "--model", str(tmp_path / "dynamic.keras"), "--out", str(out)]) == 2
+    assert "--input-size" in capsys.readouterr().err and not out.exists()
+    assert main(["init", "--model", str(tmp_path / "dynamic.keras"), "--out", str(out), "--input-size", "64x48"]) == 0
+    assert 'input_size = "64x48"' in out.read_text("utf-8")
+    assert load_config(out).input_size == (64, 48)
