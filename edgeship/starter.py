@@ -55,6 +55,8 @@ KEYS: dict[str, dict[str, Key]] = {
                                          "(for MediaPipe)"),
         "force_preprocessing": Key(False, "accept a mean/std outside every convention (refused otherwise)"),
         "input_size": Key("224x224", "fixes a dynamic input size (None, None, None, 3); or [224, 224]"),
+        "resize": Key("stretch", "how images of another size are fitted: stretch, or center-crop as iOS Vision "
+                                 "does; the validated figures assume it"),
     },
     "export": {
         "formats": Key(["tflite", "onnx", "coreml"], "the float files to make"),
