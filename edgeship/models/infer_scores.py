@@ -103,16 +103,16 @@ def bn_misfit(features: np.ndarray, mean: np.ndarray, var: np.ndarray) -> float:
 def as_predict(model: Any, batch_size: int = 128) -> Callable[[np.ndarray], np.ndarray]:
     """A predict function from a :class:`~edgeship.models.loading.LoadedModel`, a Keras model, or a callable.
 
-    A Keras model runs through one traced ``tf.function`` on fixed-size batches (the last one padded), so the
-    whole ranking costs one trace and no per-layer eager overhead."""
+    A Keras model runs through the process's one traced ``tf.function`` for it
+    (:func:`edgeship.runtimes.keras.traced`) on fixed-size batches (the last one padded): no trace after the first
+    and no per-layer eager overhead."""
     km = getattr(model, "keras_model", model)
     if not hasattr(km, "predict"):
         return model
-    from edgeship._tf import tf
-
-    call = tf().function(lambda x: km(x, training=False))
+    from edgeship.runtimes.keras import traced
 
     def predict(x: np.ndarray) -> np.ndarray:
+        call = traced(km, tuple(x.shape[1:]))
         outs = []
         for i in range(0, len(x), batch_size):
             chunk = x[i: i + batch_size]

@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Any
+import weakref
+from typing import Any, Callable
 
 import numpy as np
 
 from edgeship.models.loading import LoadedModel
 from edgeship.runtimes.runner import InputInfo, Runner
+
+
+#: One traced inference function per Keras model and input shape for the process (see :func:`traced`)
+_TRACED: "weakref.WeakKeyDictionary[Any, dict[tuple[int, ...], Callable[[Any], Any]]]" = weakref.WeakKeyDictionary()
+
+
+def traced(model: Any, shape: tuple[int, ...]) -> Callable[[Any], Any]:
+    """``model(x, training=False)`` as a ``tf.function`` on float32 batches of any size, ``shape`` (H, W, C) the
+    image shape: traced once per model and shape for the process and shared by every user (the reference runner,
+    the preprocessing inference), instead of once per validation (tracing costs 1-2 s on the demo, more on a
+    224-pixel MobileNet). The function holds the model weakly: the cache entry goes with the model."""
+    per_model = _TRACED.setdefault(model, {})
+    fn = per_model.get(shape)
+    if fn is None:
+        from edgeship._tf import tf
+
+        t = tf()
+        ref = weakref.ref(model)
+        # A traced function, not model.predict: no per-call Keras overhead, the same graph every batch size.
+        fn = t.function(lambda x: ref()(x, training=False), reduce_retracing=True,  # type: ignore[misc]
+                        input_signature=[t.TensorSpec((None, *shape), t.float32)])
+        per_model[shape] = fn
+    return fn
 
 
 class KerasRunner(Runner):
@@ -22,14 +46,7 @@ class KerasRunner(Runner):
         self._out: np.ndarray | None = None
 
     def _open(self) -> None:
-        from edgeship._tf import tf
-
-        t = tf()
-        model = self.loaded.keras_model
-        h, w, c = self.loaded.spec.input_shape
-        # A traced function, not model.predict: no per-call Keras overhead, the same graph every batch size.
-        self._fn = t.function(lambda x: model(x, training=False), reduce_retracing=True,
-                              input_signature=[t.TensorSpec((None, h, w, c), t.float32)])
+        self._fn = traced(self.loaded.keras_model, tuple(self.loaded.spec.input_shape))
 
     def inputs(self) -> list[InputInfo]:
         return [InputInfo("image", (None, *self.loaded.spec.input_shape), np.dtype(np.float32))]
