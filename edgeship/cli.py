@@ -433,11 +433,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                       input_range=args.input_range, output_kind=args.output_kind, expect_accuracy=args.expect_accuracy,
                       progress=not args.quiet, **_executor_kwargs(args))
     table = summary_table(report)
-    print(table.splitlines()[-1] if args.quiet else table)  # quiet: the verdict line alone
+    *rows, verdict = table.splitlines()
+    if not args.quiet:  # quiet: the verdict line alone
+        print("\n".join(rows))
+    if report_dir is not None:  # the verdict ends the output
+        print(f"reports in {report_dir}: report.json report.md report.html junit.xml")
+    print(verdict)
     if not args.quiet:
         _print_baseline(report)
-    if report_dir is not None:
-        print(f"reports in {report_dir}: report.json report.md report.html junit.xml")
     return report.exit_code
 
 
