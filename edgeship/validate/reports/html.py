@@ -33,7 +33,6 @@ from edgeship.validate.reports.common import (
     _machine_items,
     _problem_lines,
     _reason_beyond_gates,
-    _required_skipped,
     _runtime_versions,
     _margin_bin_name,
     _verdict,
@@ -266,25 +265,29 @@ REASON_COLUMN = "Why"
 
 
 def _why_section(report: Report) -> str:
-    """What decides the release, first on the page: for each artifact that is not a pass (a failure, a skip), its
-    reasons and every gate it missed with the value, the counts behind it and the limit; on a pass, the gates'
-    count and any warning. Wraps on a phone: no table to scroll."""
+    """What decides the release, first on the page: each artifact that fails it (a failure, a skip of a required
+    format) with its reasons and every gate it missed (value, the counts behind it, limit); the skips that do not
+    fail it; the gates passed with a warning; on a pass with none of these, the number of gates met. Lists, not a
+    table: they wrap on a phone."""
     arts = report.artifacts
-    items = []
-    for i, a in enumerate(arts):
-        if a.status == Status.PASSED:
-            continue
-        lines = _problem_lines(report, a)
-        sub = "".join(f"<li>{_h(line)}</li>" for line in lines)
-        items.append(f'<li><a href="#artifact-{i}">{_h(a.name)}</a> {_badge(report, a)}'
-                     + (f"<ul>{sub}</ul>" if sub else "") + "</li>")
+
+    def item(i: int, a: ArtifactResult) -> str:
+        sub = "".join(f"<li>{_h(line)}</li>" for line in _problem_lines(report, a))
+        return (f'<li><a href="#artifact-{i}">{_h(a.name)}</a> {_badge(report, a)}'
+                + (f"<ul>{sub}</ul>" if sub else "") + "</li>")
+
+    failing = [item(i, a) for i, a in enumerate(arts) if a.status == Status.FAILED or _is_required_skip(report, a)]
+    not_run = [item(i, a) for i, a in enumerate(arts)
+               if a.status == Status.SKIPPED and not _is_required_skip(report, a)]
     warnings = [(i, a, w) for i, a in enumerate(arts) for w in undecided_warnings(a)]
     out = []
-    if items:
-        title = "Why it failed" if not report.passed else "Not run"
-        out.append(f"<h2>{title}</h2><ul>{''.join(items)}</ul>")
+    if failing:
+        out.append(f'<h2>Why it failed</h2><ul class="failing">{"".join(failing)}</ul>')
+    if not_run:
+        out.append(f'<h2>Not run (a skip of a format not required does not fail the release)</h2>'
+                   f'<ul class="not-run">{"".join(not_run)}</ul>')
     if warnings:
-        out.append("<h2>Warnings</h2><ul>" + "".join(
+        out.append('<h2>Warnings</h2><ul class="warnings">' + "".join(
             f'<li><a href="#artifact-{i}">{_h(a.name)}</a>: {_h(w)}</li>' for i, a, w in warnings) + "</ul>")
     if not out and arts:
         gates = sum(len(a.gates) for a in arts)
@@ -344,9 +347,7 @@ def to_html(report: Report) -> str:
     body.append(f"<p>{_h(_counts_text(report))} ({len(arts)} artifacts)"
                 + (f"; required formats: {_h(', '.join(report.required_formats))}" if report.required_formats
                    else "") + ".</p>")
-    for fmt in _required_skipped(report):
-        body.append(f'<p class="reason">Required format {_h(fmt)} was skipped, which fails the release.</p>')
-    body.append(_why_section(report))
+    body.append(_why_section(report))  # a required format's skip among the reasons
     body.append("</header>")
 
     body.append(_summary_section(report))

@@ -138,26 +138,30 @@ def _error_plot(artifacts: list[ArtifactResult]) -> Callable[[Any], None]:
     return draw
 
 
-#: Where a layer name may be cut when its common prefix is stripped (no name is cut inside a word)
-_NAME_SEPARATORS = "/_.:;-"
+#: Where a layer name may be cut when its common prefix is stripped, strongest first: a scope ("/"), then a
+#: fused name's parts, then a word (no name is cut inside a word)
+_NAME_SEPARATORS = ("/", ";:", "_.-")
 #: A shorter common prefix ("conv_") still says something about the layer: only longer ones are stripped
 MIN_STRIPPED_PREFIX = 8
 
 
 def strip_common_prefix(names: list[str]) -> tuple[list[str], str]:
-    """``names`` without the prefix they all share (cut after a separator, so that no name loses part of a word and
-    none becomes empty), and that prefix ("" when there is none worth stripping). Core ML names every layer
-    ``functional_1_mobilenetv2_1_00_160_...``: without it, the part that tells the layers apart is what is left."""
+    """``names`` without the prefix they all share, and that prefix ("" when there is none worth stripping). The
+    cut is after the last separator of the strongest kind in that prefix (a scope "/" before a word "_"), when it
+    leaves a prefix of :data:`MIN_STRIPPED_PREFIX` characters or more: no name loses part of a word, none
+    becomes empty. Core ML names
+    every layer ``functional_1_mobilenetv2_1_00_160_...``: without it, the part that tells the layers apart is
+    what is left."""
     if len(names) < 2:
         return list(names), ""
-    common = os.path.commonprefix(names)
-    shortest = min(len(n) for n in names)
-    cut = len(common)
-    while cut > 0 and not (common[cut - 1] in _NAME_SEPARATORS and cut < shortest):
-        cut -= 1
-    if cut < MIN_STRIPPED_PREFIX:
-        return list(names), ""
-    return [n[cut:] for n in names], common[:cut]
+    common = os.path.commonprefix(names)[: min(len(n) for n in names) - 1]  # each name keeps a character
+    for separators in _NAME_SEPARATORS:
+        cut = max((i + 1 for i, c in enumerate(common) if c in separators), default=0)
+        if cut >= MIN_STRIPPED_PREFIX:
+            return [n[cut:] for n in names], common[:cut]
+        if cut:  # a shorter scope ("model/"): what follows it is one word, to keep
+            break
+    return list(names), ""
 
 
 def shorten_middle(text: str, width: int) -> str:
