@@ -426,6 +426,10 @@ def test_layer_names_lose_their_common_prefix():
     assert strip_common_prefix(["network/stage_1/a", "network/stage_1"])[0] == ["stage_1/a", "stage_1"]
     assert strip_common_prefix(["model/conv_a", "model/conv_b"]) == (["model/conv_a", "model/conv_b"], "")
     assert strip_common_prefix(["only_one_layer_name"]) == (["only_one_layer_name"], "")
+    # the prefix most names share, as Core ML's layers beside the few its converter added ("conv_0", "Identity")
+    added = [*coreml, "conv_0", "Identity"]
+    assert strip_common_prefix(added) == ([*names, "conv_0", "Identity"], "functional_1_mobilenetv2_1_00_160_")
+    assert strip_common_prefix(["network_a/x", "network_b/y", "conv_0", "Identity", "add"])[1] == ""  # 2 of 5
     short = shorten_middle("block_16_project_BN_FusedBatchNormV3_quantized", 20)
     assert len(short) == 20 and short.startswith("block_16_") and short.endswith("_quantized")
     # the chart draws the stripped names and its caption says what was stripped
@@ -434,10 +438,19 @@ def test_layer_names_lose_their_common_prefix():
     from matplotlib.figure import Figure
 
     draw, size, caption = _layer_plot([a])
-    assert caption.endswith("every name starts with functional_1_mobilenetv2_1_00_160_")
+    assert caption.endswith("; functional_1_mobilenetv2_1_00_160_ left out of the names that start with it")
     fig = Figure(figsize=size)
     draw(fig)
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == names
+    # the prefix of every layer, not of the 40 lowest drawn (which may all be blocks): "block_" stays
+    many = {f"mobilenetv2_0_35_96_1_block_{i}_project_BN": 20.0 + i for i in range(1, 41)}
+    many |= {"mobilenetv2_0_35_96_1_bn_Conv1": 90.0, "mobilenetv2_0_35_96_1_out_relu": 95.0, "conv_0": 99.0}
+    a.layer_sqnr = many
+    draw, size, caption = _layer_plot([a])
+    fig = Figure(figsize=size)
+    draw(fig)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert len(labels) == 40 and labels[0] == "block_1_project_BN" and "mobilenetv2_0_35_96_1_ left out" in caption
 
 
 # ------------------------------------------------------------------------------------------------ JUnit

@@ -7,6 +7,7 @@ import base64
 import io
 import math
 import os
+import re
 from typing import Any, Callable
 
 from edgeship.validate.reports.common import LAYER_PLOT_MAX, _finite, _h, _one_line, log
@@ -143,22 +144,37 @@ def _error_plot(artifacts: list[ArtifactResult]) -> Callable[[Any], None]:
 _NAME_SEPARATORS = ("/", ";:", "_.-")
 #: A shorter common prefix ("conv_") still says something about the layer: only longer ones are stripped
 MIN_STRIPPED_PREFIX = 8
+#: The share of the names a prefix must start to be stripped: the network's own layers, not the few the converter
+#: added ("conv_0", "Identity" after Core ML's ``mobilenetv2_0_35_96_1_...``)
+MIN_PREFIX_SHARE = 0.5
+
+
+def _first_word(name: str) -> str:
+    return re.split(r"[/;:_.\-]", name, maxsplit=1)[0]
 
 
 def strip_common_prefix(names: list[str]) -> tuple[list[str], str]:
-    """``names`` without the prefix they all share, and that prefix ("" when there is none worth stripping). The
-    cut is after the last separator of the strongest kind in that prefix (a scope "/" before a word "_"), when it
-    leaves a prefix of :data:`MIN_STRIPPED_PREFIX` characters or more: no name loses part of a word, none
-    becomes empty. Core ML names
-    every layer ``functional_1_mobilenetv2_1_00_160_...``: without it, the part that tells the layers apart is
-    what is left."""
+    """``names`` without the prefix that most of them share, and that prefix ("" when there is none worth
+    stripping). The prefix is that of the largest group of names with the same first word, when the group holds
+    :data:`MIN_PREFIX_SHARE` of the names or more; names outside it are kept whole. The cut is after the last
+    separator of the strongest kind in the prefix (a scope "/" before a word "_"), when it leaves a prefix of
+    :data:`MIN_STRIPPED_PREFIX` characters or more: no name loses part of a word, none becomes empty. Core ML
+    names every layer ``functional_1_mobilenetv2_1_00_160_...``: without it, the part that tells the layers apart
+    is what is left."""
     if len(names) < 2:
         return list(names), ""
-    common = os.path.commonprefix(names)[: min(len(n) for n in names) - 1]  # each name keeps a character
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(_first_word(n), []).append(n)
+    group = max(groups.values(), key=len)
+    if len(group) < 2 or len(group) < MIN_PREFIX_SHARE * len(names):
+        return list(names), ""
+    common = os.path.commonprefix(group)[: min(len(n) for n in group) - 1]  # each name keeps a character
     for separators in _NAME_SEPARATORS:
         cut = max((i + 1 for i, c in enumerate(common) if c in separators), default=0)
         if cut >= MIN_STRIPPED_PREFIX:
-            return [n[cut:] for n in names], common[:cut]
+            prefix = common[:cut]
+            return [n[cut:] if n.startswith(prefix) else n for n in names], prefix
         if cut:  # a shorter scope ("model/"): what follows it is one word, to keep
             break
     return list(names), ""
@@ -205,10 +221,13 @@ def layer_title(group: list[ArtifactResult]) -> str:
 def _layer_plot(group: list[ArtifactResult]) -> tuple[Callable[[Any], None], tuple[float, float], str]:
     """The per-layer SQNR chart of one group of :func:`layer_groups`, its figure size, and its caption (which says
     the prefix stripped from the layer names)."""
-    rows, caption = _layer_rows(group[0].layer_sqnr or {})
-    labels, prefix = strip_common_prefix([k for k, _ in rows])
+    layers = group[0].layer_sqnr or {}
+    rows, caption = _layer_rows(layers)
+    # the prefix of every layer's name, not of the drawn ones only: the lowest 40 may all be "..._block_N_..."
+    _, prefix = strip_common_prefix([str(k) for k in layers])
+    labels = [k[len(prefix):] if prefix and k.startswith(prefix) else k for k, _ in rows]
     if prefix:
-        caption += f"; every name starts with {_one_line(prefix)}"
+        caption += f"; {_one_line(prefix)} left out of the names that start with it"
 
     def draw(fig: Any) -> None:
         ax = fig.add_subplot()
