@@ -83,6 +83,7 @@ header.verdict.passed .verdict-word{color:#116329}
 #why li{margin:.15rem 0;overflow-wrap:anywhere}
 #why ul ul{list-style:disc}
 .scroll{overflow-x:auto;max-width:100%}
+.scroll td code{overflow-wrap:normal;white-space:nowrap}
 td.missed{background:#ffcecb;color:#82071e;font-weight:600}
 td.why{min-width:11rem;max-width:24rem;overflow-wrap:anywhere}
 tr.gate-failed td{background:#fff5f5}
