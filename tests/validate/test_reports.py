@@ -345,6 +345,24 @@ def test_html_why_names_a_required_skip():
     assert 'class="not-run"' not in html
 
 
+def test_html_why_names_what_fails_the_release_beside_the_artifacts():
+    """Every artifact passed, yet the release fails: the reference on the data, an artifact the baseline had."""
+    from edgeship.validate.contract import ContractResult
+
+    r = make_report()
+    r.artifacts = r.artifacts[:1]
+    r.contract = ContractResult(Status.FAILED, reason="top1_share 1 misses <= 0.9", samples=360,
+                                metrics={"top1_share": 1.0, "distinct_top1": 1, "mean_margin": 1.0})
+    r.baseline = {"path": "old/report.json", "fail_on_missing": True,
+                  "missing": [{"format": "onnx", "precision": "int8"}]}
+    assert not r.passed
+    header = to_html(r).split("</header>")[0]
+    failing = re.search(r'<ul class="failing">(.*)</ul>', header, re.S).group(1)
+    assert "preprocessing contract FAILED" in failing and "top1_share 1 misses &lt;= 0.9" in failing
+    assert "missing from this run (fail_on_missing): onnx int8" in failing
+    assert "Every artifact met its gates" not in header
+
+
 def test_html_passing_report_counts_its_gates():
     r = make_report()
     r.artifacts = r.artifacts[:1]

@@ -278,6 +278,15 @@ def _why_section(report: Report) -> str:
                 + (f"<ul>{sub}</ul>" if sub else "") + "</li>")
 
     failing = [item(i, a) for i, a in enumerate(arts) if a.status == Status.FAILED or _is_required_skip(report, a)]
+    # what fails the release beside the artifacts: the reference on the data, the baseline's missing artifacts
+    contract = report.contract
+    if contract is not None and Status(contract.status) is Status.FAILED:
+        failing.insert(0, f'<li><a href="#inputs">{_h(contract.describe())}</a></li>')
+    baseline = report.baseline or {}
+    if baseline.get("fail_on_missing") and baseline.get("missing"):
+        names = ", ".join(f"{m.get('format')} {m.get('precision')}" for m in baseline["missing"])
+        failing.append(f'<li><a href="#baseline">in the baseline, missing from this run (fail_on_missing): '
+                       f"{_h(names)}</a></li>")
     not_run = [item(i, a) for i, a in enumerate(arts)
                if a.status == Status.SKIPPED and not _is_required_skip(report, a)]
     warnings = [(i, a, w) for i, a in enumerate(arts) for w in undecided_warnings(a)]
