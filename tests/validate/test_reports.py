@@ -228,7 +228,8 @@ def test_reason_that_repeats_the_gates_is_not_printed_twice():
     md, table = to_markdown(r), summary_table(r)
     assert md.count(gate) == 1 and table.count(gate) == 1
     assert "Reason:" not in md.split("### FAIL: onnx")[1].split("###")[0]
-    assert to_html(r).count(gate.replace(">", "&gt;")) == 0  # the gate table shows it, no duplicate reason line
+    # once, in "Why it failed" at the top; the artifact's gate table shows it too, no duplicate reason line
+    assert to_html(r).count(gate.replace(">", "&gt;")) == 1
 
 
 def test_html_shows_flips_with_thumbnails_first():
@@ -291,13 +292,183 @@ def test_html_machine_section(html):
     assert cells["int8 kernels"].startswith("x86 AMX<br>") and "TDPBUSD" in cells["int8 kernels"]  # its instruction
     assert cells["onnxruntime"] == "1.31.1" and cells["coremltools"] == "not installed"
     assert "edgeship" not in cells  # edgeship's own version is in the footer
-    assert html.index('id="inputs"') < html.index('id="machine"') < html.index('id="summary"')
+    # the verdict and the summary first, then the inputs and the machine
+    order = [html.index(f'id="{s}"') for s in ("verdict", "summary", "inputs", "machine")]
+    assert order == sorted(order)
 
 
 def test_html_omits_layer_sqnr_when_absent():
     html = to_html(make_report(layer_sqnr=False))
     assert 'id="layer-sqnr"' not in html and "Per-layer SQNR" not in html
     assert html.count("<img") == 5
+
+
+# ------------------------------------------------------------------------------------------------ HTML: the why first
+def _summary_cells(html: str) -> dict[str, list[tuple[str, str]]]:
+    """The summary table's rows by their first cell's text: [(td class, cell HTML), ...] per row."""
+    section = re.search(r'<section id="summary">(.*?)</section>', html, re.S).group(1)
+    rows = {}
+    for row in re.findall(r"<tr>(.*?)</tr>", section, re.S)[1:]:
+        cells = re.findall(r'<td(?: class="([^"]*)")?>(.*?)</td>', row, re.S)
+        rows[re.sub(r"<[^>]+>", "", cells[0][1])] = cells
+    return rows
+
+
+def test_html_says_why_it_failed_before_anything_else(html):
+    header = html[html.index("<body>"):html.index("</header>")]
+    # the verdict, then each artifact that fails the release with every gate it missed (value, counts, limit)
+    assert 'class="verdict failed"' in header and '<span class="verdict-word">FAILED</span>' in header
+    failing = re.search(r'<ul class="failing">(.*?)</ul>\s*</li></ul>', header, re.S).group(0)
+    for g in _gates_int8()[:2]:
+        assert f"<li>{g.describe().replace('>', '&gt;')}</li>" in failing
+    assert "latency_p50_ms" not in failing  # a met gate is no reason
+    assert "tflite int8 (litert)</a>" in failing and "not a TFLite flatbuffer" in failing
+    # a skip of a format not required is said apart: it does not fail the release
+    not_run = re.search(r'<ul class="not-run">(.*?)</ul>', header, re.S).group(1)
+    assert SKIP_REASON in not_run and SKIP_REASON not in failing
+    # nothing but the header comes before the why: no section, no table
+    assert "<section" not in header.replace('<section id="why">', "") and "<table" not in header
+
+
+def test_html_why_gives_the_counts():
+    r = make_report()
+    r.artifacts[1].gates[0] = GateResult("top1_agreement", 324 / 360, 0.99, ">=", False, successes=324, samples=360,
+                                         confidence=0.9, lower=0.87, upper=0.92, decided=True)
+    header = to_html(r).split("</header>")[0]
+    assert "<li>top1_agreement 90.0 % (324/360) misses &gt;= 99 %</li>" in header
+
+
+def test_html_why_names_a_required_skip():
+    html = to_html(make_report(required=("tflite", "coreml")))
+    failing = re.search(r'<ul class="failing">(.*)</ul>', html[:html.index("</header>")], re.S).group(1)
+    assert "coreml is a required format: a skip fails the release" in failing
+    assert 'class="not-run"' not in html
+
+
+def test_html_why_names_what_fails_the_release_beside_the_artifacts():
+    """Every artifact passed, yet the release fails: the reference on the data, an artifact the baseline had."""
+    from edgeship.validate.contract import ContractResult
+
+    r = make_report()
+    r.artifacts = r.artifacts[:1]
+    r.contract = ContractResult(Status.FAILED, reason="top1_share 1 misses <= 0.9", samples=360,
+                                metrics={"top1_share": 1.0, "distinct_top1": 1, "mean_margin": 1.0})
+    r.baseline = {"path": "old/report.json", "fail_on_missing": True,
+                  "missing": [{"format": "onnx", "precision": "int8"}]}
+    assert not r.passed
+    header = to_html(r).split("</header>")[0]
+    failing = re.search(r'<ul class="failing">(.*)</ul>', header, re.S).group(1)
+    assert "preprocessing contract FAILED" in failing and "top1_share 1 misses &lt;= 0.9" in failing
+    assert "missing from this run (fail_on_missing): onnx int8" in failing
+    assert "Every artifact met its gates" not in header
+
+
+def test_html_passing_report_counts_its_gates():
+    r = make_report()
+    r.artifacts = r.artifacts[:1]
+    html = to_html(r)
+    assert 'class="verdict passed"' in html and "Every artifact met its gates (3 gates in all)." in html
+    assert ">Why<" not in html  # no reason column when every row passed
+
+
+def test_html_highlights_the_missed_figures(html):
+    rows = _summary_cells(html)
+    headers = re.findall(r"<th>(.*?)</th>", re.search(r'<section id="summary">(.*?)</thead>', html, re.S).group(1))
+    assert headers[-1] == "Why"
+    missed = {headers[j] for j, (cls, _) in enumerate(rows["onnx int8"]) if "missed" in cls.split()}
+    assert missed == {"Top-1 agreement", "SQNR"}  # its two missed gates; its latency gate was met
+    assert not any("missed" in cls for cls, _ in rows["tflite fp32"])
+    assert rows["onnx int8"][-1][1] == "2 gates missed<br>missed: top1_agreement, sqnr_db"
+    assert rows["tflite fp32"][-1][1] == ""
+    assert "not a TFLite flatbuffer" in rows["tflite int8"][-1][1]
+
+
+def _latency_artifacts() -> list[ArtifactResult]:
+    """LiteRT at 0.3 ms (one passed, one failed) beside the NumPy Core ML reference at 130 ms."""
+    def art(fmt, precision, runtime, status, p50):
+        return ArtifactResult(path=f"m_{precision}.{fmt}", format=fmt, precision=precision, runtime=runtime,
+                              status=status, latency_ms=Latency(p50=p50, p90=p50 * 1.2))
+    return [art("tflite", "fp32", "litert", Status.PASSED, 0.31), art("tflite", "int8", "litert", Status.FAILED, 0.28),
+            art("coreml", "fp32", "coreml-reference", Status.PASSED, 130.0)]
+
+
+def test_latency_chart_shows_every_runtime_and_no_verdict():
+    from matplotlib.figure import Figure
+
+    from edgeship.validate.reports.plots import _latency_plot, latency_log_scale
+
+    arts = _latency_artifacts()
+    assert latency_log_scale(arts) and not latency_log_scale(arts[:2])
+    fig = Figure(figsize=(8.0, 2.5), dpi=100, layout="constrained")
+    _latency_plot(arts)(fig)
+    fig.canvas.draw()
+    (ax,) = fig.axes
+    assert ax.get_xscale() == "log"
+    bars = ax.patches[:3]
+    # every bar readable: the 0.3 ms ones take a visible share of the axis, not a pixel beside 130 ms
+    axis_px = ax.get_window_extent().width
+    assert all(b.get_window_extent().width > 0.1 * axis_px for b in bars)
+    # coloured by runtime, not by gate result: passed and failed LiteRT alike, Core ML apart
+    colours = [b.get_facecolor() for b in bars]
+    assert colours[0] == colours[1] != colours[2]
+
+
+def test_layer_charts_once_per_set_of_figures():
+    """The int8 ONNX rewritten from the int8 TFLite carries the TFLite's per-layer figures: one chart, for both."""
+    r = make_report()
+    onnx = r.artifacts[1]
+    twin = ArtifactResult(path="out/model_int8.tflite", format="tflite", precision="int8", runtime="litert",
+                          status=Status.PASSED, layer_sqnr=dict(onnx.layer_sqnr))
+    r.artifacts.append(twin)
+    html = to_html(r)
+    titles = re.findall(r'<h3 class="layer-chart">(.*?)</h3>', html)
+    assert titles == ["onnx int8 (onnxruntime), tflite int8 (litert)"]
+    assert html.count('alt="per-layer SQNR of') == 1
+    twin.layer_sqnr = {**onnx.layer_sqnr, "logits": 12.0}  # figures of its own: a chart of its own
+    assert re.findall(r'<h3 class="layer-chart">(.*?)</h3>', to_html(r)) == ["onnx int8 (onnxruntime)",
+                                                                                "tflite int8 (litert)"]
+
+
+def test_layer_names_lose_their_common_prefix():
+    from edgeship.validate.reports.plots import _layer_plot, shorten_middle, strip_common_prefix
+
+    coreml = ["functional_1_mobilenetv2_1_00_160_Conv1_relu", "functional_1_mobilenetv2_1_00_160_block_1_expand",
+              "functional_1_mobilenetv2_1_00_160_block_16_project_BN", "functional_1_mobilenetv2_1_00_160_out_relu"]
+    names, prefix = strip_common_prefix(coreml)
+    assert prefix == "functional_1_mobilenetv2_1_00_160_"
+    assert names == ["Conv1_relu", "block_1_expand", "block_16_project_BN", "out_relu"]
+    # cut at a separator only, never inside a word, and no name left empty; a short common start is kept
+    assert strip_common_prefix(["conv_a", "conv_b"]) == (["conv_a", "conv_b"], "")
+    assert strip_common_prefix(["mobilenet_block", "mobilenet_blocks"])[0] == ["block", "blocks"]
+    # a scope before a word: the TFLite's "mobilenetv2/block_1_expand/Conv2D" keeps its block
+    assert strip_common_prefix(["network/stage_1/a", "network/stage_1"])[0] == ["stage_1/a", "stage_1"]
+    assert strip_common_prefix(["model/conv_a", "model/conv_b"]) == (["model/conv_a", "model/conv_b"], "")
+    assert strip_common_prefix(["only_one_layer_name"]) == (["only_one_layer_name"], "")
+    # the prefix most names share, as Core ML's layers beside the few its converter added ("conv_0", "Identity")
+    added = [*coreml, "conv_0", "Identity"]
+    assert strip_common_prefix(added) == ([*names, "conv_0", "Identity"], "functional_1_mobilenetv2_1_00_160_")
+    assert strip_common_prefix(["network_a/x", "network_b/y", "conv_0", "Identity", "add"])[1] == ""  # 2 of 5
+    short = shorten_middle("block_16_project_BN_FusedBatchNormV3_quantized", 20)
+    assert len(short) == 20 and short.startswith("block_16_") and short.endswith("_quantized")
+    # the chart draws the stripped names and its caption says what was stripped
+    a = ArtifactResult(path="m.mlpackage", format="coreml", precision="w8", runtime="coremltools",
+                       status=Status.PASSED, layer_sqnr={n: 30.0 + i for i, n in enumerate(coreml)})
+    from matplotlib.figure import Figure
+
+    draw, size, caption = _layer_plot([a])
+    assert caption.endswith("; functional_1_mobilenetv2_1_00_160_ left out of the names that start with it")
+    fig = Figure(figsize=size)
+    draw(fig)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == names
+    # the prefix of every layer, not of the 40 lowest drawn (which may all be blocks): "block_" stays
+    many = {f"mobilenetv2_0_35_96_1_block_{i}_project_BN": 20.0 + i for i in range(1, 41)}
+    many |= {"mobilenetv2_0_35_96_1_bn_Conv1": 90.0, "mobilenetv2_0_35_96_1_out_relu": 95.0, "conv_0": 99.0}
+    a.layer_sqnr = many
+    draw, size, caption = _layer_plot([a])
+    fig = Figure(figsize=size)
+    draw(fig)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert len(labels) == 40 and labels[0] == "block_1_project_BN" and "mobilenetv2_0_35_96_1_ left out" in caption
 
 
 # ------------------------------------------------------------------------------------------------ JUnit

@@ -401,3 +401,25 @@ def baseline_rows(report: Report) -> list[tuple[ArtifactResult | None, list[str]
         rows.append((None, [f"{m.get('format')} {m.get('precision')}", "-", "absent", "present", "missing artifact",
                             NA, "MISSED (fail_on_missing)" if fail else "reported (fail_on_missing = false)"]))
     return rows
+
+
+# ================================================================================================ summary cells
+#: The gates behind each figure of the summary table (:data:`edgeship.validate.reports.markdown.MD_COLUMNS`): a
+#: figure whose gate was missed is the cell report.html highlights
+SUMMARY_COLUMN_GATES: dict[str, tuple[str, ...]] = {
+    "Top-1 agreement": ("top1_agreement",),
+    "Confident flips": ("confident_flips",),
+    "SQNR": ("sqnr_db",),
+    "Max abs err": ("max_abs_error",),
+    "Accuracy (drop)": ("accuracy_top1", "accuracy_top1_drop"),
+    "p50": ("latency_p50_ms", "latency_p50_ratio_to_"),
+}
+
+
+def missed_columns(a: ArtifactResult) -> set[str]:
+    """The summary columns (:data:`SUMMARY_COLUMN_GATES`) whose figure missed its gate for ``a``; a gate name
+    ending in "_" stands for every gate it starts (the p50 ratio to each other artifact)."""
+    missed = {g.name for g in _failing_gates(a)}
+    return {column for column, gates in SUMMARY_COLUMN_GATES.items()
+            if any(name == gate or (gate.endswith("_") and name.startswith(gate)) for gate in gates
+                   for name in missed)}

@@ -7,7 +7,15 @@ import base64
 from edgeship.machine import KernelFamily
 from edgeship.validate.results import ArtifactResult, Flip, Report, Status
 from edgeship.validate.reports.markdown import MD_COLUMNS, inputs_lines
-from edgeship.validate.reports.plots import _error_plot, _latency_plot, _layer_plot, _plot_or_note
+from edgeship.validate.reports.plots import (
+    _error_plot,
+    _latency_plot,
+    _layer_plot,
+    _plot_or_note,
+    latency_log_scale,
+    layer_groups,
+    layer_title,
+)
 from edgeship.validate.reports.common import (
     BASELINE_COLUMNS,
     DEVICE_COLUMNS,
@@ -25,13 +33,13 @@ from edgeship.validate.reports.common import (
     _machine_items,
     _problem_lines,
     _reason_beyond_gates,
-    _required_skipped,
     _runtime_versions,
     _margin_bin_name,
     _verdict,
     confidence_intro,
     feed_lines,
     metric_cells,
+    missed_columns,
     fmt_accuracy_counted,
     fmt_counted,
     fmt_db,
@@ -49,7 +57,7 @@ from edgeship.validate.reports.common import (
 _CSS = """
 :root{color-scheme:light}
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#1f2328;
- margin:1.5rem auto;max-width:1100px;padding:0 1rem}
+ margin:1.5rem auto;max-width:1320px;padding:0 1rem}
 h1{font-size:1.6rem;margin:.2rem 0}
 h2{font-size:1.25rem;border-bottom:1px solid #d0d7de;padding-bottom:.2rem;margin-top:2rem}
 h3{font-size:1.05rem;margin:1.4rem 0 .4rem}
@@ -63,11 +71,27 @@ td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .failed{background:#ffebe9;color:#a40e26}
 .skipped{background:#eaeef2;color:#57606a}
 h1 .badge{font-size:1rem;vertical-align:middle}
+header.verdict{border:1px solid #d0d7de;border-left-width:.5rem;border-radius:.4rem;padding:.6rem 1rem;margin:0 0 1rem}
+header.verdict.failed{background:#fff5f5;border-color:#cf222e}
+header.verdict.passed{background:#f4fbf6;border-color:#2da44e}
+header.verdict h1{font-size:1.5rem}
+header.verdict h1 .verdict-word{font-weight:700}
+header.verdict.failed .verdict-word{color:#a40e26}
+header.verdict.passed .verdict-word{color:#116329}
+#why h2{font-size:1.05rem;border:0;margin:.6rem 0 .2rem;padding:0}
+#why ul{margin:.2rem 0;padding-left:1.2rem}
+#why li{margin:.15rem 0;overflow-wrap:anywhere}
+#why ul ul{list-style:disc}
+.scroll{overflow-x:auto;max-width:100%}
+.scroll td code{overflow-wrap:normal;white-space:nowrap}
+td.missed{background:#ffcecb;color:#82071e;font-weight:600}
+td.why{min-width:11rem;max-width:24rem;overflow-wrap:anywhere}
 tr.gate-failed td{background:#fff5f5}
 tr.gate-undecided td,td.undecided,.undecided{background:#fff8c5}
 .badge.undecided{color:#7d4e00}
-dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:.15rem 1rem;margin:.5rem 0}
-dl.meta dt{font-weight:600}
+dl.meta{display:grid;grid-template-columns:fit-content(40%) minmax(0,1fr);gap:.15rem 1rem;margin:.5rem 0}
+dl.meta dt{font-weight:600;overflow-wrap:anywhere}
+@media (max-width:600px){dl.meta{grid-template-columns:minmax(0,1fr)}dl.meta dd{margin-bottom:.3rem}}
 dl.meta dd{margin:0;overflow-wrap:anywhere}
 code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.9em;overflow-wrap:anywhere}
 img.plot{max-width:100%;height:auto;display:block;margin:.5rem 0}
@@ -79,7 +103,8 @@ img.plot{max-width:100%;height:auto;display:block;margin:.5rem 0}
 figcaption{font-size:.8rem;overflow-wrap:anywhere}
 .muted{color:#57606a}
 .reason{background:#fff8c5;border-left:3px solid #d4a72c;padding:.3rem .6rem}
-.side-by-side{display:flex;gap:2rem;flex-wrap:wrap}
+.side-by-side{display:flex;gap:0 2rem;flex-wrap:wrap}
+.side-by-side>*{min-width:0;max-width:100%}
 footer{margin-top:2.5rem;font-size:.8rem;color:#57606a}
 """
 
@@ -104,15 +129,21 @@ def _thumbnail_mime(data: bytes) -> str | None:
 
 
 def _table(headers: list[str], rows: list[list[str]], num_cols: set[int] | None = None,
-           row_classes: list[str] | None = None) -> str:
-    """HTML table; cells must already be escaped."""
+           row_classes: list[str] | None = None, cell_classes: list[list[str]] | None = None) -> str:
+    """HTML table; cells must already be escaped. ``cell_classes``: per row, a class for each cell ("" for none).
+    The table scrolls inside its own container when it is wider than the page (a phone), not the page."""
     num_cols = num_cols or set()
-    out = ["<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr></thead><tbody>"]
+    out = ['<div class="scroll"><table><thead><tr>' + "".join(f"<th>{h}</th>" for h in headers)
+           + "</tr></thead><tbody>"]
     for i, row in enumerate(rows):
         cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
-        cells = "".join(f'<td class="num">{c}</td>' if j in num_cols else f"<td>{c}</td>" for j, c in enumerate(row))
-        out.append(f"<tr{cls}>{cells}</tr>")
-    out.append("</tbody></table>")
+        cells = []
+        for j, c in enumerate(row):
+            classes = " ".join(x for x in ("num" if j in num_cols else "",
+                                           cell_classes[i][j] if cell_classes else "") if x)
+            cells.append(f'<td class="{classes}">{c}</td>' if classes else f"<td>{c}</td>")
+        out.append(f"<tr{cls}>{''.join(cells)}</tr>")
+    out.append("</tbody></table></div>")
     return "".join(out)
 
 
@@ -230,19 +261,118 @@ def _baseline_section(report: Report) -> str:
     return f'<section id="baseline"><h2>Against the baseline</h2><p>{_h(baseline_intro(report))}</p>{table}</section>'
 
 
+#: The summary table's last column: why the row is not a pass
+REASON_COLUMN = "Why"
+
+
+def _why_section(report: Report) -> str:
+    """What decides the release, first on the page: each artifact that fails it (a failure, a skip of a required
+    format) with its reasons and every gate it missed (value, the counts behind it, limit); the skips that do not
+    fail it; the gates passed with a warning; on a pass with none of these, the number of gates met. Lists, not a
+    table: they wrap on a phone."""
+    arts = report.artifacts
+
+    def item(i: int, a: ArtifactResult) -> str:
+        sub = "".join(f"<li>{_h(line)}</li>" for line in _problem_lines(report, a))
+        return (f'<li><a href="#artifact-{i}">{_h(a.name)}</a> {_badge(report, a)}'
+                + (f"<ul>{sub}</ul>" if sub else "") + "</li>")
+
+    failing = [item(i, a) for i, a in enumerate(arts) if a.status == Status.FAILED or _is_required_skip(report, a)]
+    # what fails the release beside the artifacts: the reference on the data, the baseline's missing artifacts
+    contract = report.contract
+    if contract is not None and Status(contract.status) is Status.FAILED:
+        failing.insert(0, f'<li><a href="#inputs">{_h(contract.describe())}</a></li>')
+    baseline = report.baseline or {}
+    if baseline.get("fail_on_missing") and baseline.get("missing"):
+        names = ", ".join(f"{m.get('format')} {m.get('precision')}" for m in baseline["missing"])
+        failing.append(f'<li><a href="#baseline">in the baseline, missing from this run (fail_on_missing): '
+                       f"{_h(names)}</a></li>")
+    not_run = [item(i, a) for i, a in enumerate(arts)
+               if a.status == Status.SKIPPED and not _is_required_skip(report, a)]
+    warnings = [(i, a, w) for i, a in enumerate(arts) for w in undecided_warnings(a)]
+    out = []
+    if failing:
+        out.append(f'<h2>Why it failed</h2><ul class="failing">{"".join(failing)}</ul>')
+    if not_run:
+        out.append(f'<h2>Not run (a skip of a format not required does not fail the release)</h2>'
+                   f'<ul class="not-run">{"".join(not_run)}</ul>')
+    if warnings:
+        out.append('<h2>Warnings</h2><ul class="warnings">' + "".join(
+            f'<li><a href="#artifact-{i}">{_h(a.name)}</a>: {_h(w)}</li>' for i, a, w in warnings) + "</ul>")
+    if not out and arts:
+        gates = sum(len(a.gates) for a in arts)
+        out.append(f"<p>Every artifact met its gates ({gates} gates in all).</p>")
+    return f'<section id="why">{"".join(out)}</section>' if out else ""
+
+
+def _short_reasons(report: Report, a: ArtifactResult) -> list[str]:
+    """The summary's reason cell (plain text lines): the gates missed, by name, and any reason beyond them; the
+    values, counts and limits are in "Why it failed" above the table."""
+    if a.status == Status.PASSED:
+        return []
+    lines = _problem_lines(report, a)
+    failing = _failing_gates(a)
+    described = {g.describe() for g in failing}
+    out = [line for line in lines if line not in described]
+    if failing:
+        out.append("missed: " + ", ".join(g.name for g in failing))
+    return out
+
+
+def _summary_section(report: Report) -> str:
+    """One row per artifact: its figures (a figure whose gate was missed highlighted, class ``missed``) and why
+    the row is not a pass."""
+    arts = report.artifacts
+    if not arts:
+        return '<section id="summary"><h2>Summary</h2><p class="muted">No artifacts were validated.</p></section>'
+    rows, cell_classes = [], []
+    # the reason column only when some row is not a pass
+    with_reason = any(a.status != Status.PASSED for a in arts)
+    columns = [*MD_COLUMNS, REASON_COLUMN] if with_reason else list(MD_COLUMNS)
+    for i, a in enumerate(arts):
+        m, lat = a.metrics, a.latency_ms
+        undecided = ' <span class="badge undecided">undecided</span>' if a.undecided_gates else ""
+        why = "<br>".join(_h(line) for line in _short_reasons(report, a))
+        rows.append([f'<a href="#artifact-{i}">{_h(a.format)} {_h(a.precision)}</a>', _h(a.runtime),
+                     _badge(report, a) + undecided, _h(fmt_counted(a, "top1_agreement", m.top1_agreement)),
+                     _h(fmt_counted(a, "confident_flips", m.confident_flips)), _h(fmt_db(m.sqnr_db)),
+                     _h(fmt_err(m.max_abs_error)), _h(fmt_accuracy_counted(a)),
+                     _h(fmt_ms(lat.p50)), _h(fmt_mb(a.size_bytes))] + ([why] if with_reason else []))
+        missed = missed_columns(a)
+        cell_classes.append(["missed" if c in missed else "why" if c == REASON_COLUMN and why else ""
+                             for c in columns])
+    table = _table([_h(c) for c in columns], rows, {3, 4, 5, 6, 7, 8, 9}, cell_classes=cell_classes)
+    return f'<section id="summary"><h2>Summary</h2>{table}</section>'
+
+
 def to_html(report: Report) -> str:
-    """``report.html``: one self-contained page (see the module docstring)."""
+    """``report.html``: one self-contained page (see the module docstring). The verdict and what fails the release
+    come first, then the summary table; the inputs and the machine after it."""
     verdict = _verdict(report)
     arts = report.artifacts
     body: list[str] = []
-    body.append(f'<header><h1>edgeship validation <span class="badge {"passed" if report.passed else "failed"}">'
-                f"{verdict}</span></h1>")
+    state = "passed" if report.passed else "failed"
+    body.append(f'<header id="verdict" class="verdict {state}"><h1>edgeship validation: '
+                f'<span class="verdict-word">{verdict}</span></h1>')
     body.append(f"<p>{_h(_counts_text(report))} ({len(arts)} artifacts)"
                 + (f"; required formats: {_h(', '.join(report.required_formats))}" if report.required_formats
                    else "") + ".</p>")
-    for fmt in _required_skipped(report):
-        body.append(f'<p class="reason">Required format {_h(fmt)} was skipped, which fails the release.</p>')
+    body.append(_why_section(report))  # a required format's skip among the reasons
     body.append("</header>")
+
+    body.append(_summary_section(report))
+
+    timed = [a for a in arts if _finite(a.latency_ms.p50)]
+    body.append('<section id="latency"><h2>Latency</h2>')
+    if timed:
+        scale = "; a logarithmic axis, as the runtimes differ by more than an order of magnitude" if (
+            latency_log_scale(timed)) else ""
+        body.append(f'<p class="muted">p50 and p90 on this machine, in ms; one colour per runtime{scale}. The '
+                    "latency gates are in the summary and each artifact's gate table.</p>")
+        body.append(_plot_or_note(_latency_plot(arts), (8.0, 1.2 + 0.45 * len(timed)), "latency per artifact"))
+    else:
+        body.append('<p class="muted">No latency was measured.</p>')
+    body.append("</section>")
 
     body.append('<section id="inputs"><h2>Reference and data</h2>')
     feeds = [(f"Input feed: {feed}", names) for feed, names in feed_lines(report)]
@@ -251,30 +381,6 @@ def to_html(report: Report) -> str:
     machine = _machine_section(report)
     if machine:
         body.append(machine)
-
-    body.append('<section id="summary"><h2>Summary</h2>')
-    if arts:
-        rows = []
-        for i, a in enumerate(arts):
-            m, lat = a.metrics, a.latency_ms
-            undecided = ' <span class="badge undecided">undecided</span>' if a.undecided_gates else ""
-            rows.append([f'<a href="#artifact-{i}">{_h(a.format)} {_h(a.precision)}</a>', _h(a.runtime),
-                         _badge(report, a) + undecided, _h(fmt_counted(a, "top1_agreement", m.top1_agreement)),
-                         _h(fmt_counted(a, "confident_flips", m.confident_flips)), _h(fmt_db(m.sqnr_db)),
-                         _h(fmt_err(m.max_abs_error)), _h(fmt_accuracy_counted(a)),
-                         _h(fmt_ms(lat.p50)), _h(fmt_mb(a.size_bytes))])
-        body.append(_table([_h(c) for c in MD_COLUMNS], rows, {3, 4, 5, 6, 7, 8, 9}))
-    else:
-        body.append('<p class="muted">No artifacts were validated.</p>')
-    body.append("</section>")
-
-    timed = [a for a in arts if _finite(a.latency_ms.p50)]
-    body.append('<section id="latency"><h2>Latency</h2>')
-    if timed:
-        body.append(_plot_or_note(_latency_plot(arts), (8.0, 1.2 + 0.45 * len(timed)), "latency per artifact"))
-    else:
-        body.append('<p class="muted">No latency was measured.</p>')
-    body.append("</section>")
 
     body.append(_device_section(report))
     body.append(_baseline_section(report))
@@ -288,13 +394,16 @@ def to_html(report: Report) -> str:
         body.append('<p class="muted">No per-sample errors were recorded.</p>')
     body.append("</section>")
 
-    layered = [a for a in arts if a.layer_sqnr]
-    if layered:
-        body.append('<section id="layer-sqnr"><h2>Per-layer SQNR</h2>')
-        for a in layered:
-            draw, size, caption = _layer_plot(a)
-            body.append(f"<h3>{_h(a.name)}</h3>")
-            body.append(_plot_or_note(draw, size, f"per-layer SQNR of {a.name}: {caption}"))
+    groups = layer_groups(arts)
+    if groups:
+        body.append('<section id="layer-sqnr"><h2>Per-layer SQNR</h2><p class="muted">Each quantised layer\'s '
+                    "output against the float model's, from the quantise stage; files with the same figures (the "
+                    "int8 ONNX rewritten from the int8 TFLite) share one chart.</p>")
+        for group in groups:
+            draw, size, caption = _layer_plot(group)
+            title = layer_title(group)
+            body.append(f'<h3 class="layer-chart">{_h(title)}</h3><p class="muted">{_h(caption)}</p>')
+            body.append(_plot_or_note(draw, size, f"per-layer SQNR of {title}: {caption}"))
         body.append("</section>")
 
     flipped = [a for a in arts if a.flips]
