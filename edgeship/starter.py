@@ -43,8 +43,8 @@ KEYS: dict[str, dict[str, Key]] = {
     "model": {
         "path": Key("models/classifier.keras", "a .keras, .h5 or SavedModel directory (relative to this file), or a "
                                                "variant name; default: the embedded demo"),
-        "labels": Key("labels.txt", "class names: a text file (one per line) or a JSON list (.json); default: "
-                                    "labels.txt beside the model"),
+        "labels": Key("labels.txt", "class names: a text file (one per line), a JSON list (.json) or the training "
+                                    "folder of class folders; default: labels.txt beside the model"),
         "trust": Key(False, "a TOML boolean: true runs code from the model file (Lambda layers, custom classes)"),
         "output_kind": Key("probabilities", "probabilities, logits, multilabel, embedding, segmentation or "
                                             "regression; default: detected"),

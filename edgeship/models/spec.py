@@ -205,7 +205,8 @@ def read_labels(path: "str | os.PathLike[str]") -> tuple[str, ...]:
     Spaces and tabs around a label are dropped; blank trailing lines are ignored. A label holding a control
     character (Unicode category Cc: a lone ``\\r``, a form feed, NUL...) is refused naming its line, since every
     format would ship it invisibly. The labels shipped in each format are this list, byte for byte. A ``.json`` file
-    is a JSON list of names instead. A Python pickle (a scikit-learn ``LabelEncoder``) is refused with the one-line
+    is a JSON list of names instead; a directory is a training folder of class folders
+    (:func:`class_folder_labels`). A Python pickle (a scikit-learn ``LabelEncoder``) is refused with the one-line
     command that turns it into a labels.txt: unpickling runs code, and edgeship never does it.
 
     Raises :class:`UserError` (file missing or not a regular file, not UTF-8, empty, a control character, a
@@ -217,7 +218,7 @@ def read_labels(path: "str | os.PathLike[str]") -> tuple[str, ...]:
 
     p = Path(path)
     if p.is_dir():
-        raise UserError(f"label file {p} is a directory: give a text file, one label per line")
+        return class_folder_labels(p)
     try:
         data = read_regular_bytes(p, "label file", max_bytes=64 * 1024 * 1024)
     except OSError as e:
@@ -247,6 +248,30 @@ def read_labels(path: "str | os.PathLike[str]") -> tuple[str, ...]:
                     "\x00": "a NUL"}.get(bad, "a control character")
             raise UserError(f"label file {p}, line {number}: the label holds {what} (U+{ord(bad):04X}); remove it")
     return labels
+
+
+def class_folder_labels(root: "str | os.PathLike[str]") -> tuple[str, ...]:
+    """The class names of a folder of class folders (``root/<class>/<image>``, the training set's layout), in the
+    order Keras gives them class indices: ``keras.utils.image_dataset_from_directory`` (``labels="inferred"``) sorts
+    the subfolder names (Python's ``sorted``, by code point) and skips names starting with "." (keras/src/utils/
+    dataset_utils.py, ``index_directory``). So a model trained from that folder has these labels, index by index.
+
+    Raises :class:`UserError` when ``root`` holds no class folder, or holds images beside them (then it is not the
+    training layout, and the order would be a guess)."""
+    from pathlib import Path
+
+    from edgeship.data import IMAGE_SUFFIXES
+
+    p = Path(root)
+    names = sorted(d.name for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not names:
+        raise UserError(f"label folder {p} holds no class folders: give a text file, one label per line, or the "
+                        "training folder of class folders (<class>/<image>)")
+    loose = sorted(f.name for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if loose:
+        raise UserError(f"label folder {p} holds images beside its class folders ({loose[0]}): give the training "
+                        "folder whose subfolders are the classes, or a labels.txt")
+    return tuple(names)
 
 
 def _json_labels(p: Any, text: str) -> tuple[str, ...]:

@@ -135,3 +135,27 @@ def test_parse_helpers(tmp_path):
     (tmp_path / "empty.txt").write_text("\n")
     with pytest.raises(UserError, match="empty"):
         read_labels(tmp_path / "empty.txt")
+
+
+def test_labels_from_the_training_folder_in_keras_class_index_order(tmp_path):
+    """--labels DIR: the class folders' names in the order keras.utils.image_dataset_from_directory indexes them
+    (checked against Keras itself: upper case before lower, "10" before "2", hidden folders skipped); a folder with
+    no class folders, or with images beside them, is refused in one line."""
+    from PIL import Image
+
+    train = tmp_path / "train"
+    for name in ("tabby", "Beagle", "2", "10", "épagneul", ".cache"):
+        (train / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(train / name / "a.png")
+    expected = tuple(keras().utils.image_dataset_from_directory(train, image_size=(8, 8), batch_size=2,
+                                                                 verbose=False).class_names)
+    assert read_labels(train) == expected == ("10", "2", "Beagle", "tabby", "épagneul")
+
+    _tiny().save(tmp_path / "m.keras")  # 5 classes
+    assert load_model(tmp_path / "m.keras", labels=train).spec.labels == expected
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="holds no class folders"):
+        read_labels(tmp_path / "empty")
+    Image.new("RGB", (8, 8)).save(train / "stray.png")
+    with pytest.raises(UserError, match="images beside its class folders"):
+        read_labels(train)
