@@ -1,7 +1,7 @@
 """edgeship benchmark: latency per artifact and runtime beside the peers' default paths, pipeline wall time beside
 the bare converter calls, the validator's latency figure beside a bare loop, peak RSS, and quantisation quality.
 
-    .venv/bin/python scripts/bench.py [--quick] [--json FILE]
+    .venv/bin/python scripts/bench.py [--quick] [--json FILE] [--baseline EARLIER.json]
 
 Method. Latency: every artifact is opened once per thread count (1 and 2) in its runtime (LiteRT with XNNPACK,
 ONNX Runtime CPU); then, round after round, each one is timed by a bare ``invoke()`` / ``run()`` loop (the
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_measure, bench
 
 from bench_measure import (CHILDREN, CHUNKS, DEMO, QUICK_V2, T0, THREADS, V1, V2, calibration_inputs, load,  # noqa: E402
                            log, measure_latency, peer_ort_qdq, peer_tflite, random_images, spawn)
-from bench_report import Book, fmt_stats, med, r3, ratio  # noqa: E402
+from bench_report import Book, against_baseline, check_baseline, fmt_stats, med, r3, ratio  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
 # the benchmark
@@ -44,6 +44,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a check that the bench runs: a small V2, fewer repeats (the figures come from the full run)")
     ap.add_argument("--json", type=Path, help="write results and targets here")
+    ap.add_argument("--baseline", type=Path, help="an earlier --json file of the same mode: each figure now against it")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -53,6 +54,14 @@ def main() -> int:
         return 0
 
     quick = args.quick
+    baseline = None
+    if args.baseline is not None:  # read before the hour of work, so a bad file stops it at once
+        try:
+            baseline = json.loads(args.baseline.read_text())
+            check_baseline(baseline, "quick" if quick else "full")
+        except (OSError, ValueError) as e:
+            print(f"bench: cannot use --baseline {args.baseline}: {e}", file=sys.stderr)
+            return 2
     P = dict(pipe_pairs=1, rounds=3, warmup=5, iterations=20, n_cal=8, val_iter=20, demo_runs=1,
              sweep=(8,), sweep_calibrated=(8,), fp16=False) if quick else \
         dict(pipe_pairs=2, rounds=5, warmup=10, iterations=60, n_cal=32, val_iter=50, demo_runs=2,
@@ -369,12 +378,15 @@ def main() -> int:
     for t in book.targets:
         v = "n/a" if t["value"] != t["value"] else f"{t['value']:.3f}"
         book.line(f"| {t['name']} | {v} | {t['goal']} | {'MET' if t['met'] else '**MISS**'} | {t['note']} |")
+    compared = against_baseline(book, baseline, "quick" if quick else "full") if baseline is not None else None
     book.line()
     book.line(f"Benchmark wall time: {time.perf_counter() - T0:.0f} s.")
     print("\n".join(book.md))
     if args.json:
         args.json.write_text(json.dumps({"results": book.results, "targets": book.targets,
-                                         "mode": "quick" if quick else "full"}, indent=1, allow_nan=True))
+                                         "mode": "quick" if quick else "full",
+                                         **({"baseline": compared} if compared is not None else {})},
+                                        indent=1, allow_nan=True))
     log("done")
     return 0
 

@@ -49,3 +49,40 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 def r3(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.2f}"
+
+
+def check_baseline(baseline: Any, mode: str) -> None:
+    """ValueError unless ``baseline`` is a bench JSON object of ``mode`` ("quick" or "full")."""
+    if not isinstance(baseline, dict) or "results" not in baseline:
+        raise ValueError("not a bench.py --json file (no results)")
+    if baseline.get("mode") != mode:
+        raise ValueError(f"the baseline is a {baseline.get('mode')!r} run and this one {mode!r}: compare like with like")
+
+
+def against_baseline(book: Book, baseline: dict[str, Any], mode: str) -> list[dict[str, Any]]:
+    """Every target and result of this run that the baseline (an earlier ``bench.py --json`` file) also has, with
+    its value then and now and the ratio now / then, written as a Markdown table into ``book``; the rows returned
+    (``{"name", "unit", "before", "now", "ratio"}``) go into the JSON. A baseline of the other mode (``--quick``
+    against a full run) measured other models and repeats: refused (ValueError), since its ratios would mislead.
+    Figures are on whatever machine each run had: compare runs of one machine."""
+    check_baseline(baseline, mode)
+    # a target may share its name with a result (demo_run_seconds): each is matched within its own kind
+    before = {("result", r["name"]): r.get("value") for r in baseline.get("results", [])}
+    before.update({("target", t["name"]): t.get("value") for t in baseline.get("targets", [])})
+    now = [("result", r["name"], r["value"], r["unit"]) for r in book.results]
+    now += [("target", t["name"], t["value"], f"target ({t['goal']})") for t in book.targets]
+    rows = []
+    for kind, name, value, unit in now:
+        then = before.get((kind, name))
+        if not isinstance(then, (int, float)) or not isinstance(value, (int, float)) or then != then or value != value:
+            continue
+        rows.append({"name": name, "unit": unit, "before": float(then), "now": float(value),
+                     "ratio": float(value) / float(then) if then else None})
+    book.line()
+    book.line(f"## Against the baseline ({len(rows)} figures in both runs; ratio = now / baseline)")
+    book.line()
+    book.line("| figure | unit | baseline | now | ratio |")
+    book.line("|---|---|--:|--:|--:|")
+    for r in rows:
+        book.line(f"| {r['name']} | {r['unit']} | {r['before']:.3f} | {r['now']:.3f} | {r3(r['ratio'])} |")
+    return rows

@@ -17,11 +17,24 @@ TARGETS = {"onnx_int8_vs_tflite_int8", "int8_speedup_litert", "int8_speedup_ort"
 
 def test_bench_quick(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    earlier = tmp_path / "earlier.json"  # an earlier run's figures (two of them; one the run will not have)
+    earlier.write_text(json.dumps({"mode": "quick", "targets": [{"name": "demo_run_seconds", "value": 200.0}],
+                                   "results": [{"name": "peak_rss", "value": 8.0, "unit": "GB"},
+                                               {"name": "no_such_figure", "value": 1.0, "unit": "s"}]}))
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--json", str(out),
+                           "--baseline", str(earlier)], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     data = json.loads(out.read_text())
+    # --baseline: each figure both runs have, then and now, ratio now / then (a target matched as a target)
+    compared = {(r["unit"].split()[0], r["name"]): r for r in data["baseline"]}
+    assert set(compared) == {("target", "demo_run_seconds"), ("GB", "peak_rss")}, compared
+    targets_now = {t["name"]: t["value"] for t in data["targets"]}
+    row = compared[("target", "demo_run_seconds")]
+    assert row["before"] == 200.0 and row["now"] == targets_now["demo_run_seconds"]
+    assert math.isclose(row["ratio"], targets_now["demo_run_seconds"] / 200.0)
+    assert math.isclose(compared[("GB", "peak_rss")]["ratio"], compared[("GB", "peak_rss")]["now"] / 8.0)
+    assert re.search(r"^## Against the baseline \(2 figures", proc.stdout, re.M)
     targets = {t["name"]: t for t in data["targets"]}
     assert TARGETS <= set(targets), TARGETS - set(targets)
     for name in TARGETS:
@@ -58,3 +71,14 @@ def test_bench_quick(tmp_path):
     assert all(a["status"] == "passed" for a in report["artifacts"]), report["artifacts"]  # Core ML by reference
     assert report["passed"] is True and report["data"]["count"] == 360
     assert rows[("coreml", "w8a8")]["layer_sqnr"]  # the per-layer report of the quantise stage, read back
+
+
+def test_bench_refuses_a_baseline_of_the_other_mode_at_once(tmp_path):
+    """A full run's figures against a --quick run (other models, other repeats) would mislead: exit 2 in one line,
+    before any work (no work directory announced)."""
+    full = tmp_path / "full.json"
+    full.write_text(json.dumps({"mode": "full", "targets": [], "results": []}))
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--baseline", str(full)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and "compare like with like" in proc.stderr, proc.stderr[-2000:]
+    assert "work dir" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
