@@ -1,68 +1,13 @@
 """``edgeship run``: the whole pipeline — export, quantise, validate and report — from one
-``edgeship.toml``.
+``edgeship.toml`` (or from the command line's flags, which override the file's keys).
 
-Example ``edgeship.toml`` (every key optional; relative paths are relative to the file)::
-
-    [model]
-    path = "models/classifier.keras"     # or a variant name; default: the embedded demo
-    labels = "models/labels.txt"
-    trust = false                        # a TOML boolean: true runs code from the model (Lambda, custom, any op)
-    # output_kind = "embedding"          # probabilities, logits, multilabel, embedding or regression (default: detected)
-    # input_size = "224x224"             # or [224, 224]: fixes a dynamic input size (None, None, None, 3)
-    # resize = "center-crop"             # how other-sized images are fitted: "stretch" (default) or "center-crop"
-    mean = [123.675, 116.28, 103.53]     # declared preprocessing, 0-255 pixel units (one number or three);
-    std = [58.395, 57.12, 57.375]        # default: the model's own (found in its graph, else (x - 127.5) / 127.5)
-    bgr = false                          # the model expects BGR channel order
-    bake_preprocessing = false           # make mean/std/BGR the model's first op: files take raw RGB pixels
-    force_preprocessing = false          # accept a mean/std outside every convention (refused otherwise: 0-1 units)
-
-    [export]                             # edgeship.export.options.ExportOptions
-    formats = ["tflite", "onnx", "coreml"]
-    precisions = ["fp32", "fp16"]        # default: each format's own (TFLite/ONNX fp32, Core ML fp16)
-    onnx_layout = "nhwc"
-    opset = 17                           # ONNX opset, 13 to 18
-    deployment_target = "iOS16"          # Core ML: iOS15 to iOS18
-
-    [quantize]
-    formats = ["tflite", "onnx", "coreml"]   # default: the exported formats; [] skips quantising
-    calibration = "data/calibration"     # default: the demo calibration set
-    num_samples = 200
-    relu6_fixed = true
-    precisions = ["int8", "w8", "w8a8"]  # default: each format's (int8 TFLite/ONNX, Core ML w8 and w8a8)
-    onnx_method = "tflite"               # or minmax/entropy/percentile: ONNX Runtime's quantize_static
-    io_dtype = "uint8"                   # or int8/float32: the int8 TFLite's (and ONNX's) input/output type
-    bias_correction = true               # correct the mean output shift of int8 weights
-    ptq = "thorough"                     # or "fast": sets weight_rounding, activation_ranges, int8_bias_correction unless given (edgeship.quantize.options.PTQ_PRESETS)
-    weight_rounding = "adaptive"         # or "nearest" (faster): int8 steps chosen on the calibration set (AdaRound)
-    cross_layer_equalization = false     # equalise depthwise -> pointwise pairs first (edgeship.quantize.techniques.equalization)
-    activation_ranges = "mse"            # or minmax/percentile: per-tensor range search (edgeship.quantize.techniques.ranges)
-    int8_bias_correction = true          # correct the int8 TFLite's biases op by op (edgeship.quantize.techniques.int8_bias_correction)
-    raw_input_compensation = false       # the uint8 input's half-step zero point (edgeship.quantize.techniques.raw_input)
-    keep_float = "auto"                  # the float fallback: "auto" or a number of ops (default: none)
-    max_drop = 0.01                      # with keep_float = "auto": the top-1 disagreement allowed
-    max_size = "1.3x"                    # the fallback's budget for the int8 TFLite: bytes ("5MB") or a ratio
-    input_range = [0, 65535]             # an .npy/.npz calibration not in 0-255 pixels: values meaning 0 and 255
-
-    [validate]
-    data = "data/heldout"                # default: the demo held-out set
-    policy = "release-policy.toml"
-    require = ["tflite", "onnx"]
-    threads = 1
-    iterations = 50
-    kernel_path_samples = 500            # int8 files also through a second kernel path (0: off)
-    allow_modified = false               # validate files that differ from their manifest record (recorded)
-    baseline = "last-release/report.json"  # a previous report.json (or its directory): no falling behind it
-    latency_from = ["pixel7-int8.log"]   # LiteRT benchmark_model logs from a real device
-    device = "Pixel 7"                   # the device those logs come from
-    input_range = [0, 1]                 # an .npy/.npz data set not in 0-255 pixels: values meaning 0 and 255
-    executor = "local"                   # or "ray": shards over a Ray cluster (pip install 'edgeship[ray]')
-    address = "head-node:6379"           # with executor = "ray": the cluster (default: a local Ray for the run)
-    workers = 4                          # with executor = "ray": shard tasks in flight (default: CPUs / threads)
-    skip_bad_images = true               # an unreadable image fails alone (default: ray yes, local stops the run)
-    expect_accuracy = 0.9                # the contract check: the reference's top-1 accuracy on labelled data
-
-    [output]
-    dir = "edgeship-out"
+The file's tables are ``[model]`` (:class:`edgeship.models.prepare.ModelOptions`), ``[export]``
+(:class:`edgeship.export.options.ExportOptions`), ``[quantize]`` (:class:`edgeship.quantize.options.QuantizeOptions`),
+``[validate]`` (:class:`edgeship.validate.options.ValidateOptions`) and ``[output]`` (:class:`RunConfig`); every key
+is optional and relative paths are relative to the file. ``edgeship init [--model PATH]`` writes a commented
+starter for a model with every table and key, one line each (:mod:`edgeship.starter`; tests/test_starter.py loads
+it, and each key uncommented, as a :class:`RunConfig`), so there is one description of the keys to keep true, not
+an example here that could drift from it.
 """
 
 from __future__ import annotations
