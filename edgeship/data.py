@@ -95,6 +95,28 @@ class ImageSet:
     paths: list[Path]
 
 
+def ground_truth_masks(path: "str | Path | None") -> str | None:
+    """What ground-truth masks a validation set holds, said for a message ("12 <image>.mask.png files", "an
+    'masks' array"), or None: a folder's ``<image>.mask.png`` files, an ``.npz``'s ``masks`` array (its member list
+    read, nothing decoded). For refusing masks a model cannot use: masks beside a regression's or a classifier's
+    images would otherwise be skipped without a word, and the release read as checked against the truth."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        count = sum(1 for f in p.rglob(f"*{MASK_SUFFIX}") if f.is_file())
+        return f"{count} <image>{MASK_SUFFIX} file{'s' if count != 1 else ''}" if count else None
+    if p.is_file() and p.suffix.lower() == ".npz":
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(p) as z:
+                return "a 'masks' array" if "masks.npy" in z.namelist() else None
+        except (OSError, zipfile.BadZipFile):
+            return None  # open_data says what is wrong with the file
+    return None
+
+
 def image_files(root: Path) -> list[Path]:
     root = Path(root)
     if not root.exists():

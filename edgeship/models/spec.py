@@ -226,8 +226,9 @@ def read_labels(path: "str | os.PathLike[str]") -> tuple[str, ...]:
     if data[:1] == b"\x80" and data[-1:] == b".":  # a pickle (protocol 2+): e.g. a scikit-learn LabelEncoder
         raise UserError(
             f"label file {p} is a Python pickle, which edgeship never loads (unpickling runs code): write the "
-            f"class names one per line, e.g. python -c \"import pickle; print(*pickle.load(open('{p.name}', 'rb'))"
-            f".classes_, sep='\\n')\" > labels.txt")
+            f"class names one per line with scikit-learn's joblib (it reads joblib and plain pickles), e.g. "
+            f"python -c \"import joblib, pathlib; pathlib.Path('labels.txt').write_text('\\n'.join(map(str, "
+            f"joblib.load('{p.name}').classes_)) + '\\n')\"")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:

@@ -374,8 +374,7 @@ def open_validation_data(o: ValidateOptions, spec: Any, resize: str = "stretch")
     listed and its layout checked, an array's header read; nothing decoded. Raises :class:`UserError` for a missing
     path, a mixed layout, class folders unknown to the labels, no samples, or ``--expect-accuracy`` without labels.
     ``resize``: how images of another size or aspect are fitted (:func:`edgeship.data.fit`)."""
-    from edgeship.data import open_data
-
+    from edgeship.data import ground_truth_masks, open_data
     from edgeship.types import OutputKind
 
     # only a per-image class output has a class per image: otherwise class folders and stored labels are not read
@@ -383,6 +382,11 @@ def open_validation_data(o: ValidateOptions, spec: Any, resize: str = "stretch")
                        use_labels=OutputKind(spec.output_kind).per_image, masks=spec.mask_size, resize=resize)
     if source.count == 0:
         raise UserError(f"no samples in {source.source}")
+    masks = ground_truth_masks(o.data) if spec.mask_size is None else None
+    if masks is not None:
+        raise UserError(f"{o.data} holds ground-truth masks ({masks}), but the model's output is "
+                        f"{OutputKind(spec.output_kind).value}, not a segmentation map: give its classes (--labels) or "
+                        "--output-kind segmentation if it is one, else validate without the masks")
     if o.expect_accuracy is not None and not source.labeled:
         raise UserError(f"--expect-accuracy needs labelled data (class folders or an .npz with labels); "
                         f"{source.source} has none")

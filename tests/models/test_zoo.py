@@ -580,6 +580,34 @@ def test_segmentation_ground_truth_masks_give_miou_and_its_drop(segmentation, tm
                  progress=False)
 
 
+def test_masks_a_regression_cannot_use_are_refused_not_skipped(flat_head, tmp_path):
+    """Ground-truth masks beside the images of a model whose output is no segmentation map (the flat head: a
+    regression) would be skipped without a word, and the release read as checked against the truth: refused in one
+    line naming the masks and the output kind, for a folder's <image>.mask.png files and an .npz's masks array."""
+    from PIL import Image
+
+    from edgeship.validate import validate
+
+    loaded, _, _, tmp = flat_head
+    images, _ = _heldout((96, 96), per_class=1)
+    folder = tmp_path / "truth"
+    folder.mkdir()
+    for i, image in enumerate(images[:3]):
+        Image.fromarray(image).save(folder / f"digit{i}.png")
+        Image.fromarray(np.zeros((96, 96), np.uint8), mode="L").save(folder / f"digit{i}.mask.png")
+    np.savez(tmp_path / "truth.npz", images=images[:3], masks=np.zeros((3, 3, 3), np.int64))
+    for data, what in ((folder, r"3 <image>\.mask\.png files"), (tmp_path / "truth.npz", "a 'masks' array")):
+        with pytest.raises(UserError, match=f"holds ground-truth masks \\({what}\\), but the model's output is "
+                                            "regression, not a segmentation map"):
+            validate([tmp / "out"], reference=loaded, data=data, iterations=1, warmup=0, kernel_path_samples=0,
+                     progress=False)
+    for f in folder.glob("*.mask.png"):
+        f.unlink()  # the same images without masks validate
+    report = validate([tmp / "out"], reference=loaded, data=folder, iterations=1, warmup=0, kernel_path_samples=0,
+                      progress=False, require=[])
+    assert report.data["count"] == 3
+
+
 def test_keep_float_auto_is_refused_where_there_is_no_top1(tmp_path):
     """The automatic float fallback stops at a top-1 agreement: on a regression output it is refused in one line,
     before any calibration or file."""
