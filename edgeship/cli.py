@@ -59,8 +59,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="a .keras / .h5 / SavedModel path or a variant name (default: the embedded demo model)")
     g.add_argument("--trust-model", action="store_true",
                    help="allow a model with Lambda layers or custom code (runs code from the file)")
-    g.add_argument("--labels", metavar="FILE|DIR", help="class labels: a text file (one per line), a JSON list, or the "
-                   "training folder of class folders (default: labels.txt beside the model)")
+    g.add_argument("--labels", metavar="FILE|DIR", help="class labels: a text file, a JSON list or a training folder of "
+                   "class folders (default: labels.txt beside the model)")
     g.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean in 0-255 pixel units (V1/V2 default 127.5)")
     g.add_argument("--std", metavar="S[,S,S]", help="per-channel std in 0-255 pixel units (V1/V2 default 127.5)")
     g.add_argument("--bgr", action="store_true", help="the model expects BGR channel order")
