@@ -603,15 +603,17 @@ def _labels(path: Path, labels: np.ndarray, count: int, num_classes: int, names:
 
 def open_data(path: str | Path | None, size: tuple[int, int], class_names: Sequence[str],
               default: Path | None = None, input_range: "str | Sequence[float] | None" = None,
-              use_labels: bool = True, masks: tuple[int, int] | None = None, resize: str = "stretch") -> DataSource:
+              use_labels: bool = True, masks: tuple[int, int] | None = None, resize: str = "stretch",
+              option: str = "--data") -> DataSource:
     """A folder of images (class subfolders give labels), an .npy/.npz array, or ``default`` when None.
     ``input_range``: how an array's values map to pixels (module docstring); arrays only. ``use_labels=False``
     (calibration) ignores folder names and stored labels alike. ``masks`` = (h, w), a segmentation's output map
     size: the truth is each image's ground-truth mask instead (``<image>.mask.png`` beside it, :func:`read_mask`,
     or an .npz's ``masks`` array (N, h, w)), batches' labels (n, h, w) class indices; none: unlabelled.
-    ``resize``: how images of another size or aspect are fitted (:func:`fit`). Raises :class:`UserError`."""
+    ``resize``: how images of another size or aspect are fitted (:func:`fit`). Raises :class:`UserError`
+    (``option`` names the path's option in it)."""
     rng = parse_input_range(input_range)
-    p = check_data(path, default, rng, use_labels and masks is None)
+    p = check_data(path, default, rng, use_labels and masks is None, option)
     if p.is_dir():
         return FolderSource(p, size, class_names, use_labels, masks, resize=resize)
     return ArraySource(p, size, class_names, rng, use_labels, masks)
@@ -631,14 +633,17 @@ def _masks(path: Path, masks: np.ndarray, count: int, size: tuple[int, int], cla
 
 
 def check_data(path: str | Path | None, default: Path | None = None,
-               input_range: "str | Sequence[float] | None" = None, use_labels: bool = True) -> Path:
+               input_range: "str | Sequence[float] | None" = None, use_labels: bool = True,
+               option: str = "--data") -> Path:
     """What :func:`open_data` checks before it knows the model (so a caller with slow work ahead checks it first,
     issue 23, item 4): the path (``default`` when None) exists and is a folder or an .npy/.npz file, an input
     range is given for arrays only, and with ``use_labels`` a folder is flat or all class folders
-    (:func:`check_flat`). Returns the path. Raises :class:`UserError`, one line."""
+    (:func:`check_flat`). Returns the path. Raises :class:`UserError`, one line; ``option`` names the path's
+    option in it (``--data``, ``--calibration``)."""
     if path is None:
         if default is None:
-            raise UserError("no data given: pass --data (a folder of images or an .npy/.npz file)")
+            raise UserError(f"no {option} given, and the default images (the demo's handwritten digits) stand for the "
+                            f"demo model only: pass {option} (a folder of your images or an .npy/.npz file)")
         path = default
     p = Path(path)
     if p.is_dir():

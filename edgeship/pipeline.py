@@ -181,15 +181,17 @@ def load_config(path: str | Path | None) -> RunConfig:
     )
 
 
-def _preflight(config: RunConfig, quantize_formats: list[Any], spec: Any = None) -> None:
+def _preflight(config: RunConfig, quantize_formats: list[Any], loaded: Any = None) -> None:
     """Everything of ``config`` that can be checked without running a model (issue 23, item 4), so a mistake fails
     in seconds, not after the export: the [validate] files (:func:`edgeship.validate.pipeline.preflight`), the
-    quantise plan and the calibration set; with the model's ``spec``, the data sets against its labels and size."""
+    quantise plan and the calibration set; with the ``loaded`` model, the data sets against its labels and size (and
+    no data given refused unless the model is the demo, :func:`edgeship.models.loading.demo_default`)."""
     from edgeship.data import check_data
+    from edgeship.models.loading import demo_default
     from edgeship.quantize.calibration import DEMO_CALIBRATION, open_calibration
     from edgeship.validate.pipeline import preflight
 
-    preflight(config.validate, spec)
+    preflight(config.validate, loaded)
     if not quantize_formats:
         return
     from edgeship.quantize import check_plan
@@ -197,10 +199,11 @@ def _preflight(config: RunConfig, quantize_formats: list[Any], spec: Any = None)
     table = config.quantize
     check_plan(QuantizeOptions.parse(**{k: getattr(table, k) for k in QuantizeOptions.model_fields}).effective(),
                quantize_formats)
-    if spec is None:
+    if loaded is None:
         check_data(table.calibration, DEMO_CALIBRATION, _range(table.input_range), use_labels=False)
     else:
-        open_calibration(table.calibration, spec, table.num_samples, _range(table.input_range))
+        open_calibration(table.calibration, loaded.spec, table.num_samples, _range(table.input_range),
+                         default=demo_default(loaded, DEMO_CALIBRATION))
 
 
 def _settle_on(config: RunConfig) -> Callable[[Any], Any] | None:
@@ -245,7 +248,7 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
     _preflight(config, quantize_formats)  # files, layouts and option combinations before the model loads
     ensure_output_dir(config.out / "report", option="--out")  # before the long work: exit 3 now, not at the end
     loaded = prepare_model(model_options, what="[model] mean/std/bgr", echo=echo, settle_on=_settle_on(config))
-    _preflight(config, quantize_formats, loaded.spec)  # and against the model's labels and size, before export
+    _preflight(config, quantize_formats, loaded)  # and against the model's labels and size, before export
     spec = loaded.spec
     echo(f"edgeship run: {spec.name} ({loaded.source_path}; {spec.input_shape[0]}x{spec.input_shape[1]}, "
          f"{spec.num_classes} classes) -> {config.out}")

@@ -57,6 +57,36 @@ class LoadedModel:
     def source_dict(self) -> dict[str, Any]:
         return {"path": self.source_path, "sha256": self.source_sha256}
 
+    @property
+    def takes_demo_data(self) -> bool:
+        """True for the embedded demo (by path or by its sha256) and the registry's variants: the only models the
+        demo's images (handwritten digits) may stand in for when no data is given. Any other model without
+        ``--data``/``--calibration`` is refused (:func:`demo_default`): digits say nothing of a user's model."""
+        if self.source_path.startswith("registry:"):
+            return True
+        if self.source_sha256 is not None and self.source_sha256 == _demo_sha256():
+            return True
+        return Path(self.source_path).resolve() == DEMO_MODEL if not self.source_path.startswith("python:") else False
+
+
+def _demo_sha256() -> str:
+    global _DEMO_SHA
+    if _DEMO_SHA is None:
+        from edgeship.fileio import sha256_path
+
+        _DEMO_SHA = sha256_path(DEMO_MODEL)
+    return _DEMO_SHA
+
+
+_DEMO_SHA: str | None = None
+
+
+def demo_default(loaded: "LoadedModel | Any", default: Path) -> Path | None:
+    """``default`` (a demo image set) when ``loaded`` may take the demo's data, else None, so that
+    :func:`edgeship.data.check_data` refuses the missing option in one line. ``loaded`` without
+    ``takes_demo_data`` (a bare :class:`ModelSpec`) keeps the default."""
+    return default if getattr(loaded, "takes_demo_data", True) else None
+
 
 def load_model(
     model: str | Path | Any | None = None,

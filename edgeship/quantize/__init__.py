@@ -146,7 +146,7 @@ def quantize_with(options: QuantizeOptions, formats: Sequence[Format | str], out
         raise UserError(f"--keep-float auto keeps layers in float until the top-1 agreement is within --max-drop, "
                         f"and a {spec.output_kind} output has no top-1: give --keep-float N (the N layers that "
                         "gain the most SQNR)")
-    cal = _calibration(opts, spec, warn, getattr(loaded, "resize", "stretch"))
+    cal = _calibration(opts, loaded, warn)
     floats = FloatArtifacts(loaded, out_dir)
     from edgeship.progress import progress as progress_bar
 
@@ -231,16 +231,19 @@ def check_plan(opts: QuantizeOptions, formats: Sequence[Format | str]) -> tuple[
     return plan(fmts, opts.precisions), budget
 
 
-def _calibration(opts: QuantizeOptions, spec: Any, warn: Callable[[str], None], resize: str = "stretch") -> Any:
-    """The calibration set, its images fitted by ``resize`` (the model's, recorded in the manifest); a warning when
-    it is smaller than a fitted technique's SAMPLES."""
-    from edgeship.quantize.calibration import load_calibration
+def _calibration(opts: QuantizeOptions, loaded: Any, warn: Callable[[str], None]) -> Any:
+    """The calibration set, its images fitted by the model's resize (recorded in the manifest); the demo's set only
+    for the demo (:func:`edgeship.models.loading.demo_default`); a warning when it is smaller than a fitted
+    technique's SAMPLES."""
+    from edgeship.models.loading import demo_default
+    from edgeship.quantize.calibration import DEMO_CALIBRATION, load_calibration
     from edgeship.quantize.techniques import adaround, int8_bias_correction as int8_correction
 
     input_range = (float(opts.input_range[0]), float(opts.input_range[1])) if isinstance(opts.input_range, list) \
         else opts.input_range
-    cal = load_calibration(opts.calibration, spec, num_samples=opts.num_samples, seed=opts.seed, warn=warn,
-                           input_range=input_range, resize=resize)
+    cal = load_calibration(opts.calibration, loaded.spec, num_samples=opts.num_samples, seed=opts.seed, warn=warn,
+                           input_range=input_range, resize=getattr(loaded, "resize", "stretch"),
+                           default=demo_default(loaded, DEMO_CALIBRATION))
     wanted = {name: samples for name, samples, on in (
         ("adaptive rounding", adaround.SAMPLES, opts.weight_rounding == "adaptive"),
         ("int8 bias correction", int8_correction.SAMPLES, opts.int8_bias_correction)) if on}

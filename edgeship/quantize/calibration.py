@@ -38,24 +38,26 @@ class CalibrationSet:
 
 def open_calibration(data: str | Path | None, spec: ModelSpec, num_samples: int = 200,
                      input_range: "str | tuple[float, float] | None" = None,
-                     resize: str = "stretch") -> ArraySource | FolderSource:
+                     resize: str = "stretch", default: Path | None = DEMO_CALIBRATION) -> ArraySource | FolderSource:
     """The calibration set ``data`` (default: the demo's) at ``spec``'s input size, opened but not decoded: a
     missing path, a mixed layout or ``num_samples`` < 1 raise :class:`UserError` here, before any slow work.
     Calibration needs images only: folder names (classes, batch_01/...) and stored labels are not read. ``resize``:
-    how images of another size or aspect are fitted (:func:`edgeship.data.fit`)."""
+    how images of another size or aspect are fitted (:func:`edgeship.data.fit`). ``default``: the set when ``data``
+    is None (None: refused; :func:`edgeship.models.loading.demo_default` keeps the demo's for the demo only)."""
     if num_samples < 1:
         raise UserError(f"--num-samples must be at least 1, got {num_samples}")
-    return open_data(data, spec.input_shape[:2], spec.labels, default=DEMO_CALIBRATION, input_range=input_range,
-                     use_labels=False, resize=resize)  # type: ignore[return-value]
+    return open_data(data, spec.input_shape[:2], spec.labels, default=default, input_range=input_range,
+                     use_labels=False, resize=resize, option="--calibration")  # type: ignore[return-value]
 
 
 def load_calibration(data: str | Path | None, spec: ModelSpec, num_samples: int = 200, seed: int = 0,
                      warn=lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr),
                      input_range: "str | tuple[float, float] | None" = None,
-                     resize: str = "stretch") -> CalibrationSet:
+                     resize: str = "stretch", default: Path | None = DEMO_CALIBRATION) -> CalibrationSet:
     """``input_range``: how an array's values map to pixels (:func:`edgeship.data.open_data`); ``resize``: how
-    images of another size or aspect are fitted. Raises :class:`UserError` (:func:`open_calibration`'s)."""
-    source = open_calibration(data, spec, num_samples, input_range, resize)
+    images of another size or aspect are fitted; ``default``: :func:`open_calibration`'s. Raises
+    :class:`UserError` (:func:`open_calibration`'s)."""
+    source = open_calibration(data, spec, num_samples, input_range, resize, default)
     rng = np.random.default_rng(seed)
     count = source.count
     if count < num_samples:

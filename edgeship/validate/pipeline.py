@@ -29,7 +29,7 @@ from edgeship.errors import UserError
 from edgeship.fileio import check_writable_dir, size_on_disk
 from edgeship.machine import describe_machine
 from edgeship.manifest import Manifest, tool_versions
-from edgeship.models.loading import DEMO_DIR, LoadedModel, load_model
+from edgeship.models.loading import DEMO_DIR, LoadedModel, demo_default, load_model
 from edgeship.models.spec import ModelSpec, Preprocessing
 from edgeship.schema import check
 from edgeship.types import Format, OutputKind
@@ -141,7 +141,7 @@ def validate_with(artifacts: Sequence[str | Path], options: ValidateOptions, *,
     manifest = _manifest(entries)
     resize = str(Resize.parse(str(resize or (manifest.resize if manifest is not None else None)
                                   or getattr(ref_model, "resize", None) or "stretch"), "--resize"))
-    source = open_validation_data(o, spec, resize)
+    source = open_validation_data(o, spec, resize, demo_default(ref_model, DEMO_HELDOUT))
     integrity, refused = _integrity(entries, o.allow_modified)
     inference = infer_contract(ref_model, source)  # the declared preprocessing against the common conventions
     job = _job(o, entries, ref_model, trust_model, source, policy, refused, executor)
@@ -369,16 +369,18 @@ def _check_expect_accuracy(o: ValidateOptions) -> None:
         raise UserError(f"--expect-accuracy is a fraction in (0, 1] (0.9 for 90 %), got {o.expect_accuracy}")
 
 
-def open_validation_data(o: ValidateOptions, spec: Any, resize: str = "stretch") -> DataSource:
+def open_validation_data(o: ValidateOptions, spec: Any, resize: str = "stretch",
+                         default: Path | None = DEMO_HELDOUT) -> DataSource:
     """The validation set ``o.data`` (default: the demo's held-out images) at ``spec``'s input size: a folder's files
     listed and its layout checked, an array's header read; nothing decoded. Raises :class:`UserError` for a missing
     path, a mixed layout, class folders unknown to the labels, no samples, or ``--expect-accuracy`` without labels.
-    ``resize``: how images of another size or aspect are fitted (:func:`edgeship.data.fit`)."""
+    ``resize``: how images of another size or aspect are fitted (:func:`edgeship.data.fit`); ``default``: the set
+    when ``o.data`` is None (None: refused; :func:`edgeship.models.loading.demo_default`)."""
     from edgeship.data import ground_truth_masks, open_data
     from edgeship.types import OutputKind
 
     # only a per-image class output has a class per image: otherwise class folders and stored labels are not read
-    source = open_data(o.data, spec.input_shape[:2], spec.labels, default=DEMO_HELDOUT, input_range=o.input_range,
+    source = open_data(o.data, spec.input_shape[:2], spec.labels, default=default, input_range=o.input_range,
                        use_labels=OutputKind(spec.output_kind).per_image, masks=spec.mask_size, resize=resize)
     if source.count == 0:
         raise UserError(f"no samples in {source.source}")
@@ -393,10 +395,10 @@ def open_validation_data(o: ValidateOptions, spec: Any, resize: str = "stretch")
     return source
 
 
-def preflight(o: ValidateOptions, spec: Any = None) -> None:
+def preflight(o: ValidateOptions, loaded: LoadedModel | None = None) -> None:
     """Everything of ``o`` that can be checked without running a model, for a caller with slow work before
     validating (``edgeship run`` exports and quantises first; issue 23, item 4): the policy file, ``--latency-from``
-    logs, the baseline report, ``--expect-accuracy``, the data set's path and layout, and with the model's ``spec``
+    logs, the baseline report, ``--expect-accuracy``, the data set's path and layout, and with the ``loaded`` model
     the data set against its labels and input size (:func:`open_validation_data`). Raises the :class:`UserError` :func:`validate_with` would raise later."""
     _check_expect_accuracy(o)
     load_policy(o.policy)
@@ -410,12 +412,12 @@ def preflight(o: ValidateOptions, spec: Any = None) -> None:
         from edgeship.validate.baseline import load_baseline
 
         load_baseline(o.baseline)
-    if spec is None:
+    if loaded is None:
         from edgeship.data import check_data
 
         check_data(o.data, DEMO_HELDOUT, o.input_range)
     else:
-        open_validation_data(o, spec)
+        open_validation_data(o, loaded.spec, loaded.resize, demo_default(loaded, DEMO_HELDOUT))
 
 
 def _device_figures(entries: list[ArtifactEntry], logs: Sequence[str | Path],
