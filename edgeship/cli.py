@@ -264,7 +264,7 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("quantize")
     g.add_argument("--calibration", metavar="DATA",
-                   help="a folder of images (any depth) or an .npy/.npz array (default: the demo calibration set)")
+                   help="a folder of images (any depth) or an .npy/.npz array (required but for the demo model)")
     g.add_argument("--formats", default="tflite,onnx,coreml", help="comma-separated: tflite,onnx,coreml")
     _input_range_arg(g)
     g.add_argument("--num-samples", type=_count(1), default=default("num_samples"),
@@ -310,8 +310,8 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
     from edgeship.validate.options import default as option
 
     g = p.add_argument_group("validation")
-    g.add_argument("--data", metavar="DATA", help="images (class folders give labels) or .npy/.npz (default: the "
-                                                  "demo held-out set)")
+    g.add_argument("--data", metavar="DATA", help="images (class folders give labels) or .npy/.npz (required but for "
+                                                  "the demo model)")
     _input_range_arg(g)
     _resize_arg(g, recorded=True)
     g.add_argument("--policy", metavar="FILE", help="TOML release gates merged over the defaults")
@@ -635,10 +635,10 @@ def build_parser() -> argparse.ArgumentParser:
     _out_arg(p, None, f"output directory (default: the config's, or {DEFAULT_OUT})")
     _model_args(p)
     g = p.add_argument_group("data (override the config's)")
-    g.add_argument("--data", metavar="DATA", help="validation images or .npy/.npz (default: the config's, or the "
-                                                  "demo held-out set)")
-    g.add_argument("--calibration", metavar="DATA", help="calibration images or .npy/.npz (default: the config's, "
-                                                         "or the demo calibration set)")
+    g.add_argument("--data", metavar="DATA", help="validation images or .npy/.npz (default: the config's; required "
+                                                  "but for the demo model)")
+    g.add_argument("--calibration", metavar="DATA", help="calibration images or .npy/.npz (default: the config's; "
+                                                         "required but for the demo model)")
     _release_args(p.add_argument_group("release over release, devices (override the config's [validate])"))
     p.set_defaults(func=_cmd_run)
 
@@ -657,11 +657,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser | None:
+    """The parser of ``command`` (a subcommand's name), None if there is none."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; the exit code is the contract of :mod:`edgeship.errors` (0 passed, 1 a gate failed, 2 bad
     input, 3 the environment, 4 a bug). Failures print one line; ``EDGESHIP_DEBUG=1`` re-raises them instead."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the subcommand's parser, which names its own --help
+        sub = _subparser(parser, getattr(args, "command", None))
+        (sub or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -95,28 +95,6 @@ class ImageSet:
     paths: list[Path]
 
 
-def ground_truth_masks(path: "str | Path | None") -> str | None:
-    """What ground-truth masks a validation set holds, said for a message ("12 <image>.mask.png files", "an
-    'masks' array"), or None: a folder's ``<image>.mask.png`` files, an ``.npz``'s ``masks`` array (its member list
-    read, nothing decoded). For refusing masks a model cannot use: masks beside a regression's or a classifier's
-    images would otherwise be skipped without a word, and the release read as checked against the truth."""
-    if path is None:
-        return None
-    p = Path(path)
-    if p.is_dir():
-        count = sum(1 for f in p.rglob(f"*{MASK_SUFFIX}") if f.is_file())
-        return f"{count} <image>{MASK_SUFFIX} file{'s' if count != 1 else ''}" if count else None
-    if p.is_file() and p.suffix.lower() == ".npz":
-        import zipfile
-
-        try:
-            with zipfile.ZipFile(p) as z:
-                return "a 'masks' array" if "masks.npy" in z.namelist() else None
-        except (OSError, zipfile.BadZipFile):
-            return None  # open_data says what is wrong with the file
-    return None
-
-
 def image_files(root: Path) -> list[Path]:
     root = Path(root)
     if not root.exists():
@@ -317,6 +295,12 @@ class DataSource:
     ``conversions`` counts, per conversion name (module docstring), the samples it was applied to so far — complete
     once the batches have been read; :meth:`describe` reports it as ``input_conversions``."""
 
+    #: how images of another size or aspect were fitted (:func:`fit`); None for arrays (at the input size already)
+    resize: str | None = None
+    #: ground-truth masks the set holds but was not opened to read (``masks=None``: the model is not a segmenter),
+    #: said for a message ("12 <image>.mask.png files", "a 'masks' array"); None when there are none
+    masks_unused: str | None = None
+
     def __init__(self, source: str, count: int, labeled: bool, pixels: str = "uint8") -> None:
         self.source, self.count, self.labeled = source, count, labeled
         self.pixels = pixels  # "uint8" (raw images) or "float32" (float pixels, not rounded)
@@ -330,9 +314,8 @@ class DataSource:
         raise NotImplementedError
 
     def describe(self) -> dict[str, object]:
-        resize = getattr(self, "resize", None)  # images only: arrays are at the input size already
         return {"source": self.source, "count": self.count, "labeled": self.labeled, "pixels": self.pixels,
-                **({"resize": resize} if resize else {}),
+                **({"resize": self.resize} if self.resize else {}),
                 "input_conversions": dict(sorted(self.conversions.items()))}
 
     def spread(self, count: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -360,6 +343,9 @@ class FolderSource(DataSource):
         self.root, self.size, self.resize = Path(root), size, str(resize)
         self.files = image_files(self.root)
         self.masks = None
+        if masks is None:  # masks beside the images a non-segmenter cannot use: said, for the caller to refuse
+            seen = sum(1 for f in self.files if mask_path(f).is_file())
+            self.masks_unused = f"{seen} <image>{MASK_SUFFIX} file{'s' if seen != 1 else ''}" if seen else None
         if masks is not None:  # a segmentation: each image's truth is its mask beside it, when every image has one
             have = [mask_path(f).is_file() for f in self.files]
             if any(have) and not all(have):
@@ -476,6 +462,8 @@ class ArraySource(DataSource):
                     labels = z[lkey] if lkey and use_labels else None
                     if masks is not None and "masks" in z:
                         stored_masks = z["masks"]
+                    elif "masks" in z:
+                        self.masks_unused = "a 'masks' array"
         except UserError:
             raise
         except (ValueError, OSError, EOFError) as e:

@@ -238,7 +238,7 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
     from edgeship.validate.pipeline import validate_with
     from edgeship.validate.reports import summary_table
 
-    from edgeship.fileio import ensure_output_dir
+    from edgeship.fileio import check_writable_dir
     from edgeship.progress import counted
 
     start = time.perf_counter()
@@ -246,7 +246,7 @@ def run(config: RunConfig, echo: Callable[[str], None] = print) -> Report:
     model_options.check("[model] mean/std")  # the declared units and the label file, before any work
     quantize_formats = list(config.export.formats if config.quantize.formats is None else config.quantize.formats)
     _preflight(config, quantize_formats)  # files, layouts and option combinations before the model loads
-    ensure_output_dir(config.out / "report", option="--out")  # before the long work: exit 3 now, not at the end
+    check_writable_dir(config.out / "report", option="--out")  # exit 3 now, not at the end; nothing made yet
     loaded = prepare_model(model_options, what="[model] mean/std/bgr", echo=echo, settle_on=_settle_on(config))
     _preflight(config, quantize_formats, loaded)  # and against the model's labels and size, before export
     spec = loaded.spec

@@ -68,7 +68,7 @@ KEYS: dict[str, dict[str, Key]] = {
     "quantize": {
         "formats": Key(["tflite", "onnx", "coreml"], "default: the exported formats; [] skips quantising"),
         "calibration": Key("data/calibration", "a folder of images (any layout, folder names never read) or an "
-                                               ".npy/.npz; default: the demo's digits"),
+                                               ".npy/.npz; required but for the demo model"),
         "num_samples": Key(200, "calibration images used, picked with seed"),
         "seed": Key(0, "which calibration images are picked"),
         "relu6_fixed": Key(True, "ReLU6 outputs get the fixed range [0, 6] (false: calibrated like the rest)"),
@@ -94,7 +94,7 @@ KEYS: dict[str, dict[str, Key]] = {
     },
     "validate": {
         "data": Key("data/heldout", "held-out images: class folders DATA/<class>/<image> (labelled) or one folder, "
-                                    "or .npy/.npz; default: the demo's digits"),
+                                    "or .npy/.npz; required but for the demo model"),
         "policy": Key("release-policy.toml", "gates merged over the shipped ones (edgeship/validate/policy.toml)"),
         "require": Key(["tflite", "onnx"], "formats whose runtime must run here (a skip then fails the release)"),
         "threads": Key(1, "threads per runtime"),
@@ -183,12 +183,24 @@ def _settled(loaded: LoadedModel, model: str | None, out_dir: Path) -> tuple[dic
         notes["export"]["formats"] = "a quantisation-aware trained model: its ONNX fp32 is refused, so no onnx"
     values["quantize"].update(num_samples=200, ptq="thorough")
     values["output"]["dir"] = "edgeship-out"
+    if not (demo or registry):  # required for one's own model: written as values to fill (the demo's digits fit only it)
+        values["quantize"]["calibration"] = KEYS["quantize"]["calibration"].example
+        notes["quantize"]["calibration"] = ("required: about 200 of your images, any folder layout (names never "
+                                            "read), or an .npy/.npz")
+        values["validate"]["data"] = KEYS["validate"]["data"].example
+        notes["validate"]["data"] = ("required: held-out images, not the calibration ones: DATA/<class>/<image> "
+                                     "(labelled) or one folder, or .npy/.npz")
+    if loaded.in_graph is None and not (demo or registry) and source.startswith("assumed"):
+        said = ("not found in the graph nor declared: edgeship run infers it from your images and stops if no "
+                "convention wins; declare [model] mean/std if you know them")
+    else:
+        said = f"{formula(pre)} on {pre.color.value.upper()} pixels 0-255, {source}"
     classes = (f"{spec.num_classes} classes, labels: {loaded.labels_source}" if kind.has_classes
                else f"{spec.num_classes} output values")
     header = [
         f"model: {spec.name} ({'the embedded demo' if demo else loaded.source_path}), input {h}x{w}, "
         f"output {kind.value}, {classes}",
-        f"preprocessing: {formula(pre)} on {pre.color.value.upper()} pixels 0-255, {source}",
+        f"preprocessing: {said}",
     ]
     if spec.qat:
         header.append(f"quantisation-aware trained: {spec.qat}")
@@ -219,8 +231,8 @@ def render_starter(loaded: LoadedModel, model: str | None, out: Path,
              "# Uncomment a line to set it; relative paths are relative to this file. Run: edgeship run "
              f"{out.name}"]
     if mine:
-        lines += ["# Set [quantize] calibration and [validate] data to your images: without them edgeship uses the",
-                  "# demo's digits, which fit only the demo model."]
+        lines += ["# Point [quantize] calibration and [validate] data at your images (both required): the demo's",
+                  "# digits fit only the demo model."]
     for table in TABLES:
         lines += ["", f"[{table}]"]
         for key, spec in KEYS[table].items():

@@ -243,3 +243,17 @@ def test_plurals():
     assert failed_variants(ROWS) == ["mobilenet_v2_0.5_96"]
     table = text_table(ROWS)
     assert table.splitlines()[0].startswith("variant") and "reason: tflite conversion failed" in table
+
+
+@pytest.mark.parametrize("argv, helps", [
+    (["validate", "out/", "--bogus"], "edgeship validate --help"),
+    (["quantize", "--formats"], "edgeship quantize --help"),
+    (["models", "--no-such", "1"], "edgeship models --help"),
+    (["--bogus"], "edgeship --help"),
+])
+def test_a_usage_error_points_to_its_own_commands_help(capsys, argv, helps):
+    """An unknown option of a subcommand is the subcommand's mistake: the line points to its --help, not the top's."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].endswith(f"(see '{helps}')"), err

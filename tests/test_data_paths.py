@@ -161,6 +161,7 @@ def test_validate_from_another_directory_uses_the_manifest_model_and_resize(demo
     assert code == 0, out
     report = json.loads((release / "report" / "report.json").read_text())  # the default report directory
     assert report["data"]["resize"] == "center-crop" and report["reference"]["path"].endswith("model.keras")
+    assert report["policy"]["shipped"] is True and len(report["policy"]["sha256"]) == 64  # which limits decided
     assert out.splitlines()[-1].startswith("PASSED") and "reports in ship/release/report" in out  # quiet: the verdict
     code = main(["validate", "--artifacts", "ship/release", "--resize", "stretch", "--no-report", "--iterations", "2",
                  "--kernel-path-samples", "0", "--in-process"])

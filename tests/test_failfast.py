@@ -5,6 +5,8 @@ case asserts that the model was never loaded (``load_model`` is replaced by a tr
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from edgeship.cli import main
@@ -80,3 +82,71 @@ def test_export_and_quantize_find_it_before_the_model_loads(tmp_path, capsys, tr
         err = capsys.readouterr().err.strip().splitlines()
         assert got == code and len(err) == 1 and needle in err[0], (argv, err)
     assert not (tmp_path / "q").exists() and not (tmp_path / "e").exists()
+
+
+@pytest.fixture(scope="module")
+def own_model(tmp_path_factory):
+    """A user's own small classifier (32x32 RGB, 3 classes) saved as .keras: not the demo."""
+    import keras
+
+    path = tmp_path_factory.mktemp("own") / "own.keras"
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(3, activation="softmax")], name="own")
+    model.save(path)
+    return path
+
+
+def test_the_demo_images_never_stand_in_for_a_users_model(own_model, tmp_path, capsys):
+    """Without --data/--calibration, the demo's digits were silently used for any model: a user's photo model then
+    got int8 ranges from digits and a verdict on digits. Now refused in one line, before anything is written."""
+    heldout = tmp_path / "photos"  # unlabelled: a flat folder
+    heldout.mkdir()
+    for i in range(4):
+        (heldout / f"{i}.png").write_bytes(PNG)
+    cases = [
+        (["quantize", "--model", str(own_model), "--formats", "tflite", "--out", str(tmp_path / "q")],
+         "no --calibration given"),
+        (["run", "--model", str(own_model), "--data", str(heldout), "--out", str(tmp_path / "r")],
+         "no --calibration given"),
+        (["run", "--model", str(own_model), "--calibration", str(heldout), "--out",
+          str(tmp_path / "r")], "no --data given"),
+    ]
+    for argv, needle in cases:
+        got = main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert got == 2 and len(err) == 1 and needle in err[0] and "--" in err[0].split("pass ")[1], (argv, err)
+    assert not (tmp_path / "q").exists() and not (tmp_path / "r").exists()  # nothing half-made
+    # validate: the reference is the user's model (from the manifest) -> no default data either
+    assert main(["export", "--model", str(own_model), "--formats", "tflite", "--out", str(tmp_path / "e")]) == 0
+    capsys.readouterr()
+    got = main(["validate", str(tmp_path / "e")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert got == 2 and len(err) == 1 and "no --data given" in err[0], err
+    assert not (tmp_path / "e" / "report").exists()
+
+
+def test_the_demo_takes_its_own_images_by_any_name():
+    """The demo by its path (as a manifest names it) or a copy of it (same sha256) keeps its images as the default;
+    a registry variant too (the product's own models); a Python-built model does not."""
+    import shutil
+    import tempfile
+
+    from edgeship.models.loading import DEMO_MODEL, LoadedModel, demo_default
+
+    def loaded(path, sha=None):
+        return LoadedModel(keras_model=None, spec=None, source_path=path, source_sha256=sha)  # type: ignore[arg-type]
+
+    from edgeship.fileio import sha256_path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "mine.keras"
+        shutil.copy(DEMO_MODEL, copy)
+        assert loaded(str(copy), sha256_path(copy)).takes_demo_data
+        data = copy.read_bytes()
+        copy.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one byte changed: another model
+        assert not loaded(str(copy), sha256_path(copy)).takes_demo_data
+    assert loaded(str(DEMO_MODEL)).takes_demo_data
+    assert loaded("registry:mobilenet_v2_1.0_224").takes_demo_data
+    assert not loaded("python:own").takes_demo_data
+    assert demo_default(loaded("python:own"), DEMO_DIR) is None and demo_default(loaded(str(DEMO_MODEL)), DEMO_DIR)

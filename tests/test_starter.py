@@ -107,6 +107,9 @@ def test_own_model_paths_relative_to_the_file(tmp_path, capsys):
     text = out.read_text("utf-8")
     assert 'path = "../models/mine.keras"' in text and 'labels = "../models/labels.txt"' in text
     assert "# mean = " in text and "infers it from your images" in text
+    assert "assumed" not in text.split("[model]")[0]  # run infers or stops: the header does not claim a preprocessing
+    # the data sets are required for one's own model: written as values to point at the images, not commented out
+    assert '\ncalibration = "data/calibration"' in text and '\ndata = "data/heldout"' in text
     config = load_config(out)
     assert Path(config.model).resolve() == (tmp_path / "models" / "mine.keras").resolve()
     assert Path(config.labels).resolve() == (tmp_path / "models" / "labels.txt").resolve()

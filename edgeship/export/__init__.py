@@ -22,7 +22,7 @@ from edgeship.errors import UserError
 from edgeship.export import check
 from edgeship.export.common import FLOAT_PRECISIONS, ModelInfo, artifact_name, plan
 from edgeship.export.options import ExportOptions
-from edgeship.fileio import atomic_path, ensure_output_dir, sha256_path, size_on_disk
+from edgeship.fileio import atomic_path, check_writable_dir, ensure_output_dir, sha256_path, size_on_disk
 from edgeship.formats import FORMATS
 from edgeship.manifest import MANIFEST_NAME, ArtifactRecord, Manifest, tool_versions
 from edgeship.types import Format, Layout, Precision
@@ -81,8 +81,9 @@ def export_with(options: ExportOptions, model: str | Path | Any | None = None, o
     from edgeship.models.loading import load_model
 
     jobs = plan(list(options.formats), list(options.precisions or []))
-    out_dir = ensure_output_dir(Path(out))
+    check_writable_dir(Path(out), option="--out")  # nothing made until the model has loaded
     loaded = loaded or load_model(model, trust_model=trust_model, labels=labels)
+    out_dir = ensure_output_dir(Path(out))
     warn = warn or (lambda msg: print(f"edgeship: warning: {msg}", file=sys.stderr))
     _warn_mediapipe(loaded, options.formats, warn)
     info = info or ModelInfo.default_for(loaded.spec.name, loaded.spec.num_classes)

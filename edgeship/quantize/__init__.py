@@ -147,6 +147,9 @@ def quantize_with(options: QuantizeOptions, formats: Sequence[Format | str], out
                         f"and a {spec.output_kind} output has no top-1: give --keep-float N (the N layers that "
                         "gain the most SQNR)")
     cal = _calibration(opts, loaded, warn)
+    from edgeship.fileio import ensure_output_dir
+
+    out_dir = ensure_output_dir(out_dir)  # the inputs are all good: now the directory
     floats = FloatArtifacts(loaded, out_dir)
     from edgeship.progress import progress as progress_bar
 
@@ -207,11 +210,12 @@ def quantize_with(options: QuantizeOptions, formats: Sequence[Format | str], out
 
 
 def _plan_run(opts: QuantizeOptions, formats: Sequence[Format | str], out: str | Path) -> tuple[Any, Path, Any]:
-    """What to make, the output directory and the fallback's size budget; the checks before the slow work."""
-    from edgeship.fileio import ensure_output_dir
+    """What to make, the output directory (checked writable, not made: a refusal after the model loads leaves
+    nothing behind) and the fallback's size budget; the checks before the slow work."""
+    from edgeship.fileio import check_writable_dir
 
     todo, budget = check_plan(opts, formats)
-    return todo, ensure_output_dir(Path(out)), budget
+    return todo, check_writable_dir(Path(out), option="--out"), budget
 
 
 def check_plan(opts: QuantizeOptions, formats: Sequence[Format | str]) -> tuple[list[Any], Any]:

@@ -150,7 +150,7 @@ def validate_with(artifacts: Sequence[str | Path], options: ValidateOptions, *,
     results, ran = _results(entries, outcome, o.threads, integrity)
     for i, figures in device_figures.items():
         results[i].device_latency = figures
-    _gate(results, ran, policy, spec, {i: outcome.partial.artifacts[i].note for i in ran})
+    _gate(results, ran, policy, spec)
     report = _report(results, entries, o, ref_model, source, policy, outcome, inference)
     if baseline_report is not None:
         from edgeship.validate.baseline import compare_with_baseline
@@ -304,8 +304,7 @@ def _results(entries: list[ArtifactEntry], outcome: Outcome, threads: int,
     return results, ran
 
 
-def _gate(results: dict[int, ArtifactResult], ran: list[int], policy: Policy, spec: ModelSpec,
-          notes: dict[int, str | None]) -> None:
+def _gate(results: dict[int, ArtifactResult], ran: list[int], policy: Policy, spec: ModelSpec) -> None:
     """The policy's metric, latency and device-latency gates of each artifact that ran; a failed gate fails it
     with every failed gate in its reason."""
     p50_of = {f"{results[i].format}.{results[i].precision}": p50 for i in ran
@@ -322,7 +321,8 @@ def _gate(results: dict[int, ArtifactResult], ran: list[int], policy: Policy, sp
         prior = r.reason if r.status is Status.FAILED else None  # it failed while timed (Timing.failure)
         if failed:
             r.status = Status.FAILED
-            note = notes[i]  # coreml-reference: says what ran it
+            # what ran it (coreml-reference's note) is the runtime column's, not a reason: a reason says why
+            note = None
             if any(g.name.startswith("kernel_path_") for g in failed):
                 note = (f"{r.runtime} on {describe_machine().int8_kernel_family} disagrees with {r.kernel_path}; "
                         "a kernel that saturates on this CPU answers so: see the file's portability record")
@@ -353,6 +353,7 @@ def _report(results: dict[int, ArtifactResult], entries: list[ArtifactEntry], o:
                     "bins": list(policy.margin_bins), "confident_margin": policy.confident_margin},
         output_kind=str(spec.output_kind),
         executor=outcome.info,
+        policy=policy.describe(),
     )
     if merged.conversions:  # the decoder's conversions: at opening (here) and where the images were read (shards)
         counts = dict(report.data.get("input_conversions") or {})
@@ -376,7 +377,7 @@ def open_validation_data(o: ValidateOptions, spec: Any, resize: str = "stretch",
     path, a mixed layout, class folders unknown to the labels, no samples, or ``--expect-accuracy`` without labels.
     ``resize``: how images of another size or aspect are fitted (:func:`edgeship.data.fit`); ``default``: the set
     when ``o.data`` is None (None: refused; :func:`edgeship.models.loading.demo_default`)."""
-    from edgeship.data import ground_truth_masks, open_data
+    from edgeship.data import open_data
     from edgeship.types import OutputKind
 
     # only a per-image class output has a class per image: otherwise class folders and stored labels are not read
@@ -384,7 +385,7 @@ def open_validation_data(o: ValidateOptions, spec: Any, resize: str = "stretch",
                        use_labels=OutputKind(spec.output_kind).per_image, masks=spec.mask_size, resize=resize)
     if source.count == 0:
         raise UserError(f"no samples in {source.source}")
-    masks = ground_truth_masks(o.data) if spec.mask_size is None else None
+    masks = source.masks_unused  # truth the model cannot use would be skipped without a word: refused instead
     if masks is not None:
         raise UserError(f"{o.data} holds ground-truth masks ({masks}), but the model's output is "
                         f"{OutputKind(spec.output_kind).value}, not a segmentation map: give its classes (--labels) or "

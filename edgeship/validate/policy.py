@@ -61,6 +61,15 @@ class Policy:
     call_seconds: float = 300.0
     memory_mb: int = 0
 
+    def describe(self) -> dict[str, Any]:
+        """What a report records of the policy: {"path", "sha256"}; the user's file (merged over the shipped one),
+        or the shipped file alone with ``"shipped": True``."""
+        from edgeship.fileio import sha256_path
+
+        shipped = Path(self.source) == DEFAULT_POLICY
+        return {"path": "edgeship/validate/policy.toml (shipped)" if shipped else self.source,
+                "sha256": sha256_path(Path(self.source)), **({"shipped": True} if shipped else {})}
+
     def gate_device_latency(self, key: str, entries: list[Any]) -> list[GateResult]:
         """``[device_latency.FORMAT.PRECISION]`` budgets against each device's figures (a figure the log does not
         give, such as the median of an old benchmark_model build, is not gated)."""

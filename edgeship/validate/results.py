@@ -335,6 +335,9 @@ class Report:
     output_kind: str = "logits"
     # The preprocessing contract check (edgeship.validate.contract.ContractResult), or None when not run
     contract: ContractResult | None = None
+    # The gates' policy: {"path": the user's file, or the shipped edgeship/validate/policy.toml alone, "sha256": the
+    # user's file's} ({} if not recorded): which limits the verdict was decided with
+    policy: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -375,6 +378,7 @@ class Report:
             "allow_modified": self.allow_modified,
             "output_kind": self.output_kind,
             **({"contract": self.contract.to_dict()} if self.contract is not None else {}),
+            "policy": dict(self.policy),
             "versions": self.versions,
             "baseline": None if self.baseline is None else dict(self.baseline),
             "passed": self.passed,

@@ -88,7 +88,8 @@ def baked_perchannel(made, tmp_path_factory):
     loaded = bake_preprocessing(_load(*paths["perchannel"]))
     warnings = []
     result = export(loaded=loaded, formats=["tflite", "coreml"], out=out, progress=False, warn=warnings.append)
-    q = quantize(loaded=loaded, formats=["tflite"], out=out, num_samples=16, progress=False, ptq="fast")
+    q = quantize(loaded=loaded, formats=["tflite"], out=out, num_samples=16, progress=False, ptq="fast",
+                 calibration=DEMO_DIR / "calibration")
     files = {"fp32": next(p for p in result.paths if p.suffix == ".tflite"),
              "int8": next(p for p in q.paths if p.suffix == ".tflite")}
     return loaded, out, files, warnings

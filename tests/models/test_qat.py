@@ -11,6 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
+from edgeship.quantize.calibration import DEMO_CALIBRATION
 from tests.models.qat_files import calibration_inputs, write_qat_saved_model
 
 
@@ -68,7 +69,8 @@ def test_qat_float_tflite_passes_its_gate_and_int8_takes_the_trained_ranges(qat_
     out = tmp_path / "out"
     export(loaded=loaded, formats=["tflite"], out=out)
     warnings: list[str] = []
-    q = quantize(loaded=loaded, formats=["tflite"], out=out, num_samples=16, progress=False, warn=warnings.append)
+    q = quantize(loaded=loaded, formats=["tflite"], out=out, num_samples=16, progress=False, warn=warnings.append,
+                 calibration=DEMO_CALIBRATION)
     recipe = json.loads((out / f"{loaded.spec.name}_int8.tflite.recipe.json").read_text())
     assert recipe["options"]["activation_ranges"] == "QAT ranges (from the model's FakeQuant ops)"
     assert recipe["options"]["bias_correction"] is False and recipe["options"]["relu6_fixed"] is False

@@ -18,6 +18,7 @@ from edgeship.errors import UserError
 from edgeship.models.loading import DEMO_LABELS, LoadedModel, load_model
 from edgeship.models.spec import read_labels
 from edgeship.types import OutputKind
+from edgeship.quantize.calibration import DEMO_CALIBRATION
 from tests.conftest import make_input_sensitive
 from tests.models.keras2_files import write_keras2_h5
 
@@ -48,7 +49,7 @@ def _ship(loaded: LoadedModel, tmp, labelled: bool = True, formats=("tflite", "o
     export(loaded=loaded, formats=list(formats), out=out)
     t1 = time.perf_counter()
     quantize(loaded=loaded, formats=list(formats), out=out, num_samples=16, progress=False, ptq="fast",
-             bias_correction=False, warn=lambda msg: None)
+             bias_correction=False, warn=lambda msg: None, calibration=DEMO_CALIBRATION)  # digits: the test's images
     t2 = time.perf_counter()
     images, labels = _heldout(loaded.spec.input_shape[:2])
     data = tmp / "heldout.npz"

@@ -163,11 +163,11 @@ def test_a_model_without_relu6_says_the_fixed_mode_has_nothing_to_do(tmp_path):
     x = k.layers.Conv2D(8, 3, strides=2, activation="relu")(inp)
     x = k.layers.GlobalAveragePooling2D()(x)
     model = k.Model(inp, k.layers.Dense(10)(x))
-    from edgeship.models.loading import DEMO_LABELS
+    from edgeship.models.loading import DEMO_DIR, DEMO_LABELS
 
     warnings = []
     result = quantize(model=model, labels=DEMO_LABELS, formats=["tflite"], out=tmp_path, num_samples=8, ptq="fast",
-                      progress=False, warn=warnings.append)
+                      progress=False, warn=warnings.append, calibration=DEMO_DIR / "calibration")
     assert any("no ReLU6" in w and "nothing to do" in w for w in warnings)
     assert result.paths and result.calibrated_tensors
 

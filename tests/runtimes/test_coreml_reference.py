@@ -156,3 +156,18 @@ def test_reference_agrees_with_core_ml_itself(demo_packages, demo_heldout):
         ours = CoreMLReferenceRunner(paths[precision], loaded.spec.preprocessing).open().predict(images)
         assert np.max(np.abs(ours - apple)) <= rel * np.max(np.abs(apple)), precision
         assert np.mean(ours.argmax(1) == apple.argmax(1)) >= 0.98, precision
+
+
+def test_a_failed_gate_gives_the_reason_not_what_ran_it():
+    """The reference's note ("reference execution (NumPy)...") is the runtime's, said on a pass; a failed gate's
+    reason is the gate alone, so the report's "why" does not read the note as the cause."""
+    from edgeship.validate.pipeline import _gate
+    from edgeship.validate.policy import load_policy
+    from edgeship.validate.results import ArtifactResult, Metrics, Status
+    from edgeship.models.spec import ModelSpec
+
+    r = ArtifactResult(path="m.mlpackage", format="coreml", precision="w8", runtime="coreml-reference",
+                       status=Status.PASSED, reason=NOTE)
+    r.metrics = Metrics(top1_agreement=0.5, max_abs_error=0.5)
+    _gate({0: r}, [0], load_policy(), ModelSpec(name="m", input_shape=(8, 8, 3), num_classes=3))
+    assert r.status is Status.FAILED and "top1_agreement" in (r.reason or "") and "NumPy" not in (r.reason or "")

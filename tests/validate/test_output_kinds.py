@@ -135,6 +135,11 @@ def test_policy_gates_each_kind_by_its_own_table(tmp_path):
     user.write_text("[multilabel]\nthreshold = 0.3\n[embedding.int8]\ncosine = 0.9\n")
     mine = load_policy(user)
     assert mine.label_threshold == 0.3 and mine.limits_for("onnx", "int8", "embedding")[m.Metric.COSINE] == 0.9
+    from edgeship.fileio import sha256_path
+
+    # a report names the policy that decided it: the user's file (and its hash), or the shipped one alone
+    assert mine.describe() == {"path": str(user), "sha256": sha256_path(user)}
+    assert policy.describe()["shipped"] is True and policy.describe()["path"].endswith("policy.toml (shipped)")
 
 
 def test_a_negative_drop_is_a_gain():

@@ -331,7 +331,9 @@ def _summary_section(report: Report) -> str:
     columns = [*MD_COLUMNS, REASON_COLUMN] if with_reason else list(MD_COLUMNS)
     for i, a in enumerate(arts):
         m, lat = a.metrics, a.latency_ms
-        undecided = ' <span class="badge undecided">undecided</span>' if a.undecided_gates else ""
+        n = len(a.undecided_gates)  # "FAIL undecided" read as one verdict: say what is undecided, and how many
+        undecided = (f' <span class="badge undecided" title="the sample is too small to show these gates are met">'
+                     f'{n} gate{"s" if n != 1 else ""} undecided</span>' if n else "")
         why = "<br>".join(_h(line) for line in _short_reasons(report, a))
         rows.append([f'<a href="#artifact-{i}">{_h(a.format)} {_h(a.precision)}</a>', _h(a.runtime),
                      _badge(report, a) + undecided, _h(fmt_counted(a, "top1_agreement", m.top1_agreement)),

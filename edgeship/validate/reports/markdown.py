@@ -91,6 +91,9 @@ def inputs_lines(report: Report) -> list[tuple[str, str]]:
     if report.labels:
         shown = ", ".join(report.labels[:10]) + (", …" if len(report.labels) > 10 else "")
         lines.append(("Labels", f"{len(report.labels)} classes: {shown}"))
+    if report.policy:  # which limits decided the verdict
+        lines.append(("Policy", f"{report.policy.get('path', NA)}"
+                      + ("" if report.policy.get("shipped") else " over the shipped defaults")))
     if report.contract is not None:  # edgeship.validate.contract
         lines.append(("Preprocessing contract", report.contract.describe().removeprefix("preprocessing contract ")))
     return lines
