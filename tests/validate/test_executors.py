@@ -145,10 +145,11 @@ def _figures(report) -> dict:
 
 
 def _differences(a, b, where: str = "") -> list[str]:
-    """Where two reports' figures differ: counts, names and flags exactly; real numbers within 1e-6 relative. A
-    shard's float reference runs in a Ray worker's own TensorFlow (one thread), whose oneDNN kernels sum in another
-    order on some CPUs (AVX-512: a mean margin 0.9641542543 here, 0.9641542577 there); a sharding mistake moves a
-    figure by a sample, 1/360 at least, or a count."""
+    """Where two reports' figures differ: counts, names and flags exactly; real numbers within 1e-5 (absolute or
+    relative). A shard's float reference runs in a Ray worker's own TensorFlow (one thread), whose oneDNN kernels
+    sum in another order on some CPUs (measured on an AVX-512 VNNI EPYC: a mean margin 0.9641542543 here,
+    0.9641542577 there; a sample's max error 0.5056825 here, 0.5056839 there; equal to the last bit on AVX2). A
+    sharding mistake moves a share by a sample, 1/360 at least, a count, or a sample's error wholesale."""
     if isinstance(a, dict) and isinstance(b, dict):
         if a.keys() != b.keys():
             return [f"{where}: keys {sorted(a.keys() ^ b.keys())}"]
@@ -158,13 +159,14 @@ def _differences(a, b, where: str = "") -> list[str]:
             return [f"{where}: {len(a)} items, {len(b)} items"]
         return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{where}[{i}]")]
     if isinstance(a, float) and isinstance(b, float):
-        return [] if math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9) else [f"{where}: {a!r} != {b!r}"]
+        return [] if math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-5) else [f"{where}: {a!r} != {b!r}"]
     return [] if a == b and type(a) is type(b) else [f"{where}: {a!r} != {b!r}"]
 
 
 def test_differences_see_a_moved_figure_and_not_float_noise():
     base = {"n": 360, "m": [0.9641542543232362, {"flips": 3, "s": "ok"}]}
     assert not _differences(base, {"n": 360, "m": [0.9641542577291665, {"flips": 3, "s": "ok"}]})
+    assert not _differences({"e": 0.5056824684143066}, {"e": 0.5056838989257812})
     assert _differences(base, {"n": 360, "m": [0.9641542543232362 + 1 / 360, {"flips": 3, "s": "ok"}]})
     assert _differences(base, {"n": 360, "m": [0.9641542543232362, {"flips": 4, "s": "ok"}]})
     assert _differences(base, {"n": 359, "m": [0.9641542543232362, {"flips": 3, "s": "ok"}]})
