@@ -338,6 +338,8 @@ class FolderSource(DataSource):
     each image the label its folder names; without (calibration, which needs no labels), folder names are never
     read, so class folders, ``batch_01/`` sub-folders or any other layout are all fine."""
 
+    resize: str  # always set: how its images are fitted (DataSource.resize)
+
     def __init__(self, root: Path, size: tuple[int, int], class_names: Sequence[str] | None,
                  use_labels: bool = True, masks: tuple[int, int] | None = None, resize: str = "stretch") -> None:
         self.root, self.size, self.resize = Path(root), size, str(resize)

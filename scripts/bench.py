@@ -97,7 +97,8 @@ def main() -> int:
     # -- demo: edgeship run (subprocess, its own imports) --------------------------------------------------------
     demo_runs = []
     for i in range(P["demo_runs"]):
-        r = spawn("demo_run", {"out": str(work / f"demo_run{i}")}, work)
+        # --quick: the fast preset (a check that the run works; demo_run_seconds comes from the full bench)
+        r = spawn("demo_run", {"out": str(work / f"demo_run{i}"), "ptq": "fast" if quick else "thorough"}, work)
         r["out"] = str(work / f"demo_run{i}")
         demo_runs.append(r)
         log(f"edgeship run on the demo: run() {r['run_s']:.1f} s, process {r['process_wall_s']:.1f} s, "

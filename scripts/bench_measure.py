@@ -208,10 +208,13 @@ def child_bare(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def child_demo_run(cfg: dict[str, Any]) -> dict[str, Any]:
-    from edgeship.pipeline import RunConfig, run
+    """``edgeship run`` on the demo as ``make demo`` runs it (``cfg["ptq"]``: the preset, "thorough" unless
+    --quick, which checks the bench runs rather than measuring it)."""
+    from edgeship.pipeline import QuantizeTable, RunConfig, run
 
     t = time.perf_counter()
-    report = run(RunConfig(out=Path(cfg["out"])), echo=lambda s: None)
+    report = run(RunConfig(out=Path(cfg["out"]), quantize=QuantizeTable(ptq=cfg.get("ptq", "thorough"))),
+                 echo=lambda s: None)
     return {"run_s": time.perf_counter() - t, "passed": bool(report.passed)}
 
 

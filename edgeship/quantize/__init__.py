@@ -101,7 +101,8 @@ def quantize(
     input_range: str | tuple[float, float] | None = None,
 ) -> QuantizeResult:
     """Quantise ``model`` (None: the embedded demo) to each format's precisions, calibrated once on
-    ``calibration`` (a folder of images, an .npy/.npz, or None: the demo's set). Plans the files, computes the
+    ``calibration`` (a folder of images, an .npy/.npz, or None: the demo's set, for the demo model only; another
+    model without one raises :class:`UserError`). Plans the files, computes the
     statistics once, calls each format's quantiser (:data:`QUANTIZERS`) and records what it made.
 
     Each option (:class:`QuantizeOptions`, which documents them) as a keyword: this builds the options and

@@ -39,7 +39,7 @@ class CalibrationSet:
 def open_calibration(data: str | Path | None, spec: ModelSpec, num_samples: int = 200,
                      input_range: "str | tuple[float, float] | None" = None,
                      resize: str = "stretch", default: Path | None = DEMO_CALIBRATION) -> ArraySource | FolderSource:
-    """The calibration set ``data`` (default: the demo's) at ``spec``'s input size, opened but not decoded: a
+    """The calibration set ``data`` (default: ``default``, the demo's) at ``spec``'s input size, opened but not decoded: a
     missing path, a mixed layout or ``num_samples`` < 1 raise :class:`UserError` here, before any slow work.
     Calibration needs images only: folder names (classes, batch_01/...) and stored labels are not read. ``resize``:
     how images of another size or aspect are fitted (:func:`edgeship.data.fit`). ``default``: the set when ``data``

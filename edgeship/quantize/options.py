@@ -133,7 +133,7 @@ class QuantizeOptions(Table):
     "fast": :data:`PTQ_PRESETS`) that sets ``activation_ranges``, ``weight_rounding`` and
     ``int8_bias_correction`` where they are None (an explicit value wins)."""
 
-    calibration: str | Path | None = None  # a folder of images or an .npy/.npz (None: the demo's set)
+    calibration: str | Path | None = None  # images or .npy/.npz (None: the demo's set; demo model only)
     num_samples: PositiveInt = 200
     seed: NonNegativeInt = 0
     relu6_fixed: bool = True

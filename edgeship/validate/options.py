@@ -63,7 +63,7 @@ class ValidateOptions(Table):
     crashes its runtime, exhausts memory or hangs (the policy's ``[limits]``) fails alone; False runs them all in
     this process (for debugging a runtime; then such a file ends the whole validation)."""
 
-    data: str | None = None  # images (class folders give labels) or .npy/.npz; None: the demo held-out set
+    data: str | None = None  # images (class folders give labels) or .npy/.npz; None: the demo's (demo only)
     policy: str | None = None  # a TOML policy merged over the shipped one
     require: list[_choice(Format)] = []  # type: ignore[valid-type]  # formats that must run here
     threads: PositiveInt = 1  # per runtime

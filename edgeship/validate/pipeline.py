@@ -372,7 +372,7 @@ def _check_expect_accuracy(o: ValidateOptions) -> None:
 
 def open_validation_data(o: ValidateOptions, spec: Any, resize: str = "stretch",
                          default: Path | None = DEMO_HELDOUT) -> DataSource:
-    """The validation set ``o.data`` (default: the demo's held-out images) at ``spec``'s input size: a folder's files
+    """The validation set ``o.data`` (default: ``default``, the demo's held-out images) at ``spec``'s input size: a folder's files
     listed and its layout checked, an array's header read; nothing decoded. Raises :class:`UserError` for a missing
     path, a mixed layout, class folders unknown to the labels, no samples, or ``--expect-accuracy`` without labels.
     ``resize``: how images of another size or aspect are fitted (:func:`edgeship.data.fit`); ``default``: the set
