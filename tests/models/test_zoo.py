@@ -568,6 +568,12 @@ def test_segmentation_ground_truth_masks_give_miou_and_its_drop(segmentation, tm
                                                                                    m.mean_iou_truth_drop)
         assert rows["tflite.fp32"].metrics.mean_iou_truth_drop == pytest.approx(0, abs=1e-3)
         assert "mean_iou_truth_drop" in {g.name for g in rows["tflite.int8"].gates}
+        from edgeship.validate.reports import summary_table
+        from edgeship.validate.units import fmt_pct
+
+        said = summary_table(report)  # the terminal says the truth's figure too, under each row
+        assert said.count("against the ground truth: mIoU") == len(report.artifacts), said
+        assert f"mIoU {fmt_pct(m.mean_iou_truth)}" in said, said
         figures.append((m.mean_iou_truth, m.mean_iou_truth_drop))
     assert figures[0] == pytest.approx(figures[1], abs=1e-9)  # the PNG masks read back as the array's
     masks[0, 10, 10] = 7

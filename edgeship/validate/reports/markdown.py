@@ -29,6 +29,7 @@ from edgeship.validate.reports.common import (
     confidence_intro,
     confidence_lines,
     feed_lines,
+    fmt_accuracy,
     fmt_accuracy_counted,
     fmt_counted,
     fmt_db,
@@ -309,6 +310,10 @@ def summary_table(report: Report) -> str:
     indent = " " * 4
     for a, row in zip(report.artifacts, rows):
         out.append(line(row))
+        truth = getattr(a.metrics, "mean_iou_truth", None)  # a segmentation with ground-truth masks: its own line
+        if kind == "segmentation" and truth is not None:
+            out.append(indent + "against the ground truth: mIoU "
+                       + fmt_accuracy(truth, getattr(a.metrics, "mean_iou_truth_drop", None)))
         for warning in undecided_warnings(a):  # an observed pass the sample cannot decide: flagged, not hidden
             wrapped = textwrap.wrap(_one_line(warning), TABLE_WIDTH - len(indent) - 9)
             out.extend(indent + ("warning: " if j == 0 else " " * 9) + w for j, w in enumerate(wrapped))
