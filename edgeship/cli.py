@@ -211,9 +211,11 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     precisions = Precision.parse_list(args.precisions, "precision") if args.precisions else None
     _model_options(args)  # the declared units and labels, before quantize_with makes the output directory
     from edgeship.data import check_data
+    from edgeship.models.loading import source_takes_demo_data
     from edgeship.quantize.calibration import DEMO_CALIBRATION
 
-    check_data(args.calibration, DEMO_CALIBRATION, args.input_range, use_labels=False)  # before the model loads
+    check_data(args.calibration, DEMO_CALIBRATION if source_takes_demo_data(args.model) else None, args.input_range,
+               use_labels=False, option="--calibration")  # before the model loads
     options = QuantizeOptions.parse("edgeship quantize", precisions=precisions, **{
         name: getattr(args, name) for name in QuantizeOptions.model_fields if name != "precisions"})
     loaded: list[Any] = []

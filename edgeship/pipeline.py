@@ -187,11 +187,12 @@ def _preflight(config: RunConfig, quantize_formats: list[Any], loaded: Any = Non
     quantise plan and the calibration set; with the ``loaded`` model, the data sets against its labels and size (and
     no data given refused unless the model is the demo, :func:`edgeship.models.loading.demo_default`)."""
     from edgeship.data import check_data
-    from edgeship.models.loading import demo_default
+    from edgeship.models.loading import demo_default, source_takes_demo_data
     from edgeship.quantize.calibration import DEMO_CALIBRATION, open_calibration
     from edgeship.validate.pipeline import preflight
 
-    preflight(config.validate, loaded)
+    demo_data = loaded is not None or source_takes_demo_data(config.model)  # before loading: from --model alone
+    preflight(config.validate, loaded, demo_data=demo_data)
     if not quantize_formats:
         return
     from edgeship.quantize import check_plan
@@ -200,7 +201,8 @@ def _preflight(config: RunConfig, quantize_formats: list[Any], loaded: Any = Non
     check_plan(QuantizeOptions.parse(**{k: getattr(table, k) for k in QuantizeOptions.model_fields}).effective(),
                quantize_formats)
     if loaded is None:
-        check_data(table.calibration, DEMO_CALIBRATION, _range(table.input_range), use_labels=False)
+        check_data(table.calibration, DEMO_CALIBRATION if demo_data else None,
+                   _range(table.input_range), use_labels=False, option="--calibration")
     else:
         open_calibration(table.calibration, loaded.spec, table.num_samples, _range(table.input_range),
                          default=demo_default(loaded, DEMO_CALIBRATION))

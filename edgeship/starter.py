@@ -208,8 +208,11 @@ def _settled(loaded: LoadedModel, model: str | None, out_dir: Path) -> tuple[dic
 
 
 def _relative(path: Path, out_dir: Path) -> str:
-    """``path`` as the config file will read it: relative to the file's folder (load_config resolves it there)."""
-    return Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix()
+    """``path`` as the config file will read it: relative to the file's folder (load_config resolves it there) when
+    it lies beside, below or one folder above it, so the project moves as a whole; else absolute (a model in a cache
+    read as "../../../root/.cache/..." in the config and in every report)."""
+    rel = Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix()
+    return path.resolve().as_posix() if rel.startswith("../..") else rel
 
 
 def render_starter(loaded: LoadedModel, model: str | None, out: Path,

@@ -97,9 +97,10 @@ def own_model(tmp_path_factory):
     return path
 
 
-def test_the_demo_images_never_stand_in_for_a_users_model(own_model, tmp_path, capsys):
+def test_the_demo_images_never_stand_in_for_a_users_model(own_model, tmp_path, capsys, tripwire):
     """Without --data/--calibration, the demo's digits were silently used for any model: a user's photo model then
-    got int8 ranges from digits and a verdict on digits. Now refused in one line, before anything is written."""
+    got int8 ranges from digits and a verdict on digits. Now refused in one line, before the model loads (from
+    --model alone: not the demo, not a copy of it, not a variant) and before anything is written."""
     heldout = tmp_path / "photos"  # unlabelled: a flat folder
     heldout.mkdir()
     for i in range(4):
@@ -117,6 +118,10 @@ def test_the_demo_images_never_stand_in_for_a_users_model(own_model, tmp_path, c
         err = capsys.readouterr().err.strip().splitlines()
         assert got == 2 and len(err) == 1 and needle in err[0] and "--" in err[0].split("pass ")[1], (argv, err)
     assert not (tmp_path / "q").exists() and not (tmp_path / "r").exists()  # nothing half-made
+
+
+def test_validate_without_data_refuses_a_users_reference(own_model, tmp_path, capsys):
+    """validate: the reference is the user's model (from the manifest) -> no default data either."""
     # validate: the reference is the user's model (from the manifest) -> no default data either
     assert main(["export", "--model", str(own_model), "--formats", "tflite", "--out", str(tmp_path / "e")]) == 0
     capsys.readouterr()
@@ -149,4 +154,15 @@ def test_the_demo_takes_its_own_images_by_any_name():
     assert loaded(str(DEMO_MODEL)).takes_demo_data
     assert loaded("registry:mobilenet_v2_1.0_224").takes_demo_data
     assert not loaded("python:own").takes_demo_data
+    from edgeship.models.loading import source_takes_demo_data  # the same answer from --model, before loading
+
+    assert source_takes_demo_data(None) and source_takes_demo_data(str(DEMO_MODEL))
+    assert source_takes_demo_data("mobilenet_v2_1.0_224") and not source_takes_demo_data("no/such/model.keras")
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "mine.keras"
+        shutil.copy(DEMO_MODEL, copy)
+        assert source_takes_demo_data(copy)
+        data = copy.read_bytes()
+        copy.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+        assert not source_takes_demo_data(copy)
     assert demo_default(loaded("python:own"), DEMO_DIR) is None and demo_default(loaded(str(DEMO_MODEL)), DEMO_DIR)

@@ -114,6 +114,10 @@ def test_own_model_paths_relative_to_the_file(tmp_path, capsys):
     assert Path(config.model).resolve() == (tmp_path / "models" / "mine.keras").resolve()
     assert Path(config.labels).resolve() == (tmp_path / "models" / "labels.txt").resolve()
     assert config.output_kind == "probabilities" and config.mean is None
+    far = tmp_path / "a" / "b" / "edgeship.toml"  # a model far from the config (a cache): its absolute path
+    assert main(["init", "--model", str(tmp_path / "models" / "mine.keras"), "--out", str(far)]) == 0
+    assert f'path = "{(tmp_path / "models" / "mine.keras").resolve().as_posix()}"' in far.read_text("utf-8")
+    assert Path(load_config(far).model).resolve() == (tmp_path / "models" / "mine.keras").resolve()
 
 
 def test_model_holding_code_is_refused_and_nothing_written(tmp_path, capsys):

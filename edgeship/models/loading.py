@@ -66,7 +66,23 @@ class LoadedModel:
             return True
         if self.source_sha256 is not None and self.source_sha256 == _demo_sha256():
             return True
-        return Path(self.source_path).resolve() == DEMO_MODEL if not self.source_path.startswith("python:") else False
+        return not self.source_path.startswith("python:") and Path(self.source_path).resolve() == DEMO_MODEL
+
+
+def source_takes_demo_data(model: "str | Path | None") -> bool:
+    """:attr:`LoadedModel.takes_demo_data` before the model loads, from ``--model`` alone (None: the demo; a variant
+    name; a path to the demo or a byte-identical copy), so a missing data set fails in a second, not after the
+    model has loaded and its preprocessing been settled. A path that does not exist is left to the loader."""
+    if model is None:
+        return True
+    path = Path(model)
+    if not path.exists():
+        return looks_like_variant_name(str(model))
+    if path.resolve() == DEMO_MODEL:
+        return True
+    from edgeship.fileio import sha256_path
+
+    return path.is_file() and path.stat().st_size == DEMO_MODEL.stat().st_size and sha256_path(path) == _demo_sha256()
 
 
 def _demo_sha256() -> str:

@@ -396,11 +396,13 @@ def open_validation_data(o: ValidateOptions, spec: Any, resize: str = "stretch",
     return source
 
 
-def preflight(o: ValidateOptions, loaded: LoadedModel | None = None) -> None:
+def preflight(o: ValidateOptions, loaded: LoadedModel | None = None, demo_data: bool = True) -> None:
     """Everything of ``o`` that can be checked without running a model, for a caller with slow work before
     validating (``edgeship run`` exports and quantises first; issue 23, item 4): the policy file, ``--latency-from``
     logs, the baseline report, ``--expect-accuracy``, the data set's path and layout, and with the ``loaded`` model
-    the data set against its labels and input size (:func:`open_validation_data`). Raises the :class:`UserError` :func:`validate_with` would raise later."""
+    the data set against its labels and input size (:func:`open_validation_data`); before it loads, ``demo_data``
+    False (:func:`edgeship.models.loading.source_takes_demo_data`) refuses a missing data set. Raises the
+    :class:`UserError` :func:`validate_with` would raise later."""
     _check_expect_accuracy(o)
     load_policy(o.policy)
     if o.logs:
@@ -416,7 +418,7 @@ def preflight(o: ValidateOptions, loaded: LoadedModel | None = None) -> None:
     if loaded is None:
         from edgeship.data import check_data
 
-        check_data(o.data, DEMO_HELDOUT, o.input_range)
+        check_data(o.data, DEMO_HELDOUT if demo_data else None, o.input_range)
     else:
         open_validation_data(o, loaded.spec, loaded.resize, demo_default(loaded, DEMO_HELDOUT))
 

