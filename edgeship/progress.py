@@ -9,7 +9,7 @@ One constructor, :func:`progress`, for every stage's long work, with tqdm's smal
 * **no terminal** (a CI job, a pipe, a log file): one line per finished step with its elapsed time, and a line at
   least every :data:`HEARTBEAT_S` seconds during a long step, so a CI no-output timeout (often 10 minutes) never
   fires on a healthy run and a log shows where the time went:
-  ``edgeship: quantize: tflite int8 done in 41.2 s (2/5, 63.0 s so far)``.
+  ``edgeship: quantize: tflite int8 done in 41.2 s (step 2/5, 63.0 s so far)``.
 
 ``EDGESHIP_PROGRESS`` (``bar``, ``lines`` or ``off``) overrides the choice; ``-q`` turns progress off. The test
 suite sets it to ``off`` (tests/conftest.py) so that stderr holds only what a test asserts on.
@@ -99,7 +99,8 @@ class LineProgress:
                 return
             now = time.monotonic()
             what = f"{self.name} done" if self.name else f"{self._count()} {self.unit}s done"
-            count = f" ({self._count()}" if self.name else " ("
+            # "(step 5/5, ...)": the steps counted (calibration + files), not the files a summary counts
+            count = (f" ({self.unit} {self._count()}" if self.total else f" ({self._count()}") if self.name else " ("
             self._say(f"{what} in {now - self.step_start:.1f} s{count}{', ' if self.name else ''}"
                       f"{now - self.start:.1f} s so far)")
             self.step, self.name, self.step_start = "", "", now

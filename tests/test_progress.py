@@ -37,7 +37,7 @@ def test_lines_say_each_step_with_its_time_and_beat_during_a_long_one():
     assert len(beats) >= 2
     done = [line for line in lines if " done in " in line]
     assert [d.split(": ")[2].split(" done")[0] for d in done] == ["calibrate", "tflite int8"]
-    assert "(1/2, " in done[0] and "(2/2, " in done[1] and "so far)" in done[1]
+    assert "(step 1/2, " in done[0] and "(step 2/2, " in done[1] and "so far)" in done[1]
 
 
 def test_off_prints_nothing_and_iterates(monkeypatch):
