@@ -348,7 +348,7 @@ class FolderSource(DataSource):
         if masks is None:  # masks beside the images a non-segmenter cannot use: said, for the caller to refuse
             seen = sum(1 for f in self.files if mask_path(f).is_file())
             self.masks_unused = f"{seen} <image>{MASK_SUFFIX} file{'s' if seen != 1 else ''}" if seen else None
-        if masks is not None:  # a segmentation: each image's truth is its mask beside it, when every image has one
+        else:  # a segmentation: each image's truth is its mask beside it, when every image has one
             have = [mask_path(f).is_file() for f in self.files]
             if any(have) and not all(have):
                 missing = next(f for f, h in zip(self.files, have) if not h)

@@ -13,6 +13,7 @@ Over 400 lines on purpose: the trust boundary (what may run while a file loads) 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
@@ -64,9 +65,8 @@ class LoadedModel:
         ``--data``/``--calibration`` is refused (:func:`demo_default`): digits say nothing of a user's model."""
         if self.source_path.startswith("registry:"):
             return True
-        if self.source_sha256 is not None and self.source_sha256 == _demo_sha256():
-            return True
-        return not self.source_path.startswith("python:") and Path(self.source_path).resolve() == DEMO_MODEL
+        return not self.source_path.startswith("python:") and _is_demo_file(Path(self.source_path),
+                                                                             self.source_sha256)
 
 
 def source_takes_demo_data(model: "str | Path | None") -> bool:
@@ -78,30 +78,34 @@ def source_takes_demo_data(model: "str | Path | None") -> bool:
     path = Path(model)
     if not path.exists():
         return looks_like_variant_name(str(model))
+    return _is_demo_file(path)
+
+
+def _is_demo_file(path: Path, sha256: str | None = None) -> bool:
+    """``path`` is the embedded demo model, or a byte-identical copy of it (``sha256``: the file's, when known; else
+    hashed, and only when its size is the demo's)."""
     if path.resolve() == DEMO_MODEL:
         return True
-    from edgeship.fileio import sha256_path
-
-    return path.is_file() and path.stat().st_size == DEMO_MODEL.stat().st_size and sha256_path(path) == _demo_sha256()
-
-
-def _demo_sha256() -> str:
-    global _DEMO_SHA
-    if _DEMO_SHA is None:
+    if sha256 is None:
+        if not path.is_file() or path.stat().st_size != DEMO_MODEL.stat().st_size:
+            return False
         from edgeship.fileio import sha256_path
 
-        _DEMO_SHA = sha256_path(DEMO_MODEL)
-    return _DEMO_SHA
+        sha256 = sha256_path(path)
+    return sha256 == _demo_sha256()
 
 
-_DEMO_SHA: str | None = None
+@functools.cache
+def _demo_sha256() -> str:
+    from edgeship.fileio import sha256_path
+
+    return sha256_path(DEMO_MODEL)
 
 
-def demo_default(loaded: "LoadedModel | Any", default: Path) -> Path | None:
-    """``default`` (a demo image set) when ``loaded`` may take the demo's data, else None, so that
-    :func:`edgeship.data.check_data` refuses the missing option in one line. ``loaded`` without
-    ``takes_demo_data`` (a bare :class:`ModelSpec`) keeps the default."""
-    return default if getattr(loaded, "takes_demo_data", True) else None
+def demo_default(loaded: LoadedModel, default: Path) -> Path | None:
+    """``default`` (a demo image set) when ``loaded`` may take the demo's data (:attr:`LoadedModel.takes_demo_data`),
+    else None, so that :func:`edgeship.data.check_data` refuses the missing option in one line."""
+    return default if loaded.takes_demo_data else None
 
 
 def load_model(
